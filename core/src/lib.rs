@@ -1,1 +1,13 @@
-//! placeholder
+//! Klio's shared vocabulary: WAL positions and file names, cluster names, keys,
+//! and the encrypted frame format every stored byte goes through.
+
+pub mod cluster;
+pub mod frame;
+pub mod keys;
+pub mod lsn;
+pub mod wal;
+
+pub use cluster::ClusterName;
+pub use keys::{DataKey, MasterKey};
+pub use lsn::Lsn;
+pub use wal::{SegNo, TimelineId, WalFileKind, WalFileName, WalSegSize};

@@ -1,0 +1,501 @@
+//! The Tier 1 object format: a header and a sequence of compressed, encrypted frames.
+//!
+//! Every byte Klio stores at rest goes through here. See `docs/FORMATS.md`.
+//!
+//! ```text
+//! header (48 bytes): magic "KLIOOBJ1" | version u16 | kind u8 | 0u8 | salt [32] | crc32c u32
+//! frame:             stored_len u32 | plain_offset u64 | plain_len u32 | flags u8 |
+//!                    nonce [12] | 0 [3] | ciphertext+tag [stored_len]
+//! ```
+//! All integers little-endian. Each object gets its own AES-256-GCM key, derived
+//! with HKDF-SHA256 from the cluster's data key and the header's random salt.
+//! A frame's associated data binds the cluster name, the object's identity (for a
+//! WAL segment its 24-digit name without `.partial`, so sealing by rename keeps it
+//! valid), the salt and every frame header field. Readers require frames to be
+//! contiguous from offset 0; a sealed object ends with an empty `FINAL` frame, so a
+//! truncation at a frame boundary is detected too.
+
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use hkdf::Hkdf;
+use rand::RngCore;
+use sha2::Sha256;
+
+use crate::cluster::ClusterName;
+use crate::keys::DataKey;
+
+pub const HEADER_LEN: usize = 48;
+pub const FRAME_HEADER_LEN: usize = 32;
+const TAG_LEN: usize = 16;
+const MAGIC: &[u8; 8] = b"KLIOOBJ1";
+const VERSION: u16 = 1;
+/// Largest plaintext one frame may carry.
+pub const MAX_FRAME_PLAIN: usize = 4 << 20;
+const FLAG_ZSTD: u8 = 1;
+const FLAG_FINAL: u8 = 2;
+const ZSTD_LEVEL: i32 = 1;
+
+/// What an object holds; part of its identity.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub enum ObjectKind {
+    WalSegment = 1,
+    TimelineHistory = 2,
+}
+
+impl ObjectKind {
+    fn from_u8(v: u8) -> Option<ObjectKind> {
+        match v {
+            1 => Some(ObjectKind::WalSegment),
+            2 => Some(ObjectKind::TimelineHistory),
+            _ => None,
+        }
+    }
+}
+
+/// Who an object belongs to and what it is: bound into every frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectId {
+    pub cluster: ClusterName,
+    pub kind: ObjectKind,
+    /// e.g. the segment's 24-hex-digit name, or `00000002.history`.
+    pub name: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("not a Klio object (bad magic or header checksum)")]
+    BadHeader,
+    #[error("unsupported object format version {0}")]
+    UnsupportedVersion(u16),
+    #[error("object kind mismatch: expected {expected:?}, found {found}")]
+    WrongKind { expected: ObjectKind, found: u8 },
+    #[error("frame at stored offset {at} failed authentication: the data is corrupt, truncated, or belongs to another cluster or file")]
+    Authentication { at: u64 },
+    #[error("frame at stored offset {at} is malformed: {why}")]
+    Malformed { at: u64, why: String },
+    #[error("object is truncated: it ends after {plain_len} bytes without its final frame")]
+    Truncated { plain_len: u64 },
+    #[error("frame at stored offset {at} decompresses to the wrong length")]
+    Decompress { at: u64 },
+}
+
+fn derive_cipher(key: &DataKey, salt: &[u8; 32]) -> Aes256Gcm {
+    let hk = Hkdf::<Sha256>::new(Some(salt), key.bytes());
+    let mut okm = zeroize::Zeroizing::new([0u8; 32]);
+    hk.expand(b"klio tier1 object v1", &mut okm[..])
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    Aes256Gcm::new((&*okm).into())
+}
+
+fn ad_prefix(id: &ObjectId, salt: &[u8; 32]) -> Vec<u8> {
+    let mut ad = Vec::with_capacity(64 + id.name.len());
+    ad.extend_from_slice(b"klio-frame-v1");
+    let c = id.cluster.as_str().as_bytes();
+    ad.extend_from_slice(&(c.len() as u16).to_le_bytes());
+    ad.extend_from_slice(c);
+    ad.push(id.kind as u8);
+    ad.extend_from_slice(&(id.name.len() as u16).to_le_bytes());
+    ad.extend_from_slice(id.name.as_bytes());
+    ad.extend_from_slice(salt);
+    ad
+}
+
+/// Encrypts frames for one object.
+pub struct FrameSealer {
+    cipher: Aes256Gcm,
+    ad_prefix: Vec<u8>,
+    next_offset: u64,
+    compress: bool,
+}
+
+impl FrameSealer {
+    /// Starts a new object; returns the sealer and the header to write first.
+    pub fn create(key: &DataKey, id: &ObjectId) -> (FrameSealer, [u8; HEADER_LEN]) {
+        let mut salt = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut salt);
+        let mut header = [0u8; HEADER_LEN];
+        header[0..8].copy_from_slice(MAGIC);
+        header[8..10].copy_from_slice(&VERSION.to_le_bytes());
+        header[10] = id.kind as u8;
+        header[12..44].copy_from_slice(&salt);
+        let crc = crc32c::crc32c(&header[..44]);
+        header[44..48].copy_from_slice(&crc.to_le_bytes());
+        let sealer = FrameSealer {
+            cipher: derive_cipher(key, &salt),
+            ad_prefix: ad_prefix(id, &salt),
+            next_offset: 0,
+            compress: true,
+        };
+        (sealer, header)
+    }
+
+    /// Continues an existing object whose valid frames end at `next_offset`.
+    pub fn resume(
+        key: &DataKey,
+        id: &ObjectId,
+        header: &[u8],
+        next_offset: u64,
+    ) -> Result<FrameSealer, FrameError> {
+        let salt = parse_header(header, id.kind)?;
+        Ok(FrameSealer {
+            cipher: derive_cipher(key, &salt),
+            ad_prefix: ad_prefix(id, &salt),
+            next_offset,
+            compress: true,
+        })
+    }
+
+    /// Turns compression off (for benchmarks and already-compressed data).
+    pub fn set_compression(&mut self, on: bool) {
+        self.compress = on;
+    }
+
+    /// Plaintext bytes sealed so far.
+    pub fn plain_len(&self) -> u64 {
+        self.next_offset
+    }
+
+    /// Appends one or more frames carrying `plain` to `out`.
+    pub fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) {
+        for piece in plain.chunks(MAX_FRAME_PLAIN) {
+            self.seal_one(piece, 0, out);
+        }
+    }
+
+    /// Appends the empty final frame that marks the object complete.
+    pub fn seal_final(&mut self, out: &mut Vec<u8>) {
+        self.seal_one(&[], FLAG_FINAL, out);
+    }
+
+    fn seal_one(&mut self, plain: &[u8], mut flags: u8, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.resize(start + FRAME_HEADER_LEN, 0);
+        let body_start = out.len();
+        let mut compressed = false;
+        if self.compress && plain.len() >= 64 {
+            if let Ok(c) = zstd::bulk::compress(plain, ZSTD_LEVEL) {
+                if c.len() < plain.len() {
+                    out.extend_from_slice(&c);
+                    compressed = true;
+                }
+            }
+        }
+        if !compressed {
+            out.extend_from_slice(plain);
+        } else {
+            flags |= FLAG_ZSTD;
+        }
+        let body_len = out.len() - body_start;
+        let stored_len = (body_len + TAG_LEN) as u32;
+        let mut nonce = [0u8; 12];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        {
+            let h = &mut out[start..body_start];
+            h[0..4].copy_from_slice(&stored_len.to_le_bytes());
+            h[4..12].copy_from_slice(&self.next_offset.to_le_bytes());
+            h[12..16].copy_from_slice(&(plain.len() as u32).to_le_bytes());
+            h[16] = flags;
+            h[17..29].copy_from_slice(&nonce);
+        }
+        let mut ad = Vec::with_capacity(self.ad_prefix.len() + FRAME_HEADER_LEN);
+        ad.extend_from_slice(&self.ad_prefix);
+        ad.extend_from_slice(&out[start..body_start]);
+        let tag = self
+            .cipher
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &ad, &mut out[body_start..])
+            .expect("AES-GCM encryption cannot fail for frames under 64 GiB");
+        out.extend_from_slice(&tag);
+        self.next_offset += plain.len() as u64;
+    }
+}
+
+fn parse_header(header: &[u8], kind: ObjectKind) -> Result<[u8; 32], FrameError> {
+    if header.len() < HEADER_LEN || &header[0..8] != MAGIC {
+        return Err(FrameError::BadHeader);
+    }
+    let crc = u32::from_le_bytes(header[44..48].try_into().expect("4 bytes"));
+    if crc32c::crc32c(&header[..44]) != crc {
+        return Err(FrameError::BadHeader);
+    }
+    let version = u16::from_le_bytes([header[8], header[9]]);
+    if version != VERSION {
+        return Err(FrameError::UnsupportedVersion(version));
+    }
+    if ObjectKind::from_u8(header[10]) != Some(kind) {
+        return Err(FrameError::WrongKind {
+            expected: kind,
+            found: header[10],
+        });
+    }
+    let mut salt = [0u8; 32];
+    salt.copy_from_slice(&header[12..44]);
+    Ok(salt)
+}
+
+/// One decrypted frame.
+#[derive(Debug)]
+pub struct OpenedFrame {
+    pub plain_offset: u64,
+    pub data: Vec<u8>,
+    pub is_final: bool,
+    /// Stored bytes this frame occupied (header + ciphertext + tag).
+    pub stored_len: usize,
+}
+
+/// Decrypts the frames of one object.
+pub struct FrameOpener {
+    cipher: Aes256Gcm,
+    ad_prefix: Vec<u8>,
+}
+
+impl FrameOpener {
+    pub fn new(key: &DataKey, id: &ObjectId, header: &[u8]) -> Result<FrameOpener, FrameError> {
+        let salt = parse_header(header, id.kind)?;
+        Ok(FrameOpener {
+            cipher: derive_cipher(key, &salt),
+            ad_prefix: ad_prefix(id, &salt),
+        })
+    }
+
+    /// Opens the frame at the start of `buf` (found at stored offset `at`),
+    /// which must carry plaintext offset `expected_offset`.
+    /// Returns `Ok(None)` when `buf` holds no complete frame (end of data, or zeros).
+    pub fn open(
+        &self,
+        buf: &[u8],
+        at: u64,
+        expected_offset: u64,
+    ) -> Result<Option<OpenedFrame>, FrameError> {
+        if buf.len() < FRAME_HEADER_LEN {
+            return Ok(None);
+        }
+        let h = &buf[..FRAME_HEADER_LEN];
+        let stored_len = u32::from_le_bytes(h[0..4].try_into().expect("4 bytes")) as usize;
+        if stored_len == 0 {
+            return Ok(None);
+        }
+        let malformed = |why: &str| FrameError::Malformed {
+            at,
+            why: why.to_string(),
+        };
+        let plain_offset = u64::from_le_bytes(h[4..12].try_into().expect("8 bytes"));
+        let plain_len = u32::from_le_bytes(h[12..16].try_into().expect("4 bytes")) as usize;
+        let flags = h[16];
+        if stored_len < TAG_LEN
+            || plain_len > MAX_FRAME_PLAIN
+            || stored_len > MAX_FRAME_PLAIN + TAG_LEN + 1024
+            || flags & !(FLAG_ZSTD | FLAG_FINAL) != 0
+        {
+            return Err(malformed("impossible lengths or flags"));
+        }
+        if buf.len() < FRAME_HEADER_LEN + stored_len {
+            return Ok(None);
+        }
+        if plain_offset != expected_offset {
+            return Err(malformed(&format!(
+                "carries offset {plain_offset}, expected {expected_offset} (reordered or spliced)"
+            )));
+        }
+        let mut ad = Vec::with_capacity(self.ad_prefix.len() + FRAME_HEADER_LEN);
+        ad.extend_from_slice(&self.ad_prefix);
+        ad.extend_from_slice(h);
+        let body = &buf[FRAME_HEADER_LEN..FRAME_HEADER_LEN + stored_len];
+        let (ct, tag) = body.split_at(stored_len - TAG_LEN);
+        let mut data = ct.to_vec();
+        self.cipher
+            .decrypt_in_place_detached(
+                Nonce::from_slice(&h[17..29]),
+                &ad,
+                &mut data,
+                Tag::from_slice(tag),
+            )
+            .map_err(|_| FrameError::Authentication { at })?;
+        if flags & FLAG_ZSTD != 0 {
+            data = zstd::bulk::decompress(&data, plain_len)
+                .map_err(|_| FrameError::Decompress { at })?;
+        }
+        if data.len() != plain_len {
+            return Err(FrameError::Decompress { at });
+        }
+        Ok(Some(OpenedFrame {
+            plain_offset,
+            data,
+            is_final: flags & FLAG_FINAL != 0,
+            stored_len: FRAME_HEADER_LEN + stored_len,
+        }))
+    }
+}
+
+/// The result of reading a whole stored object.
+#[derive(Debug)]
+pub struct DecodedObject {
+    pub data: Vec<u8>,
+    /// The final frame was present: the object is complete.
+    pub finished: bool,
+    /// Stored bytes (from the start of the file) covered by valid frames.
+    pub valid_stored_len: u64,
+}
+
+/// Decodes a whole object. With `tolerate_torn_tail`, decoding stops at the first
+/// frame that is incomplete or fails authentication and reports the valid prefix
+/// (crash recovery of a file being appended to); otherwise any such frame is an error.
+pub fn decode_object(
+    key: &DataKey,
+    id: &ObjectId,
+    bytes: &[u8],
+    tolerate_torn_tail: bool,
+) -> Result<DecodedObject, FrameError> {
+    let opener = FrameOpener::new(key, id, bytes)?;
+    let mut pos = HEADER_LEN;
+    let mut data = Vec::new();
+    let mut finished = false;
+    loop {
+        let res = opener.open(&bytes[pos..], pos as u64, data.len() as u64);
+        match res {
+            Ok(Some(f)) => {
+                pos += f.stored_len;
+                data.extend_from_slice(&f.data);
+                if f.is_final {
+                    finished = true;
+                    break;
+                }
+            }
+            Ok(None) => {
+                let rest = &bytes[pos..];
+                if !tolerate_torn_tail && !rest.iter().all(|&b| b == 0) {
+                    return Err(FrameError::Malformed {
+                        at: pos as u64,
+                        why: "trailing bytes that are not a complete frame".into(),
+                    });
+                }
+                break;
+            }
+            Err(e) if tolerate_torn_tail => {
+                let _ = e;
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if finished && bytes[pos..].iter().any(|&b| b != 0) {
+        return Err(FrameError::Malformed {
+            at: pos as u64,
+            why: "data after the final frame".into(),
+        });
+    }
+    Ok(DecodedObject {
+        data,
+        finished,
+        valid_stored_len: pos as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id(cluster: &str, name: &str) -> ObjectId {
+        ObjectId {
+            cluster: cluster.parse().unwrap(),
+            kind: ObjectKind::WalSegment,
+            name: name.into(),
+        }
+    }
+
+    fn build(key: &DataKey, id: &ObjectId, pieces: &[&[u8]], finish: bool) -> Vec<u8> {
+        let (mut s, header) = FrameSealer::create(key, id);
+        let mut out = header.to_vec();
+        for p in pieces {
+            s.seal(p, &mut out);
+        }
+        if finish {
+            s.seal_final(&mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn round_trip_and_final() {
+        let k = DataKey::generate();
+        let i = id("a", "000000010000000000000001");
+        let big = vec![7u8; 100_000];
+        let bytes = build(&k, &i, &[b"hello", &big, b""], true);
+        let d = decode_object(&k, &i, &bytes, false).unwrap();
+        assert!(d.finished);
+        assert_eq!(d.data.len(), 5 + 100_000);
+        assert!(bytes.len() < 20_000, "compressible data was compressed");
+    }
+
+    #[test]
+    fn wrong_cluster_name_or_key_fails() {
+        let k = DataKey::generate();
+        let bytes = build(&k, &id("a", "X"), &[b"secret data"], true);
+        assert!(matches!(
+            decode_object(&k, &id("b", "X"), &bytes, false),
+            Err(FrameError::Authentication { .. })
+        ));
+        assert!(matches!(
+            decode_object(&k, &id("a", "Y"), &bytes, false),
+            Err(FrameError::Authentication { .. })
+        ));
+        assert!(decode_object(&DataKey::generate(), &id("a", "X"), &bytes, false).is_err());
+    }
+
+    #[test]
+    fn truncation_and_reordering_detected() {
+        let k = DataKey::generate();
+        let i = id("a", "X");
+        let (mut s, header) = FrameSealer::create(&k, &i);
+        let mut f1 = Vec::new();
+        s.seal(b"first frame data", &mut f1);
+        let mut f2 = Vec::new();
+        s.seal(b"second frame data", &mut f2);
+        let mut fin = Vec::new();
+        s.seal_final(&mut fin);
+        let whole = [header.to_vec(), f1.clone(), f2.clone(), fin.clone()].concat();
+        assert!(decode_object(&k, &i, &whole, false).unwrap().finished);
+        // Dropped final frame: decodes, but not finished.
+        let no_final = [header.to_vec(), f1.clone(), f2.clone()].concat();
+        assert!(!decode_object(&k, &i, &no_final, false).unwrap().finished);
+        // Swapped frames: offset check.
+        let swapped = [header.to_vec(), f2.clone(), f1.clone(), fin.clone()].concat();
+        assert!(decode_object(&k, &i, &swapped, false).is_err());
+        // Torn tail: error strictly, valid prefix when tolerated.
+        let torn = &whole[..HEADER_LEN + f1.len() + 10];
+        assert!(decode_object(&k, &i, torn, false).is_err());
+        let d = decode_object(&k, &i, torn, true).unwrap();
+        assert_eq!(d.data, b"first frame data");
+        assert_eq!(d.valid_stored_len as usize, HEADER_LEN + f1.len());
+    }
+
+    proptest! {
+        #[test]
+        fn any_single_byte_flip_is_detected(
+            data in proptest::collection::vec(any::<u8>(), 1..2000),
+            pos_frac in 0.0f64..1.0, bit in 0u8..8,
+        ) {
+            let k = DataKey::generate();
+            let i = id("a", "X");
+            let mut bytes = build(&k, &i, &[&data], true);
+            let pos = ((bytes.len() as f64) * pos_frac) as usize % bytes.len();
+            bytes[pos] ^= 1 << bit;
+            match decode_object(&k, &i, &bytes, false) {
+                Err(_) => {}
+                Ok(d) => prop_assert!(!d.finished || d.data != data, "flip at {} undetected", pos),
+            }
+        }
+
+        #[test]
+        fn round_trip(pieces in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..3000), 0..6)) {
+            let k = DataKey::generate();
+            let i = id("c1", "N");
+            let refs: Vec<&[u8]> = pieces.iter().map(|p| p.as_slice()).collect();
+            let bytes = build(&k, &i, &refs, true);
+            let d = decode_object(&k, &i, &bytes, false).unwrap();
+            prop_assert!(d.finished);
+            prop_assert_eq!(d.data, pieces.concat());
+        }
+    }
+}
