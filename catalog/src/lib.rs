@@ -1,7 +1,6 @@
 //! The catalog: Klio's index of what Tier 1 holds, in an embedded RocksDB.
 //!
-//! Owns the directory `<data_dir>/catalog`. Records: the master-key check value,
-//! clusters (system identifier, wrapped data key, slot, current timeline, segment
+//! Owns the directory `<data_dir>/catalog`. Records: clusters (system identifier, wrapped data key, slot, current timeline, segment
 //! size), timelines, and WAL segments (state, sizes, checksum, tiers).
 //!
 //! Keys are `kind/cluster/binary-suffix` so a prefix scan lists one cluster's
@@ -18,7 +17,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 const VALUE_VERSION: u8 = 1;
-const META_KEY_CHECK: &[u8] = b"m/master_key_check";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -214,17 +212,6 @@ impl Catalog {
             out.push(decode(&k, &v)?);
         }
         Ok(out)
-    }
-
-    pub fn master_key_check(&self) -> Result<Option<Vec<u8>>> {
-        Ok(self.db.get(META_KEY_CHECK)?)
-    }
-
-    pub fn set_master_key_check(&self, value: &[u8]) -> Result<()> {
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        self.db.put_opt(META_KEY_CHECK, value, &wo)?;
-        Ok(())
     }
 
     pub fn cluster(&self, name: &ClusterName) -> Result<Option<ClusterRecord>> {

@@ -1,0 +1,609 @@
+//! One protected cluster: its catalog identity, its Tier 1 store, and the task
+//! that streams its WAL (connect → identify → slot → START_REPLICATION → follow
+//! timelines → reconnect with backoff).
+//!
+//! Writes: the cluster's catalog record (on first contact and timeline changes),
+//! timeline history files, and through the writer thread its WAL segments.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use klio_catalog::{Catalog, CatalogError, ClusterRecord};
+use klio_core::keys::KeyError;
+use klio_core::{ClusterName, DataKey, Lsn, MasterKey, TimelineId, WalSegSize};
+use tokio::sync::watch;
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use crate::conninfo::ConnInfo;
+use crate::ingest::Ingest;
+use crate::pgwire::{CopyBothStart, CopyMessage, PgError, ReplicationConn};
+use crate::replication::{self, PrimaryKeepalive, StandbyStatusUpdate, XLogData};
+use crate::status::{ClusterStatus, ConnState};
+use crate::wal_store::{StoreError, WalStore};
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the catalog in {path}: {source}")]
+    Catalog { path: PathBuf, source: CatalogError },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("{path} is damaged (bad magic or checksum); it holds the master key check value and cannot be regenerated safely")]
+    KeyCheckFile { path: PathBuf },
+    #[error("catalog: {0}")]
+    CatalogOp(#[from] CatalogError),
+    #[error("cluster {cluster}: Tier 1 store: {source}")]
+    Store {
+        cluster: ClusterName,
+        source: StoreError,
+    },
+}
+
+/// Server-wide state shared by all clusters.
+pub struct ServerContext {
+    pub data_dir: PathBuf,
+    pub catalog: Arc<Catalog>,
+    master: MasterKey,
+}
+
+impl std::fmt::Debug for ServerContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerContext")
+            .field("data_dir", &self.data_dir)
+            .finish()
+    }
+}
+
+impl ServerContext {
+    /// Checks the master key, then opens the catalog. A wrong key fails before
+    /// anything in the data directory is created or modified.
+    pub fn open(data_dir: &Path, master: MasterKey) -> Result<ServerContext, StartupError> {
+        let check_path = data_dir.join(KEY_CHECK_FILE);
+        let cat_dir = data_dir.join("catalog");
+        let open_catalog = || {
+            Catalog::open(&cat_dir).map_err(|source| StartupError::Catalog {
+                path: cat_dir.clone(),
+                source,
+            })
+        };
+        let catalog = match std::fs::read(&check_path) {
+            Ok(bytes) => {
+                let value = decode_key_check(&bytes).ok_or_else(|| StartupError::KeyCheckFile {
+                    path: check_path.clone(),
+                })?;
+                master.verify_check_value(value)?;
+                open_catalog()?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                crate::crashsafe::create_dir_all_durably(data_dir).map_err(|source| {
+                    StartupError::DataDir {
+                        path: data_dir.to_path_buf(),
+                        source,
+                    }
+                })?;
+                let catalog = open_catalog()?;
+                // A catalog from before the check file existed must agree too.
+                for c in catalog.clusters()? {
+                    master.unwrap(&c.wrapped_key, &c.name)?;
+                }
+                crate::crashsafe::write_file_durably(&check_path, &encode_key_check(&master.check_value()))
+                    .map_err(|source| StartupError::DataDir {
+                        path: check_path.clone(),
+                        source,
+                    })?;
+                catalog
+            }
+            Err(source) => {
+                return Err(StartupError::DataDir {
+                    path: check_path,
+                    source,
+                })
+            }
+        };
+        for c in catalog.clusters()? {
+            master.unwrap(&c.wrapped_key, &c.name)?;
+        }
+        Ok(ServerContext {
+            data_dir: data_dir.to_path_buf(),
+            catalog: Arc::new(catalog),
+            master,
+        })
+    }
+}
+
+const KEY_CHECK_FILE: &str = "keycheck";
+const KEY_CHECK_MAGIC: &[u8; 8] = b"KLIOKEY1";
+
+/// `magic | value | crc32c(magic | value)`.
+fn encode_key_check(value: &[u8]) -> Vec<u8> {
+    let mut out = KEY_CHECK_MAGIC.to_vec();
+    out.extend_from_slice(value);
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+fn decode_key_check(bytes: &[u8]) -> Option<&[u8]> {
+    if bytes.len() < 12 || &bytes[..8] != KEY_CHECK_MAGIC {
+        return None;
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    (crc32c::crc32c(body).to_le_bytes() == crc).then_some(&body[8..])
+}
+
+/// What the configuration says about one cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub name: ClusterName,
+    pub conninfo: ConnInfo,
+    pub slot: String,
+    /// Longest time between two standby status updates.
+    pub status_interval: Duration,
+}
+
+/// A configured cluster: live status and (once known) its store.
+#[derive(Clone)]
+pub struct ClusterHandle {
+    pub spec: ClusterSpec,
+    pub status: Arc<ClusterStatus>,
+    store: Arc<OnceLock<WalStore>>,
+}
+
+impl std::fmt::Debug for ClusterHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterHandle")
+            .field("cluster", &self.spec.name)
+            .finish()
+    }
+}
+
+impl ClusterHandle {
+    /// The cluster's Tier 1 store; `None` until its primary was first contacted.
+    pub fn store(&self) -> Option<WalStore> {
+        self.store.get().cloned()
+    }
+}
+
+fn open_store(
+    ctx: &ServerContext,
+    rec: &ClusterRecord,
+) -> Result<WalStore, StartupError> {
+    let key = ctx.master.unwrap(&rec.wrapped_key, &rec.name)?;
+    let store = WalStore::open(
+        &ctx.data_dir,
+        rec.name.clone(),
+        key,
+        rec.seg_size,
+        ctx.catalog.clone(),
+    )
+    .map_err(|source| StartupError::Store {
+        cluster: rec.name.clone(),
+        source,
+    })?;
+    store.reconcile().map_err(|source| StartupError::Store {
+        cluster: rec.name.clone(),
+        source,
+    })?;
+    Ok(store)
+}
+
+/// Prepares a configured cluster: if it is already in the catalog, unwraps its
+/// key and reconciles its Tier 1 store (a crash's leftovers are repaired here).
+pub fn prepare_cluster(ctx: &ServerContext, spec: ClusterSpec) -> Result<ClusterHandle, StartupError> {
+    let status = Arc::new(ClusterStatus::default());
+    let store = Arc::new(OnceLock::new());
+    if let Some(rec) = ctx.catalog.cluster(&spec.name)? {
+        status.set_system_id(rec.system_id);
+        status.set_timeline(rec.timeline.get());
+        let s = open_store(ctx, &rec)?;
+        let _ = store.set(s);
+    }
+    Ok(ClusterHandle {
+        spec,
+        status,
+        store,
+    })
+}
+
+/// Why a streaming session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    /// Retrying cannot help; an operator must act.
+    #[error("{0}")]
+    Fatal(String),
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    #[error("Tier 1: {0}")]
+    Store(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<StoreError> for SessionError {
+    fn from(e: StoreError) -> Self {
+        SessionError::Store(e.to_string())
+    }
+}
+
+impl From<CatalogError> for SessionError {
+    fn from(e: CatalogError) -> Self {
+        SessionError::Store(e.to_string())
+    }
+}
+
+enum SessionEnd {
+    Shutdown,
+}
+
+/// Exponential backoff between reconnection attempts.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const MIN: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(30);
+
+    fn new() -> Backoff {
+        Backoff { next: Self::MIN }
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        d
+    }
+}
+
+/// Streams one cluster until `shutdown` turns true.
+pub async fn run_cluster(ctx: Arc<ServerContext>, handle: ClusterHandle, mut shutdown: watch::Receiver<bool>) {
+    let span = info_span!("cluster", cluster = %handle.spec.name);
+    async move {
+        let mut backoff = Backoff::new();
+        let mut ingest: Option<Ingest> = None;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let started = Instant::now();
+            let res = session(&ctx, &handle, &mut ingest, &mut shutdown, &mut backoff).await;
+            match res {
+                Ok(SessionEnd::Shutdown) => break,
+                Err(SessionError::Fatal(msg)) => {
+                    if handle.status.set_state(ConnState::Failed, Some(msg.clone())) {
+                        error!("{msg}");
+                    }
+                    let _ = shutdown.wait_for(|s| *s).await;
+                    break;
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if handle.status.set_state(ConnState::Disconnected, Some(msg.clone())) {
+                        warn!(error = %msg, "replication connection lost; reconnecting with backoff");
+                    } else {
+                        debug!(error = %msg, "reconnect attempt failed");
+                    }
+                    if started.elapsed() > Duration::from_secs(60) {
+                        backoff.reset();
+                    }
+                    let delay = backoff.next_delay();
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.wait_for(|s| *s) => break,
+                    }
+                }
+            }
+        }
+        if let Some(ingest) = ingest.take() {
+            // Dropping joins the writer thread, which flushes and closes.
+            let _ = tokio::task::spawn_blocking(move || drop(ingest)).await;
+        }
+        handle.status.set_state(ConnState::Disconnected, Some("server shutting down".into()));
+        info!("receiver stopped");
+    }
+    .instrument(span)
+    .await
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Finds or creates the catalog record for the cluster; refuses a primary whose
+/// system identifier differs from the stored one.
+fn ensure_cluster(
+    ctx: &ServerContext,
+    spec: &ClusterSpec,
+    system_id: u64,
+    seg_size: WalSegSize,
+    tli: TimelineId,
+) -> Result<ClusterRecord, SessionError> {
+    if let Some(rec) = ctx.catalog.cluster(&spec.name)? {
+        if rec.system_id != system_id {
+            return Err(SessionError::Fatal(format!(
+                "refusing to stream: the server at {} has system identifier {system_id}, but cluster {} \
+                 was created from system identifier {}. If the cluster was re-created on purpose, \
+                 configure it under a new name; otherwise fix the conninfo.",
+                spec.conninfo.describe(),
+                spec.name,
+                rec.system_id
+            )));
+        }
+        if rec.seg_size != seg_size {
+            return Err(SessionError::Fatal(format!(
+                "cluster {} was stored with wal_segment_size {} but the server now reports {}",
+                spec.name,
+                rec.seg_size.bytes(),
+                seg_size.bytes()
+            )));
+        }
+        return Ok(rec);
+    }
+    let key = DataKey::generate();
+    let rec = ClusterRecord {
+        name: spec.name.clone(),
+        system_id,
+        wrapped_key: ctx.master.wrap(&key, &spec.name),
+        slot: spec.slot.clone(),
+        seg_size,
+        timeline: tli,
+        created_unix: unix_now(),
+    };
+    ctx.catalog.put_cluster(&rec)?;
+    info!(system_id, "new cluster registered; data key generated");
+    Ok(rec)
+}
+
+fn pg_now() -> i64 {
+    replication::pg_epoch_micros(SystemTime::now())
+}
+
+async fn send_status(
+    conn: &mut ReplicationConn,
+    write: Lsn,
+    flush: Lsn,
+    reply_requested: bool,
+) -> Result<(), PgError> {
+    let msg = StandbyStatusUpdate {
+        write: write.0,
+        flush: flush.0,
+        apply: 0,
+        client_time: pg_now(),
+        reply_requested,
+    };
+    conn.send_copy_data(&msg.encode()).await
+}
+
+async fn session(
+    ctx: &Arc<ServerContext>,
+    handle: &ClusterHandle,
+    ingest_slot: &mut Option<Ingest>,
+    shutdown: &mut watch::Receiver<bool>,
+    backoff: &mut Backoff,
+) -> Result<SessionEnd, SessionError> {
+    let spec = &handle.spec;
+    let status = &handle.status;
+    status.set_state(ConnState::Connecting, status.snapshot().last_error);
+    let mut conn = tokio::select! {
+        c = ReplicationConn::connect(&spec.conninfo) => c?,
+        _ = shutdown.wait_for(|s| *s) => return Ok(SessionEnd::Shutdown),
+    };
+    let sys = conn.identify_system().await?;
+    let server_tli = TimelineId::new(sys.timeline)
+        .map_err(|e| SessionError::Other(format!("IDENTIFY_SYSTEM: {e}")))?;
+    let seg_text = conn.show("wal_segment_size").await?;
+    let seg_bytes = replication::parse_size(&seg_text)
+        .ok_or_else(|| SessionError::Other(format!("cannot parse wal_segment_size {seg_text:?}")))?;
+    let seg_size = WalSegSize::new(seg_bytes).map_err(|e| SessionError::Other(e.to_string()))?;
+    let rec = {
+        let ctx = ctx.clone();
+        let spec = spec.clone();
+        tokio::task::spawn_blocking(move || ensure_cluster(&ctx, &spec, sys.system_id, seg_size, server_tli))
+            .await
+            .map_err(|e| SessionError::Other(e.to_string()))??
+    };
+    status.set_system_id(sys.system_id);
+
+    if handle.store.get().is_none() {
+        let ctx2 = ctx.clone();
+        let rec2 = rec.clone();
+        let store = tokio::task::spawn_blocking(move || open_store(&ctx2, &rec2))
+            .await
+            .map_err(|e| SessionError::Other(e.to_string()))?
+            .map_err(|e| SessionError::Fatal(e.to_string()))?;
+        let _ = handle.store.set(store);
+    }
+    let store = handle.store().expect("set above");
+    if ingest_slot.is_none() {
+        *ingest_slot = Some(
+            Ingest::spawn(store.clone())
+                .map_err(|e| SessionError::Other(format!("cannot start writer thread: {e}")))?,
+        );
+    }
+    let ingest = ingest_slot.as_ref().expect("set above");
+
+    // The slot keeps the primary from recycling WAL we have not stored yet.
+    let slot_info = if conn.server_version_num() >= 150000 {
+        conn.read_replication_slot(&spec.slot).await?
+    } else {
+        None
+    };
+    if slot_info.is_none() {
+        match conn.create_physical_slot(&spec.slot).await {
+            Ok(()) => info!(slot = %spec.slot, "created physical replication slot"),
+            Err(e) if e.is_duplicate_object() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    let resume = ingest.checkpoint().await.map_err(SessionError::Store)?;
+    let (mut tli, mut start) = match resume {
+        Some(p) => p,
+        None => {
+            let restart = slot_info
+                .as_ref()
+                .and_then(|s| s.restart_lsn)
+                .unwrap_or(sys.xlogpos);
+            let tli = slot_info
+                .as_ref()
+                .and_then(|s| s.restart_tli)
+                .and_then(|t| TimelineId::new(t).ok())
+                .unwrap_or(server_tli);
+            (tli, Lsn(restart).segment_start(seg_size))
+        }
+    };
+
+    loop {
+        if tli.get() > 1 {
+            let known = ctx.catalog.timeline(&spec.name, tli)?;
+            if !known.is_some_and(|t| t.history_stored) {
+                let (_, content) = conn.timeline_history(tli.get()).await?;
+                let s = store.clone();
+                tokio::task::spawn_blocking(move || s.store_history(tli, &content))
+                    .await
+                    .map_err(|e| SessionError::Other(e.to_string()))??;
+                info!(timeline = %tli, "stored timeline history file");
+            }
+        }
+        if rec.timeline != tli {
+            let mut r = ctx.catalog.cluster(&spec.name)?.unwrap_or_else(|| rec.clone());
+            if r.timeline != tli {
+                r.timeline = tli;
+                ctx.catalog.put_cluster(&r)?;
+            }
+        }
+        status.set_timeline(tli.get());
+        match conn
+            .start_physical_replication(Some(&spec.slot), start.0, tli.get())
+            .await?
+        {
+            CopyBothStart::Started => {}
+            CopyBothStart::Completed(rs) => {
+                let (next, pos) = replication::parse_timeline_end(&rs)
+                    .ok_or_else(|| SessionError::Other("unexpected START_REPLICATION result".into()))?;
+                info!(timeline = %tli, next_timeline = next, switch = %Lsn(pos), "timeline already ended; following");
+                tli = TimelineId::new(next).map_err(|e| SessionError::Other(e.to_string()))?;
+                start = Lsn(pos).segment_start(seg_size);
+                continue;
+            }
+        }
+        if status.set_state(ConnState::Streaming, None) {
+            info!(timeline = %tli, start = %start, system_id = sys.system_id, "streaming WAL");
+        }
+        backoff.reset();
+        match copy_loop(&mut conn, ingest, status, tli, start, spec.status_interval, shutdown).await? {
+            CopyEnd::Shutdown => {
+                let _ = conn.send_copy_done().await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn.finish_copy()).await;
+                ingest.checkpoint().await.map_err(SessionError::Store)?;
+                conn.close().await;
+                return Ok(SessionEnd::Shutdown);
+            }
+            CopyEnd::EndOfTimeline => {
+                conn.send_copy_done().await?;
+                let rs = conn.finish_copy().await?;
+                let (next, pos) = replication::parse_timeline_end(&rs).ok_or_else(|| {
+                    SessionError::Other("end of timeline without a next timeline".into())
+                })?;
+                let end = ingest.checkpoint().await.map_err(SessionError::Store)?;
+                info!(timeline = %tli, next_timeline = next, switch = %Lsn(pos), stored_until = ?end,
+                    "end of timeline; following the switch");
+                tli = TimelineId::new(next).map_err(|e| SessionError::Other(e.to_string()))?;
+                start = Lsn(pos).segment_start(seg_size);
+            }
+        }
+    }
+}
+
+enum CopyEnd {
+    Shutdown,
+    EndOfTimeline,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn copy_loop(
+    conn: &mut ReplicationConn,
+    ingest: &Ingest,
+    status: &ClusterStatus,
+    tli: TimelineId,
+    start: Lsn,
+    status_interval: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<CopyEnd, SessionError> {
+    let mut progress = ingest.subscribe();
+    progress.mark_changed();
+    let mut tick = tokio::time::interval(status_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut received = start;
+    let mut flushed = Lsn::INVALID;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|s| *s) => return Ok(CopyEnd::Shutdown),
+            r = progress.changed() => {
+                r.map_err(|_| SessionError::Store("writer thread stopped".into()))?;
+                let p = progress.borrow_and_update().clone();
+                status.set_disk_full(p.disk_full);
+                if let Some(err) = p.error {
+                    return Err(SessionError::Store(err));
+                }
+                status.set_sealed(p.sealed);
+                if let Some((t, lsn)) = p.durable {
+                    if t == tli && lsn > flushed {
+                        flushed = lsn;
+                        status.set_flushed(lsn);
+                        send_status(conn, received, flushed, false).await?;
+                    }
+                }
+            }
+            m = conn.recv_copy() => match m? {
+                CopyMessage::Data(buf) => match buf.first() {
+                    Some(b'w') => {
+                        let x = XLogData::decode(&buf)?;
+                        let end = Lsn(x.wal_start + x.data.len() as u64);
+                        status.set_primary(Lsn(x.wal_end));
+                        if !x.data.is_empty() {
+                            ingest
+                                .write(tli, Lsn(x.wal_start), x.data)
+                                .await
+                                .map_err(|e| SessionError::Store(e.to_string()))?;
+                        }
+                        if end > received {
+                            received = end;
+                            status.set_received(end);
+                        }
+                    }
+                    Some(b'k') => {
+                        let k = PrimaryKeepalive::decode(&buf)?;
+                        status.set_primary(Lsn(k.wal_end));
+                        if k.reply_requested {
+                            send_status(conn, received, flushed, false).await?;
+                        }
+                    }
+                    other => {
+                        return Err(SessionError::Other(format!(
+                            "unexpected CopyData message type {other:?} from the primary"
+                        )))
+                    }
+                },
+                CopyMessage::Done => return Ok(CopyEnd::EndOfTimeline),
+            },
+            _ = tick.tick() => {
+                send_status(conn, received, flushed, false).await?;
+            }
+        }
+    }
+}

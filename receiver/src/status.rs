@@ -1,0 +1,142 @@
+//! Live per-cluster streaming state, shared with the HTTP API and metrics.
+//! In memory only.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use klio_core::Lsn;
+
+/// Connection state of a cluster's receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    Connecting,
+    Streaming,
+    Disconnected,
+    /// Stopped for good (e.g. a different system identifier): needs an operator.
+    Failed,
+}
+
+impl ConnState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnState::Connecting => "connecting",
+            ConnState::Streaming => "streaming",
+            ConnState::Disconnected => "disconnected",
+            ConnState::Failed => "failed",
+        }
+    }
+
+    pub const ALL: [ConnState; 4] = [
+        ConnState::Connecting,
+        ConnState::Streaming,
+        ConnState::Disconnected,
+        ConnState::Failed,
+    ];
+}
+
+/// Counters and positions of one cluster, updated by its receiver task.
+#[derive(Debug)]
+pub struct ClusterStatus {
+    received: AtomicU64,
+    flushed: AtomicU64,
+    primary: AtomicU64,
+    timeline: AtomicU32,
+    system_id: AtomicU64,
+    sealed: AtomicU64,
+    disk_full: AtomicBool,
+    state: Mutex<(ConnState, Option<String>)>,
+}
+
+/// A consistent-enough copy of [`ClusterStatus`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusSnapshot {
+    pub state: ConnState,
+    pub last_error: Option<String>,
+    pub received: Option<Lsn>,
+    pub flushed: Option<Lsn>,
+    pub primary: Option<Lsn>,
+    pub timeline: Option<u32>,
+    pub system_id: Option<u64>,
+    pub sealed_segments: u64,
+    pub disk_full: bool,
+}
+
+fn opt(v: u64) -> Option<Lsn> {
+    (v != 0).then_some(Lsn(v))
+}
+
+impl Default for ClusterStatus {
+    fn default() -> Self {
+        ClusterStatus {
+            received: AtomicU64::new(0),
+            flushed: AtomicU64::new(0),
+            primary: AtomicU64::new(0),
+            timeline: AtomicU32::new(0),
+            system_id: AtomicU64::new(0),
+            sealed: AtomicU64::new(0),
+            disk_full: AtomicBool::new(false),
+            state: Mutex::new((ConnState::Connecting, None)),
+        }
+    }
+}
+
+impl ClusterStatus {
+    pub fn snapshot(&self) -> StatusSnapshot {
+        let (state, last_error) = self.state.lock().map(|g| g.clone()).unwrap_or((ConnState::Failed, None));
+        let sid = self.system_id.load(Ordering::Relaxed);
+        let tli = self.timeline.load(Ordering::Relaxed);
+        StatusSnapshot {
+            state,
+            last_error,
+            received: opt(self.received.load(Ordering::Relaxed)),
+            flushed: opt(self.flushed.load(Ordering::Relaxed)),
+            primary: opt(self.primary.load(Ordering::Relaxed)),
+            timeline: (tli != 0).then_some(tli),
+            system_id: (sid != 0).then_some(sid),
+            sealed_segments: self.sealed.load(Ordering::Relaxed),
+            disk_full: self.disk_full.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sets the state; returns true when it or the error message changed
+    /// (so the caller logs once per change).
+    pub fn set_state(&self, state: ConnState, error: Option<String>) -> bool {
+        match self.state.lock() {
+            Ok(mut g) => {
+                let changed = g.0 != state || g.1 != error;
+                *g = (state, error);
+                changed
+            }
+            Err(_) => true,
+        }
+    }
+
+    pub fn set_received(&self, lsn: Lsn) {
+        self.received.fetch_max(lsn.0, Ordering::Relaxed);
+    }
+
+    pub fn set_flushed(&self, lsn: Lsn) {
+        self.flushed.store(lsn.0, Ordering::Relaxed);
+    }
+
+    pub fn set_primary(&self, lsn: Lsn) {
+        self.primary.fetch_max(lsn.0, Ordering::Relaxed);
+    }
+
+    pub fn set_timeline(&self, tli: u32) {
+        self.timeline.store(tli, Ordering::Relaxed);
+    }
+
+    pub fn set_system_id(&self, id: u64) {
+        self.system_id.store(id, Ordering::Relaxed);
+    }
+
+    /// Segments sealed since the server started.
+    pub fn set_sealed(&self, n: u64) {
+        self.sealed.store(n, Ordering::Relaxed);
+    }
+
+    pub fn set_disk_full(&self, v: bool) {
+        self.disk_full.store(v, Ordering::Relaxed);
+    }
+}
