@@ -1,1 +1,3 @@
-//! placeholder
+//! Klio's physical replication client: the connection string ([`conninfo`]).
+
+pub mod conninfo;
