@@ -1,0 +1,594 @@
+//! Typed physical-replication commands on a [`ReplicationConn`] (`IDENTIFY_SYSTEM`, `SHOW`,
+//! slots, `TIMELINE_HISTORY`, `START_REPLICATION`) and the CopyData payloads of the streaming
+//! protocol (XLogData, primary keepalive, standby status update). Owns no disk state.
+//!
+//! LSNs are `u64` and timelines `u32` here; they move to `klio_core`'s newtypes later.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::pgwire::{CopyBothStart, PgError, ReplicationConn, ResultSet};
+
+/// Seconds from the Unix epoch to PostgreSQL's epoch (2000-01-01 00:00:00 UTC).
+const PG_EPOCH_OFFSET_SECS: i64 = 946_684_800;
+
+/// `IDENTIFY_SYSTEM`'s answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SystemInfo {
+    pub system_id: u64,
+    pub timeline: u32,
+    pub xlogpos: u64,
+    pub dbname: Option<String>,
+}
+
+/// `READ_REPLICATION_SLOT`'s answer for an existing physical slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotInfo {
+    pub restart_lsn: Option<u64>,
+    pub restart_tli: Option<u32>,
+}
+
+/// What `START_REPLICATION` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamStart {
+    /// CopyBoth started: read with [`ReplicationConn::recv_copy`].
+    Streaming,
+    /// The start point is exactly the end of a past timeline: no COPY; continue on
+    /// `next_tli` from `next_tli_startpos`.
+    TimelineEnded {
+        next_tli: u32,
+        next_tli_startpos: u64,
+    },
+}
+
+/// Parses an LSN in PostgreSQL's `X/Y` form (hex, each half up to 8 digits).
+pub fn parse_lsn(s: &str) -> Result<u64, PgError> {
+    let bad = || PgError::Protocol(format!("invalid LSN {s:?}: expected X/Y in hex"));
+    let (hi, lo) = s.split_once('/').ok_or_else(bad)?;
+    let half = |p: &str| {
+        if p.is_empty() || p.len() > 8 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        u32::from_str_radix(p, 16).map_err(|_| bad())
+    };
+    Ok((u64::from(half(hi)?) << 32) | u64::from(half(lo)?))
+}
+
+/// Formats an LSN as `X/Y`.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+/// Parses a PostgreSQL size setting as `SHOW` prints it ("16MB", "1GB", "8kB", "512") into
+/// bytes.
+pub fn parse_size(s: &str) -> Result<u64, PgError> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "kB" => 1 << 10,
+        "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        "TB" => 1 << 40,
+        _ => return Err(PgError::Protocol(format!("invalid size {s:?}"))),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .ok_or_else(|| PgError::Protocol(format!("invalid size {s:?}")))
+}
+
+/// Quotes an identifier for the replication grammar.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// PostgreSQL's slot-name rule: lower-case letters, digits and `_`, at most 63 bytes.
+fn check_slot_name(slot: &str) -> Result<(), PgError> {
+    let ok = !slot.is_empty()
+        && slot.len() <= 63
+        && slot
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(PgError::Config(format!(
+            "invalid replication slot name {slot:?}: use lower-case letters, digits and \
+             underscores, at most 63 characters"
+        )))
+    }
+}
+
+/// The one row of a single-row result, or a protocol error naming the command.
+fn single_row<'a>(sets: &'a [ResultSet], command: &str) -> Result<&'a ResultSet, PgError> {
+    match sets.iter().find(|s| !s.columns.is_empty()) {
+        Some(set) if set.rows.len() == 1 => Ok(set),
+        Some(set) => Err(PgError::Protocol(format!(
+            "{command} returned {} rows, expected 1",
+            set.rows.len()
+        ))),
+        None => Err(PgError::Protocol(format!("{command} returned no rows"))),
+    }
+}
+
+fn required<'a>(set: &'a ResultSet, column: &str, command: &str) -> Result<&'a str, PgError> {
+    set.get(0, column)
+        .ok_or_else(|| PgError::Protocol(format!("{command}: column {column} missing or NULL")))
+}
+
+fn parse_num<T: std::str::FromStr>(v: &str, what: &str) -> Result<T, PgError> {
+    v.trim()
+        .parse()
+        .map_err(|_| PgError::Protocol(format!("invalid {what} {v:?}")))
+}
+
+impl ReplicationConn {
+    /// `IDENTIFY_SYSTEM`.
+    pub async fn identify_system(&mut self) -> Result<SystemInfo, PgError> {
+        let sets = self.simple_query("IDENTIFY_SYSTEM").await?;
+        let set = single_row(&sets, "IDENTIFY_SYSTEM")?;
+        Ok(SystemInfo {
+            system_id: parse_num(
+                required(set, "systemid", "IDENTIFY_SYSTEM")?,
+                "system identifier",
+            )?,
+            timeline: parse_num(required(set, "timeline", "IDENTIFY_SYSTEM")?, "timeline")?,
+            xlogpos: parse_lsn(required(set, "xlogpos", "IDENTIFY_SYSTEM")?)?,
+            dbname: set.get(0, "dbname").map(str::to_owned),
+        })
+    }
+
+    /// `SHOW name` (e.g. `wal_segment_size`; parse sizes with [`parse_size`]).
+    pub async fn show(&mut self, name: &str) -> Result<String, PgError> {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+        {
+            return Err(PgError::Config(format!("invalid setting name {name:?}")));
+        }
+        let sets = self.simple_query(&format!("SHOW {name}")).await?;
+        let set = single_row(&sets, "SHOW")?;
+        set.rows[0]
+            .first()
+            .cloned()
+            .flatten()
+            .ok_or_else(|| PgError::Protocol(format!("SHOW {name} returned NULL")))
+    }
+
+    /// `SHOW wal_segment_size` in bytes.
+    pub async fn wal_segment_size(&mut self) -> Result<u64, PgError> {
+        let size = parse_size(&self.show("wal_segment_size").await?)?;
+        if !size.is_power_of_two() || !(1 << 20..=1 << 30).contains(&size) {
+            return Err(PgError::Protocol(format!(
+                "server reports an invalid wal_segment_size of {size} bytes"
+            )));
+        }
+        Ok(size)
+    }
+
+    /// `READ_REPLICATION_SLOT` (PostgreSQL 15+). `None` if the slot does not exist.
+    pub async fn read_replication_slot(&mut self, slot: &str) -> Result<Option<SlotInfo>, PgError> {
+        check_slot_name(slot)?;
+        if self.server_version_num() < 150000 {
+            return Err(PgError::Unsupported(format!(
+                "READ_REPLICATION_SLOT needs PostgreSQL 15 or later; the server is {}",
+                self.parameter("server_version").unwrap_or("older")
+            )));
+        }
+        let sets = self
+            .simple_query(&format!("READ_REPLICATION_SLOT {}", quote_ident(slot)))
+            .await?;
+        let set = single_row(&sets, "READ_REPLICATION_SLOT")?;
+        // A missing slot is a row of NULLs.
+        let Some(slot_type) = set.get(0, "slot_type") else {
+            return Ok(None);
+        };
+        if slot_type != "physical" {
+            return Err(PgError::Config(format!(
+                "replication slot \"{slot}\" is a {slot_type} slot; Klio needs a physical slot"
+            )));
+        }
+        Ok(Some(SlotInfo {
+            restart_lsn: set.get(0, "restart_lsn").map(parse_lsn).transpose()?,
+            restart_tli: set
+                .get(0, "restart_tli")
+                .map(|v| parse_num(v, "restart_tli"))
+                .transpose()?,
+        }))
+    }
+
+    /// `CREATE_REPLICATION_SLOT "slot" PHYSICAL RESERVE_WAL` (the syntax every supported
+    /// version accepts). Returns the slot's consistent point if the server reports one.
+    /// An existing slot is [`PgError::SlotExists`].
+    pub async fn create_physical_slot(&mut self, slot: &str) -> Result<Option<u64>, PgError> {
+        check_slot_name(slot)?;
+        let sql = format!(
+            "CREATE_REPLICATION_SLOT {} PHYSICAL RESERVE_WAL",
+            quote_ident(slot)
+        );
+        let sets = match self.simple_query(&sql).await {
+            Ok(sets) => sets,
+            Err(PgError::Server { code, .. }) if code == "42710" => {
+                return Err(PgError::SlotExists {
+                    slot: slot.to_owned(),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        let set = single_row(&sets, "CREATE_REPLICATION_SLOT")?;
+        set.get(0, "consistent_point").map(parse_lsn).transpose()
+    }
+
+    /// `DROP_REPLICATION_SLOT "slot"`.
+    pub async fn drop_slot(&mut self, slot: &str) -> Result<(), PgError> {
+        check_slot_name(slot)?;
+        self.simple_query(&format!("DROP_REPLICATION_SLOT {}", quote_ident(slot)))
+            .await
+            .map(drop)
+    }
+
+    /// `TIMELINE_HISTORY tli`: the history file's name and exact content.
+    pub async fn timeline_history(&mut self, tli: u32) -> Result<(String, Bytes), PgError> {
+        let sets = self
+            .simple_query(&format!("TIMELINE_HISTORY {tli}"))
+            .await?;
+        let set = single_row(&sets, "TIMELINE_HISTORY")?;
+        let filename = required(set, "filename", "TIMELINE_HISTORY")?.to_owned();
+        let col = set
+            .column("content")
+            .ok_or_else(|| PgError::protocol("TIMELINE_HISTORY: no content column"))?;
+        let content = set
+            .raw(0, col)
+            .cloned()
+            .ok_or_else(|| PgError::protocol("TIMELINE_HISTORY: content is NULL"))?;
+        Ok((filename, content))
+    }
+
+    /// `START_REPLICATION [SLOT "s"] PHYSICAL X/Y TIMELINE n`.
+    pub async fn start_physical_replication(
+        &mut self,
+        slot: Option<&str>,
+        start: u64,
+        tli: u32,
+    ) -> Result<StreamStart, PgError> {
+        let slot_clause = match slot {
+            Some(s) => {
+                check_slot_name(s)?;
+                format!("SLOT {} ", quote_ident(s))
+            }
+            None => String::new(),
+        };
+        let sql = format!(
+            "START_REPLICATION {slot_clause}PHYSICAL {} TIMELINE {tli}",
+            format_lsn(start)
+        );
+        match self.start_copy_both(&sql).await? {
+            CopyBothStart::Started => Ok(StreamStart::Streaming),
+            CopyBothStart::Completed(sets) => {
+                let (next_tli, next_tli_startpos) = parse_timeline_end(&sets)?;
+                Ok(StreamStart::TimelineEnded {
+                    next_tli,
+                    next_tli_startpos,
+                })
+            }
+        }
+    }
+}
+
+/// The `next_tli, next_tli_startpos` result set that follows the end of a timeline.
+pub fn parse_timeline_end(sets: &[ResultSet]) -> Result<(u32, u64), PgError> {
+    let set = single_row(sets, "end of timeline")?;
+    Ok((
+        parse_num(required(set, "next_tli", "end of timeline")?, "next_tli")?,
+        parse_lsn(required(set, "next_tli_startpos", "end of timeline")?)?,
+    ))
+}
+
+/// Microseconds since 2000-01-01 00:00:00 UTC, PostgreSQL's timestamp epoch.
+pub fn pg_now_micros() -> i64 {
+    let since_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_unix.as_micros()).unwrap_or(i64::MAX) - PG_EPOCH_OFFSET_SECS * 1_000_000
+}
+
+/// `'w'`: a chunk of WAL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XLogData {
+    /// LSN of the first byte of `data`.
+    pub wal_start: u64,
+    /// The server's current end of WAL.
+    pub wal_end: u64,
+    /// Server clock, µs since 2000-01-01.
+    pub send_time: i64,
+    pub data: Bytes,
+}
+
+/// `'k'`: primary keepalive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrimaryKeepalive {
+    pub wal_end: u64,
+    pub send_time: i64,
+    /// The server wants a status update now (or it will time the client out).
+    pub reply_requested: bool,
+}
+
+/// A CopyData payload the server sends during physical streaming.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplicationMessage {
+    XLogData(XLogData),
+    Keepalive(PrimaryKeepalive),
+}
+
+impl ReplicationMessage {
+    /// Decodes a CopyData payload. Short or unknown messages are protocol errors.
+    pub fn decode(mut payload: Bytes) -> Result<ReplicationMessage, PgError> {
+        let Some(&kind) = payload.first() else {
+            return Err(PgError::protocol("empty CopyData during streaming"));
+        };
+        payload.advance(1);
+        match kind {
+            b'w' => {
+                if payload.len() < 24 {
+                    return Err(PgError::Protocol(format!(
+                        "XLogData message too short: {} header bytes, need 24",
+                        payload.len()
+                    )));
+                }
+                let wal_start = payload.get_u64();
+                let wal_end = payload.get_u64();
+                let send_time = payload.get_i64();
+                Ok(ReplicationMessage::XLogData(XLogData {
+                    wal_start,
+                    wal_end,
+                    send_time,
+                    data: payload,
+                }))
+            }
+            b'k' => {
+                if payload.len() != 17 {
+                    return Err(PgError::Protocol(format!(
+                        "keepalive message has {} bytes, expected 17",
+                        payload.len()
+                    )));
+                }
+                Ok(ReplicationMessage::Keepalive(PrimaryKeepalive {
+                    wal_end: payload.get_u64(),
+                    send_time: payload.get_i64(),
+                    reply_requested: payload.get_u8() != 0,
+                }))
+            }
+            other => Err(PgError::Protocol(format!(
+                "unknown streaming message type {:?}",
+                other as char
+            ))),
+        }
+    }
+}
+
+impl XLogData {
+    /// Encodes as the server would (for tests and fakes).
+    pub fn encode(&self) -> Bytes {
+        let mut buf = BytesMut::with_capacity(25 + self.data.len());
+        buf.put_u8(b'w');
+        buf.put_u64(self.wal_start);
+        buf.put_u64(self.wal_end);
+        buf.put_i64(self.send_time);
+        buf.put_slice(&self.data);
+        buf.freeze()
+    }
+}
+
+impl PrimaryKeepalive {
+    /// Encodes as the server would (for tests and fakes).
+    pub fn encode(&self) -> Bytes {
+        let mut buf = BytesMut::with_capacity(18);
+        buf.put_u8(b'k');
+        buf.put_u64(self.wal_end);
+        buf.put_i64(self.send_time);
+        buf.put_u8(u8::from(self.reply_requested));
+        buf.freeze()
+    }
+}
+
+/// `'r'`: standby status update (write/flush/apply positions).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StandbyStatusUpdate {
+    /// Last WAL byte + 1 received and written.
+    pub write: u64,
+    /// Last WAL byte + 1 durably stored. Never more than what is fsynced.
+    pub flush: u64,
+    /// Last WAL byte + 1 applied; 0 for a client that does not replay (like pg_receivewal).
+    pub apply: u64,
+    /// Client clock, µs since 2000-01-01 (see [`pg_now_micros`]).
+    pub client_time: i64,
+    /// Ask the server to reply immediately.
+    pub reply_requested: bool,
+}
+
+impl StandbyStatusUpdate {
+    /// The CopyData payload.
+    pub fn encode(&self) -> Bytes {
+        let mut buf = BytesMut::with_capacity(34);
+        buf.put_u8(b'r');
+        buf.put_u64(self.write);
+        buf.put_u64(self.flush);
+        buf.put_u64(self.apply);
+        buf.put_i64(self.client_time);
+        buf.put_u8(u8::from(self.reply_requested));
+        buf.freeze()
+    }
+
+    /// Decodes a payload produced by [`encode`](Self::encode) (for tests and fakes).
+    pub fn decode(mut payload: Bytes) -> Result<StandbyStatusUpdate, PgError> {
+        if payload.len() != 34 || payload[0] != b'r' {
+            return Err(PgError::protocol("malformed standby status update"));
+        }
+        payload.advance(1);
+        Ok(StandbyStatusUpdate {
+            write: payload.get_u64(),
+            flush: payload.get_u64(),
+            apply: payload.get_u64(),
+            client_time: payload.get_i64(),
+            reply_requested: payload.get_u8() != 0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn lsn_parse_and_format() {
+        assert_eq!(parse_lsn("0/0").unwrap(), 0);
+        assert_eq!(parse_lsn("16/B374D848").unwrap(), 0x16_B374_D848);
+        assert_eq!(parse_lsn("FFFFFFFF/FFFFFFFF").unwrap(), u64::MAX);
+        assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
+        assert_eq!(format_lsn(0x100_0000), "0/1000000");
+        for bad in ["", "0", "/0", "0/", "g/0", "1/123456789", "0/-1", " 0/1"] {
+            assert!(parse_lsn(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn lsn_roundtrip(lsn in any::<u64>()) {
+            prop_assert_eq!(parse_lsn(&format_lsn(lsn)).unwrap(), lsn);
+        }
+
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = ReplicationMessage::decode(Bytes::from(bytes));
+        }
+
+        #[test]
+        fn xlogdata_roundtrip(start in any::<u64>(), end in any::<u64>(), t in any::<i64>(),
+                              data in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let msg = XLogData { wal_start: start, wal_end: end, send_time: t, data: data.into() };
+            prop_assert_eq!(
+                ReplicationMessage::decode(msg.encode()).unwrap(),
+                ReplicationMessage::XLogData(msg)
+            );
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("16MB").unwrap(), 16 << 20);
+        assert_eq!(parse_size("1GB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("64kB").unwrap(), 64 << 10);
+        assert_eq!(parse_size("2TB").unwrap(), 2 << 40);
+        assert_eq!(parse_size("8192").unwrap(), 8192);
+        assert_eq!(parse_size("8192B").unwrap(), 8192);
+        for bad in ["", "MB", "16 XB", "16mb", "-1MB", "99999999999999999TB"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn decode_xlogdata_and_keepalive() {
+        let mut raw = vec![b'w'];
+        raw.extend_from_slice(&0x0100_0000u64.to_be_bytes());
+        raw.extend_from_slice(&0x0200_0000u64.to_be_bytes());
+        raw.extend_from_slice(&(-5i64).to_be_bytes());
+        raw.extend_from_slice(b"WAL!");
+        let ReplicationMessage::XLogData(x) = ReplicationMessage::decode(raw.into()).unwrap()
+        else {
+            panic!("not XLogData")
+        };
+        assert_eq!(
+            (x.wal_start, x.wal_end, x.send_time),
+            (0x0100_0000, 0x0200_0000, -5)
+        );
+        assert_eq!(&x.data[..], b"WAL!");
+
+        let mut raw = vec![b'k'];
+        raw.extend_from_slice(&42u64.to_be_bytes());
+        raw.extend_from_slice(&7i64.to_be_bytes());
+        raw.push(1);
+        assert_eq!(
+            ReplicationMessage::decode(raw.into()).unwrap(),
+            ReplicationMessage::Keepalive(PrimaryKeepalive {
+                wal_end: 42,
+                send_time: 7,
+                reply_requested: true
+            })
+        );
+    }
+
+    #[test]
+    fn short_messages_are_protocol_errors() {
+        for raw in [
+            &b""[..],
+            b"w",
+            &[b'w'; 24],
+            &[b'k'; 17],
+            &[b'k'; 19],
+            b"x123",
+        ] {
+            assert!(
+                matches!(
+                    ReplicationMessage::decode(Bytes::copy_from_slice(raw)),
+                    Err(PgError::Protocol(_))
+                ),
+                "{raw:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn status_update_layout() {
+        let update = StandbyStatusUpdate {
+            write: 0x0102_0304_0506_0708,
+            flush: 2,
+            apply: 0,
+            client_time: 0x1122,
+            reply_requested: true,
+        };
+        let bytes = update.encode();
+        assert_eq!(bytes.len(), 34);
+        assert_eq!(bytes[0], b'r');
+        assert_eq!(&bytes[1..9], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(&bytes[9..17], &2u64.to_be_bytes());
+        assert_eq!(&bytes[17..25], &[0; 8]);
+        assert_eq!(&bytes[25..33], &0x1122i64.to_be_bytes());
+        assert_eq!(bytes[33], 1);
+        assert_eq!(StandbyStatusUpdate::decode(bytes).unwrap(), update);
+    }
+
+    #[test]
+    fn pg_epoch() {
+        // 2024-01-01 is 24 years (6 leap days) after 2000-01-01.
+        let now = pg_now_micros();
+        let days = now / 86_400_000_000;
+        assert!(days > 8766, "{days}");
+    }
+
+    #[test]
+    fn identifiers_and_slot_names() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert!(check_slot_name("klio_slot_1").is_ok());
+        for bad in ["", "Upper", "with-dash", "x\"y", &"a".repeat(64)] {
+            assert!(check_slot_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn timeline_end_result() {
+        let set = ResultSet {
+            columns: vec!["next_tli".into(), "next_tli_startpos".into()],
+            rows: vec![vec![Some("3".into()), Some("0/5000000".into())]],
+            command_tag: String::new(),
+            ..ResultSet::default()
+        };
+        assert_eq!(parse_timeline_end(&[set]).unwrap(), (3, 0x500_0000));
+        assert!(parse_timeline_end(&[]).is_err());
+    }
+}
