@@ -17,8 +17,8 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::conninfo::ConnInfo;
 use crate::ingest::Ingest;
-use crate::pgwire::{CopyBothStart, CopyMessage, PgError, ReplicationConn};
-use crate::replication::{self, PrimaryKeepalive, StandbyStatusUpdate, XLogData};
+use crate::pgwire::{CopyMessage, PgError, ReplicationConn};
+use crate::replication::{self, ReplicationMessage, StandbyStatusUpdate, StreamStart};
 use crate::status::{ClusterStatus, ConnState};
 use crate::wal_store::{StoreError, WalStore};
 
@@ -367,10 +367,6 @@ fn ensure_cluster(
     Ok(rec)
 }
 
-fn pg_now() -> i64 {
-    replication::pg_epoch_micros(SystemTime::now())
-}
-
 async fn send_status(
     conn: &mut ReplicationConn,
     write: Lsn,
@@ -381,7 +377,7 @@ async fn send_status(
         write: write.0,
         flush: flush.0,
         apply: 0,
-        client_time: pg_now(),
+        client_time: replication::pg_now_micros(),
         reply_requested,
     };
     conn.send_copy_data(&msg.encode()).await
@@ -404,9 +400,7 @@ async fn session(
     let sys = conn.identify_system().await?;
     let server_tli = TimelineId::new(sys.timeline)
         .map_err(|e| SessionError::Other(format!("IDENTIFY_SYSTEM: {e}")))?;
-    let seg_text = conn.show("wal_segment_size").await?;
-    let seg_bytes = replication::parse_size(&seg_text)
-        .ok_or_else(|| SessionError::Other(format!("cannot parse wal_segment_size {seg_text:?}")))?;
+    let seg_bytes = conn.wal_segment_size().await?;
     let seg_size = WalSegSize::new(seg_bytes).map_err(|e| SessionError::Other(e.to_string()))?;
     let rec = {
         let ctx = ctx.clone();
@@ -443,8 +437,8 @@ async fn session(
     };
     if slot_info.is_none() {
         match conn.create_physical_slot(&spec.slot).await {
-            Ok(()) => info!(slot = %spec.slot, "created physical replication slot"),
-            Err(e) if e.is_duplicate_object() => {}
+            Ok(_) => info!(slot = %spec.slot, "created physical replication slot"),
+            Err(PgError::SlotExists { .. }) => {}
             Err(e) => return Err(e.into()),
         }
     }
@@ -490,10 +484,11 @@ async fn session(
             .start_physical_replication(Some(&spec.slot), start.0, tli.get())
             .await?
         {
-            CopyBothStart::Started => {}
-            CopyBothStart::Completed(rs) => {
-                let (next, pos) = replication::parse_timeline_end(&rs)
-                    .ok_or_else(|| SessionError::Other("unexpected START_REPLICATION result".into()))?;
+            StreamStart::Streaming => {}
+            StreamStart::TimelineEnded {
+                next_tli: next,
+                next_tli_startpos: pos,
+            } => {
                 info!(timeline = %tli, next_timeline = next, switch = %Lsn(pos), "timeline already ended; following");
                 tli = TimelineId::new(next).map_err(|e| SessionError::Other(e.to_string()))?;
                 start = Lsn(pos).segment_start(seg_size);
@@ -515,9 +510,7 @@ async fn session(
             CopyEnd::EndOfTimeline => {
                 conn.send_copy_done().await?;
                 let rs = conn.finish_copy().await?;
-                let (next, pos) = replication::parse_timeline_end(&rs).ok_or_else(|| {
-                    SessionError::Other("end of timeline without a next timeline".into())
-                })?;
+                let (next, pos) = replication::parse_timeline_end(&rs)?;
                 let end = ingest.checkpoint().await.map_err(SessionError::Store)?;
                 info!(timeline = %tli, next_timeline = next, switch = %Lsn(pos), stored_until = ?end,
                     "end of timeline; following the switch");
@@ -570,9 +563,8 @@ async fn copy_loop(
                 }
             }
             m = conn.recv_copy() => match m? {
-                CopyMessage::Data(buf) => match buf.first() {
-                    Some(b'w') => {
-                        let x = XLogData::decode(&buf)?;
+                CopyMessage::Data(buf) => match ReplicationMessage::decode(buf)? {
+                    ReplicationMessage::XLogData(x) => {
                         let end = Lsn(x.wal_start + x.data.len() as u64);
                         status.set_primary(Lsn(x.wal_end));
                         if !x.data.is_empty() {
@@ -586,17 +578,11 @@ async fn copy_loop(
                             status.set_received(end);
                         }
                     }
-                    Some(b'k') => {
-                        let k = PrimaryKeepalive::decode(&buf)?;
+                    ReplicationMessage::Keepalive(k) => {
                         status.set_primary(Lsn(k.wal_end));
                         if k.reply_requested {
                             send_status(conn, received, flushed, false).await?;
                         }
-                    }
-                    other => {
-                        return Err(SessionError::Other(format!(
-                            "unexpected CopyData message type {other:?} from the primary"
-                        )))
                     }
                 },
                 CopyMessage::Done => return Ok(CopyEnd::EndOfTimeline),

@@ -1,7 +1,18 @@
-//! Klio's physical replication client: the connection string ([`conninfo`]), the wire
-//! connection ([`pgwire`]) and the typed replication commands and streaming messages
-//! ([`replication`]).
+//! Klio's physical replication client and Tier 1 WAL store.
+//!
+//! - [`conninfo`]: libpq connection strings and passfiles;
+//! - [`pgwire`]: the replication connection (TCP/Unix, TLS, authentication, COPY);
+//! - [`replication`]: typed replication commands and streaming messages;
+//! - [`wal_store`]: the encrypted Tier 1 WAL files and their reconciliation;
+//! - [`ingest`]: the per-cluster writer thread (group commit, durable position);
+//! - [`cluster`]: the per-cluster streaming task;
+//! - [`status`]: live state for the API and metrics.
 
+pub mod cluster;
 pub mod conninfo;
+mod crashsafe;
+pub mod ingest;
 pub mod pgwire;
 pub mod replication;
+pub mod status;
+pub mod wal_store;

@@ -364,7 +364,7 @@ impl WalStore {
         segno: SegNo,
         path: &Path,
     ) -> Result<SegmentRecord, StoreError> {
-        let mut w = OpenSegment::resume(self, tli, segno)?;
+        let w = OpenSegment::resume(self, tli, segno)?;
         let _ = path;
         w.seal(self)
     }
