@@ -1,1 +1,5 @@
-fn main() {}
+//! The `klio` command: the Klio Server and its command-line client.
+
+fn main() -> std::process::ExitCode {
+    klio::cli::main()
+}

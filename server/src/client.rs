@@ -1,0 +1,295 @@
+//! The HTTP client behind `klio wal-restore`, `klio status` and `klio list`.
+//!
+//! Requests retry a few times, briefly, on connection errors and 5xx answers only.
+//! `wal-restore` writes its destination atomically: a temporary file in the same
+//! directory, written, fsync'ed, renamed over the destination, directory fsync'ed; a
+//! failure at any point leaves no partial destination behind.
+
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use klio_core::{ClusterName, WalFileName};
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+
+use crate::api::{ErrorBody, StatusList, WalList};
+use crate::auth::ClusterToken;
+
+/// The server URL when neither `--server` nor `KLIO_SERVER` is given.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+const ATTEMPTS: u32 = 3;
+const BACKOFF: [Duration; 2] = [Duration::from_millis(250), Duration::from_millis(1000)];
+
+/// A client command's failure. Display is one line naming the cause and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server does not have it (exit 1: normal when PostgreSQL probes for WAL).
+    #[error("{0}")]
+    NotFound(String),
+    /// Bad command-line input, detected before any request.
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot reach the Klio server at {server}: {detail}; check --server / KLIO_SERVER and that the server is running")]
+    Connect { server: String, detail: String },
+    #[error(
+        "the server rejected the token from {origin} (401); check --token-file / KLIO_TOKEN_FILE"
+    )]
+    Unauthorized { origin: String },
+    #[error("the token from {origin} is not valid for cluster {cluster} (403); use that cluster's token file or fix --cluster / KLIO_CLUSTER")]
+    Forbidden { cluster: String, origin: String },
+    #[error("the server answered {status}: {message}")]
+    Server { status: u16, message: String },
+    #[error("{0}")]
+    Io(String),
+}
+
+impl ClientError {
+    /// 1 when the thing asked for does not exist, 2 for every other failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::NotFound(_) => 1,
+            _ => 2,
+        }
+    }
+}
+
+/// A connection to one Klio server with one cluster's token.
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: ClusterToken,
+    token_origin: String,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client").field("base", &self.base).finish()
+    }
+}
+
+impl Client {
+    /// `token_origin` (e.g. the token file's path) is named in authentication errors.
+    pub fn new(
+        server: &str,
+        token: ClusterToken,
+        token_origin: &str,
+    ) -> Result<Client, ClientError> {
+        let url = reqwest::Url::parse(server).map_err(|e| {
+            ClientError::Usage(format!(
+                "invalid server URL {server:?} ({e}); use e.g. {DEFAULT_SERVER} via --server or KLIO_SERVER"
+            ))
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.query().is_some() {
+            return Err(ClientError::Usage(format!(
+                "invalid server URL {server:?}: use http:// or https:// without a query, e.g. {DEFAULT_SERVER}"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(concat!("klio/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| {
+                ClientError::Io(format!("cannot set up the HTTP client: {}", chain(&e)))
+            })?;
+        Ok(Client {
+            http,
+            base: url.as_str().trim_end_matches('/').to_string(),
+            token,
+            token_origin: token_origin.to_string(),
+        })
+    }
+
+    /// `GET /v1/status`.
+    pub async fn status(&self) -> Result<StatusList, ClientError> {
+        self.get_json("/v1/status", None).await
+    }
+
+    /// `GET /v1/clusters/{cluster}/wal`.
+    pub async fn list_wal(&self, cluster: &ClusterName) -> Result<WalList, ClientError> {
+        self.get_json(&format!("/v1/clusters/{cluster}/wal"), Some(cluster))
+            .await
+    }
+
+    /// `GET /v1/clusters/{cluster}/wal/{name}`: the file's plaintext.
+    pub async fn fetch_wal(
+        &self,
+        cluster: &ClusterName,
+        name: &WalFileName,
+    ) -> Result<Vec<u8>, ClientError> {
+        let path = format!("/v1/clusters/{cluster}/wal/{name}");
+        self.get_bytes(&path, Some(cluster)).await
+    }
+
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        cluster: Option<&ClusterName>,
+    ) -> Result<T, ClientError> {
+        let body = self.get_bytes(path, cluster).await?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Server {
+            status: 200,
+            message: format!(
+                "unexpected response to {path} ({e}); is {} a Klio server of this version?",
+                self.base
+            ),
+        })
+    }
+
+    /// GETs `path` and reads the whole body, retrying connection errors and 5xx.
+    async fn get_bytes(
+        &self,
+        path: &str,
+        cluster: Option<&ClusterName>,
+    ) -> Result<Vec<u8>, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut attempt = 0;
+        loop {
+            let outcome = self.get_once(&url).await;
+            let retry = match &outcome {
+                Err(Failure::Transport(_)) => true,
+                Err(Failure::Status(s, _)) => s.is_server_error(),
+                Ok(_) => false,
+            };
+            if retry && attempt + 1 < ATTEMPTS {
+                tracing::debug!(attempt, %url, "request failed, retrying");
+                tokio::time::sleep(BACKOFF[attempt as usize]).await;
+                attempt += 1;
+                continue;
+            }
+            return outcome.map_err(|f| self.classify(f, cluster));
+        }
+    }
+
+    async fn get_once(&self, url: &str) -> Result<Vec<u8>, Failure> {
+        let resp = self
+            .http
+            .get(url)
+            .bearer_auth(self.token.expose())
+            .send()
+            .await
+            .map_err(Failure::Transport)?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(Failure::Transport)?;
+        if status.is_success() {
+            Ok(body.to_vec())
+        } else {
+            let message = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|b| b.error)
+                .unwrap_or_else(|_| status.canonical_reason().unwrap_or("error").to_string());
+            Err(Failure::Status(status, message))
+        }
+    }
+
+    fn classify(&self, f: Failure, cluster: Option<&ClusterName>) -> ClientError {
+        match f {
+            Failure::Transport(e) => ClientError::Connect {
+                server: self.base.clone(),
+                detail: chain(&e),
+            },
+            Failure::Status(StatusCode::UNAUTHORIZED, _) => ClientError::Unauthorized {
+                origin: self.token_origin.clone(),
+            },
+            Failure::Status(StatusCode::FORBIDDEN, _) => ClientError::Forbidden {
+                cluster: cluster.map(|c| c.to_string()).unwrap_or_default(),
+                origin: self.token_origin.clone(),
+            },
+            Failure::Status(StatusCode::NOT_FOUND, m) => ClientError::NotFound(m),
+            Failure::Status(s, message) => ClientError::Server {
+                status: s.as_u16(),
+                message,
+            },
+        }
+    }
+}
+
+enum Failure {
+    Transport(reqwest::Error),
+    Status(StatusCode, String),
+}
+
+/// An error and its sources on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let next = c.to_string();
+        if !s.contains(&next) {
+            s.push_str(": ");
+            s.push_str(&next);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// `klio wal-restore`: validates `walfile` before any I/O, fetches it and writes it to
+/// `dest` atomically. Returns the number of bytes written.
+pub async fn wal_restore(
+    client: &Client,
+    cluster: &ClusterName,
+    walfile: &str,
+    dest: &Path,
+) -> Result<u64, ClientError> {
+    let name = parse_wal_name(walfile)?;
+    let bytes = client
+        .fetch_wal(cluster, &name)
+        .await
+        .map_err(|e| match e {
+            ClientError::NotFound(_) => ClientError::NotFound(format!(
+                "{name} not found on the server for cluster {cluster}"
+            )),
+            other => other,
+        })?;
+    let len = bytes.len() as u64;
+    let dest_owned: PathBuf = dest.to_path_buf();
+    tokio::task::spawn_blocking(move || write_atomically(&dest_owned, &bytes))
+        .await
+        .map_err(|e| ClientError::Io(format!("writing {}: {e}", dest.display())))?
+        .map_err(|e| ClientError::Io(format!("cannot write {}: {e}", dest.display())))?;
+    Ok(len)
+}
+
+/// Validates a WAL file name given on the command line.
+pub fn parse_wal_name(walfile: &str) -> Result<WalFileName, ClientError> {
+    walfile.parse().map_err(|e| {
+        ClientError::Usage(format!(
+            "{e}; restore_command should be 'klio wal-restore %f %p'"
+        ))
+    })
+}
+
+/// Writes `bytes` to `dest` so that `dest` is either absent/unchanged or complete and
+/// durable: temporary file in the same directory, fsync, rename, fsync the directory.
+pub fn write_atomically(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let file_name = dest.file_name().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "destination is not a file path",
+        )
+    })?;
+    let dir = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(file_name);
+    prefix.push(".");
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".klio-tmp")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    // On error the temporary file is removed when `tmp` drops.
+    tmp.persist(dest).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+#[path = "client_tests.rs"]
+mod tests;

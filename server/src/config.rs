@@ -1,0 +1,407 @@
+//! The Klio Server's configuration: a TOML file, overridden by `KLIO_*` environment
+//! variables, validated once into [`Config`].
+//!
+//! ```toml
+//! data_dir = "/var/lib/klio"
+//! listen = "127.0.0.1:7070"                  # HTTP API (default)
+//! master_key_file = "/etc/klio/master.key"
+//! log_format = "text"                        # or "json" (default "text")
+//! [[cluster]]
+//! name = "pg-main"
+//! conninfo = "host=127.0.0.1 port=5432 user=streaming_replica sslmode=disable"
+//! slot = "klio"                              # default "klio"
+//! token_file = "/etc/klio/pg-main.token"     # bearer token of this cluster's clients
+//! application_name = "klio"                  # default "klio"
+//! ```
+//!
+//! Overrides: `KLIO_DATA_DIR`, `KLIO_LISTEN`, `KLIO_MASTER_KEY_FILE`, `KLIO_LOG_FORMAT`
+//! and, per cluster, `KLIO_CLUSTER_<NAME>_CONNINFO` (name upper-cased, `-` → `_`).
+//! An empty variable counts as unset. Relative paths are resolved against the config
+//! file's directory. Token files are read here (secrets come by file path). Every error
+//! names the file and the offending key. Nothing here writes to disk.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use klio_core::{ClusterName, MasterKey};
+use serde::Deserialize;
+
+use crate::auth::{ClusterToken, TokenSet};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+pub const DEFAULT_SLOT: &str = "klio";
+pub const DEFAULT_APPLICATION_NAME: &str = "klio";
+
+/// The validated server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub file: PathBuf,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub master_key_file: PathBuf,
+    pub log_format: LogFormat,
+    /// In file order; names are unique.
+    pub clusters: Vec<ClusterConfig>,
+}
+
+/// One protected PostgreSQL cluster.
+#[derive(Clone)]
+pub struct ClusterConfig {
+    pub name: ClusterName,
+    /// libpq-style connection string of the primary (may hold a password).
+    pub conninfo: String,
+    /// Physical replication slot name.
+    pub slot: String,
+    pub application_name: String,
+    pub token_file: PathBuf,
+    /// The token read from `token_file`.
+    pub token: ClusterToken,
+}
+
+impl fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("name", &self.name)
+            .field("conninfo", &"<hidden>")
+            .field("slot", &self.slot)
+            .field("application_name", &self.application_name)
+            .field("token_file", &self.token_file)
+            .finish()
+    }
+}
+
+/// How logs are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown log format {other:?}: use \"text\" or \"json\""
+            )),
+        }
+    }
+}
+
+/// A configuration that cannot be used. Display is one line naming file and key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read the config file: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}:{column}: {message}")]
+    Parse {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{file}: {key}: {message}")]
+    Invalid {
+        file: String,
+        key: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The offending key, e.g. `cluster[1].token_file`.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    master_key_file: Option<PathBuf>,
+    log_format: Option<String>,
+    #[serde(default, rename = "cluster")]
+    clusters: Vec<RawCluster>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: Option<String>,
+    conninfo: Option<String>,
+    slot: Option<String>,
+    token_file: Option<PathBuf>,
+    application_name: Option<String>,
+}
+
+/// A value with the key it is reported under (`listen`, or `listen (KLIO_LISTEN)`).
+struct Keyed<T> {
+    key: String,
+    value: Option<T>,
+}
+
+impl Config {
+    /// Reads `path` with overrides from the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_env(path, |k| std::env::var(k).ok())
+    }
+
+    /// Reads `path` with overrides looked up through `env`.
+    pub fn load_with_env(
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, path, env)
+    }
+
+    /// Parses and validates config text as if read from `file`.
+    pub fn parse(
+        text: &str,
+        file: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let shown = file.display().to_string();
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| line_column(text, s.start))
+                .unwrap_or((1, 1));
+            ConfigError::Parse {
+                file: shown.clone(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        let env = |k: &str| env(k).filter(|v| !v.is_empty());
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            file: shown.clone(),
+            key: key.to_string(),
+            message,
+        };
+        let base = file.parent().filter(|p| !p.as_os_str().is_empty());
+        let resolve = |p: PathBuf| match base {
+            Some(b) if p.is_relative() => b.join(p),
+            _ => p,
+        };
+
+        let data_dir = overridden(
+            "data_dir",
+            raw.data_dir,
+            "KLIO_DATA_DIR",
+            &env,
+            PathBuf::from,
+        );
+        let data_dir = require(data_dir, "KLIO_DATA_DIR", &invalid)?;
+        let master_key_file = overridden(
+            "master_key_file",
+            raw.master_key_file,
+            "KLIO_MASTER_KEY_FILE",
+            &env,
+            PathBuf::from,
+        );
+        let master_key_file = require(master_key_file, "KLIO_MASTER_KEY_FILE", &invalid)?;
+
+        let listen = overridden("listen", raw.listen, "KLIO_LISTEN", &env, |s| s);
+        let listen: SocketAddr = match listen.value {
+            None => DEFAULT_LISTEN.parse().map_err(|_| invalid("listen", "bad default".into()))?,
+            Some(s) => s.trim().parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    &listen.key,
+                    format!("{s:?} is not a socket address; use IP:PORT such as {DEFAULT_LISTEN} or 0.0.0.0:7070 (host names are not accepted)"),
+                )
+            })?,
+        };
+
+        let log_format = overridden("log_format", raw.log_format, "KLIO_LOG_FORMAT", &env, |s| s);
+        let log_format = match &log_format.value {
+            None => LogFormat::default(),
+            Some(s) => s.parse().map_err(|m| invalid(&log_format.key, m))?,
+        };
+
+        if raw.clusters.is_empty() {
+            return Err(invalid(
+                "cluster",
+                "no cluster configured: add at least one [[cluster]] table with name, conninfo and token_file".into(),
+            ));
+        }
+        let mut clusters: Vec<ClusterConfig> = Vec::with_capacity(raw.clusters.len());
+        let mut seen_names: HashMap<ClusterName, usize> = HashMap::new();
+        for (i, rc) in raw.clusters.into_iter().enumerate() {
+            let key = |field: &str| format!("cluster[{i}].{field}");
+            let name_str = rc.name.ok_or_else(|| {
+                invalid(
+                    &key("name"),
+                    "missing: every [[cluster]] needs a name".into(),
+                )
+            })?;
+            let name: ClusterName = name_str
+                .parse()
+                .map_err(|e| invalid(&key("name"), format!("{e}")))?;
+            if let Some(first) = seen_names.insert(name.clone(), i) {
+                return Err(invalid(
+                    &key("name"),
+                    format!("duplicate cluster name {name:?} (also cluster[{first}].name); names must be unique"),
+                ));
+            }
+
+            let conninfo_var = format!(
+                "KLIO_CLUSTER_{}_CONNINFO",
+                name.as_str().to_ascii_uppercase().replace('-', "_")
+            );
+            let conninfo = overridden(&key("conninfo"), rc.conninfo, &conninfo_var, &env, |s| s);
+            let conninfo = require(conninfo, &conninfo_var, &invalid)?;
+            if conninfo.trim().is_empty() {
+                return Err(invalid(&key("conninfo"), "must not be empty".into()));
+            }
+
+            let slot = rc.slot.unwrap_or_else(|| DEFAULT_SLOT.to_string());
+            if !valid_slot_name(&slot) {
+                return Err(invalid(
+                    &key("slot"),
+                    format!("invalid replication slot name {slot:?}: use 1 to 63 characters from a-z, 0-9 and '_'"),
+                ));
+            }
+
+            let application_name = rc
+                .application_name
+                .unwrap_or_else(|| DEFAULT_APPLICATION_NAME.to_string());
+            if application_name.is_empty()
+                || application_name.len() > 63
+                || !application_name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() || b == b' ')
+            {
+                return Err(invalid(
+                    &key("application_name"),
+                    format!("invalid application_name {application_name:?}: use 1 to 63 printable ASCII characters"),
+                ));
+            }
+
+            let token_file = rc.token_file.map(&resolve).ok_or_else(|| {
+                invalid(
+                    &key("token_file"),
+                    "missing: every cluster needs a file holding its clients' bearer token".into(),
+                )
+            })?;
+            let token = ClusterToken::from_file(&token_file)
+                .map_err(|e| invalid(&key("token_file"), e.to_string()))?;
+            if let Some(other) = clusters.iter().find(|c| c.token == token) {
+                return Err(invalid(
+                    &key("token_file"),
+                    format!(
+                        "holds the same token as cluster {:?} ({}); each cluster needs its own token",
+                        other.name.as_str(),
+                        other.token_file.display()
+                    ),
+                ));
+            }
+
+            clusters.push(ClusterConfig {
+                name,
+                conninfo,
+                slot,
+                application_name,
+                token_file,
+                token,
+            });
+        }
+
+        Ok(Config {
+            file: file.to_path_buf(),
+            data_dir: resolve(data_dir),
+            listen,
+            master_key_file: resolve(master_key_file),
+            log_format,
+            clusters,
+        })
+    }
+
+    /// The clusters' token digests, for [`crate::http::AppState`].
+    pub fn tokens(&self) -> TokenSet {
+        TokenSet::new(
+            self.clusters
+                .iter()
+                .map(|c| (c.name.clone(), c.token.clone())),
+        )
+    }
+
+    /// Reads the master key; the error names `master_key_file`.
+    pub fn load_master_key(&self) -> Result<MasterKey, ConfigError> {
+        MasterKey::from_file(&self.master_key_file).map_err(|e| ConfigError::Invalid {
+            file: self.file.display().to_string(),
+            key: "master_key_file".into(),
+            message: format!("{e}; generate one with `klio keys generate`"),
+        })
+    }
+}
+
+/// The file's value, replaced by the environment variable `var` when that is set.
+fn overridden<T>(
+    key: &str,
+    file_value: Option<T>,
+    var: &str,
+    env: impl Fn(&str) -> Option<String>,
+    from_env: impl Fn(String) -> T,
+) -> Keyed<T> {
+    match env(var) {
+        Some(v) => Keyed {
+            key: format!("{key} ({var})"),
+            value: Some(from_env(v)),
+        },
+        None => Keyed {
+            key: key.to_string(),
+            value: file_value,
+        },
+    }
+}
+
+fn require<T>(
+    v: Keyed<T>,
+    var: &str,
+    invalid: impl Fn(&str, String) -> ConfigError,
+) -> Result<T, ConfigError> {
+    v.value.ok_or_else(|| {
+        invalid(
+            &v.key,
+            format!("missing: set it in the config file or with {var}"),
+        )
+    })
+}
+
+fn valid_slot_name(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

@@ -1,0 +1,380 @@
+//! Unit tests of config parsing and validation: one per error path.
+
+use super::*;
+use std::collections::HashMap;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let f = Fixture {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        f.write("a.token", "token-for-cluster-a-0123456789\n");
+        f.write("b.token", "token-for-cluster-b-0123456789");
+        f
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.path().join("klio.toml")
+    }
+
+    fn parse_env(&self, text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::parse(text, &self.file(), |k| env.get(k).cloned())
+    }
+
+    fn parse(&self, text: &str) -> Result<Config, ConfigError> {
+        self.parse_env(text, &[])
+    }
+
+    /// The error's key, asserting the message also names the file.
+    fn err_key(&self, text: &str) -> (String, String) {
+        let e = self.parse(text).expect_err("config should be rejected");
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with(&self.file().display().to_string()),
+            "error does not name the file: {shown}"
+        );
+        (e.key().unwrap_or("").to_string(), shown)
+    }
+}
+
+const HEAD: &str = r#"
+data_dir = "/var/lib/klio"
+master_key_file = "/etc/klio/master.key"
+"#;
+
+fn cluster(name: &str, token: &str) -> String {
+    format!(
+        "[[cluster]]\nname = \"{name}\"\nconninfo = \"host=127.0.0.1 user=r\"\ntoken_file = \"{token}\"\n"
+    )
+}
+
+fn with_clusters(extra: &str) -> String {
+    format!(
+        "{HEAD}{}{}{extra}",
+        cluster("pg-a", "a.token"),
+        cluster("pg-b", "b.token")
+    )
+}
+
+#[test]
+fn full_config_parses_with_defaults() {
+    let f = Fixture::new();
+    let c = f.parse(&with_clusters("")).unwrap();
+    assert_eq!(c.data_dir, PathBuf::from("/var/lib/klio"));
+    assert_eq!(c.listen, DEFAULT_LISTEN.parse().unwrap());
+    assert_eq!(c.log_format, LogFormat::Text);
+    assert_eq!(c.clusters.len(), 2);
+    let a = &c.clusters[0];
+    assert_eq!(a.name.as_str(), "pg-a");
+    assert_eq!(a.slot, "klio");
+    assert_eq!(a.application_name, "klio");
+    assert_eq!(a.token.expose(), "token-for-cluster-a-0123456789");
+    assert_eq!(a.token_file, f.dir.path().join("a.token"));
+    let tokens = c.tokens();
+    assert_eq!(
+        tokens.authorize("token-for-cluster-b-0123456789"),
+        vec![c.clusters[1].name.clone()]
+    );
+    assert!(!format!("{c:?}").contains("token-for-cluster"));
+}
+
+#[test]
+fn explicit_values_are_kept() {
+    let f = Fixture::new();
+    let text = format!(
+        "data_dir = \"data\"\nlisten = \"0.0.0.0:9000\"\nmaster_key_file = \"m.key\"\nlog_format = \"json\"\n\
+         [[cluster]]\nname = \"pg-a\"\nconninfo = \"host=x\"\nslot = \"klio_a\"\napplication_name = \"klio a\"\ntoken_file = \"a.token\"\n"
+    );
+    let c = f.parse(&text).unwrap();
+    assert_eq!(c.listen, "0.0.0.0:9000".parse().unwrap());
+    assert_eq!(c.log_format, LogFormat::Json);
+    assert_eq!(c.data_dir, f.dir.path().join("data"));
+    assert_eq!(c.master_key_file, f.dir.path().join("m.key"));
+    assert_eq!(c.clusters[0].slot, "klio_a");
+    assert_eq!(c.clusters[0].application_name, "klio a");
+}
+
+#[test]
+fn env_overrides_win_and_empty_means_unset() {
+    let f = Fixture::new();
+    let c = f
+        .parse_env(
+            &with_clusters(""),
+            &[
+                ("KLIO_DATA_DIR", "/srv/klio"),
+                ("KLIO_LISTEN", "127.0.0.1:8080"),
+                ("KLIO_MASTER_KEY_FILE", "/run/secrets/mk"),
+                ("KLIO_LOG_FORMAT", "json"),
+                ("KLIO_CLUSTER_PG_B_CONNINFO", "host=other"),
+                ("KLIO_CLUSTER_PG_A_CONNINFO", ""),
+            ],
+        )
+        .unwrap();
+    assert_eq!(c.data_dir, PathBuf::from("/srv/klio"));
+    assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(c.master_key_file, PathBuf::from("/run/secrets/mk"));
+    assert_eq!(c.log_format, LogFormat::Json);
+    assert_eq!(c.clusters[0].conninfo, "host=127.0.0.1 user=r");
+    assert_eq!(c.clusters[1].conninfo, "host=other");
+}
+
+#[test]
+fn env_can_supply_a_missing_key() {
+    let f = Fixture::new();
+    let text = format!(
+        "master_key_file = \"/k\"\n[[cluster]]\nname = \"pg-a\"\ntoken_file = \"a.token\"\n"
+    );
+    let c = f
+        .parse_env(
+            &text,
+            &[
+                ("KLIO_DATA_DIR", "/d"),
+                ("KLIO_CLUSTER_PG_A_CONNINFO", "host=h"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(c.clusters[0].conninfo, "host=h");
+}
+
+#[test]
+fn bad_env_value_names_the_variable() {
+    let f = Fixture::new();
+    let e = f
+        .parse_env(&with_clusters(""), &[("KLIO_LISTEN", "localhost")])
+        .unwrap_err();
+    assert_eq!(e.key(), Some("listen (KLIO_LISTEN)"));
+    let e = f
+        .parse_env(&with_clusters(""), &[("KLIO_LOG_FORMAT", "xml")])
+        .unwrap_err();
+    assert_eq!(e.key(), Some("log_format (KLIO_LOG_FORMAT)"));
+}
+
+#[test]
+fn unknown_top_level_key_is_rejected_with_line() {
+    let f = Fixture::new();
+    let e = f
+        .parse(&format!("{}\nlisten_addr = \"x\"\n", with_clusters("")))
+        .unwrap_err();
+    let s = e.to_string();
+    assert!(matches!(e, ConfigError::Parse { .. }), "{s}");
+    assert!(s.contains("listen_addr"), "{s}");
+    assert!(s.starts_with(&format!("{}:", f.file().display())), "{s}");
+}
+
+#[test]
+fn unknown_cluster_key_is_rejected() {
+    let f = Fixture::new();
+    let e = f.parse(&with_clusters("slots = \"x\"\n")).unwrap_err();
+    let s = e.to_string();
+    assert!(s.contains("slots"), "{s}");
+    let ConfigError::Parse { line, .. } = e else {
+        panic!("{s}")
+    };
+    assert_eq!(line, with_clusters("").lines().count() + 1, "{s}");
+}
+
+#[test]
+fn toml_syntax_error_is_reported() {
+    let f = Fixture::new();
+    let e = f.parse("data_dir = \n").unwrap_err();
+    assert!(matches!(e, ConfigError::Parse { line: 1, .. }), "{e}");
+}
+
+#[test]
+fn missing_data_dir() {
+    let f = Fixture::new();
+    let text = format!("master_key_file = \"/k\"\n{}", cluster("pg-a", "a.token"));
+    let (key, msg) = f.err_key(&text);
+    assert_eq!(key, "data_dir");
+    assert!(msg.contains("KLIO_DATA_DIR"), "{msg}");
+}
+
+#[test]
+fn missing_master_key_file() {
+    let f = Fixture::new();
+    let text = format!("data_dir = \"/d\"\n{}", cluster("pg-a", "a.token"));
+    assert_eq!(f.err_key(&text).0, "master_key_file");
+}
+
+#[test]
+fn bad_listen_address() {
+    let f = Fixture::new();
+    let (key, msg) = f.err_key(&format!(
+        "listen = \"localhost:7070\"\n{}",
+        with_clusters("")
+    ));
+    assert_eq!(key, "listen");
+    assert!(msg.contains("IP:PORT"), "{msg}");
+}
+
+#[test]
+fn bad_log_format() {
+    let f = Fixture::new();
+    let (key, _) = f.err_key(&format!("log_format = \"yaml\"\n{}", with_clusters("")));
+    assert_eq!(key, "log_format");
+}
+
+#[test]
+fn no_cluster() {
+    let f = Fixture::new();
+    let (key, msg) = f.err_key(HEAD);
+    assert_eq!(key, "cluster");
+    assert!(msg.contains("at least one"), "{msg}");
+}
+
+#[test]
+fn invalid_cluster_name() {
+    let f = Fixture::new();
+    let text = format!(
+        "{HEAD}{}{}",
+        cluster("pg-a", "a.token"),
+        cluster("PG/B", "b.token")
+    );
+    let (key, msg) = f.err_key(&text);
+    assert_eq!(key, "cluster[1].name");
+    assert!(msg.contains("invalid cluster name"), "{msg}");
+}
+
+#[test]
+fn missing_cluster_name() {
+    let f = Fixture::new();
+    let text = format!("{HEAD}[[cluster]]\nconninfo = \"h\"\ntoken_file = \"a.token\"\n");
+    assert_eq!(f.err_key(&text).0, "cluster[0].name");
+}
+
+#[test]
+fn duplicate_cluster_name() {
+    let f = Fixture::new();
+    let text = format!(
+        "{HEAD}{}{}",
+        cluster("pg-a", "a.token"),
+        cluster("pg-a", "b.token")
+    );
+    let (key, msg) = f.err_key(&text);
+    assert_eq!(key, "cluster[1].name");
+    assert!(msg.contains("duplicate"), "{msg}");
+}
+
+#[test]
+fn missing_conninfo_names_the_env_var() {
+    let f = Fixture::new();
+    let text = format!("{HEAD}[[cluster]]\nname = \"pg-a\"\ntoken_file = \"a.token\"\n");
+    let (key, msg) = f.err_key(&text);
+    assert_eq!(key, "cluster[0].conninfo");
+    assert!(msg.contains("KLIO_CLUSTER_PG_A_CONNINFO"), "{msg}");
+}
+
+#[test]
+fn empty_conninfo() {
+    let f = Fixture::new();
+    let text =
+        format!("{HEAD}[[cluster]]\nname = \"pg-a\"\nconninfo = \" \"\ntoken_file = \"a.token\"\n");
+    assert_eq!(f.err_key(&text).0, "cluster[0].conninfo");
+}
+
+#[test]
+fn bad_slot_name() {
+    let f = Fixture::new();
+    let (key, _) = f.err_key(&with_clusters("slot = \"Klio-Slot\"\n"));
+    assert_eq!(key, "cluster[1].slot");
+}
+
+#[test]
+fn bad_application_name() {
+    let f = Fixture::new();
+    let (key, _) = f.err_key(&with_clusters("application_name = \"\"\n"));
+    assert_eq!(key, "cluster[1].application_name");
+}
+
+#[test]
+fn missing_token_file_key() {
+    let f = Fixture::new();
+    let text = format!("{HEAD}[[cluster]]\nname = \"pg-a\"\nconninfo = \"h\"\n");
+    assert_eq!(f.err_key(&text).0, "cluster[0].token_file");
+}
+
+#[test]
+fn unreadable_token_file() {
+    let f = Fixture::new();
+    let text = format!("{HEAD}{}", cluster("pg-a", "nope.token"));
+    let (key, msg) = f.err_key(&text);
+    assert_eq!(key, "cluster[0].token_file");
+    assert!(
+        msg.contains("cannot read") && msg.contains("nope.token"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn empty_token_file() {
+    let f = Fixture::new();
+    f.write("empty.token", "\n  \n");
+    let text = format!(
+        "{HEAD}{}{}",
+        cluster("pg-a", "a.token"),
+        cluster("pg-b", "empty.token")
+    );
+    let (key, msg) = f.err_key(&text);
+    assert_eq!(key, "cluster[1].token_file");
+    assert!(msg.contains("is empty"), "{msg}");
+}
+
+#[test]
+fn short_token() {
+    let f = Fixture::new();
+    f.write("short.token", "abc123\n");
+    let (key, msg) = f.err_key(&format!("{HEAD}{}", cluster("pg-a", "short.token")));
+    assert_eq!(key, "cluster[0].token_file");
+    assert!(msg.contains("at least 16"), "{msg}");
+}
+
+#[test]
+fn shared_token_between_clusters() {
+    let f = Fixture::new();
+    f.write("copy.token", "token-for-cluster-a-0123456789");
+    let text = format!(
+        "{HEAD}{}{}",
+        cluster("pg-a", "a.token"),
+        cluster("pg-b", "copy.token")
+    );
+    let (key, msg) = f.err_key(&text);
+    assert_eq!(key, "cluster[1].token_file");
+    assert!(msg.contains("its own token"), "{msg}");
+}
+
+#[test]
+fn unreadable_config_file() {
+    let f = Fixture::new();
+    let e = Config::load(&f.dir.path().join("missing.toml")).unwrap_err();
+    assert!(matches!(e, ConfigError::Read { .. }), "{e}");
+    assert!(e.to_string().contains("missing.toml"), "{e}");
+}
+
+#[test]
+fn master_key_errors_name_the_key() {
+    let f = Fixture::new();
+    let c = f
+        .parse(&format!(
+            "data_dir = \"/d\"\nmaster_key_file = \"m.key\"\n{}",
+            cluster("pg-a", "a.token")
+        ))
+        .unwrap();
+    let e = c.load_master_key().unwrap_err();
+    assert_eq!(e.key(), Some("master_key_file"));
+    f.write("m.key", &MasterKey::generate().to_hex());
+    assert!(c.load_master_key().is_ok());
+}

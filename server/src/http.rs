@@ -1,0 +1,306 @@
+//! The HTTP API: routes, bearer-token authentication, error mapping.
+//!
+//! ```text
+//! GET /healthz                               no auth   "ok"
+//! GET /metrics                               no auth   Prometheus text 0.0.4
+//! GET /v1/status                             token     StatusList (clusters the token may see)
+//! GET /v1/clusters/{cluster}/status          token     ClusterStatusView
+//! GET /v1/clusters/{cluster}/wal             token     WalList
+//! GET /v1/clusters/{cluster}/wal/{walfile}   token     the plaintext file (octet-stream)
+//! ```
+//! Checks run in this order: token (401), cluster known (404), token is the cluster's
+//! (403), WAL name valid (400); only then is the [`Registry`] asked. Errors are JSON
+//! `{"error": "..."}`; internal details are logged, never sent. Reads nothing from disk
+//! itself: everything comes through the registry.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequestParts, MatchedPath, Path, State};
+use axum::http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use klio_core::{ClusterName, WalFileName};
+use tower_http::trace::TraceLayer;
+
+use crate::api::{ErrorBody, StatusList, WalList};
+use crate::auth::TokenSet;
+use crate::metrics;
+use crate::registry::{ClusterStatusView, Registry, RegistryError};
+
+/// What every handler needs: the engine's view and the clusters' token digests.
+#[derive(Clone)]
+pub struct AppState {
+    registry: Arc<dyn Registry>,
+    tokens: Arc<TokenSet>,
+}
+
+impl AppState {
+    /// `tokens` also defines which clusters exist for the API (see
+    /// [`crate::config::Config::tokens`]).
+    pub fn new(registry: Arc<dyn Registry>, tokens: TokenSet) -> AppState {
+        AppState {
+            registry,
+            tokens: Arc::new(tokens),
+        }
+    }
+}
+
+/// The API's router, with one tracing span per request.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/status", get(status_all))
+        .route("/v1/clusters/{cluster}/status", get(cluster_status))
+        .route("/v1/clusters/{cluster}/wal", get(list_wal))
+        .route("/v1/clusters/{cluster}/wal/{walfile}", get(read_wal))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default();
+            tracing::info_span!("http", method = %req.method(), route = %route, uri = %req.uri())
+        }))
+        .with_state(state)
+}
+
+/// Every way a request can fail, and its status code.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 401: no usable `Authorization: Bearer` header.
+    MissingToken,
+    /// 401: a bearer token that belongs to no cluster.
+    InvalidToken,
+    /// 403: a valid token of another cluster.
+    Forbidden(ClusterName),
+    /// 404 with this message.
+    NotFound(String),
+    /// 400 with this message.
+    BadRequest(String),
+    /// 503: the cluster has not reached its primary yet.
+    NotReady(ClusterName),
+    /// 500: stored data failed verification (detail logged only).
+    Corrupt(String),
+    /// 500: anything else (detail logged only).
+    Internal(String),
+}
+
+impl ApiError {
+    fn from_registry(e: RegistryError, cluster: &ClusterName) -> ApiError {
+        match e {
+            RegistryError::NotReady => ApiError::NotReady(cluster.clone()),
+            RegistryError::Corrupt(d) => ApiError::Corrupt(format!("cluster {cluster}: {d}")),
+            RegistryError::Internal(d) => ApiError::Internal(format!("cluster {cluster}: {d}")),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MissingToken | ApiError::InvalidToken => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Corrupt(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The message sent to the client.
+    fn public_message(&self) -> String {
+        match self {
+            ApiError::MissingToken => {
+                "missing or malformed Authorization header: send 'Authorization: Bearer <token>'"
+                    .into()
+            }
+            ApiError::InvalidToken => "invalid token".into(),
+            ApiError::Forbidden(c) => format!("this token is not valid for cluster {c}"),
+            ApiError::NotFound(m) | ApiError::BadRequest(m) => m.clone(),
+            ApiError::NotReady(c) => {
+                format!("cluster {c} has not connected to its primary yet; retry later")
+            }
+            ApiError::Corrupt(_) => "stored data failed verification".into(),
+            ApiError::Internal(_) => "internal server error".into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            ApiError::Corrupt(d) => tracing::error!(detail = %d, "stored data failed verification"),
+            ApiError::Internal(d) => tracing::error!(detail = %d, "internal error"),
+            _ => {}
+        }
+        let body = Json(ErrorBody {
+            error: self.public_message(),
+        });
+        let mut resp = (self.status(), body).into_response();
+        let headers = resp.headers_mut();
+        match self {
+            ApiError::MissingToken => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::InvalidToken => {
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+            }
+            ApiError::NotReady(_) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+/// An authenticated caller: the clusters its token grants (never empty).
+struct Caller {
+    clusters: Vec<ClusterName>,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or(ApiError::MissingToken)?;
+        let value = header.to_str().map_err(|_| ApiError::MissingToken)?;
+        let (scheme, token) = value.split_once(' ').ok_or(ApiError::MissingToken)?;
+        let token = token.trim();
+        if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+            return Err(ApiError::MissingToken);
+        }
+        let clusters = state.tokens.authorize(token);
+        if clusters.is_empty() {
+            tracing::warn!("request with an invalid bearer token");
+            return Err(ApiError::InvalidToken);
+        }
+        Ok(Caller { clusters })
+    }
+}
+
+impl Caller {
+    /// The cluster named in the path, if it exists and this caller may use it.
+    fn cluster(&self, state: &AppState, raw: &str) -> Result<ClusterName, ApiError> {
+        let unknown = || ApiError::NotFound(format!("unknown cluster {:?}", shorten(raw)));
+        let cluster: ClusterName = raw.parse().map_err(|_| unknown())?;
+        if !state.tokens.is_configured(&cluster) {
+            return Err(unknown());
+        }
+        if !self.clusters.contains(&cluster) {
+            tracing::warn!(%cluster, "token of another cluster refused");
+            return Err(ApiError::Forbidden(cluster));
+        }
+        Ok(cluster)
+    }
+}
+
+fn shorten(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+fn bad_path(e: PathRejection) -> ApiError {
+    ApiError::BadRequest(format!("invalid path: {}", e.body_text()))
+}
+
+/// Runs a registry call on the blocking pool (it may read disk).
+async fn blocking<T: Send + 'static>(
+    cluster: &ClusterName,
+    f: impl FnOnce() -> Result<T, RegistryError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("registry task failed: {e}")))?
+        .map_err(|e| ApiError::from_registry(e, cluster))
+}
+
+fn status_of(state: &AppState, cluster: &ClusterName) -> Result<ClusterStatusView, ApiError> {
+    state
+        .registry
+        .status(cluster)
+        .ok_or_else(|| ApiError::NotFound(format!("unknown cluster {:?}", cluster.as_str())))
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    let statuses: Vec<_> = state
+        .tokens
+        .clusters()
+        .filter_map(|c| state.registry.status(c))
+        .collect();
+    (
+        [(CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics::render(&statuses),
+    )
+        .into_response()
+}
+
+async fn status_all(State(state): State<AppState>, caller: Caller) -> Json<StatusList> {
+    let clusters = caller
+        .clusters
+        .iter()
+        .filter_map(|c| state.registry.status(c))
+        .collect();
+    Json(StatusList { clusters })
+}
+
+async fn cluster_status(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<ClusterStatusView>, ApiError> {
+    let Path(raw) = path.map_err(bad_path)?;
+    let cluster = caller.cluster(&state, &raw)?;
+    status_of(&state, &cluster).map(Json)
+}
+
+async fn list_wal(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<WalList>, ApiError> {
+    let Path(raw) = path.map_err(bad_path)?;
+    let cluster = caller.cluster(&state, &raw)?;
+    let (registry, c) = (state.registry.clone(), cluster.clone());
+    let files = blocking(&cluster, move || registry.list_wal(&c)).await?;
+    Ok(Json(WalList { cluster, files }))
+}
+
+async fn read_wal(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((raw_cluster, raw_name)) = path.map_err(bad_path)?;
+    let cluster = caller.cluster(&state, &raw_cluster)?;
+    let name: WalFileName = raw_name
+        .parse()
+        .map_err(|e| ApiError::BadRequest(format!("{e}")))?;
+    let (registry, c) = (state.registry.clone(), cluster.clone());
+    match blocking(&cluster, move || registry.read_wal(&c, &name)).await? {
+        Some(bytes) => {
+            tracing::debug!(%cluster, %name, bytes = bytes.len(), "serving WAL file");
+            Ok(([(CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+        }
+        None => Err(ApiError::NotFound(format!(
+            "{name} is not stored for cluster {cluster}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+#[path = "http_tests.rs"]
+pub(crate) mod tests;

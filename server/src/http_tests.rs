@@ -1,0 +1,310 @@
+//! Router tests without a socket (`tower::ServiceExt::oneshot`) over [`MemoryRegistry`].
+
+use super::*;
+use crate::api::{ErrorBody, StatusList, WalList};
+use crate::auth::ClusterToken;
+use crate::registry::{ConnectionState, MemoryRegistry};
+use axum::body::{to_bytes, Body, Bytes};
+use axum::http::HeaderMap;
+use klio_core::Lsn;
+use tower::ServiceExt;
+
+pub(crate) const TOKEN_A: &str = "token-of-pg-a-0123456789";
+pub(crate) const TOKEN_B: &str = "token-of-pg-b-0123456789";
+const SEG1: &str = "000000010000000000000001";
+
+fn name(s: &str) -> ClusterName {
+    s.parse().unwrap()
+}
+
+/// pg-a streaming with two WAL files, pg-b connecting with none; both configured.
+pub(crate) fn fixture() -> (Arc<MemoryRegistry>, AppState) {
+    let reg = Arc::new(MemoryRegistry::new());
+    let mut a = ClusterStatusView::connecting(name("pg-a"));
+    a.state = ConnectionState::Streaming;
+    a.system_id = Some("7390123456789012345".into());
+    a.timeline = Some(1);
+    a.received_lsn = Some(Lsn(0x3000_0100));
+    a.flushed_lsn = Some(Lsn(0x3000_0000));
+    a.primary_lsn = Some(Lsn(0x3000_0200));
+    a.lag_bytes = Some(0x200);
+    a.sealed_segments = 2;
+    reg.add_cluster(a);
+    reg.add_cluster(ClusterStatusView::connecting(name("pg-b")));
+    let seg: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+    reg.put_wal(&name("pg-a"), SEG1.parse().unwrap(), seg);
+    reg.put_wal(
+        &name("pg-a"),
+        "00000002.history".parse().unwrap(),
+        b"1\t0/3000000\tno recovery target specified\n".to_vec(),
+    );
+    let tokens = TokenSet::new([
+        (name("pg-a"), ClusterToken::parse(TOKEN_A, "test").unwrap()),
+        (name("pg-b"), ClusterToken::parse(TOKEN_B, "test").unwrap()),
+    ]);
+    let state = AppState::new(reg.clone(), tokens);
+    (reg, state)
+}
+
+async fn get(app: &Router, uri: &str, auth: Option<&str>) -> (StatusCode, HeaderMap, Bytes) {
+    let mut req = Request::get(uri);
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let resp = app
+        .clone()
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = to_bytes(resp.into_body(), 64 << 20).await.unwrap();
+    (status, headers, body)
+}
+
+fn bearer(t: &str) -> Option<String> {
+    Some(format!("Bearer {t}"))
+}
+
+fn error_of(body: &Bytes) -> String {
+    serde_json::from_slice::<ErrorBody>(body)
+        .unwrap_or_else(|e| panic!("not a JSON error body ({e}): {body:?}"))
+        .error
+}
+
+#[tokio::test]
+async fn healthz_needs_no_token() {
+    let (_, state) = fixture();
+    let (s, _, body) = get(&router(state), "/healthz", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(&body[..], b"ok");
+}
+
+#[tokio::test]
+async fn wal_file_is_served_byte_for_byte() {
+    let (reg, state) = fixture();
+    let app = router(state);
+    let uri = format!("/v1/clusters/pg-a/wal/{SEG1}");
+    let (s, h, body) = get(&app, &uri, bearer(TOKEN_A).as_deref()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h[CONTENT_TYPE], "application/octet-stream");
+    let want = reg
+        .read_wal(&name("pg-a"), &SEG1.parse().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(&body[..], &want[..]);
+
+    let (s, _, body) = get(
+        &app,
+        "/v1/clusters/pg-a/wal/00000002.history",
+        bearer(TOKEN_A).as_deref(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(body.starts_with(b"1\t0/3000000"));
+}
+
+#[tokio::test]
+async fn bad_wal_names_are_400_without_touching_the_registry() {
+    let (reg, state) = fixture();
+    let app = router(state);
+    for bad in [
+        "..%2F..%2Fetc%2Fpasswd",
+        "garbage",
+        "000000010000000000000001.backup",
+        "00000001000000000000000a",
+        "%2e%2e",
+        "000000000000000000000001",
+    ] {
+        let uri = format!("/v1/clusters/pg-a/wal/{bad}");
+        let (s, h, body) = get(&app, &uri, bearer(TOKEN_A).as_deref()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(h[CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json"));
+        assert!(error_of(&body).contains("invalid WAL file name"), "{bad}");
+    }
+    assert_eq!(reg.data_calls(), 0);
+}
+
+#[tokio::test]
+async fn unstored_wal_is_404() {
+    let (_, state) = fixture();
+    let uri = "/v1/clusters/pg-a/wal/000000010000000000000009";
+    let (s, _, body) = get(&router(state), uri, bearer(TOKEN_A).as_deref()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(error_of(&body).contains("not stored"));
+}
+
+#[tokio::test]
+async fn unknown_cluster_is_404() {
+    let (reg, state) = fixture();
+    let app = router(state);
+    for uri in [
+        format!("/v1/clusters/pg-z/wal/{SEG1}"),
+        "/v1/clusters/pg-z/wal".to_string(),
+        "/v1/clusters/pg-z/status".to_string(),
+        format!("/v1/clusters/..%2Fpg-a/wal/{SEG1}"),
+        "/v1/clusters/PG-A/status".to_string(),
+    ] {
+        let (s, _, body) = get(&app, &uri, bearer(TOKEN_A).as_deref()).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{uri}");
+        assert!(error_of(&body).contains("unknown cluster"), "{uri}");
+    }
+    assert_eq!(reg.data_calls(), 0);
+}
+
+#[tokio::test]
+async fn missing_or_malformed_token_is_401_with_challenge() {
+    let (reg, state) = fixture();
+    let app = router(state);
+    let uri = format!("/v1/clusters/pg-a/wal/{SEG1}");
+    let basic = format!("Basic {TOKEN_A}");
+    for auth in [
+        None,
+        Some("Bearer"),
+        Some("Bearer   "),
+        Some(basic.as_str()),
+        Some(TOKEN_A),
+    ] {
+        let (s, h, body) = get(&app, &uri, auth).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert_eq!(h[WWW_AUTHENTICATE], "Bearer", "{auth:?}");
+        assert!(error_of(&body).contains("Authorization"));
+    }
+    let (s, _, _) = get(&app, "/v1/status", None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(reg.data_calls(), 0);
+}
+
+#[tokio::test]
+async fn wrong_token_is_401() {
+    let (reg, state) = fixture();
+    let app = router(state);
+    for uri in [format!("/v1/clusters/pg-a/wal/{SEG1}"), "/v1/status".into()] {
+        let (s, h, body) = get(&app, &uri, bearer("not-a-token-0123456789").as_deref()).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert!(h[WWW_AUTHENTICATE].to_str().unwrap().starts_with("Bearer"));
+        assert_eq!(error_of(&body), "invalid token");
+    }
+    // A token is matched whole, not by prefix.
+    let (s, _, _) = get(&app, "/v1/status", bearer(&TOKEN_A[..20]).as_deref()).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(reg.data_calls(), 0);
+}
+
+#[tokio::test]
+async fn other_clusters_token_is_403_everywhere() {
+    let (reg, state) = fixture();
+    let app = router(state);
+    for uri in [
+        format!("/v1/clusters/pg-a/wal/{SEG1}"),
+        "/v1/clusters/pg-a/wal".into(),
+        "/v1/clusters/pg-a/status".into(),
+        "/v1/clusters/pg-a/wal/garbage".into(),
+    ] {
+        let (s, _, body) = get(&app, &uri, bearer(TOKEN_B).as_deref()).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{uri}");
+        assert_eq!(error_of(&body), "this token is not valid for cluster pg-a");
+    }
+    assert_eq!(reg.data_calls(), 0);
+}
+
+#[tokio::test]
+async fn not_ready_is_503_with_retry_after() {
+    let (reg, state) = fixture();
+    reg.set_ready(&name("pg-a"), false);
+    let uri = format!("/v1/clusters/pg-a/wal/{SEG1}");
+    let (s, h, body) = get(&router(state), &uri, bearer(TOKEN_A).as_deref()).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(h[RETRY_AFTER], "5");
+    assert!(error_of(&body).contains("not connected"));
+}
+
+#[tokio::test]
+async fn corrupt_data_is_500_without_details() {
+    let (reg, state) = fixture();
+    reg.corrupt_wal(&name("pg-a"), SEG1.parse().unwrap());
+    let uri = format!("/v1/clusters/pg-a/wal/{SEG1}");
+    let (s, _, body) = get(&router(state), &uri, bearer(TOKEN_A).as_deref()).await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(error_of(&body), "stored data failed verification");
+}
+
+#[tokio::test]
+async fn list_wal_returns_json_in_name_order() {
+    let (_, state) = fixture();
+    let (s, _, body) = get(
+        &router(state),
+        "/v1/clusters/pg-a/wal",
+        bearer(TOKEN_A).as_deref(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let list: WalList = serde_json::from_slice(&body).unwrap();
+    assert_eq!(list.cluster, name("pg-a"));
+    let names: Vec<String> = list.files.iter().map(|f| f.name.to_string()).collect();
+    assert_eq!(names, [SEG1, "00000002.history"]);
+    assert_eq!(list.files[0].plain_size, 70_000);
+}
+
+#[tokio::test]
+async fn cluster_status_is_json_with_text_lsns() {
+    let (_, state) = fixture();
+    let (s, _, body) = get(
+        &router(state),
+        "/v1/clusters/pg-a/status",
+        bearer(TOKEN_A).as_deref(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["cluster"], "pg-a");
+    assert_eq!(v["state"], "streaming");
+    assert_eq!(v["flushed_lsn"], "0/30000000");
+    assert_eq!(v["lag_bytes"], 512);
+}
+
+#[tokio::test]
+async fn status_lists_only_the_tokens_clusters() {
+    let (_, state) = fixture();
+    let app = router(state);
+    for (token, want) in [(TOKEN_A, "pg-a"), (TOKEN_B, "pg-b")] {
+        let (s, _, body) = get(&app, "/v1/status", bearer(token).as_deref()).await;
+        assert_eq!(s, StatusCode::OK);
+        let list: StatusList = serde_json::from_slice(&body).unwrap();
+        let names: Vec<&str> = list.clusters.iter().map(|c| c.cluster.as_str()).collect();
+        assert_eq!(names, [want]);
+    }
+}
+
+#[tokio::test]
+async fn metrics_expose_every_series_without_auth() {
+    let (_, state) = fixture();
+    let (s, h, body) = get(&router(state), "/metrics", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h[CONTENT_TYPE], metrics::CONTENT_TYPE);
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    for line in [
+        "klio_wal_received_lsn_bytes{cluster=\"pg-a\"} 805306624",
+        "klio_wal_flushed_lsn_bytes{cluster=\"pg-a\"} 805306368",
+        "klio_primary_lsn_bytes{cluster=\"pg-a\"} 805306880",
+        "klio_wal_lag_bytes{cluster=\"pg-a\"} 512",
+        "klio_wal_segments_sealed_total{cluster=\"pg-a\"} 2",
+        "klio_connection_state{cluster=\"pg-a\",state=\"streaming\"} 1",
+        "klio_connection_state{cluster=\"pg-b\",state=\"connecting\"} 1",
+        "klio_tier1_disk_full{cluster=\"pg-b\"} 0",
+        "# HELP klio_wal_lag_bytes Bytes of WAL the primary has that are not yet durable on Tier 1.",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_endpoint_is_json_404() {
+    let (_, state) = fixture();
+    let (s, _, body) = get(&router(state), "/v2/whatever", bearer(TOKEN_A).as_deref()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(error_of(&body), "no such endpoint");
+}

@@ -1,0 +1,15 @@
+//! The `klio` binary's library: configuration, the HTTP API and its metrics, the
+//! client commands, and the seam ([`registry::Registry`]) to the streaming engine.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod engine;
+pub mod http;
+pub mod metrics;
+pub mod output;
+pub mod registry;
+pub mod serve;

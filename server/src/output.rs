@@ -1,0 +1,228 @@
+//! How client commands print: aligned human tables by default, JSON with
+//! `--output json`. Pure formatting; nothing is read or written here.
+
+use std::fmt::Write;
+
+use crate::api::{StatusList, WalList};
+
+/// `--output` of the client commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OutputFormat {
+    #[default]
+    Table,
+    Json,
+}
+
+/// A text table: a header row and rows, columns padded to their widest cell.
+/// Columns marked numeric are right-aligned.
+struct Table {
+    headers: Vec<&'static str>,
+    numeric: Vec<bool>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(columns: &[(&'static str, bool)]) -> Table {
+        Table {
+            headers: columns.iter().map(|c| c.0).collect(),
+            numeric: columns.iter().map(|c| c.1).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        for r in &self.rows {
+            for (w, c) in widths.iter_mut().zip(r) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        let mut out = String::new();
+        let header: Vec<String> = self.headers.iter().map(|h| h.to_string()).collect();
+        for cells in std::iter::once(&header).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, (cell, &w)) in cells.iter().zip(&widths).enumerate() {
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                if self.numeric[i] {
+                    let _ = write!(line, "{cell:>w$}");
+                } else {
+                    let _ = write!(line, "{cell:<w$}");
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Bytes in IEC units: `512 B`, `16.0 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+fn or_dash<T: ToString>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+/// `klio status` as a table; a line per cluster error follows the table.
+pub fn status_table(list: &StatusList) -> String {
+    if list.clusters.is_empty() {
+        return "no clusters visible with this token\n".into();
+    }
+    let mut t = Table::new(&[
+        ("CLUSTER", false),
+        ("STATE", false),
+        ("TIMELINE", true),
+        ("RECEIVED", false),
+        ("FLUSHED", false),
+        ("PRIMARY", false),
+        ("LAG", true),
+        ("SEALED", true),
+        ("DISK", false),
+    ]);
+    let mut notes = String::new();
+    for s in &list.clusters {
+        t.row(vec![
+            s.cluster.to_string(),
+            s.state.to_string(),
+            or_dash(s.timeline),
+            or_dash(s.received_lsn),
+            or_dash(s.flushed_lsn),
+            or_dash(s.primary_lsn),
+            or_dash(s.lag_bytes.map(human_bytes)),
+            s.sealed_segments.to_string(),
+            if s.disk_full { "FULL" } else { "ok" }.to_string(),
+        ]);
+        if let Some(e) = &s.last_error {
+            let _ = writeln!(notes, "{}: last error: {e}", s.cluster);
+        }
+    }
+    let mut out = t.render();
+    if !notes.is_empty() {
+        out.push('\n');
+        out.push_str(&notes);
+    }
+    out
+}
+
+/// `klio list wal` as a table with a total line.
+pub fn wal_table(list: &WalList) -> String {
+    if list.files.is_empty() {
+        return format!("no WAL stored for cluster {}\n", list.cluster);
+    }
+    let mut t = Table::new(&[("NAME", false), ("SIZE", true), ("STORED", true)]);
+    let (mut plain, mut stored) = (0u64, 0u64);
+    for f in &list.files {
+        plain = plain.saturating_add(f.plain_size);
+        stored = stored.saturating_add(f.stored_size);
+        t.row(vec![
+            f.name.to_string(),
+            human_bytes(f.plain_size),
+            human_bytes(f.stored_size),
+        ]);
+    }
+    let mut out = t.render();
+    let _ = writeln!(
+        out,
+        "{} files, {} ({} stored)",
+        list.files.len(),
+        human_bytes(plain),
+        human_bytes(stored)
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{ClusterStatusView, ConnectionState, WalEntryView};
+    use klio_core::Lsn;
+
+    #[test]
+    fn human_bytes_uses_iec_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1024), "1.0 KiB");
+        assert_eq!(human_bytes(16 << 20), "16.0 MiB");
+        assert_eq!(human_bytes(3 << 29), "1.5 GiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn status_table_is_aligned() {
+        let mut a = ClusterStatusView::connecting("pg-main".parse().unwrap());
+        a.state = ConnectionState::Streaming;
+        a.timeline = Some(1);
+        a.flushed_lsn = Some(Lsn(0x16_B374_D848));
+        a.lag_bytes = Some(16 << 20);
+        let mut b = ClusterStatusView::connecting("b".parse().unwrap());
+        b.last_error = Some("connection refused".into());
+        let text = status_table(&StatusList {
+            clusters: vec![a, b],
+        });
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("CLUSTER  STATE       TIMELINE"),
+            "{text}"
+        );
+        assert!(
+            lines[1].starts_with("pg-main  streaming          1"),
+            "{text}"
+        );
+        assert!(
+            lines[1].contains("16/B374D848") && lines[1].contains("16.0 MiB"),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with("b        connecting         -"),
+            "{text}"
+        );
+        // FLUSHED column starts at the same offset on every row.
+        let col = lines[0].find("FLUSHED").unwrap();
+        assert_eq!(&lines[1][col..col + 11], "16/B374D848");
+        assert_eq!(&lines[2][col..col + 1], "-");
+        assert!(text.contains("b: last error: connection refused"), "{text}");
+    }
+
+    #[test]
+    fn wal_table_lists_files_and_total() {
+        let list = WalList {
+            cluster: "pg-main".parse().unwrap(),
+            files: vec![
+                WalEntryView {
+                    name: "000000010000000000000001".parse().unwrap(),
+                    plain_size: 16 << 20,
+                    stored_size: 1 << 20,
+                },
+                WalEntryView {
+                    name: "00000002.history".parse().unwrap(),
+                    plain_size: 42,
+                    stored_size: 90,
+                },
+            ],
+        };
+        let text = wal_table(&list);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "NAME                          SIZE   STORED");
+        assert_eq!(lines[1], "000000010000000000000001  16.0 MiB  1.0 MiB");
+        assert_eq!(lines[2], "00000002.history              42 B     90 B");
+        assert_eq!(lines[3], "2 files, 16.0 MiB (1.0 MiB stored)");
+    }
+}

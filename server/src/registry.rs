@@ -1,0 +1,302 @@
+//! The seam between the HTTP API and the streaming engine.
+//!
+//! [`Registry`] is everything the API needs to know about the clusters this server
+//! protects: read a stored WAL file (decrypted), list stored WAL, report a cluster's
+//! replication status. The engine implements it over Tier 1 and the catalog;
+//! [`MemoryRegistry`] is an in-memory implementation for tests and examples.
+//! Nothing here writes to disk.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use klio_core::{ClusterName, Lsn, WalFileName};
+use serde::{Deserialize, Serialize};
+
+/// What the API reads from the engine. Calls may block on disk: the HTTP layer runs
+/// `read_wal` and `list_wal` on the blocking thread pool.
+pub trait Registry: Send + Sync + 'static {
+    /// The plaintext of a stored WAL file; `Ok(None)` when it is not stored.
+    fn read_wal(
+        &self,
+        cluster: &ClusterName,
+        name: &WalFileName,
+    ) -> Result<Option<Vec<u8>>, RegistryError>;
+
+    /// Every stored WAL file of the cluster, in name order.
+    fn list_wal(&self, cluster: &ClusterName) -> Result<Vec<WalEntryView>, RegistryError>;
+
+    /// The cluster's replication status; `None` when the cluster is not configured.
+    fn status(&self, cluster: &ClusterName) -> Option<ClusterStatusView>;
+}
+
+/// Why the engine could not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// The cluster is configured but has never reached its primary yet (HTTP 503).
+    #[error("cluster has not connected to its primary yet")]
+    NotReady,
+    /// Stored data failed authentication or its checksum (HTTP 500; logged in full).
+    #[error("stored data failed verification: {0}")]
+    Corrupt(String),
+    /// Anything else (HTTP 500; logged in full, never sent to the client).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// One stored WAL file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalEntryView {
+    #[serde(with = "wal_name_text")]
+    pub name: WalFileName,
+    /// Size of the plaintext file PostgreSQL wrote.
+    pub plain_size: u64,
+    /// Bytes it takes on Tier 1 (compressed and encrypted).
+    pub stored_size: u64,
+}
+
+/// The replication connection's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectionState {
+    Connecting,
+    Streaming,
+    Disconnected,
+    Failed,
+}
+
+impl ConnectionState {
+    pub const ALL: [ConnectionState; 4] = [
+        ConnectionState::Connecting,
+        ConnectionState::Streaming,
+        ConnectionState::Disconnected,
+        ConnectionState::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionState::Connecting => "connecting",
+            ConnectionState::Streaming => "streaming",
+            ConnectionState::Disconnected => "disconnected",
+            ConnectionState::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for ConnectionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A cluster's replication status as the API reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatusView {
+    pub cluster: ClusterName,
+    /// PostgreSQL's system identifier, once known (a decimal string: it exceeds 2^53).
+    pub system_id: Option<String>,
+    pub timeline: Option<u32>,
+    pub state: ConnectionState,
+    pub last_error: Option<String>,
+    /// End of the WAL received from the primary.
+    pub received_lsn: Option<Lsn>,
+    /// End of the WAL durable on Tier 1 (what was reported as flushed).
+    pub flushed_lsn: Option<Lsn>,
+    /// The primary's current WAL end, as last reported by it.
+    pub primary_lsn: Option<Lsn>,
+    /// `primary_lsn - flushed_lsn`.
+    pub lag_bytes: Option<u64>,
+    /// Segments sealed since the cluster was first streamed.
+    pub sealed_segments: u64,
+    /// Tier 1 is out of space: streaming is paused.
+    pub disk_full: bool,
+}
+
+impl ClusterStatusView {
+    /// A cluster that is configured but has not connected yet.
+    pub fn connecting(cluster: ClusterName) -> ClusterStatusView {
+        ClusterStatusView {
+            cluster,
+            system_id: None,
+            timeline: None,
+            state: ConnectionState::Connecting,
+            last_error: None,
+            received_lsn: None,
+            flushed_lsn: None,
+            primary_lsn: None,
+            lag_bytes: None,
+            sealed_segments: 0,
+            disk_full: false,
+        }
+    }
+}
+
+/// WAL file names as their PostgreSQL spelling in JSON.
+mod wal_name_text {
+    use klio_core::WalFileName;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(n: &WalFileName, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(n)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<WalFileName, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// An in-memory [`Registry`] for tests: clusters, WAL files and failure modes set by hand.
+#[derive(Default)]
+pub struct MemoryRegistry {
+    clusters: Mutex<HashMap<ClusterName, MemoryCluster>>,
+    calls: AtomicUsize,
+}
+
+struct MemoryCluster {
+    status: ClusterStatusView,
+    wal: BTreeMap<WalFileName, Vec<u8>>,
+    ready: bool,
+    corrupt: HashSet<WalFileName>,
+}
+
+impl MemoryRegistry {
+    pub fn new() -> MemoryRegistry {
+        MemoryRegistry::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<ClusterName, MemoryCluster>) -> T) -> T {
+        let mut guard = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard)
+    }
+
+    /// Adds (or replaces) a cluster with this status; it is ready and holds no WAL.
+    pub fn add_cluster(&self, status: ClusterStatusView) {
+        self.with(|m| {
+            m.insert(
+                status.cluster.clone(),
+                MemoryCluster {
+                    status,
+                    wal: BTreeMap::new(),
+                    ready: true,
+                    corrupt: HashSet::new(),
+                },
+            )
+        });
+    }
+
+    /// Stores a WAL file. Panics if the cluster was not added (test misuse).
+    pub fn put_wal(&self, cluster: &ClusterName, name: WalFileName, bytes: Vec<u8>) {
+        self.with(|m| {
+            m.get_mut(cluster)
+                .expect("MemoryRegistry::put_wal: add the cluster first")
+                .wal
+                .insert(name, bytes)
+        });
+    }
+
+    /// Makes reads of the cluster fail with [`RegistryError::NotReady`] (or succeed again).
+    pub fn set_ready(&self, cluster: &ClusterName, ready: bool) {
+        self.with(|m| {
+            if let Some(c) = m.get_mut(cluster) {
+                c.ready = ready;
+            }
+        });
+    }
+
+    /// Makes reads of this file fail with [`RegistryError::Corrupt`].
+    pub fn corrupt_wal(&self, cluster: &ClusterName, name: WalFileName) {
+        self.with(|m| {
+            if let Some(c) = m.get_mut(cluster) {
+                c.corrupt.insert(name);
+            }
+        });
+    }
+
+    /// How many `read_wal`/`list_wal` calls were made: lets tests assert the API
+    /// rejected a request without touching the registry.
+    pub fn data_calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Registry for MemoryRegistry {
+    fn read_wal(
+        &self,
+        cluster: &ClusterName,
+        name: &WalFileName,
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.with(|m| {
+            let Some(c) = m.get(cluster) else {
+                return Ok(None);
+            };
+            if !c.ready {
+                return Err(RegistryError::NotReady);
+            }
+            if c.corrupt.contains(name) {
+                return Err(RegistryError::Corrupt(format!(
+                    "{cluster}/{name}: frame 0 failed authentication"
+                )));
+            }
+            Ok(c.wal.get(name).cloned())
+        })
+    }
+
+    fn list_wal(&self, cluster: &ClusterName) -> Result<Vec<WalEntryView>, RegistryError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.with(|m| {
+            let Some(c) = m.get(cluster) else {
+                return Ok(Vec::new());
+            };
+            if !c.ready {
+                return Err(RegistryError::NotReady);
+            }
+            Ok(c.wal
+                .iter()
+                .map(|(name, bytes)| WalEntryView {
+                    name: *name,
+                    plain_size: bytes.len() as u64,
+                    stored_size: bytes.len() as u64 / 4,
+                })
+                .collect())
+        })
+    }
+
+    fn status(&self, cluster: &ClusterName) -> Option<ClusterStatusView> {
+        self.with(|m| m.get(cluster).map(|c| c.status.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_serialises_lsns_as_text() {
+        let mut s = ClusterStatusView::connecting("pg-main".parse().unwrap());
+        s.state = ConnectionState::Streaming;
+        s.flushed_lsn = Some(Lsn(0x16_B374_D848));
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["flushed_lsn"], "16/B374D848");
+        assert_eq!(json["state"], "streaming");
+        assert_eq!(json["received_lsn"], serde_json::Value::Null);
+        let back: ClusterStatusView = serde_json::from_value(json).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn wal_entry_round_trips_with_postgres_name() {
+        let e = WalEntryView {
+            name: "000000010000000000000002".parse().unwrap(),
+            plain_size: 16 << 20,
+            stored_size: 1000,
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(json.contains("\"000000010000000000000002\""), "{json}");
+        assert_eq!(serde_json::from_str::<WalEntryView>(&json).unwrap(), e);
+        let bad = json.replace("000000010000000000000002", "../etc/passwd");
+        assert!(serde_json::from_str::<WalEntryView>(&bad).is_err());
+    }
+}
