@@ -265,6 +265,11 @@ impl Backoff {
     }
 }
 
+/// Completes once `shutdown` turns true (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
 /// Streams one cluster until `shutdown` turns true.
 pub async fn run_cluster(ctx: Arc<ServerContext>, handle: ClusterHandle, mut shutdown: watch::Receiver<bool>) {
     let span = info_span!("cluster", cluster = %handle.spec.name);
@@ -283,7 +288,7 @@ pub async fn run_cluster(ctx: Arc<ServerContext>, handle: ClusterHandle, mut shu
                     if handle.status.set_state(ConnState::Failed, Some(msg.clone())) {
                         error!("{msg}");
                     }
-                    let _ = shutdown.wait_for(|s| *s).await;
+                    let _ = stopped(&mut shutdown).await;
                     break;
                 }
                 Err(e) => {
@@ -299,7 +304,7 @@ pub async fn run_cluster(ctx: Arc<ServerContext>, handle: ClusterHandle, mut shu
                     let delay = backoff.next_delay();
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.wait_for(|s| *s) => break,
+                        _ = stopped(&mut shutdown) => break,
                     }
                 }
             }
@@ -395,7 +400,7 @@ async fn session(
     status.set_state(ConnState::Connecting, status.snapshot().last_error);
     let mut conn = tokio::select! {
         c = ReplicationConn::connect(&spec.conninfo) => c?,
-        _ = shutdown.wait_for(|s| *s) => return Ok(SessionEnd::Shutdown),
+        _ = stopped(shutdown) => return Ok(SessionEnd::Shutdown),
     };
     let sys = conn.identify_system().await?;
     let server_tli = TimelineId::new(sys.timeline)
@@ -545,7 +550,7 @@ async fn copy_loop(
     loop {
         tokio::select! {
             biased;
-            _ = shutdown.wait_for(|s| *s) => return Ok(CopyEnd::Shutdown),
+            _ = stopped(shutdown) => return Ok(CopyEnd::Shutdown),
             r = progress.changed() => {
                 r.map_err(|_| SessionError::Store("writer thread stopped".into()))?;
                 let p = progress.borrow_and_update().clone();

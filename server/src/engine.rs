@@ -1,10 +1,167 @@
-//! The Klio Server proper: starts one receiver per configured cluster, the HTTP API
-//! and the background workers, and supervises them until shutdown.
+//! The Klio Server proper: checks the master key, reconciles each cluster's Tier 1
+//! store, starts one receiver per configured cluster and the HTTP API, and
+//! supervises them until SIGTERM/SIGINT.
 
-use crate::config::Config;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use klio_core::{ClusterName, Lsn, WalFileName};
+use klio_receiver::cluster::{prepare_cluster, run_cluster, ClusterHandle, ClusterSpec, ServerContext};
+use klio_receiver::conninfo::ConnInfo;
+use klio_receiver::status::ConnState;
+use klio_receiver::wal_store::StoreError;
+use tokio::sync::watch;
+
+use crate::config::{Config, DEFAULT_APPLICATION_NAME};
+use crate::http::{router, AppState};
+use crate::registry::{ClusterStatusView, ConnectionState, Registry, RegistryError, WalEntryView};
+use crate::serve::{serve_http, shutdown_signal};
+
+/// Longest time between two standby status updates.
+const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Builds the receiver's spec for a configured cluster.
+pub fn cluster_spec(c: &crate::config::ClusterConfig) -> anyhow::Result<ClusterSpec> {
+    let mut conninfo = ConnInfo::parse(&c.conninfo)
+        .map_err(|e| anyhow!("cluster {}: conninfo: {e}", c.name))?;
+    if c.application_name != DEFAULT_APPLICATION_NAME {
+        conninfo.application_name = c.application_name.clone();
+    }
+    Ok(ClusterSpec {
+        name: c.name.clone(),
+        conninfo,
+        slot: c.slot.clone(),
+        status_interval: STATUS_INTERVAL,
+    })
+}
 
 /// Runs the server described by `config` until SIGTERM/SIGINT.
 pub async fn run_server(config: Config) -> anyhow::Result<()> {
-    let _ = config;
-    anyhow::bail!("not implemented yet")
+    run_server_until(config, shutdown_signal()).await
+}
+
+/// Runs the server until `shutdown` completes (the demo and tests stop it this way).
+pub async fn run_server_until(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let master = config.load_master_key()?;
+    let specs = config
+        .clusters
+        .iter()
+        .map(cluster_spec)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let data_dir = config.data_dir.clone();
+    let (ctx, handles) = tokio::task::spawn_blocking(move || {
+        let ctx = ServerContext::open(&data_dir, master)?;
+        let handles = specs
+            .into_iter()
+            .map(|s| prepare_cluster(&ctx, s))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok::<_, klio_receiver::cluster::StartupError>((Arc::new(ctx), handles))
+    })
+    .await?
+    .context("startup")?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (the `listen` setting)", config.listen))?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for h in &handles {
+        tasks.push(tokio::spawn(run_cluster(ctx.clone(), h.clone(), stop_rx.clone())));
+    }
+    let registry = Arc::new(EngineRegistry {
+        clusters: handles.into_iter().map(|h| (h.spec.name.clone(), h)).collect(),
+    });
+    let app = router(AppState::new(registry, config.tokens()));
+    let serve = serve_http(listener, app, async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    })
+    .await;
+    for t in tasks {
+        if tokio::time::timeout(Duration::from_secs(30), t).await.is_err() {
+            tracing::warn!("a cluster receiver did not stop within 30 s");
+        }
+    }
+    serve.context("HTTP API")?;
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+/// [`Registry`] over the real receivers and Tier 1 stores.
+pub struct EngineRegistry {
+    clusters: HashMap<ClusterName, ClusterHandle>,
+}
+
+fn store_error(e: StoreError) -> RegistryError {
+    match e {
+        StoreError::Frame { .. } | StoreError::Corrupt { .. } => RegistryError::Corrupt(e.to_string()),
+        other => RegistryError::Internal(other.to_string()),
+    }
+}
+
+impl Registry for EngineRegistry {
+    fn read_wal(
+        &self,
+        cluster: &ClusterName,
+        name: &WalFileName,
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
+        let Some(h) = self.clusters.get(cluster) else {
+            return Ok(None);
+        };
+        let store = h.store().ok_or(RegistryError::NotReady)?;
+        store.read(name).map_err(store_error)
+    }
+
+    fn list_wal(&self, cluster: &ClusterName) -> Result<Vec<WalEntryView>, RegistryError> {
+        let Some(h) = self.clusters.get(cluster) else {
+            return Ok(Vec::new());
+        };
+        let Some(store) = h.store() else {
+            return Ok(Vec::new());
+        };
+        let mut out: Vec<WalEntryView> = store
+            .list()
+            .map_err(store_error)?
+            .into_iter()
+            .map(|e| WalEntryView {
+                name: e.name,
+                plain_size: e.plain_size,
+                stored_size: e.stored_size,
+            })
+            .collect();
+        out.sort_by_key(|e| e.name.to_string());
+        Ok(out)
+    }
+
+    fn status(&self, cluster: &ClusterName) -> Option<ClusterStatusView> {
+        let h = self.clusters.get(cluster)?;
+        let s = h.status.snapshot();
+        Some(ClusterStatusView {
+            cluster: cluster.clone(),
+            system_id: s.system_id.map(|v| v.to_string()),
+            timeline: s.timeline,
+            state: match s.state {
+                ConnState::Connecting => ConnectionState::Connecting,
+                ConnState::Streaming => ConnectionState::Streaming,
+                ConnState::Disconnected => ConnectionState::Disconnected,
+                ConnState::Failed => ConnectionState::Failed,
+            },
+            last_error: s.last_error,
+            received_lsn: s.received,
+            flushed_lsn: s.flushed,
+            primary_lsn: s.primary,
+            lag_bytes: match (s.primary, s.flushed) {
+                (Some(Lsn(p)), Some(Lsn(f))) => Some(p.saturating_sub(f)),
+                _ => None,
+            },
+            sealed_segments: s.sealed_segments,
+            disk_full: s.disk_full,
+        })
+    }
 }

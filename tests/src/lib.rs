@@ -1,1 +1,430 @@
-//! placeholder
+//! Helpers for Klio's end-to-end tests: run a Klio server process against real
+//! PostgreSQL instances (started by `klio-harness`), talk to its HTTP API, run
+//! its client commands.
+//!
+//! Each [`KlioServer`] owns a temp dir with its data dir, config, master key and
+//! tokens, listens on its own free port, and is killed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+pub use klio_harness::{AuthMethod, PgInstance, PgOptions, StopMode};
+
+/// The `klio` binary under test (built from this package's `klio-e2e` target).
+pub fn klio_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("KLIO_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/klio-e2e
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    dir.join("klio-e2e")
+}
+
+/// One cluster in a test server's config.
+#[derive(Debug, Clone)]
+pub struct ClusterConf {
+    pub name: String,
+    pub conninfo: String,
+    pub slot: String,
+    pub token: String,
+}
+
+impl ClusterConf {
+    pub fn new(name: &str, conninfo: impl Into<String>) -> ClusterConf {
+        ClusterConf {
+            name: name.into(),
+            conninfo: conninfo.into(),
+            slot: "klio".into(),
+            token: format!("token-{name}-{}", random_hex(16)),
+        }
+    }
+}
+
+fn random_hex(n: usize) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    for _ in 0..n {
+        let _ = write!(s, "{:02x}", rand::random::<u8>());
+    }
+    s
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// A Klio server process under test.
+pub struct KlioServer {
+    dir: tempfile::TempDir,
+    port: u16,
+    clusters: Vec<ClusterConf>,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl KlioServer {
+    /// Writes a config for `clusters` (fresh master key) and starts the server.
+    pub fn start(clusters: Vec<ClusterConf>) -> Result<KlioServer> {
+        let dir = tempfile::Builder::new().prefix("klio-e2e-").tempdir()?;
+        let port = free_port()?;
+        let mut s = KlioServer {
+            dir,
+            port,
+            clusters,
+            child: None,
+            starts: 0,
+        };
+        std::fs::write(s.master_key_path(), random_hex(32))?;
+        s.write_config()?;
+        s.restart()?;
+        Ok(s)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn master_key_path(&self) -> PathBuf {
+        self.dir.path().join("master.key")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("klio.toml")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("klio.log")
+    }
+
+    pub fn token_file(&self, cluster: &str) -> PathBuf {
+        self.dir.path().join(format!("{cluster}.token"))
+    }
+
+    pub fn token(&self, cluster: &str) -> String {
+        self.clusters
+            .iter()
+            .find(|c| c.name == cluster)
+            .map(|c| c.token.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn clusters_mut(&mut self) -> &mut Vec<ClusterConf> {
+        &mut self.clusters
+    }
+
+    /// (Re)writes the config file and token files from `clusters`.
+    pub fn write_config(&self) -> Result<()> {
+        let mut toml = format!(
+            "data_dir = {:?}\nlisten = \"127.0.0.1:{}\"\nmaster_key_file = {:?}\n",
+            self.data_dir().display().to_string(),
+            self.port,
+            self.master_key_path().display().to_string()
+        );
+        for c in &self.clusters {
+            let tf = self.token_file(&c.name);
+            std::fs::write(&tf, &c.token)?;
+            toml.push_str(&format!(
+                "\n[[cluster]]\nname = {:?}\nconninfo = {:?}\nslot = {:?}\ntoken_file = {:?}\n",
+                c.name,
+                c.conninfo,
+                c.slot,
+                tf.display().to_string()
+            ));
+        }
+        std::fs::write(self.config_path(), toml)?;
+        Ok(())
+    }
+
+    /// Starts the server process (again) and waits until `/healthz` answers.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("server already running");
+        }
+        self.starts += 1;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let child = Command::new(klio_bin())
+            .arg("server")
+            .arg("--config")
+            .arg(self.config_path())
+            .env("KLIO_LOG", "info,klio=debug,klio_receiver=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawning {}", klio_bin().display()))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.child = None;
+                bail!(
+                    "klio server exited during startup ({status}); log:\n{}",
+                    self.log_tail(40)
+                );
+            }
+            if http_get_status(&format!("{}/healthz", self.url())) == Some(200) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("klio server did not become healthy; log:\n{}", self.log_tail(40));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs `klio server` expecting it to fail at startup; returns its exit status and output.
+    pub fn start_expecting_failure(&self) -> Result<Output> {
+        let mut cmd = Command::new(klio_bin());
+        cmd.arg("server").arg("--config").arg(self.config_path());
+        let out = run_with_timeout(cmd, Duration::from_secs(60))?;
+        Ok(out)
+    }
+
+    /// SIGKILLs the server.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns whether it exited successfully.
+    pub fn stop(&mut self) -> Result<bool> {
+        let Some(mut c) = self.child.take() else {
+            return Ok(true);
+        };
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = c.try_wait()? {
+                return Ok(st.success());
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                bail!("server did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// GET a cluster endpoint with that cluster's token; returns (status, body).
+    pub fn get(&self, cluster: &str, path: &str) -> Result<(u16, Vec<u8>)> {
+        http_get(&format!("{}{}", self.url(), path), Some(&self.token(cluster)))
+    }
+
+    /// The cluster's status JSON.
+    pub fn status(&self, cluster: &str) -> Result<Value> {
+        let (code, body) = self.get(cluster, &format!("/v1/clusters/{cluster}/status"))?;
+        if code != 200 {
+            bail!("status of {cluster}: HTTP {code}: {}", String::from_utf8_lossy(&body));
+        }
+        Ok(serde_json::from_slice(&body)?)
+    }
+
+    /// Polls the cluster status until `pred` holds.
+    pub fn wait_status(
+        &self,
+        cluster: &str,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut last = Value::Null;
+        loop {
+            if let Ok(v) = self.status(cluster) {
+                if pred(&v) {
+                    return Ok(v);
+                }
+                last = v;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "timed out waiting for {what}; last status {last}; log:\n{}",
+                    self.log_tail(30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until the server's flushed LSN for `cluster` reaches `lsn` (text `X/Y`).
+    pub fn wait_flushed(&self, cluster: &str, lsn: &str, timeout: Duration) -> Result<Value> {
+        let target = parse_lsn(lsn)?;
+        self.wait_status(cluster, timeout, &format!("flush to reach {lsn}"), |v| {
+            v["flushed_lsn"]
+                .as_str()
+                .and_then(|s| parse_lsn(s).ok())
+                .is_some_and(|f| f >= target)
+        })
+    }
+
+    /// Runs `klio wal-restore FILE DEST` for `cluster` with its token file.
+    pub fn wal_restore(&self, cluster: &str, file: &str, dest: &Path) -> Result<Output> {
+        self.wal_restore_with_token(cluster, file, dest, &self.token_file(cluster))
+    }
+
+    pub fn wal_restore_with_token(
+        &self,
+        cluster: &str,
+        file: &str,
+        dest: &Path,
+        token_file: &Path,
+    ) -> Result<Output> {
+        let mut cmd = Command::new(klio_bin());
+        cmd.arg("wal-restore")
+            .arg(file)
+            .arg(dest)
+            .env("KLIO_SERVER", self.url())
+            .env("KLIO_CLUSTER", cluster)
+            .env("KLIO_TOKEN_FILE", token_file);
+        run_with_timeout(cmd, Duration::from_secs(60))
+    }
+
+    /// Runs a client subcommand against this server (e.g. `["list", "wal", "--cluster", "a"]`).
+    pub fn client(&self, args: &[&str]) -> Result<Output> {
+        let mut cmd = Command::new(klio_bin());
+        cmd.args(args).env("KLIO_SERVER", self.url());
+        run_with_timeout(cmd, Duration::from_secs(60))
+    }
+}
+
+impl Drop for KlioServer {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("--- klio server log ({}) ---\n{}", self.log_path().display(), self.log_tail(80));
+        }
+    }
+}
+
+fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawning {cmd:?}"))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait()?.is_some() {
+            return Ok(child.wait_with_output()?);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("{cmd:?} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Parses `X/Y` into a u64.
+pub fn parse_lsn(s: &str) -> Result<u64> {
+    let (hi, lo) = s.trim().split_once('/').context("LSN without '/'")?;
+    Ok((u64::from_str_radix(hi, 16)? << 32) | u64::from_str_radix(lo, 16)?)
+}
+
+/// Minimal blocking HTTP/1.1 GET over a TCP socket (no client library needed in tests).
+pub fn http_get(url: &str, bearer: Option<&str>) -> Result<(u16, Vec<u8>)> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").context("only http:// URLs")?;
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let mut s = std::net::TcpStream::connect(hostport)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n");
+    if let Some(t) = bearer {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let head_end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no HTTP header end")?;
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let code: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .context("no status code")?
+        .parse()?;
+    let mut body = buf[head_end + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body)?;
+    }
+    Ok((code, body))
+}
+
+fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = b.windows(2).position(|w| w == b"\r\n").context("bad chunk")?;
+        let size_txt = String::from_utf8_lossy(&b[..line_end]);
+        let size = usize::from_str_radix(size_txt.split(';').next().unwrap_or("0").trim(), 16)?;
+        b = &b[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
+    }
+}
+
+fn http_get_status(url: &str) -> Option<u16> {
+    http_get(url, None).ok().map(|(c, _)| c)
+}
+
+/// Waits for a condition without fixed sleeps beyond a short poll interval.
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) if Instant::now() > deadline => return Err(e.context(format!("waiting for {what}"))),
+            Err(_) => {}
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
