@@ -360,7 +360,7 @@ fn overridden<T>(
     key: &str,
     file_value: Option<T>,
     var: &str,
-    env: impl Fn(&str) -> Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
     from_env: impl Fn(String) -> T,
 ) -> Keyed<T> {
     match env(var) {
@@ -378,7 +378,7 @@ fn overridden<T>(
 fn require<T>(
     v: Keyed<T>,
     var: &str,
-    invalid: impl Fn(&str, String) -> ConfigError,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
 ) -> Result<T, ConfigError> {
     v.value.ok_or_else(|| {
         invalid(

@@ -95,11 +95,9 @@ fn full_config_parses_with_defaults() {
 #[test]
 fn explicit_values_are_kept() {
     let f = Fixture::new();
-    let text = format!(
-        "data_dir = \"data\"\nlisten = \"0.0.0.0:9000\"\nmaster_key_file = \"m.key\"\nlog_format = \"json\"\n\
-         [[cluster]]\nname = \"pg-a\"\nconninfo = \"host=x\"\nslot = \"klio_a\"\napplication_name = \"klio a\"\ntoken_file = \"a.token\"\n"
-    );
-    let c = f.parse(&text).unwrap();
+    let text = "data_dir = \"data\"\nlisten = \"0.0.0.0:9000\"\nmaster_key_file = \"m.key\"\nlog_format = \"json\"\n\
+         [[cluster]]\nname = \"pg-a\"\nconninfo = \"host=x\"\nslot = \"klio_a\"\napplication_name = \"klio a\"\ntoken_file = \"a.token\"\n";
+    let c = f.parse(text).unwrap();
     assert_eq!(c.listen, "0.0.0.0:9000".parse().unwrap());
     assert_eq!(c.log_format, LogFormat::Json);
     assert_eq!(c.data_dir, f.dir.path().join("data"));
@@ -135,12 +133,10 @@ fn env_overrides_win_and_empty_means_unset() {
 #[test]
 fn env_can_supply_a_missing_key() {
     let f = Fixture::new();
-    let text = format!(
-        "master_key_file = \"/k\"\n[[cluster]]\nname = \"pg-a\"\ntoken_file = \"a.token\"\n"
-    );
+    let text = "master_key_file = \"/k\"\n[[cluster]]\nname = \"pg-a\"\ntoken_file = \"a.token\"\n";
     let c = f
         .parse_env(
-            &text,
+            text,
             &[
                 ("KLIO_DATA_DIR", "/d"),
                 ("KLIO_CLUSTER_PG_A_CONNINFO", "host=h"),
