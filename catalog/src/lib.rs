@@ -165,7 +165,9 @@ pub struct Catalog {
 
 impl std::fmt::Debug for Catalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Catalog").field("path", &self.db.path()).finish()
+        f.debug_struct("Catalog")
+            .field("path", &self.db.path())
+            .finish()
     }
 }
 
@@ -255,7 +257,12 @@ impl Catalog {
         self.get(&segment_key(cluster, tli, segno))
     }
 
-    pub fn delete_segment(&self, cluster: &ClusterName, tli: TimelineId, segno: SegNo) -> Result<()> {
+    pub fn delete_segment(
+        &self,
+        cluster: &ClusterName,
+        tli: TimelineId,
+        segno: SegNo,
+    ) -> Result<()> {
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db.delete_opt(segment_key(cluster, tli, segno), &wo)?;
@@ -310,9 +317,11 @@ mod tests {
             c.put_cluster(&rec).unwrap();
             assert_eq!(c.cluster(&name).unwrap(), Some(rec));
             for (t, n) in [(2, 1), (1, 300), (1, 2), (1, 0x1_0000_0000)] {
-                c.put_segment(&name, &seg(t, n, SegmentState::Sealed)).unwrap();
+                c.put_segment(&name, &seg(t, n, SegmentState::Sealed))
+                    .unwrap();
             }
-            c.put_segment(&other, &seg(1, 5, SegmentState::Partial)).unwrap();
+            c.put_segment(&other, &seg(1, 5, SegmentState::Partial))
+                .unwrap();
         }
         // Survives reopening.
         let c = Catalog::open(dir.path()).unwrap();

@@ -26,9 +26,10 @@ impl FromStr for ClusterName {
     type Err = ClusterNameError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let ok = (1..=63).contains(&s.len())
-            && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            && s
-                .bytes()
+            && s.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && s.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
         if ok {
             Ok(ClusterName(s.to_string()))
@@ -76,7 +77,19 @@ mod tests {
 
     #[test]
     fn rejects_paths_and_odd_characters() {
-        for s in ["", "..", "../x", "a/b", "-x", "_x", "A", "a b", "a.b", &"x".repeat(64), "é"] {
+        for s in [
+            "",
+            "..",
+            "../x",
+            "a/b",
+            "-x",
+            "_x",
+            "A",
+            "a b",
+            "a.b",
+            &"x".repeat(64),
+            "é",
+        ] {
             assert!(s.parse::<ClusterName>().is_err(), "{s:?}");
         }
     }

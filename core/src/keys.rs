@@ -63,7 +63,13 @@ fn seal(key: &[u8; 32], ad: &[u8], plain: &[u8]) -> Vec<u8> {
     let mut nonce = [0u8; 12];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let ct = cipher
-        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain, aad: ad })
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: plain,
+                aad: ad,
+            },
+        )
         .expect("AES-GCM encryption of a small buffer cannot fail");
     let mut out = Vec::with_capacity(1 + 12 + ct.len());
     out.push(WRAP_VERSION);

@@ -64,7 +64,8 @@ impl FromStr for Lsn {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || LsnParseError(s.to_string());
         let (hi, lo) = s.split_once('/').ok_or_else(err)?;
-        let valid = |p: &str| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_hexdigit());
+        let valid =
+            |p: &str| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_hexdigit());
         if !valid(hi) || !valid(lo) {
             return Err(err());
         }
@@ -109,7 +110,18 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for s in ["", "/", "1/", "/1", "1", "g/1", "1/2/3", "123456789/0", " 1/2", "1/-2"] {
+        for s in [
+            "",
+            "/",
+            "1/",
+            "/1",
+            "1",
+            "g/1",
+            "1/2/3",
+            "123456789/0",
+            " 1/2",
+            "1/-2",
+        ] {
             assert!(s.parse::<Lsn>().is_err(), "{s:?} parsed");
         }
     }

@@ -237,7 +237,10 @@ impl fmt::Debug for WalFileName {
 }
 
 fn hex_u32(s: &str) -> Option<u32> {
-    if s.len() == 8 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase()) {
+    if s.len() == 8
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase())
+    {
         u32::from_str_radix(s, 16).ok()
     } else {
         None
@@ -252,7 +255,9 @@ impl FromStr for WalFileName {
         let bad = || WalNameError::Malformed(s.chars().take(64).collect());
         if let Some(tli) = s.strip_suffix(".history") {
             let tli = hex_u32(tli).ok_or_else(bad)?;
-            return Ok(WalFileName::history(TimelineId::new(tli).map_err(|_| bad())?));
+            return Ok(WalFileName::history(
+                TimelineId::new(tli).map_err(|_| bad())?,
+            ));
         }
         let (body, kind_rank) = match s.strip_suffix(".partial") {
             Some(b) => (b, 1),
@@ -291,7 +296,10 @@ mod tests {
         let p = WalFileName::partial(tli(2), SegNo(3), s);
         assert_eq!(p.to_string(), "000000020000000000000003.partial");
         assert_eq!(p.sealed().to_string(), "000000020000000000000003");
-        assert_eq!(WalFileName::history(tli(0x1A)).to_string(), "0000001A.history");
+        assert_eq!(
+            WalFileName::history(tli(0x1A)).to_string(),
+            "0000001A.history"
+        );
         // 1 GiB segments: 4 per xlogid.
         let big = WalSegSize::new(1 << 30).unwrap();
         assert_eq!(

@@ -92,11 +92,14 @@ impl ServerContext {
                 for c in catalog.clusters()? {
                     master.unwrap(&c.wrapped_key, &c.name)?;
                 }
-                crate::crashsafe::write_file_durably(&check_path, &encode_key_check(&master.check_value()))
-                    .map_err(|source| StartupError::DataDir {
-                        path: check_path.clone(),
-                        source,
-                    })?;
+                crate::crashsafe::write_file_durably(
+                    &check_path,
+                    &encode_key_check(&master.check_value()),
+                )
+                .map_err(|source| StartupError::DataDir {
+                    path: check_path.clone(),
+                    source,
+                })?;
                 catalog
             }
             Err(source) => {
@@ -170,10 +173,7 @@ impl ClusterHandle {
     }
 }
 
-fn open_store(
-    ctx: &ServerContext,
-    rec: &ClusterRecord,
-) -> Result<WalStore, StartupError> {
+fn open_store(ctx: &ServerContext, rec: &ClusterRecord) -> Result<WalStore, StartupError> {
     let key = ctx.master.unwrap(&rec.wrapped_key, &rec.name)?;
     let store = WalStore::open(
         &ctx.data_dir,
@@ -195,7 +195,10 @@ fn open_store(
 
 /// Prepares a configured cluster: if it is already in the catalog, unwraps its
 /// key and reconciles its Tier 1 store (a crash's leftovers are repaired here).
-pub fn prepare_cluster(ctx: &ServerContext, spec: ClusterSpec) -> Result<ClusterHandle, StartupError> {
+pub fn prepare_cluster(
+    ctx: &ServerContext,
+    spec: ClusterSpec,
+) -> Result<ClusterHandle, StartupError> {
     let status = Arc::new(ClusterStatus::default());
     let store = Arc::new(OnceLock::new());
     if let Some(rec) = ctx.catalog.cluster(&spec.name)? {
@@ -271,7 +274,11 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 }
 
 /// Streams one cluster until `shutdown` turns true.
-pub async fn run_cluster(ctx: Arc<ServerContext>, handle: ClusterHandle, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_cluster(
+    ctx: Arc<ServerContext>,
+    handle: ClusterHandle,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let span = info_span!("cluster", cluster = %handle.spec.name);
     async move {
         let mut backoff = Backoff::new();
@@ -410,9 +417,11 @@ async fn session(
     let rec = {
         let ctx = ctx.clone();
         let spec = spec.clone();
-        tokio::task::spawn_blocking(move || ensure_cluster(&ctx, &spec, sys.system_id, seg_size, server_tli))
-            .await
-            .map_err(|e| SessionError::Other(e.to_string()))??
+        tokio::task::spawn_blocking(move || {
+            ensure_cluster(&ctx, &spec, sys.system_id, seg_size, server_tli)
+        })
+        .await
+        .map_err(|e| SessionError::Other(e.to_string()))??
     };
     status.set_system_id(sys.system_id);
 
@@ -478,7 +487,10 @@ async fn session(
             }
         }
         if rec.timeline != tli {
-            let mut r = ctx.catalog.cluster(&spec.name)?.unwrap_or_else(|| rec.clone());
+            let mut r = ctx
+                .catalog
+                .cluster(&spec.name)?
+                .unwrap_or_else(|| rec.clone());
             if r.timeline != tli {
                 r.timeline = tli;
                 ctx.catalog.put_cluster(&r)?;
@@ -504,7 +516,17 @@ async fn session(
             info!(timeline = %tli, start = %start, system_id = sys.system_id, "streaming WAL");
         }
         backoff.reset();
-        match copy_loop(&mut conn, ingest, status, tli, start, spec.status_interval, shutdown).await? {
+        match copy_loop(
+            &mut conn,
+            ingest,
+            status,
+            tli,
+            start,
+            spec.status_interval,
+            shutdown,
+        )
+        .await?
+        {
             CopyEnd::Shutdown => {
                 let _ = conn.send_copy_done().await;
                 let _ = tokio::time::timeout(Duration::from_secs(5), conn.finish_copy()).await;

@@ -168,7 +168,11 @@ fn checkpoint(
     writer.store().resume_point()
 }
 
-fn publish(progress: &watch::Sender<WriterProgress>, writer: &SegmentWriter, err: Option<&StoreError>) {
+fn publish(
+    progress: &watch::Sender<WriterProgress>,
+    writer: &SegmentWriter,
+    err: Option<&StoreError>,
+) {
     let p = WriterProgress {
         durable: writer.durable(),
         sealed: writer.sealed_count(),

@@ -82,7 +82,11 @@ impl Default for ClusterStatus {
 
 impl ClusterStatus {
     pub fn snapshot(&self) -> StatusSnapshot {
-        let (state, last_error) = self.state.lock().map(|g| g.clone()).unwrap_or((ConnState::Failed, None));
+        let (state, last_error) = self
+            .state
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or((ConnState::Failed, None));
         let sid = self.system_id.load(Ordering::Relaxed);
         let tli = self.timeline.load(Ordering::Relaxed);
         StatusSnapshot {

@@ -21,13 +21,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use klio_catalog::{Catalog, CatalogError, SegmentRecord, SegmentState, Tiers, TimelineRecord};
-use klio_core::frame::{
-    decode_object, FrameError, FrameSealer, ObjectId, ObjectKind, HEADER_LEN,
+use klio_core::frame::{decode_object, FrameError, FrameSealer, ObjectId, ObjectKind, HEADER_LEN};
+use klio_core::{
+    ClusterName, DataKey, Lsn, SegNo, TimelineId, WalFileKind, WalFileName, WalSegSize,
 };
-use klio_core::{ClusterName, DataKey, Lsn, SegNo, TimelineId, WalFileKind, WalFileName, WalSegSize};
 use tracing::{info, warn};
 
-use crate::crashsafe::{create_dir_all_durably, durable_rename, fsync_dir, tmp_name, write_file_durably};
+use crate::crashsafe::{
+    create_dir_all_durably, durable_rename, fsync_dir, tmp_name, write_file_durably,
+};
 
 /// Plaintext buffered before it is framed and written (without fsync).
 const FRAME_TARGET: usize = 1 << 20;
@@ -206,7 +208,9 @@ impl WalStore {
                     partial.insert((name.timeline(), segno), path);
                 }
                 Ok(None) => histories.push(name.timeline()),
-                Err(e) => warn!(path = %path.display(), error = %e, "ignoring a WAL file that does not fit the segment size"),
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "ignoring a WAL file that does not fit the segment size")
+                }
             }
         }
         if report.temp_files_removed > 0 {
@@ -262,11 +266,12 @@ impl WalStore {
             // Unknown to the catalog (crash between rename and catalog update): verify it.
             let bytes = std::fs::read(path).map_err(io_err(path))?;
             let name = self.segment_names(tli, segno).0;
-            let obj = decode_object(&inner.key, &self.object_id(&name), &bytes, false)
-                .map_err(|source| StoreError::Frame {
+            let obj = decode_object(&inner.key, &self.object_id(&name), &bytes, false).map_err(
+                |source| StoreError::Frame {
                     path: path.clone(),
                     source,
-                })?;
+                },
+            )?;
             if !obj.finished || obj.data.len() as u64 != inner.seg_size.bytes() {
                 return Err(StoreError::Corrupt {
                     path: path.clone(),
@@ -302,7 +307,9 @@ impl WalStore {
             };
             if !present && rec.tiers.tier1 {
                 warn!(tli = %rec.tli, segno = rec.segno.0, "catalog listed a segment whose file is missing; removing the entry");
-                inner.catalog.delete_segment(&inner.cluster, rec.tli, rec.segno)?;
+                inner
+                    .catalog
+                    .delete_segment(&inner.cluster, rec.tli, rec.segno)?;
                 report.catalog_entries_removed += 1;
             }
         }
@@ -341,13 +348,17 @@ impl WalStore {
     ) -> Result<(u64, u64), StoreError> {
         let bytes = std::fs::read(path).map_err(io_err(path))?;
         let name = self.segment_names(tli, segno).1;
-        let obj = decode_object(&self.inner.key, &self.object_id(&name), &bytes, true)
-            .map_err(|source| StoreError::Frame {
+        let obj = decode_object(&self.inner.key, &self.object_id(&name), &bytes, true).map_err(
+            |source| StoreError::Frame {
                 path: path.to_path_buf(),
                 source,
-            })?;
+            },
+        )?;
         if obj.valid_stored_len < bytes.len() as u64 {
-            let f = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
+            let f = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(io_err(path))?;
             f.set_len(obj.valid_stored_len).map_err(io_err(path))?;
             f.sync_all().map_err(io_err(path))?;
             report.torn_bytes_dropped += bytes.len() as u64 - obj.valid_stored_len;
@@ -372,7 +383,10 @@ impl WalStore {
     /// Where streaming should resume: the end of stored WAL on the newest timeline.
     pub fn resume_point(&self) -> Result<Option<(TimelineId, Lsn)>, StoreError> {
         let segs = self.inner.catalog.segments(&self.inner.cluster)?;
-        let Some(last) = segs.iter().filter(|s| s.tiers.tier1).max_by_key(|s| (s.tli, s.segno))
+        let Some(last) = segs
+            .iter()
+            .filter(|s| s.tiers.tier1)
+            .max_by_key(|s| (s.tli, s.segno))
         else {
             return Ok(None);
         };
@@ -403,7 +417,10 @@ impl WalStore {
                     Ok(Some(s)) => s,
                     _ => return Ok(None),
                 };
-                let Some(rec) = inner.catalog.segment(&inner.cluster, name.timeline(), segno)? else {
+                let Some(rec) = inner
+                    .catalog
+                    .segment(&inner.cluster, name.timeline(), segno)?
+                else {
                     return Ok(None);
                 };
                 let wanted = if kind == WalFileKind::Segment {
@@ -422,11 +439,12 @@ impl WalStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(&path)(e)),
         };
-        let obj = decode_object(&inner.key, &self.object_id(name), &bytes, !expect_final)
-            .map_err(|source| StoreError::Frame {
+        let obj = decode_object(&inner.key, &self.object_id(name), &bytes, !expect_final).map_err(
+            |source| StoreError::Frame {
                 path: path.clone(),
                 source,
-            })?;
+            },
+        )?;
         if expect_final && !obj.finished {
             return Err(StoreError::Frame {
                 path,
@@ -478,7 +496,9 @@ impl WalStore {
         for t in inner.catalog.timelines(&inner.cluster)? {
             if t.history_stored {
                 let name = WalFileName::history(t.tli);
-                let stored_size = std::fs::metadata(self.path(&name)).map(|m| m.len()).unwrap_or(0);
+                let stored_size = std::fs::metadata(self.path(&name))
+                    .map(|m| m.len())
+                    .unwrap_or(0);
                 out.push(WalEntry {
                     name,
                     plain_size: 0,
@@ -507,8 +527,7 @@ pub fn parse_history_tail(content: &[u8]) -> (Option<TimelineId>, Option<Lsn>) {
     let last = text
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .next_back();
+        .rfind(|l| !l.is_empty() && !l.starts_with('#'));
     let Some(line) = last else {
         return (None, None);
     };
@@ -689,7 +708,10 @@ impl OpenSegment {
                 tier2: false,
             },
         };
-        store.inner.catalog.put_segment(&store.inner.cluster, &rec)?;
+        store
+            .inner
+            .catalog
+            .put_segment(&store.inner.cluster, &rec)?;
         Ok(rec)
     }
 }
@@ -730,7 +752,12 @@ impl SegmentWriter {
     /// Appends `data`, which starts at WAL position `start` on timeline `tli`.
     /// Bytes already stored are skipped; a gap is an error. Nothing is fsynced
     /// except when a segment completes and is sealed.
-    pub fn write(&mut self, tli: TimelineId, start: Lsn, mut data: &[u8]) -> Result<(), StoreError> {
+    pub fn write(
+        &mut self,
+        tli: TimelineId,
+        start: Lsn,
+        mut data: &[u8],
+    ) -> Result<(), StoreError> {
         let seg_size = self.store.seg_size();
         let mut pos = start;
         while !data.is_empty() {
@@ -743,7 +770,11 @@ impl SegmentWriter {
             let this = pos;
             pos = Lsn(pos.0 + take as u64);
 
-            if self.open.as_ref().is_some_and(|o| o.tli != tli || o.segno != segno) {
+            if self
+                .open
+                .as_ref()
+                .is_some_and(|o| o.tli != tli || o.segno != segno)
+            {
                 self.close()?;
             }
             if self.open.is_none() {
@@ -799,7 +830,10 @@ impl SegmentWriter {
             }
             OpenSegment::create(&self.store, tli, segno)?
         };
-        self.durable = Some((tli, Lsn(segno.start_lsn(self.store.seg_size()).0 + o.durable)));
+        self.durable = Some((
+            tli,
+            Lsn(segno.start_lsn(self.store.seg_size()).0 + o.durable),
+        ));
         Ok(Some(o))
     }
 

@@ -142,7 +142,7 @@ pub fn run(cli: Cli) -> u8 {
             )
         }
         Command::Demo(args) => {
-            init_tracing(env_log_format());
+            init_tracing_with_default(env_log_format(), "warn");
             fatal_on_error("demo", runtime(true).map(|rt| rt.block_on(demo::run(args))))
         }
         Command::WalRestore(args) => client_command(wal_restore(args)),
@@ -190,7 +190,13 @@ fn client_command(fut: impl std::future::Future<Output = Result<(), ClientError>
 
 /// Sets up logging to stderr: filter from `KLIO_LOG` (default `info`), text or JSON.
 pub fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("KLIO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    init_tracing_with_default(format, "info")
+}
+
+/// Like [`init_tracing`] with another default filter (the demo keeps its own output readable).
+pub fn init_tracing_with_default(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_env("KLIO_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

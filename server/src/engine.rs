@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use klio_core::{ClusterName, Lsn, WalFileName};
-use klio_receiver::cluster::{prepare_cluster, run_cluster, ClusterHandle, ClusterSpec, ServerContext};
+use klio_receiver::cluster::{
+    prepare_cluster, run_cluster, ClusterHandle, ClusterSpec, ServerContext,
+};
 use klio_receiver::conninfo::ConnInfo;
 use klio_receiver::status::ConnState;
 use klio_receiver::wal_store::StoreError;
@@ -24,8 +26,8 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Builds the receiver's spec for a configured cluster.
 pub fn cluster_spec(c: &crate::config::ClusterConfig) -> anyhow::Result<ClusterSpec> {
-    let mut conninfo = ConnInfo::parse(&c.conninfo)
-        .map_err(|e| anyhow!("cluster {}: conninfo: {e}", c.name))?;
+    let mut conninfo =
+        ConnInfo::parse(&c.conninfo).map_err(|e| anyhow!("cluster {}: conninfo: {e}", c.name))?;
     if c.application_name != DEFAULT_APPLICATION_NAME {
         conninfo.application_name = c.application_name.clone();
     }
@@ -72,10 +74,17 @@ pub async fn run_server_until(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     for h in &handles {
-        tasks.push(tokio::spawn(run_cluster(ctx.clone(), h.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(run_cluster(
+            ctx.clone(),
+            h.clone(),
+            stop_rx.clone(),
+        )));
     }
     let registry = Arc::new(EngineRegistry {
-        clusters: handles.into_iter().map(|h| (h.spec.name.clone(), h)).collect(),
+        clusters: handles
+            .into_iter()
+            .map(|h| (h.spec.name.clone(), h))
+            .collect(),
     });
     let app = router(AppState::new(registry, config.tokens()));
     let serve = serve_http(listener, app, async move {
@@ -84,7 +93,10 @@ pub async fn run_server_until(
     })
     .await;
     for t in tasks {
-        if tokio::time::timeout(Duration::from_secs(30), t).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .is_err()
+        {
             tracing::warn!("a cluster receiver did not stop within 30 s");
         }
     }
@@ -100,7 +112,9 @@ pub struct EngineRegistry {
 
 fn store_error(e: StoreError) -> RegistryError {
     match e {
-        StoreError::Frame { .. } | StoreError::Corrupt { .. } => RegistryError::Corrupt(e.to_string()),
+        StoreError::Frame { .. } | StoreError::Corrupt { .. } => {
+            RegistryError::Corrupt(e.to_string())
+        }
         other => RegistryError::Internal(other.to_string()),
     }
 }

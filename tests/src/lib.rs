@@ -175,7 +175,11 @@ impl KlioServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 self.child = None;
                 bail!(
                     "klio server exited during startup ({status}); log:\n{}",
@@ -186,7 +190,10 @@ impl KlioServer {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("klio server did not become healthy; log:\n{}", self.log_tail(40));
+                bail!(
+                    "klio server did not become healthy; log:\n{}",
+                    self.log_tail(40)
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -243,14 +250,20 @@ impl KlioServer {
 
     /// GET a cluster endpoint with that cluster's token; returns (status, body).
     pub fn get(&self, cluster: &str, path: &str) -> Result<(u16, Vec<u8>)> {
-        http_get(&format!("{}{}", self.url(), path), Some(&self.token(cluster)))
+        http_get(
+            &format!("{}{}", self.url(), path),
+            Some(&self.token(cluster)),
+        )
     }
 
     /// The cluster's status JSON.
     pub fn status(&self, cluster: &str) -> Result<Value> {
         let (code, body) = self.get(cluster, &format!("/v1/clusters/{cluster}/status"))?;
         if code != 200 {
-            bail!("status of {cluster}: HTTP {code}: {}", String::from_utf8_lossy(&body));
+            bail!(
+                "status of {cluster}: HTTP {code}: {}",
+                String::from_utf8_lossy(&body)
+            );
         }
         Ok(serde_json::from_slice(&body)?)
     }
@@ -327,7 +340,11 @@ impl Drop for KlioServer {
     fn drop(&mut self) {
         self.kill9();
         if std::thread::panicking() {
-            eprintln!("--- klio server log ({}) ---\n{}", self.log_path().display(), self.log_tail(80));
+            eprintln!(
+                "--- klio server log ({}) ---\n{}",
+                self.log_path().display(),
+                self.log_tail(80)
+            );
         }
     }
 }
@@ -387,7 +404,10 @@ pub fn http_get(url: &str, bearer: Option<&str>) -> Result<(u16, Vec<u8>)> {
         .context("no status code")?
         .parse()?;
     let mut body = buf[head_end + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk(&body)?;
     }
     Ok((code, body))
@@ -396,7 +416,10 @@ pub fn http_get(url: &str, bearer: Option<&str>) -> Result<(u16, Vec<u8>)> {
 fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     loop {
-        let line_end = b.windows(2).position(|w| w == b"\r\n").context("bad chunk")?;
+        let line_end = b
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("bad chunk")?;
         let size_txt = String::from_utf8_lossy(&b[..line_end]);
         let size = usize::from_str_radix(size_txt.split(';').next().unwrap_or("0").trim(), 16)?;
         b = &b[line_end + 2..];
@@ -413,13 +436,19 @@ fn http_get_status(url: &str) -> Option<u16> {
 }
 
 /// Waits for a condition without fixed sleeps beyond a short poll interval.
-pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+pub fn wait_until(
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Result<bool>,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         match f() {
             Ok(true) => return Ok(()),
             Ok(false) => {}
-            Err(e) if Instant::now() > deadline => return Err(e.context(format!("waiting for {what}"))),
+            Err(e) if Instant::now() > deadline => {
+                return Err(e.context(format!("waiting for {what}")))
+            }
             Err(_) => {}
         }
         if Instant::now() > deadline {

@@ -11,10 +11,20 @@ use klio_tests::{parse_lsn, wait_until, ClusterConf, KlioServer, PgInstance, PgO
 
 fn list_names(klio: &KlioServer, cluster: &str) -> Result<Vec<String>> {
     let (code, body) = klio.get(cluster, &format!("/v1/clusters/{cluster}/wal"))?;
-    ensure!(code == 200, "list wal: HTTP {code}: {}", String::from_utf8_lossy(&body));
+    ensure!(
+        code == 200,
+        "list wal: HTTP {code}: {}",
+        String::from_utf8_lossy(&body)
+    );
     let v: serde_json::Value = serde_json::from_slice(&body)?;
-    let entries = v.as_array().or_else(|| v["files"].as_array()).context("no array")?;
-    Ok(entries.iter().filter_map(|e| e["name"].as_str().map(String::from)).collect())
+    let entries = v
+        .as_array()
+        .or_else(|| v["files"].as_array())
+        .context("no array")?;
+    Ok(entries
+        .iter()
+        .filter_map(|e| e["name"].as_str().map(String::from))
+        .collect())
 }
 
 fn wal_dir(klio: &KlioServer, cluster: &str) -> PathBuf {
@@ -25,7 +35,9 @@ fn wal_dir(klio: &KlioServer, cluster: &str) -> PathBuf {
 fn sigkill_mid_stream_then_restart_leaves_no_gap_and_no_mismatch() -> Result<()> {
     let pg = PgInstance::start(PgOptions::new().conf("wal_keep_size", "4GB"))?;
     let mut klio = KlioServer::start(vec![ClusterConf::new("k", pg.replication_conninfo())])?;
-    klio.wait_status("k", Duration::from_secs(60), "streaming", |v| v["state"] == "streaming")?;
+    klio.wait_status("k", Duration::from_secs(60), "streaming", |v| {
+        v["state"] == "streaming"
+    })?;
     pg.pgbench(&["-i", "-s", "4"])?;
 
     for round in 0..3 {
@@ -63,8 +75,15 @@ fn sigkill_mid_stream_then_restart_leaves_no_gap_and_no_mismatch() -> Result<()>
     for n in names.iter().filter(|n| n.len() == 24) {
         let dest = out.path().join(n);
         let o = klio.wal_restore("k", n, &dest)?;
-        ensure!(o.status.success(), "{n}: {}", String::from_utf8_lossy(&o.stderr));
-        ensure!(std::fs::read(&dest)? == std::fs::read(pg.wal_dir().join(n))?, "{n} differs");
+        ensure!(
+            o.status.success(),
+            "{n}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        ensure!(
+            std::fs::read(&dest)? == std::fs::read(pg.wal_dir().join(n))?,
+            "{n} differs"
+        );
     }
     // Catalog and files agree: every file in the WAL dir is listed and vice versa.
     let mut on_disk: Vec<String> = std::fs::read_dir(wal_dir(&klio, "k"))?
@@ -80,7 +99,9 @@ fn sigkill_mid_stream_then_restart_leaves_no_gap_and_no_mismatch() -> Result<()>
 #[test]
 fn wrong_password_is_reported_and_stores_nothing() -> Result<()> {
     let pg = PgInstance::start(PgOptions::new())?;
-    let bad = pg.replication_conninfo().replace("password=replpass", "password=wrong");
+    let bad = pg
+        .replication_conninfo()
+        .replace("password=replpass", "password=wrong");
     let klio = KlioServer::start(vec![ClusterConf::new("pw", bad)])?;
     let st = klio.wait_status("pw", Duration::from_secs(30), "an auth error", |v| {
         v["last_error"]
@@ -90,7 +111,10 @@ fn wrong_password_is_reported_and_stores_nothing() -> Result<()> {
     ensure!(st["state"] != "streaming");
     ensure!(!wal_dir(&klio, "pw").exists(), "nothing may be stored");
     let slots = pg.psql("SELECT count(*) FROM pg_replication_slots")?;
-    ensure!(slots == "0", "no slot may be created with wrong credentials");
+    ensure!(
+        slots == "0",
+        "no slot may be created with wrong credentials"
+    );
     Ok(())
 }
 
@@ -114,7 +138,9 @@ fn tree_snapshot(dir: &Path) -> Result<BTreeMap<PathBuf, (u64, SystemTime)>> {
 fn wrong_master_key_is_a_startup_error_that_touches_nothing() -> Result<()> {
     let pg = PgInstance::start(PgOptions::new())?;
     let mut klio = KlioServer::start(vec![ClusterConf::new("mk", pg.replication_conninfo())])?;
-    klio.wait_status("mk", Duration::from_secs(60), "streaming", |v| v["state"] == "streaming")?;
+    klio.wait_status("mk", Duration::from_secs(60), "streaming", |v| {
+        v["state"] == "streaming"
+    })?;
     pg.psql("SELECT pg_switch_wal()")?;
     let flush = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
     klio.wait_flushed("mk", &flush, Duration::from_secs(60))?;
@@ -123,10 +149,20 @@ fn wrong_master_key_is_a_startup_error_that_touches_nothing() -> Result<()> {
     let before = tree_snapshot(&klio.data_dir())?;
     std::fs::write(klio.master_key_path(), "11".repeat(32))?;
     let out = klio.start_expecting_failure()?;
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    ensure!(!out.status.success(), "server started with a wrong master key");
-    ensure!(stderr.contains("master key"), "error does not name the master key: {stderr}");
-    ensure!(tree_snapshot(&klio.data_dir())? == before, "data dir modified by a failed start");
+    let stderr =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        !out.status.success(),
+        "server started with a wrong master key"
+    );
+    ensure!(
+        stderr.contains("master key"),
+        "error does not name the master key: {stderr}"
+    );
+    ensure!(
+        tree_snapshot(&klio.data_dir())? == before,
+        "data dir modified by a failed start"
+    );
     Ok(())
 }
 
@@ -135,7 +171,9 @@ fn different_system_identifier_under_an_existing_name_is_refused() -> Result<()>
     let pg1 = PgInstance::start(PgOptions::new())?;
     let pg2 = PgInstance::start(PgOptions::new())?;
     let mut klio = KlioServer::start(vec![ClusterConf::new("sid", pg1.replication_conninfo())])?;
-    klio.wait_status("sid", Duration::from_secs(60), "streaming", |v| v["state"] == "streaming")?;
+    klio.wait_status("sid", Duration::from_secs(60), "streaming", |v| {
+        v["state"] == "streaming"
+    })?;
     pg1.psql("SELECT pg_switch_wal()")?;
     let flush = pg1.psql("SELECT pg_current_wal_flush_lsn()")?;
     klio.wait_flushed("sid", &flush, Duration::from_secs(60))?;
@@ -145,12 +183,17 @@ fn different_system_identifier_under_an_existing_name_is_refused() -> Result<()>
     klio.clusters_mut()[0].conninfo = pg2.replication_conninfo();
     klio.write_config()?;
     klio.restart()?;
-    let st = klio.wait_status("sid", Duration::from_secs(30), "refusal", |v| v["state"] == "failed")?;
+    let st = klio.wait_status("sid", Duration::from_secs(30), "refusal", |v| {
+        v["state"] == "failed"
+    })?;
     let err = st["last_error"].as_str().unwrap_or_default();
     ensure!(err.contains("system identifier"), "unclear error: {err}");
     // What was stored is still there and readable.
     ensure!(list_names(&klio, "sid")? == before);
-    let sealed = before.iter().find(|n| n.len() == 24).context("a sealed segment")?;
+    let sealed = before
+        .iter()
+        .find(|n| n.len() == 24)
+        .context("a sealed segment")?;
     let (code, _) = klio.get("sid", &format!("/v1/clusters/sid/wal/{sealed}"))?;
     ensure!(code == 200);
     ensure!(pg2.psql("SELECT count(*) FROM pg_replication_slots")? == "0");
@@ -164,13 +207,19 @@ fn tampered_frame_fails_loudly_and_hostile_names_and_tokens_are_rejected() -> Re
         ClusterConf::new("a", pg.replication_conninfo()),
         ClusterConf::new("b", "host=127.0.0.1 port=1 user=nobody sslmode=disable"),
     ])?;
-    klio.wait_status("a", Duration::from_secs(60), "streaming", |v| v["state"] == "streaming")?;
+    klio.wait_status("a", Duration::from_secs(60), "streaming", |v| {
+        v["state"] == "streaming"
+    })?;
     pg.psql("CREATE TABLE t AS SELECT generate_series(1, 100000) AS i")?;
     pg.psql("SELECT pg_switch_wal()")?;
     let flush = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
     klio.wait_flushed("a", &flush, Duration::from_secs(60))?;
     let names = list_names(&klio, "a")?;
-    let seg = names.iter().find(|n| n.len() == 24).context("a sealed segment")?.clone();
+    let seg = names
+        .iter()
+        .find(|n| n.len() == 24)
+        .context("a sealed segment")?
+        .clone();
 
     // Tokens: missing → 401, wrong → 401, other cluster's → 403.
     let url = format!("{}/v1/clusters/a/wal/{seg}", klio.url());
@@ -180,7 +229,13 @@ fn tampered_frame_fails_loudly_and_hostile_names_and_tokens_are_rejected() -> Re
     ensure!(klio_tests::http_get(&url, Some(&klio.token("a")))?.0 == 200);
 
     // Hostile names: 400, never a path.
-    for bad in ["..%2F..%2Fetc%2Fpasswd", "garbage", "000000010000000000000001.backup", "..", "00000001000000000000000g"] {
+    for bad in [
+        "..%2F..%2Fetc%2Fpasswd",
+        "garbage",
+        "000000010000000000000001.backup",
+        "..",
+        "00000001000000000000000g",
+    ] {
         let (code, _) = klio.get("a", &format!("/v1/clusters/a/wal/{bad}"))?;
         ensure!(code == 400 || code == 404, "{bad}: HTTP {code}");
         if !bad.starts_with("..") {
@@ -205,9 +260,21 @@ fn tampered_frame_fails_loudly_and_hostile_names_and_tokens_are_rejected() -> Re
     ensure!(!dest.exists(), "wal-restore left a file behind");
     let (code, body) = klio.get("a", &format!("/v1/clusters/a/wal/{seg}"))?;
     ensure!(code == 500, "tampered read: HTTP {code}");
-    ensure!(!String::from_utf8_lossy(&body).contains(&*path.to_string_lossy()), "leaks a path");
+    ensure!(
+        !String::from_utf8_lossy(&body).contains(&*path.to_string_lossy()),
+        "leaks a path"
+    );
     // The other segments still read fine.
-    let (first_ok, _) = klio.get("a", &format!("/v1/clusters/a/wal/{}", names.iter().find(|n| n.len() == 24 && **n != seg).unwrap_or(&seg)))?;
+    let (first_ok, _) = klio.get(
+        "a",
+        &format!(
+            "/v1/clusters/a/wal/{}",
+            names
+                .iter()
+                .find(|n| n.len() == 24 && **n != seg)
+                .unwrap_or(&seg)
+        ),
+    )?;
     ensure!(first_ok == 200 || names.iter().filter(|n| n.len() == 24).count() == 1);
     let _ = parse_lsn(&flush)?;
     Ok(())

@@ -10,7 +10,9 @@ fn smoke(major: u32) -> Result<()> {
     let pg = PgInstance::start(PgOptions::new().major(major).conf("wal_keep_size", "1GB"))?;
     let name = format!("pg{major}");
     let klio = KlioServer::start(vec![ClusterConf::new(&name, pg.replication_conninfo())])?;
-    klio.wait_status(&name, Duration::from_secs(60), "streaming", |v| v["state"] == "streaming")?;
+    klio.wait_status(&name, Duration::from_secs(60), "streaming", |v| {
+        v["state"] == "streaming"
+    })?;
     pg.psql("CREATE TABLE t AS SELECT generate_series(1, 200000) AS i")?;
     pg.psql("SELECT pg_switch_wal()")?;
     let flush = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
@@ -18,22 +20,39 @@ fn smoke(major: u32) -> Result<()> {
     let (code, body) = klio.get(&name, &format!("/v1/clusters/{name}/wal"))?;
     ensure!(code == 200);
     let v: serde_json::Value = serde_json::from_slice(&body)?;
-    let entries = v.as_array().or_else(|| v["files"].as_array()).cloned().unwrap_or_default();
+    let entries = v
+        .as_array()
+        .or_else(|| v["files"].as_array())
+        .cloned()
+        .unwrap_or_default();
     let sealed: Vec<String> = entries
         .iter()
         .filter_map(|e| e["name"].as_str())
         .filter(|n| n.len() == 24)
         .map(String::from)
         .collect();
-    ensure!(!sealed.is_empty(), "no sealed segment on PostgreSQL {major}");
+    ensure!(
+        !sealed.is_empty(),
+        "no sealed segment on PostgreSQL {major}"
+    );
     let out = tempfile::tempdir()?;
     for n in &sealed {
         let dest = out.path().join(n);
         let o = klio.wal_restore(&name, n, &dest)?;
-        ensure!(o.status.success(), "{n}: {}", String::from_utf8_lossy(&o.stderr));
-        ensure!(std::fs::read(&dest)? == std::fs::read(pg.wal_dir().join(n))?, "{n} differs on {major}");
+        ensure!(
+            o.status.success(),
+            "{n}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        ensure!(
+            std::fs::read(&dest)? == std::fs::read(pg.wal_dir().join(n))?,
+            "{n} differs on {major}"
+        );
     }
-    println!("PostgreSQL {major}: {} sealed segments identical", sealed.len());
+    println!(
+        "PostgreSQL {major}: {} sealed segments identical",
+        sealed.len()
+    );
     Ok(())
 }
 

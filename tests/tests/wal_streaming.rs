@@ -10,7 +10,11 @@ use klio_tests::{parse_lsn, ClusterConf, KlioServer, PgInstance, PgOptions};
 /// Names of the sealed segments Klio lists for `cluster`.
 fn sealed_segments(klio: &KlioServer, cluster: &str) -> Result<Vec<String>> {
     let (code, body) = klio.get(cluster, &format!("/v1/clusters/{cluster}/wal"))?;
-    ensure!(code == 200, "list wal: HTTP {code}: {}", String::from_utf8_lossy(&body));
+    ensure!(
+        code == 200,
+        "list wal: HTTP {code}: {}",
+        String::from_utf8_lossy(&body)
+    );
     let v: serde_json::Value = serde_json::from_slice(&body)?;
     let entries = v
         .as_array()
@@ -47,7 +51,12 @@ fn compare_with_pg_wal(
             Ok(b) => b,
             Err(_) => continue, // already removed from pg_wal
         };
-        ensure!(ours.len() == theirs.len(), "{name}: length {} vs {}", ours.len(), theirs.len());
+        ensure!(
+            ours.len() == theirs.len(),
+            "{name}: length {} vs {}",
+            ours.len(),
+            theirs.len()
+        );
         ensure!(ours == theirs, "{name}: content differs from pg_wal");
         compared += 1;
     }
@@ -58,7 +67,9 @@ fn compare_with_pg_wal(
 fn sealed_segments_read_back_identical_and_pg_waldump_reads_them() -> Result<()> {
     let pg = PgInstance::start(PgOptions::new().conf("wal_keep_size", "4GB"))?;
     let klio = KlioServer::start(vec![ClusterConf::new("pg", pg.replication_conninfo())])?;
-    klio.wait_status("pg", Duration::from_secs(60), "streaming", |v| v["state"] == "streaming")?;
+    klio.wait_status("pg", Duration::from_secs(60), "streaming", |v| {
+        v["state"] == "streaming"
+    })?;
 
     pg.pgbench(&["-i", "-s", "10"])?;
     pg.pgbench(&["-T", "5", "-c", "2"])?;
@@ -67,10 +78,17 @@ fn sealed_segments_read_back_identical_and_pg_waldump_reads_them() -> Result<()>
     klio.wait_flushed("pg", &flush, Duration::from_secs(120))?;
 
     let names = sealed_segments(&klio, "pg")?;
-    ensure!(names.len() >= 5, "expected several sealed segments, got {names:?}");
+    ensure!(
+        names.len() >= 5,
+        "expected several sealed segments, got {names:?}"
+    );
     let out = tempfile::tempdir()?;
     let compared = compare_with_pg_wal(&klio, "pg", &pg.wal_dir(), out.path(), &names)?;
-    ensure!(compared == names.len(), "compared {compared} of {} segments", names.len());
+    ensure!(
+        compared == names.len(),
+        "compared {compared} of {} segments",
+        names.len()
+    );
     println!("compared {compared} sealed segments byte for byte with pg_wal");
 
     // pg_waldump decodes every record from the first restored segment to the switch.
@@ -98,11 +116,18 @@ fn sealed_segments_read_back_identical_and_pg_waldump_reads_them() -> Result<()>
 fn synchronous_standby_acknowledges_commits() -> Result<()> {
     let pg = PgInstance::start(PgOptions::new().synchronous_standby_names("klio"))?;
     let klio = KlioServer::start(vec![ClusterConf::new("sync", pg.replication_conninfo())])?;
-    klio.wait_status("sync", Duration::from_secs(60), "streaming", |v| v["state"] == "streaming")?;
-    klio_tests::wait_until(Duration::from_secs(30), "klio to be the sync standby", || {
-        Ok(pg.psql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'klio'")?
-            == "sync")
+    klio.wait_status("sync", Duration::from_secs(60), "streaming", |v| {
+        v["state"] == "streaming"
     })?;
+    klio_tests::wait_until(
+        Duration::from_secs(30),
+        "klio to be the sync standby",
+        || {
+            Ok(pg.psql(
+                "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'klio'",
+            )? == "sync")
+        },
+    )?;
     pg.pgbench(&["-i", "-s", "1"])?;
     let out = pg.pgbench(&["-N", "-c", "4", "-T", "5"])?;
     let processed: u64 = out
@@ -115,7 +140,8 @@ fn synchronous_standby_acknowledges_commits() -> Result<()> {
     ensure!(processed > 0, "no transaction committed: {out}");
     // Every acknowledged commit is at or below what Klio reported flushed.
     let commit_lsn = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
-    let flush = pg.psql("SELECT flush_lsn FROM pg_stat_replication WHERE application_name = 'klio'")?;
+    let flush =
+        pg.psql("SELECT flush_lsn FROM pg_stat_replication WHERE application_name = 'klio'")?;
     ensure!(parse_lsn(&flush)? > 0, "klio reported no flush position");
     println!("{processed} synchronous transactions committed; primary at {commit_lsn}, klio flushed {flush}");
     Ok(())
@@ -126,7 +152,9 @@ fn follows_promotion_to_timeline_2() -> Result<()> {
     let primary = PgInstance::start(PgOptions::new().conf("wal_keep_size", "4GB"))?;
     let standby = primary.start_standby(PgOptions::new().conf("wal_keep_size", "4GB"))?;
     let klio = KlioServer::start(vec![ClusterConf::new("tl", standby.replication_conninfo())])?;
-    klio.wait_status("tl", Duration::from_secs(60), "streaming", |v| v["state"] == "streaming")?;
+    klio.wait_status("tl", Duration::from_secs(60), "streaming", |v| {
+        v["state"] == "streaming"
+    })?;
 
     primary.pgbench(&["-i", "-s", "3"])?;
     primary.psql("SELECT pg_switch_wal()")?;
@@ -141,13 +169,18 @@ fn follows_promotion_to_timeline_2() -> Result<()> {
     standby.pgbench(&["-T", "3", "-c", "2"])?;
     standby.psql("SELECT pg_switch_wal()")?;
     let end = standby.psql("SELECT pg_current_wal_flush_lsn()")?;
-    let st = klio.wait_status("tl", Duration::from_secs(120), "timeline 2 caught up", |v| {
-        v["timeline"] == 2
-            && v["flushed_lsn"]
-                .as_str()
-                .and_then(|s| parse_lsn(s).ok())
-                .is_some_and(|f| f >= parse_lsn(&end).unwrap_or(u64::MAX))
-    })?;
+    let st = klio.wait_status(
+        "tl",
+        Duration::from_secs(120),
+        "timeline 2 caught up",
+        |v| {
+            v["timeline"] == 2
+                && v["flushed_lsn"]
+                    .as_str()
+                    .and_then(|s| parse_lsn(s).ok())
+                    .is_some_and(|f| f >= parse_lsn(&end).unwrap_or(u64::MAX))
+        },
+    )?;
     println!("after promotion: {st}");
 
     // The history file is stored and identical to the server's.
@@ -160,7 +193,10 @@ fn follows_promotion_to_timeline_2() -> Result<()> {
     compare_with_pg_wal(&klio, "tl", &standby.wal_dir(), out.path(), &names)?;
     let on_tl1 = names.iter().filter(|n| n.starts_with("00000001")).count();
     let on_tl2 = names.iter().filter(|n| n.starts_with("00000002")).count();
-    ensure!(on_tl1 >= 1 && on_tl2 >= 1, "segments on both timelines expected: {names:?}");
+    ensure!(
+        on_tl1 >= 1 && on_tl2 >= 1,
+        "segments on both timelines expected: {names:?}"
+    );
     // Every segment was compared with the promoted server's own copy where it still has one;
     // at least one per timeline must have been.
     let compared_tl2 = names
