@@ -1,0 +1,40 @@
+//! Test harness for Klio's end-to-end tests: starts real, throwaway PostgreSQL servers.
+//!
+//! Each [`PgInstance`] gets its own temp directory, TCP port on 127.0.0.1 and unix socket
+//! directory, so tests run in parallel. When the tests run as root, every PostgreSQL program
+//! runs as the `postgres` account (PostgreSQL refuses root). Besides the system PostgreSQL
+//! (15), majors installed by `tests/install-postgres.sh` are available ([`pg_bin_dir`]).
+//!
+//! ```no_run
+//! use klio_harness::{AuthMethod, PgInstance, PgOptions};
+//! # fn main() -> anyhow::Result<()> {
+//! let primary = PgInstance::start(PgOptions::new().auth(AuthMethod::ScramSha256))?;
+//! assert_eq!(primary.psql("SELECT 1")?, "1");
+//! let standby = primary.start_standby(PgOptions::new())?;
+//! standby.promote()?;
+//! # Ok(()) }
+//! ```
+//!
+//! Every instance has a role `streaming_replica` (`REPLICATION LOGIN`, password
+//! `replpass`) allowed to replicate from 127.0.0.1 with the chosen [`AuthMethod`]; the
+//! superuser `postgres` is trusted on the unix socket and on 127.0.0.1. Set `KLIO_KEEP_PG=1`
+//! to keep instance directories (data, log) after a test for inspection.
+
+mod binaries;
+mod config;
+mod instance;
+mod orphans;
+mod pg_command;
+mod tls;
+
+pub use binaries::{pg_bin_dir, pg_cache_dir};
+pub use config::{AuthMethod, PgOptions};
+pub use instance::{PgInstance, StopMode};
+pub use tls::TlsFiles;
+
+/// The bootstrap superuser of every instance.
+pub const SUPERUSER: &str = "postgres";
+/// The replication role every instance has.
+pub const REPLICATION_USER: &str = "streaming_replica";
+/// Password of [`REPLICATION_USER`].
+pub const REPLICATION_PASSWORD: &str = "replpass";
