@@ -203,7 +203,9 @@ impl ReplicationConn {
     }
 
     /// `CREATE_REPLICATION_SLOT "slot" PHYSICAL RESERVE_WAL` (the syntax every supported
-    /// version accepts). Returns the slot's consistent point if the server reports one.
+    /// version accepts). Returns the slot's consistent point if the server reports one
+    /// (physical slots report `0/0`, returned as `None`: read the restart LSN with
+    /// [`read_replication_slot`](Self::read_replication_slot) on 15+).
     /// An existing slot is [`PgError::SlotExists`].
     pub async fn create_physical_slot(&mut self, slot: &str) -> Result<Option<u64>, PgError> {
         check_slot_name(slot)?;
@@ -221,7 +223,11 @@ impl ReplicationConn {
             Err(e) => return Err(e),
         };
         let set = single_row(&sets, "CREATE_REPLICATION_SLOT")?;
-        set.get(0, "consistent_point").map(parse_lsn).transpose()
+        Ok(set
+            .get(0, "consistent_point")
+            .map(parse_lsn)
+            .transpose()?
+            .filter(|lsn| *lsn != 0))
     }
 
     /// `DROP_REPLICATION_SLOT "slot"`.

@@ -242,8 +242,10 @@ async fn trust_query_and_cancel_safe_streaming() {
             }
         }
         out.extend(msg(b'c', b""));
-        // Dribble it out so that reads are split everywhere.
-        for chunk in out.chunks(7) {
+        // Dribble it out so that reads are split everywhere: in headers and bodies first,
+        // then in larger pieces through the 70 kB message.
+        let (head, tail) = out.split_at(400);
+        for chunk in head.chunks(7).chain(tail.chunks(4099)) {
             s.write_all(chunk).await.unwrap();
             tokio::time::sleep(Duration::from_micros(50)).await;
         }
