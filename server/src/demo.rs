@@ -16,7 +16,6 @@ use rand::RngCore;
 use crate::config::Config;
 use crate::registry::{ClusterStatusView, WalEntryView};
 
-
 /// Options of `klio demo`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {

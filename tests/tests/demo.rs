@@ -15,7 +15,10 @@ fn klio_demo_exits_0_with_a_passing_verdict() -> Result<()> {
         "demo failed: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    ensure!(stdout.contains("VERDICT: PASS"), "no passing verdict: {stdout}");
+    ensure!(
+        stdout.contains("VERDICT: PASS"),
+        "no passing verdict: {stdout}"
+    );
     ensure!(stdout.contains("segments identical"), "{stdout}");
     Ok(())
 }
