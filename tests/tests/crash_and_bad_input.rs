@@ -279,3 +279,52 @@ fn tampered_frame_fails_loudly_and_hostile_names_and_tokens_are_rejected() -> Re
     let _ = parse_lsn(&flush)?;
     Ok(())
 }
+
+#[test]
+fn primary_restart_is_survived_with_no_gap() -> Result<()> {
+    let mut pg = PgInstance::start(PgOptions::new().conf("wal_keep_size", "4GB"))?;
+    let klio = KlioServer::start(vec![ClusterConf::new("rs", pg.replication_conninfo())])?;
+    klio.wait_status("rs", Duration::from_secs(60), "streaming", |v| {
+        v["state"] == "streaming"
+    })?;
+    pg.psql("CREATE TABLE t AS SELECT generate_series(1, 100000) AS i")?;
+
+    pg.stop(klio_tests::StopMode::Immediate)?;
+    klio.wait_status(
+        "rs",
+        Duration::from_secs(30),
+        "the disconnect to be seen",
+        |v| v["state"] != "streaming",
+    )?;
+    pg.restart()?;
+    klio.wait_status("rs", Duration::from_secs(60), "streaming again", |v| {
+        v["state"] == "streaming"
+    })?;
+
+    pg.psql("INSERT INTO t SELECT generate_series(1, 100000)")?;
+    pg.psql("SELECT pg_switch_wal()")?;
+    let flush = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
+    klio.wait_flushed("rs", &flush, Duration::from_secs(60))?;
+    let names: Vec<String> = list_names(&klio, "rs")?
+        .into_iter()
+        .filter(|n| n.len() == 24)
+        .collect();
+    ensure!(names.len() >= 2, "{names:?}");
+    let out = tempfile::tempdir()?;
+    for (i, n) in names.iter().enumerate() {
+        if i > 0 {
+            let prev = u64::from_str_radix(&names[i - 1][8..], 16)?;
+            ensure!(
+                u64::from_str_radix(&n[8..], 16)? == prev + 1,
+                "gap in {names:?}"
+            );
+        }
+        let dest = out.path().join(n);
+        ensure!(klio.wal_restore("rs", n, &dest)?.status.success());
+        ensure!(
+            std::fs::read(&dest)? == std::fs::read(pg.wal_dir().join(n))?,
+            "{n} differs"
+        );
+    }
+    Ok(())
+}

@@ -65,3 +65,23 @@ fn streams_from_postgres_13() -> Result<()> {
 fn streams_from_postgres_17() -> Result<()> {
     smoke(17)
 }
+
+#[test]
+fn streams_over_tls_with_a_client_certificate() -> Result<()> {
+    // CloudNativePG's streaming_replica authenticates with a client certificate.
+    let pg = PgInstance::start(PgOptions::new().auth(klio_tests::AuthMethod::Cert))?;
+    let conninfo = pg.replication_conninfo();
+    assert!(conninfo.contains("sslcert="), "{conninfo}");
+    let klio = KlioServer::start(vec![ClusterConf::new("tls", conninfo)])?;
+    klio.wait_status("tls", Duration::from_secs(60), "streaming", |v| {
+        v["state"] == "streaming"
+    })?;
+    pg.psql("CREATE TABLE t AS SELECT generate_series(1, 100000) AS i")?;
+    pg.psql("SELECT pg_switch_wal()")?;
+    let flush = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
+    klio.wait_flushed("tls", &flush, Duration::from_secs(60))?;
+    let ssl =
+        pg.psql("SELECT bool_and(ssl) FROM pg_stat_ssl JOIN pg_stat_replication USING (pid)")?;
+    ensure!(ssl == "t", "the replication connection is not encrypted");
+    Ok(())
+}
