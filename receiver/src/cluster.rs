@@ -38,10 +38,10 @@ pub enum StartupError {
     KeyCheckFile { path: PathBuf },
     #[error("catalog: {0}")]
     CatalogOp(#[from] CatalogError),
-    #[error("cluster {cluster}: Tier 1 store: {source}")]
+    #[error("cluster {cluster}: Tier 1 store: {error}")]
     Store {
         cluster: ClusterName,
-        source: StoreError,
+        error: StoreError,
     },
 }
 
@@ -182,13 +182,13 @@ fn open_store(ctx: &ServerContext, rec: &ClusterRecord) -> Result<WalStore, Star
         rec.seg_size,
         ctx.catalog.clone(),
     )
-    .map_err(|source| StartupError::Store {
+    .map_err(|error| StartupError::Store {
         cluster: rec.name.clone(),
-        source,
+        error,
     })?;
-    store.reconcile().map_err(|source| StartupError::Store {
+    store.reconcile().map_err(|error| StartupError::Store {
         cluster: rec.name.clone(),
-        source,
+        error,
     })?;
     Ok(store)
 }

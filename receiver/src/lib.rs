@@ -11,6 +11,7 @@
 pub mod cluster;
 pub mod conninfo;
 mod crashsafe;
+pub mod failpoint;
 pub mod ingest;
 pub mod pgwire;
 pub mod replication;

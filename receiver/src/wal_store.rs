@@ -30,6 +30,7 @@ use tracing::{info, warn};
 use crate::crashsafe::{
     create_dir_all_durably, durable_rename, fsync_dir, tmp_name, write_file_durably,
 };
+use crate::failpoint;
 
 /// Plaintext buffered before it is framed and written (without fsync).
 const FRAME_TARGET: usize = 1 << 20;
@@ -224,13 +225,24 @@ impl WalStore {
                 fsync_dir(&inner.dir).map_err(io_err(&inner.dir))?;
                 continue;
             }
-            let (plain, stored) = self.repair_partial(tli, segno, path, &mut report)?;
+            let (plain, stored, finished, crc) =
+                self.repair_partial(tli, segno, path, &mut report)?;
             if plain == inner.seg_size.bytes() {
-                let rec = self.seal_existing(tli, segno, path)?;
+                if finished {
+                    // Crashed between writing the final frame and the rename.
+                    self.finish_seal(tli, segno, path, stored, crc)?;
+                } else {
+                    self.seal_existing(tli, segno)?;
+                }
                 report.sealed_at_startup += 1;
                 sealed.insert((tli, segno), self.path(&self.segment_names(tli, segno).0));
-                let _ = rec;
                 continue;
+            }
+            if finished {
+                return Err(StoreError::Corrupt {
+                    path: path.clone(),
+                    why: format!("a final frame after only {plain} bytes"),
+                });
             }
             report.partial += 1;
             let rec = SegmentRecord {
@@ -345,7 +357,7 @@ impl WalStore {
         segno: SegNo,
         path: &Path,
         report: &mut ReconcileReport,
-    ) -> Result<(u64, u64), StoreError> {
+    ) -> Result<(u64, u64, bool, u32), StoreError> {
         let bytes = std::fs::read(path).map_err(io_err(path))?;
         let name = self.segment_names(tli, segno).1;
         let obj = decode_object(&self.inner.key, &self.object_id(&name), &bytes, true).map_err(
@@ -365,19 +377,46 @@ impl WalStore {
             warn!(path = %path.display(), dropped = bytes.len() as u64 - obj.valid_stored_len,
                 "dropped an unacknowledged torn tail from a partial segment");
         }
-        Ok((obj.data.len() as u64, obj.valid_stored_len))
+        Ok((
+            obj.data.len() as u64,
+            obj.valid_stored_len,
+            obj.finished,
+            crc32c::crc32c(&obj.data),
+        ))
     }
 
-    /// Seals a partial file that is already complete (found so at startup).
-    fn seal_existing(
+    /// Renames a complete partial (final frame durable) to its sealed name and records it.
+    fn finish_seal(
         &self,
         tli: TimelineId,
         segno: SegNo,
         path: &Path,
-    ) -> Result<SegmentRecord, StoreError> {
-        let w = OpenSegment::resume(self, tli, segno)?;
-        let _ = path;
-        w.seal(self)
+        stored: u64,
+        crc: u32,
+    ) -> Result<(), StoreError> {
+        let sealed = self.path(&self.segment_names(tli, segno).0);
+        durable_rename(path, &sealed).map_err(io_err(&sealed))?;
+        self.inner.catalog.put_segment(
+            &self.inner.cluster,
+            &SegmentRecord {
+                tli,
+                segno,
+                state: SegmentState::Sealed,
+                plain_size: self.inner.seg_size.bytes(),
+                crc32c: Some(crc),
+                stored_size: stored,
+                tiers: Tiers {
+                    tier1: true,
+                    tier2: false,
+                },
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Seals a partial file that is already complete (found so at startup).
+    fn seal_existing(&self, tli: TimelineId, segno: SegNo) -> Result<SegmentRecord, StoreError> {
+        OpenSegment::resume(self, tli, segno)?.seal(self)
     }
 
     /// Where streaming should resume: the end of stored WAL on the newest timeline.
@@ -398,7 +437,7 @@ impl WalStore {
                 let (_, partial) = self.segment_names(last.tli, last.segno);
                 let path = self.path(&partial);
                 let mut report = ReconcileReport::default();
-                let (plain, _) = self.repair_partial(last.tli, last.segno, &path, &mut report)?;
+                let (plain, ..) = self.repair_partial(last.tli, last.segno, &path, &mut report)?;
                 Lsn(start.0 + plain)
             }
         };
@@ -409,7 +448,11 @@ impl WalStore {
     /// A sealed segment is checked against its catalog checksum.
     pub fn read(&self, name: &WalFileName) -> Result<Option<Vec<u8>>, StoreError> {
         let inner = &self.inner;
-        let path = self.path(name);
+        let mut path = self.path(name);
+        // A segment asked for by its full name that only exists as `.partial` (the
+        // newest WAL, or the end of a timeline) is served zero-padded to the segment
+        // size: recovery replays up to the end of what Klio has and stops at the zeros.
+        let mut pad_to_segment = false;
         let (expect_final, rec) = match name.kind() {
             WalFileKind::History => (true, None),
             kind => {
@@ -423,15 +466,20 @@ impl WalStore {
                 else {
                     return Ok(None);
                 };
-                let wanted = if kind == WalFileKind::Segment {
-                    SegmentState::Sealed
-                } else {
-                    SegmentState::Partial
-                };
-                if rec.state != wanted {
-                    return Ok(None);
+                match (kind, rec.state) {
+                    (WalFileKind::Segment, SegmentState::Sealed) => (true, Some(rec)),
+                    (WalFileKind::Partial, SegmentState::Partial) => (false, Some(rec)),
+                    (WalFileKind::Segment, SegmentState::Partial) => {
+                        pad_to_segment = true;
+                        path = self.path(&WalFileName::partial(
+                            name.timeline(),
+                            segno,
+                            inner.seg_size,
+                        ));
+                        (false, Some(rec))
+                    }
+                    _ => return Ok(None),
                 }
-                (kind == WalFileKind::Segment, Some(rec))
             }
         };
         let bytes = match std::fs::read(&path) {
@@ -464,7 +512,11 @@ impl WalStore {
                 });
             }
         }
-        Ok(Some(obj.data))
+        let mut data = obj.data;
+        if pad_to_segment {
+            data.resize(inner.seg_size.bytes() as usize, 0);
+        }
+        Ok(Some(data))
     }
 
     /// Stores a timeline history file (durably) and records the timeline.
@@ -575,6 +627,7 @@ impl OpenSegment {
         file.write_all(&header).map_err(io_err(&tmp))?;
         file.sync_all().map_err(io_err(&tmp))?;
         durable_rename(&tmp, &path).map_err(io_err(&path))?;
+        failpoint::hit("wal-before-catalog");
         store.inner.catalog.put_segment(
             &store.inner.cluster,
             &SegmentRecord {
@@ -669,6 +722,7 @@ impl OpenSegment {
             .write_all_at(&self.out, self.stored_len)
             .map_err(io_err(&self.path))?;
         self.stored_len += self.out.len() as u64;
+        failpoint::hit("wal-after-write");
         self.crc = crc32c::crc32c_append(self.crc, &self.pending);
         self.written += self.pending.len() as u64;
         self.pending.clear();
@@ -694,8 +748,10 @@ impl OpenSegment {
             .map_err(io_err(&self.path))?;
         self.stored_len += self.out.len() as u64;
         self.file.sync_data().map_err(io_err(&self.path))?;
+        failpoint::hit("wal-seal-rename");
         let sealed = store.path(&store.segment_names(self.tli, self.segno).0);
         durable_rename(&self.path, &sealed).map_err(io_err(&sealed))?;
+        failpoint::hit("wal-before-catalog");
         let rec = SegmentRecord {
             tli: self.tli,
             segno: self.segno,
@@ -841,6 +897,7 @@ impl SegmentWriter {
     pub fn flush(&mut self) -> Result<Option<(TimelineId, Lsn)>, StoreError> {
         if let Some(o) = self.open.as_mut() {
             o.sync()?;
+            failpoint::hit("wal-after-fsync");
             let start = o.segno.start_lsn(self.store.seg_size());
             self.durable = Some((o.tli, Lsn(start.0 + o.durable)));
         }

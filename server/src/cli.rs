@@ -198,6 +198,7 @@ pub fn init_tracing_with_default(format: LogFormat, default_filter: &str) {
     let filter =
         EnvFilter::try_from_env("KLIO_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = match format {

@@ -69,6 +69,7 @@ pub struct KlioServer {
     clusters: Vec<ClusterConf>,
     child: Option<Child>,
     starts: u32,
+    env: Vec<(String, String)>,
 }
 
 impl KlioServer {
@@ -82,6 +83,7 @@ impl KlioServer {
             clusters,
             child: None,
             starts: 0,
+            env: Vec::new(),
         };
         std::fs::write(s.master_key_path(), random_hex(32))?;
         s.write_config()?;
@@ -152,6 +154,55 @@ impl KlioServer {
         Ok(())
     }
 
+    /// Environment for the next starts (e.g. `KLIO_FAILPOINT`); `None` removes it.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.env.push((key.into(), v.into()));
+        }
+    }
+
+    /// Starts the server process without waiting for it to become healthy.
+    pub fn spawn(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("server already running");
+        }
+        self.starts += 1;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let child = Command::new(klio_bin())
+            .arg("server")
+            .arg("--config")
+            .arg(self.config_path())
+            .env("KLIO_LOG", "info,klio=debug,klio_receiver=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawning {}", klio_bin().display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits for the server process to exit by itself (a failpoint); returns whether it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<bool> {
+        let Some(c) = self.child.as_mut() else {
+            return Ok(true);
+        };
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if c.try_wait()?.is_some() {
+                self.child = None;
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(false)
+    }
+
     /// Starts the server process (again) and waits until `/healthz` answers.
     pub fn restart(&mut self) -> Result<()> {
         if self.child.is_some() {
@@ -167,6 +218,7 @@ impl KlioServer {
             .arg("--config")
             .arg(self.config_path())
             .env("KLIO_LOG", "info,klio=debug,klio_receiver=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

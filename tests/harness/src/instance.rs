@@ -147,6 +147,46 @@ impl PgInstance {
         Ok(standby)
     }
 
+    /// A base copy of this instance for a later recovery test: `pg_basebackup
+    /// --wal-method=none` into a new instance directory (configured from `opts`), not
+    /// started. The WAL it needs must come from elsewhere (a `restore_command`).
+    pub fn base_copy(&self, opts: PgOptions) -> Result<PgInstance> {
+        let copy = PgInstance::prepare(opts, self.bin_dir.clone(), self.major)?;
+        let mut cmd = copy.command(self.tool("pg_basebackup"));
+        cmd.arg("--pgdata")
+            .arg(&copy.data_dir)
+            .arg("--dbname")
+            .arg(self.replication_conninfo())
+            .args(["--wal-method=none", "--checkpoint=fast", "--no-sync"]);
+        pg_command::run(
+            cmd,
+            &format!("pg_basebackup (no WAL) from port {}", self.port),
+            None,
+            BASEBACKUP_TIMEOUT,
+        )
+        .map_err(|e| self.with_log(e))?;
+        Ok(copy)
+    }
+
+    /// Starts a copy made by [`PgInstance::base_copy`] in archive recovery with
+    /// `restore_command` (run by the server as the `postgres` account) and
+    /// `recovery_target_timeline = 'latest'`; returns once recovery has ended and the
+    /// server accepts connections.
+    pub fn start_recovery(&mut self, restore_command: &str) -> Result<()> {
+        if self.running {
+            bail!("start_recovery: the instance is already running");
+        }
+        self.opts
+            .extra_conf
+            .push(("restore_command".into(), restore_command.into()));
+        self.opts
+            .extra_conf
+            .push(("recovery_target_timeline".into(), "latest".into()));
+        self.write_owned(&self.data_dir.join("recovery.signal"), "")?;
+        self.write_hba()?;
+        self.start_on_free_port()
+    }
+
     /// Creates the instance directory and, with TLS, the PKI; no server yet.
     fn prepare(opts: PgOptions, bin_dir: PathBuf, major: u32) -> Result<PgInstance> {
         let owner = Owner::detect()?;

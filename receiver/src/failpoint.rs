@@ -1,0 +1,33 @@
+//! Crash failpoints for tests (cargo feature `testing`; compiled to nothing without it).
+//!
+//! `KLIO_FAILPOINT=<name>[@<n>]` makes the process abort (like a crash: no flush, no
+//! cleanup) the `n`-th time (default 1st) execution reaches failpoint `<name>`.
+//! Names: `wal-after-write` (frames written, before fdatasync), `wal-after-fsync`
+//! (fdatasync'ed, before the position is acknowledged), `wal-seal-rename` (final frame
+//! durable, before the rename to the sealed name), `wal-before-catalog` (file durable,
+//! before the catalog records it).
+
+#[cfg(feature = "testing")]
+pub fn hit(name: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static CONF: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let conf = CONF.get_or_init(|| {
+        let v = std::env::var("KLIO_FAILPOINT").ok()?;
+        match v.split_once('@') {
+            Some((n, c)) => Some((n.to_string(), c.parse().unwrap_or(1))),
+            None => Some((v, 1)),
+        }
+    });
+    if let Some((wanted, at)) = conf {
+        if wanted == name && COUNT.fetch_add(1, Ordering::SeqCst) + 1 >= *at {
+            eprintln!("klio: failpoint {name} reached: aborting");
+            std::process::abort();
+        }
+    }
+}
+
+#[cfg(not(feature = "testing"))]
+#[inline(always)]
+pub fn hit(_name: &str) {}
