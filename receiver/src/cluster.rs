@@ -458,6 +458,10 @@ async fn session(
     }
 
     let resume = ingest.checkpoint().await.map_err(SessionError::Store)?;
+    // Flush position to report before the first fsync of this session: the resume
+    // point is durable in Tier 1 (reporting it releases commits that waited on us
+    // while we were down); nothing is when starting from the slot.
+    let mut durable_start = resume.map(|(_, lsn)| lsn).unwrap_or(Lsn::INVALID);
     let (mut tli, mut start) = match resume {
         Some(p) => p,
         None => {
@@ -516,17 +520,22 @@ async fn session(
             info!(timeline = %tli, start = %start, system_id = sys.system_id, "streaming WAL");
         }
         backoff.reset();
-        match copy_loop(
+        let end = copy_loop(
             &mut conn,
             ingest,
             status,
-            tli,
-            start,
+            CopyPosition {
+                tli,
+                start,
+                durable: durable_start,
+            },
             spec.status_interval,
             shutdown,
         )
-        .await?
-        {
+        .await?;
+        // A new timeline starts with nothing of it stored yet.
+        durable_start = Lsn::INVALID;
+        match end {
             CopyEnd::Shutdown => {
                 let _ = conn.send_copy_done().await;
                 let _ = tokio::time::timeout(Duration::from_secs(5), conn.finish_copy()).await;
@@ -553,22 +562,37 @@ enum CopyEnd {
     EndOfTimeline,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where a COPY session starts: timeline, first requested byte, and what of it is
+/// already durable in Tier 1 (`Lsn::INVALID` for nothing).
+struct CopyPosition {
+    tli: TimelineId,
+    start: Lsn,
+    durable: Lsn,
+}
+
 async fn copy_loop(
     conn: &mut ReplicationConn,
     ingest: &Ingest,
     status: &ClusterStatus,
-    tli: TimelineId,
-    start: Lsn,
+    pos: CopyPosition,
     status_interval: Duration,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<CopyEnd, SessionError> {
+    let CopyPosition {
+        tli,
+        start,
+        durable,
+    } = pos;
     let mut progress = ingest.subscribe();
     progress.mark_changed();
     let mut tick = tokio::time::interval(status_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut received = start;
-    let mut flushed = Lsn::INVALID;
+    let mut flushed = durable;
+    if flushed != Lsn::INVALID {
+        status.set_flushed(flushed);
+        send_status(conn, received, flushed, false).await?;
+    }
     loop {
         tokio::select! {
             biased;

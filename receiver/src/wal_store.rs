@@ -366,17 +366,19 @@ impl WalStore {
                 source,
             },
         )?;
+        // What a crashed process wrote may be only in the page cache: once this
+        // returns, everything counted is durable (and may be reported flushed).
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io_err(path))?;
         if obj.valid_stored_len < bytes.len() as u64 {
-            let f = OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(io_err(path))?;
             f.set_len(obj.valid_stored_len).map_err(io_err(path))?;
-            f.sync_all().map_err(io_err(path))?;
             report.torn_bytes_dropped += bytes.len() as u64 - obj.valid_stored_len;
             warn!(path = %path.display(), dropped = bytes.len() as u64 - obj.valid_stored_len,
                 "dropped an unacknowledged torn tail from a partial segment");
         }
+        f.sync_all().map_err(io_err(path))?;
         Ok((
             obj.data.len() as u64,
             obj.valid_stored_len,
@@ -420,6 +422,7 @@ impl WalStore {
     }
 
     /// Where streaming should resume: the end of stored WAL on the newest timeline.
+    /// Everything before it is durable.
     pub fn resume_point(&self) -> Result<Option<(TimelineId, Lsn)>, StoreError> {
         let segs = self.inner.catalog.segments(&self.inner.cluster)?;
         let Some(last) = segs

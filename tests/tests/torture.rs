@@ -124,6 +124,13 @@ fn acknowledged_commits_survive_klio_crashes() -> Result<()> {
         klio.wait_status("t", Duration::from_secs(60), "streaming again", |v| {
             v["state"] == "streaming"
         })?;
+        // Commits that waited while Klio was down go through once it is back.
+        let n = acked.lock().expect("acked").len();
+        wait_until(
+            Duration::from_secs(30),
+            "commits to be acknowledged again",
+            || Ok(acked.lock().expect("acked").len() > n),
+        )?;
         let resumed = last_stream_start(&klio.log()).context("no 'streaming WAL' log line")?;
         ensure!(
             resumed >= parse_lsn(&confirmed)?,
