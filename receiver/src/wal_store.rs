@@ -245,18 +245,7 @@ impl WalStore {
                 });
             }
             report.partial += 1;
-            let rec = SegmentRecord {
-                tli,
-                segno,
-                state: SegmentState::Partial,
-                plain_size: plain,
-                crc32c: None,
-                stored_size: stored,
-                tiers: Tiers {
-                    tier1: true,
-                    tier2: false,
-                },
-            };
+            let rec = tier1_record(tli, segno, SegmentState::Partial, plain, None, stored);
             let existing = inner.catalog.segment(&inner.cluster, tli, segno)?;
             if existing.is_none() {
                 report.catalog_entries_added += 1;
@@ -400,18 +389,14 @@ impl WalStore {
         durable_rename(path, &sealed).map_err(io_err(&sealed))?;
         self.inner.catalog.put_segment(
             &self.inner.cluster,
-            &SegmentRecord {
+            &tier1_record(
                 tli,
                 segno,
-                state: SegmentState::Sealed,
-                plain_size: self.inner.seg_size.bytes(),
-                crc32c: Some(crc),
-                stored_size: stored,
-                tiers: Tiers {
-                    tier1: true,
-                    tier2: false,
-                },
-            },
+                SegmentState::Sealed,
+                self.inner.seg_size.bytes(),
+                Some(crc),
+                stored,
+            ),
         )?;
         Ok(())
     }
@@ -576,6 +561,29 @@ impl WalStore {
     }
 }
 
+/// A segment record for a file held in Tier 1 only.
+fn tier1_record(
+    tli: TimelineId,
+    segno: SegNo,
+    state: SegmentState,
+    plain_size: u64,
+    crc32c: Option<u32>,
+    stored_size: u64,
+) -> SegmentRecord {
+    SegmentRecord {
+        tli,
+        segno,
+        state,
+        plain_size,
+        crc32c,
+        stored_size,
+        tiers: Tiers {
+            tier1: true,
+            tier2: false,
+        },
+    }
+}
+
 /// Reads the last line of a timeline history file: `parent_tli <tab> switch_lsn <tab> reason`.
 pub fn parse_history_tail(content: &[u8]) -> (Option<TimelineId>, Option<Lsn>) {
     let text = String::from_utf8_lossy(content);
@@ -633,18 +641,14 @@ impl OpenSegment {
         failpoint::hit("wal-before-catalog");
         store.inner.catalog.put_segment(
             &store.inner.cluster,
-            &SegmentRecord {
+            &tier1_record(
                 tli,
                 segno,
-                state: SegmentState::Partial,
-                plain_size: 0,
-                crc32c: None,
-                stored_size: HEADER_LEN as u64,
-                tiers: Tiers {
-                    tier1: true,
-                    tier2: false,
-                },
-            },
+                SegmentState::Partial,
+                0,
+                None,
+                HEADER_LEN as u64,
+            ),
         )?;
         Ok(OpenSegment {
             tli,
@@ -755,18 +759,14 @@ impl OpenSegment {
         let sealed = store.path(&store.segment_names(self.tli, self.segno).0);
         durable_rename(&self.path, &sealed).map_err(io_err(&sealed))?;
         failpoint::hit("wal-before-catalog");
-        let rec = SegmentRecord {
-            tli: self.tli,
-            segno: self.segno,
-            state: SegmentState::Sealed,
-            plain_size: self.written,
-            crc32c: Some(self.crc),
-            stored_size: self.stored_len,
-            tiers: Tiers {
-                tier1: true,
-                tier2: false,
-            },
-        };
+        let rec = tier1_record(
+            self.tli,
+            self.segno,
+            SegmentState::Sealed,
+            self.written,
+            Some(self.crc),
+            self.stored_len,
+        );
         store
             .inner
             .catalog
@@ -920,18 +920,14 @@ impl SegmentWriter {
         if let Some(o) = self.open.take() {
             self.store.inner.catalog.put_segment(
                 &self.store.inner.cluster,
-                &SegmentRecord {
-                    tli: o.tli,
-                    segno: o.segno,
-                    state: SegmentState::Partial,
-                    plain_size: o.durable,
-                    crc32c: None,
-                    stored_size: o.stored_len,
-                    tiers: Tiers {
-                        tier1: true,
-                        tier2: false,
-                    },
-                },
+                &tier1_record(
+                    o.tli,
+                    o.segno,
+                    SegmentState::Partial,
+                    o.durable,
+                    None,
+                    o.stored_len,
+                ),
             )?;
         }
         Ok(())

@@ -205,26 +205,7 @@ impl KlioServer {
 
     /// Starts the server process (again) and waits until `/healthz` answers.
     pub fn restart(&mut self) -> Result<()> {
-        if self.child.is_some() {
-            bail!("server already running");
-        }
-        self.starts += 1;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())?;
-        let child = Command::new(klio_bin())
-            .arg("server")
-            .arg("--config")
-            .arg(self.config_path())
-            .env("KLIO_LOG", "info,klio=debug,klio_receiver=debug")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("spawning {}", klio_bin().display()))?;
-        self.child = Some(child);
+        self.spawn()?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self
@@ -356,6 +337,32 @@ impl KlioServer {
                 .and_then(|s| parse_lsn(s).ok())
                 .is_some_and(|f| f >= target)
         })
+    }
+
+    /// Names of the WAL files Klio lists for `cluster` (history, sealed and partial).
+    pub fn wal_names(&self, cluster: &str) -> Result<Vec<String>> {
+        let (code, body) = self.get(cluster, &format!("/v1/clusters/{cluster}/wal"))?;
+        if code != 200 {
+            bail!(
+                "list wal of {cluster}: HTTP {code}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        let v: Value = serde_json::from_slice(&body)?;
+        let files = v["files"].as_array().context("list wal: no files array")?;
+        Ok(files
+            .iter()
+            .filter_map(|e| e["name"].as_str().map(String::from))
+            .collect())
+    }
+
+    /// Names of the sealed segments Klio lists for `cluster`.
+    pub fn sealed_segments(&self, cluster: &str) -> Result<Vec<String>> {
+        Ok(self
+            .wal_names(cluster)?
+            .into_iter()
+            .filter(|n| n.len() == 24)
+            .collect())
     }
 
     /// Runs `klio wal-restore FILE DEST` for `cluster` with its token file.

@@ -9,24 +9,6 @@ use std::time::{Duration, SystemTime};
 use anyhow::{ensure, Context, Result};
 use klio_tests::{parse_lsn, wait_until, ClusterConf, KlioServer, PgInstance, PgOptions};
 
-fn list_names(klio: &KlioServer, cluster: &str) -> Result<Vec<String>> {
-    let (code, body) = klio.get(cluster, &format!("/v1/clusters/{cluster}/wal"))?;
-    ensure!(
-        code == 200,
-        "list wal: HTTP {code}: {}",
-        String::from_utf8_lossy(&body)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&body)?;
-    let entries = v
-        .as_array()
-        .or_else(|| v["files"].as_array())
-        .context("no array")?;
-    Ok(entries
-        .iter()
-        .filter_map(|e| e["name"].as_str().map(String::from))
-        .collect())
-}
-
 fn wal_dir(klio: &KlioServer, cluster: &str) -> PathBuf {
     klio.data_dir().join("clusters").join(cluster).join("wal")
 }
@@ -60,7 +42,7 @@ fn sigkill_mid_stream_then_restart_leaves_no_gap_and_no_mismatch() -> Result<()>
     klio.wait_flushed("k", &flush, Duration::from_secs(120))?;
 
     // No gap: sealed segments form one contiguous run.
-    let names = list_names(&klio, "k")?;
+    let names = klio.wal_names("k")?;
     let sealed: Vec<u64> = names
         .iter()
         .filter(|n| n.len() == 24)
@@ -177,7 +159,7 @@ fn different_system_identifier_under_an_existing_name_is_refused() -> Result<()>
     pg1.psql("SELECT pg_switch_wal()")?;
     let flush = pg1.psql("SELECT pg_current_wal_flush_lsn()")?;
     klio.wait_flushed("sid", &flush, Duration::from_secs(60))?;
-    let before = list_names(&klio, "sid")?;
+    let before = klio.wal_names("sid")?;
     klio.stop()?;
 
     klio.clusters_mut()[0].conninfo = pg2.replication_conninfo();
@@ -189,7 +171,7 @@ fn different_system_identifier_under_an_existing_name_is_refused() -> Result<()>
     let err = st["last_error"].as_str().unwrap_or_default();
     ensure!(err.contains("system identifier"), "unclear error: {err}");
     // What was stored is still there and readable.
-    ensure!(list_names(&klio, "sid")? == before);
+    ensure!(klio.wal_names("sid")? == before);
     let sealed = before
         .iter()
         .find(|n| n.len() == 24)
@@ -214,7 +196,7 @@ fn tampered_frame_fails_loudly_and_hostile_names_and_tokens_are_rejected() -> Re
     pg.psql("SELECT pg_switch_wal()")?;
     let flush = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
     klio.wait_flushed("a", &flush, Duration::from_secs(60))?;
-    let names = list_names(&klio, "a")?;
+    let names = klio.wal_names("a")?;
     let seg = names
         .iter()
         .find(|n| n.len() == 24)
@@ -305,7 +287,8 @@ fn primary_restart_is_survived_with_no_gap() -> Result<()> {
     pg.psql("SELECT pg_switch_wal()")?;
     let flush = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
     klio.wait_flushed("rs", &flush, Duration::from_secs(60))?;
-    let names: Vec<String> = list_names(&klio, "rs")?
+    let names: Vec<String> = klio
+        .wal_names("rs")?
         .into_iter()
         .filter(|n| n.len() == 24)
         .collect();

@@ -17,20 +17,7 @@ fn smoke(major: u32) -> Result<()> {
     pg.psql("SELECT pg_switch_wal()")?;
     let flush = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
     klio.wait_flushed(&name, &flush, Duration::from_secs(60))?;
-    let (code, body) = klio.get(&name, &format!("/v1/clusters/{name}/wal"))?;
-    ensure!(code == 200);
-    let v: serde_json::Value = serde_json::from_slice(&body)?;
-    let entries = v
-        .as_array()
-        .or_else(|| v["files"].as_array())
-        .cloned()
-        .unwrap_or_default();
-    let sealed: Vec<String> = entries
-        .iter()
-        .filter_map(|e| e["name"].as_str())
-        .filter(|n| n.len() == 24)
-        .map(String::from)
-        .collect();
+    let sealed = klio.sealed_segments(&name)?;
     ensure!(
         !sealed.is_empty(),
         "no sealed segment on PostgreSQL {major}"

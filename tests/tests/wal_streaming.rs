@@ -7,27 +7,6 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use klio_tests::{parse_lsn, ClusterConf, KlioServer, PgInstance, PgOptions};
 
-/// Names of the sealed segments Klio lists for `cluster`.
-fn sealed_segments(klio: &KlioServer, cluster: &str) -> Result<Vec<String>> {
-    let (code, body) = klio.get(cluster, &format!("/v1/clusters/{cluster}/wal"))?;
-    ensure!(
-        code == 200,
-        "list wal: HTTP {code}: {}",
-        String::from_utf8_lossy(&body)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&body)?;
-    let entries = v
-        .as_array()
-        .or_else(|| v["files"].as_array())
-        .context("list wal: no array")?;
-    Ok(entries
-        .iter()
-        .filter_map(|e| e["name"].as_str())
-        .filter(|n| n.len() == 24)
-        .map(str::to_string)
-        .collect())
-}
-
 /// Reads every sealed segment back through `klio wal-restore` into `out` and compares
 /// each with the file of the same name in `pg_wal`. Returns how many were compared.
 fn compare_with_pg_wal(
@@ -77,7 +56,7 @@ fn sealed_segments_read_back_identical_and_pg_waldump_reads_them() -> Result<()>
     let flush = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
     klio.wait_flushed("pg", &flush, Duration::from_secs(120))?;
 
-    let names = sealed_segments(&klio, "pg")?;
+    let names = klio.sealed_segments("pg")?;
     ensure!(
         names.len() >= 5,
         "expected several sealed segments, got {names:?}"
@@ -188,7 +167,7 @@ fn follows_promotion_to_timeline_2() -> Result<()> {
     ensure!(code == 200, "00000002.history: HTTP {code}");
     ensure!(body == std::fs::read(standby.wal_dir().join("00000002.history"))?);
 
-    let names = sealed_segments(&klio, "tl")?;
+    let names = klio.sealed_segments("tl")?;
     let out = tempfile::tempdir()?;
     compare_with_pg_wal(&klio, "tl", &standby.wal_dir(), out.path(), &names)?;
     let on_tl1 = names.iter().filter(|n| n.starts_with("00000001")).count();
