@@ -240,6 +240,11 @@ impl KlioServer {
         Ok(out)
     }
 
+    /// Process id of the running server.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// SIGKILLs the server.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
