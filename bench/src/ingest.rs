@@ -39,6 +39,8 @@ fn main() -> Result<()> {
     pg.pgbench(&["-i", "-s", &scale.to_string()])?;
     pg.psql("SELECT pg_switch_wal()")?;
     let end = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
+    // WAL past the end point, so neither client waits for a keepalive to notice it.
+    pg.psql("CREATE TABLE bench_tail AS SELECT generate_series(1, 100000) AS i")?;
     let bytes = parse_lsn(&end)? - parse_lsn(&start)?;
     ensure!(bytes > 0, "no WAL generated");
     let mb = bytes as f64 / 1e6;
