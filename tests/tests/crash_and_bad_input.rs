@@ -15,7 +15,7 @@ fn wal_dir(klio: &KlioServer, cluster: &str) -> PathBuf {
 
 #[test]
 fn sigkill_mid_stream_then_restart_leaves_no_gap_and_no_mismatch() -> Result<()> {
-    let pg = PgInstance::start(PgOptions::new().conf("wal_keep_size", "4GB"))?;
+    let mut pg = PgInstance::start(PgOptions::new().conf("wal_keep_size", "4GB"))?;
     let mut klio = KlioServer::start(vec![ClusterConf::new("k", pg.replication_conninfo())])?;
     klio.wait_status("k", Duration::from_secs(60), "streaming", |v| {
         v["state"] == "streaming"
@@ -40,6 +40,15 @@ fn sigkill_mid_stream_then_restart_leaves_no_gap_and_no_mismatch() -> Result<()>
     pg.psql("SELECT pg_switch_wal()")?;
     let flush = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
     klio.wait_flushed("k", &flush, Duration::from_secs(120))?;
+    // Stop the primary so that no more WAL arrives while files and catalog are compared
+    // (pg_wal stays on disk for the byte comparison).
+    pg.stop(klio_tests::StopMode::Fast)?;
+    klio.wait_status(
+        "k",
+        Duration::from_secs(30),
+        "the primary to be gone",
+        |v| v["state"] != "streaming",
+    )?;
 
     // No gap: sealed segments form one contiguous run.
     let names = klio.wal_names("k")?;
@@ -67,14 +76,24 @@ fn sigkill_mid_stream_then_restart_leaves_no_gap_and_no_mismatch() -> Result<()>
             "{n} differs"
         );
     }
-    // Catalog and files agree: every file in the WAL dir is listed and vice versa.
-    let mut on_disk: Vec<String> = std::fs::read_dir(wal_dir(&klio, "k"))?
-        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect::<Result<_, _>>()?;
-    on_disk.sort();
-    let mut listed = names.clone();
-    listed.sort();
-    ensure!(on_disk == listed, "files {on_disk:?} vs catalog {listed:?}");
+    // Catalog and files agree: every file in the WAL dir is listed and vice versa (the
+    // writer may still be applying the last queued messages: wait for a stable view).
+    let mut last = String::new();
+    wait_until(
+        Duration::from_secs(15),
+        "files and catalog to agree",
+        || {
+            let mut on_disk: Vec<String> = std::fs::read_dir(wal_dir(&klio, "k"))?
+                .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect::<Result<_, _>>()?;
+            on_disk.sort();
+            let mut listed = klio.wal_names("k")?;
+            listed.sort();
+            last = format!("files {on_disk:?} vs catalog {listed:?}");
+            Ok(on_disk == listed)
+        },
+    )
+    .map_err(|e| e.context(last.clone()))?;
     Ok(())
 }
 
