@@ -318,19 +318,8 @@ impl WalStore {
         for tli in histories {
             let known = inner.catalog.timeline(&inner.cluster, tli)?;
             if !known.as_ref().is_some_and(|t| t.history_stored) {
-                let (parent, switch_lsn) = self
-                    .read(&WalFileName::history(tli))?
-                    .map(|content| parse_history_tail(&content))
-                    .unwrap_or((None, None));
-                inner.catalog.put_timeline(
-                    &inner.cluster,
-                    &TimelineRecord {
-                        tli,
-                        parent,
-                        switch_lsn,
-                        history_stored: true,
-                    },
-                )?;
+                let content = self.read(&WalFileName::history(tli))?.unwrap_or_default();
+                self.record_history(tli, &content)?;
             }
         }
         if report != ReconcileReport::default() {
@@ -516,6 +505,11 @@ impl WalStore {
         sealer.seal(content, &mut out);
         sealer.seal_final(&mut out);
         write_file_durably(&path, &out).map_err(io_err(&path))?;
+        self.record_history(tli, content)
+    }
+
+    /// Records in the catalog that timeline `tli`'s history file (`content`) is stored.
+    fn record_history(&self, tli: TimelineId, content: &[u8]) -> Result<(), StoreError> {
         let (parent, switch_lsn) = parse_history_tail(content);
         self.inner.catalog.put_timeline(
             &self.inner.cluster,

@@ -370,6 +370,37 @@ impl KlioServer {
             .collect())
     }
 
+    /// Reads each of `names` back through `klio wal-restore` into `out` and checks it is
+    /// byte-identical to the file of the same name in `pg_wal`. Files `pg_wal` no longer
+    /// has are skipped; returns how many were compared.
+    pub fn compare_with_pg_wal(
+        &self,
+        cluster: &str,
+        pg_wal: &Path,
+        out: &Path,
+        names: &[String],
+    ) -> Result<usize> {
+        let mut compared = 0;
+        for name in names {
+            let dest = out.join(name);
+            let o = self.wal_restore(cluster, name, &dest)?;
+            if !o.status.success() {
+                bail!(
+                    "wal-restore {name} failed: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+            let Ok(theirs) = std::fs::read(pg_wal.join(name)) else {
+                continue;
+            };
+            if std::fs::read(&dest)? != theirs {
+                bail!("{name}: content differs from pg_wal");
+            }
+            compared += 1;
+        }
+        Ok(compared)
+    }
+
     /// Runs `klio wal-restore FILE DEST` for `cluster` with its token file.
     pub fn wal_restore(&self, cluster: &str, file: &str, dest: &Path) -> Result<Output> {
         self.wal_restore_with_token(cluster, file, dest, &self.token_file(cluster))

@@ -1,46 +1,10 @@
 //! WAL streaming end to end: what Klio stores and serves back is byte-identical to
 //! the primary's own `pg_wal`, and PostgreSQL's `pg_waldump` reads it.
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use klio_tests::{parse_lsn, ClusterConf, KlioServer, PgInstance, PgOptions};
-
-/// Reads every sealed segment back through `klio wal-restore` into `out` and compares
-/// each with the file of the same name in `pg_wal`. Returns how many were compared.
-fn compare_with_pg_wal(
-    klio: &KlioServer,
-    cluster: &str,
-    pg_wal: &Path,
-    out: &Path,
-    names: &[String],
-) -> Result<usize> {
-    let mut compared = 0;
-    for name in names {
-        let dest = out.join(name);
-        let o = klio.wal_restore(cluster, name, &dest)?;
-        ensure!(
-            o.status.success(),
-            "wal-restore {name} failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        let ours = std::fs::read(&dest)?;
-        let theirs = match std::fs::read(pg_wal.join(name)) {
-            Ok(b) => b,
-            Err(_) => continue, // already removed from pg_wal
-        };
-        ensure!(
-            ours.len() == theirs.len(),
-            "{name}: length {} vs {}",
-            ours.len(),
-            theirs.len()
-        );
-        ensure!(ours == theirs, "{name}: content differs from pg_wal");
-        compared += 1;
-    }
-    Ok(compared)
-}
 
 #[test]
 fn sealed_segments_read_back_identical_and_pg_waldump_reads_them() -> Result<()> {
@@ -62,7 +26,7 @@ fn sealed_segments_read_back_identical_and_pg_waldump_reads_them() -> Result<()>
         "expected several sealed segments, got {names:?}"
     );
     let out = tempfile::tempdir()?;
-    let compared = compare_with_pg_wal(&klio, "pg", &pg.wal_dir(), out.path(), &names)?;
+    let compared = klio.compare_with_pg_wal("pg", &pg.wal_dir(), out.path(), &names)?;
     ensure!(
         compared == names.len(),
         "compared {compared} of {} segments",
@@ -169,7 +133,7 @@ fn follows_promotion_to_timeline_2() -> Result<()> {
 
     let names = klio.sealed_segments("tl")?;
     let out = tempfile::tempdir()?;
-    compare_with_pg_wal(&klio, "tl", &standby.wal_dir(), out.path(), &names)?;
+    klio.compare_with_pg_wal("tl", &standby.wal_dir(), out.path(), &names)?;
     let on_tl1 = names.iter().filter(|n| n.starts_with("00000001")).count();
     let on_tl2 = names.iter().filter(|n| n.starts_with("00000002")).count();
     ensure!(
