@@ -41,6 +41,12 @@ const ZSTD_LEVEL: i32 = 1;
 pub enum ObjectKind {
     WalSegment = 1,
     TimelineHistory = 2,
+    /// One base-backup chunk inside a pack file; named by its chunk id (hex).
+    Chunk = 3,
+    /// Klio's manifest of one base backup; named by the backup id.
+    BackupManifest = 4,
+    /// PostgreSQL's own `backup_manifest` of one base backup; named by the backup id.
+    PgManifest = 5,
 }
 
 impl ObjectKind {
@@ -48,6 +54,9 @@ impl ObjectKind {
         match v {
             1 => Some(ObjectKind::WalSegment),
             2 => Some(ObjectKind::TimelineHistory),
+            3 => Some(ObjectKind::Chunk),
+            4 => Some(ObjectKind::BackupManifest),
+            5 => Some(ObjectKind::PgManifest),
             _ => None,
         }
     }

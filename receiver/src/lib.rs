@@ -10,7 +10,7 @@
 
 pub mod cluster;
 pub mod conninfo;
-mod crashsafe;
+pub mod crashsafe;
 pub mod failpoint;
 pub mod ingest;
 pub mod pgwire;

@@ -1,0 +1,14 @@
+//! Base backups into Tier 1.
+//!
+//! - [`protocol`]: `BASE_BACKUP` on a replication connection (15+ option syntax and the
+//!   13/14 multi-CopyOut form), decoded into [`protocol::BackupEvent`]s;
+//! - [`tar`]: an incremental (push) parser for the tar archives PostgreSQL sends;
+//! - [`store`]: the per-cluster deduplicated chunk store (pack files of encrypted,
+//!   compressed, content-addressed chunks) and the backup commit/abort protocol;
+//! - [`manifest`]: Klio's backup manifest and the check against PostgreSQL's
+//!   `backup_manifest`.
+
+pub mod manifest;
+pub mod protocol;
+pub mod store;
+pub mod tar;
