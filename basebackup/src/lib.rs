@@ -6,9 +6,11 @@
 //! - [`store`]: the per-cluster deduplicated chunk store (pack files of encrypted,
 //!   compressed, content-addressed chunks) and the backup commit/abort protocol;
 //! - [`manifest`]: Klio's backup manifest and the check against PostgreSQL's
-//!   `backup_manifest`.
+//!   `backup_manifest`;
+//! - [`walchain`]: is the WAL from a backup's start to a later point all in Tier 1?
 
 pub mod manifest;
 pub mod protocol;
 pub mod store;
 pub mod tar;
+pub mod walchain;

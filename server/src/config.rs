@@ -12,6 +12,8 @@
 //! slot = "klio"                              # default "klio"
 //! token_file = "/etc/klio/pg-main.token"     # bearer token of this cluster's clients
 //! application_name = "klio"                  # default "klio"
+//! backup_schedule = "0 3 * * *"              # cron (UTC) for base backups; default none
+//! backup_checkpoint = "fast"                 # or "spread" (default "fast")
 //! ```
 //!
 //! Overrides: `KLIO_DATA_DIR`, `KLIO_LISTEN`, `KLIO_MASTER_KEY_FILE`, `KLIO_LOG_FORMAT`
@@ -30,6 +32,7 @@ use klio_core::{ClusterName, MasterKey};
 use serde::Deserialize;
 
 use crate::auth::{ClusterToken, TokenSet};
+use crate::schedule::Schedule;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 pub const DEFAULT_SLOT: &str = "klio";
@@ -60,6 +63,10 @@ pub struct ClusterConfig {
     pub token_file: PathBuf,
     /// The token read from `token_file`.
     pub token: ClusterToken,
+    /// When to take base backups (UTC); `None`: only on request.
+    pub backup_schedule: Option<Schedule>,
+    /// Ask PostgreSQL for an immediate checkpoint at backup start (`false`: spread).
+    pub backup_fast_checkpoint: bool,
 }
 
 impl fmt::Debug for ClusterConfig {
@@ -70,6 +77,8 @@ impl fmt::Debug for ClusterConfig {
             .field("slot", &self.slot)
             .field("application_name", &self.application_name)
             .field("token_file", &self.token_file)
+            .field("backup_schedule", &self.backup_schedule)
+            .field("backup_fast_checkpoint", &self.backup_fast_checkpoint)
             .finish()
     }
 }
@@ -147,6 +156,8 @@ struct RawCluster {
     slot: Option<String>,
     token_file: Option<PathBuf>,
     application_name: Option<String>,
+    backup_schedule: Option<String>,
+    backup_checkpoint: Option<String>,
 }
 
 /// A value with the key it is reported under (`listen`, or `listen (KLIO_LISTEN)`).
@@ -316,6 +327,26 @@ impl Config {
                 ));
             }
 
+            let backup_schedule = match rc.backup_schedule.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(text) => Some(text.parse::<Schedule>().map_err(|m| {
+                    invalid(
+                        &key("backup_schedule"),
+                        format!("{m} (example: \"0 3 * * *\" for 03:00 UTC daily)"),
+                    )
+                })?),
+            };
+            let backup_fast_checkpoint = match rc.backup_checkpoint.as_deref() {
+                None | Some("fast") => true,
+                Some("spread") => false,
+                Some(other) => {
+                    return Err(invalid(
+                        &key("backup_checkpoint"),
+                        format!("{other:?} is not a checkpoint mode: use \"fast\" or \"spread\""),
+                    ))
+                }
+            };
+
             clusters.push(ClusterConfig {
                 name,
                 conninfo,
@@ -323,6 +354,8 @@ impl Config {
                 application_name,
                 token_file,
                 token,
+                backup_schedule,
+                backup_fast_checkpoint,
             });
         }
 

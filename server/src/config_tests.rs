@@ -374,3 +374,34 @@ fn master_key_errors_name_the_key() {
     f.write("m.key", &MasterKey::generate().to_hex());
     assert!(c.load_master_key().is_ok());
 }
+
+#[test]
+fn backup_schedule_and_checkpoint() {
+    let f = Fixture::new();
+    let c = f.parse(&with_clusters("")).unwrap();
+    assert!(c.clusters[0].backup_schedule.is_none());
+    assert!(c.clusters[0].backup_fast_checkpoint);
+    let text = format!(
+        "{HEAD}{}backup_schedule = \"30 2 * * *\"\nbackup_checkpoint = \"spread\"\n",
+        cluster("pg-a", "a.token")
+    );
+    let c = f.parse(&text).unwrap();
+    assert_eq!(
+        c.clusters[0].backup_schedule.as_ref().unwrap().to_string(),
+        "30 2 * * *"
+    );
+    assert!(!c.clusters[0].backup_fast_checkpoint);
+    let text = format!(
+        "{HEAD}{}backup_schedule = \"61 * * * *\"\n",
+        cluster("pg-a", "a.token")
+    );
+    let (key, shown) = f.err_key(&text);
+    assert_eq!(key, "cluster[0].backup_schedule");
+    assert!(shown.contains("minute"), "{shown}");
+    let text = format!(
+        "{HEAD}{}backup_checkpoint = \"slow\"\n",
+        cluster("pg-a", "a.token")
+    );
+    let (key, _) = f.err_key(&text);
+    assert_eq!(key, "cluster[0].backup_checkpoint");
+}

@@ -12,4 +12,5 @@ pub mod http;
 pub mod metrics;
 pub mod output;
 pub mod registry;
+pub mod schedule;
 pub mod serve;
