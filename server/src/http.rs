@@ -7,6 +7,11 @@
 //! GET /v1/clusters/{cluster}/status          token     ClusterStatusView
 //! GET /v1/clusters/{cluster}/wal             token     WalList
 //! GET /v1/clusters/{cluster}/wal/{walfile}   token     the plaintext file (octet-stream)
+//! GET /v1/clusters/{cluster}/backups         token     BackupList
+//! POST /v1/clusters/{cluster}/backups        token     BackupRequest (optional) → 202 BackupView, 409 if one runs
+//! GET /v1/clusters/{cluster}/backups/{id}    token     BackupView
+//! POST /v1/clusters/{cluster}/offloads       token     OffloadRequest → 202 BackupView, 409 if one runs
+//! POST /v1/clusters/{cluster}/verify         token     VerifyRequest (optional) → VerifyReport
 //! ```
 //! Checks run in this order: token (401), cluster known (404), token is the cluster's
 //! (403), WAL name valid (400); only then is the [`Registry`] asked. Errors are JSON
@@ -21,12 +26,15 @@ use axum::http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use klio_core::{ClusterName, WalFileName};
 use tower_http::trace::TraceLayer;
 
-use crate::api::{ErrorBody, StatusList, WalList};
+use crate::api::{
+    BackupList, BackupRequest, BackupView, ErrorBody, OffloadRequest, StatusList, VerifyReport,
+    VerifyRequest, WalList,
+};
 use crate::auth::TokenSet;
 use crate::metrics;
 use crate::registry::{ClusterStatusView, Registry, RegistryError};
@@ -58,6 +66,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/clusters/{cluster}/status", get(cluster_status))
         .route("/v1/clusters/{cluster}/wal", get(list_wal))
         .route("/v1/clusters/{cluster}/wal/{walfile}", get(read_wal))
+        .route(
+            "/v1/clusters/{cluster}/backups",
+            get(list_backups).post(start_backup),
+        )
+        .route("/v1/clusters/{cluster}/backups/{id}", get(get_backup))
+        .route("/v1/clusters/{cluster}/offloads", post(start_offload))
+        .route("/v1/clusters/{cluster}/verify", post(verify))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             let route = req
@@ -83,6 +98,8 @@ pub enum ApiError {
     NotFound(String),
     /// 400 with this message.
     BadRequest(String),
+    /// 409 with this message.
+    Conflict(String),
     /// 503: the cluster has not reached its primary yet.
     NotReady(ClusterName),
     /// 500: stored data failed verification (detail logged only).
@@ -97,6 +114,9 @@ impl ApiError {
             RegistryError::NotReady => ApiError::NotReady(cluster.clone()),
             RegistryError::Corrupt(d) => ApiError::Corrupt(format!("cluster {cluster}: {d}")),
             RegistryError::Internal(d) => ApiError::Internal(format!("cluster {cluster}: {d}")),
+            RegistryError::Conflict(m) => ApiError::Conflict(m),
+            RegistryError::BadRequest(m) => ApiError::BadRequest(m),
+            RegistryError::NotFound(m) => ApiError::NotFound(m),
         }
     }
 
@@ -106,6 +126,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Corrupt(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -120,7 +141,7 @@ impl ApiError {
             }
             ApiError::InvalidToken => "invalid token".into(),
             ApiError::Forbidden(c) => format!("this token is not valid for cluster {c}"),
-            ApiError::NotFound(m) | ApiError::BadRequest(m) => m.clone(),
+            ApiError::NotFound(m) | ApiError::BadRequest(m) | ApiError::Conflict(m) => m.clone(),
             ApiError::NotReady(c) => {
                 format!("cluster {c} has not connected to its primary yet; retry later")
             }
@@ -299,6 +320,118 @@ async fn read_wal(
             "{name} is not stored for cluster {cluster}"
         ))),
     }
+}
+
+/// A JSON request body; an empty body means `T::default()`.
+fn json_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON request body: {e}")))
+}
+
+/// Backup ids are `[0-9A-Za-z-]`, at most 64 characters.
+fn backup_id(raw: &str) -> Result<String, ApiError> {
+    if raw.is_empty() || raw.len() > 64 || !raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(ApiError::BadRequest(format!(
+            "invalid backup id {:?}: ids are letters, digits and '-', e.g. 20261124T193000Z",
+            shorten(raw)
+        )));
+    }
+    Ok(raw.to_string())
+}
+
+async fn list_backups(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<BackupList>, ApiError> {
+    let Path(raw) = path.map_err(bad_path)?;
+    let cluster = caller.cluster(&state, &raw)?;
+    let (registry, c) = (state.registry.clone(), cluster.clone());
+    let backups = blocking(&cluster, move || registry.list_backups(&c)).await?;
+    Ok(Json(BackupList { cluster, backups }))
+}
+
+async fn get_backup(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<BackupView>, ApiError> {
+    let Path((raw_cluster, raw_id)) = path.map_err(bad_path)?;
+    let cluster = caller.cluster(&state, &raw_cluster)?;
+    let id = backup_id(&raw_id)?;
+    let (registry, c, i) = (state.registry.clone(), cluster.clone(), id.clone());
+    match blocking(&cluster, move || registry.backup(&c, &i)).await? {
+        Some(b) => Ok(Json(b)),
+        None => Err(ApiError::NotFound(format!(
+            "cluster {cluster} has no backup {id}"
+        ))),
+    }
+}
+
+async fn start_backup(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<BackupView>), ApiError> {
+    let Path(raw) = path.map_err(bad_path)?;
+    let cluster = caller.cluster(&state, &raw)?;
+    let req: BackupRequest = json_body(&body)?;
+    let (registry, c) = (state.registry.clone(), cluster.clone());
+    let view = blocking(&cluster, move || registry.start_backup(&c, req)).await?;
+    tracing::info!(%cluster, backup = %view.id, "base backup requested");
+    Ok((StatusCode::ACCEPTED, Json(view)))
+}
+
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OffloadBody {
+    from: Option<String>,
+    label: Option<String>,
+    end_lsn: Option<klio_core::Lsn>,
+}
+
+async fn start_offload(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<BackupView>), ApiError> {
+    let Path(raw) = path.map_err(bad_path)?;
+    let cluster = caller.cluster(&state, &raw)?;
+    let b: OffloadBody = json_body(&body)?;
+    let from = b.from.ok_or_else(|| {
+        ApiError::BadRequest("missing \"from\": the directory on the server to offload".into())
+    })?;
+    let req = OffloadRequest {
+        from,
+        label: b.label,
+        end_lsn: b.end_lsn,
+    };
+    let (registry, c) = (state.registry.clone(), cluster.clone());
+    let view = blocking(&cluster, move || registry.start_offload(&c, req)).await?;
+    tracing::info!(%cluster, backup = %view.id, "offload requested");
+    Ok((StatusCode::ACCEPTED, Json(view)))
+}
+
+async fn verify(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+    body: axum::body::Bytes,
+) -> Result<Json<VerifyReport>, ApiError> {
+    let Path(raw) = path.map_err(bad_path)?;
+    let cluster = caller.cluster(&state, &raw)?;
+    let req: VerifyRequest = json_body(&body)?;
+    if let Some(id) = &req.backup {
+        backup_id(id)?;
+    }
+    let (registry, c) = (state.registry.clone(), cluster.clone());
+    let report = blocking(&cluster, move || registry.verify(&c, req)).await?;
+    Ok(Json(report))
 }
 
 #[cfg(test)]

@@ -308,3 +308,125 @@ async fn unknown_endpoint_is_json_404() {
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_eq!(error_of(&body), "no such endpoint");
 }
+
+async fn post(app: &Router, uri: &str, auth: Option<&str>, body: &str) -> (StatusCode, Bytes) {
+    let mut req = Request::post(uri).header("content-type", "application/json");
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let resp = app
+        .clone()
+        .oneshot(req.body(Body::from(body.to_string())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    (status, to_bytes(resp.into_body(), 64 << 20).await.unwrap())
+}
+
+#[tokio::test]
+async fn backup_start_list_get_and_conflict() {
+    let (reg, state) = fixture();
+    let app = router(state);
+    let auth = bearer(TOKEN_A);
+    let (s, body) = post(&app, "/v1/clusters/pg-a/backups", auth.as_deref(), "").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body:?}");
+    let first: BackupView = serde_json::from_slice(&body).unwrap();
+    assert_eq!(first.state, crate::api::BackupStateView::Running);
+
+    // A second request while it runs: 409 naming the running backup.
+    let (s, body) = post(
+        &app,
+        "/v1/clusters/pg-a/backups",
+        auth.as_deref(),
+        r#"{"label": "nightly"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert!(error_of(&body).contains(&first.id), "{}", error_of(&body));
+
+    reg.finish_backups(&name("pg-a"));
+    let (s, body) = post(
+        &app,
+        "/v1/clusters/pg-a/backups",
+        auth.as_deref(),
+        r#"{"label": "nightly", "fast_checkpoint": false}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let second: BackupView = serde_json::from_slice(&body).unwrap();
+    assert_eq!(second.label, "nightly");
+
+    let (s, _, body) = get(&app, "/v1/clusters/pg-a/backups", auth.as_deref()).await;
+    assert_eq!(s, StatusCode::OK);
+    let list: BackupList = serde_json::from_slice(&body).unwrap();
+    assert_eq!(list.backups.len(), 2);
+    assert_eq!(list.backups[0].state, crate::api::BackupStateView::Complete);
+
+    let uri = format!("/v1/clusters/pg-a/backups/{}", first.id);
+    let (s, _, body) = get(&app, &uri, auth.as_deref()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(serde_json::from_slice::<BackupView>(&body).unwrap().id, first.id);
+    let (s, _, _) = get(&app, "/v1/clusters/pg-a/backups/20990101T000000Z", auth.as_deref()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn backup_requests_are_checked_before_the_registry() {
+    let (reg, state) = fixture();
+    let app = router(state);
+    let before = reg.data_calls();
+    // Wrong token, other cluster's token, bad JSON, unknown field, hostile id.
+    let (s, _) = post(&app, "/v1/clusters/pg-a/backups", None, "").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = post(&app, "/v1/clusters/pg-a/backups", bearer(TOKEN_B).as_deref(), "").await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let auth = bearer(TOKEN_A);
+    let (s, body) = post(&app, "/v1/clusters/pg-a/backups", auth.as_deref(), "{nope").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(error_of(&body).contains("invalid JSON"), "{}", error_of(&body));
+    let (s, _) = post(&app, "/v1/clusters/pg-a/backups", auth.as_deref(), r#"{"lable": "x"}"#).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _, _) = get(&app, "/v1/clusters/pg-a/backups/..%2F..%2Fetc", auth.as_deref()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = post(&app, "/v1/clusters/pg-a/verify", auth.as_deref(), r#"{"backup": "a/b"}"#).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, body) = post(&app, "/v1/clusters/pg-a/offloads", auth.as_deref(), "{}").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(error_of(&body).contains("from"), "{}", error_of(&body));
+    assert_eq!(reg.data_calls(), before, "the registry was consulted");
+}
+
+#[tokio::test]
+async fn offload_and_verify_reach_the_registry() {
+    let (_, state) = fixture();
+    let app = router(state);
+    let auth = bearer(TOKEN_A);
+    let (s, body) = post(
+        &app,
+        "/v1/clusters/pg-a/offloads",
+        auth.as_deref(),
+        r#"{"from": "relative/dir"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(error_of(&body).contains("absolute"), "{}", error_of(&body));
+    let (s, body) = post(
+        &app,
+        "/v1/clusters/pg-a/offloads",
+        auth.as_deref(),
+        r#"{"from": "/snap/pgdata", "end_lsn": "0/3000000"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body:?}");
+    let (s, body) = post(&app, "/v1/clusters/pg-a/verify", auth.as_deref(), "").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(serde_json::from_slice::<VerifyReport>(&body).unwrap().ok);
+    let (s, _) = post(
+        &app,
+        "/v1/clusters/pg-a/verify",
+        auth.as_deref(),
+        r#"{"backup": "20990101T000000Z"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}

@@ -14,6 +14,11 @@ use std::sync::Mutex;
 use klio_core::{ClusterName, Lsn, WalFileName};
 use serde::{Deserialize, Serialize};
 
+use crate::api::{
+    BackupKindView, BackupProgress, BackupRequest, BackupStateView, BackupView, OffloadRequest,
+    VerifyReport, VerifyRequest,
+};
+
 /// What the API reads from the engine. Calls may block on disk: the HTTP layer runs
 /// `read_wal` and `list_wal` on the blocking thread pool.
 pub trait Registry: Send + Sync + 'static {
@@ -29,6 +34,35 @@ pub trait Registry: Send + Sync + 'static {
 
     /// The cluster's replication status; `None` when the cluster is not configured.
     fn status(&self, cluster: &ClusterName) -> Option<ClusterStatusView>;
+
+    /// Starts a base backup in the background and returns it as `running`.
+    /// [`RegistryError::Conflict`] while another backup of the cluster runs.
+    fn start_backup(
+        &self,
+        cluster: &ClusterName,
+        req: BackupRequest,
+    ) -> Result<BackupView, RegistryError>;
+
+    /// Starts an offload (a base backup from a directory on the server) in the background.
+    fn start_offload(
+        &self,
+        cluster: &ClusterName,
+        req: OffloadRequest,
+    ) -> Result<BackupView, RegistryError>;
+
+    /// The cluster's backups, oldest first (running and failed ones included).
+    fn list_backups(&self, cluster: &ClusterName) -> Result<Vec<BackupView>, RegistryError>;
+
+    /// One backup; `Ok(None)` when there is no such backup.
+    fn backup(&self, cluster: &ClusterName, id: &str) -> Result<Option<BackupView>, RegistryError>;
+
+    /// Reads back and checks every chunk of the backup(s), their manifests and the WAL
+    /// chain to the newest stored WAL. May take long; runs on the blocking pool.
+    fn verify(
+        &self,
+        cluster: &ClusterName,
+        req: VerifyRequest,
+    ) -> Result<VerifyReport, RegistryError>;
 }
 
 /// Why the engine could not answer.
@@ -43,6 +77,15 @@ pub enum RegistryError {
     /// Anything else (HTTP 500; logged in full, never sent to the client).
     #[error("{0}")]
     Internal(String),
+    /// The request clashes with work in progress (HTTP 409; the message is sent).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request cannot be carried out as given (HTTP 400; the message is sent).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The thing asked for does not exist (HTTP 404; the message is sent).
+    #[error("{0}")]
+    NotFound(String),
 }
 
 /// One stored WAL file.
@@ -111,6 +154,21 @@ pub struct ClusterStatusView {
     pub sealed_segments: u64,
     /// Tier 1 is out of space: streaming is paused.
     pub disk_full: bool,
+    /// Base backups of this cluster.
+    #[serde(default)]
+    pub backups: BackupStatus,
+}
+
+/// Base-backup figures of one cluster (for `klio status` and the metrics).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupStatus {
+    pub running: bool,
+    pub complete: u64,
+    /// When the newest complete backup finished (seconds since the epoch).
+    pub last_complete_at: Option<u64>,
+    /// Outcome of the last `verify` (absent until one ran since the server started).
+    pub last_verify_ok: Option<bool>,
+    pub last_verify_at: Option<u64>,
 }
 
 impl ClusterStatusView {
@@ -128,6 +186,7 @@ impl ClusterStatusView {
             lag_bytes: None,
             sealed_segments: 0,
             disk_full: false,
+            backups: BackupStatus::default(),
         }
     }
 }
@@ -156,6 +215,7 @@ pub struct MemoryRegistry {
 
 struct MemoryCluster {
     status: ClusterStatusView,
+    backups: Vec<BackupView>,
     wal: BTreeMap<WalFileName, Vec<u8>>,
     ready: bool,
     corrupt: HashSet<WalFileName>,
@@ -178,6 +238,7 @@ impl MemoryRegistry {
                 status.cluster.clone(),
                 MemoryCluster {
                     status,
+                    backups: Vec::new(),
                     wal: BTreeMap::new(),
                     ready: true,
                     corrupt: HashSet::new(),
@@ -210,6 +271,22 @@ impl MemoryRegistry {
         self.with(|m| {
             if let Some(c) = m.get_mut(cluster) {
                 c.corrupt.insert(name);
+            }
+        });
+    }
+
+    /// Marks every running backup of the cluster complete (with made-up sizes).
+    pub fn finish_backups(&self, cluster: &ClusterName) {
+        self.with(|m| {
+            if let Some(c) = m.get_mut(cluster) {
+                for b in c.backups.iter_mut().filter(|b| b.state == BackupStateView::Running) {
+                    b.state = BackupStateView::Complete;
+                    b.progress = None;
+                    b.finished_at = Some(b.started_at + 1);
+                    b.logical_bytes = 1000;
+                    b.stored_bytes = 100;
+                    b.new_bytes = 100;
+                }
             }
         });
     }
@@ -266,6 +343,113 @@ impl Registry for MemoryRegistry {
 
     fn status(&self, cluster: &ClusterName) -> Option<ClusterStatusView> {
         self.with(|m| m.get(cluster).map(|c| c.status.clone()))
+    }
+
+    fn start_backup(
+        &self,
+        cluster: &ClusterName,
+        req: BackupRequest,
+    ) -> Result<BackupView, RegistryError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.new_backup(cluster, req.label, BackupKindView::Stream)
+    }
+
+    fn start_offload(
+        &self,
+        cluster: &ClusterName,
+        req: OffloadRequest,
+    ) -> Result<BackupView, RegistryError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if !req.from.starts_with('/') {
+            return Err(RegistryError::BadRequest(format!(
+                "offload source {:?} is not an absolute path",
+                req.from
+            )));
+        }
+        self.new_backup(cluster, req.label, BackupKindView::Offload)
+    }
+
+    fn list_backups(&self, cluster: &ClusterName) -> Result<Vec<BackupView>, RegistryError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(self.with(|m| m.get(cluster).map(|c| c.backups.clone()).unwrap_or_default()))
+    }
+
+    fn backup(&self, cluster: &ClusterName, id: &str) -> Result<Option<BackupView>, RegistryError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(self.with(|m| {
+            m.get(cluster)
+                .and_then(|c| c.backups.iter().find(|b| b.id == id).cloned())
+        }))
+    }
+
+    fn verify(
+        &self,
+        cluster: &ClusterName,
+        req: VerifyRequest,
+    ) -> Result<VerifyReport, RegistryError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let backups = self.list_backups(cluster)?;
+        if let Some(id) = &req.backup {
+            if !backups.iter().any(|b| &b.id == id) {
+                return Err(RegistryError::NotFound(format!(
+                    "cluster {cluster} has no backup {id:?}"
+                )));
+            }
+        }
+        Ok(VerifyReport {
+            cluster: cluster.clone(),
+            ok: true,
+            backups: Vec::new(),
+        })
+    }
+}
+
+impl MemoryRegistry {
+    fn new_backup(
+        &self,
+        cluster: &ClusterName,
+        label: Option<String>,
+        kind: BackupKindView,
+    ) -> Result<BackupView, RegistryError> {
+        self.with(|m| {
+            let c = m.get_mut(cluster).ok_or(RegistryError::NotReady)?;
+            if let Some(r) = c.backups.iter().find(|b| b.state == BackupStateView::Running) {
+                return Err(RegistryError::Conflict(format!(
+                    "backup {} of cluster {cluster} is still running",
+                    r.id
+                )));
+            }
+            let n = c.backups.len() + 1;
+            let view = BackupView {
+                cluster: cluster.clone(),
+                id: format!("20260101T00000{n}Z"),
+                label: label.unwrap_or_else(|| format!("backup {n}")),
+                kind,
+                state: BackupStateView::Running,
+                error: None,
+                start_lsn: None,
+                start_timeline: None,
+                end_lsn: None,
+                end_timeline: None,
+                started_at: 1_767_225_600,
+                finished_at: None,
+                pg_version: None,
+                logical_bytes: 0,
+                stored_bytes: 0,
+                new_bytes: 0,
+                files: 0,
+                chunks: 0,
+                new_chunks: 0,
+                progress: Some(BackupProgress {
+                    phase: "connecting".into(),
+                    done_bytes: 0,
+                    total_bytes: None,
+                    elapsed_secs: 0.0,
+                }),
+            };
+            c.backups.push(view.clone());
+            Ok(view)
+        })
     }
 }
 
