@@ -7,9 +7,11 @@
 //!   compressed, content-addressed chunks) and the backup commit/abort protocol;
 //! - [`manifest`]: Klio's backup manifest and the check against PostgreSQL's
 //!   `backup_manifest`;
+//! - [`offload`]: a PGDATA copy with its `backup_label` (Tier 0 snapshots) as a backup source;
 //! - [`walchain`]: is the WAL from a backup's start to a later point all in Tier 1?
 
 pub mod manifest;
+pub mod offload;
 pub mod protocol;
 pub mod store;
 pub mod tar;

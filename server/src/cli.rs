@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use klio_core::{ClusterName, MasterKey};
+use klio_core::{ClusterName, Lsn, MasterKey};
 use tracing_subscriber::EnvFilter;
 
 use crate::auth::ClusterToken;
@@ -17,7 +17,9 @@ use crate::client::{self, Client, ClientError, DEFAULT_SERVER};
 use crate::config::{Config, LogFormat};
 use crate::demo::{self, DemoArgs};
 use crate::engine;
+use crate::api::{BackupRequest, BackupStateView, BackupView, OffloadRequest, VerifyRequest};
 use crate::output::{self, OutputFormat};
+use crate::progress::ProgressDisplay;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,6 +45,12 @@ pub enum Command {
     /// List what the server stores.
     #[command(subcommand)]
     List(ListCommand),
+    /// Take a base backup of a cluster now.
+    Backup(BackupArgs),
+    /// Store a PGDATA copy (e.g. from a volume snapshot, with its backup_label) as a base backup.
+    Offload(OffloadArgs),
+    /// Check that backups read back intact and their WAL chain has no gap.
+    Verify(VerifyArgs),
     /// Manage keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -91,6 +99,62 @@ pub struct StatusArgs {
 pub enum ListCommand {
     /// List the WAL files stored for a cluster.
     Wal(ListWalArgs),
+    /// List the base backups of a cluster (oldest first).
+    Backups(ListWalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[arg(long, env = "KLIO_CLUSTER", value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// A label stored with the backup (default: the server picks one).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Let PostgreSQL spread the start checkpoint instead of taking it at once.
+    #[arg(long)]
+    pub spread_checkpoint: bool,
+    /// Wait until the backup is complete (progress on stderr); exit 1 if it fails.
+    #[arg(long)]
+    pub wait: bool,
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: OutputFormat,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct OffloadArgs {
+    #[arg(long, env = "KLIO_CLUSTER", value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// The PGDATA copy, on the server's file system (made absolute from the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub from: PathBuf,
+    /// WAL position the copy is consistent at (pg_backup_stop's lsn); default: the
+    /// server's durable WAL position when the offload starts.
+    #[arg(long, value_name = "LSN")]
+    pub end_lsn: Option<Lsn>,
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Wait until the offload is complete; exit 1 if it fails.
+    #[arg(long)]
+    pub wait: bool,
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: OutputFormat,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[arg(long, env = "KLIO_CLUSTER", value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// Only this backup (default: every complete backup).
+    #[arg(long, value_name = "ID")]
+    pub backup: Option<String>,
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: OutputFormat,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
 }
 
 #[derive(Debug, Args)]
@@ -148,6 +212,10 @@ pub fn run(cli: Cli) -> u8 {
         Command::WalRestore(args) => client_command(wal_restore(args)),
         Command::Status(args) => client_command(status(args)),
         Command::List(ListCommand::Wal(args)) => client_command(list_wal(args)),
+        Command::List(ListCommand::Backups(args)) => client_command(list_backups(args)),
+        Command::Backup(args) => client_command(backup(args)),
+        Command::Offload(args) => client_command(offload(args)),
+        Command::Verify(args) => client_command(verify(args)),
     }
 }
 
@@ -262,6 +330,107 @@ async fn list_wal(args: ListWalArgs) -> Result<(), ClientError> {
     }
 }
 
+async fn list_backups(args: ListWalArgs) -> Result<(), ClientError> {
+    let cluster = cluster_arg(args.cluster.as_deref())?;
+    let list = args.connection.client()?.list_backups(&cluster).await?;
+    match args.output {
+        OutputFormat::Table => print(&output::backup_table(&list)),
+        OutputFormat::Json => print_json(&list),
+    }
+}
+
+async fn backup(args: BackupArgs) -> Result<(), ClientError> {
+    let cluster = cluster_arg(args.cluster.as_deref())?;
+    let c = args.connection.client()?;
+    let req = BackupRequest {
+        label: args.label,
+        fast_checkpoint: args.spread_checkpoint.then_some(false),
+    };
+    let started = c.start_backup(&cluster, &req).await?;
+    finish_backup_command(&c, started, args.wait, args.output).await
+}
+
+async fn offload(args: OffloadArgs) -> Result<(), ClientError> {
+    let cluster = cluster_arg(args.cluster.as_deref())?;
+    let from = std::path::absolute(&args.from)
+        .map_err(|e| ClientError::Usage(format!("--from {}: {e}", args.from.display())))?;
+    let from = from.to_str().ok_or_else(|| {
+        ClientError::Usage(format!("--from {}: not valid UTF-8", from.display()))
+    })?;
+    let c = args.connection.client()?;
+    let req = OffloadRequest {
+        from: from.to_string(),
+        label: args.label,
+        end_lsn: args.end_lsn,
+    };
+    let started = c.start_offload(&cluster, &req).await?;
+    finish_backup_command(&c, started, args.wait, args.output).await
+}
+
+/// Prints the started backup, or with `wait` follows it to the end.
+async fn finish_backup_command(
+    c: &Client,
+    started: BackupView,
+    wait: bool,
+    format: OutputFormat,
+) -> Result<(), ClientError> {
+    if !wait {
+        return match format {
+            OutputFormat::Json => print_json(&started),
+            OutputFormat::Table => print(&format!(
+                "backup {} of cluster {} started; follow it with `klio list backups --cluster {}`\n",
+                started.id, started.cluster, started.cluster
+            )),
+        };
+    }
+    let mut display = ProgressDisplay::new();
+    let mut view = started;
+    while view.state == BackupStateView::Running {
+        display.update(&view);
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        view = c.backup(&view.cluster, &view.id).await?;
+    }
+    display.finish();
+    match format {
+        OutputFormat::Json => print_json(&view)?,
+        OutputFormat::Table => print(&output::backup_summary(&view))?,
+    }
+    if view.state == BackupStateView::Complete {
+        Ok(())
+    } else {
+        Err(ClientError::Failed(format!(
+            "backup {} of cluster {} failed: {}",
+            view.id,
+            view.cluster,
+            view.error.as_deref().unwrap_or("no reason given")
+        )))
+    }
+}
+
+async fn verify(args: VerifyArgs) -> Result<(), ClientError> {
+    let cluster = cluster_arg(args.cluster.as_deref())?;
+    let c = args.connection.client()?;
+    let report = c
+        .verify(
+            &cluster,
+            &VerifyRequest {
+                backup: args.backup,
+            },
+        )
+        .await?;
+    match args.output {
+        OutputFormat::Json => print_json(&report)?,
+        OutputFormat::Table => print(&output::verify_report(&report))?,
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        Err(ClientError::Failed(format!(
+            "verification of cluster {cluster} found problems (listed above)"
+        )))
+    }
+}
+
 fn print(text: &str) -> Result<(), ClientError> {
     std::io::stdout()
         .lock()
@@ -333,6 +502,30 @@ mod tests {
         assert!(Cli::try_parse_from(["klio", "status", "--output", "yaml"]).is_err());
         assert!(Cli::try_parse_from(["klio", "keys", "generate"]).is_ok());
         assert!(Cli::try_parse_from(["klio", "demo", "--keep"]).is_ok());
+    }
+
+    #[test]
+    fn backup_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "klio", "backup", "--cluster", "pg-a", "--wait", "--label", "nightly",
+        ])
+        .unwrap();
+        let Command::Backup(a) = cli.command else {
+            panic!("wrong subcommand")
+        };
+        assert!(a.wait && !a.spread_checkpoint);
+        assert_eq!(a.label.as_deref(), Some("nightly"));
+        let cli = Cli::try_parse_from([
+            "klio", "offload", "--cluster", "pg-a", "--from", "snap", "--end-lsn", "0/3000000",
+        ])
+        .unwrap();
+        let Command::Offload(a) = cli.command else {
+            panic!("wrong subcommand")
+        };
+        assert_eq!(a.end_lsn, Some(Lsn(0x300_0000)));
+        assert!(Cli::try_parse_from(["klio", "offload", "--from", "x", "--end-lsn", "zz"]).is_err());
+        assert!(Cli::try_parse_from(["klio", "list", "backups", "--cluster", "a"]).is_ok());
+        assert!(Cli::try_parse_from(["klio", "verify", "--backup", "20261124T191300Z"]).is_ok());
     }
 
     #[test]

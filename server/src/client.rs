@@ -14,7 +14,10 @@ use klio_core::{ClusterName, WalFileName};
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
-use crate::api::{ErrorBody, StatusList, WalList};
+use crate::api::{
+    BackupList, BackupRequest, BackupView, ErrorBody, OffloadRequest, StatusList, VerifyReport,
+    VerifyRequest, WalList,
+};
 use crate::auth::ClusterToken;
 
 /// The server URL when neither `--server` nor `KLIO_SERVER` is given.
@@ -41,6 +44,12 @@ pub enum ClientError {
     Unauthorized { origin: String },
     #[error("the token from {origin} is not valid for cluster {cluster} (403); use that cluster's token file or fix --cluster / KLIO_CLUSTER")]
     Forbidden { cluster: String, origin: String },
+    /// What was asked for ran and failed (a backup, a verification): exit 1.
+    #[error("{0}")]
+    Failed(String),
+    /// 409: e.g. a backup of the cluster is already running.
+    #[error("{0}")]
+    Conflict(String),
     #[error("the server answered {status}: {message}")]
     Server { status: u16, message: String },
     #[error("{0}")]
@@ -51,7 +60,7 @@ impl ClientError {
     /// 1 when the thing asked for does not exist, 2 for every other failure.
     pub fn exit_code(&self) -> u8 {
         match self {
-            ClientError::NotFound(_) => 1,
+            ClientError::NotFound(_) | ClientError::Failed(_) => 1,
             _ => 2,
         }
     }
@@ -125,6 +134,91 @@ impl Client {
         self.get_bytes(&path, Some(cluster)).await
     }
 
+    /// `GET /v1/clusters/{cluster}/backups`.
+    pub async fn list_backups(&self, cluster: &ClusterName) -> Result<BackupList, ClientError> {
+        self.get_json(&format!("/v1/clusters/{cluster}/backups"), Some(cluster))
+            .await
+    }
+
+    /// `GET /v1/clusters/{cluster}/backups/{id}`.
+    pub async fn backup(&self, cluster: &ClusterName, id: &str) -> Result<BackupView, ClientError> {
+        self.get_json(&format!("/v1/clusters/{cluster}/backups/{id}"), Some(cluster))
+            .await
+    }
+
+    /// `POST /v1/clusters/{cluster}/backups`.
+    pub async fn start_backup(
+        &self,
+        cluster: &ClusterName,
+        req: &BackupRequest,
+    ) -> Result<BackupView, ClientError> {
+        self.post_json(&format!("/v1/clusters/{cluster}/backups"), cluster, req, None)
+            .await
+    }
+
+    /// `POST /v1/clusters/{cluster}/offloads`.
+    pub async fn start_offload(
+        &self,
+        cluster: &ClusterName,
+        req: &OffloadRequest,
+    ) -> Result<BackupView, ClientError> {
+        self.post_json(&format!("/v1/clusters/{cluster}/offloads"), cluster, req, None)
+            .await
+    }
+
+    /// `POST /v1/clusters/{cluster}/verify` (reads every chunk: no request timeout).
+    pub async fn verify(
+        &self,
+        cluster: &ClusterName,
+        req: &VerifyRequest,
+    ) -> Result<VerifyReport, ClientError> {
+        self.post_json(
+            &format!("/v1/clusters/{cluster}/verify"),
+            cluster,
+            req,
+            Some(Duration::from_secs(24 * 3600)),
+        )
+        .await
+    }
+
+    /// POSTs a JSON body once (no retries: the server may have acted on it).
+    async fn post_json<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        cluster: &ClusterName,
+        body: &B,
+        timeout: Option<Duration>,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self
+            .http
+            .post(&url)
+            .bearer_auth(self.token.expose())
+            .json(body);
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
+        let outcome = async {
+            let resp = req.send().await.map_err(Failure::Transport)?;
+            let status = resp.status();
+            let bytes = resp.bytes().await.map_err(Failure::Transport)?;
+            if status.is_success() {
+                Ok(bytes.to_vec())
+            } else {
+                Err(Failure::Status(status, error_message(status, &bytes)))
+            }
+        }
+        .await;
+        let bytes = outcome.map_err(|f| self.classify(f, Some(cluster)))?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Server {
+            status: 200,
+            message: format!(
+                "unexpected response to {path} ({e}); is {} a Klio server of this version?",
+                self.base
+            ),
+        })
+    }
+
     async fn get_json<T: DeserializeOwned>(
         &self,
         path: &str,
@@ -178,10 +272,7 @@ impl Client {
         if status.is_success() {
             Ok(body.to_vec())
         } else {
-            let message = serde_json::from_slice::<ErrorBody>(&body)
-                .map(|b| b.error)
-                .unwrap_or_else(|_| status.canonical_reason().unwrap_or("error").to_string());
-            Err(Failure::Status(status, message))
+            Err(Failure::Status(status, error_message(status, &body)))
         }
     }
 
@@ -199,12 +290,20 @@ impl Client {
                 origin: self.token_origin.clone(),
             },
             Failure::Status(StatusCode::NOT_FOUND, m) => ClientError::NotFound(m),
+            Failure::Status(StatusCode::CONFLICT, m) => ClientError::Conflict(m),
             Failure::Status(s, message) => ClientError::Server {
                 status: s.as_u16(),
                 message,
             },
         }
     }
+}
+
+/// The `error` of a JSON error body, or the status's reason phrase.
+fn error_message(status: StatusCode, body: &[u8]) -> String {
+    serde_json::from_slice::<ErrorBody>(body)
+        .map(|b| b.error)
+        .unwrap_or_else(|_| status.canonical_reason().unwrap_or("error").to_string())
 }
 
 enum Failure {

@@ -176,6 +176,48 @@ impl Registry for EngineRegistry {
             },
             sealed_segments: s.sealed_segments,
             disk_full: s.disk_full,
+            backups: Default::default(),
         })
+    }
+
+    fn start_backup(
+        &self,
+        _cluster: &ClusterName,
+        _req: crate::api::BackupRequest,
+    ) -> Result<crate::api::BackupView, RegistryError> {
+        Err(RegistryError::Internal("base backups are not wired in yet".into()))
+    }
+
+    fn start_offload(
+        &self,
+        _cluster: &ClusterName,
+        _req: crate::api::OffloadRequest,
+    ) -> Result<crate::api::BackupView, RegistryError> {
+        Err(RegistryError::Internal("offloads are not wired in yet".into()))
+    }
+
+    fn list_backups(
+        &self,
+        _cluster: &ClusterName,
+    ) -> Result<Vec<crate::api::BackupView>, RegistryError> {
+        Ok(Vec::new())
+    }
+
+    fn backup(
+        &self,
+        _cluster: &ClusterName,
+        _id: &str,
+    ) -> Result<Option<crate::api::BackupView>, RegistryError> {
+        Ok(None)
+    }
+
+    fn verify(
+        &self,
+        cluster: &ClusterName,
+        _req: crate::api::VerifyRequest,
+    ) -> Result<crate::api::VerifyReport, RegistryError> {
+        Err(RegistryError::Internal(format!(
+            "cluster {cluster}: verification is not wired in yet"
+        )))
     }
 }

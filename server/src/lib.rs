@@ -11,6 +11,7 @@ pub mod engine;
 pub mod http;
 pub mod metrics;
 pub mod output;
+pub mod progress;
 pub mod registry;
 pub mod schedule;
 pub mod serve;

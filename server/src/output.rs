@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::api::{StatusList, WalList};
+use crate::api::{BackupList, BackupStateView, BackupView, StatusList, VerifyReport, WalList};
 
 /// `--output` of the client commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -149,6 +149,149 @@ pub fn wal_table(list: &WalList) -> String {
     out
 }
 
+/// UTC `YYYY-MM-DD HH:MM:SS` of seconds since the epoch.
+pub fn utc_time(unix: u64) -> String {
+    let (y, m, d) = crate::schedule::civil_from_days((unix / 86_400) as i64);
+    let secs = unix % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// Seconds as `1h02m`, `3m05s` or `12.3s`.
+pub fn human_duration(secs: f64) -> String {
+    if secs < 60.0 {
+        return format!("{secs:.1}s");
+    }
+    let s = secs.round() as u64;
+    if s < 3600 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{}h{:02}m", s / 3600, s / 60 % 60)
+    }
+}
+
+/// `new / stored` of the backup as a percentage, e.g. `3.1%`.
+fn new_share(b: &BackupView) -> String {
+    if b.state != BackupStateView::Complete || b.stored_bytes == 0 {
+        return "-".into();
+    }
+    format!("{:.1}%", b.new_bytes as f64 * 100.0 / b.stored_bytes as f64)
+}
+
+/// `klio list backups` as a table (oldest first); failed backups get a line with the reason.
+pub fn backup_table(list: &BackupList) -> String {
+    if list.backups.is_empty() {
+        return format!("no backups of cluster {}\n", list.cluster);
+    }
+    let mut t = Table::new(&[
+        ("ID", false),
+        ("STATE", false),
+        ("KIND", false),
+        ("LABEL", false),
+        ("TLI", true),
+        ("START LSN", false),
+        ("END LSN", false),
+        ("FILES", true),
+        ("SIZE", true),
+        ("STORED", true),
+        ("NEW", true),
+        ("NEW%", true),
+        ("DURATION", true),
+        ("FINISHED (UTC)", false),
+    ]);
+    for b in &list.backups {
+        let duration = b
+            .finished_at
+            .map(|f| human_duration(f.saturating_sub(b.started_at) as f64))
+            .or_else(|| b.progress.as_ref().map(|p| human_duration(p.elapsed_secs)));
+        t.row(vec![
+            b.id.clone(),
+            b.state.as_str().into(),
+            format!("{:?}", b.kind).to_lowercase(),
+            b.label.clone(),
+            or_dash(b.start_timeline),
+            or_dash(b.start_lsn),
+            or_dash(b.end_lsn),
+            b.files.to_string(),
+            human_bytes(b.logical_bytes),
+            human_bytes(b.stored_bytes),
+            human_bytes(b.new_bytes),
+            new_share(b),
+            or_dash(duration),
+            or_dash(b.finished_at.map(utc_time)),
+        ]);
+    }
+    let mut out = t.render();
+    for b in &list.backups {
+        if let Some(e) = &b.error {
+            let _ = writeln!(out, "{}: {e}", b.id);
+        }
+    }
+    out
+}
+
+/// One finished backup in a few lines (`klio backup --wait`).
+pub fn backup_summary(b: &BackupView) -> String {
+    let mut out = format!(
+        "backup {} of cluster {}: {}\n",
+        b.id,
+        b.cluster,
+        b.state.as_str()
+    );
+    if let Some(e) = &b.error {
+        let _ = writeln!(out, "  error: {e}");
+    }
+    if b.state == BackupStateView::Complete {
+        let _ = writeln!(
+            out,
+            "  WAL {} .. {} (timeline {}), {} files, {} read, {} stored, {} new ({})",
+            or_dash(b.start_lsn),
+            or_dash(b.end_lsn),
+            or_dash(b.end_timeline),
+            b.files,
+            human_bytes(b.logical_bytes),
+            human_bytes(b.stored_bytes),
+            human_bytes(b.new_bytes),
+            new_share(b)
+        );
+    }
+    out
+}
+
+/// `klio verify`: one block per backup, then the verdict.
+pub fn verify_report(r: &VerifyReport) -> String {
+    let mut out = String::new();
+    if r.backups.is_empty() {
+        let _ = writeln!(out, "cluster {}: no complete backup to verify", r.cluster);
+    }
+    for b in &r.backups {
+        let _ = writeln!(
+            out,
+            "backup {}: {} ({} files, {} chunks, {} checked)",
+            b.id,
+            if b.ok { "OK" } else { "FAILED" },
+            b.files_checked,
+            b.chunks_checked,
+            human_bytes(b.bytes_checked)
+        );
+        for p in &b.problems {
+            let _ = writeln!(out, "  problem: {p}");
+        }
+        let _ = writeln!(out, "  {}", b.wal.summary);
+    }
+    let _ = writeln!(
+        out,
+        "verify {}: cluster {}",
+        if r.ok { "passed" } else { "FAILED" },
+        r.cluster
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,5 +367,80 @@ mod tests {
         assert_eq!(lines[1], "000000010000000000000001  16.0 MiB  1.0 MiB");
         assert_eq!(lines[2], "00000002.history              42 B     90 B");
         assert_eq!(lines[3], "2 files, 16.0 MiB (1.0 MiB stored)");
+    }
+}
+
+#[cfg(test)]
+mod backup_tests {
+    use super::*;
+    use crate::api::{BackupKindView, BackupProgress};
+    use klio_core::Lsn;
+
+    fn view(id: &str, state: BackupStateView) -> BackupView {
+        BackupView {
+            cluster: "pg-a".parse().unwrap(),
+            id: id.into(),
+            label: "nightly".into(),
+            kind: BackupKindView::Stream,
+            state,
+            error: None,
+            start_lsn: Some(Lsn(0x300_0028)),
+            start_timeline: Some(1),
+            end_lsn: Some(Lsn(0x300_0100)),
+            end_timeline: Some(1),
+            started_at: 1_795_547_580,
+            finished_at: Some(1_795_547_650),
+            pg_version: Some(170_000),
+            logical_bytes: 1 << 30,
+            stored_bytes: 200 << 20,
+            new_bytes: 10 << 20,
+            files: 1200,
+            chunks: 1100,
+            new_chunks: 60,
+            progress: None,
+        }
+    }
+
+    #[test]
+    fn times_and_durations() {
+        assert_eq!(utc_time(1_795_547_580), "2026-11-24 19:13:00");
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00");
+        assert_eq!(human_duration(12.34), "12.3s");
+        assert_eq!(human_duration(185.0), "3m05s");
+        assert_eq!(human_duration(3720.0), "1h02m");
+    }
+
+    #[test]
+    fn backup_table_shows_new_share_and_errors() {
+        let mut failed = view("20261124T191400Z", BackupStateView::Failed);
+        failed.error = Some("server stopped during the backup".into());
+        failed.finished_at = None;
+        let mut running = view("20261124T191500Z", BackupStateView::Running);
+        running.finished_at = None;
+        running.progress = Some(BackupProgress {
+            phase: "streaming".into(),
+            done_bytes: 5,
+            total_bytes: None,
+            elapsed_secs: 4.0,
+        });
+        let text = backup_table(&BackupList {
+            cluster: "pg-a".parse().unwrap(),
+            backups: vec![
+                view("20261124T191300Z", BackupStateView::Complete),
+                failed,
+                running,
+            ],
+        });
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("ID "), "{text}");
+        assert!(lines[1].contains("complete") && lines[1].contains("5.0%"), "{text}");
+        assert!(lines[1].contains("2026-11-24 19:14:10"), "{text}");
+        assert!(lines[3].contains("running") && lines[3].contains("4.0s"), "{text}");
+        assert!(
+            text.contains("20261124T191400Z: server stopped during the backup"),
+            "{text}"
+        );
+        let s = backup_summary(&view("x", BackupStateView::Complete));
+        assert!(s.contains("1200 files") && s.contains("10.0 MiB new (5.0%)"), "{s}");
     }
 }
