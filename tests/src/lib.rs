@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
 pub use klio_harness::{AuthMethod, PgInstance, PgOptions, StopMode};
@@ -425,9 +425,34 @@ impl KlioServer {
 
     /// Runs a client subcommand against this server (e.g. `["list", "wal", "--cluster", "a"]`).
     pub fn client(&self, args: &[&str]) -> Result<Output> {
+        self.client_with_timeout(args, Duration::from_secs(60))
+    }
+
+    /// [`KlioServer::client`] for commands that may run long (`backup --wait`, `verify`).
+    pub fn client_with_timeout(&self, args: &[&str], timeout: Duration) -> Result<Output> {
         let mut cmd = Command::new(klio_bin());
         cmd.args(args).env("KLIO_SERVER", self.url());
-        run_with_timeout(cmd, Duration::from_secs(60))
+        run_with_timeout(cmd, timeout)
+    }
+
+    /// `klio <args> --cluster <cluster> --token-file <its token>`, with a long timeout;
+    /// fails unless the command exits 0. Returns stdout.
+    pub fn client_ok(&self, cluster: &str, args: &[&str]) -> Result<String> {
+        let token = self.token_file(cluster);
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--cluster", cluster, "--token-file"]);
+        let token = token.to_str().context("token path is not UTF-8")?;
+        all.push(token);
+        let out = self.client_with_timeout(&all, Duration::from_secs(1800))?;
+        ensure!(
+            out.status.success(),
+            "klio {} failed ({}):\nstdout: {}\nstderr: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
 
