@@ -8,8 +8,10 @@
 //! - [`manifest`]: Klio's backup manifest and the check against PostgreSQL's
 //!   `backup_manifest`;
 //! - [`offload`]: a PGDATA copy with its `backup_label` (Tier 0 snapshots) as a backup source;
+//! - [`job`]: one backup end to end (stream or offload → store → checks → commit);
 //! - [`walchain`]: is the WAL from a backup's start to a later point all in Tier 1?
 
+pub mod job;
 pub mod manifest;
 pub mod offload;
 pub mod protocol;

@@ -11,6 +11,9 @@
 
 use std::path::Path;
 
+mod backups;
+pub use backups::{BackupCommit, BackupKind, BackupRecord, BackupState, ChunkRecord, PackRecord};
+
 use klio_core::{ClusterName, Lsn, SegNo, TimelineId, WalSegSize};
 use rocksdb::{Direction, IteratorMode, Options, WriteOptions, DB};
 use serde::de::DeserializeOwned;

@@ -183,6 +183,16 @@ impl DataKey {
     pub(crate) fn bytes(&self) -> &[u8; 32] {
         &self.0
     }
+
+    /// A 32-byte subkey for another purpose (HKDF-SHA256 with this salt and info),
+    /// e.g. the key of the chunk-id hash. Different `info` gives unrelated keys.
+    pub fn derive_subkey(&self, salt: &[u8], info: &[u8]) -> Zeroizing<[u8; 32]> {
+        let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(salt), &self.0[..]);
+        let mut out = Zeroizing::new([0u8; 32]);
+        hk.expand(info, &mut out[..])
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        out
+    }
 }
 
 #[cfg(test)]

@@ -120,6 +120,13 @@ impl ServerContext {
     }
 }
 
+impl ServerContext {
+    /// A cluster's data key, unwrapped with the master key.
+    pub fn data_key(&self, rec: &ClusterRecord) -> Result<DataKey, KeyError> {
+        self.master.unwrap(&rec.wrapped_key, &rec.name)
+    }
+}
+
 const KEY_CHECK_FILE: &str = "keycheck";
 const KEY_CHECK_MAGIC: &[u8; 8] = b"KLIOKEY1";
 

@@ -5,7 +5,9 @@
 //! Names: `wal-after-write` (frames written, before fdatasync), `wal-after-fsync`
 //! (fdatasync'ed, before the position is acknowledged), `wal-seal-rename` (final frame
 //! durable, before the rename to the sealed name), `wal-before-catalog` (file durable,
-//! before the catalog records it).
+//! before the catalog records it), `backup-data` (each piece of base-backup data
+//! received, before it is stored), `backup-before-commit` (backup data and WAL complete,
+//! before the commit).
 
 #[cfg(feature = "testing")]
 pub fn hit(name: &str) {

@@ -59,7 +59,7 @@ impl BackupStateView {
 }
 
 /// Live figures of a running backup.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BackupProgress {
     /// `connecting`, `streaming`, `waiting-for-wal`, `committing`.
     pub phase: String,

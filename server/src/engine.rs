@@ -16,6 +16,7 @@ use klio_receiver::status::ConnState;
 use klio_receiver::wal_store::StoreError;
 use tokio::sync::watch;
 
+use crate::backups::{BackupManager, BackupSettings};
 use crate::config::{Config, DEFAULT_APPLICATION_NAME};
 use crate::http::{router, AppState};
 use crate::registry::{ClusterStatusView, ConnectionState, Registry, RegistryError, WalEntryView};
@@ -36,6 +37,20 @@ pub fn cluster_spec(c: &crate::config::ClusterConfig) -> anyhow::Result<ClusterS
         conninfo,
         slot: c.slot.clone(),
         status_interval: STATUS_INTERVAL,
+    })
+}
+
+/// Backup settings of a configured cluster: `BASE_BACKUP` runs on its own replication
+/// connection, named `<application_name>-backup` so it is never mistaken for the
+/// streaming standby in `synchronous_standby_names`.
+fn backup_settings(c: &crate::config::ClusterConfig) -> anyhow::Result<BackupSettings> {
+    let mut conninfo =
+        ConnInfo::parse(&c.conninfo).map_err(|e| anyhow!("cluster {}: conninfo: {e}", c.name))?;
+    conninfo.application_name = format!("{}-backup", c.application_name);
+    Ok(BackupSettings {
+        conninfo,
+        fast_checkpoint: c.backup_fast_checkpoint,
+        schedule: c.backup_schedule.clone(),
     })
 }
 
@@ -80,11 +95,26 @@ pub async fn run_server_until(
             stop_rx.clone(),
         )));
     }
+    let backup_settings = config
+        .clusters
+        .iter()
+        .map(backup_settings)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let backups = {
+        let (ctx, runtime) = (ctx.clone(), tokio::runtime::Handle::current());
+        let clusters: Vec<_> = handles.iter().cloned().zip(backup_settings).collect();
+        Arc::new(
+            tokio::task::spawn_blocking(move || BackupManager::open(ctx, runtime, clusters))
+                .await??,
+        )
+    };
+    tasks.extend(backups.spawn_schedules(stop_rx.clone()));
     let registry = Arc::new(EngineRegistry {
         clusters: handles
             .into_iter()
             .map(|h| (h.spec.name.clone(), h))
             .collect(),
+        backups,
     });
     let app = router(AppState::new(registry, config.tokens()));
     let serve = serve_http(listener, app, async move {
@@ -108,6 +138,7 @@ pub async fn run_server_until(
 /// [`Registry`] over the real receivers and Tier 1 stores.
 pub struct EngineRegistry {
     clusters: HashMap<ClusterName, ClusterHandle>,
+    backups: Arc<BackupManager>,
 }
 
 fn store_error(e: StoreError) -> RegistryError {
@@ -176,48 +207,46 @@ impl Registry for EngineRegistry {
             },
             sealed_segments: s.sealed_segments,
             disk_full: s.disk_full,
-            backups: Default::default(),
+            backups: self.backups.status(cluster),
         })
     }
 
     fn start_backup(
         &self,
-        _cluster: &ClusterName,
-        _req: crate::api::BackupRequest,
+        cluster: &ClusterName,
+        req: crate::api::BackupRequest,
     ) -> Result<crate::api::BackupView, RegistryError> {
-        Err(RegistryError::Internal("base backups are not wired in yet".into()))
+        self.backups.start_backup(cluster, req)
     }
 
     fn start_offload(
         &self,
-        _cluster: &ClusterName,
-        _req: crate::api::OffloadRequest,
+        cluster: &ClusterName,
+        req: crate::api::OffloadRequest,
     ) -> Result<crate::api::BackupView, RegistryError> {
-        Err(RegistryError::Internal("offloads are not wired in yet".into()))
+        self.backups.start_offload(cluster, req)
     }
 
     fn list_backups(
         &self,
-        _cluster: &ClusterName,
+        cluster: &ClusterName,
     ) -> Result<Vec<crate::api::BackupView>, RegistryError> {
-        Ok(Vec::new())
+        self.backups.list(cluster)
     }
 
     fn backup(
         &self,
-        _cluster: &ClusterName,
-        _id: &str,
+        cluster: &ClusterName,
+        id: &str,
     ) -> Result<Option<crate::api::BackupView>, RegistryError> {
-        Ok(None)
+        self.backups.backup(cluster, id)
     }
 
     fn verify(
         &self,
         cluster: &ClusterName,
-        _req: crate::api::VerifyRequest,
+        req: crate::api::VerifyRequest,
     ) -> Result<crate::api::VerifyReport, RegistryError> {
-        Err(RegistryError::Internal(format!(
-            "cluster {cluster}: verification is not wired in yet"
-        )))
+        self.backups.verify(cluster, req)
     }
 }

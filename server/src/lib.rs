@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backups;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -54,6 +54,36 @@ const FAMILIES: &[Family] = &[
         help: "1 while Tier 1 is out of space and streaming is paused.",
         value: |s| Some(u64::from(s.disk_full)),
     },
+    Family {
+        name: "klio_backups_complete",
+        kind: "gauge",
+        help: "Complete base backups stored for the cluster.",
+        value: |s| Some(s.backups.complete),
+    },
+    Family {
+        name: "klio_backup_running",
+        kind: "gauge",
+        help: "1 while a base backup of the cluster runs.",
+        value: |s| Some(u64::from(s.backups.running)),
+    },
+    Family {
+        name: "klio_backup_last_complete_timestamp_seconds",
+        kind: "gauge",
+        help: "When the newest complete base backup finished (Unix time).",
+        value: |s| s.backups.last_complete_at,
+    },
+    Family {
+        name: "klio_backup_verify_ok",
+        kind: "gauge",
+        help: "1 if the last `klio verify` found every backup intact and its WAL chain complete, else 0.",
+        value: |s| s.backups.last_verify_ok.map(u64::from),
+    },
+    Family {
+        name: "klio_backup_last_verify_timestamp_seconds",
+        kind: "gauge",
+        help: "When the last verification ran (Unix time).",
+        value: |s| s.backups.last_verify_at,
+    },
 ];
 
 /// Renders every family for these clusters. Families with no sample still get their

@@ -1,0 +1,255 @@
+//! Base-backup records: backups, chunks (with reference counts) and pack files.
+//!
+//! Keys: `b/<cluster>/<backup id>`, `k/<cluster>/<32-byte chunk id>`,
+//! `p/<cluster>/<pack name>`. A backup's chunk records, reference counts, pack
+//! records and its `complete` state are written in one synced batch
+//! ([`Catalog::commit_backup`]), so a crash never leaves a half-visible backup.
+
+use klio_core::{ClusterName, Lsn, TimelineId};
+use rocksdb::{WriteBatch, WriteOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::{decode, encode, Catalog, Result};
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupKind {
+    /// `BASE_BACKUP` over a replication connection.
+    Stream,
+    /// A directory of files (a snapshot's PGDATA with its `backup_label`).
+    Offload,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupState {
+    Running,
+    Complete,
+    Failed,
+}
+
+/// One base backup.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupRecord {
+    pub id: String,
+    pub label: String,
+    pub kind: BackupKind,
+    pub state: BackupState,
+    pub error: Option<String>,
+    pub start_lsn: Lsn,
+    pub start_tli: TimelineId,
+    pub end_lsn: Option<Lsn>,
+    pub end_tli: Option<TimelineId>,
+    pub started_unix: u64,
+    pub finished_unix: Option<u64>,
+    pub pg_version: Option<u32>,
+    /// Bytes of the files as received.
+    pub logical_bytes: u64,
+    /// Stored bytes of every distinct chunk the backup references.
+    pub stored_bytes: u64,
+    /// Stored bytes of the chunks this backup wrote first.
+    pub new_bytes: u64,
+    pub files: u64,
+    /// Distinct chunks referenced.
+    pub chunks: u64,
+    pub new_chunks: u64,
+    /// Pack files this backup created.
+    pub packs: Vec<String>,
+}
+
+/// Where one chunk is stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkRecord {
+    pub pack: String,
+    pub offset: u64,
+    pub stored_len: u32,
+    pub plain_len: u32,
+    /// Complete backups referencing it (each counts once).
+    pub refs: u32,
+}
+
+/// One pack file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PackRecord {
+    pub name: String,
+    pub size: u64,
+    pub chunks: u32,
+    /// Chunks still referenced (the pack can be deleted at 0).
+    pub live_chunks: u32,
+}
+
+fn backup_prefix(c: &ClusterName) -> Vec<u8> {
+    format!("b/{c}/").into_bytes()
+}
+
+fn backup_key(c: &ClusterName, id: &str) -> Vec<u8> {
+    let mut k = backup_prefix(c);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn chunk_key(c: &ClusterName, id: &[u8; 32]) -> Vec<u8> {
+    let mut k = format!("k/{c}/").into_bytes();
+    k.extend_from_slice(id);
+    k
+}
+
+fn pack_key(c: &ClusterName, name: &str) -> Vec<u8> {
+    let mut k = format!("p/{c}/").into_bytes();
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// What one backup's commit changes, applied atomically.
+#[derive(Debug, Default)]
+pub struct BackupCommit {
+    /// Chunks first written by this backup (refs = 1).
+    pub new_chunks: Vec<([u8; 32], ChunkRecord)>,
+    /// Already-known chunks this backup references (refs + 1 each).
+    pub referenced: Vec<[u8; 32]>,
+    pub packs: Vec<PackRecord>,
+}
+
+impl Catalog {
+    pub fn put_backup(&self, cluster: &ClusterName, rec: &BackupRecord) -> Result<()> {
+        self.put(&backup_key(cluster, &rec.id), rec)
+    }
+
+    pub fn backup(&self, cluster: &ClusterName, id: &str) -> Result<Option<BackupRecord>> {
+        self.get(&backup_key(cluster, id))
+    }
+
+    /// Every backup of the cluster, in id (= time) order.
+    pub fn backups(&self, cluster: &ClusterName) -> Result<Vec<BackupRecord>> {
+        self.scan(&backup_prefix(cluster))
+    }
+
+    pub fn chunk(&self, cluster: &ClusterName, id: &[u8; 32]) -> Result<Option<ChunkRecord>> {
+        self.get(&chunk_key(cluster, id))
+    }
+
+    pub fn pack(&self, cluster: &ClusterName, name: &str) -> Result<Option<PackRecord>> {
+        self.get(&pack_key(cluster, name))
+    }
+
+    /// Makes a backup complete: its chunk and pack records and reference counts, and
+    /// `rec` (state `Complete`), in one synced write.
+    pub fn commit_backup(
+        &self,
+        cluster: &ClusterName,
+        rec: &BackupRecord,
+        commit: &BackupCommit,
+    ) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for (id, c) in &commit.new_chunks {
+            batch.put(chunk_key(cluster, id), encode(c));
+        }
+        for id in &commit.referenced {
+            let key = chunk_key(cluster, id);
+            let raw = self
+                .db
+                .get_pinned(&key)?
+                .ok_or_else(|| crate::CatalogError::Corrupt {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    why: "a chunk referenced by a new backup disappeared".into(),
+                })?;
+            let mut c: ChunkRecord = decode(&key, &raw)?;
+            c.refs += 1;
+            batch.put(key, encode(&c));
+        }
+        for p in &commit.packs {
+            batch.put(pack_key(cluster, &p.name), encode(p));
+        }
+        batch.put(backup_key(cluster, &rec.id), encode(rec));
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, state: BackupState) -> BackupRecord {
+        BackupRecord {
+            id: id.into(),
+            label: "l".into(),
+            kind: BackupKind::Stream,
+            state,
+            error: None,
+            start_lsn: Lsn(0x300_0028),
+            start_tli: TimelineId::new(1).unwrap(),
+            end_lsn: None,
+            end_tli: None,
+            started_unix: 1,
+            finished_unix: None,
+            pg_version: Some(170_000),
+            logical_bytes: 0,
+            stored_bytes: 0,
+            new_bytes: 0,
+            files: 0,
+            chunks: 0,
+            new_chunks: 0,
+            packs: vec![],
+        }
+    }
+
+    #[test]
+    fn commit_is_atomic_and_counts_references() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(dir.path()).unwrap();
+        let c: ClusterName = "pg".parse().unwrap();
+        cat.put_backup(&c, &rec("B1", BackupState::Running)).unwrap();
+        let chunk = |pack: &str| ChunkRecord {
+            pack: pack.into(),
+            offset: 0,
+            stored_len: 10,
+            plain_len: 20,
+            refs: 1,
+        };
+        cat.commit_backup(
+            &c,
+            &rec("B1", BackupState::Complete),
+            &BackupCommit {
+                new_chunks: vec![([1; 32], chunk("p1")), ([2; 32], chunk("p1"))],
+                referenced: vec![],
+                packs: vec![PackRecord {
+                    name: "p1".into(),
+                    size: 100,
+                    chunks: 2,
+                    live_chunks: 2,
+                }],
+            },
+        )
+        .unwrap();
+        cat.commit_backup(
+            &c,
+            &rec("B2", BackupState::Complete),
+            &BackupCommit {
+                new_chunks: vec![([3; 32], chunk("p2"))],
+                referenced: vec![[1; 32]],
+                packs: vec![],
+            },
+        )
+        .unwrap();
+        assert_eq!(cat.chunk(&c, &[1; 32]).unwrap().unwrap().refs, 2);
+        assert_eq!(cat.chunk(&c, &[2; 32]).unwrap().unwrap().refs, 1);
+        assert_eq!(cat.backups(&c).unwrap().len(), 2);
+        assert_eq!(cat.pack(&c, "p1").unwrap().unwrap().chunks, 2);
+        // A reference to a chunk that does not exist fails and writes nothing.
+        let e = cat.commit_backup(
+            &c,
+            &rec("B3", BackupState::Complete),
+            &BackupCommit {
+                new_chunks: vec![([4; 32], chunk("p3"))],
+                referenced: vec![[9; 32]],
+                packs: vec![],
+            },
+        );
+        assert!(e.is_err());
+        assert!(cat.backup(&c, "B3").unwrap().is_none());
+        assert!(cat.chunk(&c, &[4; 32]).unwrap().is_none());
+    }
+}
