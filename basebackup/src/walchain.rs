@@ -65,9 +65,9 @@ struct PathStep {
     last: Option<SegNo>,
 }
 
-/// Checks that every segment from `from` (on `from_tli`) up to `to` (inclusive of the
-/// segment holding `to`; `None` = the newest stored segment) exists on a timeline of
-/// the history from `from_tli` to `to_tli`.
+/// Checks that every segment from `from` (on `from_tli`) up to `to` (exclusive: the
+/// segment holding the byte before it; `None` = the newest stored segment) exists on a
+/// timeline of the history from `from_tli` to `to_tli`.
 pub fn check_chain(
     timelines: &[TimelineRecord],
     segments: &[SegmentRecord],
@@ -119,7 +119,8 @@ pub fn check_chain(
         segments.iter().map(|s| (s.tli, s.segno)).collect();
     let first = from.segno(seg_size);
     let last = match to {
-        Some(lsn) => lsn.segno(seg_size),
+        // WAL up to `lsn` exclusive: the segment holding its last byte.
+        Some(lsn) => Lsn(lsn.0.saturating_sub(1).max(from.0)).segno(seg_size),
         None => stored
             .iter()
             .filter(|(t, _)| chain.contains(t))
@@ -281,6 +282,7 @@ mod tests {
             Some(Lsn(3 * SEG + 5)),
         );
         assert!(r.is_complete());
+        // Up to exactly the start of segment 4: segment 4 is not needed.
         let r = check_chain(
             &timelines(),
             &segs,
@@ -289,6 +291,16 @@ mod tests {
             Lsn(2 * SEG),
             tli(1),
             Some(Lsn(4 * SEG)),
+        );
+        assert!(r.is_complete(), "{}", r.describe());
+        let r = check_chain(
+            &timelines(),
+            &segs,
+            WalSegSize::DEFAULT,
+            tli(1),
+            Lsn(2 * SEG),
+            tli(1),
+            Some(Lsn(4 * SEG + 1)),
         );
         assert!(!r.is_complete());
         let r = check_chain(

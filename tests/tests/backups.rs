@@ -152,7 +152,7 @@ fn crash_mid_backup_leaves_no_complete_backup_and_no_chunks() -> Result<()> {
     let pg = PgInstance::start(PgOptions::new())?;
     pg.pgbench(&["-i", "-s", "4"])?;
     let mut klio = start(&pg)?;
-    for failpoint in ["backup-data@20", "backup-before-commit"] {
+    for failpoint in ["backup-data@300", "backup-before-commit"] {
         klio.stop()?;
         klio.set_env("KLIO_FAILPOINT", Some(failpoint));
         klio.restart()?;
