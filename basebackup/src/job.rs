@@ -22,9 +22,9 @@ use klio_receiver::pgwire::ReplicationConn;
 use crate::manifest::ManifestTablespace;
 use crate::offload::{OffloadSource, SourceKind};
 use crate::protocol::{BackupEvent, BaseBackupOptions, BaseBackupStream};
+pub use crate::store::BackupRecord;
 use crate::store::{BackupKind, BackupWriter, ChunkStore, FileKind, FileMeta};
 use crate::tar::{EntryKind, TarEvent, TarParser};
-pub use crate::store::BackupRecord;
 
 /// Live figures of a running job, read by the API.
 #[derive(Debug)]
@@ -92,11 +92,15 @@ pub enum JobError {
 /// Waits until the WAL up to `(timeline, lsn)` is durable in Tier 1 (and the chain
 /// from the backup's start to it is complete); `Err` says what is missing.
 pub type WalWaiter = Box<
-    dyn Fn(TimelineId, Lsn, TimelineId, Lsn) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>
+    dyn Fn(
+            TimelineId,
+            Lsn,
+            TimelineId,
+            Lsn,
+        ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>
         + Send
         + Sync,
 >;
-
 
 enum Feed {
     ArchiveStart(Option<u32>),
@@ -146,9 +150,9 @@ fn consume(
                         TarEvent::Data(d) => {
                             writer.write(d).map_err(|e| JobError::Store(e.to_string()))
                         }
-                        TarEvent::EntryEnd => {
-                            writer.end_file().map_err(|e| JobError::Store(e.to_string()))
-                        }
+                        TarEvent::EntryEnd => writer
+                            .end_file()
+                            .map_err(|e| JobError::Store(e.to_string())),
                         TarEvent::End => Ok(()),
                     }
                 })
@@ -192,7 +196,9 @@ pub async fn stream_backup(
         .await
         .map_err(|e| JobError::Protocol(e.to_string()))?
     else {
-        return Err(JobError::Protocol("the server did not start the backup".into()));
+        return Err(JobError::Protocol(
+            "the server did not start the backup".into(),
+        ));
     };
     let total_kb: u64 = tablespaces.iter().filter_map(|t| t.size_kb).sum();
     if total_kb > 0 {
@@ -203,7 +209,14 @@ pub async fn stream_backup(
         let store = store.clone();
         let label = opts.label.clone();
         tokio::task::spawn_blocking(move || {
-            store.begin(&id, &label, BackupKind::Stream, start_lsn, timeline, Some(pg_version))
+            store.begin(
+                &id,
+                &label,
+                BackupKind::Stream,
+                start_lsn,
+                timeline,
+                Some(pg_version),
+            )
         })
         .await
         .map_err(|e| JobError::Store(e.to_string()))?
@@ -231,7 +244,10 @@ pub async fn stream_backup(
                     Feed::Data(b)
                 }
                 BackupEvent::ArchiveEnd => Feed::ArchiveEnd,
-                BackupEvent::Progress { done_bytes, total_bytes } => {
+                BackupEvent::Progress {
+                    done_bytes,
+                    total_bytes,
+                } => {
                     if let Some(t) = total_bytes {
                         progress.total.store(t, Ordering::Relaxed);
                     }
@@ -266,8 +282,8 @@ pub async fn stream_backup(
     let outcome = async {
         consumed?;
         net?;
-        let (end_lsn, end_tli) =
-            end.ok_or_else(|| JobError::Protocol("the stream ended without an end position".into()))?;
+        let (end_lsn, end_tli) = end
+            .ok_or_else(|| JobError::Protocol("the stream ended without an end position".into()))?;
         let spaces = tablespaces
             .iter()
             .filter_map(|t| {
@@ -321,9 +337,9 @@ async fn finish(
         tokio::task::spawn_blocking(move || {
             w.commit(end_lsn, end_tli, tablespaces, pg_manifest.as_deref())
         })
-            .await
-            .map_err(|e| JobError::Store(e.to_string()))?
-            .map_err(|e| JobError::Store(e.to_string()))
+        .await
+        .map_err(|e| JobError::Store(e.to_string()))?
+        .map_err(|e| JobError::Store(e.to_string()))
     }
     .await;
     if let Err(e) = &r {
@@ -345,9 +361,7 @@ pub async fn offload_backup(
     progress: Arc<JobProgress>,
     wal: &WalWaiter,
 ) -> Result<BackupRecord, JobError> {
-    progress
-        .total
-        .store(source.total_bytes, Ordering::Relaxed);
+    progress.total.store(source.total_bytes, Ordering::Relaxed);
     progress.set_phase("reading");
     let start = (source.label.start_timeline, source.label.start_lsn);
     let spaces: Vec<ManifestTablespace> = source
@@ -383,7 +397,8 @@ pub async fn offload_backup(
                         _ => None,
                     },
                 };
-                w.begin_file(meta).map_err(|e| JobError::Store(e.to_string()))?;
+                w.begin_file(meta)
+                    .map_err(|e| JobError::Store(e.to_string()))?;
                 if e.kind == SourceKind::File {
                     use std::io::Read;
                     let f = std::fs::File::open(&e.source).map_err(|err| {
@@ -402,7 +417,8 @@ pub async fn offload_backup(
                                 e.source.display()
                             )));
                         }
-                        w.write(&buf[..n]).map_err(|e| JobError::Store(e.to_string()))?;
+                        w.write(&buf[..n])
+                            .map_err(|e| JobError::Store(e.to_string()))?;
                         left -= n as u64;
                         prog.done.fetch_add(n as u64, Ordering::Relaxed);
                     }

@@ -151,9 +151,9 @@ impl PgManifestCheck {
             .map(|p| format!("file {p} is in PostgreSQL's backup_manifest but not in the backup"))
             .collect();
         v.extend(
-            self.extra
-                .iter()
-                .map(|p| format!("file {p} is in the backup but not in PostgreSQL's backup_manifest")),
+            self.extra.iter().map(|p| {
+                format!("file {p} is in the backup but not in PostgreSQL's backup_manifest")
+            }),
         );
         v.extend(self.mismatched.iter().map(|m| format!("file {m}")));
         v
@@ -216,7 +216,8 @@ fn check_manifest_checksum(text: &[u8]) -> Result<(), String> {
         .iter()
         .position(|&b| b == b'"')
         .ok_or("malformed Manifest-Checksum")?;
-    let stated = std::str::from_utf8(&rest[q1 + 1..q1 + 1 + q2]).map_err(|_| "malformed Manifest-Checksum")?;
+    let stated = std::str::from_utf8(&rest[q1 + 1..q1 + 1 + q2])
+        .map_err(|_| "malformed Manifest-Checksum")?;
     let actual = hex::encode(Sha256::digest(&text[..pos]));
     if !actual.eq_ignore_ascii_case(stated) {
         return Err(format!(
@@ -258,9 +259,10 @@ pub fn check_against_pg_manifest(
         };
         check.files_compared += 1;
         if o.size != f.size {
-            check
-                .mismatched
-                .push(format!("{path}: size {} here, {} in backup_manifest", o.size, f.size));
+            check.mismatched.push(format!(
+                "{path}: size {} here, {} in backup_manifest",
+                o.size, f.size
+            ));
             continue;
         }
         if let (Some(alg), Some(sum)) = (&f.algorithm, &f.checksum) {
@@ -328,7 +330,11 @@ mod tests {
     fn matching_backup_passes() {
         let mut ts = file("PG_17_1/5/16400", 8192, 3);
         ts.tablespace = Some(16399);
-        let files = vec![file("backup_label", 10, 1), file("base/1/1259", 8192, 2), ts];
+        let files = vec![
+            file("backup_label", 10, 1),
+            file("base/1/1259", 8192, 2),
+            ts,
+        ];
         let m = pg_manifest(&[
             ("backup_label", 10, 1),
             ("base/1/1259", 8192, 2),
@@ -348,7 +354,10 @@ mod tests {
         assert_eq!(c.extra, vec!["extra"]);
         assert_eq!(c.mismatched.len(), 2);
         let d = c.describe();
-        assert!(d.contains("a: size 10 here, 11") && d.contains("b: CRC-32C"), "{d}");
+        assert!(
+            d.contains("a: size 10 here, 11") && d.contains("b: CRC-32C"),
+            "{d}"
+        );
     }
 
     #[test]

@@ -234,9 +234,9 @@ fn walk(
     for ent in fs::read_dir(dir).map_err(io(dir))? {
         let ent = ent.map_err(io(dir))?;
         let name = ent.file_name();
-        let name = name.to_str().ok_or_else(|| OffloadError::BadName {
-            path: ent.path(),
-        })?;
+        let name = name
+            .to_str()
+            .ok_or_else(|| OffloadError::BadName { path: ent.path() })?;
         names.push(name.to_string());
     }
     names.sort();
@@ -343,9 +343,13 @@ START TIMELINE: 1\n";
         assert_eq!(l.start_timeline.get(), 1);
         assert_eq!(l.checkpoint_lsn, Some(Lsn(0x900_0060)));
         assert_eq!(l.label.as_deref(), Some("snap-1"));
-        let old = LABEL.replace("START TIMELINE: 1\n", "").replace("file 00000001", "file 00000003");
+        let old = LABEL
+            .replace("START TIMELINE: 1\n", "")
+            .replace("file 00000001", "file 00000003");
         assert_eq!(parse_backup_label(&old).unwrap().start_timeline.get(), 3);
-        assert!(parse_backup_label("LABEL: x\n").unwrap_err().contains("START WAL LOCATION"));
+        assert!(parse_backup_label("LABEL: x\n")
+            .unwrap_err()
+            .contains("START WAL LOCATION"));
         assert!(parse_backup_label("START WAL LOCATION: zz (file x)\n").is_err());
     }
 
@@ -354,7 +358,13 @@ START TIMELINE: 1\n";
         let root = tempfile::tempdir().unwrap();
         let pgdata = root.path().join("pgdata");
         let ts = root.path().join("ts1");
-        for d in ["base/1", "global", "pg_wal/archive_status", "pg_tblspc", "pg_stat_tmp"] {
+        for d in [
+            "base/1",
+            "global",
+            "pg_wal/archive_status",
+            "pg_tblspc",
+            "pg_stat_tmp",
+        ] {
             fs::create_dir_all(pgdata.join(d)).unwrap();
         }
         fs::create_dir_all(ts.join("PG_17_1/5")).unwrap();

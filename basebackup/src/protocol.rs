@@ -98,7 +98,9 @@ pub fn base_backup_command(
     opts: &BaseBackupOptions,
 ) -> Result<String, BackupProtocolError> {
     if server_version_num < 130_000 {
-        return Err(BackupProtocolError::UnsupportedVersion(server_version_num / 10_000));
+        return Err(BackupProtocolError::UnsupportedVersion(
+            server_version_num / 10_000,
+        ));
     }
     if opts.label.is_empty() || opts.label.len() > 1023 || opts.label.contains('\0') {
         return Err(BackupProtocolError::BadLabel(
@@ -117,7 +119,11 @@ pub fn base_backup_command(
             "PROGRESS".to_string(),
             format!(
                 "CHECKPOINT '{}'",
-                if opts.fast_checkpoint { "fast" } else { "spread" }
+                if opts.fast_checkpoint {
+                    "fast"
+                } else {
+                    "spread"
+                }
             ),
             "WAIT false".to_string(),
             "MANIFEST 'yes'".to_string(),
@@ -167,7 +173,10 @@ fn tablespaces(set: &ResultSet) -> Result<Vec<TablespaceInfo>, BackupProtocolErr
         .map(|r| {
             let field = |i: usize| r.get(i).and_then(|v| v.as_deref());
             let oid = field(0)
-                .map(|v| v.parse::<u32>().map_err(|_| proto(format!("bad tablespace oid {v:?}"))))
+                .map(|v| {
+                    v.parse::<u32>()
+                        .map_err(|_| proto(format!("bad tablespace oid {v:?}")))
+                })
                 .transpose()?;
             Ok(TablespaceInfo {
                 oid,
@@ -195,10 +204,15 @@ pub fn parse_payload(mut body: Bytes) -> Result<Payload, BackupProtocolError> {
     match kind {
         b'n' => {
             let mut strs = body.split(|&b| b == 0);
-            let name = strs.next().ok_or_else(|| proto("archive message without a name"))?;
-            let location = strs.next().ok_or_else(|| proto("archive message without a location"))?;
+            let name = strs
+                .next()
+                .ok_or_else(|| proto("archive message without a name"))?;
+            let location = strs
+                .next()
+                .ok_or_else(|| proto("archive message without a location"))?;
             Ok(Payload::NewArchive {
-                name: String::from_utf8(name.to_vec()).map_err(|_| proto("archive name is not UTF-8"))?,
+                name: String::from_utf8(name.to_vec())
+                    .map_err(|_| proto("archive name is not UTF-8"))?,
                 location: String::from_utf8(location.to_vec())
                     .map_err(|_| proto("tablespace location is not UTF-8"))?,
             })
@@ -314,8 +328,15 @@ impl<'c> BaseBackupStream<'c> {
         }
     }
 
-    fn tablespace_of(&self, name: &str, location: &str) -> Result<Option<u32>, BackupProtocolError> {
-        if let Some(oid) = name.strip_suffix(".tar").and_then(|n| n.parse::<u32>().ok()) {
+    fn tablespace_of(
+        &self,
+        name: &str,
+        location: &str,
+    ) -> Result<Option<u32>, BackupProtocolError> {
+        if let Some(oid) = name
+            .strip_suffix(".tar")
+            .and_then(|n| n.parse::<u32>().ok())
+        {
             return Ok(Some(oid));
         }
         if name == "base.tar" || location.is_empty() {
@@ -406,7 +427,9 @@ impl<'c> BaseBackupStream<'c> {
                         CopyOutNext::Copy(_) => return Err(proto("a second COPY stream")),
                         CopyOutNext::Finished(sets) => {
                             if !self.modern && self.old_index + 1 < self.tablespaces.len() {
-                                return Err(proto("the backup ended before every tablespace was sent"));
+                                return Err(proto(
+                                    "the backup ended before every tablespace was sent",
+                                ));
                             }
                             let set = sets
                                 .iter()
@@ -453,7 +476,10 @@ mod tests {
         o.fast_checkpoint = false;
         o.max_rate_kbps = Some(1024);
         let c = base_backup_command(150_000, &o).unwrap();
-        assert!(c.contains("CHECKPOINT 'spread'") && c.ends_with("MAX_RATE 1024)"), "{c}");
+        assert!(
+            c.contains("CHECKPOINT 'spread'") && c.ends_with("MAX_RATE 1024)"),
+            "{c}"
+        );
         let c = base_backup_command(130_020, &opts()).unwrap();
         assert_eq!(
             c,
@@ -486,7 +512,10 @@ mod tests {
         );
         let mut p = b"p".to_vec();
         p.extend_from_slice(&12345u64.to_be_bytes());
-        assert_eq!(parse_payload(Bytes::from(p)).unwrap(), Payload::Progress(12345));
+        assert_eq!(
+            parse_payload(Bytes::from(p)).unwrap(),
+            Payload::Progress(12345)
+        );
         assert_eq!(
             parse_payload(Bytes::from_static(b"m")).unwrap(),
             Payload::ManifestFollows

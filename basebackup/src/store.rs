@@ -32,8 +32,8 @@ use klio_core::frame::{decode_object, FrameError, FrameSealer, ObjectId, ObjectK
 use klio_core::{ClusterName, DataKey, Lsn, TimelineId};
 use klio_receiver::crashsafe::{create_dir_all_durably, fsync_dir, write_file_durably};
 
-pub use crate::manifest::{ChunkId, FileKind, FileMeta, ManifestFile};
 use crate::manifest::{BackupManifest, ManifestTablespace, MANIFEST_VERSION};
+pub use crate::manifest::{ChunkId, FileKind, FileMeta, ManifestFile};
 pub use klio_catalog::{BackupKind, BackupRecord, BackupState};
 
 /// Plaintext bytes per chunk (the last chunk of a file may be shorter).
@@ -62,7 +62,11 @@ pub enum BackupStoreError {
         source: FrameError,
     },
     #[error("chunk {id} in pack {pack} at offset {offset} decrypts but its content does not match its id: the pack was tampered with")]
-    ChunkMismatch { id: ChunkId, pack: String, offset: u64 },
+    ChunkMismatch {
+        id: ChunkId,
+        pack: String,
+        offset: u64,
+    },
     #[error("{path}: {why}")]
     BadObject { path: PathBuf, why: String },
     #[error("backup {0} does not exist")]
@@ -149,7 +153,10 @@ fn seal_chunk(key: &DataKey, cluster: &ClusterName, id: &ChunkId, data: &[u8]) -
 impl ChunkStore {
     /// The backups directory of a cluster.
     pub fn dir(data_dir: &Path, cluster: &ClusterName) -> PathBuf {
-        data_dir.join("clusters").join(cluster.as_str()).join("backups")
+        data_dir
+            .join("clusters")
+            .join(cluster.as_str())
+            .join("backups")
     }
 
     pub fn open(
@@ -207,7 +214,12 @@ impl ChunkStore {
         );
         let mut id = base.clone();
         let mut n = 1;
-        while self.inner.catalog.backup(&self.inner.cluster, &id)?.is_some() {
+        while self
+            .inner
+            .catalog
+            .backup(&self.inner.cluster, &id)?
+            .is_some()
+        {
             n += 1;
             id = format!("{base}-{n}");
         }
@@ -236,7 +248,9 @@ impl ChunkStore {
             return Err(BackupStoreError::Usage(format!("invalid backup id {id:?}")));
         }
         if self.backup(id)?.is_some() {
-            return Err(BackupStoreError::Usage(format!("backup {id} already exists")));
+            return Err(BackupStoreError::Usage(format!(
+                "backup {id} already exists"
+            )));
         }
         let record = BackupRecord {
             id: id.to_string(),
@@ -259,7 +273,9 @@ impl ChunkStore {
             new_chunks: 0,
             packs: Vec::new(),
         };
-        self.inner.catalog.put_backup(&self.inner.cluster, &record)?;
+        self.inner
+            .catalog
+            .put_backup(&self.inner.cluster, &record)?;
         Ok(BackupWriter::new(self.clone(), record))
     }
 
@@ -307,7 +323,10 @@ impl ChunkStore {
         for e in std::fs::read_dir(&dir).map_err(io(&dir))? {
             let e = e.map_err(io(&dir))?;
             let name = e.file_name().to_string_lossy().into_owned();
-            let stem = name.strip_suffix(".pack").unwrap_or(&name).trim_end_matches(".tmp");
+            let stem = name
+                .strip_suffix(".pack")
+                .unwrap_or(&name)
+                .trim_end_matches(".tmp");
             if name.starts_with(&prefix) || b.packs.iter().any(|p| p == stem) {
                 std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
                 n += 1;
@@ -422,7 +441,8 @@ impl ChunkStore {
         if !path.exists() {
             return Ok(None);
         }
-        self.read_object(&path, ObjectKind::PgManifest, id).map(Some)
+        self.read_object(&path, ObjectKind::PgManifest, id)
+            .map(Some)
     }
 
     /// Reads back every chunk of a complete backup, checks each file's size and
@@ -507,14 +527,22 @@ impl ChunkStore {
             }
         }
         match self.read_pg_manifest(&b.id) {
-            Ok(Some(pg)) => match crate::manifest::check_against_pg_manifest(&manifest.files, &pg) {
-                Ok(c) => r
-                    .problems
-                    .extend(c.problems().into_iter().map(|p| format!("backup {id}: {p}"))),
-                Err(e) => r.problems.push(format!("backup {id}: backup_manifest: {e}")),
-            },
+            Ok(Some(pg)) => {
+                match crate::manifest::check_against_pg_manifest(&manifest.files, &pg) {
+                    Ok(c) => r.problems.extend(
+                        c.problems()
+                            .into_iter()
+                            .map(|p| format!("backup {id}: {p}")),
+                    ),
+                    Err(e) => r
+                        .problems
+                        .push(format!("backup {id}: backup_manifest: {e}")),
+                }
+            }
             Ok(None) => {}
-            Err(e) => r.problems.push(format!("backup {id}: backup_manifest: {e}")),
+            Err(e) => r
+                .problems
+                .push(format!("backup {id}: backup_manifest: {e}")),
         }
         Ok(r)
     }
@@ -647,14 +675,20 @@ impl BackupWriter {
     pub fn progress(&self) -> WriterProgress {
         WriterProgress {
             logical_bytes: self.record.logical_bytes,
-            new_bytes: self.new_chunks.values().map(|c| u64::from(c.stored_len)).sum(),
+            new_bytes: self
+                .new_chunks
+                .values()
+                .map(|c| u64::from(c.stored_len))
+                .sum(),
             files: self.files.len() as u64,
         }
     }
 
     fn check_failed(&self) -> Result<()> {
         match &self.failed {
-            Some(e) => Err(BackupStoreError::Usage(format!("the backup already failed: {e}"))),
+            Some(e) => Err(BackupStoreError::Usage(format!(
+                "the backup already failed: {e}"
+            ))),
             None => Ok(()),
         }
     }
@@ -662,7 +696,9 @@ impl BackupWriter {
     pub fn begin_file(&mut self, meta: FileMeta) -> Result<()> {
         self.check_failed()?;
         if self.current.is_some() {
-            return Err(BackupStoreError::Usage("begin_file inside another file".into()));
+            return Err(BackupStoreError::Usage(
+                "begin_file inside another file".into(),
+            ));
         }
         self.files.push(ManifestFile {
             tablespace: meta.tablespace,
@@ -896,7 +932,11 @@ impl BackupWriter {
                 pg,
             )?;
         }
-        let new_bytes: u64 = self.new_chunks.values().map(|c| u64::from(c.stored_len)).sum();
+        let new_bytes: u64 = self
+            .new_chunks
+            .values()
+            .map(|c| u64::from(c.stored_len))
+            .sum();
         let new_ids = &self.new_chunks;
         self.referenced.retain(|k, _| !new_ids.contains_key(k));
         let old_bytes: u64 = self.referenced.values().map(|&s| u64::from(s)).sum();
@@ -910,7 +950,11 @@ impl BackupWriter {
         rec.chunks = (self.new_chunks.len() + self.referenced.len()) as u64;
         rec.new_chunks = self.new_chunks.len() as u64;
         let commit = BackupCommit {
-            new_chunks: self.new_chunks.iter().map(|(k, v)| (k.0, v.clone())).collect(),
+            new_chunks: self
+                .new_chunks
+                .iter()
+                .map(|(k, v)| (k.0, v.clone()))
+                .collect(),
             referenced: self.referenced.keys().map(|k| k.0).collect(),
             packs: std::mem::take(&mut self.packs),
         };
@@ -1055,13 +1099,16 @@ mod tests {
             .collect()
     }
 
-    fn write_backup(
-        store: &ChunkStore,
-        id: &str,
-        files: &[(&str, Vec<u8>)],
-    ) -> BackupRecord {
+    fn write_backup(store: &ChunkStore, id: &str, files: &[(&str, Vec<u8>)]) -> BackupRecord {
         let mut w = store
-            .begin(id, "t", BackupKind::Stream, Lsn(0x100), TimelineId::new(1).unwrap(), None)
+            .begin(
+                id,
+                "t",
+                BackupKind::Stream,
+                Lsn(0x100),
+                TimelineId::new(1).unwrap(),
+                None,
+            )
             .unwrap();
         for (p, d) in files {
             w.begin_file(meta(p, d.len())).unwrap();
@@ -1118,7 +1165,12 @@ mod tests {
         let files2 = vec![("big", big2), ("small", b"hello".to_vec())];
         let r2 = write_backup(&s, "B2", &files2);
         assert_eq!(r2.new_chunks, 1);
-        assert!(r2.new_bytes < r.new_bytes / 3, "{} vs {}", r2.new_bytes, r.new_bytes);
+        assert!(
+            r2.new_bytes < r.new_bytes / 3,
+            "{} vs {}",
+            r2.new_bytes,
+            r.new_bytes
+        );
         assert_eq!(
             f.catalog
                 .chunk(&"pg".parse().unwrap(), &s.chunk_id(b"hello").0)
@@ -1135,7 +1187,14 @@ mod tests {
         {
             let s = f.store();
             let mut w = s
-                .begin("C1", "t", BackupKind::Stream, Lsn(0), TimelineId::new(1).unwrap(), None)
+                .begin(
+                    "C1",
+                    "t",
+                    BackupKind::Stream,
+                    Lsn(0),
+                    TimelineId::new(1).unwrap(),
+                    None,
+                )
                 .unwrap();
             let d = pseudo(3 * CHUNK_SIZE, 9);
             w.begin_file(meta("f", d.len())).unwrap();
@@ -1155,10 +1214,21 @@ mod tests {
         assert!(s.chunk_id(b"x") != ChunkId([0; 32]));
         // No chunk record of it exists.
         let id = s.chunk_id(&pseudo(3 * CHUNK_SIZE, 9)[..CHUNK_SIZE]);
-        assert!(f.catalog.chunk(&"pg".parse().unwrap(), &id.0).unwrap().is_none());
+        assert!(f
+            .catalog
+            .chunk(&"pg".parse().unwrap(), &id.0)
+            .unwrap()
+            .is_none());
 
         let mut w = s
-            .begin("C2", "t", BackupKind::Stream, Lsn(0), TimelineId::new(1).unwrap(), None)
+            .begin(
+                "C2",
+                "t",
+                BackupKind::Stream,
+                Lsn(0),
+                TimelineId::new(1).unwrap(),
+                None,
+            )
             .unwrap();
         w.begin_file(meta("f", 10)).unwrap();
         w.write(&[1; 10]).unwrap();
@@ -1187,10 +1257,17 @@ mod tests {
         bytes[(rec.offset + 100) as usize] ^= 1;
         std::fs::write(&pack, &bytes).unwrap();
         let e = s.read_chunk(&a.chunks[0]).unwrap_err().to_string();
-        assert!(e.contains(&a.chunks[0].to_string()) && e.contains("tampered"), "{e}");
+        assert!(
+            e.contains(&a.chunks[0].to_string()) && e.contains("tampered"),
+            "{e}"
+        );
         let v = s.verify_backup("T1").unwrap();
         assert_eq!(v.problems.len(), 1, "{:?}", v.problems);
-        assert!(v.problems[0].contains("backup T1: file a:"), "{:?}", v.problems);
+        assert!(
+            v.problems[0].contains("backup T1: file a:"),
+            "{:?}",
+            v.problems
+        );
 
         // Another key (another cluster's store over the same files) cannot read it.
         let other = ChunkStore::open(
@@ -1209,13 +1286,31 @@ mod tests {
         let f = Fixture::new();
         let s = f.store();
         let mut w = s
-            .begin("S1", "t", BackupKind::Stream, Lsn(0), TimelineId::new(1).unwrap(), None)
+            .begin(
+                "S1",
+                "t",
+                BackupKind::Stream,
+                Lsn(0),
+                TimelineId::new(1).unwrap(),
+                None,
+            )
             .unwrap();
         w.begin_file(meta("f", 10)).unwrap();
         w.write(&[1; 5]).unwrap();
-        assert!(w.end_file().unwrap_err().to_string().contains("announced 10"));
+        assert!(w
+            .end_file()
+            .unwrap_err()
+            .to_string()
+            .contains("announced 10"));
         assert!(s
-            .begin("../x", "t", BackupKind::Stream, Lsn(0), TimelineId::new(1).unwrap(), None)
+            .begin(
+                "../x",
+                "t",
+                BackupKind::Stream,
+                Lsn(0),
+                TimelineId::new(1).unwrap(),
+                None
+            )
             .is_err());
         assert!(s.read_manifest("../../etc").is_err());
         let id = s.new_backup_id().unwrap();

@@ -68,10 +68,19 @@ impl<E: fmt::Debug + fmt::Display> std::error::Error for TarError<E> {}
 enum State {
     Header,
     /// Entry data still to deliver, then padding.
-    Data { left: u64, pad: u64 },
+    Data {
+        left: u64,
+        pad: u64,
+    },
     /// Body of a GNU long name/link or pax header being collected.
-    Meta { kind: u8, left: u64, pad: u64 },
-    Padding { left: u64 },
+    Meta {
+        kind: u8,
+        left: u64,
+        pad: u64,
+    },
+    Padding {
+        left: u64,
+    },
     /// After one zero block: the next must be zero too.
     SecondZero,
     End,
@@ -271,7 +280,13 @@ impl TarParser {
         let sum: u64 = b
             .iter()
             .enumerate()
-            .map(|(i, &x)| if (148..156).contains(&i) { 32 } else { u64::from(x) })
+            .map(|(i, &x)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    u64::from(x)
+                }
+            })
             .sum();
         if sum != stored {
             return Err(self.format(format!(
@@ -284,7 +299,9 @@ impl TarParser {
         match typeflag {
             b'L' | b'K' | b'x' | b'g' => {
                 if size > MAX_META {
-                    return Err(self.format(format!("extended header of {size} bytes is too large")));
+                    return Err(
+                        self.format(format!("extended header of {size} bytes is too large"))
+                    );
                 }
                 self.meta.clear();
                 self.state = if size == 0 {
@@ -431,7 +448,9 @@ impl TarParser {
         match self.state {
             State::Header if self.block.is_empty() => Ok(()),
             State::End | State::SecondZero => Ok(()),
-            State::Padding { .. } | State::Header => Err(self.format("archive truncated inside a header or padding")),
+            State::Padding { .. } | State::Header => {
+                Err(self.format("archive truncated inside a header or padding"))
+            }
             State::Data { left, .. } => Err(self.format(format!(
                 "archive truncated: {left} bytes of the last file are missing"
             ))),
@@ -541,7 +560,8 @@ mod tests {
         let mut cuts: Vec<usize> = cuts.iter().map(|&c| c.min(archive.len())).collect();
         cuts.sort_unstable();
         for c in cuts.into_iter().chain([archive.len()]) {
-            p.feed(&archive[last..c], &mut sink).map_err(|e| e.to_string())?;
+            p.feed(&archive[last..c], &mut sink)
+                .map_err(|e| e.to_string())?;
             last = c;
         }
         p.finish().map_err(|e| e.to_string())?;
@@ -606,7 +626,9 @@ mod tests {
         assert!(parse_pieces(&a, &[]).unwrap_err().contains("checksum"));
         let mut t = TarBuilder::default();
         t.header("dev", b'3', 0o600, 0, 0, "");
-        assert!(parse_pieces(&t.out, &[]).unwrap_err().contains("unsupported"));
+        assert!(parse_pieces(&t.out, &[])
+            .unwrap_err()
+            .contains("unsupported"));
     }
 
     #[test]

@@ -77,7 +77,8 @@ pub fn check_chain(
     to_tli: TimelineId,
     to: Option<Lsn>,
 ) -> WalChainReport {
-    let by_tli: HashMap<TimelineId, &TimelineRecord> = timelines.iter().map(|t| (t.tli, t)).collect();
+    let by_tli: HashMap<TimelineId, &TimelineRecord> =
+        timelines.iter().map(|t| (t.tli, t)).collect();
     // Walk back from the target timeline to the backup's timeline.
     let mut chain = vec![to_tli];
     let mut not_ancestor = false;
@@ -115,8 +116,7 @@ pub fn check_chain(
         });
         steps.push(PathStep { tli, first, last });
     }
-    let stored: BTreeSet<(TimelineId, SegNo)> =
-        segments.iter().map(|s| (s.tli, s.segno)).collect();
+    let stored: BTreeSet<(TimelineId, SegNo)> = segments.iter().map(|s| (s.tli, s.segno)).collect();
     let first = from.segno(seg_size);
     let last = match to {
         // WAL up to `lsn` exclusive: the segment holding its last byte.
@@ -248,7 +248,11 @@ mod tests {
                 }
             ]
         );
-        assert!(r.describe().contains("0/3000000..0/5000000"), "{}", r.describe());
+        assert!(
+            r.describe().contains("0/3000000..0/5000000"),
+            "{}",
+            r.describe()
+        );
     }
 
     #[test]

@@ -85,10 +85,8 @@ fn main() -> Result<()> {
     let second: Value =
         serde_json::from_str(&klio.client_ok("bench", &["backup", "--wait", "--output", "json"])?)?;
     let second_secs = t.elapsed().as_secs_f64();
-    let list: Value = serde_json::from_str(&klio.client_ok(
-        "bench",
-        &["list", "backups", "--output", "json"],
-    )?)?;
+    let list: Value =
+        serde_json::from_str(&klio.client_ok("bench", &["list", "backups", "--output", "json"])?)?;
     let first = &list["backups"][0];
     let num = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
 

@@ -201,7 +201,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cat = Catalog::open(dir.path()).unwrap();
         let c: ClusterName = "pg".parse().unwrap();
-        cat.put_backup(&c, &rec("B1", BackupState::Running)).unwrap();
+        cat.put_backup(&c, &rec("B1", BackupState::Running))
+            .unwrap();
         let chunk = |pack: &str| ChunkRecord {
             pack: pack.into(),
             offset: 0,

@@ -17,8 +17,8 @@ use tokio::sync::watch;
 use tracing::{error, info, warn, Instrument};
 
 use crate::api::{
-    BackupKindView, BackupProgress, BackupRequest, BackupStateView, BackupVerification,
-    BackupView, OffloadRequest, VerifyReport, VerifyRequest, WalChainView, WalGapView,
+    BackupKindView, BackupProgress, BackupRequest, BackupStateView, BackupVerification, BackupView,
+    OffloadRequest, VerifyReport, VerifyRequest, WalChainView, WalGapView,
 };
 use crate::registry::{BackupStatus, RegistryError};
 use crate::schedule::Schedule;
@@ -122,8 +122,13 @@ impl BackupManager {
             .map_err(internal)?
             .ok_or(RegistryError::NotReady)?;
         let key = self.ctx.data_key(&rec).map_err(internal)?;
-        let store = ChunkStore::open(&self.ctx.data_dir, name.clone(), key, self.ctx.catalog.clone())
-            .map_err(internal)?;
+        let store = ChunkStore::open(
+            &self.ctx.data_dir,
+            name.clone(),
+            key,
+            self.ctx.catalog.clone(),
+        )
+        .map_err(internal)?;
         let report = store.recover().map_err(internal)?;
         if report.failed_backups > 0 {
             warn!(cluster = %name, backups = report.failed_backups, packs = report.deleted_packs,
@@ -271,7 +276,11 @@ impl BackupManager {
         );
     }
 
-    fn view_of_running(&self, cluster: &ClusterName, id: &str) -> Result<BackupView, RegistryError> {
+    fn view_of_running(
+        &self,
+        cluster: &ClusterName,
+        id: &str,
+    ) -> Result<BackupView, RegistryError> {
         self.backup(cluster, id)?
             .ok_or_else(|| RegistryError::Internal(format!("backup {id} vanished")))
     }
@@ -348,7 +357,11 @@ impl BackupManager {
         Ok(views)
     }
 
-    pub fn backup(&self, cluster: &ClusterName, id: &str) -> Result<Option<BackupView>, RegistryError> {
+    pub fn backup(
+        &self,
+        cluster: &ClusterName,
+        id: &str,
+    ) -> Result<Option<BackupView>, RegistryError> {
         Ok(self.list(cluster)?.into_iter().find(|b| b.id == id))
     }
 
@@ -358,7 +371,11 @@ impl BackupManager {
             return BackupStatus::default();
         };
         let v = *cb.verify.lock().unwrap_or_else(|e| e.into_inner());
-        let running = cb.running.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        let running = cb
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
         let complete: Vec<BackupRecord> = cb
             .store
             .get()
@@ -377,7 +394,11 @@ impl BackupManager {
     }
 
     /// Reads back every chunk of the chosen backups and checks their WAL chains.
-    pub fn verify(&self, cluster: &ClusterName, req: VerifyRequest) -> Result<VerifyReport, RegistryError> {
+    pub fn verify(
+        &self,
+        cluster: &ClusterName,
+        req: VerifyRequest,
+    ) -> Result<VerifyReport, RegistryError> {
         let cb = self.cluster(cluster)?;
         let store = self.store(cb)?;
         let all = store.backups().map_err(internal)?;
@@ -394,14 +415,25 @@ impl BackupManager {
                 }
                 vec![b]
             }
-            None => all.iter().filter(|b| b.state == BackupState::Complete).collect(),
+            None => all
+                .iter()
+                .filter(|b| b.state == BackupState::Complete)
+                .collect(),
         };
-        let current = TimelineId::new(cb.handle.status.snapshot().timeline.unwrap_or(1)).map_err(internal)?;
+        let current =
+            TimelineId::new(cb.handle.status.snapshot().timeline.unwrap_or(1)).map_err(internal)?;
         let mut backups = Vec::new();
         for b in chosen {
             let r = store.verify_backup(&b.id).map_err(internal)?;
-            let chain = chain_report(&self.ctx.catalog, cluster, b.start_tli, b.start_lsn, current, None)
-                .map_err(RegistryError::Internal)?;
+            let chain = chain_report(
+                &self.ctx.catalog,
+                cluster,
+                b.start_tli,
+                b.start_lsn,
+                current,
+                None,
+            )
+            .map_err(RegistryError::Internal)?;
             let mut problems = r.problems.clone();
             if !chain.is_complete() {
                 problems.push(chain.describe());
@@ -420,7 +452,10 @@ impl BackupManager {
                     gaps: chain
                         .gaps
                         .iter()
-                        .map(|g| WalGapView { from: g.from, to: g.to })
+                        .map(|g| WalGapView {
+                            from: g.from,
+                            to: g.to,
+                        })
                         .collect(),
                     summary: chain.describe(),
                 },
@@ -439,7 +474,10 @@ impl BackupManager {
     }
 
     /// Runs each cluster's backup schedule until `stop` turns true.
-    pub fn spawn_schedules(self: &Arc<Self>, stop: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+    pub fn spawn_schedules(
+        self: &Arc<Self>,
+        stop: watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = Vec::new();
         for (name, cb) in &self.clusters {
             let Some(schedule) = cb.settings.schedule.clone() else {
@@ -461,14 +499,22 @@ impl BackupManager {
                     }
                     let (m, n) = (me.clone(), name.clone());
                     let started = tokio::task::spawn_blocking(move || {
-                        m.start_backup(&n, BackupRequest {
-                            label: Some(format!("scheduled {}", crate::output::utc_time(next as u64))),
-                            fast_checkpoint: None,
-                        })
+                        m.start_backup(
+                            &n,
+                            BackupRequest {
+                                label: Some(format!(
+                                    "scheduled {}",
+                                    crate::output::utc_time(next as u64)
+                                )),
+                                fast_checkpoint: None,
+                            },
+                        )
                     })
                     .await;
                     match started {
-                        Ok(Ok(v)) => info!(cluster = %name, backup = %v.id, "scheduled backup started"),
+                        Ok(Ok(v)) => {
+                            info!(cluster = %name, backup = %v.id, "scheduled backup started")
+                        }
                         Ok(Err(e)) => warn!(cluster = %name, "scheduled backup not started: {e}"),
                         Err(e) => warn!(cluster = %name, "scheduled backup not started: {e}"),
                     }

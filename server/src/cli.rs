@@ -12,12 +12,12 @@ use clap::{Args, Parser, Subcommand};
 use klio_core::{ClusterName, Lsn, MasterKey};
 use tracing_subscriber::EnvFilter;
 
+use crate::api::{BackupRequest, BackupStateView, BackupView, OffloadRequest, VerifyRequest};
 use crate::auth::ClusterToken;
 use crate::client::{self, Client, ClientError, DEFAULT_SERVER};
 use crate::config::{Config, LogFormat};
 use crate::demo::{self, DemoArgs};
 use crate::engine;
-use crate::api::{BackupRequest, BackupStateView, BackupView, OffloadRequest, VerifyRequest};
 use crate::output::{self, OutputFormat};
 use crate::progress::ProgressDisplay;
 
@@ -354,9 +354,9 @@ async fn offload(args: OffloadArgs) -> Result<(), ClientError> {
     let cluster = cluster_arg(args.cluster.as_deref())?;
     let from = std::path::absolute(&args.from)
         .map_err(|e| ClientError::Usage(format!("--from {}: {e}", args.from.display())))?;
-    let from = from.to_str().ok_or_else(|| {
-        ClientError::Usage(format!("--from {}: not valid UTF-8", from.display()))
-    })?;
+    let from = from
+        .to_str()
+        .ok_or_else(|| ClientError::Usage(format!("--from {}: not valid UTF-8", from.display())))?;
     let c = args.connection.client()?;
     let req = OffloadRequest {
         from: from.to_string(),
@@ -507,7 +507,13 @@ mod tests {
     #[test]
     fn backup_commands_parse() {
         let cli = Cli::try_parse_from([
-            "klio", "backup", "--cluster", "pg-a", "--wait", "--label", "nightly",
+            "klio",
+            "backup",
+            "--cluster",
+            "pg-a",
+            "--wait",
+            "--label",
+            "nightly",
         ])
         .unwrap();
         let Command::Backup(a) = cli.command else {
@@ -516,14 +522,23 @@ mod tests {
         assert!(a.wait && !a.spread_checkpoint);
         assert_eq!(a.label.as_deref(), Some("nightly"));
         let cli = Cli::try_parse_from([
-            "klio", "offload", "--cluster", "pg-a", "--from", "snap", "--end-lsn", "0/3000000",
+            "klio",
+            "offload",
+            "--cluster",
+            "pg-a",
+            "--from",
+            "snap",
+            "--end-lsn",
+            "0/3000000",
         ])
         .unwrap();
         let Command::Offload(a) = cli.command else {
             panic!("wrong subcommand")
         };
         assert_eq!(a.end_lsn, Some(Lsn(0x300_0000)));
-        assert!(Cli::try_parse_from(["klio", "offload", "--from", "x", "--end-lsn", "zz"]).is_err());
+        assert!(
+            Cli::try_parse_from(["klio", "offload", "--from", "x", "--end-lsn", "zz"]).is_err()
+        );
         assert!(Cli::try_parse_from(["klio", "list", "backups", "--cluster", "a"]).is_ok());
         assert!(Cli::try_parse_from(["klio", "verify", "--backup", "20261124T191300Z"]).is_ok());
     }

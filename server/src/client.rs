@@ -142,8 +142,11 @@ impl Client {
 
     /// `GET /v1/clusters/{cluster}/backups/{id}`.
     pub async fn backup(&self, cluster: &ClusterName, id: &str) -> Result<BackupView, ClientError> {
-        self.get_json(&format!("/v1/clusters/{cluster}/backups/{id}"), Some(cluster))
-            .await
+        self.get_json(
+            &format!("/v1/clusters/{cluster}/backups/{id}"),
+            Some(cluster),
+        )
+        .await
     }
 
     /// `POST /v1/clusters/{cluster}/backups`.
@@ -152,8 +155,13 @@ impl Client {
         cluster: &ClusterName,
         req: &BackupRequest,
     ) -> Result<BackupView, ClientError> {
-        self.post_json(&format!("/v1/clusters/{cluster}/backups"), cluster, req, None)
-            .await
+        self.post_json(
+            &format!("/v1/clusters/{cluster}/backups"),
+            cluster,
+            req,
+            None,
+        )
+        .await
     }
 
     /// `POST /v1/clusters/{cluster}/offloads`.
@@ -162,8 +170,13 @@ impl Client {
         cluster: &ClusterName,
         req: &OffloadRequest,
     ) -> Result<BackupView, ClientError> {
-        self.post_json(&format!("/v1/clusters/{cluster}/offloads"), cluster, req, None)
-            .await
+        self.post_json(
+            &format!("/v1/clusters/{cluster}/offloads"),
+            cluster,
+            req,
+            None,
+        )
+        .await
     }
 
     /// `POST /v1/clusters/{cluster}/verify` (reads every chunk: no request timeout).

@@ -333,7 +333,10 @@ fn json_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T,
 
 /// Backup ids are `[0-9A-Za-z-]`, at most 64 characters.
 fn backup_id(raw: &str) -> Result<String, ApiError> {
-    if raw.is_empty() || raw.len() > 64 || !raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+    if raw.is_empty()
+        || raw.len() > 64
+        || !raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
         return Err(ApiError::BadRequest(format!(
             "invalid backup id {:?}: ids are letters, digits and '-', e.g. 20261124T193000Z",
             shorten(raw)

@@ -365,8 +365,16 @@ async fn backup_start_list_get_and_conflict() {
     let uri = format!("/v1/clusters/pg-a/backups/{}", first.id);
     let (s, _, body) = get(&app, &uri, auth.as_deref()).await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(serde_json::from_slice::<BackupView>(&body).unwrap().id, first.id);
-    let (s, _, _) = get(&app, "/v1/clusters/pg-a/backups/20990101T000000Z", auth.as_deref()).await;
+    assert_eq!(
+        serde_json::from_slice::<BackupView>(&body).unwrap().id,
+        first.id
+    );
+    let (s, _, _) = get(
+        &app,
+        "/v1/clusters/pg-a/backups/20990101T000000Z",
+        auth.as_deref(),
+    )
+    .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
 
@@ -378,17 +386,44 @@ async fn backup_requests_are_checked_before_the_registry() {
     // Wrong token, other cluster's token, bad JSON, unknown field, hostile id.
     let (s, _) = post(&app, "/v1/clusters/pg-a/backups", None, "").await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let (s, _) = post(&app, "/v1/clusters/pg-a/backups", bearer(TOKEN_B).as_deref(), "").await;
+    let (s, _) = post(
+        &app,
+        "/v1/clusters/pg-a/backups",
+        bearer(TOKEN_B).as_deref(),
+        "",
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     let auth = bearer(TOKEN_A);
     let (s, body) = post(&app, "/v1/clusters/pg-a/backups", auth.as_deref(), "{nope").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert!(error_of(&body).contains("invalid JSON"), "{}", error_of(&body));
-    let (s, _) = post(&app, "/v1/clusters/pg-a/backups", auth.as_deref(), r#"{"lable": "x"}"#).await;
+    assert!(
+        error_of(&body).contains("invalid JSON"),
+        "{}",
+        error_of(&body)
+    );
+    let (s, _) = post(
+        &app,
+        "/v1/clusters/pg-a/backups",
+        auth.as_deref(),
+        r#"{"lable": "x"}"#,
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    let (s, _, _) = get(&app, "/v1/clusters/pg-a/backups/..%2F..%2Fetc", auth.as_deref()).await;
+    let (s, _, _) = get(
+        &app,
+        "/v1/clusters/pg-a/backups/..%2F..%2Fetc",
+        auth.as_deref(),
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    let (s, _) = post(&app, "/v1/clusters/pg-a/verify", auth.as_deref(), r#"{"backup": "a/b"}"#).await;
+    let (s, _) = post(
+        &app,
+        "/v1/clusters/pg-a/verify",
+        auth.as_deref(),
+        r#"{"backup": "a/b"}"#,
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     let (s, body) = post(&app, "/v1/clusters/pg-a/offloads", auth.as_deref(), "{}").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);

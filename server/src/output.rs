@@ -433,14 +433,23 @@ mod backup_tests {
         });
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("ID "), "{text}");
-        assert!(lines[1].contains("complete") && lines[1].contains("5.0%"), "{text}");
+        assert!(
+            lines[1].contains("complete") && lines[1].contains("5.0%"),
+            "{text}"
+        );
         assert!(lines[1].contains("2026-11-24 19:14:10"), "{text}");
-        assert!(lines[3].contains("running") && lines[3].contains("4.0s"), "{text}");
+        assert!(
+            lines[3].contains("running") && lines[3].contains("4.0s"),
+            "{text}"
+        );
         assert!(
             text.contains("20261124T191400Z: server stopped during the backup"),
             "{text}"
         );
         let s = backup_summary(&view("x", BackupStateView::Complete));
-        assert!(s.contains("1200 files") && s.contains("10.0 MiB new (5.0%)"), "{s}");
+        assert!(
+            s.contains("1200 files") && s.contains("10.0 MiB new (5.0%)"),
+            "{s}"
+        );
     }
 }

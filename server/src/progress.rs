@@ -33,7 +33,10 @@ impl ProgressDisplay {
         if self.tty {
             let _ = write!(err, "\r\x1b[2K{text}");
             self.drawn = true;
-        } else if self.last_line.is_none_or(|t| t.elapsed() >= self.line_every) {
+        } else if self
+            .last_line
+            .is_none_or(|t| t.elapsed() >= self.line_every)
+        {
             let _ = writeln!(err, "backup {}: {text}", b.id);
             self.last_line = Some(Instant::now());
         }
@@ -136,8 +139,14 @@ mod tests {
             elapsed_secs: 10.0,
         });
         let s = describe(&b).unwrap();
-        assert!(s.starts_with("[#####---------------] 100.0 MiB / 400.0 MiB   25%"), "{s}");
-        assert!(s.contains("10.0 MiB/s") && s.contains("ETA 30.0s") && s.ends_with("streaming"), "{s}");
+        assert!(
+            s.starts_with("[#####---------------] 100.0 MiB / 400.0 MiB   25%"),
+            "{s}"
+        );
+        assert!(
+            s.contains("10.0 MiB/s") && s.contains("ETA 30.0s") && s.ends_with("streaming"),
+            "{s}"
+        );
         b.progress.as_mut().unwrap().total_bytes = None;
         assert_eq!(describe(&b).unwrap(), "100.0 MiB  10.0 MiB/s  streaming");
     }

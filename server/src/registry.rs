@@ -279,7 +279,11 @@ impl MemoryRegistry {
     pub fn finish_backups(&self, cluster: &ClusterName) {
         self.with(|m| {
             if let Some(c) = m.get_mut(cluster) {
-                for b in c.backups.iter_mut().filter(|b| b.state == BackupStateView::Running) {
+                for b in c
+                    .backups
+                    .iter_mut()
+                    .filter(|b| b.state == BackupStateView::Running)
+                {
                     b.state = BackupStateView::Complete;
                     b.progress = None;
                     b.finished_at = Some(b.started_at + 1);
@@ -371,7 +375,11 @@ impl Registry for MemoryRegistry {
 
     fn list_backups(&self, cluster: &ClusterName) -> Result<Vec<BackupView>, RegistryError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        Ok(self.with(|m| m.get(cluster).map(|c| c.backups.clone()).unwrap_or_default()))
+        Ok(self.with(|m| {
+            m.get(cluster)
+                .map(|c| c.backups.clone())
+                .unwrap_or_default()
+        }))
     }
 
     fn backup(&self, cluster: &ClusterName, id: &str) -> Result<Option<BackupView>, RegistryError> {
@@ -413,7 +421,11 @@ impl MemoryRegistry {
     ) -> Result<BackupView, RegistryError> {
         self.with(|m| {
             let c = m.get_mut(cluster).ok_or(RegistryError::NotReady)?;
-            if let Some(r) = c.backups.iter().find(|b| b.state == BackupStateView::Running) {
+            if let Some(r) = c
+                .backups
+                .iter()
+                .find(|b| b.state == BackupStateView::Running)
+            {
                 return Err(RegistryError::Conflict(format!(
                     "backup {} of cluster {cluster} is still running",
                     r.id

@@ -49,11 +49,7 @@ struct Field {
 }
 
 fn parse_value(field: &Field, s: &str) -> Result<u32, String> {
-    if let Some(i) = field
-        .names
-        .iter()
-        .position(|n| n.eq_ignore_ascii_case(s))
-    {
+    if let Some(i) = field.names.iter().position(|n| n.eq_ignore_ascii_case(s)) {
         return Ok(i as u32 + field.min);
     }
     let v: u32 = s
@@ -251,7 +247,10 @@ mod tests {
         assert_eq!(s("*/15 * * * *").next_after(T0), Some(T0 + 2 * 60));
         // Daily at 02:30 → tomorrow 02:30.
         let next = s("30 2 * * *").next_after(T0).unwrap();
-        assert_eq!(next, (T0.div_euclid(86_400) + 1) * 86_400 + 2 * 3600 + 30 * 60);
+        assert_eq!(
+            next,
+            (T0.div_euclid(86_400) + 1) * 86_400 + 2 * 3600 + 30 * 60
+        );
         assert_eq!(s("@daily").next_after(T0).unwrap() % 86_400, 0);
         // Sundays at 00:00 → 2026-11-29.
         let sun = s("0 0 * * sun").next_after(T0).unwrap();

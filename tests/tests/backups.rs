@@ -75,7 +75,10 @@ fn n(v: &Value, k: &str) -> u64 {
 fn backup_with_a_tablespace_completes_and_verifies() -> Result<()> {
     let pg = PgInstance::start(PgOptions::new())?;
     let ts = postgres_dir(pg.data_dir().parent().context("data dir parent")?, "ts1")?;
-    pg.psql(&format!("CREATE TABLESPACE extra LOCATION '{}'", ts.display()))?;
+    pg.psql(&format!(
+        "CREATE TABLESPACE extra LOCATION '{}'",
+        ts.display()
+    ))?;
     pg.psql("CREATE TABLE in_ts TABLESPACE extra AS SELECT generate_series(1, 50000) AS i")?;
     pg.pgbench(&["-i", "-s", "3"])?;
     let klio = start(&pg)?;
@@ -95,7 +98,10 @@ fn backup_with_a_tablespace_completes_and_verifies() -> Result<()> {
         "end before start: {b}"
     );
     let backups = list(&klio)?;
-    ensure!(backups.len() == 1 && backups[0]["state"] == "complete", "{backups:?}");
+    ensure!(
+        backups.len() == 1 && backups[0]["state"] == "complete",
+        "{backups:?}"
+    );
 
     let report = klio.client_ok(CLUSTER, &["verify"])?;
     ensure!(report.contains("verify passed"), "{report}");
@@ -348,7 +354,10 @@ fn backup_from_postgres_13_and_17() -> Result<()> {
         ensure!(b["state"] == "complete", "PostgreSQL {major}: {b}");
         let report = klio.client_ok(CLUSTER, &["verify"])?;
         ensure!(report.contains("verify passed"), "{report}");
-        println!("PostgreSQL {major}: backup {} complete and verified", b["id"]);
+        println!(
+            "PostgreSQL {major}: backup {} complete and verified",
+            b["id"]
+        );
     }
     Ok(())
 }
