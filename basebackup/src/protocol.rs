@@ -126,6 +126,7 @@ pub fn base_backup_command(
                 }
             ),
             "WAIT false".to_string(),
+            "WAL false".to_string(),
             "MANIFEST 'yes'".to_string(),
             "MANIFEST_CHECKSUMS 'CRC32C'".to_string(),
             "TARGET 'client'".to_string(),
@@ -470,7 +471,7 @@ mod tests {
         let c = base_backup_command(170_002, &opts()).unwrap();
         assert_eq!(
             c,
-            "BASE_BACKUP (LABEL 'it''s nightly', PROGRESS, CHECKPOINT 'fast', WAIT false, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C', TARGET 'client')"
+            "BASE_BACKUP (LABEL 'it''s nightly', PROGRESS, CHECKPOINT 'fast', WAIT false, WAL false, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C', TARGET 'client')"
         );
         let mut o = opts();
         o.fast_checkpoint = false;

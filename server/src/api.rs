@@ -114,6 +114,9 @@ pub struct BackupRequest {
     pub label: Option<String>,
     /// `true`: immediate checkpoint; `false`: spread; absent: the cluster's setting.
     pub fast_checkpoint: Option<bool>,
+    /// Limit PostgreSQL's send rate (kB/s, 32 to 1048576; `MAX_RATE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rate_kbps: Option<u32>,
 }
 
 /// Body of `POST /v1/clusters/{cluster}/offloads`.

@@ -159,8 +159,15 @@ impl BackupManager {
         let opts = BaseBackupOptions {
             label: label.clone(),
             fast_checkpoint: req.fast_checkpoint.unwrap_or(cb.settings.fast_checkpoint),
-            max_rate_kbps: None,
+            max_rate_kbps: req.max_rate_kbps,
         };
+        if let Some(r) = req.max_rate_kbps {
+            if !(32..=1_048_576).contains(&r) {
+                return Err(RegistryError::BadRequest(format!(
+                    "max_rate_kbps {r} is out of range (32 to 1048576 kB/s)"
+                )));
+            }
+        }
         let (id, progress) = self.reserve(&cb, &store, &label, BackupKindView::Stream)?;
         let waiter = self.wal_waiter(&cb);
         let conninfo = cb.settings.conninfo.clone();
@@ -507,6 +514,7 @@ impl BackupManager {
                                     crate::output::utc_time(next as u64)
                                 )),
                                 fast_checkpoint: None,
+                                max_rate_kbps: None,
                             },
                         )
                     })

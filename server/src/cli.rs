@@ -113,6 +113,9 @@ pub struct BackupArgs {
     /// Let PostgreSQL spread the start checkpoint instead of taking it at once.
     #[arg(long)]
     pub spread_checkpoint: bool,
+    /// Limit the rate PostgreSQL sends at (kB/s, 32 to 1048576).
+    #[arg(long, value_name = "KBPS")]
+    pub max_rate: Option<u32>,
     /// Wait until the backup is complete (progress on stderr); exit 1 if it fails.
     #[arg(long)]
     pub wait: bool,
@@ -345,6 +348,7 @@ async fn backup(args: BackupArgs) -> Result<(), ClientError> {
     let req = BackupRequest {
         label: args.label,
         fast_checkpoint: args.spread_checkpoint.then_some(false),
+        max_rate_kbps: args.max_rate,
     };
     let started = c.start_backup(&cluster, &req).await?;
     finish_backup_command(&c, started, args.wait, args.output).await

@@ -35,6 +35,8 @@ pub struct ClusterConf {
     pub conninfo: String,
     pub slot: String,
     pub token: String,
+    /// Extra `key = value` lines for this cluster's table (e.g. `backup_schedule = "* * * * *"`).
+    pub extra: Vec<String>,
 }
 
 impl ClusterConf {
@@ -44,6 +46,7 @@ impl ClusterConf {
             conninfo: conninfo.into(),
             slot: "klio".into(),
             token: format!("token-{name}-{}", random_hex(16)),
+            extra: Vec::new(),
         }
     }
 }
@@ -149,6 +152,10 @@ impl KlioServer {
                 c.slot,
                 tf.display().to_string()
             ));
+            for line in &c.extra {
+                toml.push_str(line);
+                toml.push('\n');
+            }
         }
         std::fs::write(self.config_path(), toml)?;
         Ok(())

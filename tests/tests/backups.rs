@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use klio_tests::{http_get, ClusterConf, KlioServer, PgInstance, PgOptions};
+use klio_tests::{http_get, wait_until, ClusterConf, KlioServer, PgInstance, PgOptions};
 use serde_json::Value;
 
 const CLUSTER: &str = "bk";
@@ -341,6 +341,28 @@ fn offload_of_a_pgdata_copy_with_backup_label() -> Result<()> {
         "{stderr}"
     );
     ensure!(list(&klio)?.len() == 2);
+    Ok(())
+}
+
+#[test]
+fn scheduled_backup_runs_by_itself() -> Result<()> {
+    let pg = PgInstance::start(PgOptions::new())?;
+    let mut conf = ClusterConf::new(CLUSTER, pg.replication_conninfo());
+    // Every minute: the first run comes within 60 s of the start.
+    conf.extra.push("backup_schedule = \"* * * * *\"".into());
+    let klio = KlioServer::start(vec![conf])?;
+    wait_until(
+        Duration::from_secs(150),
+        "a scheduled backup to complete",
+        || {
+            Ok(list(&klio)?.iter().any(|b| {
+                b["state"] == "complete"
+                    && b["label"]
+                        .as_str()
+                        .is_some_and(|l| l.starts_with("scheduled"))
+            }))
+        },
+    )?;
     Ok(())
 }
 
