@@ -1,7 +1,8 @@
 //! The catalog: Klio's index of what Tier 1 holds, in an embedded RocksDB.
 //!
 //! Owns the directory `<data_dir>/catalog`. Records: clusters (system identifier, wrapped data key, slot, current timeline, segment
-//! size), timelines, and WAL segments (state, sizes, checksum, tiers).
+//! size), timelines, WAL segments (state, sizes, checksum, tiers), and base backups,
+//! their chunks and pack files ([`backups`]).
 //!
 //! Keys are `kind/cluster/binary-suffix` so a prefix scan lists one cluster's
 //! records in order. Values are versioned: one version byte, then JSON. Every
@@ -11,7 +12,7 @@
 
 use std::path::Path;
 
-mod backups;
+pub mod backups;
 pub use backups::{BackupCommit, BackupKind, BackupRecord, BackupState, ChunkRecord, PackRecord};
 
 use klio_core::{ClusterName, Lsn, SegNo, TimelineId, WalSegSize};
