@@ -75,6 +75,16 @@ fn internal(e: impl std::fmt::Display) -> RegistryError {
     RegistryError::Internal(e.to_string())
 }
 
+fn corrupt(e: klio_basebackup::store::BackupStoreError) -> RegistryError {
+    use klio_basebackup::store::BackupStoreError as E;
+    match e {
+        E::CorruptChunk { .. } | E::ChunkMismatch { .. } | E::BadObject { .. } => {
+            RegistryError::Corrupt(e.to_string())
+        }
+        other => RegistryError::Internal(other.to_string()),
+    }
+}
+
 impl BackupManager {
     /// Opens the chunk store of every cluster already in the catalog and recovers
     /// backups a previous run left running (their new chunks are deleted).
@@ -370,6 +380,77 @@ impl BackupManager {
         id: &str,
     ) -> Result<Option<BackupView>, RegistryError> {
         Ok(self.list(cluster)?.into_iter().find(|b| b.id == id))
+    }
+
+    /// The complete backup `id`, or `None`.
+    fn complete_backup(
+        &self,
+        cluster: &ClusterName,
+    ) -> Result<Option<(ChunkStore, Vec<BackupRecord>)>, RegistryError> {
+        let cb = self.cluster(cluster)?;
+        let store = match self.store(cb) {
+            Ok(s) => s,
+            Err(RegistryError::NotReady) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let backups = store.backups().map_err(internal)?;
+        Ok(Some((store, backups)))
+    }
+
+    /// Klio's manifest of a complete backup, as JSON.
+    pub fn manifest_json(
+        &self,
+        cluster: &ClusterName,
+        id: &str,
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
+        let Some((store, backups)) = self.complete_backup(cluster)? else {
+            return Ok(None);
+        };
+        if !backups
+            .iter()
+            .any(|b| b.id == id && b.state == BackupState::Complete)
+        {
+            return Ok(None);
+        }
+        let m = store.read_manifest(id).map_err(corrupt)?;
+        Ok(Some(serde_json::to_vec(&m).map_err(internal)?))
+    }
+
+    /// PostgreSQL's `backup_manifest` of a complete backup.
+    pub fn pg_manifest(
+        &self,
+        cluster: &ClusterName,
+        id: &str,
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
+        let Some((store, backups)) = self.complete_backup(cluster)? else {
+            return Ok(None);
+        };
+        if !backups
+            .iter()
+            .any(|b| b.id == id && b.state == BackupState::Complete)
+        {
+            return Ok(None);
+        }
+        store.read_pg_manifest(id).map_err(corrupt)
+    }
+
+    /// One chunk of the cluster, decrypted and verified.
+    pub fn read_chunk(
+        &self,
+        cluster: &ClusterName,
+        chunk: &str,
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
+        let id: klio_basebackup::manifest::ChunkId = chunk
+            .parse()
+            .map_err(|e: String| RegistryError::BadRequest(e))?;
+        let Some((store, _)) = self.complete_backup(cluster)? else {
+            return Ok(None);
+        };
+        match store.read_chunk(&id) {
+            Ok(d) => Ok(Some(d)),
+            Err(klio_basebackup::store::BackupStoreError::UnknownChunk { .. }) => Ok(None),
+            Err(e) => Err(corrupt(e)),
+        }
     }
 
     /// Figures for `klio status` and the metrics.

@@ -20,6 +20,7 @@ use crate::demo::{self, DemoArgs};
 use crate::engine;
 use crate::output::{self, OutputFormat};
 use crate::progress::ProgressDisplay;
+use crate::restore::{RestoreOptions, Target};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,6 +52,8 @@ pub enum Command {
     Offload(OffloadArgs),
     /// Check that backups read back intact and their WAL chain has no gap.
     Verify(VerifyArgs),
+    /// Rebuild a data directory from a backup and set it up to recover to a target.
+    Restore(RestoreArgs),
     /// Manage keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -148,6 +151,41 @@ pub struct OffloadArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[arg(long, env = "KLIO_CLUSTER", value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// The data directory to create (must be missing or empty).
+    #[arg(long, value_name = "DIR")]
+    pub pgdata: PathBuf,
+    /// A backup id, or `latest` (default): the newest complete backup that can reach the target.
+    #[arg(long, value_name = "ID")]
+    pub backup: Option<String>,
+    /// Recover to this time (with a zone, e.g. '2026-11-24 19:13:00+00').
+    #[arg(long, value_name = "TIMESTAMP", group = "target")]
+    pub target_time: Option<String>,
+    #[arg(long, value_name = "LSN", group = "target")]
+    pub target_lsn: Option<Lsn>,
+    #[arg(long, value_name = "XID", group = "target")]
+    pub target_xid: Option<String>,
+    /// A restore point created with pg_create_restore_point().
+    #[arg(long, value_name = "NAME", group = "target")]
+    pub target_name: Option<String>,
+    /// What PostgreSQL does at the target: promote, pause or shutdown.
+    #[arg(long, value_name = "ACTION")]
+    pub target_action: Option<String>,
+    /// Put the tablespace that was at OLD at NEW instead (repeatable).
+    #[arg(long, value_name = "OLD=NEW")]
+    pub tablespace_map: Vec<String>,
+    /// Chunks fetched in parallel.
+    #[arg(long, default_value_t = 8)]
+    pub jobs: usize,
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: OutputFormat,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct VerifyArgs {
     #[arg(long, env = "KLIO_CLUSTER", value_name = "NAME")]
     pub cluster: Option<String>,
@@ -219,6 +257,22 @@ pub fn run(cli: Cli) -> u8 {
         Command::Backup(args) => client_command(backup(args)),
         Command::Offload(args) => client_command(offload(args)),
         Command::Verify(args) => client_command(verify(args)),
+        Command::Restore(args) => {
+            init_tracing(env_log_format());
+            let result = match runtime(true) {
+                Ok(rt) => rt.block_on(restore(args)),
+                Err(e) => Err(ClientError::Io(format!(
+                    "cannot start the async runtime: {e}"
+                ))),
+            };
+            match result {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("klio: {e}");
+                    e.exit_code()
+                }
+            }
+        }
     }
 }
 
@@ -432,6 +486,68 @@ async fn verify(args: VerifyArgs) -> Result<(), ClientError> {
         Err(ClientError::Failed(format!(
             "verification of cluster {cluster} found problems (listed above)"
         )))
+    }
+}
+
+async fn restore(args: RestoreArgs) -> Result<(), ClientError> {
+    let cluster = cluster_arg(args.cluster.as_deref())?;
+    let token_file = args.connection.token_file.clone().ok_or_else(|| {
+        ClientError::Usage("no token given: pass --token-file PATH or set KLIO_TOKEN_FILE".into())
+    })?;
+    let abs = |p: &std::path::Path, what: &str| {
+        std::path::absolute(p)
+            .map_err(|e| ClientError::Usage(format!("{what} {}: {e}", p.display())))
+    };
+    let target = if let Some(t) = args.target_time {
+        if crate::restore::parse_timestamp(&t).is_none() {
+            return Err(ClientError::Usage(format!(
+                "--target-time {t:?}: use 'YYYY-MM-DD HH:MM:SS' with a zone (+00, Z, UTC)"
+            )));
+        }
+        Target::Time(t)
+    } else if let Some(l) = args.target_lsn {
+        Target::Lsn(l)
+    } else if let Some(x) = args.target_xid {
+        Target::Xid(x)
+    } else if let Some(n) = args.target_name {
+        Target::Name(n)
+    } else {
+        Target::Latest
+    };
+    let mut map = Vec::new();
+    for m in &args.tablespace_map {
+        let (old, new) = m
+            .split_once('=')
+            .ok_or_else(|| ClientError::Usage(format!("--tablespace-map {m:?}: use OLD=NEW")))?;
+        map.push((
+            old.to_string(),
+            abs(std::path::Path::new(new), "--tablespace-map")?,
+        ));
+    }
+    let opts = RestoreOptions {
+        cluster,
+        pgdata: abs(&args.pgdata, "--pgdata")?,
+        backup: args.backup,
+        target,
+        target_action: args.target_action,
+        tablespace_map: map,
+        jobs: args.jobs,
+        token_file: abs(&token_file, "--token-file")?,
+        klio_exe: std::env::current_exe()
+            .map_err(|e| ClientError::Io(format!("cannot find the klio executable: {e}")))?,
+    };
+    let c = args.connection.client()?;
+    let summary = crate::restore::restore(&c, &opts).await?;
+    match args.output {
+        OutputFormat::Json => print_json(&summary),
+        OutputFormat::Table => print(&format!(
+            "restored backup {} into {}: {} files, {} in {:.1}s; start PostgreSQL on it to recover\n",
+            summary.backup,
+            summary.pgdata.display(),
+            summary.files,
+            output::human_bytes(summary.bytes),
+            summary.seconds
+        )),
     }
 }
 

@@ -149,6 +149,50 @@ impl Client {
         .await
     }
 
+    /// `GET /v1/clusters/{cluster}/backups/{id}/manifest`: Klio's manifest.
+    pub async fn backup_manifest(
+        &self,
+        cluster: &ClusterName,
+        id: &str,
+    ) -> Result<klio_basebackup::manifest::BackupManifest, ClientError> {
+        self.get_json(
+            &format!("/v1/clusters/{cluster}/backups/{id}/manifest"),
+            Some(cluster),
+        )
+        .await
+    }
+
+    /// `GET /v1/clusters/{cluster}/backups/{id}/backup_manifest`: PostgreSQL's manifest.
+    pub async fn pg_backup_manifest(
+        &self,
+        cluster: &ClusterName,
+        id: &str,
+    ) -> Result<Vec<u8>, ClientError> {
+        self.get_bytes(
+            &format!("/v1/clusters/{cluster}/backups/{id}/backup_manifest"),
+            Some(cluster),
+        )
+        .await
+    }
+
+    /// `GET /v1/clusters/{cluster}/chunks/{chunk}`: one chunk's plaintext.
+    pub async fn chunk(
+        &self,
+        cluster: &ClusterName,
+        chunk: &klio_basebackup::manifest::ChunkId,
+    ) -> Result<Vec<u8>, ClientError> {
+        self.get_bytes(
+            &format!("/v1/clusters/{cluster}/chunks/{chunk}"),
+            Some(cluster),
+        )
+        .await
+    }
+
+    /// The server URL (for the restore_command a restore writes).
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
     /// `POST /v1/clusters/{cluster}/backups`.
     pub async fn start_backup(
         &self,

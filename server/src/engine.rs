@@ -242,6 +242,30 @@ impl Registry for EngineRegistry {
         self.backups.backup(cluster, id)
     }
 
+    fn backup_manifest(
+        &self,
+        cluster: &ClusterName,
+        id: &str,
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
+        self.backups.manifest_json(cluster, id)
+    }
+
+    fn pg_backup_manifest(
+        &self,
+        cluster: &ClusterName,
+        id: &str,
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
+        self.backups.pg_manifest(cluster, id)
+    }
+
+    fn read_chunk(
+        &self,
+        cluster: &ClusterName,
+        chunk: &str,
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
+        self.backups.read_chunk(cluster, chunk)
+    }
+
     fn verify(
         &self,
         cluster: &ClusterName,

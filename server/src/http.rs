@@ -10,6 +10,9 @@
 //! GET /v1/clusters/{cluster}/backups         token     BackupList
 //! POST /v1/clusters/{cluster}/backups        token     BackupRequest (optional) → 202 BackupView, 409 if one runs
 //! GET /v1/clusters/{cluster}/backups/{id}    token     BackupView
+//! GET /v1/clusters/{cluster}/backups/{id}/manifest          token  Klio's manifest (JSON)
+//! GET /v1/clusters/{cluster}/backups/{id}/backup_manifest   token  PostgreSQL's backup_manifest
+//! GET /v1/clusters/{cluster}/chunks/{chunk}  token     one chunk's plaintext (octet-stream)
 //! POST /v1/clusters/{cluster}/offloads       token     OffloadRequest → 202 BackupView, 409 if one runs
 //! POST /v1/clusters/{cluster}/verify         token     VerifyRequest (optional) → VerifyReport
 //! ```
@@ -71,6 +74,15 @@ pub fn router(state: AppState) -> Router {
             get(list_backups).post(start_backup),
         )
         .route("/v1/clusters/{cluster}/backups/{id}", get(get_backup))
+        .route(
+            "/v1/clusters/{cluster}/backups/{id}/manifest",
+            get(get_manifest),
+        )
+        .route(
+            "/v1/clusters/{cluster}/backups/{id}/backup_manifest",
+            get(get_pg_manifest),
+        )
+        .route("/v1/clusters/{cluster}/chunks/{chunk}", get(get_chunk))
         .route("/v1/clusters/{cluster}/offloads", post(start_offload))
         .route("/v1/clusters/{cluster}/verify", post(verify))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
@@ -370,6 +382,62 @@ async fn get_backup(
         Some(b) => Ok(Json(b)),
         None => Err(ApiError::NotFound(format!(
             "cluster {cluster} has no backup {id}"
+        ))),
+    }
+}
+
+async fn get_manifest(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((raw_cluster, raw_id)) = path.map_err(bad_path)?;
+    let cluster = caller.cluster(&state, &raw_cluster)?;
+    let id = backup_id(&raw_id)?;
+    let (registry, c, i) = (state.registry.clone(), cluster.clone(), id.clone());
+    match blocking(&cluster, move || registry.backup_manifest(&c, &i)).await? {
+        Some(bytes) => Ok(([(CONTENT_TYPE, "application/json")], bytes).into_response()),
+        None => Err(ApiError::NotFound(format!(
+            "cluster {cluster} has no complete backup {id}"
+        ))),
+    }
+}
+
+async fn get_pg_manifest(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((raw_cluster, raw_id)) = path.map_err(bad_path)?;
+    let cluster = caller.cluster(&state, &raw_cluster)?;
+    let id = backup_id(&raw_id)?;
+    let (registry, c, i) = (state.registry.clone(), cluster.clone(), id.clone());
+    match blocking(&cluster, move || registry.pg_backup_manifest(&c, &i)).await? {
+        Some(bytes) => Ok(([(CONTENT_TYPE, "application/json")], bytes).into_response()),
+        None => Err(ApiError::NotFound(format!(
+            "cluster {cluster} has no backup_manifest for backup {id}"
+        ))),
+    }
+}
+
+async fn get_chunk(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((raw_cluster, raw_chunk)) = path.map_err(bad_path)?;
+    let cluster = caller.cluster(&state, &raw_cluster)?;
+    if raw_chunk.len() != 64 || !raw_chunk.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::BadRequest(format!(
+            "invalid chunk id {:?}: 64 hex digits expected",
+            shorten(&raw_chunk)
+        )));
+    }
+    let (registry, c, id) = (state.registry.clone(), cluster.clone(), raw_chunk.clone());
+    match blocking(&cluster, move || registry.read_chunk(&c, &id)).await? {
+        Some(bytes) => Ok(([(CONTENT_TYPE, "application/octet-stream")], bytes).into_response()),
+        None => Err(ApiError::NotFound(format!(
+            "cluster {cluster} has no chunk {raw_chunk}"
         ))),
     }
 }

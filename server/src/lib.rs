@@ -14,5 +14,6 @@ pub mod metrics;
 pub mod output;
 pub mod progress;
 pub mod registry;
+pub mod restore;
 pub mod schedule;
 pub mod serve;

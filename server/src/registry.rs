@@ -56,6 +56,28 @@ pub trait Registry: Send + Sync + 'static {
     /// One backup; `Ok(None)` when there is no such backup.
     fn backup(&self, cluster: &ClusterName, id: &str) -> Result<Option<BackupView>, RegistryError>;
 
+    /// Klio's manifest of a complete backup (JSON, decrypted); `Ok(None)` if no such
+    /// complete backup.
+    fn backup_manifest(
+        &self,
+        cluster: &ClusterName,
+        id: &str,
+    ) -> Result<Option<Vec<u8>>, RegistryError>;
+
+    /// PostgreSQL's `backup_manifest` of a complete backup; `Ok(None)` if there is none.
+    fn pg_backup_manifest(
+        &self,
+        cluster: &ClusterName,
+        id: &str,
+    ) -> Result<Option<Vec<u8>>, RegistryError>;
+
+    /// One chunk's plaintext, verified; `Ok(None)` if the cluster has no such chunk.
+    fn read_chunk(
+        &self,
+        cluster: &ClusterName,
+        chunk: &str,
+    ) -> Result<Option<Vec<u8>>, RegistryError>;
+
     /// Reads back and checks every chunk of the backup(s), their manifests and the WAL
     /// chain to the newest stored WAL. May take long; runs on the blocking pool.
     fn verify(
@@ -388,6 +410,33 @@ impl Registry for MemoryRegistry {
             m.get(cluster)
                 .and_then(|c| c.backups.iter().find(|b| b.id == id).cloned())
         }))
+    }
+
+    fn backup_manifest(
+        &self,
+        _cluster: &ClusterName,
+        _id: &str,
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(None)
+    }
+
+    fn pg_backup_manifest(
+        &self,
+        _cluster: &ClusterName,
+        _id: &str,
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(None)
+    }
+
+    fn read_chunk(
+        &self,
+        _cluster: &ClusterName,
+        _chunk: &str,
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(None)
     }
 
     fn verify(

@@ -86,6 +86,20 @@ impl std::fmt::Debug for PgInstance {
     }
 }
 
+fn chown_tree(owner: &crate::pg_command::Owner, dir: &Path) -> Result<()> {
+    owner.chown(dir)?;
+    if fs::symlink_metadata(dir)?.is_dir() {
+        for e in fs::read_dir(dir)? {
+            let p = e?.path();
+            if fs::symlink_metadata(&p)?.file_type().is_symlink() {
+                continue;
+            }
+            chown_tree(owner, &p)?;
+        }
+    }
+    Ok(())
+}
+
 impl PgInstance {
     /// initdb, configure, start and wait until the server accepts connections; creates the
     /// `streaming_replica` role.
@@ -166,6 +180,41 @@ impl PgInstance {
         )
         .map_err(|e| self.with_log(e))?;
         Ok(copy)
+    }
+
+    /// An instance directory whose data directory does not exist yet: for a restore
+    /// tool to fill ([`PgInstance::data_dir`]), then [`PgInstance::start_restored`].
+    pub fn empty(opts: PgOptions) -> Result<PgInstance> {
+        let bin_dir = pg_bin_dir(opts.major)?;
+        let major = server_major(&bin_dir)?;
+        PgInstance::prepare(opts, bin_dir, major)
+    }
+
+    /// A directory inside this instance's directory, owned by the `postgres` account
+    /// (for tablespaces).
+    pub fn owned_dir(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.root.join(name);
+        fs::create_dir_all(&dir)?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+        self.owner.chown(&dir)?;
+        Ok(dir)
+    }
+
+    /// Starts a data directory filled by someone else (a restore): everything under it
+    /// and under `extra_dirs` (tablespaces) is handed to the `postgres` account, the
+    /// harness's configuration is written, and the server is started. Recovery settings
+    /// are whatever the restore wrote; returns once the server accepts connections (for a
+    /// recovery that promotes: once recovery ended).
+    pub fn start_restored(&mut self, extra_dirs: &[PathBuf]) -> Result<()> {
+        if self.running {
+            bail!("start_restored: the instance is already running");
+        }
+        for d in std::iter::once(&self.data_dir).chain(extra_dirs) {
+            chown_tree(&self.owner, d)?;
+        }
+        fs::set_permissions(&self.data_dir, fs::Permissions::from_mode(0o700))?;
+        self.write_hba()?;
+        self.start_on_free_port()
     }
 
     /// Starts a copy made by [`PgInstance::base_copy`] in archive recovery with

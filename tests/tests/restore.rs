@@ -1,0 +1,235 @@
+//! Restore drills: a base backup plus Klio's WAL, restored with `klio restore` into a new
+//! data directory (and a remapped tablespace), recovered by PostgreSQL through
+//! `klio wal-restore` to a named restore point, an LSN and a time; each result's table
+//! contents equal the source's at that target. The restored directory passes
+//! `pg_verifybackup` before it is started. Wrong and foreign tokens write nothing.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use klio_tests::{wait_until, ClusterConf, KlioServer, PgInstance, PgOptions};
+
+const TABLES: &[&str] = &[
+    "pgbench_accounts",
+    "pgbench_branches",
+    "pgbench_tellers",
+    "pgbench_history",
+    "drill",
+];
+
+/// One line per table: name and an md5 of its rows in a stable order.
+fn checksums(pg: &PgInstance) -> Result<String> {
+    let mut out = String::new();
+    for t in TABLES {
+        let sum = pg.psql(&format!(
+            "SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, ',' ORDER BY x::text)), '') FROM {t} x"
+        ))?;
+        out.push_str(&format!("{t} {sum}\n"));
+    }
+    Ok(out)
+}
+
+fn load(pg: &PgInstance, round: u32) -> Result<()> {
+    pg.pgbench(&["-t", "200", "-c", "2", "--no-vacuum"])?;
+    pg.psql(&format!(
+        "INSERT INTO drill SELECT {round}, g FROM generate_series(1, 1000) g"
+    ))?;
+    Ok(())
+}
+
+/// The klio binary and a token where the `postgres` account can use them.
+struct Tools {
+    _dir: tempfile::TempDir,
+    bin: PathBuf,
+    token: PathBuf,
+}
+
+fn tools(klio: &KlioServer, cluster: &str) -> Result<Tools> {
+    let dir = tempfile::Builder::new().prefix("klio-restore-").tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    let bin = dir.path().join("klio");
+    std::fs::copy(klio_tests::klio_bin(), &bin)?;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+    let token = dir.path().join("token");
+    std::fs::write(&token, klio.token(cluster))?;
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644))?;
+    Ok(Tools {
+        _dir: dir,
+        bin,
+        token,
+    })
+}
+
+fn klio_restore(klio: &KlioServer, t: &Tools, token: &Path, args: &[&str]) -> Result<Output> {
+    let mut cmd = Command::new(&t.bin);
+    cmd.arg("restore")
+        .args(["--cluster", "src", "--server", &klio.url(), "--token-file"])
+        .arg(token)
+        .args(args);
+    Ok(cmd.output()?)
+}
+
+#[test]
+fn restore_drills_reach_each_target_exactly() -> Result<()> {
+    let pg = PgInstance::start(PgOptions::new())?;
+    let ts = pg.owned_dir("ts_src")?;
+    pg.psql(&format!(
+        "CREATE TABLESPACE extra LOCATION '{}'",
+        ts.display()
+    ))?;
+    pg.psql("CREATE TABLE drill (round int, i int) TABLESPACE extra")?;
+    pg.pgbench(&["-i", "-s", "2"])?;
+    let klio = KlioServer::start(vec![ClusterConf::new("src", pg.replication_conninfo())])?;
+    let lsn = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
+    klio.wait_flushed("src", &lsn, Duration::from_secs(60))?;
+    klio.client_ok("src", &["backup", "--wait"])?;
+
+    // Three targets, each after more load, each with the data as it was then.
+    load(&pg, 1)?;
+    let at_name = checksums(&pg)?;
+    pg.psql("SELECT pg_create_restore_point('drill_point')")?;
+    load(&pg, 2)?;
+    let at_lsn = checksums(&pg)?;
+    let lsn = pg.psql("SELECT pg_current_wal_insert_lsn()")?;
+    load(&pg, 3)?;
+    let at_time = checksums(&pg)?;
+    let time = pg.psql(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
+    )?;
+    // The next commit must carry a later timestamp than the target.
+    std::thread::sleep(Duration::from_millis(20));
+    load(&pg, 4)?;
+    let end = checksums(&pg)?;
+    ensure!(at_name != at_lsn && at_lsn != at_time && at_time != end);
+    pg.psql("SELECT pg_switch_wal()")?;
+    let flushed = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
+    klio.wait_flushed("src", &flushed, Duration::from_secs(60))?;
+
+    let t = tools(&klio, "src")?;
+    let drills: Vec<(&str, Vec<String>, &String)> = vec![
+        (
+            "name",
+            vec!["--target-name".into(), "drill_point".into()],
+            &at_name,
+        ),
+        ("lsn", vec!["--target-lsn".into(), lsn.clone()], &at_lsn),
+        ("time", vec!["--target-time".into(), time.clone()], &at_time),
+    ];
+    for (what, target, expected) in drills {
+        let mut restored = PgInstance::empty(PgOptions::new())?;
+        let new_ts = restored
+            .data_dir()
+            .parent()
+            .context("instance dir")?
+            .join("ts_restored");
+        let map = format!("{}={}", ts.display(), new_ts.display());
+        let mut args: Vec<&str> = vec![
+            "--pgdata",
+            restored.data_dir().to_str().context("utf-8")?,
+            "--target-action",
+            "promote",
+            "--tablespace-map",
+            &map,
+        ];
+        args.extend(target.iter().map(String::as_str));
+        let out = klio_restore(&klio, &t, &t.token, &args)?;
+        ensure!(
+            out.status.success(),
+            "klio restore ({what}) failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // PostgreSQL's own check of the restored files against its backup_manifest.
+        let v = Command::new(pg.tool("pg_verifybackup"))
+            .arg("--no-parse-wal")
+            .arg(restored.data_dir())
+            .output()?;
+        ensure!(
+            v.status.success(),
+            "pg_verifybackup ({what}): {}{}",
+            String::from_utf8_lossy(&v.stdout),
+            String::from_utf8_lossy(&v.stderr)
+        );
+        restored.start_restored(&[new_ts.clone()])?;
+        wait_until(
+            Duration::from_secs(120),
+            "recovery to reach its target",
+            || Ok(restored.psql("SELECT pg_is_in_recovery()")? == "f"),
+        )?;
+        let got = checksums(&restored)?;
+        ensure!(
+            &got == expected,
+            "restore to {what}: contents differ\nexpected:\n{expected}got:\n{got}\nlog:\n{}",
+            restored.log_tail(30)
+        );
+        let link = std::fs::read_link(
+            restored.data_dir().join("pg_tblspc").join(
+                std::fs::read_dir(restored.data_dir().join("pg_tblspc"))?
+                    .next()
+                    .context("no tablespace link")??
+                    .file_name(),
+            ),
+        )?;
+        ensure!(
+            link == new_ts,
+            "tablespace link points to {}",
+            link.display()
+        );
+        println!("restore to {what}: contents match the source at the target");
+    }
+    Ok(())
+}
+
+#[test]
+fn restore_with_a_wrong_or_foreign_token_writes_nothing() -> Result<()> {
+    let a = PgInstance::start(PgOptions::new())?;
+    let b = PgInstance::start(PgOptions::new())?;
+    let klio = KlioServer::start(vec![
+        ClusterConf::new("src", a.replication_conninfo()),
+        ClusterConf::new("other", b.replication_conninfo()),
+    ])?;
+    for (name, pg) in [("src", &a), ("other", &b)] {
+        let lsn = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
+        klio.wait_flushed(name, &lsn, Duration::from_secs(60))?;
+    }
+    klio.client_ok("src", &["backup", "--wait"])?;
+    let t = tools(&klio, "src")?;
+    let wrong = t.bin.with_file_name("wrong-token");
+    std::fs::write(&wrong, "not-a-valid-token-0123456789")?;
+    let foreign = t.bin.with_file_name("foreign-token");
+    std::fs::write(&foreign, klio.token("other"))?;
+    let target = tempfile::tempdir()?;
+    let pgdata = target.path().join("pgdata");
+    for (what, token, code) in [("wrong", &wrong, "401"), ("foreign", &foreign, "403")] {
+        let out = klio_restore(
+            &klio,
+            &t,
+            token,
+            &["--pgdata", pgdata.to_str().context("utf-8")?],
+        )?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(!out.status.success(), "{what} token: restore succeeded");
+        ensure!(stderr.contains(code), "{what} token: {stderr}");
+        ensure!(
+            !pgdata.exists(),
+            "{what} token: {} was created",
+            pgdata.display()
+        );
+    }
+    // A non-empty PGDATA is refused and left alone.
+    std::fs::create_dir(&pgdata)?;
+    std::fs::write(pgdata.join("keep"), "x")?;
+    let out = klio_restore(
+        &klio,
+        &t,
+        &t.token,
+        &["--pgdata", pgdata.to_str().context("utf-8")?],
+    )?;
+    ensure!(!out.status.success());
+    ensure!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+    ensure!(std::fs::read_dir(&pgdata)?.count() == 1);
+    Ok(())
+}
