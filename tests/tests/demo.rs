@@ -1,4 +1,5 @@
-//! `klio demo`, the README's "run it" command, works end to end and says so.
+//! `klio demo`, the README's "run it" command, works end to end (stream, back up,
+//! restore to a point in time, compare) and says so.
 
 use std::process::Command;
 
@@ -20,5 +21,8 @@ fn klio_demo_exits_0_with_a_passing_verdict() -> Result<()> {
         "no passing verdict: {stdout}"
     );
     ensure!(stdout.contains("segments identical"), "{stdout}");
+    ensure!(stdout.contains("Taking a base backup"), "{stdout}");
+    ensure!(stdout.contains("tables identical"), "{stdout}");
+    println!("{stdout}");
     Ok(())
 }
