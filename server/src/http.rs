@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! GET /healthz                               no auth   "ok"
+//! GET /v1/openapi.json                       no auth   this API as OpenAPI 3.0 (server/api/openapi.json)
 //! GET /metrics                               no auth   Prometheus text 0.0.4
 //! GET /v1/status                             token     StatusList (clusters the token may see)
 //! GET /v1/clusters/{cluster}/status          token     ClusterStatusView
@@ -65,6 +66,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
+        .route("/v1/openapi.json", get(openapi))
         .route("/v1/status", get(status_all))
         .route("/v1/clusters/{cluster}/status", get(cluster_status))
         .route("/v1/clusters/{cluster}/wal", get(list_wal))
@@ -266,6 +268,31 @@ fn status_of(state: &AppState, cluster: &ClusterName) -> Result<ClusterStatusVie
 
 async fn healthz() -> &'static str {
     "ok"
+}
+
+/// The OpenAPI document, checked in at `server/api/openapi.json`.
+pub const OPENAPI: &str = include_str!("../api/openapi.json");
+
+/// Every route the router serves (the OpenAPI document must describe exactly these).
+pub const ROUTES: &[&str] = &[
+    "/healthz",
+    "/metrics",
+    "/v1/openapi.json",
+    "/v1/status",
+    "/v1/clusters/{cluster}/status",
+    "/v1/clusters/{cluster}/wal",
+    "/v1/clusters/{cluster}/wal/{walfile}",
+    "/v1/clusters/{cluster}/backups",
+    "/v1/clusters/{cluster}/backups/{id}",
+    "/v1/clusters/{cluster}/backups/{id}/manifest",
+    "/v1/clusters/{cluster}/backups/{id}/backup_manifest",
+    "/v1/clusters/{cluster}/chunks/{chunk}",
+    "/v1/clusters/{cluster}/offloads",
+    "/v1/clusters/{cluster}/verify",
+];
+
+async fn openapi() -> Response {
+    ([(CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {

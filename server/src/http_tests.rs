@@ -465,3 +465,31 @@ async fn offload_and_verify_reach_the_registry() {
     .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn openapi_document_describes_exactly_the_served_routes() {
+    let (_, state) = fixture();
+    let app = router(state);
+    let (s, _, body) = get(&app, "/v1/openapi.json", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["openapi"], "3.0.3");
+    let mut documented: Vec<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
+    documented.sort();
+    let mut served: Vec<String> = ROUTES.iter().map(|r| r.to_string()).collect();
+    served.sort();
+    assert_eq!(documented, served);
+    // Every listed route is really served (not the fallback).
+    for route in ROUTES {
+        let uri = route
+            .replace("{cluster}", "pg-a")
+            .replace("{walfile}", SEG1)
+            .replace("{id}", "20260101T000001Z")
+            .replace("{chunk}", &"ab".repeat(32));
+        let auth = bearer(TOKEN_A);
+        let (_, _, body) = get(&app, &uri, auth.as_deref()).await;
+        if let Ok(e) = serde_json::from_slice::<ErrorBody>(&body) {
+            assert_ne!(e.error, "no such endpoint", "{route} is not served");
+        }
+    }
+}
