@@ -326,7 +326,7 @@ impl BackupManager {
                             s.flushed.map(|l| l.to_string()).unwrap_or_else(|| "nothing".into())
                         ));
                     }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 let name = cb.handle.spec.name.clone();
                 let report = tokio::task::spawn_blocking(move || {

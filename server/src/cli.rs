@@ -445,7 +445,7 @@ async fn finish_backup_command(
     let mut view = started;
     while view.state == BackupStateView::Running {
         display.update(&view);
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         view = c.backup(&view.cluster, &view.id).await?;
     }
     display.finish();
