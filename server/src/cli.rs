@@ -43,6 +43,9 @@ pub enum Command {
     WalRestore(WalRestoreArgs),
     /// Show the replication status of the clusters your token can see.
     Status(StatusArgs),
+    /// Background WAL prefetcher started by wal-restore.
+    #[command(hide = true)]
+    WalPrefetch(WalPrefetchArgs),
     /// List what the server stores.
     #[command(subcommand)]
     List(ListCommand),
@@ -86,6 +89,30 @@ pub struct WalRestoreArgs {
     /// The cluster whose WAL to fetch.
     #[arg(long, env = "KLIO_CLUSTER", value_name = "NAME")]
     pub cluster: Option<String>,
+    /// Segments to fetch ahead in the background (0: off).
+    #[arg(long, env = "KLIO_PREFETCH", default_value_t = crate::prefetch::DEFAULT_PREFETCH)]
+    pub prefetch: u32,
+    /// Where prefetched segments wait (default: klio-spool-<cluster> beside PGDATA).
+    #[arg(long, env = "KLIO_SPOOL", value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+/// The background half of `wal-restore`'s prefetch (started by it; not for direct use).
+#[derive(Debug, Args)]
+pub struct WalPrefetchArgs {
+    #[arg(long, value_name = "NAME")]
+    pub cluster: String,
+    #[arg(long, value_name = "DIR")]
+    pub spool: PathBuf,
+    /// The segment just served.
+    #[arg(long, value_name = "WALFILE")]
+    pub after: String,
+    #[arg(long, value_name = "BYTES")]
+    pub seg_size: u64,
+    #[arg(long)]
+    pub count: u32,
     #[command(flatten)]
     pub connection: ConnectionArgs,
 }
@@ -251,6 +278,7 @@ pub fn run(cli: Cli) -> u8 {
             fatal_on_error("demo", runtime(true).map(|rt| rt.block_on(demo::run(args))))
         }
         Command::WalRestore(args) => client_command(wal_restore(args)),
+        Command::WalPrefetch(args) => client_command(wal_prefetch(args)),
         Command::Status(args) => client_command(status(args)),
         Command::List(ListCommand::Wal(args)) => client_command(list_wal(args)),
         Command::List(ListCommand::Backups(args)) => client_command(list_backups(args)),
@@ -363,11 +391,49 @@ impl ConnectionArgs {
 async fn wal_restore(args: WalRestoreArgs) -> Result<(), ClientError> {
     // The name first: a bad %f is reported before anything else is looked at.
     client::parse_wal_name(&args.walfile)?;
+    let name = client::parse_wal_name(&args.walfile)?;
     let cluster = cluster_arg(args.cluster.as_deref())?;
     let c = args.connection.client()?;
-    let bytes = client::wal_restore(&c, &cluster, &args.walfile, &args.dest).await?;
-    tracing::debug!(walfile = %args.walfile, bytes, dest = %args.dest.display(), "restored");
+    let prefetching = args.prefetch > 0 && name.kind() == klio_core::WalFileKind::Segment;
+    let spool = match &args.spool {
+        Some(s) => s.clone(),
+        None if prefetching => crate::prefetch::default_spool(&cluster)?,
+        None => PathBuf::new(),
+    };
+    let from_spool = if prefetching {
+        crate::prefetch::take_from_spool(&spool, &args.walfile, &args.dest)
+    } else {
+        None
+    };
+    let bytes = match from_spool {
+        Some(b) => b,
+        None => client::wal_restore(&c, &cluster, &args.walfile, &args.dest).await?,
+    };
+    tracing::debug!(walfile = %args.walfile, bytes, dest = %args.dest.display(), spooled = from_spool.is_some(), "restored");
+    if prefetching {
+        if let (Ok(exe), Some(token)) = (std::env::current_exe(), &args.connection.token_file) {
+            crate::prefetch::spawn_prefetcher(
+                &exe,
+                &args.connection.server,
+                &cluster,
+                token,
+                &spool,
+                &name,
+                bytes,
+                args.prefetch,
+            );
+        }
+    }
     Ok(())
+}
+
+async fn wal_prefetch(args: WalPrefetchArgs) -> Result<(), ClientError> {
+    let cluster = cluster_arg(Some(&args.cluster))?;
+    let after = client::parse_wal_name(&args.after)?;
+    let seg_size = klio_core::WalSegSize::new(args.seg_size)
+        .map_err(|e| ClientError::Usage(format!("--seg-size: {e}")))?;
+    let c = args.connection.client()?;
+    crate::prefetch::run_prefetch(&c, &cluster, &args.spool, &after, seg_size, args.count).await
 }
 
 async fn status(args: StatusArgs) -> Result<(), ClientError> {

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod http;
 pub mod metrics;
 pub mod output;
+pub mod prefetch;
 pub mod progress;
 pub mod registry;
 pub mod restore;

@@ -233,3 +233,69 @@ fn restore_with_a_wrong_or_foreign_token_writes_nothing() -> Result<()> {
     ensure!(std::fs::read_dir(&pgdata)?.count() == 1);
     Ok(())
 }
+
+#[test]
+fn wal_restore_prefetches_sealed_segments_into_the_spool() -> Result<()> {
+    let pg = PgInstance::start(PgOptions::new().conf("wal_keep_size", "1GB"))?;
+    let mut klio = KlioServer::start(vec![ClusterConf::new("src", pg.replication_conninfo())])?;
+    for _ in 0..5 {
+        pg.psql("CREATE TABLE IF NOT EXISTS t AS SELECT 1 AS i; SELECT pg_switch_wal()")?;
+        pg.psql("INSERT INTO t SELECT generate_series(1, 1000)")?;
+    }
+    pg.psql("SELECT pg_switch_wal()")?;
+    let flushed = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
+    klio.wait_flushed("src", &flushed, Duration::from_secs(60))?;
+    let sealed = klio.sealed_segments("src")?;
+    ensure!(sealed.len() >= 4, "{sealed:?}");
+    let t = tools(&klio, "src")?;
+    let work = tempfile::tempdir()?;
+    let spool = work.path().join("spool");
+    let url = klio.url();
+    let run = |name: &str, dest: &Path| -> Result<Output> {
+        Ok(Command::new(&t.bin)
+            .args(["wal-restore", name])
+            .arg(dest)
+            .args(["--cluster", "src", "--server", &url, "--token-file"])
+            .arg(&t.token)
+            .arg("--spool")
+            .arg(&spool)
+            .args(["--prefetch", "2"])
+            .output()?)
+    };
+    let first = work.path().join("first");
+    let out = run(&sealed[0], &first)?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The next two sealed segments arrive in the spool by themselves.
+    wait_until(
+        Duration::from_secs(30),
+        "the prefetcher to fill the spool",
+        || {
+            Ok(sealed[1..3]
+                .iter()
+                .all(|n| spool.join(format!("{n}.crc32c")).exists()))
+        },
+    )?;
+    // With the server gone, the spooled segment is still served, and it is PostgreSQL's.
+    klio.kill9();
+    let second = work.path().join("second");
+    let out = run(&sealed[1], &second)?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(std::fs::read(&second)? == std::fs::read(pg.wal_dir().join(&sealed[1]))?);
+    ensure!(
+        !spool.join(&sealed[1]).exists(),
+        "a used entry stayed in the spool"
+    );
+    // Not spooled and no server: a clear failure, nothing written.
+    let third = work.path().join("third");
+    let out = run(&sealed[3], &third)?;
+    ensure!(!out.status.success() && !third.exists());
+    Ok(())
+}
