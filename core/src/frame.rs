@@ -183,11 +183,30 @@ impl FrameSealer {
         let body_start = out.len();
         let mut compressed = false;
         if self.compress && plain.len() >= 64 {
-            if let Ok(c) = zstd::bulk::compress(plain, ZSTD_LEVEL) {
-                if c.len() < plain.len() {
-                    out.extend_from_slice(&c);
+            // One compression context per thread: creating one per frame costs more than
+            // compressing a small frame.
+            thread_local! {
+                static CCTX: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+                    const { std::cell::RefCell::new(None) };
+            }
+            let bound = zstd::zstd_safe::compress_bound(plain.len());
+            out.reserve(bound);
+            let start_len = out.len();
+            let written = CCTX.with(|c| {
+                let mut c = c.borrow_mut();
+                if c.is_none() {
+                    *c = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+                }
+                let comp = c.as_mut()?;
+                out.resize(start_len + bound, 0);
+                comp.compress_to_buffer(plain, &mut out[start_len..]).ok()
+            });
+            match written {
+                Some(n) if n < plain.len() => {
+                    out.truncate(start_len + n);
                     compressed = true;
                 }
+                _ => out.truncate(start_len),
             }
         }
         if !compressed {
