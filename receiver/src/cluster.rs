@@ -221,6 +221,14 @@ pub fn prepare_cluster(
     })
 }
 
+/// A failed writer checkpoint ends the session; a full disk is flagged (sticky).
+fn checkpoint_failed(status: &ClusterStatus, e: crate::ingest::WriterError) -> SessionError {
+    if e.disk_full {
+        status.set_disk_full(true);
+    }
+    SessionError::Store(e.message)
+}
+
 /// Why a streaming session ended.
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
@@ -464,7 +472,10 @@ async fn session(
         }
     }
 
-    let resume = ingest.checkpoint().await.map_err(SessionError::Store)?;
+    let resume = ingest
+        .checkpoint()
+        .await
+        .map_err(|e| checkpoint_failed(status, e))?;
     // Flush position to report before the first fsync of this session: the resume
     // point is durable in Tier 1 (reporting it releases commits that waited on us
     // while we were down); nothing is when starting from the slot.
@@ -546,7 +557,10 @@ async fn session(
             CopyEnd::Shutdown => {
                 let _ = conn.send_copy_done().await;
                 let _ = tokio::time::timeout(Duration::from_secs(5), conn.finish_copy()).await;
-                ingest.checkpoint().await.map_err(SessionError::Store)?;
+                ingest
+                    .checkpoint()
+                    .await
+                    .map_err(|e| checkpoint_failed(status, e))?;
                 conn.close().await;
                 return Ok(SessionEnd::Shutdown);
             }
@@ -554,7 +568,10 @@ async fn session(
                 conn.send_copy_done().await?;
                 let rs = conn.finish_copy().await?;
                 let (next, pos) = replication::parse_timeline_end(&rs)?;
-                let end = ingest.checkpoint().await.map_err(SessionError::Store)?;
+                let end = ingest
+                    .checkpoint()
+                    .await
+                    .map_err(|e| checkpoint_failed(status, e))?;
                 info!(timeline = %tli, next_timeline = next, switch = %Lsn(pos), stored_until = ?end,
                     "end of timeline; following the switch");
                 tli = TimelineId::new(next).map_err(|e| SessionError::Other(e.to_string()))?;
@@ -607,13 +624,17 @@ async fn copy_loop(
             r = progress.changed() => {
                 r.map_err(|_| SessionError::Store("writer thread stopped".into()))?;
                 let p = progress.borrow_and_update().clone();
-                status.set_disk_full(p.disk_full);
                 if let Some(err) = p.error {
+                    // Sticky: cleared only once a write succeeds again.
+                    if p.disk_full {
+                        status.set_disk_full(true);
+                    }
                     return Err(SessionError::Store(err));
                 }
                 status.set_sealed(p.sealed);
                 if let Some((t, lsn)) = p.durable {
                     if t == tli && lsn > flushed {
+                        status.set_disk_full(false);
                         flushed = lsn;
                         status.set_flushed(lsn);
                         send_status(conn, received, flushed, false).await?;

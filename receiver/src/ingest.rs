@@ -26,7 +26,7 @@ enum WriterCmd {
     /// Flush, close the open segment, clear a previous error, and report
     /// where streaming must resume.
     Checkpoint {
-        reply: oneshot::Sender<Result<Option<(TimelineId, Lsn)>, String>>,
+        reply: oneshot::Sender<Result<Option<(TimelineId, Lsn)>, WriterError>>,
     },
 }
 
@@ -45,6 +45,34 @@ pub struct WriterProgress {
 #[derive(Debug, thiserror::Error)]
 #[error("the Tier 1 writer thread has stopped")]
 pub struct WriterGone;
+
+/// A failed checkpoint: the message, and whether Tier 1 is out of space.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct WriterError {
+    pub message: String,
+    pub disk_full: bool,
+}
+
+impl From<&StoreError> for WriterError {
+    fn from(e: &StoreError) -> Self {
+        WriterError {
+            message: describe(e),
+            disk_full: e.is_disk_full(),
+        }
+    }
+}
+
+/// The error as logged and reported: for a full disk, with the fix.
+pub fn describe(e: &StoreError) -> String {
+    if e.is_disk_full() {
+        format!(
+            "Tier 1 is out of space ({e}); free space on Klio's volume or enlarge it: streaming resumes by itself, and nothing beyond what is on disk is acknowledged meanwhile"
+        )
+    } else {
+        e.to_string()
+    }
+}
 
 /// Handle to a cluster's writer thread.
 pub struct Ingest {
@@ -78,13 +106,17 @@ impl Ingest {
 
     /// Makes everything queued durable, closes the open segment and returns the
     /// end of stored WAL (where streaming resumes). Clears a previous error.
-    pub async fn checkpoint(&self) -> Result<Option<(TimelineId, Lsn)>, String> {
+    pub async fn checkpoint(&self) -> Result<Option<(TimelineId, Lsn)>, WriterError> {
+        let gone = || WriterError {
+            message: WriterGone.to_string(),
+            disk_full: false,
+        };
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(WriterCmd::Checkpoint { reply })
             .await
-            .map_err(|_| WriterGone.to_string())?;
-        rx.await.map_err(|_| WriterGone.to_string())?
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
     }
 
     pub fn subscribe(&self) -> watch::Receiver<WriterProgress> {
@@ -126,7 +158,7 @@ fn writer_loop(
                 }
                 WriterCmd::Checkpoint { reply } => {
                     let res = checkpoint(&mut writer, &mut failed);
-                    let _ = reply.send(res.map_err(|e| e.to_string()));
+                    let _ = reply.send(res.map_err(|e| WriterError::from(&e)));
                     dirty = false;
                     publish(&progress, &writer, None);
                 }
@@ -141,7 +173,7 @@ fn writer_loop(
         }
         if let Some(e) = &failed {
             if progress.borrow().error.is_none() {
-                error!(error = %e, "Tier 1 write failed; acknowledging nothing further until it recovers");
+                error!(error = %describe(e), "Tier 1 write failed; acknowledging nothing further until it recovers");
             }
             publish(&progress, &writer, Some(e));
         } else if dirty || writer.sealed_count() != last_sealed {
@@ -176,7 +208,7 @@ fn publish(
     let p = WriterProgress {
         durable: writer.durable(),
         sealed: writer.sealed_count(),
-        error: err.map(|e| e.to_string()),
+        error: err.map(describe),
         disk_full: err.is_some_and(|e| e.is_disk_full()),
     };
     progress.send_if_modified(|old| {

@@ -78,6 +78,15 @@ pub struct KlioServer {
 impl KlioServer {
     /// Writes a config for `clusters` (fresh master key) and starts the server.
     pub fn start(clusters: Vec<ClusterConf>) -> Result<KlioServer> {
+        KlioServer::start_prepared(clusters, |_| Ok(()))
+    }
+
+    /// [`KlioServer::start`], running `prepare(data_dir)` before the first start (e.g. to
+    /// mount a small file system inside the data directory).
+    pub fn start_prepared(
+        clusters: Vec<ClusterConf>,
+        prepare: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<KlioServer> {
         let dir = tempfile::Builder::new().prefix("klio-e2e-").tempdir()?;
         let port = free_port()?;
         let mut s = KlioServer {
@@ -90,6 +99,8 @@ impl KlioServer {
         };
         std::fs::write(s.master_key_path(), random_hex(32))?;
         s.write_config()?;
+        std::fs::create_dir_all(s.data_dir())?;
+        prepare(&s.data_dir())?;
         s.restart()?;
         Ok(s)
     }

@@ -1,0 +1,126 @@
+//! Tier 1 out of space: a small tmpfs holds the cluster's Tier 1 directory. When it
+//! fills, Klio says so (status, metric, a log line with the fix), acknowledges nothing it
+//! has not stored, and once space is freed resumes by itself; every sealed segment is
+//! then byte-identical to pg_wal (no torn frame survived the failed writes).
+//!
+//! Needs `mount -t tmpfs` (root, as in CI); skipped with a message otherwise.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use klio_tests::{http_get, parse_lsn, wait_until, ClusterConf, KlioServer, PgInstance, PgOptions};
+
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn mount_tmpfs(dir: &Path, size: &str) -> Result<Option<Mount>> {
+    std::fs::create_dir_all(dir)?;
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .status()?;
+    Ok(st.success().then(|| Mount(dir.to_path_buf())))
+}
+
+#[test]
+fn tier1_full_is_reported_acknowledges_nothing_more_and_resumes() -> Result<()> {
+    let pg = PgInstance::start(PgOptions::new().conf("wal_keep_size", "2GB"))?;
+    let mut mount = None;
+    let klio = match KlioServer::start_prepared(
+        vec![ClusterConf::new("full", pg.replication_conninfo())],
+        |data| {
+            mount = mount_tmpfs(&data.join("clusters"), "40m")?;
+            Ok(())
+        },
+    ) {
+        Ok(k) => k,
+        Err(e) => return Err(e),
+    };
+    let Some(mount) = mount else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?); this test runs in CI as root");
+        return Ok(());
+    };
+    let lsn = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
+    klio.wait_flushed("full", &lsn, Duration::from_secs(60))?;
+    // Leave ~4 MB free, then write WAL that compresses poorly.
+    let filler = mount.0.join("filler");
+    let st = Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M", "count=34"])
+        .arg(format!("of={}", filler.display()))
+        .status()?;
+    ensure!(st.success());
+    pg.psql("CREATE TABLE noise (t text)")?;
+    let mut full = false;
+    for _ in 0..40 {
+        pg.psql(
+            "INSERT INTO noise SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 200), generate_series(1, 100) g GROUP BY g",
+        )?;
+        if klio.status("full")?["disk_full"] == true {
+            full = true;
+            break;
+        }
+    }
+    if !full {
+        wait_until(
+            Duration::from_secs(60),
+            "Klio to report the full disk",
+            || Ok(klio.status("full")?["disk_full"] == true),
+        )?;
+    }
+    let (_, metrics) = http_get(&format!("{}/metrics", klio.url()), None)?;
+    let metrics = String::from_utf8(metrics)?;
+    ensure!(
+        metrics.contains("klio_tier1_disk_full{cluster=\"full\"} 1"),
+        "{metrics}"
+    );
+    // What the primary believes Klio has durably must be stored: it reads back below.
+    // (The slot's restart_lsn follows the flush position Klio reported; Klio may be
+    // disconnected now, so pg_stat_replication may have no row.)
+    let acked = pg.psql(
+        "SELECT coalesce(restart_lsn::text, '0/0') FROM pg_replication_slots WHERE slot_name = 'klio'",
+    )?;
+    let st = klio.status("full")?;
+    let klio_flushed = st["flushed_lsn"].as_str().context("flushed_lsn")?;
+    ensure!(
+        parse_lsn(&acked)? <= parse_lsn(klio_flushed)?,
+        "the primary saw {acked} acknowledged, Klio has {klio_flushed} durable"
+    );
+    ensure!(
+        st["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("out of space") && e.contains("free space")),
+        "{st}"
+    );
+    println!("disk full reported; the slot's restart_lsn {acked} <= Klio's durable {klio_flushed}");
+
+    // Free space: streaming resumes by itself and catches up.
+    std::fs::remove_file(&filler)?;
+    pg.psql("SELECT pg_switch_wal()")?;
+    let end = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
+    klio.wait_flushed("full", &end, Duration::from_secs(90))?;
+    wait_until(
+        Duration::from_secs(30),
+        "the disk-full flag to clear",
+        || Ok(klio.status("full")?["disk_full"] == false),
+    )?;
+    // Nothing torn or lost: every sealed segment equals PostgreSQL's.
+    let sealed = klio.sealed_segments("full")?;
+    let out = tempfile::tempdir()?;
+    let compared = klio.compare_with_pg_wal("full", &pg.wal_dir(), out.path(), &sealed)?;
+    ensure!(
+        compared == sealed.len() && compared >= 2,
+        "{compared} of {}",
+        sealed.len()
+    );
+    println!("resumed after space was freed; {compared} sealed segments identical to pg_wal");
+    drop(klio);
+    drop(mount);
+    Ok(())
+}
