@@ -10,4 +10,4 @@ pub mod wal;
 pub use cluster::ClusterName;
 pub use keys::{DataKey, MasterKey};
 pub use lsn::Lsn;
-pub use wal::{SegNo, TimelineId, WalFileKind, WalFileName, WalSegSize};
+pub use wal::{SegNo, SegmentHeader, TimelineId, WalFileKind, WalFileName, WalSegSize};

@@ -278,6 +278,75 @@ impl FromStr for WalFileName {
     }
 }
 
+/// The long page header at the start of every WAL segment (PostgreSQL's
+/// `XLogLongPageHeaderData`, little-endian as written on x86-64 and aarch64).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct SegmentHeader {
+    pub timeline: u32,
+    /// The LSN of the page: the segment's start.
+    pub page_addr: Lsn,
+    pub system_id: u64,
+    pub seg_size: u32,
+}
+
+impl SegmentHeader {
+    /// Size of the long header.
+    pub const LEN: usize = 40;
+    /// `XLP_LONG_HEADER` in `xlp_info`.
+    const XLP_LONG_HEADER: u16 = 0x0002;
+
+    /// Parses the header at the start of `bytes`; `None` when there is none (too short,
+    /// a zero page as in an unwritten segment, or no long-header flag).
+    pub fn parse(bytes: &[u8]) -> Option<SegmentHeader> {
+        let b = bytes.get(..Self::LEN)?;
+        let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"));
+        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
+        let (magic, info) = (u16_at(0), u16_at(2));
+        if magic == 0 || info & Self::XLP_LONG_HEADER == 0 {
+            return None;
+        }
+        Some(SegmentHeader {
+            timeline: u32_at(4),
+            page_addr: Lsn(u64_at(8)),
+            system_id: u64_at(24),
+            seg_size: u32_at(32),
+        })
+    }
+
+    /// Checks that `bytes` is segment `name` of the system `system_id`: its header names
+    /// that system, the segment's start LSN and a segment size equal to its length.
+    pub fn verify(bytes: &[u8], name: &WalFileName, system_id: u64) -> Result<(), String> {
+        let h = SegmentHeader::parse(bytes)
+            .ok_or_else(|| format!("{name} has no WAL segment header"))?;
+        if h.system_id != system_id {
+            return Err(format!(
+                "{name} belongs to database system {}, not {system_id}",
+                h.system_id
+            ));
+        }
+        if u64::from(h.seg_size) != bytes.len() as u64 {
+            return Err(format!(
+                "{name} is {} bytes but its header says {}",
+                bytes.len(),
+                h.seg_size
+            ));
+        }
+        let seg_size = WalSegSize::new(bytes.len() as u64).map_err(|e| format!("{name}: {e}"))?;
+        let start = name
+            .segno(seg_size)
+            .map_err(|e| format!("{name}: {e}"))?
+            .map(|s| s.start_lsn(seg_size));
+        if start != Some(h.page_addr) {
+            return Err(format!(
+                "{name} holds the WAL page at {}, not the segment's start",
+                h.page_addr
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,5 +429,33 @@ mod tests {
         fn arbitrary_strings_never_panic(s in ".{0,40}") {
             let _ = s.parse::<WalFileName>();
         }
+    }
+
+    fn header(sysid: u64, addr: u64, seg: u32) -> Vec<u8> {
+        let mut b = vec![0u8; seg as usize];
+        b[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        b[2..4].copy_from_slice(&0x0002u16.to_le_bytes());
+        b[4..8].copy_from_slice(&1u32.to_le_bytes());
+        b[8..16].copy_from_slice(&addr.to_le_bytes());
+        b[24..32].copy_from_slice(&sysid.to_le_bytes());
+        b[32..36].copy_from_slice(&seg.to_le_bytes());
+        b[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn segment_header_is_checked_against_system_name_and_size() {
+        let seg = 1u32 << 20;
+        let name: WalFileName = "000000010000000000000003".parse().unwrap();
+        let good = header(42, 3 << 20, seg);
+        assert_eq!(SegmentHeader::verify(&good, &name, 42), Ok(()));
+        let e = SegmentHeader::verify(&good, &name, 43).unwrap_err();
+        assert!(e.contains("database system 42, not 43"), "{e}");
+        let e = SegmentHeader::verify(&header(42, 4 << 20, seg), &name, 42).unwrap_err();
+        assert!(e.contains("not the segment's start"), "{e}");
+        let e = SegmentHeader::verify(&good[..seg as usize / 2], &name, 42).unwrap_err();
+        assert!(e.contains("header says"), "{e}");
+        assert!(SegmentHeader::verify(&vec![0u8; seg as usize], &name, 42).is_err());
+        assert_eq!(SegmentHeader::parse(&good[..39]), None);
     }
 }

@@ -335,13 +335,22 @@ impl BackupManager {
                 .await
                 .map_err(|e| e.to_string())??;
                 if report.is_complete() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "the WAL the backup needs is not all in Tier 1: {}",
-                        report.describe()
-                    ))
+                    return Ok(());
                 }
+                // The very start missing: the checkpoint the backup starts from is older
+                // than the first WAL Klio streamed (usual on a standby right after Klio
+                // was set up: it starts from the last checkpoint it replayed).
+                let hint = if report.gaps.first().is_some_and(|g| g.from <= start) {
+                    format!(
+                        "; the backup starts at checkpoint redo {start}, which is older than the WAL Klio has: run CHECKPOINT on the primary (so a standby replays a newer one) and back up again"
+                    )
+                } else {
+                    String::new()
+                };
+                Err(format!(
+                    "the WAL the backup needs is not all in Tier 1: {}{hint}",
+                    report.describe()
+                ))
             })
         })
     }
@@ -382,7 +391,7 @@ impl BackupManager {
         Ok(self.list(cluster)?.into_iter().find(|b| b.id == id))
     }
 
-    /// The complete backup `id`, or `None`.
+    /// The cluster's chunk store and backup records (`None` before first contact).
     fn complete_backup(
         &self,
         cluster: &ClusterName,

@@ -92,7 +92,8 @@ pub struct WalRestoreArgs {
     /// Segments to fetch ahead in the background (0: off).
     #[arg(long, env = "KLIO_PREFETCH", default_value_t = crate::prefetch::DEFAULT_PREFETCH)]
     pub prefetch: u32,
-    /// Where prefetched segments wait (default: klio-spool-<cluster> beside PGDATA).
+    /// Where prefetched segments wait (default: <PGDATA>.klio-spool). Prefetch runs only
+    /// when started in the data directory, as restore_command is.
     #[arg(long, env = "KLIO_SPOOL", value_name = "DIR")]
     pub spool: Option<PathBuf>,
     #[command(flatten)]
@@ -113,6 +114,9 @@ pub struct WalPrefetchArgs {
     pub seg_size: u64,
     #[arg(long)]
     pub count: u32,
+    /// The database system whose segments may be spooled.
+    #[arg(long)]
+    pub system_id: u64,
     #[command(flatten)]
     pub connection: ConnectionArgs,
 }
@@ -390,37 +394,46 @@ impl ConnectionArgs {
 
 async fn wal_restore(args: WalRestoreArgs) -> Result<(), ClientError> {
     // The name first: a bad %f is reported before anything else is looked at.
-    client::parse_wal_name(&args.walfile)?;
     let name = client::parse_wal_name(&args.walfile)?;
     let cluster = cluster_arg(args.cluster.as_deref())?;
     let c = args.connection.client()?;
-    let prefetching = args.prefetch > 0 && name.kind() == klio_core::WalFileKind::Segment;
-    let spool = match &args.spool {
-        Some(s) => s.clone(),
-        None if prefetching => crate::prefetch::default_spool(&cluster)?,
-        None => PathBuf::new(),
+    // PostgreSQL runs restore_command in the data directory: its system identifier is
+    // what every segment served must carry.
+    let pgdata = std::env::current_dir().ok();
+    let system_id = pgdata
+        .as_deref()
+        .and_then(crate::prefetch::data_dir_system_id);
+    let is_segment = name.kind() == klio_core::WalFileKind::Segment;
+    let spool = match (system_id, &args.spool, &pgdata) {
+        _ if args.prefetch == 0 || !is_segment => None,
+        (Some(id), Some(s), _) => Some((id, s.clone())),
+        (Some(id), None, Some(dir)) => Some((id, crate::prefetch::default_spool(dir))),
+        (None, Some(_), _) => {
+            tracing::warn!("prefetch is off: run wal-restore in the data directory (as restore_command is) so spooled segments can be checked against it");
+            None
+        }
+        _ => None,
     };
-    let from_spool = if prefetching {
-        crate::prefetch::take_from_spool(&spool, &args.walfile, &args.dest)
-    } else {
-        None
-    };
+    let from_spool = spool
+        .as_ref()
+        .and_then(|(id, s)| crate::prefetch::take_from_spool(s, &args.walfile, &args.dest, *id));
     let bytes = match from_spool {
         Some(b) => b,
-        None => client::wal_restore(&c, &cluster, &args.walfile, &args.dest).await?,
+        None => client::wal_restore(&c, &cluster, &args.walfile, &args.dest, system_id).await?,
     };
     tracing::debug!(walfile = %args.walfile, bytes, dest = %args.dest.display(), spooled = from_spool.is_some(), "restored");
-    if prefetching {
+    if let Some((id, spool)) = &spool {
         if let (Ok(exe), Some(token)) = (std::env::current_exe(), &args.connection.token_file) {
             crate::prefetch::spawn_prefetcher(
                 &exe,
                 &args.connection.server,
                 &cluster,
                 token,
-                &spool,
+                spool,
                 &name,
                 bytes,
                 args.prefetch,
+                *id,
             );
         }
     }
@@ -433,7 +446,16 @@ async fn wal_prefetch(args: WalPrefetchArgs) -> Result<(), ClientError> {
     let seg_size = klio_core::WalSegSize::new(args.seg_size)
         .map_err(|e| ClientError::Usage(format!("--seg-size: {e}")))?;
     let c = args.connection.client()?;
-    crate::prefetch::run_prefetch(&c, &cluster, &args.spool, &after, seg_size, args.count).await
+    crate::prefetch::run_prefetch(
+        &c,
+        &cluster,
+        &args.spool,
+        &after,
+        seg_size,
+        args.count,
+        args.system_id,
+    )
+    .await
 }
 
 async fn status(args: StatusArgs) -> Result<(), ClientError> {

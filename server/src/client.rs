@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use klio_core::{ClusterName, WalFileName};
+use klio_core::{ClusterName, WalFileKind, WalFileName};
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
@@ -54,17 +54,26 @@ pub enum ClientError {
     Server { status: u16, message: String },
     #[error("{0}")]
     Io(String),
+    /// The WAL file is another database system's than the data directory being recovered.
+    #[error("{0}")]
+    WrongSystem(String),
 }
 
 impl ClientError {
-    /// 1 when the thing asked for does not exist, 2 for every other failure.
+    /// 1 when the thing asked for does not exist, 2 for most other failures, and
+    /// [`EXIT_ABORT_RECOVERY`] when restore_command must stop recovery.
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::NotFound(_) | ClientError::Failed(_) => 1,
+            ClientError::WrongSystem(_) => EXIT_ABORT_RECOVERY,
             _ => 2,
         }
     }
 }
+
+/// PostgreSQL treats a restore_command exit status above 125 as fatal and stops recovery,
+/// where any lower non-zero status means "not available" (and may end recovery early).
+pub const EXIT_ABORT_RECOVERY: u8 = 128;
 
 /// A connection to one Klio server with one cluster's token.
 pub struct Client {
@@ -385,11 +394,14 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 /// `klio wal-restore`: validates `walfile` before any I/O, fetches it and writes it to
 /// `dest` atomically. Returns the number of bytes written.
+/// Fetches `walfile` into `dest`. With `system_id` (the data directory's), a segment whose
+/// header names another database system is refused and nothing is written.
 pub async fn wal_restore(
     client: &Client,
     cluster: &ClusterName,
     walfile: &str,
     dest: &Path,
+    system_id: Option<u64>,
 ) -> Result<u64, ClientError> {
     let name = parse_wal_name(walfile)?;
     let bytes = client
@@ -401,6 +413,20 @@ pub async fn wal_restore(
             )),
             other => other,
         })?;
+    if let (Some(expected), Some(h), WalFileKind::Segment) = (
+        system_id,
+        klio_core::SegmentHeader::parse(&bytes),
+        name.kind(),
+    ) {
+        if h.system_id != expected {
+            return Err(ClientError::WrongSystem(format!(
+                "refusing {name}: cluster {cluster} on the server is database system {}, \
+                 but this data directory is {expected}; check --cluster / KLIO_CLUSTER \
+                 (recovery stops here rather than end early)",
+                h.system_id
+            )));
+        }
+    }
     let len = bytes.len() as u64;
     let dest_owned: PathBuf = dest.to_path_buf();
     tokio::task::spawn_blocking(move || write_atomically(&dest_owned, &bytes))

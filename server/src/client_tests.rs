@@ -56,7 +56,7 @@ async fn wal_restore_writes_exact_bytes_and_no_temp_file() {
     let s = server().await;
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("RECOVERYXLOG");
-    let n = wal_restore(&client(&s.base, TOKEN_A), &pg_a(), SEG1, &dest)
+    let n = wal_restore(&client(&s.base, TOKEN_A), &pg_a(), SEG1, &dest, None)
         .await
         .unwrap();
     let want = s
@@ -84,6 +84,7 @@ async fn wal_restore_replaces_an_existing_destination() {
         &pg_a(),
         "00000002.history",
         &dest,
+        None,
     )
     .await
     .unwrap();
@@ -101,6 +102,7 @@ async fn missing_wal_exits_1_and_leaves_no_destination() {
         &pg_a(),
         "000000010000000000000042",
         &dest,
+        None,
     )
     .await
     .unwrap_err();
@@ -120,7 +122,7 @@ async fn other_clusters_token_is_a_403_error_naming_the_token_file() {
     let s = server().await;
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("RECOVERYXLOG");
-    let e = wal_restore(&client(&s.base, TOKEN_B), &pg_a(), SEG1, &dest)
+    let e = wal_restore(&client(&s.base, TOKEN_B), &pg_a(), SEG1, &dest, None)
         .await
         .unwrap_err();
     assert!(matches!(e, ClientError::Forbidden { .. }), "{e}");
@@ -157,7 +159,9 @@ async fn bad_wal_name_is_rejected_before_any_request() {
         "",
     ] {
         let dest = dir.path().join("RECOVERYXLOG");
-        let e = wal_restore(&c, &pg_a(), bad, &dest).await.unwrap_err();
+        let e = wal_restore(&c, &pg_a(), bad, &dest, None)
+            .await
+            .unwrap_err();
         assert!(matches!(e, ClientError::Usage(_)), "{bad}: {e}");
         assert!(e.to_string().contains("invalid WAL file name"), "{e}");
         assert_eq!(e.exit_code(), 2);
@@ -171,7 +175,7 @@ async fn server_errors_are_retried_then_reported() {
     s.reg.corrupt_wal(&pg_a(), SEG1.parse().unwrap());
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("RECOVERYXLOG");
-    let e = wal_restore(&client(&s.base, TOKEN_A), &pg_a(), SEG1, &dest)
+    let e = wal_restore(&client(&s.base, TOKEN_A), &pg_a(), SEG1, &dest, None)
         .await
         .unwrap_err();
     assert_eq!(e.exit_code(), 2);
@@ -201,7 +205,7 @@ async fn unwritable_destination_is_an_error() {
     let s = server().await;
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("no-such-dir").join("RECOVERYXLOG");
-    let e = wal_restore(&client(&s.base, TOKEN_A), &pg_a(), SEG1, &dest)
+    let e = wal_restore(&client(&s.base, TOKEN_A), &pg_a(), SEG1, &dest, None)
         .await
         .unwrap_err();
     assert!(matches!(e, ClientError::Io(_)), "{e}");

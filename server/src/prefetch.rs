@@ -10,13 +10,19 @@
 //! checksum matches (otherwise it is deleted and the segment fetched directly), and
 //! removes it once used. One prefetcher runs per spool (an exclusive lock); entries of
 //! the same timeline older than the segment being asked for are removed as stale.
+//!
+//! A spool outlives the restore that filled it, so a name and a checksum do not prove an
+//! entry is the WAL this data directory needs: every entry's segment header must also
+//! name the data directory's database system (from `global/pg_control`) and the
+//! segment's own start LSN, or it is discarded. Prefetch therefore runs only when
+//! `wal-restore` is started in a data directory, as PostgreSQL starts restore_command.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use futures_util::stream::{self, StreamExt};
-use klio_core::{ClusterName, SegNo, WalFileKind, WalFileName, WalSegSize};
+use klio_core::{ClusterName, SegNo, SegmentHeader, WalFileKind, WalFileName, WalSegSize};
 
 use crate::client::{write_atomically, Client, ClientError};
 
@@ -29,26 +35,44 @@ fn crc_path(spool: &Path, name: &str) -> PathBuf {
     spool.join(format!("{name}.crc32c"))
 }
 
-/// The default spool: `klio-spool-<cluster>` beside the data directory (restore_command
-/// runs with the data directory as its working directory).
-pub fn default_spool(cluster: &ClusterName) -> Result<PathBuf, ClientError> {
-    let cwd = std::env::current_dir()
-        .map_err(|e| ClientError::Io(format!("cannot read the working directory: {e}")))?;
-    let parent = cwd.parent().unwrap_or(&cwd);
-    Ok(parent.join(format!("klio-spool-{cluster}")))
+/// The database system identifier of the data directory `dir` (the first field of
+/// `global/pg_control`), or `None` when `dir` is not a data directory.
+pub fn data_dir_system_id(dir: &Path) -> Option<u64> {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    fs::File::open(dir.join("global").join("pg_control"))
+        .and_then(|mut f| f.read_exact(&mut b))
+        .ok()?;
+    Some(u64::from_le_bytes(b)).filter(|&id| id != 0)
 }
 
-/// Takes `name` from the spool into `dest` if a verified entry is there.
-/// Returns the number of bytes, or `None` when it must be fetched.
-pub fn take_from_spool(spool: &Path, name: &str, dest: &Path) -> Option<u64> {
+/// The default spool of data directory `pgdata`: `<pgdata>.klio-spool` beside it.
+pub fn default_spool(pgdata: &Path) -> PathBuf {
+    let mut name = pgdata
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "pgdata".into());
+    name.push(".klio-spool");
+    pgdata.with_file_name(name)
+}
+
+/// Takes `name` from the spool into `dest` if a verified entry of database system
+/// `system_id` is there. Returns the number of bytes, or `None` when it must be fetched.
+pub fn take_from_spool(spool: &Path, name: &str, dest: &Path, system_id: u64) -> Option<u64> {
     let path = spool.join(name);
     let crc_file = crc_path(spool, name);
     let expected = fs::read_to_string(&crc_file).ok()?;
     let bytes = fs::read(&path).ok()?;
-    let ok = u32::from_str_radix(expected.trim(), 16).ok() == Some(crc32c::crc32c(&bytes));
     let _ = fs::remove_file(&crc_file);
-    if !ok {
-        tracing::warn!(%name, "spool entry failed its checksum; fetching it again");
+    let checked = if u32::from_str_radix(expected.trim(), 16).ok() != Some(crc32c::crc32c(&bytes)) {
+        Err("it failed its checksum".to_string())
+    } else {
+        name.parse::<WalFileName>()
+            .map_err(|e| e.to_string())
+            .and_then(|n| SegmentHeader::verify(&bytes, &n, system_id))
+    };
+    if let Err(why) = checked {
+        tracing::warn!(%name, spool = %spool.display(), "discarding a spool entry ({why}); fetching the segment");
         let _ = fs::remove_file(&path);
         return None;
     }
@@ -103,6 +127,7 @@ pub fn spawn_prefetcher(
     name: &WalFileName,
     seg_size: u64,
     count: u32,
+    system_id: u64,
 ) {
     if count == 0 || name.kind() != WalFileKind::Segment {
         return;
@@ -121,6 +146,8 @@ pub fn spawn_prefetcher(
             &seg_size.to_string(),
             "--count",
             &count.to_string(),
+            "--system-id",
+            &system_id.to_string(),
         ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -144,6 +171,7 @@ pub async fn run_prefetch(
     after: &WalFileName,
     seg_size: WalSegSize,
     count: u32,
+    system_id: u64,
 ) -> Result<(), ClientError> {
     fs::create_dir_all(spool).map_err(|e| ClientError::Io(format!("{}: {e}", spool.display())))?;
     let lock_path = spool.join(".lock");
@@ -182,6 +210,10 @@ pub async fn run_prefetch(
     while let Some((name, r)) = results.next().await {
         match r {
             Ok(bytes) => {
+                if let Err(why) = SegmentHeader::verify(&bytes, &name, system_id) {
+                    tracing::warn!(%name, "not spooling: {why}");
+                    break;
+                }
                 let s = name.to_string();
                 let path = spool.join(&s);
                 let crc = crc32c::crc32c(&bytes);
@@ -228,28 +260,64 @@ mod tests {
         let spool = dir.path().join("spool");
         fs::create_dir(&spool).unwrap();
         let name = "000000010000000000000005";
-        fs::write(spool.join(name), b"segment bytes").unwrap();
-        fs::write(
-            crc_path(&spool, name),
-            format!("{:08x}", crc32c::crc32c(b"segment bytes")),
-        )
-        .unwrap();
+        let put = |bytes: &[u8], crc_of: &[u8]| {
+            fs::write(spool.join(name), bytes).unwrap();
+            fs::write(
+                crc_path(&spool, name),
+                format!("{:08x}", crc32c::crc32c(crc_of)),
+            )
+            .unwrap();
+        };
+        let seg = segment(7, 5);
+        put(&seg, &seg);
         let dest = dir.path().join("RECOVERYXLOG");
-        assert_eq!(take_from_spool(&spool, name, &dest), Some(13));
-        assert_eq!(fs::read(&dest).unwrap(), b"segment bytes");
+        assert_eq!(take_from_spool(&spool, name, &dest, 7), Some(1 << 20));
+        assert_eq!(fs::read(&dest).unwrap(), seg);
         assert!(!spool.join(name).exists() && !crc_path(&spool, name).exists());
         // A corrupted entry is not used, and removed.
-        fs::write(spool.join(name), b"segment bytez").unwrap();
-        fs::write(
-            crc_path(&spool, name),
-            format!("{:08x}", crc32c::crc32c(b"segment bytes")),
-        )
-        .unwrap();
-        assert_eq!(take_from_spool(&spool, name, &dest), None);
+        let mut bad = seg.clone();
+        bad[100] ^= 1;
+        put(&bad, &seg);
+        assert_eq!(take_from_spool(&spool, name, &dest, 7), None);
         assert!(!spool.join(name).exists());
+        // Another database system's segment (left by an earlier restore): not used.
+        put(&seg, &seg);
+        assert_eq!(take_from_spool(&spool, name, &dest, 8), None);
+        assert!(!spool.join(name).exists());
+        // The right system but another segment's content under this name: not used.
+        let other = segment(7, 6);
+        put(&other, &other);
+        assert_eq!(take_from_spool(&spool, name, &dest, 7), None);
         // No checksum: not complete, not used.
-        fs::write(spool.join(name), b"x").unwrap();
-        assert_eq!(take_from_spool(&spool, name, &dest), None);
+        fs::write(spool.join(name), &seg).unwrap();
+        assert_eq!(take_from_spool(&spool, name, &dest, 7), None);
+    }
+
+    /// A 1 MiB WAL segment `segno` of system `sysid` (only its long header filled in).
+    fn segment(sysid: u64, segno: u64) -> Vec<u8> {
+        let mut b = vec![0u8; 1 << 20];
+        b[0..2].copy_from_slice(&0xD113u16.to_le_bytes());
+        b[2..4].copy_from_slice(&2u16.to_le_bytes());
+        b[4..8].copy_from_slice(&1u32.to_le_bytes());
+        b[8..16].copy_from_slice(&(segno << 20).to_le_bytes());
+        b[24..32].copy_from_slice(&sysid.to_le_bytes());
+        b[32..36].copy_from_slice(&(1u32 << 20).to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn the_default_spool_sits_beside_the_data_directory() {
+        assert_eq!(
+            default_spool(Path::new("/var/lib/postgresql/17/main")),
+            Path::new("/var/lib/postgresql/17/main.klio-spool")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(data_dir_system_id(dir.path()), None);
+        fs::create_dir(dir.path().join("global")).unwrap();
+        let mut control = 7301234567890123456u64.to_le_bytes().to_vec();
+        control.resize(8192, 0);
+        fs::write(dir.path().join("global/pg_control"), control).unwrap();
+        assert_eq!(data_dir_system_id(dir.path()), Some(7301234567890123456));
     }
 
     #[test]

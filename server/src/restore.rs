@@ -281,6 +281,12 @@ pub async fn restore(c: &Client, opts: &RestoreOptions) -> Result<RestoreSummary
         }
     }
 
+    // A prefetch spool left beside this path by an earlier restore holds another
+    // history's segments: restore_command must start from an empty one.
+    let spool = crate::prefetch::default_spool(&opts.pgdata);
+    if spool.is_dir() {
+        std::fs::remove_dir_all(&spool).map_err(|e| io_err(&spool, e))?;
+    }
     create_dir(&opts.pgdata, 0o700)?;
     for dir in spaces.values() {
         create_dir(dir, 0o700)?;
@@ -402,6 +408,13 @@ pub async fn restore(c: &Client, opts: &RestoreOptions) -> Result<RestoreSummary
     if let Some(m) = pg_manifest {
         let path = opts.pgdata.join("backup_manifest");
         std::fs::write(&path, m).map_err(|e| io_err(&path, e))?;
+    }
+    // A backup taken from a standby carries its standby.signal: left there, the
+    // restored server would wait for more WAL forever instead of finishing recovery.
+    let standby = opts.pgdata.join("standby.signal");
+    if standby.exists() {
+        std::fs::remove_file(&standby).map_err(|e| io_err(&standby, e))?;
+        tracing::info!("removed standby.signal (the backup was taken from a standby)");
     }
     let signal = opts.pgdata.join("recovery.signal");
     std::fs::write(&signal, "").map_err(|e| io_err(&signal, e))?;

@@ -362,6 +362,29 @@ impl KlioServer {
         })
     }
 
+    /// Waits until Klio streams `cluster` on timeline `tli` and has it durable up to `lsn`.
+    pub fn wait_timeline_flushed(
+        &self,
+        cluster: &str,
+        tli: u32,
+        lsn: &str,
+        timeout: Duration,
+    ) -> Result<Value> {
+        let target = parse_lsn(lsn)?;
+        self.wait_status(
+            cluster,
+            timeout,
+            &format!("timeline {tli} durable up to {lsn}"),
+            |v| {
+                v["timeline"] == tli
+                    && v["flushed_lsn"]
+                        .as_str()
+                        .and_then(|s| parse_lsn(s).ok())
+                        .is_some_and(|f| f >= target)
+            },
+        )
+    }
+
     /// Names of the WAL files Klio lists for `cluster` (history, sealed and partial).
     pub fn wal_names(&self, cluster: &str) -> Result<Vec<String>> {
         let (code, body) = self.get(cluster, &format!("/v1/clusters/{cluster}/wal"))?;
@@ -411,8 +434,18 @@ impl KlioServer {
             let Ok(theirs) = std::fs::read(pg_wal.join(name)) else {
                 continue;
             };
-            if std::fs::read(&dest)? != theirs {
-                bail!("{name}: content differs from pg_wal");
+            let ours = std::fs::read(&dest)?;
+            if ours != theirs {
+                let at = ours
+                    .iter()
+                    .zip(&theirs)
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(ours.len().min(theirs.len()));
+                bail!(
+                    "{name}: content differs from pg_wal at byte {at:#x} (Klio {} bytes, pg_wal {} bytes)",
+                    ours.len(),
+                    theirs.len()
+                );
             }
             compared += 1;
         }
@@ -574,6 +607,16 @@ fn http_get_status(url: &str) -> Option<u16> {
 }
 
 /// Waits for a condition without fixed sleeps beyond a short poll interval.
+/// Waits until `standby` has replayed the primary's WAL up to `lsn`.
+pub fn wait_replayed(standby: &PgInstance, lsn: &str) -> Result<()> {
+    let target = parse_lsn(lsn)?;
+    wait_until(
+        Duration::from_secs(60),
+        &format!("the standby to replay up to {lsn}"),
+        || Ok(parse_lsn(&standby.psql("SELECT pg_last_wal_replay_lsn()")?)? >= target),
+    )
+}
+
 pub fn wait_until(
     timeout: Duration,
     what: &str,

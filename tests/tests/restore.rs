@@ -1,6 +1,6 @@
 //! Restore drills: a base backup plus Klio's WAL, restored with `klio restore` into a new
 //! data directory (and a remapped tablespace), recovered by PostgreSQL through
-//! `klio wal-restore` to a named restore point, an LSN and a time; each result's table
+//! `klio wal-restore` to a named restore point, an LSN, a time and an xid; each result's table
 //! contents equal the source's at that target. The restored directory passes
 //! `pg_verifybackup` before it is started. Wrong and foreign tokens write nothing.
 
@@ -102,8 +102,11 @@ fn restore_drills_reach_each_target_exactly() -> Result<()> {
     // The next commit must carry a later timestamp than the target.
     std::thread::sleep(Duration::from_millis(20));
     load(&pg, 4)?;
+    let xid = pg.psql("INSERT INTO drill VALUES (5, 0) RETURNING txid_current()")?;
+    let at_xid = checksums(&pg)?;
+    load(&pg, 6)?;
     let end = checksums(&pg)?;
-    ensure!(at_name != at_lsn && at_lsn != at_time && at_time != end);
+    ensure!(at_name != at_lsn && at_lsn != at_time && at_time != at_xid && at_xid != end);
     pg.psql("SELECT pg_switch_wal()")?;
     let flushed = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
     klio.wait_flushed("src", &flushed, Duration::from_secs(60))?;
@@ -117,6 +120,7 @@ fn restore_drills_reach_each_target_exactly() -> Result<()> {
         ),
         ("lsn", vec!["--target-lsn".into(), lsn.clone()], &at_lsn),
         ("time", vec!["--target-time".into(), time.clone()], &at_time),
+        ("xid", vec!["--target-xid".into(), xid.clone()], &at_xid),
     ];
     for (what, target, expected) in drills {
         let mut restored = PgInstance::empty(PgOptions::new())?;
@@ -251,8 +255,11 @@ fn wal_restore_prefetches_sealed_segments_into_the_spool() -> Result<()> {
     let work = tempfile::tempdir()?;
     let spool = work.path().join("spool");
     let url = klio.url();
-    let run = |name: &str, dest: &Path| -> Result<Output> {
+    // As PostgreSQL runs restore_command: in a data directory of the same system.
+    let pgdata = pg.data_dir();
+    let run_in = |cwd: &Path, name: &str, dest: &Path| -> Result<Output> {
         Ok(Command::new(&t.bin)
+            .current_dir(cwd)
             .args(["wal-restore", name])
             .arg(dest)
             .args(["--cluster", "src", "--server", &url, "--token-file"])
@@ -262,6 +269,22 @@ fn wal_restore_prefetches_sealed_segments_into_the_spool() -> Result<()> {
             .args(["--prefetch", "2"])
             .output()?)
     };
+    let run = |name: &str, dest: &Path| run_in(&pgdata, name, dest);
+    // From another database system's data directory: refused with an exit status that
+    // stops PostgreSQL's recovery (> 125), nothing written, nothing spooled.
+    let foreign = work.path().join("foreign");
+    std::fs::create_dir_all(foreign.join("global"))?;
+    let mut control = std::fs::read(pgdata.join("global/pg_control"))?;
+    control[0] ^= 0xff;
+    std::fs::write(foreign.join("global/pg_control"), &control)?;
+    let wrong = work.path().join("wrong");
+    let out = run_in(&foreign, &sealed[0], &wrong)?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(128) && err.contains("database system") && !wrong.exists(),
+        "{:?}: {err}",
+        out.status
+    );
     let first = work.path().join("first");
     let out = run(&sealed[0], &first)?;
     ensure!(
@@ -293,9 +316,95 @@ fn wal_restore_prefetches_sealed_segments_into_the_spool() -> Result<()> {
         !spool.join(&sealed[1]).exists(),
         "a used entry stayed in the spool"
     );
+    // An entry with a valid checksum but another system's header (as an earlier restore
+    // of another cluster could leave) is discarded, not served.
+    let entry = spool.join(&sealed[2]);
+    let mut bytes = std::fs::read(&entry)?;
+    bytes[24] ^= 0xff;
+    std::fs::write(&entry, &bytes)?;
+    std::fs::write(
+        spool.join(format!("{}.crc32c", sealed[2])),
+        format!("{:08x}", crc32c::crc32c(&bytes)),
+    )?;
+    let stale = work.path().join("stale");
+    let out = run(&sealed[2], &stale)?;
+    ensure!(
+        !out.status.success() && !stale.exists() && !entry.exists(),
+        "a foreign spool entry was served"
+    );
     // Not spooled and no server: a clear failure, nothing written.
     let third = work.path().join("third");
     let out = run(&sealed[3], &third)?;
     ensure!(!out.status.success() && !third.exists());
+    Ok(())
+}
+
+#[test]
+fn restore_follows_a_timeline_switch_to_the_end_of_wal() -> Result<()> {
+    // Klio streams from a standby (and backs it up); the standby is promoted (timeline 2)
+    // and takes more writes; a restore of the timeline-1 backup must replay into
+    // timeline 2 through the history file and reach the new primary's last commit.
+    let primary = PgInstance::start(PgOptions::new().conf("wal_keep_size", "1GB"))?;
+    primary.pgbench(&["-i", "-s", "2"])?;
+    primary.psql("CREATE TABLE drill (round int, i int)")?;
+    let standby = primary.start_standby(PgOptions::new().conf("wal_keep_size", "1GB"))?;
+    let klio = KlioServer::start(vec![ClusterConf::new(
+        "src",
+        standby.replication_conninfo(),
+    )])?;
+    let lsn = primary.psql("SELECT pg_current_wal_flush_lsn()")?;
+    klio_tests::wait_replayed(&standby, &lsn)?;
+    klio.wait_flushed("src", &lsn, Duration::from_secs(60))?;
+    // A standby's backup starts at the last checkpoint it replayed: make that one Klio
+    // has streamed (the one pgbench left is older than Klio's first WAL).
+    primary.psql("CHECKPOINT")?;
+    let lsn = primary.psql("SELECT pg_current_wal_flush_lsn()")?;
+    klio_tests::wait_replayed(&standby, &lsn)?;
+    klio.client_ok("src", &["backup", "--wait"])?;
+    load(&primary, 1)?;
+    let lsn = primary.psql("SELECT pg_current_wal_flush_lsn()")?;
+    klio_tests::wait_replayed(&standby, &lsn)?;
+    standby.promote()?;
+    load(&standby, 2)?;
+    let expected = checksums(&standby)?;
+    standby.psql("SELECT pg_switch_wal()")?;
+    let end = standby.psql("SELECT pg_current_wal_flush_lsn()")?;
+    klio.wait_timeline_flushed("src", 2, &end, Duration::from_secs(120))?;
+
+    let t = tools(&klio, "src")?;
+    let mut restored = PgInstance::empty(PgOptions::new())?;
+    let out = klio_restore(
+        &klio,
+        &t,
+        &t.token,
+        &["--pgdata", restored.data_dir().to_str().context("utf-8")?],
+    )?;
+    ensure!(
+        out.status.success(),
+        "klio restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    restored.start_restored(&[])?;
+    wait_until(Duration::from_secs(120), "recovery to finish", || {
+        Ok(restored.psql("SELECT pg_is_in_recovery()")? == "f")
+    })
+    .with_context(|| {
+        let log = restored.log_tail(2000);
+        let recovery: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.contains("connection") && !l.contains("disconnection"))
+            .collect();
+        format!("log:\n{}", recovery.join("\n"))
+    })?;
+    let got = checksums(&restored)?;
+    ensure!(
+        got == expected,
+        "expected:\n{expected}got:\n{got}\nlog:\n{}",
+        restored.log_tail(30)
+    );
+    let tli: u32 = restored
+        .psql("SELECT timeline_id FROM pg_control_checkpoint()")?
+        .parse()?;
+    ensure!(tli >= 2, "restored server is on timeline {tli}");
     Ok(())
 }

@@ -112,18 +112,7 @@ fn follows_promotion_to_timeline_2() -> Result<()> {
     standby.pgbench(&["-T", "3", "-c", "2"])?;
     standby.psql("SELECT pg_switch_wal()")?;
     let end = standby.psql("SELECT pg_current_wal_flush_lsn()")?;
-    let st = klio.wait_status(
-        "tl",
-        Duration::from_secs(120),
-        "timeline 2 caught up",
-        |v| {
-            v["timeline"] == 2
-                && v["flushed_lsn"]
-                    .as_str()
-                    .and_then(|s| parse_lsn(s).ok())
-                    .is_some_and(|f| f >= parse_lsn(&end).unwrap_or(u64::MAX))
-        },
-    )?;
+    let st = klio.wait_timeline_flushed("tl", 2, &end, Duration::from_secs(120))?;
     println!("after promotion: {st}");
 
     // The history file is stored and identical to the server's.
