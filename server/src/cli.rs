@@ -424,17 +424,16 @@ async fn wal_restore(args: WalRestoreArgs) -> Result<(), ClientError> {
     tracing::debug!(walfile = %args.walfile, bytes, dest = %args.dest.display(), spooled = from_spool.is_some(), "restored");
     if let Some((id, spool)) = &spool {
         if let (Ok(exe), Some(token)) = (std::env::current_exe(), &args.connection.token_file) {
-            crate::prefetch::spawn_prefetcher(
-                &exe,
-                &args.connection.server,
-                &cluster,
-                token,
+            let spec = crate::prefetch::PrefetchSpec {
+                exe: &exe,
+                server: &args.connection.server,
+                cluster: &cluster,
+                token_file: token,
                 spool,
-                &name,
-                bytes,
-                args.prefetch,
-                *id,
-            );
+                count: args.prefetch,
+                system_id: *id,
+            };
+            crate::prefetch::spawn_prefetcher(&spec, &name, bytes);
         }
     }
     Ok(())

@@ -117,18 +117,30 @@ fn remove_stale(spool: &Path, name: &WalFileName) {
     }
 }
 
+/// What a prefetcher is started with, besides the segment just served.
+pub struct PrefetchSpec<'a> {
+    pub exe: &'a Path,
+    pub server: &'a str,
+    pub cluster: &'a ClusterName,
+    pub token_file: &'a Path,
+    pub spool: &'a Path,
+    /// Segments to fetch ahead.
+    pub count: u32,
+    /// The data directory's database system: nothing else is spooled.
+    pub system_id: u64,
+}
+
 /// Starts the detached prefetcher after `name` was served (`seg_size` from its length).
-pub fn spawn_prefetcher(
-    exe: &Path,
-    server: &str,
-    cluster: &ClusterName,
-    token_file: &Path,
-    spool: &Path,
-    name: &WalFileName,
-    seg_size: u64,
-    count: u32,
-    system_id: u64,
-) {
+pub fn spawn_prefetcher(spec: &PrefetchSpec<'_>, name: &WalFileName, seg_size: u64) {
+    let PrefetchSpec {
+        exe,
+        server,
+        cluster,
+        token_file,
+        spool,
+        count,
+        system_id,
+    } = *spec;
     if count == 0 || name.kind() != WalFileKind::Segment {
         return;
     }

@@ -205,9 +205,9 @@ impl Schedule {
     /// `None` only for expressions that never match (e.g. `0 0 31 2 *`), checked over 8 years.
     pub fn next_after(&self, unix_secs: i64) -> Option<i64> {
         let start_min = unix_secs.div_euclid(60) + 1;
-        let mut day = start_min.div_euclid(1440);
+        let first_day = start_min.div_euclid(1440);
         let mut first_minute_of_day = start_min.rem_euclid(1440);
-        for _ in 0..(366 * 8) {
+        for day in first_day..first_day + 366 * 8 {
             if self.day_matches(day) {
                 for m in first_minute_of_day..1440 {
                     let (h, mi) = (m / 60, m % 60);
@@ -216,7 +216,6 @@ impl Schedule {
                     }
                 }
             }
-            day += 1;
             first_minute_of_day = 0;
         }
         None

@@ -33,16 +33,13 @@ fn mount_tmpfs(dir: &Path, size: &str) -> Result<Option<Mount>> {
 fn tier1_full_is_reported_acknowledges_nothing_more_and_resumes() -> Result<()> {
     let pg = PgInstance::start(PgOptions::new().conf("wal_keep_size", "2GB"))?;
     let mut mount = None;
-    let klio = match KlioServer::start_prepared(
+    let klio = KlioServer::start_prepared(
         vec![ClusterConf::new("full", pg.replication_conninfo())],
         |data| {
             mount = mount_tmpfs(&data.join("clusters"), "40m")?;
             Ok(())
         },
-    ) {
-        Ok(k) => k,
-        Err(e) => return Err(e),
-    };
+    )?;
     let Some(mount) = mount else {
         eprintln!("SKIPPED: cannot mount a tmpfs here (not root?); this test runs in CI as root");
         return Ok(());

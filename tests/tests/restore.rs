@@ -157,7 +157,7 @@ fn restore_drills_reach_each_target_exactly() -> Result<()> {
             String::from_utf8_lossy(&v.stdout),
             String::from_utf8_lossy(&v.stderr)
         );
-        restored.start_restored(&[new_ts.clone()])?;
+        restored.start_restored(std::slice::from_ref(&new_ts))?;
         wait_until(
             Duration::from_secs(120),
             "recovery to reach its target",
@@ -269,7 +269,7 @@ fn wal_restore_prefetches_sealed_segments_into_the_spool() -> Result<()> {
             .args(["--prefetch", "2"])
             .output()?)
     };
-    let run = |name: &str, dest: &Path| run_in(&pgdata, name, dest);
+    let run = |name: &str, dest: &Path| run_in(pgdata, name, dest);
     // From another database system's data directory: refused with an exit status that
     // stops PostgreSQL's recovery (> 125), nothing written, nothing spooled.
     let foreign = work.path().join("foreign");
