@@ -2,8 +2,8 @@
 //! with `pg_receivewal --synchronous` as the synchronous standby, and with Klio as the
 //! synchronous standby, in one invocation, printed side by side.
 //!
-//! Run: `KLIO_BIN=$CARGO_TARGET_DIR/debug/klio $CARGO_TARGET_DIR/debug/klio-bench-sync [SECONDS]`
-//! (default 30).
+//! Run: `KLIO_BIN=$CARGO_TARGET_DIR/debug/klio $CARGO_TARGET_DIR/debug/klio-bench-sync [SECONDS] [ROUNDS]`
+//! (default 30 s per phase, 3 rounds; the phases alternate and the means are compared).
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -40,19 +40,8 @@ fn wait_sync(pg: &PgInstance, app: &str) -> Result<()> {
     )
 }
 
-fn main() -> Result<()> {
-    let secs: u32 = std::env::args()
-        .nth(1)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(30);
-    let pg = PgInstance::start(PgOptions::new().conf("max_wal_size", "4GB"))?;
-    pg.pgbench(&["-i", "-s", "10"])?;
-
-    eprintln!("no synchronous standby: pgbench -N -c 8 -T {secs}");
-    let alone = tps(&pg, secs)?;
-
-    eprintln!("pg_receivewal --synchronous as the synchronous standby");
+/// One phase with `pg_receivewal --synchronous` as the synchronous standby.
+fn phase_pg_receivewal(pg: &PgInstance, secs: u32) -> Result<f64> {
     pg.psql("SELECT pg_create_physical_replication_slot('rw', true)")?;
     let dir = tempfile::tempdir()?;
     let mut rw = Command::new(pg.tool("pg_receivewal"))
@@ -66,30 +55,83 @@ fn main() -> Result<()> {
         .args(["--slot", "rw", "--synchronous", "--no-password"])
         .stderr(Stdio::null())
         .spawn()?;
-    set_sync_names(&pg, "pg_receivewal")?;
-    wait_sync(&pg, "pg_receivewal")?;
-    let with_rw = tps(&pg, secs);
+    set_sync_names(pg, "pg_receivewal")?;
+    let result = wait_sync(pg, "pg_receivewal").and_then(|()| tps(pg, secs));
     let _ = rw.kill();
     let _ = rw.wait();
-    let with_rw = with_rw?;
-    pg.psql("SELECT pg_drop_replication_slot('rw')")?;
+    set_sync_names(pg, "")?;
+    drop_slot(pg, "rw")?;
+    result
+}
 
-    eprintln!("Klio as the synchronous standby");
+/// One phase with a fresh Klio server as the synchronous standby.
+fn phase_klio(pg: &PgInstance, secs: u32) -> Result<f64> {
     let klio = KlioServer::start(vec![ClusterConf::new("bench", pg.replication_conninfo())])?;
-    set_sync_names(&pg, "klio")?;
-    wait_sync(&pg, "klio")?;
-    let with_klio = tps(&pg, secs)?;
+    set_sync_names(pg, "klio")?;
+    let result = wait_sync(pg, "klio").and_then(|()| tps(pg, secs));
     drop(klio);
-    set_sync_names(&pg, "")?;
+    set_sync_names(pg, "")?;
+    drop_slot(pg, "klio")?;
+    result
+}
 
-    println!("synchronous commit, pgbench -N -c 8 -j 2 -T {secs} (scale 10)");
-    println!("  no synchronous standby        : {alone:8.0} tps");
-    println!("  pg_receivewal --synchronous   : {with_rw:8.0} tps");
-    println!("  klio (zstd + AES-256-GCM)     : {with_klio:8.0} tps");
-    println!("  ratio klio/pg_receivewal: {:.2}x", with_klio / with_rw);
+fn drop_slot(pg: &PgInstance, slot: &str) -> Result<()> {
+    wait_until(Duration::from_secs(30), "the slot to be released", || {
+        Ok(pg.psql(&format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"
+        ))? == "0")
+    })?;
+    pg.psql(&format!(
+        "SELECT pg_drop_replication_slot('{slot}') FROM pg_replication_slots WHERE slot_name = '{slot}'"
+    ))?;
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let secs: u32 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(30);
+    let rounds: u32 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(3);
+    let pg = PgInstance::start(PgOptions::new().conf("max_wal_size", "4GB"))?;
+    pg.pgbench(&["-i", "-s", "10"])?;
+
+    // Phases alternate (none, pg_receivewal, Klio, ...) so that drift of the machine
+    // (page cache, table bloat, other load) hits every side alike.
+    let (mut alone, mut rw, mut klio) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        eprintln!("round {round}/{rounds}: no synchronous standby");
+        alone.push(tps(&pg, secs)?);
+        eprintln!("round {round}/{rounds}: pg_receivewal --synchronous");
+        rw.push(phase_pg_receivewal(&pg, secs)?);
+        eprintln!("round {round}/{rounds}: Klio");
+        klio.push(phase_klio(&pg, secs)?);
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|t| format!("{t:.0}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let (alone_m, rw_m, klio_m) = (mean(&alone), mean(&rw), mean(&klio));
+    println!(
+        "synchronous commit, pgbench -N -c 8 -j 2 -T {secs} (scale 10), {rounds} alternating rounds"
+    );
+    println!(
+        "  no synchronous standby        : {alone_m:8.0} tps  (rounds: {})",
+        list(&alone)
+    );
+    println!(
+        "  pg_receivewal --synchronous   : {rw_m:8.0} tps  (rounds: {})",
+        list(&rw)
+    );
+    println!(
+        "  klio (zstd + AES-256-GCM)     : {klio_m:8.0} tps  (rounds: {})",
+        list(&klio)
+    );
+    println!("  ratio klio/pg_receivewal: {:.2}x", klio_m / rw_m);
     println!(
         "  klio reaches {:.0}% of the no-standby TPS",
-        100.0 * with_klio / alone
+        100.0 * klio_m / alone_m
     );
     Ok(())
 }

@@ -59,6 +59,31 @@ pub async fn run_server(config: Config) -> anyhow::Result<()> {
     run_server_until(config, shutdown_signal()).await
 }
 
+/// Runs a cluster's receiver on its own thread with a single-threaded runtime: the
+/// synchronous-standby path (socket read, hand-off to the writer thread, its durable
+/// position back, status update out) then never crosses the shared runtime's worker
+/// threads, which on a busy host costs wake-ups and CPU in every commit's round trip.
+/// Returns a task on the current runtime that completes when the receiver has stopped.
+fn spawn_receiver(
+    fut: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot build a receiver runtime")?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("klio-receiver".into())
+        .spawn(move || {
+            rt.block_on(fut);
+            let _ = done_tx.send(());
+        })
+        .context("cannot start a receiver thread")?;
+    Ok(tokio::spawn(async move {
+        let _ = done_rx.await;
+    }))
+}
+
 /// Runs the server until `shutdown` completes (the demo and tests stop it this way).
 pub async fn run_server_until(
     config: Config,
@@ -89,11 +114,11 @@ pub async fn run_server_until(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     for h in &handles {
-        tasks.push(tokio::spawn(run_cluster(
+        tasks.push(spawn_receiver(run_cluster(
             ctx.clone(),
             h.clone(),
             stop_rx.clone(),
-        )));
+        ))?);
     }
     let backup_settings = config
         .clusters
