@@ -94,8 +94,14 @@ fn main() -> Result<()> {
     let pg = PgInstance::start(PgOptions::new().conf("max_wal_size", "4GB"))?;
     pg.pgbench(&["-i", "-s", "10"])?;
 
-    // Phases alternate (none, pg_receivewal, Klio, ...) so that drift of the machine
-    // (page cache, table bloat, other load) hits every side alike.
+    // A short warm-up of each side first (not counted): the first phase after start-up
+    // runs against cold caches. Then phases alternate (none, pg_receivewal, Klio, ...)
+    // so that drift of the machine (page cache, table bloat, other load) hits every
+    // side alike.
+    eprintln!("warm-up");
+    tps(&pg, 5)?;
+    phase_pg_receivewal(&pg, 5)?;
+    phase_klio(&pg, 5)?;
     let (mut alone, mut rw, mut klio) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         eprintln!("round {round}/{rounds}: no synchronous standby");

@@ -394,6 +394,9 @@ fn ensure_cluster(
     Ok(rec)
 }
 
+/// Most WAL written before an fsync while catching up (data keeps arriving).
+const BATCH_BYTES: usize = 8 << 20;
+
 async fn send_status(
     conn: &mut ReplicationConn,
     write: Lsn,
@@ -451,10 +454,7 @@ async fn session(
     }
     let store = handle.store().expect("set above");
     if ingest_slot.is_none() {
-        *ingest_slot = Some(
-            Ingest::spawn(store.clone())
-                .map_err(|e| SessionError::Other(format!("cannot start writer thread: {e}")))?,
-        );
+        *ingest_slot = Some(Ingest::new(store.clone()));
     }
     let ingest = ingest_slot.as_ref().expect("set above");
 
@@ -474,7 +474,6 @@ async fn session(
 
     let resume = ingest
         .checkpoint()
-        .await
         .map_err(|e| checkpoint_failed(status, e))?;
     // Flush position to report before the first fsync of this session: the resume
     // point is durable in Tier 1 (reporting it releases commits that waited on us
@@ -559,7 +558,6 @@ async fn session(
                 let _ = tokio::time::timeout(Duration::from_secs(5), conn.finish_copy()).await;
                 ingest
                     .checkpoint()
-                    .await
                     .map_err(|e| checkpoint_failed(status, e))?;
                 conn.close().await;
                 return Ok(SessionEnd::Shutdown);
@@ -570,7 +568,6 @@ async fn session(
                 let (next, pos) = replication::parse_timeline_end(&rs)?;
                 let end = ingest
                     .checkpoint()
-                    .await
                     .map_err(|e| checkpoint_failed(status, e))?;
                 info!(timeline = %tli, next_timeline = next, switch = %Lsn(pos), stored_until = ?end,
                     "end of timeline; following the switch");
@@ -613,6 +610,7 @@ async fn copy_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut received = start;
     let mut flushed = durable;
+    let mut unflushed = 0usize;
     if flushed != Lsn::INVALID {
         status.set_flushed(flushed);
         send_status(conn, received, flushed, false).await?;
@@ -647,10 +645,15 @@ async fn copy_loop(
                         let end = Lsn(x.wal_start + x.data.len() as u64);
                         status.set_primary(Lsn(x.wal_end));
                         if !x.data.is_empty() {
-                            ingest
-                                .write(tli, Lsn(x.wal_start), x.data)
-                                .await
-                                .map_err(|e| SessionError::Store(e.to_string()))?;
+                            unflushed += x.data.len();
+                            ingest.write(tli, Lsn(x.wal_start), &x.data);
+                        }
+                        // Group commit: one fsync for everything that arrived together
+                        // (bounded while catching up), then the status update goes out
+                        // from the progress arm above.
+                        if unflushed > 0 && (unflushed >= BATCH_BYTES || !conn.more_ready()) {
+                            ingest.end_batch();
+                            unflushed = 0;
                         }
                         if end > received {
                             received = end;

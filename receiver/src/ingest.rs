@@ -1,36 +1,17 @@
-//! The per-cluster writer thread: applies streamed WAL to the Tier 1 store and
-//! reports the durable position.
+//! The per-cluster Tier 1 writer: applies streamed WAL to the store and reports the
+//! durable position.
 //!
-//! Group commit: the thread drains every message already queued, writes them,
-//! then issues one fdatasync and publishes the new durable position. The
-//! receiver sends a standby status update as soon as that position changes.
+//! Group commit: the receiver writes every message that is ready on the socket, then
+//! calls [`Ingest::end_batch`] for one fdatasync, which publishes the new durable
+//! position; the receiver sends a standby status update as soon as it changes.
 
-use std::thread::JoinHandle;
-
-use bytes::Bytes;
 use klio_core::{Lsn, TimelineId};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 use tracing::{error, info};
 
 use crate::wal_store::{SegmentWriter, StoreError, WalStore};
 
-/// Messages queued before the receiver waits (at most 128 KiB each).
-const QUEUE_DEPTH: usize = 64;
-
-enum WriterCmd {
-    Data {
-        tli: TimelineId,
-        start: Lsn,
-        data: Bytes,
-    },
-    /// Flush, close the open segment, clear a previous error, and report
-    /// where streaming must resume.
-    Checkpoint {
-        reply: oneshot::Sender<Result<Option<(TimelineId, Lsn)>, WriterError>>,
-    },
-}
-
-/// What the writer thread publishes after each fsync or failure.
+/// What the writer publishes after each fsync or failure.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriterProgress {
     /// End of durable WAL (fdatasync'ed) on the timeline being written.
@@ -41,10 +22,6 @@ pub struct WriterProgress {
     pub error: Option<String>,
     pub disk_full: bool,
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("the Tier 1 writer thread has stopped")]
-pub struct WriterGone;
 
 /// A failed checkpoint: the message, and whether Tier 1 is out of space.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -74,49 +51,42 @@ pub fn describe(e: &StoreError) -> String {
     }
 }
 
-/// Handle to a cluster's writer thread.
+/// A cluster's Tier 1 writer, driven from the receiver's own thread (which may block:
+/// it runs a runtime of its own). A synchronous standby's round trip — socket, write,
+/// fdatasync, status update — then involves no thread hand-off, like pg_receivewal's
+/// single loop; catching up, reads and writes alternate in 8 MiB batches.
 pub struct Ingest {
-    tx: mpsc::Sender<WriterCmd>,
+    core: std::sync::Mutex<WriterCore>,
     progress: watch::Receiver<WriterProgress>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl Ingest {
-    pub fn spawn(store: WalStore) -> std::io::Result<Ingest> {
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+    pub fn new(store: WalStore) -> Ingest {
         let (ptx, prx) = watch::channel(WriterProgress::default());
-        let name = format!("klio-wal-{}", store.cluster());
-        let thread = std::thread::Builder::new()
-            .name(name.chars().take(15).collect())
-            .spawn(move || writer_loop(SegmentWriter::new(store), rx, ptx))?;
-        Ok(Ingest {
-            tx,
+        Ingest {
+            core: std::sync::Mutex::new(WriterCore::new(SegmentWriter::new(store), ptx)),
             progress: prx,
-            thread: Some(thread),
-        })
+        }
     }
 
-    /// Queues WAL for writing; waits when the queue is full (backpressure).
-    pub async fn write(&self, tli: TimelineId, start: Lsn, data: Bytes) -> Result<(), WriterGone> {
-        self.tx
-            .send(WriterCmd::Data { tli, start, data })
-            .await
-            .map_err(|_| WriterGone)
+    fn core(&self) -> std::sync::MutexGuard<'_, WriterCore> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes everything queued durable, closes the open segment and returns the
+    /// Writes WAL (framed, encrypted, not yet fsync'ed).
+    pub fn write(&self, tli: TimelineId, start: Lsn, data: &[u8]) {
+        self.core().data(tli, start, data);
+    }
+
+    /// Fsyncs what was written and publishes the durable position.
+    pub fn end_batch(&self) {
+        self.core().end_batch();
+    }
+
+    /// Makes everything written durable, closes the open segment and returns the
     /// end of stored WAL (where streaming resumes). Clears a previous error.
-    pub async fn checkpoint(&self) -> Result<Option<(TimelineId, Lsn)>, WriterError> {
-        let gone = || WriterError {
-            message: WriterGone.to_string(),
-            disk_full: false,
-        };
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(WriterCmd::Checkpoint { reply })
-            .await
-            .map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?
+    pub fn checkpoint(&self) -> Result<Option<(TimelineId, Lsn)>, WriterError> {
+        self.core().checkpoint()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<WriterProgress> {
@@ -126,66 +96,74 @@ impl Ingest {
 
 impl Drop for Ingest {
     fn drop(&mut self) {
-        // Closing the channel ends the thread after it has flushed.
-        let (tx, _) = mpsc::channel(1);
-        drop(std::mem::replace(&mut self.tx, tx));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.core().close();
     }
 }
 
-fn writer_loop(
-    mut writer: SegmentWriter,
-    mut rx: mpsc::Receiver<WriterCmd>,
+/// The writer's state and its error and publishing rules, shared by both modes.
+struct WriterCore {
+    writer: SegmentWriter,
+    failed: Option<StoreError>,
+    last_sealed: u64,
+    dirty: bool,
     progress: watch::Sender<WriterProgress>,
-) {
-    let mut failed: Option<StoreError> = None;
-    let mut last_sealed = 0;
-    while let Some(first) = rx.blocking_recv() {
-        let mut dirty = false;
-        let mut cmd = Some(first);
-        while let Some(c) = cmd.take() {
-            match c {
-                WriterCmd::Data { tli, start, data } => {
-                    if failed.is_none() {
-                        dirty = true;
-                        if let Err(e) = writer.write(tli, start, &data) {
-                            failed = Some(e);
-                            writer.abandon();
-                        }
-                    }
-                }
-                WriterCmd::Checkpoint { reply } => {
-                    let res = checkpoint(&mut writer, &mut failed);
-                    let _ = reply.send(res.map_err(|e| WriterError::from(&e)));
-                    dirty = false;
-                    publish(&progress, &writer, None);
-                }
-            }
-            cmd = rx.try_recv().ok();
+}
+
+impl WriterCore {
+    fn new(writer: SegmentWriter, progress: watch::Sender<WriterProgress>) -> WriterCore {
+        WriterCore {
+            writer,
+            failed: None,
+            last_sealed: 0,
+            dirty: false,
+            progress,
         }
-        if dirty && failed.is_none() {
-            if let Err(e) = writer.flush() {
-                writer.abandon();
-                failed = Some(e);
+    }
+
+    fn data(&mut self, tli: TimelineId, start: Lsn, data: &[u8]) {
+        if self.failed.is_none() {
+            self.dirty = true;
+            if let Err(e) = self.writer.write(tli, start, data) {
+                self.failed = Some(e);
+                self.writer.abandon();
             }
         }
-        if let Some(e) = &failed {
-            if progress.borrow().error.is_none() {
+    }
+
+    fn checkpoint(&mut self) -> Result<Option<(TimelineId, Lsn)>, WriterError> {
+        let res = checkpoint(&mut self.writer, &mut self.failed);
+        self.dirty = false;
+        publish(&self.progress, &self.writer, None);
+        res.map_err(|e| WriterError::from(&e))
+    }
+
+    /// After a batch: one fdatasync for everything written, then publish.
+    fn end_batch(&mut self) {
+        if self.dirty && self.failed.is_none() {
+            if let Err(e) = self.writer.flush() {
+                self.writer.abandon();
+                self.failed = Some(e);
+            }
+        }
+        if let Some(e) = &self.failed {
+            if self.progress.borrow().error.is_none() {
                 error!(error = %describe(e), "Tier 1 write failed; acknowledging nothing further until it recovers");
             }
-            publish(&progress, &writer, Some(e));
-        } else if dirty || writer.sealed_count() != last_sealed {
-            publish(&progress, &writer, None);
+            publish(&self.progress, &self.writer, Some(e));
+        } else if self.dirty || self.writer.sealed_count() != self.last_sealed {
+            publish(&self.progress, &self.writer, None);
         }
-        last_sealed = writer.sealed_count();
+        self.dirty = false;
+        self.last_sealed = self.writer.sealed_count();
     }
-    if failed.is_none() {
-        if let Err(e) = writer.close() {
-            error!(error = %e, "flushing Tier 1 at shutdown failed");
-        } else {
-            info!("Tier 1 writer closed cleanly");
+
+    fn close(&mut self) {
+        if self.failed.is_none() {
+            if let Err(e) = self.writer.close() {
+                error!(error = %e, "flushing Tier 1 at shutdown failed");
+            } else {
+                info!("Tier 1 writer closed cleanly");
+            }
         }
     }
 }

@@ -118,6 +118,8 @@ enum Backend {
 pub struct ReplicationConn {
     stream: Stream,
     read_buf: BytesMut,
+    /// A read error seen by [`Self::more_ready`], reported by the next receive.
+    read_error: Option<io::Error>,
     write_buf: BytesMut,
     parameters: HashMap<String, String>,
     server_version_num: u32,
@@ -143,6 +145,7 @@ impl ReplicationConn {
         ReplicationConn {
             stream,
             read_buf: BytesMut::with_capacity(READ_CHUNK),
+            read_error: None,
             write_buf: BytesMut::new(),
             parameters: HashMap::new(),
             server_version_num: 0,
@@ -554,6 +557,9 @@ impl ReplicationConn {
             if let Some(msg) = self.try_parse().map_err(|e| self.broken(e))? {
                 return Ok(msg);
             }
+            if let Some(e) = self.read_error.take() {
+                return Err(self.broken(e.into()));
+            }
             if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK {
                 self.read_buf.reserve(READ_CHUNK);
             }
@@ -570,10 +576,48 @@ impl ReplicationConn {
         }
     }
 
+    /// Whether another message can be had without waiting: one is already buffered, or
+    /// the socket has bytes ready (read now, without blocking). A receiver batches
+    /// everything that is ready before one fsync, and fsyncs as soon as nothing is.
+    /// Errors and end of stream are left for the next [`Self::recv_copy`] to report.
+    pub fn more_ready(&mut self) -> bool {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+        loop {
+            if has_complete_message(&self.read_buf) {
+                return true;
+            }
+            if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK {
+                self.read_buf.reserve(READ_CHUNK);
+            }
+            let mut cx = Context::from_waker(Waker::noop());
+            let read = std::pin::pin!(self.stream.read_buf(&mut self.read_buf));
+            match read.poll(&mut cx) {
+                Poll::Ready(Ok(n)) if n > 0 => continue,
+                // End of stream reads again as such; an error is kept for recv_copy.
+                Poll::Ready(Ok(_)) | Poll::Pending => return false,
+                Poll::Ready(Err(e)) => {
+                    self.read_error = Some(e);
+                    return false;
+                }
+            }
+        }
+    }
+
     /// Splits one complete message off the read buffer, if there is one.
     fn try_parse(&mut self) -> Result<Option<Backend>, PgError> {
         parse_backend(&mut self.read_buf)
     }
+}
+
+/// Whether `buf` starts with a complete message (or a malformed header, which the
+/// next parse reports).
+fn has_complete_message(buf: &[u8]) -> bool {
+    if buf.len() < 5 {
+        return false;
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    len < 4 || buf.len() > len
 }
 
 /// Splits one complete message off `buf`; `Ok(None)` if more bytes are needed.
