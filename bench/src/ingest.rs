@@ -11,15 +11,6 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use klio_tests::{parse_lsn, ClusterConf, KlioServer, PgInstance, PgOptions};
 
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-}
-
 fn main() -> Result<()> {
     let scale: u32 = std::env::args()
         .nth(1)
@@ -75,7 +66,7 @@ fn main() -> Result<()> {
     let klio = KlioServer::start(vec![conf])?;
     klio.wait_flushed("bench", &end, Duration::from_secs(3600))?;
     let klio_secs = t.elapsed().as_secs_f64();
-    let rss = klio.pid().and_then(peak_rss_kib).unwrap_or(0);
+    let rss = klio.pid().and_then(klio_tests::peak_rss_kib).unwrap_or(0);
 
     let rw_rate = mb / rw_secs;
     let klio_rate = mb / klio_secs;

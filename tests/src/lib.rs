@@ -607,6 +607,16 @@ fn http_get_status(url: &str) -> Option<u16> {
 }
 
 /// Waits for a condition without fixed sleeps beyond a short poll interval.
+/// Peak resident set size (VmHWM, KiB) of process `pid`.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// Waits until `standby` has replayed the primary's WAL up to `lsn`.
 pub fn wait_replayed(standby: &PgInstance, lsn: &str) -> Result<()> {
     let target = parse_lsn(lsn)?;
