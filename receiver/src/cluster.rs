@@ -3,7 +3,7 @@
 //! timelines → reconnect with backoff).
 //!
 //! Writes: the cluster's catalog record (on first contact and timeline changes),
-//! timeline history files, and through the writer thread its WAL segments.
+//! timeline history files, and (through `Ingest`, inline) its WAL segments.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -332,7 +332,7 @@ pub async fn run_cluster(
             }
         }
         if let Some(ingest) = ingest.take() {
-            // Dropping joins the writer thread, which flushes and closes.
+            // Dropping flushes and closes the open segment.
             let _ = tokio::task::spawn_blocking(move || drop(ingest)).await;
         }
         handle.status.set_state(ConnState::Disconnected, Some("server shutting down".into()));
@@ -620,7 +620,7 @@ async fn copy_loop(
             biased;
             _ = stopped(shutdown) => return Ok(CopyEnd::Shutdown),
             r = progress.changed() => {
-                r.map_err(|_| SessionError::Store("writer thread stopped".into()))?;
+                r.map_err(|_| SessionError::Store("the Tier 1 writer stopped".into()))?;
                 let p = progress.borrow_and_update().clone();
                 if let Some(err) = p.error {
                     // Sticky: cleared only once a write succeeds again.

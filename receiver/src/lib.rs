@@ -4,7 +4,7 @@
 //! - [`pgwire`]: the replication connection (TCP/Unix, TLS, authentication, COPY);
 //! - [`replication`]: typed replication commands and streaming messages;
 //! - [`wal_store`]: the encrypted Tier 1 WAL files and their reconciliation;
-//! - [`ingest`]: the per-cluster writer thread (group commit, durable position);
+//! - [`ingest`]: the per-cluster Tier 1 writer (group commit, durable position);
 //! - [`cluster`]: the per-cluster streaming task;
 //! - [`status`]: live state for the API and metrics.
 
