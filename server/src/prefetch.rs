@@ -5,7 +5,7 @@
 //! downloads the next N segments of the same timeline into a spool directory with
 //! bounded concurrency, stopping at the first one the server has not sealed (the newest
 //! segment is still growing: a copy of it would end recovery early). Each spool
-//! entry is written to a temporary name, fsync'ed and renamed, with a sidecar
+//! entry is written to a temporary name and renamed (not fsync'ed: see `write_atomically`), with a sidecar
 //! `<name>.crc32c` holding its CRC-32C; `wal-restore` uses an entry only if the
 //! checksum matches (otherwise it is deleted and the segment fetched directly), and
 //! removes it once used. One prefetcher runs per spool (an exclusive lock); entries of
@@ -78,7 +78,7 @@ pub fn take_from_spool(spool: &Path, name: &str, dest: &Path, system_id: u64) ->
     }
     let len = bytes.len() as u64;
     let placed = match fs::rename(&path, dest) {
-        Ok(()) => fs::File::open(dest).and_then(|f| f.sync_all()),
+        Ok(()) => Ok(()),
         Err(_) => write_atomically(dest, &bytes).and_then(|()| fs::remove_file(&path)),
     };
     match placed {
@@ -231,8 +231,7 @@ pub async fn run_prefetch(
                 let crc = crc32c::crc32c(&bytes);
                 let written = write_atomically(&path, &bytes).and_then(|()| {
                     let mut f = fs::File::create(crc_path(spool, &s))?;
-                    f.write_all(format!("{crc:08x}").as_bytes())?;
-                    f.sync_all()
+                    f.write_all(format!("{crc:08x}").as_bytes())
                 });
                 if let Err(e) = written {
                     return Err(ClientError::Io(format!("{}: {e}", path.display())));

@@ -137,6 +137,35 @@ impl KlioServer {
             .unwrap_or_default()
     }
 
+    /// The klio binary and `cluster`'s token copied where the `postgres` account can use
+    /// them (a restore_command runs as that account).
+    pub fn tools_for_postgres(&self, cluster: &str) -> Result<ClientTools> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new().prefix("klio-restore-").tempdir()?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        let bin = dir.path().join("klio");
+        std::fs::copy(klio_bin(), &bin)?;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+        let token = dir.path().join("token");
+        std::fs::write(&token, self.token(cluster))?;
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644))?;
+        Ok(ClientTools {
+            _dir: dir,
+            bin,
+            token,
+        })
+    }
+
+    /// `restore_command` calling `klio wal-restore` for `cluster` with `tools`.
+    pub fn restore_command(&self, cluster: &str, tools: &ClientTools) -> String {
+        format!(
+            "{} wal-restore --server {} --cluster {cluster} --token-file {} %f %p",
+            tools.bin.display(),
+            self.url(),
+            tools.token.display()
+        )
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -607,6 +636,13 @@ fn http_get_status(url: &str) -> Option<u16> {
 }
 
 /// Waits for a condition without fixed sleeps beyond a short poll interval.
+/// See [`KlioServer::tools_for_postgres`].
+pub struct ClientTools {
+    _dir: tempfile::TempDir,
+    pub bin: PathBuf,
+    pub token: PathBuf,
+}
+
 /// Peak resident set size (VmHWM, KiB) of process `pid`.
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -4,13 +4,12 @@
 //! contents equal the source's at that target. The restored directory passes
 //! `pg_verifybackup` before it is started. Wrong and foreign tokens write nothing.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use klio_tests::{wait_until, ClusterConf, KlioServer, PgInstance, PgOptions};
+use klio_tests::{wait_until, ClientTools, ClusterConf, KlioServer, PgInstance, PgOptions};
 
 const TABLES: &[&str] = &[
     "pgbench_accounts",
@@ -40,30 +39,11 @@ fn load(pg: &PgInstance, round: u32) -> Result<()> {
     Ok(())
 }
 
-/// The klio binary and a token where the `postgres` account can use them.
-struct Tools {
-    _dir: tempfile::TempDir,
-    bin: PathBuf,
-    token: PathBuf,
+fn tools(klio: &KlioServer, cluster: &str) -> Result<ClientTools> {
+    klio.tools_for_postgres(cluster)
 }
 
-fn tools(klio: &KlioServer, cluster: &str) -> Result<Tools> {
-    let dir = tempfile::Builder::new().prefix("klio-restore-").tempdir()?;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
-    let bin = dir.path().join("klio");
-    std::fs::copy(klio_tests::klio_bin(), &bin)?;
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
-    let token = dir.path().join("token");
-    std::fs::write(&token, klio.token(cluster))?;
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644))?;
-    Ok(Tools {
-        _dir: dir,
-        bin,
-        token,
-    })
-}
-
-fn klio_restore(klio: &KlioServer, t: &Tools, token: &Path, args: &[&str]) -> Result<Output> {
+fn klio_restore(klio: &KlioServer, t: &ClientTools, token: &Path, args: &[&str]) -> Result<Output> {
     let mut cmd = Command::new(&t.bin);
     cmd.arg("restore")
         .args(["--cluster", "src", "--server", &klio.url(), "--token-file"])

@@ -6,7 +6,6 @@
 //! Short variant by default (≥ 5 kill cycles); `KLIO_TORTURE_CYCLES=50` for the long one.
 
 use std::collections::HashSet;
-use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -158,20 +157,8 @@ fn acknowledged_commits_survive_klio_crashes() -> Result<()> {
     pg.stop(StopMode::Immediate)?;
     drop(pg);
 
-    let tools = tempfile::Builder::new().prefix("klio-restore-").tempdir()?;
-    std::fs::set_permissions(tools.path(), std::fs::Permissions::from_mode(0o755))?;
-    let bin = tools.path().join("klio");
-    std::fs::copy(klio_tests::klio_bin(), &bin)?;
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
-    let token = tools.path().join("token");
-    std::fs::write(&token, klio.token("t"))?;
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644))?;
-    let restore = format!(
-        "env KLIO_SERVER={} KLIO_CLUSTER=t KLIO_TOKEN_FILE={} {} wal-restore %f %p",
-        klio.url(),
-        token.display(),
-        bin.display()
-    );
+    let tools = klio.tools_for_postgres("t")?;
+    let restore = klio.restore_command("t", &tools);
     copy.start_recovery(&restore)?;
     // Ready for (read-only) connections is not done: wait for the end of recovery.
     wait_until(

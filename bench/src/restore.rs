@@ -1,0 +1,214 @@
+//! Restore benchmarks (issue 5), each side by side in one invocation:
+//!
+//! 1. WAL replay: two identical base copies (taken before the load) recover through the
+//!    same ≥ 1 GB of WAL, one with `restore_command = 'cp ARCHIVE/%f %p'` from a local
+//!    directory holding the segments, one with `klio wal-restore %f %p` (prefetch on,
+//!    its default). Time = start of the server until recovery has ended.
+//! 2. Full restore: `klio restore` of a backup vs extracting `pg_basebackup`'s tar of the
+//!    same data (plain tar, and tar + client zstd), each ending with the files on disk
+//!    (`sync -f` after tar; `klio restore` fsyncs as it writes).
+//!
+//! Run: `KLIO_BIN=$CARGO_TARGET_DIR/debug/klio $CARGO_TARGET_DIR/debug/klio-bench-restore \
+//!       [WAL_SCALE] [BACKUP_SCALE]` (pgbench scales; defaults 70 ≈ 1.1 GB of WAL and
+//!       100 ≈ 1.5 GB of data).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use klio_tests::{parse_lsn, wait_until, ClusterConf, KlioServer, PgInstance, PgOptions, StopMode};
+
+fn recover(copy: &mut PgInstance, restore_command: &str) -> Result<f64> {
+    let t = Instant::now();
+    copy.start_recovery(restore_command)?;
+    wait_until(Duration::from_secs(1800), "recovery to end", || {
+        Ok(copy.psql("SELECT pg_is_in_recovery()")? == "f")
+    })?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn replay(scale: u32) -> Result<()> {
+    let mut pg = PgInstance::start(
+        PgOptions::new()
+            .conf("wal_keep_size", "8GB")
+            .conf("max_wal_size", "8GB"),
+    )?;
+    let klio = KlioServer::start(vec![ClusterConf::new("src", pg.replication_conninfo())])?;
+    let lsn = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
+    klio.wait_flushed("src", &lsn, Duration::from_secs(60))?;
+    let slow = PgOptions::new().timeout(Duration::from_secs(1800));
+    let mut by_cp = pg.base_copy(slow.clone())?;
+    let mut by_klio = pg.base_copy(slow)?;
+    let start = pg.psql("SELECT pg_current_wal_insert_lsn()")?;
+    eprintln!("generating WAL: pgbench -i -s {scale} ...");
+    pg.pgbench(&["-i", "-s", &scale.to_string()])?;
+    pg.psql("SELECT pg_switch_wal()")?;
+    let end = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
+    klio.wait_flushed("src", &end, Duration::from_secs(900))?;
+    let wal_mb = (parse_lsn(&end)? - parse_lsn(&start)?) as f64 / 1e6;
+
+    // The local archive for cp: every segment pg_wal holds.
+    let archive = pg.owned_dir("archive")?;
+    for e in std::fs::read_dir(pg.wal_dir())? {
+        let e = e?;
+        let name = e.file_name();
+        if name.len() == 24 {
+            let to = archive.join(&name);
+            std::fs::copy(e.path(), &to)?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644))?;
+        }
+    }
+    let accounts = pg.psql("SELECT count(*) FROM pgbench_accounts")?;
+    pg.stop(StopMode::Fast)?;
+
+    eprintln!("recovering with cp ...");
+    let cp_secs = recover(&mut by_cp, &format!("cp {}/%f %p", archive.display()))?;
+    ensure!(by_cp.psql("SELECT count(*) FROM pgbench_accounts")? == accounts);
+    drop(by_cp);
+    eprintln!("recovering with klio wal-restore ...");
+    let tools = klio.tools_for_postgres("src")?;
+    let klio_secs = recover(&mut by_klio, &klio.restore_command("src", &tools))?;
+    ensure!(by_klio.psql("SELECT count(*) FROM pgbench_accounts")? == accounts);
+
+    println!("WAL replay of {wal_mb:.0} MB (pgbench -i -s {scale}) from the same base copy");
+    println!("  restore_command = 'cp ARCHIVE/%f %p'   : {cp_secs:7.2} s");
+    println!("  restore_command = 'klio wal-restore …' : {klio_secs:7.2} s  (prefetch 8)");
+    println!(
+        "  ratio klio/cp recovery time: {:.2}x (target <= 1.0x)",
+        klio_secs / cp_secs
+    );
+    Ok(())
+}
+
+fn dir_size(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_size(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<f64> {
+    let t = Instant::now();
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    ensure!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn extract(tar_args: &[&str], archive: &Path, into: &Path) -> Result<f64> {
+    std::fs::create_dir(into)?;
+    let t = Instant::now();
+    run(
+        Command::new("tar")
+            .args(tar_args)
+            .arg(archive)
+            .arg("-C")
+            .arg(into),
+        "tar",
+    )?;
+    run(Command::new("sync").arg("-f").arg(into), "sync")?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn full_restore(scale: u32) -> Result<()> {
+    let pg = PgInstance::start(
+        PgOptions::new()
+            .conf("max_wal_size", "4GB")
+            .conf("checkpoint_timeout", "1h"),
+    )?;
+    eprintln!("creating the database: pgbench -i -s {scale} ...");
+    pg.pgbench(&["-i", "-s", &scale.to_string()])?;
+    pg.psql("CHECKPOINT")?;
+    let klio = KlioServer::start(vec![ClusterConf::new("src", pg.replication_conninfo())])?;
+    let lsn = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
+    klio.wait_flushed("src", &lsn, Duration::from_secs(600))?;
+    klio.client_ok("src", &["backup", "--wait"])?;
+
+    let work = tempfile::tempdir()?;
+    for (dir, compress) in [("plain", "none"), ("zstd", "client-zstd")] {
+        run(
+            Command::new(pg.tool("pg_basebackup"))
+                .arg("--dbname")
+                .arg(pg.replication_conninfo())
+                .arg("--pgdata")
+                .arg(work.path().join(dir))
+                .args([
+                    "--format=tar",
+                    &format!("--compress={compress}"),
+                    "--wal-method=none",
+                    "--checkpoint=fast",
+                    "--no-password",
+                ]),
+            "pg_basebackup",
+        )?;
+    }
+    let data_mb = dir_size(&work.path().join("plain")) as f64 / 1e6;
+    eprintln!("extracting the tar files ...");
+    let plain_secs = extract(
+        &["-xf"],
+        &work.path().join("plain/base.tar"),
+        &work.path().join("x-plain"),
+    )?;
+    let zstd_secs = extract(
+        &["--zstd", "-xf"],
+        &work.path().join("zstd/base.tar.zst"),
+        &work.path().join("x-zstd"),
+    )?;
+    eprintln!("klio restore ...");
+    let tools = klio.tools_for_postgres("src")?;
+    let klio_secs = run(
+        Command::new(&tools.bin)
+            .args(["restore", "--cluster", "src", "--server", &klio.url()])
+            .arg("--token-file")
+            .arg(&tools.token)
+            .arg("--pgdata")
+            .arg(work.path().join("x-klio")),
+        "klio restore",
+    )?;
+    let restored_mb = dir_size(&work.path().join("x-klio")) as f64 / 1e6;
+    ensure!(
+        restored_mb >= data_mb * 0.95,
+        "klio restored {restored_mb:.0} MB of {data_mb:.0} MB"
+    );
+
+    println!("full restore of {data_mb:.0} MB (pgbench -i -s {scale}), files on disk at the end");
+    println!(
+        "  tar -xf base.tar + sync          : {plain_secs:6.2} s  {:7.1} MB/s",
+        data_mb / plain_secs
+    );
+    println!(
+        "  tar --zstd -xf base.tar.zst + sync: {zstd_secs:6.2} s  {:7.1} MB/s",
+        data_mb / zstd_secs
+    );
+    println!(
+        "  klio restore                     : {klio_secs:6.2} s  {:7.1} MB/s  (HTTP, AES-256-GCM, zstd, CRC-32C per file)",
+        data_mb / klio_secs
+    );
+    println!(
+        "  ratio klio/tar throughput: {:.2}x (plain tar), {:.2}x (tar.zst) (target >= 1.0x)",
+        plain_secs / klio_secs,
+        zstd_secs / klio_secs
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let wal_scale: u32 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(70);
+    let backup_scale: u32 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(100);
+    replay(wal_scale)?;
+    full_restore(backup_scale)?;
+    Ok(())
+}
