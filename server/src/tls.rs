@@ -56,7 +56,7 @@ impl std::fmt::Debug for ApiTls {
 /// A TLS file that cannot be used. `setting` is the `[tls]` key that named it;
 /// Display names the file and the fix.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {message}")]
+#[error("{}{message}", if path.is_empty() { String::new() } else { format!("{path}: ") })]
 pub struct TlsError {
     pub setting: &'static str,
     pub path: String,
@@ -82,7 +82,7 @@ impl ApiTls {
             None if require_client_cert => {
                 return Err(TlsError {
                     setting: "require_client_cert",
-                    path: "[tls]".into(),
+                    path: String::new(),
                     message: "require_client_cert = true needs client_ca_file: set the CA that signs the client certificates".into(),
                 })
             }
