@@ -1002,7 +1002,10 @@ mod tests {
         let partial = s.path(&s.segment_names(tli1(), SegNo(0)).1);
         let stored = w.open.as_ref().unwrap().stored_len;
         let len = std::fs::metadata(&partial).unwrap().len();
-        assert!(len > stored && len.is_multiple_of(ZERO_AHEAD), "{len} vs {stored}");
+        assert!(
+            len > stored && len.is_multiple_of(ZERO_AHEAD),
+            "{len} vs {stored}"
+        );
         // As after a crash: the zeros are not a torn tail, and are dropped.
         w.abandon();
         let report = s.reconcile().unwrap();

@@ -13,8 +13,7 @@ use klio_core::{ClusterName, Lsn, MasterKey};
 use tracing_subscriber::EnvFilter;
 
 use crate::api::{BackupRequest, BackupStateView, BackupView, OffloadRequest, VerifyRequest};
-use crate::auth::ClusterToken;
-use crate::client::{self, Client, ClientError, DEFAULT_SERVER};
+use crate::client::{self, Client, ClientError, Credentials, DEFAULT_SERVER};
 use crate::config::{Config, LogFormat};
 use crate::demo::{self, DemoArgs};
 use crate::engine;
@@ -75,9 +74,18 @@ pub struct ConnectionArgs {
     /// URL of the Klio server's HTTP API.
     #[arg(long, env = "KLIO_SERVER", default_value = DEFAULT_SERVER, value_name = "URL")]
     pub server: String,
-    /// File holding the cluster's bearer token.
+    /// File holding the cluster's bearer token (optional with --cert).
     #[arg(long, env = "KLIO_TOKEN_FILE", value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) to trust for an https:// server instead of the built-in roots.
+    #[arg(long, env = "KLIO_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM) naming the cluster (CN user@cluster), for mTLS.
+    #[arg(long, env = "KLIO_CERT", value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "KLIO_KEY", value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -380,15 +388,17 @@ fn cluster_arg(cluster: Option<&str>) -> Result<ClusterName, ClientError> {
 }
 
 impl ConnectionArgs {
+    fn credentials(&self) -> Credentials {
+        Credentials {
+            token_file: self.token_file.clone(),
+            cacert: self.cacert.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
+
     fn client(&self) -> Result<Client, ClientError> {
-        let path = self.token_file.as_ref().ok_or_else(|| {
-            ClientError::Usage(
-                "no token given: pass --token-file PATH or set KLIO_TOKEN_FILE".into(),
-            )
-        })?;
-        let token = ClusterToken::from_file(path)
-            .map_err(|e| ClientError::Usage(format!("--token-file / KLIO_TOKEN_FILE: {e}")))?;
-        Client::new(&self.server, token, &path.display().to_string())
+        Client::connect(&self.server, &self.credentials())
     }
 }
 
@@ -423,12 +433,12 @@ async fn wal_restore(args: WalRestoreArgs) -> Result<(), ClientError> {
     };
     tracing::debug!(walfile = %args.walfile, bytes, dest = %args.dest.display(), spooled = from_spool.is_some(), "restored");
     if let Some((id, spool)) = &spool {
-        if let (Ok(exe), Some(token)) = (std::env::current_exe(), &args.connection.token_file) {
+        if let Ok(exe) = std::env::current_exe() {
             let spec = crate::prefetch::PrefetchSpec {
                 exe: &exe,
                 server: &args.connection.server,
                 cluster: &cluster,
-                token_file: token,
+                credentials: &args.connection.credentials(),
                 spool,
                 count: args.prefetch,
                 system_id: *id,
@@ -578,9 +588,8 @@ async fn verify(args: VerifyArgs) -> Result<(), ClientError> {
 
 async fn restore(args: RestoreArgs) -> Result<(), ClientError> {
     let cluster = cluster_arg(args.cluster.as_deref())?;
-    let token_file = args.connection.token_file.clone().ok_or_else(|| {
-        ClientError::Usage("no token given: pass --token-file PATH or set KLIO_TOKEN_FILE".into())
-    })?;
+    // The credentials are checked before anything else.
+    let c = args.connection.client()?;
     let abs = |p: &std::path::Path, what: &str| {
         std::path::absolute(p)
             .map_err(|e| ClientError::Usage(format!("{what} {}: {e}", p.display())))
@@ -619,11 +628,10 @@ async fn restore(args: RestoreArgs) -> Result<(), ClientError> {
         target_action: args.target_action,
         tablespace_map: map,
         jobs: args.jobs,
-        token_file: abs(&token_file, "--token-file")?,
+        credentials: args.connection.credentials().absolute()?,
         klio_exe: std::env::current_exe()
             .map_err(|e| ClientError::Io(format!("cannot find the klio executable: {e}")))?,
     };
-    let c = args.connection.client()?;
     let summary = crate::restore::restore(&c, &opts).await?;
     match args.output {
         OutputFormat::Json => print_json(&summary),
@@ -766,8 +774,19 @@ mod tests {
         let conn = ConnectionArgs {
             server: DEFAULT_SERVER.into(),
             token_file: None,
+            cacert: None,
+            cert: None,
+            key: None,
         };
         let e = conn.client().unwrap_err();
         assert!(e.to_string().contains("--token-file"), "{e}");
+        assert!(e.to_string().contains("--cert"), "{e}");
+        let plain = ConnectionArgs {
+            cacert: Some("/ca.crt".into()),
+            token_file: Some("/t".into()),
+            ..conn
+        };
+        let e = plain.client().unwrap_err();
+        assert!(e.to_string().contains("https://"), "{e}");
     }
 }

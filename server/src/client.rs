@@ -39,10 +39,10 @@ pub enum ClientError {
     #[error("cannot reach the Klio server at {server}: {detail}; check --server / KLIO_SERVER and that the server is running")]
     Connect { server: String, detail: String },
     #[error(
-        "the server rejected the token from {origin} (401); check --token-file / KLIO_TOKEN_FILE"
+        "the server rejected the {origin} (401); check --token-file / KLIO_TOKEN_FILE or --cert / KLIO_CERT"
     )]
     Unauthorized { origin: String },
-    #[error("the token from {origin} is not valid for cluster {cluster} (403); use that cluster's token file or fix --cluster / KLIO_CLUSTER")]
+    #[error("the {origin} is not valid for cluster {cluster} (403); use that cluster's token file or client certificate, or fix --cluster / KLIO_CLUSTER")]
     Forbidden { cluster: String, origin: String },
     /// What was asked for ran and failed (a backup, a verification): exit 1.
     #[error("{0}")]
@@ -75,12 +75,58 @@ impl ClientError {
 /// where any lower non-zero status means "not available" (and may end recovery early).
 pub const EXIT_ABORT_RECOVERY: u8 = 128;
 
-/// A connection to one Klio server with one cluster's token.
+/// The files a client command authenticates with and trusts, as given by
+/// `--token-file`, `--cacert`, `--cert` and `--key` (or their `KLIO_*` variables).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    pub token_file: Option<PathBuf>,
+    /// CA that signed the server's certificate (instead of the built-in roots).
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM) and its key, for servers with `client_ca_file`.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl Credentials {
+    /// The same files with absolute paths (for a restore_command run elsewhere).
+    pub fn absolute(&self) -> Result<Credentials, ClientError> {
+        let abs = |p: &Option<PathBuf>, flag: &str| -> Result<Option<PathBuf>, ClientError> {
+            p.as_deref()
+                .map(|p| {
+                    std::path::absolute(p)
+                        .map_err(|e| ClientError::Usage(format!("{flag} {}: {e}", p.display())))
+                })
+                .transpose()
+        };
+        Ok(Credentials {
+            token_file: abs(&self.token_file, "--token-file")?,
+            cacert: abs(&self.cacert, "--cacert")?,
+            cert: abs(&self.cert, "--cert")?,
+            key: abs(&self.key, "--key")?,
+        })
+    }
+
+    /// The command-line flags that pass these files on, in a fixed order.
+    pub fn args(&self) -> Vec<(&'static str, &Path)> {
+        [
+            ("--token-file", &self.token_file),
+            ("--cacert", &self.cacert),
+            ("--cert", &self.cert),
+            ("--key", &self.key),
+        ]
+        .into_iter()
+        .filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p)))
+        .collect()
+    }
+}
+
+/// A connection to one Klio server with one cluster's credentials.
 pub struct Client {
     http: reqwest::Client,
     base: String,
-    token: ClusterToken,
-    token_origin: String,
+    token: Option<ClusterToken>,
+    /// What authenticates this client, named in 401/403 errors.
+    origin: String,
 }
 
 impl fmt::Debug for Client {
@@ -96,6 +142,96 @@ impl Client {
         token: ClusterToken,
         token_origin: &str,
     ) -> Result<Client, ClientError> {
+        Client::build(
+            server,
+            Some(token),
+            &format!("token from {token_origin}"),
+            reqwest::Client::builder(),
+        )
+    }
+
+    /// A client authenticating with the files in `creds`: a token, a client
+    /// certificate, or both. Every file is read here; errors name the flag.
+    pub fn connect(server: &str, creds: &Credentials) -> Result<Client, ClientError> {
+        let read = |p: &Path, flag: &str| {
+            std::fs::read(p).map_err(|e| {
+                ClientError::Usage(format!("{flag}: cannot read {}: {e}", p.display()))
+            })
+        };
+        let tls_flag = [("--cacert", &creds.cacert), ("--cert", &creds.cert)]
+            .into_iter()
+            .find(|(_, p)| p.is_some());
+        if let Some((flag, _)) = tls_flag {
+            if !server.starts_with("https://") {
+                return Err(ClientError::Usage(format!(
+                    "{flag} needs an https:// server URL (--server / KLIO_SERVER is {server:?})"
+                )));
+            }
+        }
+        let mut builder = reqwest::Client::builder();
+        if let Some(ca) = &creds.cacert {
+            let certs = reqwest::Certificate::from_pem_bundle(&read(ca, "--cacert / KLIO_CACERT")?)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    ClientError::Usage(format!(
+                        "--cacert / KLIO_CACERT: {} holds no PEM certificate",
+                        ca.display()
+                    ))
+                })?;
+            builder = builder.tls_built_in_root_certs(false);
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let mut origins = Vec::new();
+        match (&creds.cert, &creds.key) {
+            (Some(cert), Some(key)) => {
+                let mut pem = read(cert, "--cert / KLIO_CERT")?;
+                pem.push(b'\n');
+                pem.extend(read(key, "--key / KLIO_KEY")?);
+                let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                    ClientError::Usage(format!(
+                        "--cert / --key: {} and {} are not a PEM certificate and its private key: {}",
+                        cert.display(),
+                        key.display(),
+                        chain(&e)
+                    ))
+                })?;
+                builder = builder.identity(identity);
+                origins.push(format!("client certificate {}", cert.display()));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ClientError::Usage(
+                    "--cert and --key (KLIO_CERT, KLIO_KEY) go together: pass both".into(),
+                ))
+            }
+        }
+        let token = match &creds.token_file {
+            Some(path) => {
+                let token = ClusterToken::from_file(path).map_err(|e| {
+                    ClientError::Usage(format!("--token-file / KLIO_TOKEN_FILE: {e}"))
+                })?;
+                origins.insert(0, format!("token from {}", path.display()));
+                Some(token)
+            }
+            None if origins.is_empty() => {
+                return Err(ClientError::Usage(
+                    "no credentials given: pass --token-file PATH (KLIO_TOKEN_FILE) or --cert and --key (KLIO_CERT, KLIO_KEY)".into(),
+                ))
+            }
+            None => None,
+        };
+        Client::build(server, token, &origins.join(" and "), builder)
+    }
+
+    fn build(
+        server: &str,
+        token: Option<ClusterToken>,
+        origin: &str,
+        builder: reqwest::ClientBuilder,
+    ) -> Result<Client, ClientError> {
         let url = reqwest::Url::parse(server).map_err(|e| {
             ClientError::Usage(format!(
                 "invalid server URL {server:?} ({e}); use e.g. {DEFAULT_SERVER} via --server or KLIO_SERVER"
@@ -106,7 +242,7 @@ impl Client {
                 "invalid server URL {server:?}: use http:// or https:// without a query, e.g. {DEFAULT_SERVER}"
             )));
         }
-        let http = reqwest::Client::builder()
+        let http = builder
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .user_agent(concat!("klio/", env!("CARGO_PKG_VERSION")))
@@ -118,7 +254,7 @@ impl Client {
             http,
             base: url.as_str().trim_end_matches('/').to_string(),
             token,
-            token_origin: token_origin.to_string(),
+            origin: origin.to_string(),
         })
     }
 
@@ -256,11 +392,7 @@ impl Client {
         timeout: Option<Duration>,
     ) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
-        let mut req = self
-            .http
-            .post(&url)
-            .bearer_auth(self.token.expose())
-            .json(body);
+        let mut req = self.authorized(self.http.post(&url)).json(body);
         if let Some(t) = timeout {
             req = req.timeout(t);
         }
@@ -327,9 +459,7 @@ impl Client {
 
     async fn get_once(&self, url: &str) -> Result<Vec<u8>, Failure> {
         let resp = self
-            .http
-            .get(url)
-            .bearer_auth(self.token.expose())
+            .authorized(self.http.get(url))
             .send()
             .await
             .map_err(Failure::Transport)?;
@@ -342,6 +472,14 @@ impl Client {
         }
     }
 
+    /// Adds the bearer token, if this client has one.
+    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req.bearer_auth(t.expose()),
+            None => req,
+        }
+    }
+
     fn classify(&self, f: Failure, cluster: Option<&ClusterName>) -> ClientError {
         match f {
             Failure::Transport(e) => ClientError::Connect {
@@ -349,11 +487,11 @@ impl Client {
                 detail: chain(&e),
             },
             Failure::Status(StatusCode::UNAUTHORIZED, _) => ClientError::Unauthorized {
-                origin: self.token_origin.clone(),
+                origin: self.origin.clone(),
             },
             Failure::Status(StatusCode::FORBIDDEN, _) => ClientError::Forbidden {
                 cluster: cluster.map(|c| c.to_string()).unwrap_or_default(),
-                origin: self.token_origin.clone(),
+                origin: self.origin.clone(),
             },
             Failure::Status(StatusCode::NOT_FOUND, m) => ClientError::NotFound(m),
             Failure::Status(StatusCode::CONFLICT, m) => ClientError::Conflict(m),

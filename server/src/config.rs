@@ -14,12 +14,18 @@
 //! application_name = "klio"                  # default "klio"
 //! backup_schedule = "0 3 * * *"              # cron (UTC) for base backups; default none
 //! backup_checkpoint = "fast"                 # or "spread" (default "fast")
+//! [tls]                                      # optional: the API speaks HTTPS only
+//! cert_file = "/etc/klio/tls/tls.crt"        # PEM chain, server certificate first
+//! key_file = "/etc/klio/tls/tls.key"         # its PEM private key
+//! client_ca_file = "/etc/klio/tls/ca.crt"    # optional: accept client certificates it signed
+//! require_client_cert = false                # default false: bearer tokens keep working
 //! ```
 //!
-//! Overrides: `KLIO_DATA_DIR`, `KLIO_LISTEN`, `KLIO_MASTER_KEY_FILE`, `KLIO_LOG_FORMAT`
-//! and, per cluster, `KLIO_CLUSTER_<NAME>_CONNINFO` (name upper-cased, `-` → `_`).
+//! Overrides: `KLIO_DATA_DIR`, `KLIO_LISTEN`, `KLIO_MASTER_KEY_FILE`, `KLIO_LOG_FORMAT`,
+//! `KLIO_TLS_CERT_FILE`, `KLIO_TLS_KEY_FILE`, `KLIO_TLS_CLIENT_CA_FILE` and, per cluster,
+//! `KLIO_CLUSTER_<NAME>_CONNINFO` (name upper-cased, `-` → `_`).
 //! An empty variable counts as unset. Relative paths are resolved against the config
-//! file's directory. Token files are read here (secrets come by file path). Every error
+//! file's directory. Token files and TLS files are read here (secrets come by file path). Every error
 //! names the file and the offending key. Nothing here writes to disk.
 
 use std::collections::HashMap;
@@ -33,6 +39,7 @@ use serde::Deserialize;
 
 use crate::auth::{ClusterToken, TokenSet};
 use crate::schedule::Schedule;
+use crate::tls::ApiTls;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 pub const DEFAULT_SLOT: &str = "klio";
@@ -47,6 +54,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub master_key_file: PathBuf,
     pub log_format: LogFormat,
+    /// `[tls]`: HTTPS (and client certificates) for the API; `None`: plain HTTP.
+    pub tls: Option<ApiTls>,
     /// In file order; names are unique.
     pub clusters: Vec<ClusterConfig>,
 }
@@ -144,6 +153,7 @@ struct RawConfig {
     listen: Option<String>,
     master_key_file: Option<PathBuf>,
     log_format: Option<String>,
+    tls: Option<RawTls>,
     #[serde(default, rename = "cluster")]
     clusters: Vec<RawCluster>,
 }
@@ -158,6 +168,15 @@ struct RawCluster {
     application_name: Option<String>,
     backup_schedule: Option<String>,
     backup_checkpoint: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    client_ca_file: Option<PathBuf>,
+    require_client_cert: Option<bool>,
 }
 
 /// A value with the key it is reported under (`listen`, or `listen (KLIO_LISTEN)`).
@@ -248,6 +267,8 @@ impl Config {
             None => LogFormat::default(),
             Some(s) => s.parse().map_err(|m| invalid(&log_format.key, m))?,
         };
+
+        let tls = api_tls(raw.tls, &env, &invalid, &resolve)?;
 
         if raw.clusters.is_empty() {
             return Err(invalid(
@@ -365,6 +386,7 @@ impl Config {
             listen,
             master_key_file: resolve(master_key_file),
             log_format,
+            tls,
             clusters,
         })
     }
@@ -386,6 +408,69 @@ impl Config {
             message: format!("{e}; generate one with `klio keys generate`"),
         })
     }
+}
+
+/// `[tls]` with its `KLIO_TLS_*` overrides; the files are read and checked here.
+fn api_tls(
+    raw: Option<RawTls>,
+    env: &dyn Fn(&str) -> Option<String>,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<Option<ApiTls>, ConfigError> {
+    let raw = raw.unwrap_or_default();
+    let file = |name: &str, value: Option<PathBuf>| {
+        let var = format!("KLIO_TLS_{}", name.to_ascii_uppercase());
+        overridden(&format!("tls.{name}"), value, &var, env, PathBuf::from)
+    };
+    let cert = file("cert_file", raw.cert_file);
+    let key = file("key_file", raw.key_file);
+    let ca = file("client_ca_file", raw.client_ca_file);
+    let (cert_file, key_file) = match (cert.value, key.value) {
+        (None, None) => {
+            if ca.value.is_some() || raw.require_client_cert == Some(true) {
+                return Err(invalid(
+                    &cert.key,
+                    "missing: client certificates need TLS; set cert_file and key_file in [tls]"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        }
+        (Some(_), None) => {
+            return Err(invalid(
+                &key.key,
+                "missing: with cert_file set, key_file must name the certificate's private key"
+                    .into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                &cert.key,
+                "missing: with key_file set, cert_file must name the server certificate".into(),
+            ))
+        }
+        (Some(c), Some(k)) => (resolve(c), resolve(k)),
+    };
+    let keys = [
+        ("cert_file", cert.key),
+        ("key_file", key.key),
+        ("client_ca_file", ca.key),
+    ];
+    ApiTls::load(
+        cert_file,
+        key_file,
+        ca.value.map(resolve),
+        raw.require_client_cert.unwrap_or(false),
+    )
+    .map(Some)
+    .map_err(|e| {
+        let key = keys
+            .iter()
+            .find(|(setting, _)| *setting == e.setting)
+            .map(|(_, key)| key.clone())
+            .unwrap_or_else(|| format!("tls.{}", e.setting));
+        invalid(&key, e.to_string())
+    })
 }
 
 /// The file's value, replaced by the environment variable `var` when that is set.

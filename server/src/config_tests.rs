@@ -405,3 +405,112 @@ fn backup_schedule_and_checkpoint() {
     let (key, _) = f.err_key(&text);
     assert_eq!(key, "cluster[0].backup_checkpoint");
 }
+
+impl Fixture {
+    /// A CA, a server certificate and key, and an unrelated key, as PEM files.
+    fn tls_files(&self) {
+        let ca = klio_harness::TestCa::new("config test CA").unwrap();
+        ca.write_cert(&self.dir.path().join("ca.crt")).unwrap();
+        let (cert, key) = ca.server_cert().unwrap();
+        self.write("server.crt", &cert);
+        self.write("server.key", &key);
+        self.write("other.key", &ca.server_cert().unwrap().1);
+    }
+}
+
+#[test]
+fn tls_section_loads_relative_files() {
+    let f = Fixture::new();
+    f.tls_files();
+    let c = f.parse(&with_clusters("")).unwrap();
+    assert!(c.tls.is_none());
+    let c = f
+        .parse(&with_clusters(
+            "[tls]\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\nclient_ca_file = \"ca.crt\"\n",
+        ))
+        .unwrap();
+    let tls = c.tls.expect("tls configured");
+    assert_eq!(tls.cert_file, f.dir.path().join("server.crt"));
+    assert_eq!(tls.client_ca_file, Some(f.dir.path().join("ca.crt")));
+    assert!(!tls.require_client_cert);
+}
+
+#[test]
+fn tls_env_overrides_name_their_variable() {
+    let f = Fixture::new();
+    f.tls_files();
+    let cert = f.dir.path().join("server.crt");
+    let key = f.dir.path().join("server.key");
+    let c = f
+        .parse_env(
+            &with_clusters(""),
+            &[
+                ("KLIO_TLS_CERT_FILE", cert.to_str().unwrap()),
+                ("KLIO_TLS_KEY_FILE", key.to_str().unwrap()),
+            ],
+        )
+        .unwrap();
+    assert_eq!(c.tls.unwrap().key_file, key);
+    let e = f
+        .parse_env(
+            &with_clusters(""),
+            &[
+                ("KLIO_TLS_CERT_FILE", cert.to_str().unwrap()),
+                ("KLIO_TLS_KEY_FILE", "/nonexistent/tls.key"),
+            ],
+        )
+        .unwrap_err();
+    assert_eq!(e.key(), Some("tls.key_file (KLIO_TLS_KEY_FILE)"));
+    assert!(e.to_string().contains("/nonexistent/tls.key"), "{e}");
+}
+
+#[test]
+fn bad_tls_settings_name_the_key_and_file() {
+    let f = Fixture::new();
+    f.tls_files();
+    let cases = [
+        ("[tls]\ncert_file = \"server.crt\"\n", "tls.key_file", "key_file"),
+        ("[tls]\nkey_file = \"server.key\"\n", "tls.cert_file", "cert_file"),
+        ("[tls]\nclient_ca_file = \"ca.crt\"\n", "tls.cert_file", "cert_file"),
+        (
+            "[tls]\ncert_file = \"missing.crt\"\nkey_file = \"server.key\"\n",
+            "tls.cert_file",
+            "missing.crt",
+        ),
+        (
+            "[tls]\ncert_file = \"server.key\"\nkey_file = \"server.key\"\n",
+            "tls.cert_file",
+            "no certificate",
+        ),
+        (
+            "[tls]\ncert_file = \"server.crt\"\nkey_file = \"server.crt\"\n",
+            "tls.key_file",
+            "private key",
+        ),
+        (
+            "[tls]\ncert_file = \"server.crt\"\nkey_file = \"other.key\"\n",
+            "tls.key_file",
+            "does not go with the certificate",
+        ),
+        (
+            "[tls]\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\nclient_ca_file = \"server.key\"\n",
+            "tls.client_ca_file",
+            "server.key",
+        ),
+        (
+            "[tls]\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\nrequire_client_cert = true\n",
+            "tls.require_client_cert",
+            "client_ca_file",
+        ),
+        (
+            "[tls]\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\nclient_ca = \"ca.crt\"\n",
+            "",
+            "client_ca",
+        ),
+    ];
+    for (extra, key, mentions) in cases {
+        let (k, shown) = f.err_key(&with_clusters(extra));
+        assert_eq!(k, key, "{extra}: {shown}");
+        assert!(shown.contains(mentions), "{extra}: {shown}");
+    }
+}

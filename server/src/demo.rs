@@ -356,7 +356,10 @@ async fn run_in(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         target_action: Some("promote".into()),
         tablespace_map: Vec::new(),
         jobs: 8,
-        token_file: tools.path().join("token"),
+        credentials: crate::client::Credentials {
+            token_file: Some(tools.path().join("token")),
+            ..Default::default()
+        },
         klio_exe: tools.path().join("klio"),
     };
     let summary = crate::restore::restore(&client, &opts)

@@ -20,7 +20,8 @@ use crate::backups::{BackupManager, BackupSettings};
 use crate::config::{Config, DEFAULT_APPLICATION_NAME};
 use crate::http::{router, AppState};
 use crate::registry::{ClusterStatusView, ConnectionState, Registry, RegistryError, WalEntryView};
-use crate::serve::{serve_http, shutdown_signal};
+use crate::serve::{serve_http, serve_https, shutdown_signal};
+use crate::tls::TlsListener;
 
 /// Longest time between two standby status updates.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
@@ -60,8 +61,7 @@ pub async fn run_server(config: Config) -> anyhow::Result<()> {
 }
 
 /// Runs a cluster's receiver on its own thread with a single-threaded runtime: the
-/// synchronous-standby path (socket read, hand-off to the writer thread, its durable
-/// position back, status update out) then never crosses the shared runtime's worker
+/// synchronous-standby path (socket read, write, fdatasync, status update out) then never crosses the shared runtime's worker
 /// threads, which on a busy host costs wake-ups and CPU in every commit's round trip.
 /// Returns a task on the current runtime that completes when the receiver has stopped.
 fn spawn_receiver(
@@ -82,6 +82,12 @@ fn spawn_receiver(
     Ok(tokio::spawn(async move {
         let _ = done_rx.await;
     }))
+}
+
+/// The API's socket, bound before the clusters start.
+enum ApiListener {
+    Plain(tokio::net::TcpListener),
+    Tls(TlsListener),
 }
 
 /// Runs the server until `shutdown` completes (the demo and tests stop it this way).
@@ -110,6 +116,10 @@ pub async fn run_server_until(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (the `listen` setting)", config.listen))?;
+    let listener = match &config.tls {
+        Some(tls) => ApiListener::Tls(tls.listener(listener)?),
+        None => ApiListener::Plain(listener),
+    };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -142,11 +152,14 @@ pub async fn run_server_until(
         backups,
     });
     let app = router(AppState::new(registry, config.tokens()));
-    let serve = serve_http(listener, app, async move {
+    let stop = async move {
         shutdown.await;
         let _ = stop_tx.send(true);
-    })
-    .await;
+    };
+    let serve = match listener {
+        ApiListener::Tls(l) => serve_https(l, app, stop).await,
+        ApiListener::Plain(l) => serve_http(l, app, stop).await,
+    };
     for t in tasks {
         if tokio::time::timeout(Duration::from_secs(30), t)
             .await

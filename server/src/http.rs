@@ -1,4 +1,4 @@
-//! The HTTP API: routes, bearer-token authentication, error mapping.
+//! The HTTP API: routes, authentication (bearer token, client certificate), error mapping.
 //!
 //! ```text
 //! GET /healthz                               no auth   "ok"
@@ -17,15 +17,17 @@
 //! POST /v1/clusters/{cluster}/offloads       token     OffloadRequest → 202 BackupView, 409 if one runs
 //! POST /v1/clusters/{cluster}/verify         token     VerifyRequest (optional) → VerifyReport
 //! ```
-//! Checks run in this order: token (401), cluster known (404), token is the cluster's
-//! (403), WAL name valid (400); only then is the [`Registry`] asked. Errors are JSON
+//! "token" means a bearer token or, over TLS with `client_ca_file`, a verified client
+//! certificate naming the cluster (`CN=user@cluster` or a DNS SAN; see [`crate::tls`]).
+//! Checks run in this order: credentials (401), cluster known (404), credentials are the
+//! cluster's (403), WAL name valid (400); only then is the [`Registry`] asked. Errors are JSON
 //! `{"error": "..."}`; internal details are logged, never sent. Reads nothing from disk
 //! itself: everything comes through the registry.
 
 use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::{FromRequestParts, MatchedPath, Path, State};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Path, State};
 use axum::http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Request, StatusCode};
@@ -42,6 +44,7 @@ use crate::api::{
 use crate::auth::TokenSet;
 use crate::metrics;
 use crate::registry::{ClusterStatusView, Registry, RegistryError};
+use crate::tls::ClientCert;
 
 /// What every handler needs: the engine's view and the clusters' token digests.
 #[derive(Clone)]
@@ -102,11 +105,11 @@ pub fn router(state: AppState) -> Router {
 /// Every way a request can fail, and its status code.
 #[derive(Debug)]
 pub enum ApiError {
-    /// 401: no usable `Authorization: Bearer` header.
+    /// 401: no usable `Authorization: Bearer` header and no client certificate of a cluster.
     MissingToken,
     /// 401: a bearer token that belongs to no cluster.
     InvalidToken,
-    /// 403: a valid token of another cluster.
+    /// 403: valid credentials of another cluster.
     Forbidden(ClusterName),
     /// 404 with this message.
     NotFound(String),
@@ -150,11 +153,11 @@ impl ApiError {
     fn public_message(&self) -> String {
         match self {
             ApiError::MissingToken => {
-                "missing or malformed Authorization header: send 'Authorization: Bearer <token>'"
+                "missing or malformed Authorization header: send 'Authorization: Bearer <token>' or a client certificate of the cluster"
                     .into()
             }
             ApiError::InvalidToken => "invalid token".into(),
-            ApiError::Forbidden(c) => format!("this token is not valid for cluster {c}"),
+            ApiError::Forbidden(c) => format!("these credentials are not valid for cluster {c}"),
             ApiError::NotFound(m) | ApiError::BadRequest(m) | ApiError::Conflict(m) => m.clone(),
             ApiError::NotReady(c) => {
                 format!("cluster {c} has not connected to its primary yet; retry later")
@@ -196,7 +199,11 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// An authenticated caller: the clusters its token grants (never empty).
+/// An authenticated caller: the clusters its credentials grant (never empty).
+///
+/// Credentials are the bearer token and, on a TLS listener with `client_ca_file`, the
+/// connection's verified client certificate (see [`crate::tls`]). Every credential
+/// presented must be valid; the caller may use the clusters any of them grants.
 struct Caller {
     clusters: Vec<ClusterName>,
 }
@@ -205,20 +212,39 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or(ApiError::MissingToken)?;
+        let mut clusters: Vec<ClusterName> = Vec::new();
+        if let Some(ConnectInfo(cert)) = parts.extensions.get::<ConnectInfo<ClientCert>>() {
+            clusters.extend(
+                cert.clusters
+                    .iter()
+                    .filter(|c| state.tokens.is_configured(c))
+                    .cloned(),
+            );
+            if clusters.is_empty() && !cert.subject.is_empty() {
+                tracing::warn!(subject = %cert.subject, "client certificate names no configured cluster");
+            }
+        }
+        let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+            return match clusters.is_empty() {
+                true => Err(ApiError::MissingToken),
+                false => Ok(Caller { clusters }),
+            };
+        };
         let value = header.to_str().map_err(|_| ApiError::MissingToken)?;
         let (scheme, token) = value.split_once(' ').ok_or(ApiError::MissingToken)?;
         let token = token.trim();
         if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
             return Err(ApiError::MissingToken);
         }
-        let clusters = state.tokens.authorize(token);
-        if clusters.is_empty() {
+        let granted = state.tokens.authorize(token);
+        if granted.is_empty() {
             tracing::warn!("request with an invalid bearer token");
             return Err(ApiError::InvalidToken);
+        }
+        for c in granted {
+            if !clusters.contains(&c) {
+                clusters.push(c);
+            }
         }
         Ok(Caller { clusters })
     }
@@ -233,7 +259,7 @@ impl Caller {
             return Err(unknown());
         }
         if !self.clusters.contains(&cluster) {
-            tracing::warn!(%cluster, "token of another cluster refused");
+            tracing::warn!(%cluster, "credentials of another cluster refused");
             return Err(ApiError::Forbidden(cluster));
         }
         Ok(cluster)

@@ -206,7 +206,10 @@ async fn other_clusters_token_is_403_everywhere() {
     ] {
         let (s, _, body) = get(&app, &uri, bearer(TOKEN_B).as_deref()).await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{uri}");
-        assert_eq!(error_of(&body), "this token is not valid for cluster pg-a");
+        assert_eq!(
+            error_of(&body),
+            "these credentials are not valid for cluster pg-a"
+        );
     }
     assert_eq!(reg.data_calls(), 0);
 }

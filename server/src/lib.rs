@@ -18,3 +18,4 @@ pub mod registry;
 pub mod restore;
 pub mod schedule;
 pub mod serve;
+pub mod tls;

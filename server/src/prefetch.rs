@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use futures_util::stream::{self, StreamExt};
 use klio_core::{ClusterName, SegNo, SegmentHeader, WalFileKind, WalFileName, WalSegSize};
 
-use crate::client::{write_atomically, Client, ClientError};
+use crate::client::{write_atomically, Client, ClientError, Credentials};
 
 /// Segments fetched ahead by default.
 pub const DEFAULT_PREFETCH: u32 = 8;
@@ -122,7 +122,7 @@ pub struct PrefetchSpec<'a> {
     pub exe: &'a Path,
     pub server: &'a str,
     pub cluster: &'a ClusterName,
-    pub token_file: &'a Path,
+    pub credentials: &'a Credentials,
     pub spool: &'a Path,
     /// Segments to fetch ahead.
     pub count: u32,
@@ -136,7 +136,7 @@ pub fn spawn_prefetcher(spec: &PrefetchSpec<'_>, name: &WalFileName, seg_size: u
         exe,
         server,
         cluster,
-        token_file,
+        credentials,
         spool,
         count,
         system_id,
@@ -146,10 +146,11 @@ pub fn spawn_prefetcher(spec: &PrefetchSpec<'_>, name: &WalFileName, seg_size: u
     }
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("wal-prefetch")
-        .args(["--server", server, "--cluster", cluster.as_str()])
-        .arg("--token-file")
-        .arg(token_file)
-        .arg("--spool")
+        .args(["--server", server, "--cluster", cluster.as_str()]);
+    for (flag, path) in credentials.args() {
+        cmd.arg(flag).arg(path);
+    }
+    cmd.arg("--spool")
         .arg(spool)
         .args([
             "--after",

@@ -18,7 +18,7 @@ use klio_basebackup::manifest::{BackupManifest, ChunkId, FileKind};
 use klio_core::{ClusterName, Lsn};
 
 use crate::api::{BackupStateView, BackupView};
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, Credentials};
 use crate::output::human_bytes;
 
 /// What to recover to.
@@ -44,8 +44,8 @@ pub struct RestoreOptions {
     /// Old tablespace location → new location.
     pub tablespace_map: Vec<(String, PathBuf)>,
     pub jobs: usize,
-    /// `--token-file` to write into the restore_command (absolute).
-    pub token_file: PathBuf,
+    /// Token and TLS files to write into the restore_command (absolute).
+    pub credentials: Credentials,
     /// The `klio` executable to call from restore_command.
     pub klio_exe: PathBuf,
 }
@@ -184,13 +184,19 @@ fn sh_quote(v: &str) -> String {
 
 /// The recovery settings appended to `postgresql.auto.conf`.
 pub fn recovery_settings(opts: &RestoreOptions, server: &str) -> Result<String, ClientError> {
-    let cmd = format!(
-        "{} wal-restore --server {} --cluster {} --token-file {} %f %p",
+    let mut cmd = format!(
+        "{} wal-restore --server {} --cluster {}",
         sh_quote(&opts.klio_exe.display().to_string()),
         sh_quote(server),
         sh_quote(opts.cluster.as_str()),
-        sh_quote(&opts.token_file.display().to_string()),
     );
+    for (flag, path) in opts.credentials.args() {
+        cmd.push_str(&format!(
+            " {flag} {}",
+            sh_quote(&path.display().to_string())
+        ));
+    }
+    cmd.push_str(" %f %p");
     let mut s = String::from("\n# Added by klio restore\n");
     s.push_str(&format!("restore_command = {}\n", conf_quote(&cmd)));
     s.push_str("recovery_target_timeline = 'latest'\n");
@@ -492,7 +498,10 @@ mod tests {
             target_action: Some("promote".into()),
             tablespace_map: vec![],
             jobs: 4,
-            token_file: "/etc/klio/my token".into(),
+            credentials: Credentials {
+                token_file: Some("/etc/klio/my token".into()),
+                ..Credentials::default()
+            },
             klio_exe: "/usr/bin/klio".into(),
         };
         let s = recovery_settings(&opts, "http://k:7070").unwrap();
@@ -504,6 +513,17 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("recovery_target_action = 'promote'"), "{s}");
+        let mut mtls = opts.clone();
+        mtls.credentials = Credentials {
+            token_file: None,
+            cacert: Some("/tls/ca.crt".into()),
+            cert: Some("/tls/x@pg-a.crt".into()),
+            key: Some("/tls/my key.pem".into()),
+        };
+        let s = recovery_settings(&mtls, "https://k:7070").unwrap();
+        assert!(s.contains(
+            "restore_command = '/usr/bin/klio wal-restore --server https://k:7070 --cluster pg-a --cacert /tls/ca.crt --cert /tls/x@pg-a.crt --key ''/tls/my key.pem'' %f %p'"
+        ), "{s}");
         let mut bad = opts.clone();
         bad.target_action = Some("explode".into());
         assert!(recovery_settings(&bad, "x").is_err());

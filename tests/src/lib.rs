@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
-pub use klio_harness::{AuthMethod, PgInstance, PgOptions, StopMode};
+pub use klio_harness::{AuthMethod, PgInstance, PgOptions, StopMode, TestCa};
 
 /// The `klio` binary under test (built from this package's `klio-e2e` target).
 pub fn klio_bin() -> PathBuf {
@@ -73,6 +73,8 @@ pub struct KlioServer {
     child: Option<Child>,
     starts: u32,
     env: Vec<(String, String)>,
+    /// With TLS: the CA that signed the server's certificate and is its `client_ca_file`.
+    ca: Option<TestCa>,
 }
 
 impl KlioServer {
@@ -81,10 +83,24 @@ impl KlioServer {
         KlioServer::start_prepared(clusters, |_| Ok(()))
     }
 
+    /// [`KlioServer::start`] with `[tls]`: a fresh CA signs the server's certificate
+    /// (`127.0.0.1`, `localhost`) and client certificates are accepted (optional).
+    pub fn start_tls(clusters: Vec<ClusterConf>) -> Result<KlioServer> {
+        KlioServer::start_inner(clusters, true, |_| Ok(()))
+    }
+
     /// [`KlioServer::start`], running `prepare(data_dir)` before the first start (e.g. to
     /// mount a small file system inside the data directory).
     pub fn start_prepared(
         clusters: Vec<ClusterConf>,
+        prepare: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<KlioServer> {
+        KlioServer::start_inner(clusters, false, prepare)
+    }
+
+    fn start_inner(
+        clusters: Vec<ClusterConf>,
+        tls: bool,
         prepare: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<KlioServer> {
         let dir = tempfile::Builder::new().prefix("klio-e2e-").tempdir()?;
@@ -96,7 +112,17 @@ impl KlioServer {
             child: None,
             starts: 0,
             env: Vec::new(),
+            ca: None,
         };
+        if tls {
+            let ca = TestCa::new("klio API test CA")?;
+            std::fs::create_dir_all(s.tls_dir())?;
+            ca.write_cert(&s.ca_cert())?;
+            let (cert, key) = ca.server_cert()?;
+            klio_harness::write_file(&s.tls_dir().join("server.crt"), &cert, 0o644)?;
+            klio_harness::write_file(&s.tls_dir().join("server.key"), &key, 0o600)?;
+            s.ca = Some(ca);
+        }
         std::fs::write(s.master_key_path(), random_hex(32))?;
         s.write_config()?;
         std::fs::create_dir_all(s.data_dir())?;
@@ -167,7 +193,55 @@ impl KlioServer {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        match self.ca {
+            Some(_) => format!("https://127.0.0.1:{}", self.port),
+            None => format!("http://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// The API's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Where a TLS server's PEM files live.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.path().join("tls")
+    }
+
+    /// The CA certificate of a TLS server (for `--cacert`).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.tls_dir().join("ca.crt")
+    }
+
+    /// Issues a client certificate from the server's client CA into [`KlioServer::tls_dir`]
+    /// as `<name>.crt`/`<name>.key`; returns their paths.
+    pub fn issue_client_cert(
+        &self,
+        name: &str,
+        common_name: &str,
+        dns: &[&str],
+    ) -> Result<(PathBuf, PathBuf)> {
+        let ca = self
+            .ca
+            .as_ref()
+            .context("the server was not started with TLS")?;
+        ca.write_client_cert(&self.tls_dir(), name, common_name, dns)
+    }
+
+    /// GET `path` on this server with optional credentials; over TLS the server's CA is
+    /// trusted. Returns (status, body).
+    pub fn request(
+        &self,
+        path: &str,
+        client_cert: Option<(&Path, &Path)>,
+        bearer: Option<&str>,
+    ) -> Result<(u16, Vec<u8>)> {
+        let url = format!("{}{path}", self.url());
+        match self.ca {
+            Some(_) => https_get(&url, &self.ca_cert(), client_cert, bearer),
+            None => http_get(&url, bearer),
+        }
     }
 
     pub fn clusters_mut(&mut self) -> &mut Vec<ClusterConf> {
@@ -182,6 +256,15 @@ impl KlioServer {
             self.port,
             self.master_key_path().display().to_string()
         );
+        if self.ca.is_some() {
+            let d = self.tls_dir();
+            toml.push_str(&format!(
+                "[tls]\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {:?}\n",
+                d.join("server.crt").display().to_string(),
+                d.join("server.key").display().to_string(),
+                self.ca_cert().display().to_string()
+            ));
+        }
         for c in &self.clusters {
             let tf = self.token_file(&c.name);
             std::fs::write(&tf, &c.token)?;
@@ -266,7 +349,7 @@ impl KlioServer {
                     self.log_tail(40)
                 );
             }
-            if http_get_status(&format!("{}/healthz", self.url())) == Some(200) {
+            if self.request("/healthz", None, None).ok().map(|(c, _)| c) == Some(200) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -335,10 +418,7 @@ impl KlioServer {
 
     /// GET a cluster endpoint with that cluster's token; returns (status, body).
     pub fn get(&self, cluster: &str, path: &str) -> Result<(u16, Vec<u8>)> {
-        http_get(
-            &format!("{}{}", self.url(), path),
-            Some(&self.token(cluster)),
-        )
+        self.request(path, None, Some(&self.token(cluster)))
     }
 
     /// The cluster's status JSON.
@@ -500,6 +580,9 @@ impl KlioServer {
             .env("KLIO_SERVER", self.url())
             .env("KLIO_CLUSTER", cluster)
             .env("KLIO_TOKEN_FILE", token_file);
+        if self.ca.is_some() {
+            cmd.env("KLIO_CACERT", self.ca_cert());
+        }
         run_with_timeout(cmd, Duration::from_secs(60))
     }
 
@@ -512,6 +595,9 @@ impl KlioServer {
     pub fn client_with_timeout(&self, args: &[&str], timeout: Duration) -> Result<Output> {
         let mut cmd = Command::new(klio_bin());
         cmd.args(args).env("KLIO_SERVER", self.url());
+        if self.ca.is_some() {
+            cmd.env("KLIO_CACERT", self.ca_cert());
+        }
         run_with_timeout(cmd, timeout)
     }
 
@@ -577,14 +663,65 @@ pub fn parse_lsn(s: &str) -> Result<u64> {
 
 /// Minimal blocking HTTP/1.1 GET over a TCP socket (no client library needed in tests).
 pub fn http_get(url: &str, bearer: Option<&str>) -> Result<(u16, Vec<u8>)> {
-    use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").context("only http:// URLs")?;
-    let (hostport, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
+    let (hostport, path) = split_url(rest);
     let mut s = std::net::TcpStream::connect(hostport)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    exchange(&mut s, hostport, path, bearer)
+}
+
+/// [`http_get`] over TLS with rustls, trusting `ca`, presenting `client_cert`
+/// (certificate, key) if given.
+pub fn https_get(
+    url: &str,
+    ca: &Path,
+    client_cert: Option<(&Path, &Path)>,
+    bearer: Option<&str>,
+) -> Result<(u16, Vec<u8>)> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use std::sync::Arc;
+    let rest = url.strip_prefix("https://").context("only https:// URLs")?;
+    let (hostport, path) = split_url(rest);
+    let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca)? {
+        roots.add(c?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots);
+    let config = match client_cert {
+        Some((cert, key)) => config.with_client_auth_cert(
+            CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?,
+            PrivateKeyDer::from_pem_file(key)?,
+        )?,
+        None => config.with_no_client_auth(),
+    };
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from(host.to_string())?)?;
+    let tcp = std::net::TcpStream::connect(hostport)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    exchange(&mut s, hostport, path, bearer)
+}
+
+fn split_url(rest: &str) -> (&str, &str) {
+    match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    }
+}
+
+/// Sends one GET on `s` and reads the answer until the server closes.
+fn exchange(
+    s: &mut (impl std::io::Read + std::io::Write),
+    hostport: &str,
+    path: &str,
+    bearer: Option<&str>,
+) -> Result<(u16, Vec<u8>)> {
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n");
     if let Some(t) = bearer {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
@@ -592,7 +729,12 @@ pub fn http_get(url: &str, bearer: Option<&str>) -> Result<(u16, Vec<u8>)> {
     req.push_str("\r\n");
     s.write_all(req.as_bytes())?;
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
+    match s.read_to_end(&mut buf) {
+        Ok(_) => {}
+        // A TLS peer that closes without close_notify, after a complete answer.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => {}
+        Err(e) => return Err(e.into()),
+    }
     let head_end = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -629,10 +771,6 @@ fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
         out.extend_from_slice(&b[..size]);
         b = &b[size + 2..];
     }
-}
-
-fn http_get_status(url: &str) -> Option<u16> {
-    http_get(url, None).ok().map(|(c, _)| c)
 }
 
 /// Waits for a condition without fixed sleeps beyond a short poll interval.

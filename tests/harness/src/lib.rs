@@ -30,7 +30,7 @@ mod tls;
 pub use binaries::{pg_bin_dir, pg_cache_dir};
 pub use config::{AuthMethod, PgOptions};
 pub use instance::{PgInstance, StopMode};
-pub use tls::TlsFiles;
+pub use tls::{write_file, TestCa, TlsFiles};
 
 /// The bootstrap superuser of every instance.
 pub const SUPERUSER: &str = "postgres";
