@@ -9,8 +9,8 @@
 //!    (`sync -f` after tar; `klio restore` fsyncs as it writes).
 //!
 //! Run: `KLIO_BIN=$CARGO_TARGET_DIR/debug/klio $CARGO_TARGET_DIR/debug/klio-bench-restore \
-//!       [WAL_SCALE] [BACKUP_SCALE]` (pgbench scales; defaults 70 ≈ 1.1 GB of WAL and
-//!       100 ≈ 1.5 GB of data).
+//!       [WAL_SCALE] [BACKUP_SCALE] [ROUNDS]` (pgbench scales; defaults 80 ≈ 1.04 GB of WAL
+//!       and 100 ≈ 1.6 GB of data, 0 skips the full restore; 3 alternating replay rounds).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -29,7 +29,7 @@ fn recover(copy: &mut PgInstance, restore_command: &str) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
-fn replay(scale: u32) -> Result<()> {
+fn replay(scale: u32, rounds: usize) -> Result<()> {
     let mut pg = PgInstance::start(
         PgOptions::new()
             .conf("wal_keep_size", "8GB")
@@ -38,9 +38,12 @@ fn replay(scale: u32) -> Result<()> {
     let klio = KlioServer::start(vec![ClusterConf::new("src", pg.replication_conninfo())])?;
     let lsn = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
     klio.wait_flushed("src", &lsn, Duration::from_secs(60))?;
+    // One pair of identical base copies per round, all taken before the load.
     let slow = PgOptions::new().timeout(Duration::from_secs(1800));
-    let mut by_cp = pg.base_copy(slow.clone())?;
-    let mut by_klio = pg.base_copy(slow)?;
+    let mut copies = Vec::new();
+    for _ in 0..rounds {
+        copies.push((pg.base_copy(slow.clone())?, pg.base_copy(slow.clone())?));
+    }
     let start = pg.psql("SELECT pg_current_wal_insert_lsn()")?;
     eprintln!("generating WAL: pgbench -i -s {scale} ...");
     pg.pgbench(&["-i", "-s", &scale.to_string()])?;
@@ -63,18 +66,41 @@ fn replay(scale: u32) -> Result<()> {
     let accounts = pg.psql("SELECT count(*) FROM pgbench_accounts")?;
     pg.stop(StopMode::Fast)?;
 
-    eprintln!("recovering with cp ...");
-    let cp_secs = recover(&mut by_cp, &format!("cp {}/%f %p", archive.display()))?;
-    ensure!(by_cp.psql("SELECT count(*) FROM pgbench_accounts")? == accounts);
-    drop(by_cp);
-    eprintln!("recovering with klio wal-restore ...");
     let tools = klio.tools_for_postgres("src")?;
-    let klio_secs = recover(&mut by_klio, &klio.restore_command("src", &tools))?;
-    ensure!(by_klio.psql("SELECT count(*) FROM pgbench_accounts")? == accounts);
-
-    println!("WAL replay of {wal_mb:.0} MB (pgbench -i -s {scale}) from the same base copy");
-    println!("  restore_command = 'cp ARCHIVE/%f %p'   : {cp_secs:7.2} s");
-    println!("  restore_command = 'klio wal-restore …' : {klio_secs:7.2} s  (prefetch 8)");
+    let by_klio_command = klio.restore_command("src", &tools);
+    let by_cp_command = format!("cp {}/%f %p", archive.display());
+    // Rounds alternate cp and Klio so that drift of the machine hits both alike.
+    let (mut cp, mut kl) = (Vec::new(), Vec::new());
+    for (i, (mut by_cp, mut by_klio)) in copies.into_iter().enumerate() {
+        eprintln!(
+            "round {}/{rounds}: recovering with cp, then with klio wal-restore ...",
+            i + 1
+        );
+        cp.push(recover(&mut by_cp, &by_cp_command)?);
+        ensure!(by_cp.psql("SELECT count(*) FROM pgbench_accounts")? == accounts);
+        drop(by_cp);
+        kl.push(recover(&mut by_klio, &by_klio_command)?);
+        ensure!(by_klio.psql("SELECT count(*) FROM pgbench_accounts")? == accounts);
+    }
+    let sum = |v: &[f64]| v.iter().sum::<f64>();
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|t| format!("{t:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let (cp_secs, klio_secs) = (sum(&cp) / rounds as f64, sum(&kl) / rounds as f64);
+    println!(
+        "WAL replay of {wal_mb:.0} MB (pgbench -i -s {scale}) from identical base copies, {rounds} alternating rounds"
+    );
+    println!(
+        "  restore_command = 'cp ARCHIVE/%f %p'   : {cp_secs:7.2} s  (rounds: {})",
+        list(&cp)
+    );
+    println!(
+        "  restore_command = 'klio wal-restore …' : {klio_secs:7.2} s  (rounds: {}; prefetch 8)",
+        list(&kl)
+    );
     println!(
         "  ratio klio/cp recovery time: {:.2}x (target <= 1.0x)",
         klio_secs / cp_secs
@@ -206,9 +232,12 @@ fn full_restore(scale: u32) -> Result<()> {
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    let wal_scale: u32 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(70);
+    let wal_scale: u32 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(80);
     let backup_scale: u32 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(100);
-    replay(wal_scale)?;
-    full_restore(backup_scale)?;
+    let rounds: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(3);
+    replay(wal_scale, rounds.max(1))?;
+    if backup_scale > 0 {
+        full_restore(backup_scale)?;
+    }
     Ok(())
 }

@@ -406,7 +406,6 @@ async fn wal_restore(args: WalRestoreArgs) -> Result<(), ClientError> {
     // The name first: a bad %f is reported before anything else is looked at.
     let name = client::parse_wal_name(&args.walfile)?;
     let cluster = cluster_arg(args.cluster.as_deref())?;
-    let c = args.connection.client()?;
     // PostgreSQL runs restore_command in the data directory: its system identifier is
     // what every segment served must carry.
     let pgdata = std::env::current_dir().ok();
@@ -429,7 +428,11 @@ async fn wal_restore(args: WalRestoreArgs) -> Result<(), ClientError> {
         .and_then(|(id, s)| crate::prefetch::take_from_spool(s, &args.walfile, &args.dest, *id));
     let bytes = match from_spool {
         Some(b) => b,
-        None => client::wal_restore(&c, &cluster, &args.walfile, &args.dest, system_id).await?,
+        // The HTTP client (TLS roots, credentials) is built only when the server is asked.
+        None => {
+            let c = args.connection.client()?;
+            client::wal_restore(&c, &cluster, &args.walfile, &args.dest, system_id).await?
+        }
     };
     tracing::debug!(walfile = %args.walfile, bytes, dest = %args.dest.display(), spooled = from_spool.is_some(), "restored");
     if let Some((id, spool)) = &spool {
