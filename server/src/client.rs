@@ -466,7 +466,8 @@ impl Client {
         let status = resp.status();
         let body = resp.bytes().await.map_err(Failure::Transport)?;
         if status.is_success() {
-            Ok(body.to_vec())
+            // Without a copy when the body is one buffer (reqwest collects it so).
+            Ok(Vec::from(body))
         } else {
             Err(Failure::Status(status, error_message(status, &body)))
         }
