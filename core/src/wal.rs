@@ -317,7 +317,18 @@ impl SegmentHeader {
     /// Checks that `bytes` is segment `name` of the system `system_id`: its header names
     /// that system, the segment's start LSN and a segment size equal to its length.
     pub fn verify(bytes: &[u8], name: &WalFileName, system_id: u64) -> Result<(), String> {
-        let h = SegmentHeader::parse(bytes)
+        Self::verify_start(bytes, bytes.len() as u64, name, system_id)
+    }
+
+    /// [`SegmentHeader::verify`] from the file's first bytes (`head`, at least
+    /// [`SegmentHeader::LEN`]) and its length, for callers that stream the rest.
+    pub fn verify_start(
+        head: &[u8],
+        len: u64,
+        name: &WalFileName,
+        system_id: u64,
+    ) -> Result<(), String> {
+        let h = SegmentHeader::parse(head)
             .ok_or_else(|| format!("{name} has no WAL segment header"))?;
         if h.system_id != system_id {
             return Err(format!(
@@ -325,14 +336,13 @@ impl SegmentHeader {
                 h.system_id
             ));
         }
-        if u64::from(h.seg_size) != bytes.len() as u64 {
+        if u64::from(h.seg_size) != len {
             return Err(format!(
-                "{name} is {} bytes but its header says {}",
-                bytes.len(),
+                "{name} is {len} bytes but its header says {}",
                 h.seg_size
             ));
         }
-        let seg_size = WalSegSize::new(bytes.len() as u64).map_err(|e| format!("{name}: {e}"))?;
+        let seg_size = WalSegSize::new(len).map_err(|e| format!("{name}: {e}"))?;
         let start = name
             .segno(seg_size)
             .map_err(|e| format!("{name}: {e}"))?

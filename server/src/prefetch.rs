@@ -62,24 +62,21 @@ pub fn take_from_spool(spool: &Path, name: &str, dest: &Path, system_id: u64) ->
     let path = spool.join(name);
     let crc_file = crc_path(spool, name);
     let expected = fs::read_to_string(&crc_file).ok()?;
-    let bytes = fs::read(&path).ok()?;
     let _ = fs::remove_file(&crc_file);
-    let checked = if u32::from_str_radix(expected.trim(), 16).ok() != Some(crc32c::crc32c(&bytes)) {
-        Err("it failed its checksum".to_string())
-    } else {
-        name.parse::<WalFileName>()
-            .map_err(|e| e.to_string())
-            .and_then(|n| SegmentHeader::verify(&bytes, &n, system_id))
+    let checked = check_entry(&path, name, expected.trim(), system_id);
+    let len = match checked {
+        Ok(len) => len,
+        Err(why) => {
+            tracing::warn!(%name, spool = %spool.display(), "discarding a spool entry ({why}); fetching the segment");
+            let _ = fs::remove_file(&path);
+            return None;
+        }
     };
-    if let Err(why) = checked {
-        tracing::warn!(%name, spool = %spool.display(), "discarding a spool entry ({why}); fetching the segment");
-        let _ = fs::remove_file(&path);
-        return None;
-    }
-    let len = bytes.len() as u64;
     let placed = match fs::rename(&path, dest) {
         Ok(()) => Ok(()),
-        Err(_) => write_atomically(dest, &bytes).and_then(|()| fs::remove_file(&path)),
+        // Another file system: copy (what was checked is what is copied: nobody else
+        // writes a spool entry once it has its checksum).
+        Err(_) => fs::copy(&path, dest).and_then(|_| fs::remove_file(&path)),
     };
     match placed {
         Ok(()) => Some(len),
@@ -88,6 +85,38 @@ pub fn take_from_spool(spool: &Path, name: &str, dest: &Path, system_id: u64) ->
             None
         }
     }
+}
+
+/// Streams a spool entry through CRC-32C (one 1 MiB buffer, not the whole segment) and
+/// checks its header; returns its length.
+fn check_entry(path: &Path, name: &str, expected_crc: &str, system_id: u64) -> Result<u64, String> {
+    use std::io::Read;
+    let wal_name: WalFileName = name
+        .parse()
+        .map_err(|e: klio_core::wal::WalNameError| e.to_string())?;
+    let expected =
+        u32::from_str_radix(expected_crc, 16).map_err(|_| "an unreadable checksum".to_string())?;
+    let mut f = fs::File::open(path).map_err(|e| e.to_string())?;
+    let len = f.metadata().map_err(|e| e.to_string())?.len();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut head = Vec::new();
+    let mut crc = 0u32;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        if head.len() < SegmentHeader::LEN {
+            let take = (SegmentHeader::LEN - head.len()).min(n);
+            head.extend_from_slice(&buf[..take]);
+        }
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+    }
+    if crc != expected {
+        return Err("it failed its checksum".into());
+    }
+    SegmentHeader::verify_start(&head, len, &wal_name, system_id)?;
+    Ok(len)
 }
 
 /// The `count` segment names after `name` on its timeline.
