@@ -5,7 +5,7 @@
 //! failure. Errors are printed as one line on stderr.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -430,8 +430,13 @@ async fn wal_restore(args: WalRestoreArgs) -> Result<(), ClientError> {
         Some(b) => b,
         // The HTTP client (TLS roots, credentials) is built only when the server is asked.
         None => {
-            let c = args.connection.client()?;
-            client::wal_restore(&c, &cluster, &args.walfile, &args.dest, system_id).await?
+            let fetched = match args.connection.client() {
+                Ok(c) => {
+                    client::wal_restore(&c, &cluster, &args.walfile, &args.dest, system_id).await
+                }
+                Err(e) => Err(e),
+            };
+            fetched.map_err(|e| stop_archive_recovery(e, pgdata.as_deref(), &args.walfile))?
         }
     };
     tracing::debug!(walfile = %args.walfile, bytes, dest = %args.dest.display(), spooled = from_spool.is_some(), "restored");
@@ -450,6 +455,24 @@ async fn wal_restore(args: WalRestoreArgs) -> Result<(), ClientError> {
         }
     }
     Ok(())
+}
+
+/// In archive recovery (`recovery.signal` without `standby.signal`), a failure other than
+/// "Klio does not have this file" must not look like one: PostgreSQL would end recovery
+/// at that point and promote, short of the target. It exits [`client::EXIT_ABORT_RECOVERY`]
+/// instead, which stops recovery; started again, PostgreSQL resumes where it stopped. A
+/// standby keeps the plain failure status: it retries by itself, and must not shut down
+/// because Klio is briefly unreachable.
+fn stop_archive_recovery(e: ClientError, pgdata: Option<&Path>, walfile: &str) -> ClientError {
+    let in_archive_recovery = pgdata
+        .is_some_and(|d| d.join("recovery.signal").exists() && !d.join("standby.signal").exists());
+    match e {
+        ClientError::NotFound(_) | ClientError::WrongSystem(_) => e,
+        e if in_archive_recovery => ClientError::AbortRecovery(format!(
+            "{e}; stopping recovery at {walfile} rather than letting it end early: fix this and start PostgreSQL again (recovery resumes)"
+        )),
+        e => e,
+    }
 }
 
 async fn wal_prefetch(args: WalPrefetchArgs) -> Result<(), ClientError> {

@@ -57,6 +57,9 @@ pub enum ClientError {
     /// The WAL file is another database system's than the data directory being recovered.
     #[error("{0}")]
     WrongSystem(String),
+    /// A failure during archive recovery that must stop it (see `EXIT_ABORT_RECOVERY`).
+    #[error("{0}")]
+    AbortRecovery(String),
 }
 
 impl ClientError {
@@ -65,7 +68,7 @@ impl ClientError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::NotFound(_) | ClientError::Failed(_) => 1,
-            ClientError::WrongSystem(_) => EXIT_ABORT_RECOVERY,
+            ClientError::WrongSystem(_) | ClientError::AbortRecovery(_) => EXIT_ABORT_RECOVERY,
             _ => 2,
         }
     }

@@ -316,6 +316,25 @@ fn wal_restore_prefetches_sealed_segments_into_the_spool() -> Result<()> {
     let third = work.path().join("third");
     let out = run(&sealed[3], &third)?;
     ensure!(!out.status.success() && !third.exists());
+    // The same failure in archive recovery stops recovery (> 125) instead of reading as
+    // "no such file" (which would end it early); a standby keeps the plain status.
+    let recovering = work.path().join("recovering");
+    std::fs::create_dir_all(recovering.join("global"))?;
+    std::fs::copy(
+        pgdata.join("global/pg_control"),
+        recovering.join("global/pg_control"),
+    )?;
+    std::fs::write(recovering.join("recovery.signal"), "")?;
+    let out = run_in(&recovering, &sealed[3], &third)?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(128) && err.contains("stopping recovery") && !third.exists(),
+        "{:?}: {err}",
+        out.status
+    );
+    std::fs::write(recovering.join("standby.signal"), "")?;
+    let out = run_in(&recovering, &sealed[3], &third)?;
+    ensure!(out.status.code() == Some(2), "standby: {:?}", out.status);
     Ok(())
 }
 
