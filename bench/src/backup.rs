@@ -13,20 +13,6 @@ use anyhow::{ensure, Context, Result};
 use klio_tests::{ClusterConf, KlioServer, PgInstance, PgOptions};
 use serde_json::Value;
 
-fn dir_size(p: &std::path::Path) -> u64 {
-    std::fs::read_dir(p)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => dir_size(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 fn main() -> Result<()> {
     let scale: u32 = std::env::args()
         .nth(1)
@@ -70,7 +56,7 @@ fn main() -> Result<()> {
         .context("running pg_basebackup")?;
     let pgb_secs = t.elapsed().as_secs_f64();
     ensure!(st.success(), "pg_basebackup failed: {st}");
-    let pgb_bytes = dir_size(&out.path().join("pgb"));
+    let pgb_bytes = klio_tests::dir_size(&out.path().join("pgb"));
     drop(out);
 
     let t = Instant::now();

@@ -108,20 +108,6 @@ fn replay(scale: u32, rounds: usize) -> Result<()> {
     Ok(())
 }
 
-fn dir_size(p: &Path) -> u64 {
-    std::fs::read_dir(p)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => dir_size(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 fn run(cmd: &mut Command, what: &str) -> Result<f64> {
     let t = Instant::now();
     let out = cmd.output().with_context(|| format!("running {what}"))?;
@@ -180,7 +166,7 @@ fn full_restore(scale: u32, rounds: usize) -> Result<()> {
             "pg_basebackup",
         )?;
     }
-    let data_mb = dir_size(&work.path().join("plain")) as f64 / 1e6;
+    let data_mb = klio_tests::dir_size(&work.path().join("plain")) as f64 / 1e6;
     let tools = klio.tools_for_postgres("src")?;
     // Rounds alternate the three so that drift of the machine (page cache, writeback)
     // hits each alike; each round's output is removed before the next.
@@ -208,7 +194,7 @@ fn full_restore(scale: u32, rounds: usize) -> Result<()> {
                 .arg(out.join("x-klio")),
             "klio restore",
         )?);
-        let restored_mb = dir_size(&out.join("x-klio")) as f64 / 1e6;
+        let restored_mb = klio_tests::dir_size(&out.join("x-klio")) as f64 / 1e6;
         ensure!(
             restored_mb >= data_mb * 0.95,
             "klio restored {restored_mb:.0} MB of {data_mb:.0} MB"
