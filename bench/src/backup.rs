@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use klio_tests::{ClusterConf, KlioServer, PgInstance, PgOptions};
+use klio_tests::{ClusterConf, KlioServer};
 use serde_json::Value;
 
 fn main() -> Result<()> {
@@ -19,14 +19,7 @@ fn main() -> Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(100);
-    let pg = PgInstance::start(
-        PgOptions::new()
-            .conf("max_wal_size", "4GB")
-            .conf("checkpoint_timeout", "1h"),
-    )?;
-    eprintln!("creating the database: pgbench -i -s {scale} ...");
-    pg.pgbench(&["-i", "-s", &scale.to_string()])?;
-    pg.psql("CHECKPOINT")?;
+    let pg = klio_tests::pgbench_database(scale)?;
     let db_bytes: u64 = pg
         .psql("SELECT sum(pg_database_size(oid)) FROM pg_database")?
         .parse()?;

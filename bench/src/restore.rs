@@ -135,14 +135,7 @@ fn extract(tar_args: &[&str], archive: &Path, into: &Path) -> Result<f64> {
 }
 
 fn full_restore(scale: u32, rounds: usize) -> Result<()> {
-    let pg = PgInstance::start(
-        PgOptions::new()
-            .conf("max_wal_size", "4GB")
-            .conf("checkpoint_timeout", "1h"),
-    )?;
-    eprintln!("creating the database: pgbench -i -s {scale} ...");
-    pg.pgbench(&["-i", "-s", &scale.to_string()])?;
-    pg.psql("CHECKPOINT")?;
+    let pg = klio_tests::pgbench_database(scale)?;
     let klio = KlioServer::start(vec![ClusterConf::new("src", pg.replication_conninfo())])?;
     let lsn = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
     klio.wait_flushed("src", &lsn, Duration::from_secs(600))?;

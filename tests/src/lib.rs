@@ -781,6 +781,19 @@ pub struct ClientTools {
     pub token: PathBuf,
 }
 
+/// A PostgreSQL holding a `pgbench -i -s scale` database, checkpointed (benchmarks).
+pub fn pgbench_database(scale: u32) -> Result<PgInstance> {
+    let pg = PgInstance::start(
+        PgOptions::new()
+            .conf("max_wal_size", "4GB")
+            .conf("checkpoint_timeout", "1h"),
+    )?;
+    eprintln!("creating the database: pgbench -i -s {scale} ...");
+    pg.pgbench(&["-i", "-s", &scale.to_string()])?;
+    pg.psql("CHECKPOINT")?;
+    Ok(pg)
+}
+
 /// Bytes in the files under `p` (recursively; unreadable entries count 0).
 pub fn dir_size(p: &Path) -> u64 {
     std::fs::read_dir(p)

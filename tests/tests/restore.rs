@@ -39,10 +39,6 @@ fn load(pg: &PgInstance, round: u32) -> Result<()> {
     Ok(())
 }
 
-fn tools(klio: &KlioServer, cluster: &str) -> Result<ClientTools> {
-    klio.tools_for_postgres(cluster)
-}
-
 fn klio_restore(klio: &KlioServer, t: &ClientTools, token: &Path, args: &[&str]) -> Result<Output> {
     let mut cmd = Command::new(&t.bin);
     cmd.arg("restore")
@@ -91,7 +87,7 @@ fn restore_drills_reach_each_target_exactly() -> Result<()> {
     let flushed = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
     klio.wait_flushed("src", &flushed, Duration::from_secs(60))?;
 
-    let t = tools(&klio, "src")?;
+    let t = klio.tools_for_postgres("src")?;
     let drills: Vec<(&str, Vec<String>, &String)> = vec![
         (
             "name",
@@ -180,7 +176,7 @@ fn restore_with_a_wrong_or_foreign_token_writes_nothing() -> Result<()> {
         klio.wait_flushed(name, &lsn, Duration::from_secs(60))?;
     }
     klio.client_ok("src", &["backup", "--wait"])?;
-    let t = tools(&klio, "src")?;
+    let t = klio.tools_for_postgres("src")?;
     let wrong = t.bin.with_file_name("wrong-token");
     std::fs::write(&wrong, "not-a-valid-token-0123456789")?;
     let foreign = t.bin.with_file_name("foreign-token");
@@ -231,7 +227,7 @@ fn wal_restore_prefetches_sealed_segments_into_the_spool() -> Result<()> {
     klio.wait_flushed("src", &flushed, Duration::from_secs(60))?;
     let sealed = klio.sealed_segments("src")?;
     ensure!(sealed.len() >= 4, "{sealed:?}");
-    let t = tools(&klio, "src")?;
+    let t = klio.tools_for_postgres("src")?;
     let work = tempfile::tempdir()?;
     let spool = work.path().join("spool");
     let url = klio.url();
@@ -370,7 +366,7 @@ fn restore_follows_a_timeline_switch_to_the_end_of_wal() -> Result<()> {
     let end = standby.psql("SELECT pg_current_wal_flush_lsn()")?;
     klio.wait_timeline_flushed("src", 2, &end, Duration::from_secs(120))?;
 
-    let t = tools(&klio, "src")?;
+    let t = klio.tools_for_postgres("src")?;
     let mut restored = PgInstance::empty(PgOptions::new())?;
     let out = klio_restore(
         &klio,
