@@ -6,11 +6,11 @@
 //!    its default). Time = start of the server until recovery has ended.
 //! 2. Full restore: `klio restore` of a backup vs extracting `pg_basebackup`'s tar of the
 //!    same data (plain tar, and tar + client zstd), each ending with the files on disk
-//!    (`sync -f` after tar; `klio restore` fsyncs as it writes).
+//!    (`sync -f` after tar; `klio restore` syncs the file system before it ends).
 //!
 //! Run: `KLIO_BIN=$CARGO_TARGET_DIR/debug/klio $CARGO_TARGET_DIR/debug/klio-bench-restore \
 //!       [WAL_SCALE] [BACKUP_SCALE] [ROUNDS]` (pgbench scales; defaults 80 ≈ 1.04 GB of WAL
-//!       and 100 ≈ 1.6 GB of data, 0 skips the full restore; 3 alternating replay rounds).
+//!       and 100 ≈ 1.6 GB of data, 0 skips that part; 3 alternating replay rounds).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -195,22 +195,31 @@ fn full_restore(scale: u32, rounds: usize) -> Result<()> {
         std::fs::remove_dir_all(&out)?;
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|t| format!("{t:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     let (plain_secs, zstd_secs, klio_secs) = (mean(&plain), mean(&zstd), mean(&kl));
 
     println!(
         "full restore of {data_mb:.0} MB (pgbench -i -s {scale}), files on disk at the end, mean of {rounds} alternating rounds"
     );
     println!(
-        "  tar -xf base.tar + sync          : {plain_secs:6.2} s  {:7.1} MB/s",
-        data_mb / plain_secs
+        "  tar -xf base.tar + sync          : {plain_secs:6.2} s  {:7.1} MB/s  (rounds: {})",
+        data_mb / plain_secs,
+        list(&plain)
     );
     println!(
-        "  tar --zstd -xf base.tar.zst + sync: {zstd_secs:6.2} s  {:7.1} MB/s",
-        data_mb / zstd_secs
+        "  tar --zstd -xf base.tar.zst + sync: {zstd_secs:6.2} s  {:7.1} MB/s  (rounds: {})",
+        data_mb / zstd_secs,
+        list(&zstd)
     );
     println!(
-        "  klio restore                     : {klio_secs:6.2} s  {:7.1} MB/s  (HTTP, AES-256-GCM, zstd, CRC-32C per file)",
-        data_mb / klio_secs
+        "  klio restore                     : {klio_secs:6.2} s  {:7.1} MB/s  (rounds: {}; HTTP, AES-256-GCM, zstd, CRC-32C per file)",
+        data_mb / klio_secs,
+        list(&kl)
     );
     println!(
         "  ratio klio/tar throughput: {:.2}x (plain tar), {:.2}x (tar.zst) (target >= 1.0x)",
@@ -225,7 +234,9 @@ fn main() -> Result<()> {
     let wal_scale: u32 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(80);
     let backup_scale: u32 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(100);
     let rounds: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(3);
-    replay(wal_scale, rounds.max(1))?;
+    if wal_scale > 0 {
+        replay(wal_scale, rounds.max(1))?;
+    }
     if backup_scale > 0 {
         full_restore(backup_scale, rounds.max(1))?;
     }
