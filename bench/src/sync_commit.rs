@@ -5,6 +5,7 @@
 //! Run: `KLIO_BIN=$CARGO_TARGET_DIR/debug/klio $CARGO_TARGET_DIR/debug/klio-bench-sync [SECONDS] [ROUNDS]`
 //! (default 30 s per phase, 3 rounds; the phases alternate and the means are compared).
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -40,10 +41,14 @@ fn wait_sync(pg: &PgInstance, app: &str) -> Result<()> {
     )
 }
 
-/// One phase with `pg_receivewal --synchronous` as the synchronous standby.
-fn phase_pg_receivewal(pg: &PgInstance, secs: u32) -> Result<f64> {
+/// One phase with `pg_receivewal --synchronous` as the synchronous standby, writing
+/// into a fresh directory under `parent` (the default temp dir when `None`).
+fn phase_pg_receivewal(pg: &PgInstance, secs: u32, parent: Option<&Path>) -> Result<f64> {
     pg.psql("SELECT pg_create_physical_replication_slot('rw', true)")?;
-    let dir = tempfile::tempdir()?;
+    let dir = match parent {
+        Some(p) => tempfile::tempdir_in(p)?,
+        None => tempfile::tempdir()?,
+    };
     let mut rw = Command::new(pg.tool("pg_receivewal"))
         .arg("--dbname")
         .arg(format!(
@@ -100,16 +105,25 @@ fn main() -> Result<()> {
     // side alike.
     eprintln!("warm-up");
     tps(&pg, 5)?;
-    phase_pg_receivewal(&pg, 5)?;
+    phase_pg_receivewal(&pg, 5, None)?;
     phase_klio(&pg, 5)?;
-    let (mut alone, mut rw, mut klio) = (Vec::new(), Vec::new(), Vec::new());
+    // The ceiling for any standby that must reach the disk: pg_receivewal into tmpfs,
+    // where fsync costs nothing.
+    let shm = Path::new("/dev/shm");
+    let ceiling_dir = shm.is_dir().then_some(shm);
+    let (mut alone, mut rw, mut klio, mut ceiling) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         eprintln!("round {round}/{rounds}: no synchronous standby");
         alone.push(tps(&pg, secs)?);
         eprintln!("round {round}/{rounds}: pg_receivewal --synchronous");
-        rw.push(phase_pg_receivewal(&pg, secs)?);
+        rw.push(phase_pg_receivewal(&pg, secs, None)?);
         eprintln!("round {round}/{rounds}: Klio");
         klio.push(phase_klio(&pg, secs)?);
+        if let Some(dir) = ceiling_dir {
+            eprintln!("round {round}/{rounds}: pg_receivewal --synchronous into tmpfs");
+            ceiling.push(phase_pg_receivewal(&pg, secs, Some(dir))?);
+        }
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let list = |v: &[f64]| {
@@ -134,6 +148,14 @@ fn main() -> Result<()> {
         "  klio (zstd + AES-256-GCM)     : {klio_m:8.0} tps  (rounds: {})",
         list(&klio)
     );
+    if !ceiling.is_empty() {
+        let c = mean(&ceiling);
+        println!(
+            "  pg_receivewal into tmpfs      : {c:8.0} tps  (rounds: {}; no fsync cost: the ceiling for a standby that writes to disk, {:.2}x pg_receivewal)",
+            list(&ceiling),
+            c / rw_m
+        );
+    }
     println!("  ratio klio/pg_receivewal: {:.2}x", klio_m / rw_m);
     println!(
         "  klio reaches {:.0}% of the no-standby TPS",
