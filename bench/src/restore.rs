@@ -8,7 +8,8 @@
 //!    same data (plain tar, and tar + client zstd), each ending with the files on disk
 //!    (`sync -f` after tar; `klio restore` syncs the file system before it ends).
 //!
-//! Run: `KLIO_BIN=$CARGO_TARGET_DIR/debug/klio $CARGO_TARGET_DIR/debug/klio-bench-restore \
+//! Run: `cargo build --release --workspace --bins && KLIO_BIN=$CARGO_TARGET_DIR/release/klio \
+//!       $CARGO_TARGET_DIR/release/klio-bench-restore \
 //!       [WAL_SCALE] [BACKUP_SCALE] [ROUNDS]` (pgbench scales; defaults 80 ≈ 1.04 GB of WAL
 //!       and 100 ≈ 1.6 GB of data, 0 skips that part; 3 alternating replay rounds).
 

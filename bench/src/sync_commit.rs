@@ -2,7 +2,8 @@
 //! with `pg_receivewal --synchronous` as the synchronous standby, and with Klio as the
 //! synchronous standby, in one invocation, printed side by side.
 //!
-//! Run: `KLIO_BIN=$CARGO_TARGET_DIR/debug/klio $CARGO_TARGET_DIR/debug/klio-bench-sync [SECONDS] [ROUNDS]`
+//! Run: `cargo build --release --workspace --bins && KLIO_BIN=$CARGO_TARGET_DIR/release/klio \
+//!       $CARGO_TARGET_DIR/release/klio-bench-sync [SECONDS] [ROUNDS]`
 //! (default 30 s per phase, 3 rounds; the phases alternate and the means are compared).
 
 use std::path::Path;

@@ -499,6 +499,9 @@ const WRITEBACK_STEP: u64 = 8 << 20;
 /// Advisory only: an error here changes nothing about durability (syncfs follows).
 fn start_writeback(f: &std::fs::File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
+    if len == 0 {
+        return; // a length of 0 would mean "to the end of the file"
+    }
     let _ = nix::fcntl::posix_fadvise(
         f.as_raw_fd(),
         offset as i64,
