@@ -70,9 +70,18 @@ fn phase_pg_receivewal(pg: &PgInstance, secs: u32, parent: Option<&Path>) -> Res
     result
 }
 
-/// One phase with a fresh Klio server as the synchronous standby.
-fn phase_klio(pg: &PgInstance, secs: u32) -> Result<f64> {
-    let klio = KlioServer::start(vec![ClusterConf::new("bench", pg.replication_conninfo())])?;
+/// One phase with a fresh Klio server as the synchronous standby; with `tmpfs`, its data
+/// directory is a symlink into a fresh directory there.
+fn phase_klio(pg: &PgInstance, secs: u32, tmpfs: Option<&Path>) -> Result<f64> {
+    let target = tmpfs.map(tempfile::tempdir_in).transpose()?;
+    let clusters = vec![ClusterConf::new("bench", pg.replication_conninfo())];
+    let klio = KlioServer::start_prepared(clusters, |data| {
+        if let Some(t) = &target {
+            std::fs::remove_dir(data)?;
+            std::os::unix::fs::symlink(t.path(), data)?;
+        }
+        Ok(())
+    })?;
     set_sync_names(pg, "klio")?;
     let result = wait_sync(pg, "klio").and_then(|()| tps(pg, secs));
     drop(klio);
@@ -107,23 +116,25 @@ fn main() -> Result<()> {
     eprintln!("warm-up");
     tps(&pg, 5)?;
     phase_pg_receivewal(&pg, 5, None)?;
-    phase_klio(&pg, 5)?;
+    phase_klio(&pg, 5, None)?;
     // The ceiling for any standby that must reach the disk: pg_receivewal into tmpfs,
     // where fsync costs nothing.
     let shm = Path::new("/dev/shm");
     let ceiling_dir = shm.is_dir().then_some(shm);
-    let (mut alone, mut rw, mut klio, mut ceiling) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut alone, mut rw, mut klio, mut ceiling, mut klio_ceiling) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         eprintln!("round {round}/{rounds}: no synchronous standby");
         alone.push(tps(&pg, secs)?);
         eprintln!("round {round}/{rounds}: pg_receivewal --synchronous");
         rw.push(phase_pg_receivewal(&pg, secs, None)?);
         eprintln!("round {round}/{rounds}: Klio");
-        klio.push(phase_klio(&pg, secs)?);
+        klio.push(phase_klio(&pg, secs, None)?);
         if let Some(dir) = ceiling_dir {
             eprintln!("round {round}/{rounds}: pg_receivewal --synchronous into tmpfs");
             ceiling.push(phase_pg_receivewal(&pg, secs, Some(dir))?);
+            eprintln!("round {round}/{rounds}: Klio with its data directory in tmpfs");
+            klio_ceiling.push(phase_klio(&pg, secs, Some(dir))?);
         }
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
@@ -154,6 +165,14 @@ fn main() -> Result<()> {
         println!(
             "  pg_receivewal into tmpfs      : {c:8.0} tps  (rounds: {}; no fsync cost: the ceiling for a standby that writes to disk, {:.2}x pg_receivewal)",
             list(&ceiling),
+            c / rw_m
+        );
+    }
+    if !klio_ceiling.is_empty() {
+        let c = mean(&klio_ceiling);
+        println!(
+            "  klio into tmpfs               : {c:8.0} tps  (rounds: {}; Klio without fsync cost, {:.2}x pg_receivewal)",
+            list(&klio_ceiling),
             c / rw_m
         );
     }

@@ -44,6 +44,21 @@ impl CatalogError {
             CatalogError::Corrupt { .. } => true,
         }
     }
+
+    /// The file system holding the catalog is out of space (or quota). RocksDB passes
+    /// ENOSPC on as an I/O error whose message carries the OS's text; it also keeps
+    /// returning it for writes until it has recovered by itself once space is free.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            CatalogError::Db(e) => {
+                e.kind() == rocksdb::ErrorKind::IOError && {
+                    let m = e.to_string();
+                    m.contains("No space left on device") || m.contains("Disk quota exceeded")
+                }
+            }
+            CatalogError::Corrupt { .. } => false,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, CatalogError>;

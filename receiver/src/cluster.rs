@@ -226,7 +226,7 @@ fn checkpoint_failed(status: &ClusterStatus, e: crate::ingest::WriterError) -> S
     if e.disk_full {
         status.set_disk_full(true);
     }
-    SessionError::Store(e.message)
+    SessionError::store(e.message, e.disk_full)
 }
 
 /// Why a streaming session ended.
@@ -237,21 +237,33 @@ enum SessionError {
     Fatal(String),
     #[error(transparent)]
     Pg(#[from] PgError),
-    #[error("Tier 1: {0}")]
+    /// A Tier 1 failure, described (with the fix for a full disk).
+    #[error("{0}")]
     Store(String),
     #[error("{0}")]
     Other(String),
 }
 
+impl SessionError {
+    /// A full disk's message already names Tier 1 and the fix; others get the prefix.
+    fn store(message: String, disk_full: bool) -> SessionError {
+        if disk_full {
+            SessionError::Store(message)
+        } else {
+            SessionError::Store(format!("Tier 1: {message}"))
+        }
+    }
+}
+
 impl From<StoreError> for SessionError {
     fn from(e: StoreError) -> Self {
-        SessionError::Store(e.to_string())
+        SessionError::store(crate::ingest::describe(&e), e.is_disk_full())
     }
 }
 
 impl From<CatalogError> for SessionError {
     fn from(e: CatalogError) -> Self {
-        SessionError::Store(e.to_string())
+        StoreError::Catalog(e).into()
     }
 }
 
@@ -620,14 +632,14 @@ async fn copy_loop(
             biased;
             _ = stopped(shutdown) => return Ok(CopyEnd::Shutdown),
             r = progress.changed() => {
-                r.map_err(|_| SessionError::Store("the Tier 1 writer stopped".into()))?;
+                r.map_err(|_| SessionError::store("the writer stopped".into(), false))?;
                 let p = progress.borrow_and_update().clone();
                 if let Some(err) = p.error {
                     // Sticky: cleared only once a write succeeds again.
                     if p.disk_full {
                         status.set_disk_full(true);
                     }
-                    return Err(SessionError::Store(err));
+                    return Err(SessionError::store(err, p.disk_full));
                 }
                 status.set_sealed(p.sealed);
                 if let Some((t, lsn)) = p.durable {

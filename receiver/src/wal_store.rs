@@ -54,13 +54,14 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Tier 1 is out of space (ENOSPC / EDQUOT).
+    /// Tier 1 is out of space (ENOSPC / EDQUOT), for a segment file or the catalog.
     pub fn is_disk_full(&self) -> bool {
         match self {
             StoreError::Io { source, .. } => matches!(
                 source.raw_os_error(),
                 Some(libc::ENOSPC) | Some(libc::EDQUOT)
             ),
+            StoreError::Catalog(e) => e.is_disk_full(),
             _ => false,
         }
     }

@@ -29,14 +29,44 @@ fn mount_tmpfs(dir: &Path, size: &str) -> Result<Option<Mount>> {
     Ok(st.success().then(|| Mount(dir.to_path_buf())))
 }
 
+/// Free space of the file system holding `dir`, in MiB.
+fn free_mib(dir: &Path) -> Result<u64> {
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1M"])
+        .arg(dir)
+        .output()?;
+    let text = String::from_utf8(out.stdout)?;
+    text.lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .with_context(|| format!("df printed {text:?}"))
+}
+
 #[test]
 fn tier1_full_is_reported_acknowledges_nothing_more_and_resumes() -> Result<()> {
+    full_disk_scenario(Some("clusters"))
+}
+
+/// The whole data directory on the small file system, as on one Kubernetes volume:
+/// the catalog's RocksDB runs out of space too.
+#[test]
+fn data_volume_full_with_the_catalog_on_it_is_reported_and_resumes() -> Result<()> {
+    full_disk_scenario(None)
+}
+
+/// Mounts the small file system at `sub` inside Klio's data directory (the data
+/// directory itself when `None`), fills it while WAL streams, then frees space.
+fn full_disk_scenario(sub: Option<&str>) -> Result<()> {
     let pg = PgInstance::start(PgOptions::new().conf("wal_keep_size", "2GB"))?;
     let mut mount = None;
     let klio = KlioServer::start_prepared(
         vec![ClusterConf::new("full", pg.replication_conninfo())],
         |data| {
-            mount = mount_tmpfs(&data.join("clusters"), "40m")?;
+            let at = match sub {
+                Some(s) => data.join(s),
+                None => data.to_path_buf(),
+            };
+            mount = mount_tmpfs(&at, "40m")?;
             Ok(())
         },
     )?;
@@ -48,8 +78,13 @@ fn tier1_full_is_reported_acknowledges_nothing_more_and_resumes() -> Result<()> 
     klio.wait_flushed("full", &lsn, Duration::from_secs(60))?;
     // Leave ~4 MB free, then write WAL that compresses poorly.
     let filler = mount.0.join("filler");
+    let free_mb = free_mib(&mount.0)?;
+    ensure!(
+        free_mb > 8,
+        "only {free_mb} MiB free on the test file system"
+    );
     let st = Command::new("dd")
-        .args(["if=/dev/zero", "bs=1M", "count=34"])
+        .args(["if=/dev/zero", "bs=1M", &format!("count={}", free_mb - 4)])
         .arg(format!("of={}", filler.display()))
         .status()?;
     ensure!(st.success());
@@ -95,7 +130,10 @@ fn tier1_full_is_reported_acknowledges_nothing_more_and_resumes() -> Result<()> 
             .is_some_and(|e| e.contains("out of space") && e.contains("free space")),
         "{st}"
     );
-    println!("disk full reported; the slot's restart_lsn {acked} <= Klio's durable {klio_flushed}");
+    println!(
+        "disk full reported ({}); the slot's restart_lsn {acked} <= Klio's durable {klio_flushed}",
+        st["last_error"]
+    );
 
     // Free space: streaming resumes by itself and catches up.
     std::fs::remove_file(&filler)?;
@@ -112,7 +150,9 @@ fn tier1_full_is_reported_acknowledges_nothing_more_and_resumes() -> Result<()> 
     let out = tempfile::tempdir()?;
     let compared = klio.compare_with_pg_wal("full", &pg.wal_dir(), out.path(), &sealed)?;
     ensure!(
-        compared == sealed.len() && compared >= 2,
+        // At least the segment being written when the disk filled, sealed after the
+        // switch above.
+        compared == sealed.len() && compared >= 1,
         "{compared} of {}",
         sealed.len()
     );
