@@ -221,12 +221,11 @@ pub fn prepare_cluster(
     })
 }
 
-/// A failed writer checkpoint ends the session; a full disk is flagged (sticky).
-fn checkpoint_failed(status: &ClusterStatus, e: crate::ingest::WriterError) -> SessionError {
-    if e.disk_full {
-        status.set_disk_full(true);
+/// A failed writer checkpoint ends the session (a full disk is flagged in run_cluster).
+impl From<crate::ingest::WriterError> for SessionError {
+    fn from(e: crate::ingest::WriterError) -> Self {
+        SessionError::store(e.message, e.disk_full)
     }
-    SessionError::store(e.message, e.disk_full)
 }
 
 /// Why a streaming session ended.
@@ -238,8 +237,8 @@ enum SessionError {
     #[error(transparent)]
     Pg(#[from] PgError),
     /// A Tier 1 failure, described (with the fix for a full disk).
-    #[error("{0}")]
-    Store(String),
+    #[error("{message}")]
+    Store { message: String, disk_full: bool },
     #[error("{0}")]
     Other(String),
 }
@@ -247,11 +246,11 @@ enum SessionError {
 impl SessionError {
     /// A full disk's message already names Tier 1 and the fix; others get the prefix.
     fn store(message: String, disk_full: bool) -> SessionError {
-        if disk_full {
-            SessionError::Store(message)
-        } else {
-            SessionError::Store(format!("Tier 1: {message}"))
-        }
+        let message = match disk_full {
+            true => message,
+            false => format!("Tier 1: {message}"),
+        };
+        SessionError::Store { message, disk_full }
     }
 }
 
@@ -326,6 +325,13 @@ pub async fn run_cluster(
                     break;
                 }
                 Err(e) => {
+                    if let SessionError::Store {
+                        disk_full: true, ..
+                    } = e
+                    {
+                        // Cleared once a flush succeeds again.
+                        handle.status.set_disk_full(true);
+                    }
                     let msg = e.to_string();
                     if handle.status.set_state(ConnState::Disconnected, Some(msg.clone())) {
                         warn!(error = %msg, "replication connection lost; reconnecting with backoff");
@@ -484,9 +490,7 @@ async fn session(
         }
     }
 
-    let resume = ingest
-        .checkpoint()
-        .map_err(|e| checkpoint_failed(status, e))?;
+    let resume = ingest.checkpoint()?;
     // Flush position to report before the first fsync of this session: the resume
     // point is durable in Tier 1 (reporting it releases commits that waited on us
     // while we were down); nothing is when starting from the slot.
@@ -568,9 +572,7 @@ async fn session(
             CopyEnd::Shutdown => {
                 let _ = conn.send_copy_done().await;
                 let _ = tokio::time::timeout(Duration::from_secs(5), conn.finish_copy()).await;
-                ingest
-                    .checkpoint()
-                    .map_err(|e| checkpoint_failed(status, e))?;
+                ingest.checkpoint()?;
                 conn.close().await;
                 return Ok(SessionEnd::Shutdown);
             }
@@ -578,9 +580,7 @@ async fn session(
                 conn.send_copy_done().await?;
                 let rs = conn.finish_copy().await?;
                 let (next, pos) = replication::parse_timeline_end(&rs)?;
-                let end = ingest
-                    .checkpoint()
-                    .map_err(|e| checkpoint_failed(status, e))?;
+                let end = ingest.checkpoint()?;
                 info!(timeline = %tli, next_timeline = next, switch = %Lsn(pos), stored_until = ?end,
                     "end of timeline; following the switch");
                 tli = TimelineId::new(next).map_err(|e| SessionError::Other(e.to_string()))?;
@@ -635,10 +635,7 @@ async fn copy_loop(
                 r.map_err(|_| SessionError::store("the writer stopped".into(), false))?;
                 let p = progress.borrow_and_update().clone();
                 if let Some(err) = p.error {
-                    // Sticky: cleared only once a write succeeds again.
-                    if p.disk_full {
-                        status.set_disk_full(true);
-                    }
+                    // A full disk is flagged where the session ends (run_cluster).
                     return Err(SessionError::store(err, p.disk_full));
                 }
                 status.set_sealed(p.sealed);
