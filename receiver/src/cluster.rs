@@ -639,6 +639,7 @@ async fn copy_loop(
                     return Err(SessionError::store(err, p.disk_full));
                 }
                 status.set_sealed(p.sealed);
+                status.set_wal_flushes(p.flushes.count, p.flushes.nanos);
                 if let Some((t, lsn)) = p.durable {
                     if t == tli && lsn > flushed {
                         status.set_disk_full(false);

@@ -9,7 +9,7 @@ use klio_core::{Lsn, TimelineId};
 use tokio::sync::watch;
 use tracing::{error, info};
 
-use crate::wal_store::{SegmentWriter, StoreError, WalStore};
+use crate::wal_store::{FlushStats, SegmentWriter, StoreError, WalStore};
 
 /// What the writer publishes after each fsync or failure.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -21,6 +21,8 @@ pub struct WriterProgress {
     /// the receiver reconnects (which checkpoints and clears it).
     pub error: Option<String>,
     pub disk_full: bool,
+    /// fdatasyncs of WAL so far and their total time.
+    pub flushes: FlushStats,
 }
 
 /// A failed checkpoint: the message, and whether Tier 1 is out of space.
@@ -188,6 +190,7 @@ fn publish(
         sealed: writer.sealed_count(),
         error: err.map(describe),
         disk_full: err.is_some_and(|e| e.is_disk_full()),
+        flushes: writer.flush_stats(),
     };
     progress.send_if_modified(|old| {
         if *old != p {

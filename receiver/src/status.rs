@@ -44,6 +44,8 @@ pub struct ClusterStatus {
     system_id: AtomicU64,
     sealed: AtomicU64,
     disk_full: AtomicBool,
+    wal_flushes: AtomicU64,
+    wal_flush_nanos: AtomicU64,
     state: Mutex<(ConnState, Option<String>)>,
 }
 
@@ -59,6 +61,9 @@ pub struct StatusSnapshot {
     pub system_id: Option<u64>,
     pub sealed_segments: u64,
     pub disk_full: bool,
+    /// fdatasyncs of WAL since the server started, and their total time.
+    pub wal_flushes: u64,
+    pub wal_flush_nanos: u64,
 }
 
 fn opt(v: u64) -> Option<Lsn> {
@@ -75,6 +80,8 @@ impl Default for ClusterStatus {
             system_id: AtomicU64::new(0),
             sealed: AtomicU64::new(0),
             disk_full: AtomicBool::new(false),
+            wal_flushes: AtomicU64::new(0),
+            wal_flush_nanos: AtomicU64::new(0),
             state: Mutex::new((ConnState::Connecting, None)),
         }
     }
@@ -99,6 +106,8 @@ impl ClusterStatus {
             system_id: (sid != 0).then_some(sid),
             sealed_segments: self.sealed.load(Ordering::Relaxed),
             disk_full: self.disk_full.load(Ordering::Relaxed),
+            wal_flushes: self.wal_flushes.load(Ordering::Relaxed),
+            wal_flush_nanos: self.wal_flush_nanos.load(Ordering::Relaxed),
         }
     }
 
@@ -142,5 +151,11 @@ impl ClusterStatus {
 
     pub fn set_disk_full(&self, v: bool) {
         self.disk_full.store(v, Ordering::Relaxed);
+    }
+
+    /// The writer's running totals of WAL fdatasyncs (count, nanoseconds).
+    pub fn set_wal_flushes(&self, count: u64, nanos: u64) {
+        self.wal_flushes.store(count, Ordering::Relaxed);
+        self.wal_flush_nanos.store(nanos, Ordering::Relaxed);
     }
 }

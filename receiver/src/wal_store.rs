@@ -397,7 +397,7 @@ impl WalStore {
 
     /// Seals a partial file that is already complete (found so at startup).
     fn seal_existing(&self, tli: TimelineId, segno: SegNo) -> Result<SegmentRecord, StoreError> {
-        OpenSegment::resume(self, tli, segno)?.seal(self)
+        OpenSegment::resume(self, tli, segno)?.seal(self, &mut FlushStats::default())
     }
 
     /// Where streaming should resume: the end of stored WAL on the newest timeline.
@@ -767,17 +767,23 @@ impl OpenSegment {
         Ok(())
     }
 
-    fn sync(&mut self) -> Result<(), StoreError> {
+    fn sync(&mut self, stats: &mut FlushStats) -> Result<(), StoreError> {
         self.write_pending()?;
         if self.durable < self.written {
-            self.file.sync_data().map_err(io_err(&self.path))?;
+            stats
+                .time(|| self.file.sync_data())
+                .map_err(io_err(&self.path))?;
             self.durable = self.written;
         }
         Ok(())
     }
 
     /// Completes the segment: final frame, fdatasync, rename, fsync dir, catalog.
-    fn seal(mut self, store: &WalStore) -> Result<SegmentRecord, StoreError> {
+    fn seal(
+        mut self,
+        store: &WalStore,
+        stats: &mut FlushStats,
+    ) -> Result<SegmentRecord, StoreError> {
         self.write_pending()?;
         self.out.clear();
         self.sealer.seal_final(&mut self.out);
@@ -790,7 +796,9 @@ impl OpenSegment {
                 .set_len(self.stored_len)
                 .map_err(io_err(&self.path))?;
         }
-        self.file.sync_data().map_err(io_err(&self.path))?;
+        stats
+            .time(|| self.file.sync_data())
+            .map_err(io_err(&self.path))?;
         failpoint::hit("wal-seal-rename");
         let sealed = store.path(&store.segment_names(self.tli, self.segno).0);
         durable_rename(&self.path, &sealed).map_err(io_err(&sealed))?;
@@ -811,6 +819,26 @@ impl OpenSegment {
     }
 }
 
+/// How many fdatasyncs of WAL a writer made and the time they took: the disk's share
+/// of a synchronous commit's wait (exported as metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlushStats {
+    pub count: u64,
+    pub nanos: u64,
+}
+
+impl FlushStats {
+    fn time<T>(&mut self, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        let start = std::time::Instant::now();
+        let r = f();
+        self.count += 1;
+        self.nanos = self
+            .nanos
+            .saturating_add(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        r
+    }
+}
+
 /// Appends streamed WAL to Tier 1. Used from one blocking thread per cluster.
 pub struct SegmentWriter {
     store: WalStore,
@@ -818,6 +846,7 @@ pub struct SegmentWriter {
     /// End of durable WAL on the timeline being written.
     durable: Option<(TimelineId, Lsn)>,
     sealed_count: u64,
+    flush_stats: FlushStats,
 }
 
 impl SegmentWriter {
@@ -827,6 +856,7 @@ impl SegmentWriter {
             open: None,
             durable: None,
             sealed_count: 0,
+            flush_stats: FlushStats::default(),
         }
     }
 
@@ -842,6 +872,11 @@ impl SegmentWriter {
     /// Segments sealed by this writer.
     pub fn sealed_count(&self) -> u64 {
         self.sealed_count
+    }
+
+    /// The fdatasyncs of WAL this writer made.
+    pub fn flush_stats(&self) -> FlushStats {
+        self.flush_stats
     }
 
     /// Appends `data`, which starts at WAL position `start` on timeline `tli`.
@@ -894,7 +929,7 @@ impl SegmentWriter {
             }
             if o.end() == seg_size.bytes() {
                 let o = self.open.take().expect("open");
-                o.seal(&self.store)?;
+                o.seal(&self.store, &mut self.flush_stats)?;
                 self.sealed_count += 1;
                 self.durable = Some((tli, segno.next().start_lsn(seg_size)));
             }
@@ -935,7 +970,7 @@ impl SegmentWriter {
     /// Makes everything written so far durable; returns the durable end position.
     pub fn flush(&mut self) -> Result<Option<(TimelineId, Lsn)>, StoreError> {
         if let Some(o) = self.open.as_mut() {
-            o.sync()?;
+            o.sync(&mut self.flush_stats)?;
             failpoint::hit("wal-after-fsync");
             let start = o.segno.start_lsn(self.store.seg_size());
             self.durable = Some((o.tli, Lsn(start.0 + o.durable)));

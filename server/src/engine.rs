@@ -245,6 +245,8 @@ impl Registry for EngineRegistry {
             },
             sealed_segments: s.sealed_segments,
             disk_full: s.disk_full,
+            wal_fsyncs: s.wal_flushes,
+            wal_fsync_micros: s.wal_flush_nanos / 1000,
             backups: self.backups.status(cluster),
         })
     }

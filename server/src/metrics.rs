@@ -49,6 +49,12 @@ const FAMILIES: &[Family] = &[
         value: |s| Some(s.sealed_segments),
     },
     Family {
+        name: "klio_wal_fsyncs_total",
+        kind: "counter",
+        help: "fdatasyncs of streamed WAL (each one acknowledges everything received before it).",
+        value: |s| Some(s.wal_fsyncs),
+    },
+    Family {
         name: "klio_tier1_disk_full",
         kind: "gauge",
         help: "1 while Tier 1 is out of space and streaming is paused.",
@@ -103,6 +109,21 @@ pub fn render(statuses: &[ClusterStatusView]) -> String {
             }
         }
     }
+    // In seconds, as Prometheus wants: not an integer, so not in FAMILIES.
+    header(
+        &mut out,
+        "klio_wal_fsync_seconds_total",
+        "counter",
+        "Time spent in fdatasync of streamed WAL (with klio_wal_fsyncs_total: the mean flush a synchronous commit waits for).",
+    );
+    for s in statuses {
+        let _ = writeln!(
+            out,
+            "klio_wal_fsync_seconds_total{{cluster=\"{}\"}} {}",
+            label(s.cluster.as_str()),
+            s.wal_fsync_micros as f64 / 1e6
+        );
+    }
     header(
         &mut out,
         "klio_connection_state",
@@ -148,6 +169,8 @@ mod tests {
         a.primary_lsn = Some(Lsn(0x1_0000_0020));
         a.lag_bytes = Some(0x20);
         a.sealed_segments = 7;
+        a.wal_fsyncs = 4000;
+        a.wal_fsync_micros = 1_250_000;
         let b = ClusterStatusView::connecting("pg-b".parse().unwrap());
         let text = render(&[a, b]);
         for line in [
@@ -163,6 +186,11 @@ mod tests {
             "klio_connection_state{cluster=\"pg-a\",state=\"connecting\"} 0",
             "klio_connection_state{cluster=\"pg-b\",state=\"connecting\"} 1",
             "klio_tier1_disk_full{cluster=\"pg-b\"} 0",
+            "# TYPE klio_wal_fsyncs_total counter",
+            "klio_wal_fsyncs_total{cluster=\"pg-a\"} 4000",
+            "# TYPE klio_wal_fsync_seconds_total counter",
+            "klio_wal_fsync_seconds_total{cluster=\"pg-a\"} 1.25",
+            "klio_wal_fsync_seconds_total{cluster=\"pg-b\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

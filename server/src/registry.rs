@@ -176,6 +176,12 @@ pub struct ClusterStatusView {
     pub sealed_segments: u64,
     /// Tier 1 is out of space: streaming is paused.
     pub disk_full: bool,
+    /// fdatasyncs of streamed WAL since the server started, and the microseconds they
+    /// took in total: their ratio is the disk's share of each synchronous commit's wait.
+    #[serde(default)]
+    pub wal_fsyncs: u64,
+    #[serde(default)]
+    pub wal_fsync_micros: u64,
     /// Base backups of this cluster.
     #[serde(default)]
     pub backups: BackupStatus,
@@ -208,6 +214,8 @@ impl ClusterStatusView {
             lag_bytes: None,
             sealed_segments: 0,
             disk_full: false,
+            wal_fsyncs: 0,
+            wal_fsync_micros: 0,
             backups: BackupStatus::default(),
         }
     }

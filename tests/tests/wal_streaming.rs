@@ -87,6 +87,30 @@ fn synchronous_standby_acknowledges_commits() -> Result<()> {
         pg.psql("SELECT flush_lsn FROM pg_stat_replication WHERE application_name = 'klio'")?;
     ensure!(parse_lsn(&flush)? > 0, "klio reported no flush position");
     println!("{processed} synchronous transactions committed; primary at {commit_lsn}, klio flushed {flush}");
+    // The flushes those commits waited for are counted and timed, in the status and
+    // as metrics: a DBA's view of the disk's share of each commit.
+    let st = klio.status("sync")?;
+    let fsyncs = st["wal_fsyncs"].as_u64().context("wal_fsyncs")?;
+    let micros = st["wal_fsync_micros"]
+        .as_u64()
+        .context("wal_fsync_micros")?;
+    ensure!(fsyncs > 0 && micros > 0, "{st}");
+    let (_, metrics) = klio_tests::http_get(&format!("{}/metrics", klio.url()), None)?;
+    let metrics = String::from_utf8(metrics)?;
+    let seconds: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("klio_wal_fsync_seconds_total{cluster=\"sync\"} "))
+        .context("no klio_wal_fsync_seconds_total")?
+        .parse()?;
+    ensure!(seconds > 0.0, "{metrics}");
+    ensure!(
+        metrics.contains("klio_wal_fsyncs_total{cluster=\"sync\"} "),
+        "{metrics}"
+    );
+    println!(
+        "{fsyncs} WAL fdatasyncs, {:.0} us each on average",
+        micros as f64 / fsyncs as f64
+    );
     Ok(())
 }
 
