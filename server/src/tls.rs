@@ -8,6 +8,11 @@
 //! name whose first label is the cluster (`pg-main`, `pg-main.klio.svc`). A CN without
 //! `@` names no cluster. Whether the named cluster exists is decided by the caller
 //! (`http.rs`). Reads the PEM files named in `[tls]`; writes nothing to disk.
+//!
+//! The files are watched: when any of them changes (a renewed certificate, a Kubernetes
+//! Secret update), the next connection after at most [`RELOAD_CHECK`] is served with
+//! the new set. A set that does not load (a key that does not match, a half-written
+//! file) is logged and the previous one stays in use until the files change again.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -29,6 +34,9 @@ use tokio_rustls::TlsAcceptor;
 
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often (at most) the accept loop looks at the TLS files for changes.
+pub const RELOAD_CHECK: Duration = Duration::from_secs(1);
 
 /// The API's TLS settings (`[tls]`), with the files already loaded.
 #[derive(Clone)]
@@ -130,7 +138,77 @@ impl ApiTls {
 
     /// Accepts TLS connections on `tcp`.
     pub fn listener(&self, tcp: TcpListener) -> std::io::Result<TlsListener> {
-        TlsListener::new(tcp, self.server_config.clone())
+        TlsListener::new(tcp, self.clone())
+    }
+
+    /// What identifies the current contents of the files (size, modification time and
+    /// inode of each, following symlinks); a file that cannot be read counts as absent.
+    fn fingerprint(&self) -> Vec<Option<(u64, std::time::SystemTime, u64)>> {
+        use std::os::unix::fs::MetadataExt;
+        [
+            Some(&self.cert_file),
+            Some(&self.key_file),
+            self.client_ca_file.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.len(), m.modified().ok()?, m.ino())))
+        })
+        .collect()
+    }
+
+    /// The same settings read again from the files.
+    fn reload(&self) -> Result<ApiTls, TlsError> {
+        ApiTls::load(
+            self.cert_file.clone(),
+            self.key_file.clone(),
+            self.client_ca_file.clone(),
+            self.require_client_cert,
+        )
+    }
+}
+
+/// The acceptor in use and the files it came from; reloads when they change.
+struct Reloading {
+    tls: ApiTls,
+    acceptor: TlsAcceptor,
+    seen: Vec<Option<(u64, std::time::SystemTime, u64)>>,
+    checked: tokio::time::Instant,
+}
+
+impl Reloading {
+    fn new(tls: ApiTls) -> Reloading {
+        Reloading {
+            acceptor: TlsAcceptor::from(tls.server_config.clone()),
+            seen: tls.fingerprint(),
+            tls,
+            checked: tokio::time::Instant::now(),
+        }
+    }
+
+    /// The acceptor for the next connection, after reloading the files if they changed.
+    fn current(&mut self) -> TlsAcceptor {
+        if self.checked.elapsed() >= RELOAD_CHECK {
+            self.checked = tokio::time::Instant::now();
+            let now = self.tls.fingerprint();
+            if now != self.seen {
+                self.seen = now;
+                match self.tls.reload() {
+                    Ok(tls) => {
+                        tracing::info!(cert_file = %tls.cert_file.display(), "API TLS files changed: new connections use the reloaded certificate");
+                        self.acceptor = TlsAcceptor::from(tls.server_config.clone());
+                        self.tls = tls;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "API TLS files changed but cannot be used; still serving the previous certificate until they change again")
+                    }
+                }
+            }
+        }
+        self.acceptor.clone()
     }
 }
 
@@ -184,10 +262,10 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    fn new(tcp: TcpListener, config: Arc<ServerConfig>) -> std::io::Result<TlsListener> {
+    fn new(tcp: TcpListener, tls: ApiTls) -> std::io::Result<TlsListener> {
         let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
-        let acceptor = tokio::spawn(accept_loop(tcp, TlsAcceptor::from(config), tx));
+        let acceptor = tokio::spawn(accept_loop(tcp, Reloading::new(tls), tx));
         Ok(TlsListener {
             ready,
             local,
@@ -204,7 +282,7 @@ impl Drop for TlsListener {
 
 async fn accept_loop(
     tcp: TcpListener,
-    acceptor: TlsAcceptor,
+    mut tls: Reloading,
     tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
 ) {
     let mut handshakes = JoinSet::new();
@@ -219,7 +297,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        let (acceptor, tx) = (acceptor.clone(), tx.clone());
+        let (acceptor, tx) = (tls.current(), tx.clone());
         handshakes.spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {

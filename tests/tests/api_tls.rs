@@ -5,6 +5,8 @@
 //! another CA is refused; a wrong token is still 401; `klio restore` of A with B's
 //! certificate fails with 403 and writes nothing, with A's it writes a restore_command
 //! carrying the TLS options, and PostgreSQL recovers through it.
+//! A renewed server certificate is served without a restart, and a renewal whose key does
+//! not match is refused while the previous certificate stays in use.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -250,4 +252,67 @@ fn postgres_readable(klio: &KlioServer, cert: &(PathBuf, PathBuf)) -> Result<Too
         key: copy(&cert.1, "client.key", 0o644)?,
         _dir: dir,
     })
+}
+
+/// Replaces `path` the way a Kubernetes Secret update does: a new file renamed over it.
+fn replace(path: &Path, contents: &str, mode: u32) -> Result<()> {
+    let tmp = path.with_extension("new");
+    klio_harness::write_file(&tmp, contents, mode)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+#[test]
+fn a_renewed_api_certificate_is_served_without_a_restart() -> Result<()> {
+    let pg = PgInstance::start(PgOptions::new())?;
+    let klio = KlioServer::start_tls(vec![ClusterConf::new("rot", pg.replication_conninfo())])?;
+    let url = format!("{}/healthz", klio.url());
+    let (code, _) = https_get(&url, &klio.ca_cert(), None, None)?;
+    ensure!(code == 200, "healthz: {code}");
+    // The renewal comes from a new CA (as after a CA rotation), so which certificate is
+    // served shows in which CA a client must trust.
+    let ca2 = TestCa::new("rotated API CA")?;
+    let ca2_file = klio.dir().join("ca2.crt");
+    ca2.write_cert(&ca2_file)?;
+    ensure!(
+        https_get(&url, &ca2_file, None, None).is_err(),
+        "the new CA is trusted before any renewal"
+    );
+    let (cert2, key2) = ca2.server_cert()?;
+    let (_, unrelated_key) = ca2.server_cert()?;
+
+    // A renewal that does not load (the key is not the certificate's): logged, and the
+    // previous certificate keeps being served.
+    replace(&klio.tls_dir().join("server.key"), &unrelated_key, 0o600)?;
+    replace(&klio.tls_dir().join("server.crt"), &cert2, 0o644)?;
+    wait_until(
+        Duration::from_secs(20),
+        "the refused reload to be logged",
+        || {
+            let (code, _) = https_get(&url, &klio.ca_cert(), None, None)
+                .context("the previous certificate is no longer served")?;
+            ensure!(code == 200, "healthz: {code}");
+            Ok(klio
+                .log()
+                .contains("cannot be used; still serving the previous certificate"))
+        },
+    )?;
+    ensure!(https_get(&url, &ca2_file, None, None).is_err());
+
+    // The matching key arrives: new connections get the new certificate.
+    replace(&klio.tls_dir().join("server.key"), &key2, 0o600)?;
+    wait_until(
+        Duration::from_secs(20),
+        "the renewed certificate to be served",
+        || Ok(https_get(&url, &ca2_file, None, None).is_ok_and(|(c, _)| c == 200)),
+    )?;
+    ensure!(
+        https_get(&url, &klio.ca_cert(), None, None).is_err(),
+        "the old certificate is still served"
+    );
+    ensure!(klio
+        .log()
+        .contains("new connections use the reloaded certificate"));
+    println!("renewed certificate served without a restart; a bad renewal was refused first");
+    Ok(())
 }
