@@ -8,6 +8,9 @@
 //! before the catalog records it), `backup-data` (each piece of base-backup data
 //! received, before it is stored), `backup-before-commit` (backup data and WAL complete,
 //! before the commit).
+//!
+//! `KLIO_TEST_FSYNC_DELAY_MS=<ms>` makes every fdatasync of streamed WAL take that much
+//! longer: a slow disk, for tests.
 
 #[cfg(feature = "testing")]
 pub fn hit(name: &str) {
@@ -33,3 +36,24 @@ pub fn hit(name: &str) {
 #[cfg(not(feature = "testing"))]
 #[inline(always)]
 pub fn hit(_name: &str) {}
+
+/// Sleeps as long as `KLIO_TEST_FSYNC_DELAY_MS` says (a slow disk), before a WAL fdatasync.
+#[cfg(feature = "testing")]
+pub fn slow_fsync() {
+    use std::sync::OnceLock;
+    static DELAY: OnceLock<Option<std::time::Duration>> = OnceLock::new();
+    let delay = DELAY.get_or_init(|| {
+        let ms = std::env::var("KLIO_TEST_FSYNC_DELAY_MS")
+            .ok()?
+            .parse()
+            .ok()?;
+        Some(std::time::Duration::from_millis(ms))
+    });
+    if let Some(d) = delay {
+        std::thread::sleep(*d);
+    }
+}
+
+#[cfg(not(feature = "testing"))]
+#[inline(always)]
+pub fn slow_fsync() {}

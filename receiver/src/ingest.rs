@@ -5,9 +5,11 @@
 //! calls [`Ingest::end_batch`] for one fdatasync, which publishes the new durable
 //! position; the receiver sends a standby status update as soon as it changes.
 
+use std::time::{Duration, Instant};
+
 use klio_core::{Lsn, TimelineId};
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::wal_store::{FlushStats, SegmentWriter, StoreError, WalStore};
 
@@ -109,7 +111,13 @@ struct WriterCore {
     last_sealed: u64,
     dirty: bool,
     progress: watch::Sender<WriterProgress>,
+    /// When a slow flush was last logged (at most one warning a minute).
+    slow_warned: Option<Instant>,
 }
+
+/// A WAL flush slower than this is logged: every synchronous commit waited for it.
+const SLOW_FLUSH: Duration = Duration::from_secs(1);
+const SLOW_WARN_EVERY: Duration = Duration::from_secs(60);
 
 impl WriterCore {
     fn new(writer: SegmentWriter, progress: watch::Sender<WriterProgress>) -> WriterCore {
@@ -119,16 +127,42 @@ impl WriterCore {
             last_sealed: 0,
             dirty: false,
             progress,
+            slow_warned: None,
         }
     }
 
     fn data(&mut self, tli: TimelineId, start: Lsn, data: &[u8]) {
         if self.failed.is_none() {
             self.dirty = true;
+            let before = self.writer.flush_stats();
             if let Err(e) = self.writer.write(tli, start, data) {
                 self.failed = Some(e);
                 self.writer.abandon();
             }
+            self.warn_if_slow(before);
+        }
+    }
+
+    /// Logs (rate-limited) when the fdatasyncs since `before` took more than
+    /// [`SLOW_FLUSH`] each on average.
+    fn warn_if_slow(&mut self, before: FlushStats) {
+        let now = self.writer.flush_stats();
+        let n = now.count - before.count;
+        if n == 0 {
+            return;
+        }
+        let each = Duration::from_nanos((now.nanos - before.nanos) / n);
+        if each >= SLOW_FLUSH
+            && self
+                .slow_warned
+                .is_none_or(|t| t.elapsed() >= SLOW_WARN_EVERY)
+        {
+            warn!(
+                seconds = each.as_secs_f64(),
+                "a WAL fdatasync on Tier 1 took {:.1} s: synchronous commits wait that long for Klio; check the volume (klio_wal_fsync_seconds_total / klio_wal_fsyncs_total is the mean)",
+                each.as_secs_f64()
+            );
+            self.slow_warned = Some(Instant::now());
         }
     }
 
@@ -142,10 +176,12 @@ impl WriterCore {
     /// After a batch: one fdatasync for everything written, then publish.
     fn end_batch(&mut self) {
         if self.dirty && self.failed.is_none() {
+            let before = self.writer.flush_stats();
             if let Err(e) = self.writer.flush() {
                 self.writer.abandon();
                 self.failed = Some(e);
             }
+            self.warn_if_slow(before);
         }
         if let Some(e) = &self.failed {
             if self.progress.borrow().error.is_none() {

@@ -830,11 +830,11 @@ pub struct FlushStats {
 impl FlushStats {
     fn time<T>(&mut self, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
         let start = std::time::Instant::now();
+        failpoint::slow_fsync();
         let r = f();
+        let took = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.count += 1;
-        self.nanos = self
-            .nanos
-            .saturating_add(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        self.nanos = self.nanos.saturating_add(took);
         r
     }
 }

@@ -55,11 +55,9 @@ fn sealed_segments_read_back_identical_and_pg_waldump_reads_them() -> Result<()>
     Ok(())
 }
 
-#[test]
-fn synchronous_standby_acknowledges_commits() -> Result<()> {
-    let pg = PgInstance::start(PgOptions::new().synchronous_standby_names("klio"))?;
-    let klio = KlioServer::start(vec![ClusterConf::new("sync", pg.replication_conninfo())])?;
-    klio.wait_status("sync", Duration::from_secs(60), "streaming", |v| {
+/// Waits until Klio streams `cluster` and the primary counts it as its sync standby.
+fn await_sync_standby(klio: &KlioServer, pg: &PgInstance, cluster: &str) -> Result<()> {
+    klio.wait_status(cluster, Duration::from_secs(60), "streaming", |v| {
         v["state"] == "streaming"
     })?;
     klio_tests::wait_until(
@@ -70,7 +68,14 @@ fn synchronous_standby_acknowledges_commits() -> Result<()> {
                 "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'klio'",
             )? == "sync")
         },
-    )?;
+    )
+}
+
+#[test]
+fn synchronous_standby_acknowledges_commits() -> Result<()> {
+    let pg = PgInstance::start(PgOptions::new().synchronous_standby_names("klio"))?;
+    let klio = KlioServer::start(vec![ClusterConf::new("sync", pg.replication_conninfo())])?;
+    await_sync_standby(&klio, &pg, "sync")?;
     pg.pgbench(&["-i", "-s", "1"])?;
     let out = pg.pgbench(&["-N", "-c", "4", "-T", "5"])?;
     let processed: u64 = out
@@ -110,6 +115,47 @@ fn synchronous_standby_acknowledges_commits() -> Result<()> {
     println!(
         "{fsyncs} WAL fdatasyncs, {:.0} us each on average",
         micros as f64 / fsyncs as f64
+    );
+    Ok(())
+}
+
+/// A slow Tier 1 disk (every WAL fdatasync delayed by 1.5 s, injected with the `testing`
+/// feature): a synchronous commit returns only after Klio's slow flush, Klio logs the
+/// slow flush with what it means, and the fsync metrics show it.
+#[test]
+fn slow_tier1_disk_holds_commits_until_flushed_and_is_reported() -> Result<()> {
+    let pg = PgInstance::start(PgOptions::new().synchronous_standby_names("klio"))?;
+    let mut klio = KlioServer::start(vec![ClusterConf::new("slow", pg.replication_conninfo())])?;
+    klio.stop()?;
+    klio.set_env("KLIO_TEST_FSYNC_DELAY_MS", Some("1500"));
+    klio.restart()?;
+    await_sync_standby(&klio, &pg, "slow")?;
+    pg.psql("CREATE TABLE t (i int)")?;
+    let start = std::time::Instant::now();
+    pg.psql("INSERT INTO t VALUES (1)")?;
+    let took = start.elapsed();
+    ensure!(
+        took >= Duration::from_millis(1500),
+        "a synchronous commit returned after {took:?}, before Klio's 1.5 s flush could end"
+    );
+    klio_tests::wait_until(
+        Duration::from_secs(30),
+        "the slow flush to be logged",
+        || Ok(klio.log().contains("a WAL fdatasync on Tier 1 took")),
+    )?;
+    let st = klio.status("slow")?;
+    let fsyncs = st["wal_fsyncs"].as_u64().context("wal_fsyncs")?;
+    let micros = st["wal_fsync_micros"]
+        .as_u64()
+        .context("wal_fsync_micros")?;
+    ensure!(
+        fsyncs > 0 && micros / fsyncs >= 1_500_000,
+        "mean flush {} us over {fsyncs}: {st}",
+        micros / fsyncs.max(1)
+    );
+    println!(
+        "commit took {took:?}; {fsyncs} flushes, mean {} ms",
+        micros / fsyncs / 1000
     );
     Ok(())
 }
