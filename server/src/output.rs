@@ -81,6 +81,14 @@ fn or_dash<T: ToString>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
 }
 
+/// The mean WAL fdatasync since the server started, e.g. `0.25 ms` (`-` before the first).
+fn mean_fsync(count: u64, micros: u64) -> String {
+    if count == 0 {
+        return "-".into();
+    }
+    format!("{:.2} ms", micros as f64 / count as f64 / 1000.0)
+}
+
 /// `klio status` as a table; a line per cluster error follows the table.
 pub fn status_table(list: &StatusList) -> String {
     if list.clusters.is_empty() {
@@ -95,6 +103,7 @@ pub fn status_table(list: &StatusList) -> String {
         ("PRIMARY", false),
         ("LAG", true),
         ("SEALED", true),
+        ("FSYNC", true),
         ("DISK", false),
     ]);
     let mut notes = String::new();
@@ -108,6 +117,7 @@ pub fn status_table(list: &StatusList) -> String {
             or_dash(s.primary_lsn),
             or_dash(s.lag_bytes.map(human_bytes)),
             s.sealed_segments.to_string(),
+            mean_fsync(s.wal_fsyncs, s.wal_fsync_micros),
             if s.disk_full { "FULL" } else { "ok" }.to_string(),
         ]);
         if let Some(e) = &s.last_error {
@@ -315,6 +325,8 @@ mod tests {
         a.timeline = Some(1);
         a.flushed_lsn = Some(Lsn(0x16_B374_D848));
         a.lag_bytes = Some(16 << 20);
+        a.wal_fsyncs = 4;
+        a.wal_fsync_micros = 1000;
         let mut b = ClusterStatusView::connecting("b".parse().unwrap());
         b.last_error = Some("connection refused".into());
         let text = status_table(&StatusList {
@@ -342,6 +354,10 @@ mod tests {
         assert_eq!(&lines[1][col..col + 11], "16/B374D848");
         assert_eq!(&lines[2][col..col + 1], "-");
         assert!(text.contains("b: last error: connection refused"), "{text}");
+        // The mean flush, right-aligned under FSYNC; "-" before the first.
+        let end = lines[0].find("FSYNC").unwrap() + "FSYNC".len();
+        assert!(lines[1][..end].ends_with("0.25 ms"), "{text}");
+        assert!(lines[2][..end].ends_with('-'), "{text}");
     }
 
     #[test]
