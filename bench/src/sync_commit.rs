@@ -13,13 +13,60 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use klio_tests::{wait_until, ClusterConf, KlioServer, PgInstance, PgOptions};
 
-fn tps(pg: &PgInstance, secs: u32) -> Result<f64> {
+/// One pgbench run: (TPS, transactions committed).
+fn run_pgbench(pg: &PgInstance, secs: u32) -> Result<(f64, u64)> {
     let out = pg.pgbench(&["-N", "-c", "8", "-j", "2", "-T", &secs.to_string()])?;
-    out.lines()
+    let tps = out
+        .lines()
         .find_map(|l| l.strip_prefix("tps = "))
         .and_then(|l| l.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .with_context(|| format!("no tps in pgbench output:\n{out}"))
+        .with_context(|| format!("no tps in pgbench output:\n{out}"))?;
+    let n = out
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|l| l.split('/').next())
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no transaction count in pgbench output:\n{out}"))?;
+    Ok((tps, n))
+}
+
+fn tps(pg: &PgInstance, secs: u32) -> Result<f64> {
+    Ok(run_pgbench(pg, secs)?.0)
+}
+
+/// The unit of /proc's CPU times (`getconf CLK_TCK`, 100 on Linux).
+fn clock_ticks_per_second() -> Result<f64> {
+    let out = Command::new("getconf").arg("CLK_TCK").output()?;
+    Ok(String::from_utf8(out.stdout)?.trim().parse()?)
+}
+
+/// CPU time (user + system) a process has used so far, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').context("odd /proc stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    Ok(ticks / clock_ticks_per_second()?)
+}
+
+/// A phase's figures: TPS, and the standby's CPU time per committed transaction (µs).
+#[derive(Clone, Copy)]
+struct Phase {
+    tps: f64,
+    cpu_us_per_commit: f64,
+}
+
+/// Runs pgbench while `pid` is the standby; measures its CPU over the run.
+fn measured(pg: &PgInstance, secs: u32, pid: u32) -> Result<Phase> {
+    let before = cpu_seconds(pid)?;
+    let (tps, n) = run_pgbench(pg, secs)?;
+    let cpu = cpu_seconds(pid)? - before;
+    Ok(Phase {
+        tps,
+        cpu_us_per_commit: cpu * 1e6 / n.max(1) as f64,
+    })
 }
 
 fn set_sync_names(pg: &PgInstance, names: &str) -> Result<()> {
@@ -44,7 +91,7 @@ fn wait_sync(pg: &PgInstance, app: &str) -> Result<()> {
 
 /// One phase with `pg_receivewal --synchronous` as the synchronous standby, writing
 /// into a fresh directory under `parent` (the default temp dir when `None`).
-fn phase_pg_receivewal(pg: &PgInstance, secs: u32, parent: Option<&Path>) -> Result<f64> {
+fn phase_pg_receivewal(pg: &PgInstance, secs: u32, parent: Option<&Path>) -> Result<Phase> {
     pg.psql("SELECT pg_create_physical_replication_slot('rw', true)")?;
     let dir = match parent {
         Some(p) => tempfile::tempdir_in(p)?,
@@ -62,7 +109,7 @@ fn phase_pg_receivewal(pg: &PgInstance, secs: u32, parent: Option<&Path>) -> Res
         .stderr(Stdio::null())
         .spawn()?;
     set_sync_names(pg, "pg_receivewal")?;
-    let result = wait_sync(pg, "pg_receivewal").and_then(|()| tps(pg, secs));
+    let result = wait_sync(pg, "pg_receivewal").and_then(|()| measured(pg, secs, rw.id()));
     let _ = rw.kill();
     let _ = rw.wait();
     set_sync_names(pg, "")?;
@@ -72,7 +119,7 @@ fn phase_pg_receivewal(pg: &PgInstance, secs: u32, parent: Option<&Path>) -> Res
 
 /// One phase with a fresh Klio server as the synchronous standby; with `tmpfs`, its data
 /// directory is a symlink into a fresh directory there.
-fn phase_klio(pg: &PgInstance, secs: u32, tmpfs: Option<&Path>) -> Result<f64> {
+fn phase_klio(pg: &PgInstance, secs: u32, tmpfs: Option<&Path>) -> Result<Phase> {
     let target = tmpfs.map(tempfile::tempdir_in).transpose()?;
     let clusters = vec![ClusterConf::new("bench", pg.replication_conninfo())];
     let klio = KlioServer::start_prepared(clusters, |data| {
@@ -83,7 +130,8 @@ fn phase_klio(pg: &PgInstance, secs: u32, tmpfs: Option<&Path>) -> Result<f64> {
         Ok(())
     })?;
     set_sync_names(pg, "klio")?;
-    let result = wait_sync(pg, "klio").and_then(|()| tps(pg, secs));
+    let pid = klio.pid().context("the Klio server is not running")?;
+    let result = wait_sync(pg, "klio").and_then(|()| measured(pg, secs, pid));
     drop(klio);
     set_sync_names(pg, "")?;
     drop_slot(pg, "klio")?;
@@ -144,7 +192,15 @@ fn main() -> Result<()> {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    let (alone_m, rw_m, klio_m) = (mean(&alone), mean(&rw), mean(&klio));
+    let tps_of = |v: &[Phase]| v.iter().map(|p| p.tps).collect::<Vec<_>>();
+    let cpu_of = |v: &[Phase]| mean(&v.iter().map(|p| p.cpu_us_per_commit).collect::<Vec<_>>());
+    let (rw_t, klio_t, ceiling_t, klio_ceiling_t) = (
+        tps_of(&rw),
+        tps_of(&klio),
+        tps_of(&ceiling),
+        tps_of(&klio_ceiling),
+    );
+    let (alone_m, rw_m, klio_m) = (mean(&alone), mean(&rw_t), mean(&klio_t));
     println!(
         "synchronous commit, pgbench -N -c 8 -j 2 -T {secs} (scale 10), {rounds} alternating rounds"
     );
@@ -154,25 +210,23 @@ fn main() -> Result<()> {
     );
     println!(
         "  pg_receivewal --synchronous   : {rw_m:8.0} tps  (rounds: {})",
-        list(&rw)
+        list(&rw_t)
     );
     println!(
         "  klio (zstd + AES-256-GCM)     : {klio_m:8.0} tps  (rounds: {})",
-        list(&klio)
+        list(&klio_t)
     );
     if !ceiling.is_empty() {
-        let c = mean(&ceiling);
+        let c = mean(&ceiling_t);
         println!(
             "  pg_receivewal into tmpfs      : {c:8.0} tps  (rounds: {}; no fsync cost: the ceiling for a standby that writes to disk, {:.2}x pg_receivewal)",
-            list(&ceiling),
+            list(&ceiling_t),
             c / rw_m
         );
-    }
-    if !klio_ceiling.is_empty() {
-        let c = mean(&klio_ceiling);
+        let c = mean(&klio_ceiling_t);
         println!(
             "  klio into tmpfs               : {c:8.0} tps  (rounds: {}; Klio without fsync cost, {:.2}x pg_receivewal)",
-            list(&klio_ceiling),
+            list(&klio_ceiling_t),
             c / rw_m
         );
     }
@@ -181,5 +235,17 @@ fn main() -> Result<()> {
         "  klio reaches {:.0}% of the no-standby TPS",
         100.0 * klio_m / alone_m
     );
+    println!(
+        "  standby CPU per commit (user + system): pg_receivewal {:.1} us, klio {:.1} us (whole server process)",
+        cpu_of(&rw),
+        cpu_of(&klio)
+    );
+    if !ceiling.is_empty() {
+        println!(
+            "  standby CPU per commit into tmpfs:      pg_receivewal {:.1} us, klio {:.1} us",
+            cpu_of(&ceiling),
+            cpu_of(&klio_ceiling)
+        );
+    }
     Ok(())
 }
