@@ -30,19 +30,28 @@ pub enum StartupError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot open the catalog in {path}: {source}")]
+    #[error("cannot open the catalog in {path}: {}", startup_cause(source.is_disk_full(), source))]
     Catalog { path: PathBuf, source: CatalogError },
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error("{path} is damaged (bad magic or checksum); it holds the master key check value and cannot be regenerated safely")]
     KeyCheckFile { path: PathBuf },
-    #[error("catalog: {0}")]
+    #[error("catalog: {}", startup_cause(.0.is_disk_full(), .0))]
     CatalogOp(#[from] CatalogError),
-    #[error("cluster {cluster}: Tier 1 store: {error}")]
+    #[error("cluster {cluster}: Tier 1 store: {}", startup_cause(error.is_disk_full(), error))]
     Store {
         cluster: ClusterName,
         error: StoreError,
     },
+}
+
+/// A startup failure's cause; on a full disk, with the fix.
+fn startup_cause(disk_full: bool, e: &dyn std::fmt::Display) -> String {
+    if disk_full {
+        format!("Klio's volume is out of space ({e}); free space on it or enlarge it, then start Klio again")
+    } else {
+        e.to_string()
+    }
 }
 
 /// Server-wide state shared by all clusters.

@@ -329,11 +329,29 @@ fn fatal_on_error(what: &str, r: anyhow::Result<anyhow::Result<()>>) -> u8 {
     match r.and_then(|r| r) {
         Ok(()) => 0,
         Err(e) => {
-            tracing::error!("{what} failed: {e:#}");
-            eprintln!("klio {what}: {e:#}");
+            let e = error_chain(&e);
+            tracing::error!("{what} failed: {e}");
+            eprintln!("klio {what}: {e}");
             1
         }
     }
+}
+
+/// An error and its causes on one line, `: `-separated, leaving out a cause whose text
+/// an outer message already quotes (many messages include their cause).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn client_command(fut: impl std::future::Future<Output = Result<(), ClientError>>) -> u8 {
@@ -694,6 +712,20 @@ mod tests {
     #[test]
     fn command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn error_chain_leaves_out_causes_already_quoted() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot open X: {source}")]
+        struct Outer {
+            source: std::io::Error,
+        }
+        let inner = std::io::Error::other("disk on fire");
+        let e = anyhow::Error::new(Outer { source: inner }).context("startup");
+        assert_eq!(error_chain(&e), "startup: cannot open X: disk on fire");
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_chain(&e), "outer: inner");
     }
 
     #[test]

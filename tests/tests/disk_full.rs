@@ -3,6 +3,9 @@
 //! has not stored, and once space is freed resumes by itself; every sealed segment is
 //! then byte-identical to pg_wal (no torn frame survived the failed writes).
 //!
+//! A restart on a volume with no space left at all exits with one line naming the full
+//! disk and the fix, and starts normally once space is freed.
+//!
 //! Needs `mount -t tmpfs` (root, as in CI); skipped with a message otherwise.
 
 use std::path::{Path, PathBuf};
@@ -157,6 +160,69 @@ fn full_disk_scenario(sub: Option<&str>) -> Result<()> {
         sealed.len()
     );
     println!("resumed after space was freed; {compared} sealed segments identical to pg_wal");
+    drop(klio);
+    drop(mount);
+    Ok(())
+}
+
+/// Writes zeros into `path` until the file system refuses: nothing is left free.
+fn fill_completely(path: &Path) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    let block = vec![0u8; 64 * 1024];
+    loop {
+        match f.write_all(&block) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Klio restarted on a data volume with no space left at all: it does not start half
+/// way; it exits with a message that names the full disk and the fix, and starts
+/// normally once space is freed, with nothing lost.
+#[test]
+fn a_full_data_volume_at_startup_is_a_clear_error_and_a_later_start_works() -> Result<()> {
+    let pg = PgInstance::start(PgOptions::new().conf("wal_keep_size", "1GB"))?;
+    let mut mount = None;
+    let mut klio = KlioServer::start_prepared(
+        vec![ClusterConf::new("full", pg.replication_conninfo())],
+        |data| {
+            mount = mount_tmpfs(data, "40m")?;
+            Ok(())
+        },
+    )?;
+    let Some(mount) = mount else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?); this test runs in CI as root");
+        return Ok(());
+    };
+    pg.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g")?;
+    let lsn = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
+    klio.wait_flushed("full", &lsn, Duration::from_secs(60))?;
+    klio.stop()?;
+
+    let filler = mount.0.join("filler");
+    fill_completely(&filler)?;
+    let out = klio.start_expecting_failure()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("start on a full volume: {}\n{text}", out.status);
+    ensure!(!out.status.success(), "started on a full volume:\n{text}");
+    ensure!(
+        text.contains("out of space") && text.contains("free space"),
+        "the error does not name the full disk and the fix:\n{text}"
+    );
+
+    std::fs::remove_file(&filler)?;
+    klio.restart()?;
+    pg.psql("INSERT INTO t SELECT g FROM generate_series(1, 1000) g")?;
+    let end = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
+    klio.wait_flushed("full", &end, Duration::from_secs(60))?;
+    println!("started and caught up to {end} once space was freed");
     drop(klio);
     drop(mount);
     Ok(())
