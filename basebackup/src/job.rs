@@ -89,6 +89,19 @@ pub enum JobError {
     Interrupted,
 }
 
+/// A failure while storing the backup; a full volume (which the error only shows as the
+/// OS's text by now) gets the fix.
+fn store_error(e: impl std::fmt::Display) -> JobError {
+    let text = e.to_string();
+    if text.contains("No space left on device") || text.contains("Disk quota exceeded") {
+        JobError::Store(format!(
+            "Klio's volume is out of space ({text}); free space on it or enlarge it, then take the backup again (what this backup had stored is removed)"
+        ))
+    } else {
+        JobError::Store(text)
+    }
+}
+
 /// Waits until the WAL up to `(timeline, lsn)` is durable in Tier 1 (and the chain
 /// from the backup's start to it is complete); `Err` says what is missing.
 pub type WalWaiter = Box<
@@ -146,13 +159,9 @@ fn consume(
                     match ev {
                         TarEvent::Entry(e) => writer
                             .begin_file(tar_meta(&e, tablespace))
-                            .map_err(|e| JobError::Store(e.to_string())),
-                        TarEvent::Data(d) => {
-                            writer.write(d).map_err(|e| JobError::Store(e.to_string()))
-                        }
-                        TarEvent::EntryEnd => writer
-                            .end_file()
-                            .map_err(|e| JobError::Store(e.to_string())),
+                            .map_err(store_error),
+                        TarEvent::Data(d) => writer.write(d).map_err(store_error),
+                        TarEvent::EntryEnd => writer.end_file().map_err(store_error),
                         TarEvent::End => Ok(()),
                     }
                 })
@@ -219,8 +228,8 @@ pub async fn stream_backup(
             )
         })
         .await
-        .map_err(|e| JobError::Store(e.to_string()))?
-        .map_err(|e| JobError::Store(e.to_string()))?
+        .map_err(store_error)?
+        .map_err(store_error)?
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Feed>(32);
     let consumer = tokio::task::spawn_blocking(move || {
@@ -280,10 +289,19 @@ pub async fn stream_backup(
         .await
         .map_err(|e| JobError::Store(format!("backup writer thread: {e}")))?;
     let outcome = async {
-        consumed?;
-        net?;
-        let (end_lsn, end_tli) = end
-            .ok_or_else(|| JobError::Protocol("the stream ended without an end position".into()))?;
+        // A failure while receiving or storing: what was written is removed and the
+        // backup recorded failed now, not left `running` until the next start.
+        let ended = consumed.and(net).and_then(|()| {
+            end.ok_or_else(|| JobError::Protocol("the stream ended without an end position".into()))
+        });
+        let (end_lsn, end_tli) = match ended {
+            Ok(end) => end,
+            Err(e) => {
+                let reason = e.to_string();
+                let _ = tokio::task::spawn_blocking(move || writer.abort(&reason)).await;
+                return Err(e);
+            }
+        };
         let spaces = tablespaces
             .iter()
             .filter_map(|t| {
@@ -338,8 +356,8 @@ async fn finish(
             w.commit(end_lsn, end_tli, tablespaces, pg_manifest.as_deref())
         })
         .await
-        .map_err(|e| JobError::Store(e.to_string()))?
-        .map_err(|e| JobError::Store(e.to_string()))
+        .map_err(store_error)?
+        .map_err(store_error)
     }
     .await;
     if let Err(e) = &r {
@@ -377,7 +395,7 @@ pub async fn offload_backup(
     let written = tokio::task::spawn_blocking(move || -> Result<BackupWriter, JobError> {
         let mut w = store2
             .begin(&id, &label, BackupKind::Offload, start.1, start.0, None)
-            .map_err(|e| JobError::Store(e.to_string()))?;
+            .map_err(store_error)?;
         let r = (|| -> Result<(), JobError> {
             let mut buf = vec![0u8; 1 << 20];
             for e in &source.entries {
@@ -397,8 +415,7 @@ pub async fn offload_backup(
                         _ => None,
                     },
                 };
-                w.begin_file(meta)
-                    .map_err(|e| JobError::Store(e.to_string()))?;
+                w.begin_file(meta).map_err(store_error)?;
                 if e.kind == SourceKind::File {
                     use std::io::Read;
                     let f = std::fs::File::open(&e.source).map_err(|err| {
@@ -417,13 +434,12 @@ pub async fn offload_backup(
                                 e.source.display()
                             )));
                         }
-                        w.write(&buf[..n])
-                            .map_err(|e| JobError::Store(e.to_string()))?;
+                        w.write(&buf[..n]).map_err(store_error)?;
                         left -= n as u64;
                         prog.done.fetch_add(n as u64, Ordering::Relaxed);
                     }
                 }
-                w.end_file().map_err(|e| JobError::Store(e.to_string()))?;
+                w.end_file().map_err(store_error)?;
             }
             Ok(())
         })();
@@ -436,6 +452,6 @@ pub async fn offload_backup(
         }
     })
     .await
-    .map_err(|e| JobError::Store(e.to_string()))??;
+    .map_err(store_error)??;
     finish(written, progress, wal, start, end, spaces, None).await
 }

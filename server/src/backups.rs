@@ -61,6 +61,10 @@ struct ClusterBackups {
     settings: BackupSettings,
     store: OnceLock<ChunkStore>,
     running: Mutex<Option<Running>>,
+    /// How jobs of this run failed, by backup id: the record may still say `running`
+    /// when the failure itself could not be recorded (a full volume fails that write
+    /// too); the next start marks such records failed.
+    failures: Mutex<std::collections::HashMap<String, String>>,
     verify: Mutex<VerifyState>,
 }
 
@@ -100,6 +104,7 @@ impl BackupManager {
                 settings,
                 store: OnceLock::new(),
                 running: Mutex::new(None),
+                failures: Mutex::new(Default::default()),
                 verify: Mutex::new(VerifyState::default()),
             });
             map.insert(cb.handle.spec.name.clone(), cb);
@@ -285,7 +290,13 @@ impl BackupManager {
                         new_bytes = rec.new_bytes,
                         "base backup complete"
                     ),
-                    Err(e) => error!("base backup failed: {e}"),
+                    Err(e) => {
+                        error!("base backup failed: {e}");
+                        cb.failures
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(id.clone(), e.to_string());
+                    }
                 }
                 *cb.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
             }
@@ -370,6 +381,18 @@ impl BackupManager {
             .map(|r| record_view(cluster, r))
             .collect();
         let running = cb.running.lock().unwrap_or_else(|e| e.into_inner());
+        // A record still `running` whose job is over ended without its outcome recorded.
+        let failures = cb.failures.lock().unwrap_or_else(|e| e.into_inner());
+        for v in views.iter_mut().filter(|v| {
+            v.state == BackupStateView::Running && running.as_ref().is_none_or(|r| r.id != v.id)
+        }) {
+            v.state = BackupStateView::Failed;
+            v.error = Some(match failures.get(&v.id) {
+                Some(e) => format!("{e} (not yet recorded in the catalog; the next start does)"),
+                None => "the backup ended without recording its outcome; it is not usable, and the next start removes its data".into(),
+            });
+        }
+        drop(failures);
         if let Some(r) = running.as_ref() {
             match views.iter_mut().find(|v| v.id == r.id) {
                 Some(v) => {

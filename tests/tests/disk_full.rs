@@ -4,7 +4,8 @@
 //! then byte-identical to pg_wal (no torn frame survived the failed writes).
 //!
 //! A restart on a volume with no space left at all exits with one line naming the full
-//! disk and the fix, and starts normally once space is freed.
+//! disk and the fix, and starts normally once space is freed. A base backup that fills
+//! the volume fails with the fix named and removes what it had stored.
 //!
 //! Needs `mount -t tmpfs` (root, as in CI); skipped with a message otherwise.
 
@@ -30,6 +31,37 @@ fn mount_tmpfs(dir: &Path, size: &str) -> Result<Option<Mount>> {
         .arg(dir)
         .status()?;
     Ok(st.success().then(|| Mount(dir.to_path_buf())))
+}
+
+/// A Klio server for `pg` (cluster `full`) with a `size` tmpfs mounted at `sub` inside
+/// its data directory (the data directory itself when `None`); `None` when mounting is
+/// not possible here (the caller skips).
+fn start_on_tmpfs(
+    pg: &PgInstance,
+    sub: Option<&str>,
+    size: &str,
+) -> Result<Option<(KlioServer, Mount)>> {
+    let mut mount = None;
+    let klio = KlioServer::start_prepared(
+        vec![ClusterConf::new("full", pg.replication_conninfo())],
+        |data| {
+            let at = match sub {
+                Some(s) => data.join(s),
+                None => data.to_path_buf(),
+            };
+            mount = mount_tmpfs(&at, size)?;
+            Ok(())
+        },
+    )?;
+    match mount {
+        Some(m) => Ok(Some((klio, m))),
+        None => {
+            eprintln!(
+                "SKIPPED: cannot mount a tmpfs here (not root?); this test runs in CI as root"
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// Free space of the file system holding `dir`, in MiB.
@@ -61,20 +93,7 @@ fn data_volume_full_with_the_catalog_on_it_is_reported_and_resumes() -> Result<(
 /// directory itself when `None`), fills it while WAL streams, then frees space.
 fn full_disk_scenario(sub: Option<&str>) -> Result<()> {
     let pg = PgInstance::start(PgOptions::new().conf("wal_keep_size", "2GB"))?;
-    let mut mount = None;
-    let klio = KlioServer::start_prepared(
-        vec![ClusterConf::new("full", pg.replication_conninfo())],
-        |data| {
-            let at = match sub {
-                Some(s) => data.join(s),
-                None => data.to_path_buf(),
-            };
-            mount = mount_tmpfs(&at, "40m")?;
-            Ok(())
-        },
-    )?;
-    let Some(mount) = mount else {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?); this test runs in CI as root");
+    let Some((klio, mount)) = start_on_tmpfs(&pg, sub, "40m")? else {
         return Ok(());
     };
     let lsn = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
@@ -185,16 +204,7 @@ fn fill_completely(path: &Path) -> Result<()> {
 #[test]
 fn a_full_data_volume_at_startup_is_a_clear_error_and_a_later_start_works() -> Result<()> {
     let pg = PgInstance::start(PgOptions::new().conf("wal_keep_size", "1GB"))?;
-    let mut mount = None;
-    let mut klio = KlioServer::start_prepared(
-        vec![ClusterConf::new("full", pg.replication_conninfo())],
-        |data| {
-            mount = mount_tmpfs(data, "40m")?;
-            Ok(())
-        },
-    )?;
-    let Some(mount) = mount else {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?); this test runs in CI as root");
+    let Some((mut klio, mount)) = start_on_tmpfs(&pg, None, "40m")? else {
         return Ok(());
     };
     pg.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g")?;
@@ -223,6 +233,90 @@ fn a_full_data_volume_at_startup_is_a_clear_error_and_a_later_start_works() -> R
     let end = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
     klio.wait_flushed("full", &end, Duration::from_secs(60))?;
     println!("started and caught up to {end} once space was freed");
+    drop(klio);
+    drop(mount);
+    Ok(())
+}
+
+/// Pack files under Klio's data directory (every cluster's base-backup data).
+fn pack_files(data: &Path) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut dirs = vec![data.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let p = e?.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "pack" || x == "tmp") {
+                found.push(p);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// A base backup that runs out of space fails with the full disk and the fix named,
+/// leaves no pack file behind, and once space is freed a new backup succeeds.
+#[test]
+fn a_backup_that_fills_the_volume_fails_clearly_and_removes_its_data() -> Result<()> {
+    let pg = PgInstance::start(PgOptions::new().conf("wal_keep_size", "1GB"))?;
+    // ~30 MB of hex text (stored at about half that), written before Klio streams so
+    // that its WAL does not take the volume's space.
+    pg.psql(
+        "CREATE TABLE noise AS SELECT md5(random()::text) || md5(random()::text) AS t FROM generate_series(1, 400000)",
+    )?;
+    let Some((klio, mount)) = start_on_tmpfs(&pg, None, "48m")? else {
+        return Ok(());
+    };
+    let lsn = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
+    klio.wait_flushed("full", &lsn, Duration::from_secs(60))?;
+    let free_mb = free_mib(&mount.0)?;
+    ensure!(
+        free_mb > 12,
+        "only {free_mb} MiB free on the test file system"
+    );
+    let filler = mount.0.join("filler");
+    let st = Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M", &format!("count={}", free_mb - 6)])
+        .arg(format!("of={}", filler.display()))
+        .status()?;
+    ensure!(st.success());
+    let before = free_mib(&mount.0)?;
+
+    let token = klio.token_file("full");
+    let token = token.to_str().context("utf-8")?;
+    let args = [
+        "backup",
+        "--wait",
+        "--cluster",
+        "full",
+        "--token-file",
+        token,
+    ];
+    let out = klio.client_with_timeout(&args, Duration::from_secs(600))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("backup on a full volume: {}\n{text}", out.status);
+    ensure!(!out.status.success(), "the backup succeeded:\n{text}");
+    ensure!(
+        text.contains("out of space") && text.contains("free space"),
+        "the failure does not name the full disk and the fix:\n{text}"
+    );
+    let packs = pack_files(&klio.data_dir())?;
+    ensure!(packs.is_empty(), "the failed backup left {packs:?}");
+    let after = free_mib(&mount.0)?;
+    ensure!(
+        after + 1 >= before,
+        "{before} MiB were free before the backup, {after} MiB after it failed"
+    );
+
+    std::fs::remove_file(&filler)?;
+    klio.client_ok("full", &["backup", "--wait"])?;
+    ensure!(!pack_files(&klio.data_dir())?.is_empty());
+    println!("failed backup removed its data ({before} -> {after} MiB free); a backup after freeing space succeeded");
     drop(klio);
     drop(mount);
     Ok(())
