@@ -23,7 +23,7 @@ use crate::manifest::ManifestTablespace;
 use crate::offload::{OffloadSource, SourceKind};
 use crate::protocol::{BackupEvent, BaseBackupOptions, BaseBackupStream};
 pub use crate::store::BackupRecord;
-use crate::store::{BackupKind, BackupWriter, ChunkStore, FileKind, FileMeta};
+use crate::store::{BackupKind, BackupStoreError, BackupWriter, ChunkStore, FileKind, FileMeta};
 use crate::tar::{EntryKind, TarEvent, TarParser};
 
 /// Live figures of a running job, read by the API.
@@ -89,17 +89,20 @@ pub enum JobError {
     Interrupted,
 }
 
-/// A failure while storing the backup; a full volume (which the error only shows as the
-/// OS's text by now) gets the fix.
-fn store_error(e: impl std::fmt::Display) -> JobError {
-    let text = e.to_string();
-    if text.contains("No space left on device") || text.contains("Disk quota exceeded") {
+/// A failure while storing the backup; a full volume gets the fix.
+fn store_error(e: BackupStoreError) -> JobError {
+    if e.is_disk_full() {
         JobError::Store(format!(
-            "Klio's volume is out of space ({text}); free space on it or enlarge it, then take the backup again (what this backup had stored is removed)"
+            "Klio's volume is out of space ({e}); free space on it or enlarge it, then take the backup again (what this backup had stored is removed)"
         ))
     } else {
-        JobError::Store(text)
+        JobError::Store(e.to_string())
     }
+}
+
+/// The blocking thread that stores the backup panicked or was cancelled.
+fn thread_error(e: tokio::task::JoinError) -> JobError {
+    JobError::Store(format!("backup writer thread: {e}"))
 }
 
 /// Waits until the WAL up to `(timeline, lsn)` is durable in Tier 1 (and the chain
@@ -228,7 +231,7 @@ pub async fn stream_backup(
             )
         })
         .await
-        .map_err(store_error)?
+        .map_err(thread_error)?
         .map_err(store_error)?
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Feed>(32);
@@ -285,9 +288,7 @@ pub async fn stream_backup(
     drop(tx);
     drop(stream);
     conn.close().await;
-    let (writer, consumed) = consumer
-        .await
-        .map_err(|e| JobError::Store(format!("backup writer thread: {e}")))?;
+    let (writer, consumed) = consumer.await.map_err(thread_error)?;
     let outcome = async {
         // A failure while receiving or storing: what was written is removed and the
         // backup recorded failed now, not left `running` until the next start.
@@ -356,7 +357,7 @@ async fn finish(
             w.commit(end_lsn, end_tli, tablespaces, pg_manifest.as_deref())
         })
         .await
-        .map_err(store_error)?
+        .map_err(thread_error)?
         .map_err(store_error)
     }
     .await;
@@ -452,6 +453,6 @@ pub async fn offload_backup(
         }
     })
     .await
-    .map_err(store_error)??;
+    .map_err(thread_error)??;
     finish(written, progress, wal, start, end, spaces, None).await
 }

@@ -75,6 +75,20 @@ pub enum BackupStoreError {
     Usage(String),
 }
 
+impl BackupStoreError {
+    /// The volume is out of space (ENOSPC / EDQUOT), for a pack or the catalog.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            BackupStoreError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ),
+            BackupStoreError::Catalog(e) => e.is_disk_full(),
+            _ => false,
+        }
+    }
+}
+
 type Result<T> = std::result::Result<T, BackupStoreError>;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackupStoreError + '_ {
