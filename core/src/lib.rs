@@ -3,8 +3,10 @@
 
 pub mod cluster;
 pub mod frame;
+pub mod frame_reader;
 pub mod keys;
 pub mod lsn;
+pub mod secret_file;
 pub mod wal;
 
 pub use cluster::ClusterName;

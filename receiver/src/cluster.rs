@@ -76,6 +76,13 @@ impl ServerContext {
         let check_path = data_dir.join(KEY_CHECK_FILE);
         let cat_dir = data_dir.join("catalog");
         let open_catalog = || {
+            // Created here (0700) rather than by RocksDB (which follows the umask).
+            crate::crashsafe::create_dir_all_durably(&cat_dir).map_err(|source| {
+                StartupError::DataDir {
+                    path: cat_dir.clone(),
+                    source,
+                }
+            })?;
             Catalog::open(&cat_dir).map_err(|source| StartupError::Catalog {
                 path: cat_dir.clone(),
                 source,
@@ -120,6 +127,19 @@ impl ServerContext {
         };
         for c in catalog.clusters()? {
             master.unwrap(&c.wrapped_key, &c.name)?;
+        }
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(m) = std::fs::metadata(data_dir) {
+                let mode = m.permissions().mode() & 0o7777;
+                if mode & 0o077 != 0 {
+                    tracing::warn!(
+                        data_dir = %data_dir.display(),
+                        mode = format!("{mode:04o}"),
+                        "the data directory is open to other accounts; what Klio creates inside it is 0700, but consider `chmod 700` on it"
+                    );
+                }
+            }
         }
         Ok(ServerContext {
             data_dir: data_dir.to_path_buf(),

@@ -37,15 +37,17 @@ pub fn tmp_name(path: &Path) -> std::path::PathBuf {
     s.into()
 }
 
-/// Creates every missing directory of `dir` and syncs each parent.
+/// Creates every missing directory of `dir` (mode 0700: Klio's files are for Klio's
+/// account only, whatever the umask) and syncs each parent.
 pub fn create_dir_all_durably(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
     if dir.is_dir() {
         return Ok(());
     }
     if let Some(parent) = dir.parent() {
         create_dir_all_durably(parent)?;
     }
-    match std::fs::create_dir(dir) {
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
         Err(e) => return Err(e),

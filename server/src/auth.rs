@@ -86,6 +86,11 @@ impl ClusterToken {
     fn digest(&self) -> [u8; 32] {
         digest(self.expose())
     }
+
+    /// Whether `presented` is this token (compared in constant time).
+    pub fn matches(&self, presented: &str) -> bool {
+        bool::from(self.digest()[..].ct_eq(&digest(presented)[..]))
+    }
 }
 
 fn digest(token: &str) -> [u8; 32] {

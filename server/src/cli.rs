@@ -249,8 +249,54 @@ pub struct ListWalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Print a new random master key (32 bytes as 64 hex characters).
-    Generate,
+    /// A new random master key (32 bytes as 64 hex characters), into a new file readable
+    /// by its owner only (--output), or to stdout.
+    Generate {
+        /// Create this file (mode 0600; an existing file is never replaced).
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
+/// `klio keys generate [--output FILE]`.
+fn generate_key(output: Option<&std::path::Path>) -> u8 {
+    let key = MasterKey::generate();
+    let Some(path) = output else {
+        if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            eprintln!("klio: note: prefer `klio keys generate --output FILE`, which creates the file with mode 0600");
+        }
+        return match writeln!(std::io::stdout(), "{}", key.to_hex().as_str()) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("klio: cannot write the key to stdout: {e}");
+                2
+            }
+        };
+    };
+    let written = klio_core::secret_file::create_private(path).and_then(|mut f| {
+        writeln!(f, "{}", key.to_hex().as_str())?;
+        f.sync_all()
+    });
+    match written {
+        Ok(()) => {
+            eprintln!(
+                "klio: wrote a new master key to {} (mode 0600); keep a copy somewhere safe: without it nothing Klio stored can be read",
+                path.display()
+            );
+            0
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            eprintln!(
+                "klio: {} already exists: a master key is never overwritten (remove the file first if you really mean to replace it)",
+                path.display()
+            );
+            2
+        }
+        Err(e) => {
+            eprintln!("klio: cannot create {}: {e}", path.display());
+            2
+        }
+    }
 }
 
 /// Entry point of the `klio` binary.
@@ -261,16 +307,7 @@ pub fn main() -> ExitCode {
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> u8 {
     match cli.command {
-        Command::Keys(KeysCommand::Generate) => {
-            let key = MasterKey::generate();
-            match writeln!(std::io::stdout(), "{}", key.to_hex().as_str()) {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("klio: cannot write the key to stdout: {e}");
-                    2
-                }
-            }
-        }
+        Command::Keys(KeysCommand::Generate { output }) => generate_key(output.as_deref()),
         Command::Server(args) => {
             let config = match Config::load(&args.config) {
                 Ok(c) => c,

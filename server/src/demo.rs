@@ -141,12 +141,16 @@ async fn run_in(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
     );
 
     let t = steps.begin("Starting a Klio server with a generated master key and token");
-    std::fs::write(
-        dir.join("master.key"),
-        MasterKey::generate().to_hex().as_str(),
-    )?;
+    {
+        use std::io::Write;
+        let mut key = klio_core::secret_file::create_private(&dir.join("master.key"))?;
+        key.write_all(MasterKey::generate().to_hex().as_bytes())?;
+    }
     let token = random_hex(24);
-    std::fs::write(dir.join("demo.token"), &token)?;
+    std::io::Write::write_all(
+        &mut klio_core::secret_file::create_private(&dir.join("demo.token"))?,
+        token.as_bytes(),
+    )?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
