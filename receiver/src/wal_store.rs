@@ -32,6 +32,10 @@ use crate::crashsafe::{
 };
 use crate::failpoint;
 
+#[path = "wal_read.rs"]
+mod read;
+pub use read::WalReader;
+
 /// Plaintext buffered before it is framed and written (without fsync).
 const FRAME_TARGET: usize = 1 << 20;
 
@@ -427,78 +431,10 @@ impl WalStore {
     }
 
     /// Reads a stored WAL file back as plaintext. `Ok(None)` when it is not stored.
-    /// A sealed segment is checked against its catalog checksum.
+    /// A sealed segment is checked against its catalog checksum. See
+    /// [`WalStore::open_read`] for reading it piece by piece.
     pub fn read(&self, name: &WalFileName) -> Result<Option<Vec<u8>>, StoreError> {
-        let inner = &self.inner;
-        let mut path = self.path(name);
-        // A segment asked for by its full name that only exists as `.partial` (the
-        // newest WAL, or the end of a timeline) is served zero-padded to the segment
-        // size: recovery replays up to the end of what Klio has and stops at the zeros.
-        let mut pad_to_segment = false;
-        let (expect_final, rec) = match name.kind() {
-            WalFileKind::History => (true, None),
-            kind => {
-                let segno = match name.segno(inner.seg_size) {
-                    Ok(Some(s)) => s,
-                    _ => return Ok(None),
-                };
-                let Some(rec) = inner
-                    .catalog
-                    .segment(&inner.cluster, name.timeline(), segno)?
-                else {
-                    return Ok(None);
-                };
-                match (kind, rec.state) {
-                    (WalFileKind::Segment, SegmentState::Sealed) => (true, Some(rec)),
-                    (WalFileKind::Partial, SegmentState::Partial) => (false, Some(rec)),
-                    (WalFileKind::Segment, SegmentState::Partial) => {
-                        pad_to_segment = true;
-                        path = self.path(&WalFileName::partial(
-                            name.timeline(),
-                            segno,
-                            inner.seg_size,
-                        ));
-                        (false, Some(rec))
-                    }
-                    _ => return Ok(None),
-                }
-            }
-        };
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err(&path)(e)),
-        };
-        let obj = decode_object(&inner.key, &self.object_id(name), &bytes, !expect_final).map_err(
-            |source| StoreError::Frame {
-                path: path.clone(),
-                source,
-            },
-        )?;
-        if expect_final && !obj.finished {
-            return Err(StoreError::Frame {
-                path,
-                source: FrameError::Truncated {
-                    plain_len: obj.data.len() as u64,
-                },
-            });
-        }
-        if let Some(rec) = rec {
-            if rec.state == SegmentState::Sealed
-                && (obj.data.len() as u64 != rec.plain_size
-                    || rec.crc32c.is_some_and(|c| c != crc32c::crc32c(&obj.data)))
-            {
-                return Err(StoreError::Corrupt {
-                    path,
-                    why: "content does not match the catalog's size and checksum".into(),
-                });
-            }
-        }
-        let mut data = obj.data;
-        if pad_to_segment {
-            data.resize(inner.seg_size.bytes() as usize, 0);
-        }
-        Ok(Some(data))
+        self.open_read(name)?.map(WalReader::read_all).transpose()
     }
 
     /// Stores a timeline history file (durably) and records the timeline.

@@ -19,6 +19,31 @@ use crate::api::{
     VerifyReport, VerifyRequest,
 };
 
+/// A stored WAL file's plaintext, piece by piece (one frame at a time from Tier 1), so
+/// serving it holds one piece in memory. An error ends the stream: what was already
+/// handed out must be discarded.
+pub struct WalStream {
+    /// Total bytes, when known in advance.
+    pub len: Option<u64>,
+    pub pieces: Box<dyn Iterator<Item = Result<Vec<u8>, RegistryError>> + Send>,
+}
+
+impl WalStream {
+    /// A stream of one piece.
+    pub fn from_bytes(bytes: Vec<u8>) -> WalStream {
+        WalStream {
+            len: Some(bytes.len() as u64),
+            pieces: Box::new(std::iter::once(Ok(bytes))),
+        }
+    }
+}
+
+impl fmt::Debug for WalStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WalStream").field("len", &self.len).finish()
+    }
+}
+
 /// What the API reads from the engine. Calls may block on disk: the HTTP layer runs
 /// `read_wal` and `list_wal` on the blocking thread pool.
 pub trait Registry: Send + Sync + 'static {
@@ -28,6 +53,15 @@ pub trait Registry: Send + Sync + 'static {
         cluster: &ClusterName,
         name: &WalFileName,
     ) -> Result<Option<Vec<u8>>, RegistryError>;
+
+    /// [`Registry::read_wal`] as a stream of pieces (what the API serves).
+    fn open_wal(
+        &self,
+        cluster: &ClusterName,
+        name: &WalFileName,
+    ) -> Result<Option<WalStream>, RegistryError> {
+        Ok(self.read_wal(cluster, name)?.map(WalStream::from_bytes))
+    }
 
     /// Every stored WAL file of the cluster, in name order.
     fn list_wal(&self, cluster: &ClusterName) -> Result<Vec<WalEntryView>, RegistryError>;
