@@ -14,18 +14,26 @@
 //! application_name = "klio"                  # default "klio"
 //! backup_schedule = "0 3 * * *"              # cron (UTC) for base backups; default none
 //! backup_checkpoint = "fast"                 # or "spread" (default "fast")
+//! client_ca_file = "/etc/klio/pg-main-ca.crt" # optional: client certificates of this cluster
+//! client_cert_dns_names = ["klio-client.pg.svc"] # DNS SANs that name it (besides its name)
 //! [tls]                                      # optional: the API speaks HTTPS only
 //! cert_file = "/etc/klio/tls/tls.crt"        # PEM chain, server certificate first
-//! key_file = "/etc/klio/tls/tls.key"         # its PEM private key
-//! client_ca_file = "/etc/klio/tls/ca.crt"    # optional: accept client certificates it signed
+//! key_file = "/etc/klio/tls/tls.key"         # its PEM private key (mode 0600)
+//! client_ca_file = "/etc/klio/tls/ca.crt"    # optional: one CA for every cluster, which
+//! client_ca_shared = true                    #   must be said explicitly
 //! require_client_cert = false                # default false: bearer tokens keep working
 //! ```
+//! Top level also: `metrics_token_file` (bearer token Prometheus sends for `/metrics`)
+//! or `metrics_listen` (a separate plain-HTTP address serving only `/metrics`);
+//! `api_max_connections` (default 1024) and `api_header_timeout_secs` (default 10).
 //!
 //! Overrides: `KLIO_DATA_DIR`, `KLIO_LISTEN`, `KLIO_MASTER_KEY_FILE`, `KLIO_LOG_FORMAT`,
+//! `KLIO_METRICS_LISTEN`, `KLIO_METRICS_TOKEN_FILE`,
 //! `KLIO_TLS_CERT_FILE`, `KLIO_TLS_KEY_FILE`, `KLIO_TLS_CLIENT_CA_FILE` and, per cluster,
 //! `KLIO_CLUSTER_<NAME>_CONNINFO` (name upper-cased, `-` → `_`).
 //! An empty variable counts as unset. Relative paths are resolved against the config
-//! file's directory. Token files and TLS files are read here (secrets come by file path). Every error
+//! file's directory. Token files and TLS files are read here (secrets come by file path)
+//! and must be readable by their owner only ([`klio_core::secret_file`]). Every error
 //! names the file and the offending key. Nothing here writes to disk.
 
 use std::collections::HashMap;
@@ -34,16 +42,30 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use klio_core::{ClusterName, MasterKey};
+use klio_core::{secret_file, ClusterName, MasterKey};
 use serde::Deserialize;
 
 use crate::auth::{ClusterToken, TokenSet};
 use crate::schedule::Schedule;
-use crate::tls::ApiTls;
+use crate::tls::{ApiTls, ClientCas, ClusterCa};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 pub const DEFAULT_SLOT: &str = "klio";
 pub const DEFAULT_APPLICATION_NAME: &str = "klio";
+pub const DEFAULT_API_MAX_CONNECTIONS: usize = 1024;
+pub const DEFAULT_API_HEADER_TIMEOUT_SECS: u64 = 10;
+
+/// How `/metrics` is protected.
+#[derive(Clone, Debug, Default)]
+pub enum MetricsAccess {
+    /// Not configured: `/metrics` on the API answers 401 naming the settings.
+    #[default]
+    Disabled,
+    /// On the API address, with this bearer token (`metrics_token_file`).
+    Token(ClusterToken),
+    /// On its own plain-HTTP address, without credentials (`metrics_listen`).
+    Listen(SocketAddr),
+}
 
 /// The validated server configuration.
 #[derive(Debug, Clone)]
@@ -56,6 +78,12 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `[tls]`: HTTPS (and client certificates) for the API; `None`: plain HTTP.
     pub tls: Option<ApiTls>,
+    pub metrics: MetricsAccess,
+    /// Most API connections open at once (`api_max_connections`).
+    pub api_max_connections: usize,
+    /// A client must send a request's headers within this (`api_header_timeout_secs`);
+    /// also how long an idle keep-alive connection stays open.
+    pub api_header_timeout: std::time::Duration,
     /// In file order; names are unique.
     pub clusters: Vec<ClusterConfig>,
 }
@@ -153,6 +181,10 @@ struct RawConfig {
     listen: Option<String>,
     master_key_file: Option<PathBuf>,
     log_format: Option<String>,
+    metrics_token_file: Option<PathBuf>,
+    metrics_listen: Option<String>,
+    api_max_connections: Option<usize>,
+    api_header_timeout_secs: Option<u64>,
     tls: Option<RawTls>,
     #[serde(default, rename = "cluster")]
     clusters: Vec<RawCluster>,
@@ -168,6 +200,8 @@ struct RawCluster {
     application_name: Option<String>,
     backup_schedule: Option<String>,
     backup_checkpoint: Option<String>,
+    client_ca_file: Option<PathBuf>,
+    client_cert_dns_names: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -176,6 +210,7 @@ struct RawTls {
     cert_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
     client_ca_file: Option<PathBuf>,
+    client_ca_shared: Option<bool>,
     require_client_cert: Option<bool>,
 }
 
@@ -268,7 +303,31 @@ impl Config {
             Some(s) => s.parse().map_err(|m| invalid(&log_format.key, m))?,
         };
 
-        let tls = api_tls(raw.tls, &env, &invalid, &resolve)?;
+        let metrics = metrics_access(
+            raw.metrics_listen,
+            raw.metrics_token_file,
+            &env,
+            &invalid,
+            &resolve,
+        )?;
+        let api_max_connections = raw
+            .api_max_connections
+            .unwrap_or(DEFAULT_API_MAX_CONNECTIONS);
+        if !(1..=1_000_000).contains(&api_max_connections) {
+            return Err(invalid(
+                "api_max_connections",
+                format!("{api_max_connections} is out of range: use 1 to 1000000 (default {DEFAULT_API_MAX_CONNECTIONS})"),
+            ));
+        }
+        let header_secs = raw
+            .api_header_timeout_secs
+            .unwrap_or(DEFAULT_API_HEADER_TIMEOUT_SECS);
+        if !(1..=600).contains(&header_secs) {
+            return Err(invalid(
+                "api_header_timeout_secs",
+                format!("{header_secs} is out of range: use 1 to 600 seconds (default {DEFAULT_API_HEADER_TIMEOUT_SECS})"),
+            ));
+        }
 
         if raw.clusters.is_empty() {
             return Err(invalid(
@@ -278,6 +337,7 @@ impl Config {
         }
         let mut clusters: Vec<ClusterConfig> = Vec::with_capacity(raw.clusters.len());
         let mut seen_names: HashMap<ClusterName, usize> = HashMap::new();
+        let mut cluster_cas: Vec<ClusterCa> = Vec::with_capacity(raw.clusters.len());
         for (i, rc) in raw.clusters.into_iter().enumerate() {
             let key = |field: &str| format!("cluster[{i}].{field}");
             let name_str = rc.name.ok_or_else(|| {
@@ -337,6 +397,8 @@ impl Config {
             })?;
             let token = ClusterToken::from_file(&token_file)
                 .map_err(|e| invalid(&key("token_file"), e.to_string()))?;
+            secret_file::check(&token_file)
+                .map_err(|e| invalid(&key("token_file"), e.to_string()))?;
             if let Some(other) = clusters.iter().find(|c| c.token == token) {
                 return Err(invalid(
                     &key("token_file"),
@@ -368,6 +430,27 @@ impl Config {
                 }
             };
 
+            let mut dns_names = rc.client_cert_dns_names.unwrap_or_default();
+            for n in &mut dns_names {
+                *n = n.trim().to_ascii_lowercase();
+                if n.is_empty()
+                    || n.len() > 253
+                    || !n
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                {
+                    return Err(invalid(
+                        &key("client_cert_dns_names"),
+                        format!("{n:?} is not a DNS name: list full names such as \"klio-client.pg.svc\" (no wildcards)"),
+                    ));
+                }
+            }
+            cluster_cas.push(ClusterCa {
+                cluster: name.clone(),
+                ca_file: rc.client_ca_file.map(&resolve),
+                dns_names,
+            });
+
             clusters.push(ClusterConfig {
                 name,
                 conninfo,
@@ -380,6 +463,8 @@ impl Config {
             });
         }
 
+        let tls = api_tls(raw.tls, cluster_cas, &env, &invalid, &resolve)?;
+
         Ok(Config {
             file: file.to_path_buf(),
             data_dir: resolve(data_dir),
@@ -387,6 +472,9 @@ impl Config {
             master_key_file: resolve(master_key_file),
             log_format,
             tls,
+            metrics,
+            api_max_connections,
+            api_header_timeout: std::time::Duration::from_secs(header_secs),
             clusters,
         })
     }
@@ -400,19 +488,70 @@ impl Config {
         )
     }
 
-    /// Reads the master key; the error names `master_key_file`.
+    /// Reads the master key, which must be readable by its owner only; the error names
+    /// `master_key_file`.
     pub fn load_master_key(&self) -> Result<MasterKey, ConfigError> {
-        MasterKey::from_file(&self.master_key_file).map_err(|e| ConfigError::Invalid {
+        let invalid = |message: String| ConfigError::Invalid {
             file: self.file.display().to_string(),
             key: "master_key_file".into(),
-            message: format!("{e}; generate one with `klio keys generate`"),
-        })
+            message,
+        };
+        let key = MasterKey::from_file(&self.master_key_file).map_err(|e| {
+            invalid(format!(
+                "{e}; generate one with `klio keys generate --output FILE`"
+            ))
+        })?;
+        secret_file::check(&self.master_key_file).map_err(|e| invalid(e.to_string()))?;
+        Ok(key)
     }
 }
 
-/// `[tls]` with its `KLIO_TLS_*` overrides; the files are read and checked here.
+/// `metrics_listen` or `metrics_token_file` (with their overrides); at most one.
+fn metrics_access(
+    listen: Option<String>,
+    token_file: Option<PathBuf>,
+    env: &dyn Fn(&str) -> Option<String>,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<MetricsAccess, ConfigError> {
+    let listen = overridden("metrics_listen", listen, "KLIO_METRICS_LISTEN", env, |s| s);
+    let token = overridden(
+        "metrics_token_file",
+        token_file,
+        "KLIO_METRICS_TOKEN_FILE",
+        env,
+        PathBuf::from,
+    );
+    match (listen.value, token.value) {
+        (Some(_), Some(_)) => Err(invalid(
+            &listen.key,
+            "set either metrics_listen (a separate address for /metrics) or metrics_token_file (a token on the API address), not both".into(),
+        )),
+        (Some(addr), None) => addr
+            .trim()
+            .parse::<SocketAddr>()
+            .map(MetricsAccess::Listen)
+            .map_err(|_| {
+                invalid(
+                    &listen.key,
+                    format!("{addr:?} is not a socket address; use IP:PORT such as 10.0.0.5:9187"),
+                )
+            }),
+        (None, Some(path)) => {
+            let path = resolve(path);
+            let t = ClusterToken::from_file(&path).map_err(|e| invalid(&token.key, e.to_string()))?;
+            secret_file::check(&path).map_err(|e| invalid(&token.key, e.to_string()))?;
+            Ok(MetricsAccess::Token(t))
+        }
+        (None, None) => Ok(MetricsAccess::Disabled),
+    }
+}
+
+/// `[tls]` with its `KLIO_TLS_*` overrides and the clusters' client CAs; the files are
+/// read and checked here.
 fn api_tls(
     raw: Option<RawTls>,
+    cluster_cas: Vec<ClusterCa>,
     env: &dyn Fn(&str) -> Option<String>,
     invalid: &dyn Fn(&str, String) -> ConfigError,
     resolve: &dyn Fn(PathBuf) -> PathBuf,
@@ -425,9 +564,10 @@ fn api_tls(
     let cert = file("cert_file", raw.cert_file);
     let key = file("key_file", raw.key_file);
     let ca = file("client_ca_file", raw.client_ca_file);
+    let per_cluster_ca = cluster_cas.iter().any(|c| c.ca_file.is_some());
     let (cert_file, key_file) = match (cert.value, key.value) {
         (None, None) => {
-            if ca.value.is_some() || raw.require_client_cert == Some(true) {
+            if ca.value.is_some() || per_cluster_ca || raw.require_client_cert == Some(true) {
                 return Err(invalid(
                     &cert.key,
                     "missing: client certificates need TLS; set cert_file and key_file in [tls]"
@@ -451,24 +591,49 @@ fn api_tls(
         }
         (Some(c), Some(k)) => (resolve(c), resolve(k)),
     };
+    if ca.value.is_some() && raw.client_ca_shared != Some(true) {
+        return Err(invalid(
+            &ca.key,
+            "a server-wide client CA lets every certificate it signs act for every cluster; \
+             set client_ca_file in each [[cluster]] table instead (CloudNativePG: the \
+             <cluster>-ca Secret), or add client_ca_shared = true to [tls] to keep one CA \
+             for all clusters"
+                .into(),
+        ));
+    }
+    let cluster_keys: Vec<(ClusterName, String)> = cluster_cas
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.cluster.clone(), format!("cluster[{i}].client_ca_file")))
+        .collect();
     let keys = [
         ("cert_file", cert.key),
         ("key_file", key.key),
         ("client_ca_file", ca.key),
     ];
+    let cas = ClientCas {
+        shared: ca.value.map(resolve),
+        clusters: cluster_cas,
+    };
     ApiTls::load(
         cert_file,
         key_file,
-        ca.value.map(resolve),
+        cas,
         raw.require_client_cert.unwrap_or(false),
     )
     .map(Some)
     .map_err(|e| {
-        let key = keys
-            .iter()
-            .find(|(setting, _)| *setting == e.setting)
-            .map(|(_, key)| key.clone())
-            .unwrap_or_else(|| format!("tls.{}", e.setting));
+        let key = match &e.cluster {
+            Some(c) => cluster_keys
+                .iter()
+                .find(|(name, _)| name == c)
+                .map(|(_, k)| k.clone()),
+            None => keys
+                .iter()
+                .find(|(setting, _)| *setting == e.setting)
+                .map(|(_, key)| key.clone()),
+        }
+        .unwrap_or_else(|| format!("tls.{}", e.setting));
         invalid(&key, e.to_string())
     })
 }

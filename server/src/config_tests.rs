@@ -17,9 +17,12 @@ impl Fixture {
         f
     }
 
+    /// Writes a file readable by its owner only (as secret files must be).
     fn write(&self, name: &str, text: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
         let p = self.dir.path().join(name);
         std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         p
     }
 
@@ -426,12 +429,12 @@ fn tls_section_loads_relative_files() {
     assert!(c.tls.is_none());
     let c = f
         .parse(&with_clusters(
-            "[tls]\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\nclient_ca_file = \"ca.crt\"\n",
+            "[tls]\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\nclient_ca_file = \"ca.crt\"\nclient_ca_shared = true\n",
         ))
         .unwrap();
     let tls = c.tls.expect("tls configured");
     assert_eq!(tls.cert_file, f.dir.path().join("server.crt"));
-    assert_eq!(tls.client_ca_file, Some(f.dir.path().join("ca.crt")));
+    assert_eq!(tls.client_cas.shared, Some(f.dir.path().join("ca.crt")));
     assert!(!tls.require_client_cert);
 }
 
@@ -493,9 +496,14 @@ fn bad_tls_settings_name_the_key_and_file() {
             "does not go with the certificate",
         ),
         (
-            "[tls]\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\nclient_ca_file = \"server.key\"\n",
+            "[tls]\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\nclient_ca_file = \"server.key\"\nclient_ca_shared = true\n",
             "tls.client_ca_file",
             "server.key",
+        ),
+        (
+            "[tls]\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\nclient_ca_file = \"ca.crt\"\n",
+            "tls.client_ca_file",
+            "client_ca_shared = true",
         ),
         (
             "[tls]\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\nrequire_client_cert = true\n",
@@ -512,5 +520,133 @@ fn bad_tls_settings_name_the_key_and_file() {
         let (k, shown) = f.err_key(&with_clusters(extra));
         assert_eq!(k, key, "{extra}: {shown}");
         assert!(shown.contains(mentions), "{extra}: {shown}");
+    }
+}
+
+#[test]
+fn per_cluster_client_cas_and_dns_names() {
+    let f = Fixture::new();
+    f.tls_files();
+    let text = format!(
+        "{HEAD}{}client_ca_file = \"ca.crt\"\nclient_cert_dns_names = [\"Klio-A.db.svc\"]\n{}[tls]\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\n",
+        cluster("pg-a", "a.token"),
+        cluster("pg-b", "b.token")
+    );
+    let tls = f.parse(&text).unwrap().tls.unwrap();
+    assert!(tls.client_cas.shared.is_none());
+    let a = &tls.client_cas.clusters[0];
+    assert_eq!(a.ca_file, Some(f.dir.path().join("ca.crt")));
+    assert_eq!(a.dns_names, vec!["klio-a.db.svc".to_string()]);
+    assert_eq!(tls.client_cas.clusters[1].ca_file, None);
+
+    // A cluster's CA file that is not a certificate names that cluster's key.
+    let text = format!(
+        "{HEAD}{}{}client_ca_file = \"server.key\"\n[tls]\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\n",
+        cluster("pg-a", "a.token"),
+        cluster("pg-b", "b.token")
+    );
+    let (key, shown) = f.err_key(&text);
+    assert_eq!(key, "cluster[1].client_ca_file", "{shown}");
+    // A per-cluster CA needs [tls].
+    let text = format!(
+        "{HEAD}{}client_ca_file = \"ca.crt\"\n",
+        cluster("pg-a", "a.token")
+    );
+    let (key, _) = f.err_key(&text);
+    assert_eq!(key, "tls.cert_file");
+    // Wildcards are not names.
+    let text = format!(
+        "{HEAD}{}client_cert_dns_names = [\"*.db.svc\"]\n",
+        cluster("pg-a", "a.token")
+    );
+    let (key, shown) = f.err_key(&text);
+    assert_eq!(key, "cluster[0].client_cert_dns_names", "{shown}");
+}
+
+#[test]
+fn secret_files_readable_by_others_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    f.tls_files();
+    let open = |name: &str| {
+        std::fs::set_permissions(
+            f.dir.path().join(name),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap()
+    };
+    let close = |name: &str| {
+        std::fs::set_permissions(
+            f.dir.path().join(name),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap()
+    };
+    open("b.token");
+    let (key, shown) = f.err_key(&with_clusters(""));
+    assert_eq!(key, "cluster[1].token_file");
+    assert!(shown.contains("chmod 600"), "{shown}");
+    close("b.token");
+
+    open("server.key");
+    let (key, shown) = f.err_key(&with_clusters(
+        "[tls]\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\n",
+    ));
+    assert_eq!(key, "tls.key_file");
+    assert!(shown.contains("chmod 600"), "{shown}");
+    close("server.key");
+
+    let c = f
+        .parse(&format!(
+            "data_dir = \"/d\"\nmaster_key_file = \"m.key\"\n{}",
+            cluster("pg-a", "a.token")
+        ))
+        .unwrap();
+    f.write("m.key", &MasterKey::generate().to_hex());
+    assert!(c.load_master_key().is_ok());
+    open("m.key");
+    let e = c.load_master_key().unwrap_err();
+    assert_eq!(e.key(), Some("master_key_file"));
+    assert!(e.to_string().contains("chmod 600"), "{e}");
+}
+
+#[test]
+fn metrics_and_api_limits() {
+    let f = Fixture::new();
+    let c = f.parse(&with_clusters("")).unwrap();
+    assert!(matches!(c.metrics, MetricsAccess::Disabled));
+    assert_eq!(c.api_max_connections, DEFAULT_API_MAX_CONNECTIONS);
+    assert_eq!(
+        c.api_header_timeout.as_secs(),
+        DEFAULT_API_HEADER_TIMEOUT_SECS
+    );
+    f.write("metrics.token", "metrics-token-0123456789");
+    let c = f
+        .parse(&format!(
+            "metrics_token_file = \"metrics.token\"\napi_max_connections = 10\napi_header_timeout_secs = 3\n{}",
+            with_clusters("")
+        ))
+        .unwrap();
+    assert!(matches!(&c.metrics, MetricsAccess::Token(t) if t.matches("metrics-token-0123456789")));
+    assert_eq!(c.api_max_connections, 10);
+    assert_eq!(c.api_header_timeout.as_secs(), 3);
+    let c = f
+        .parse_env(
+            &with_clusters(""),
+            &[("KLIO_METRICS_LISTEN", "127.0.0.1:9187")],
+        )
+        .unwrap();
+    assert!(matches!(c.metrics, MetricsAccess::Listen(a) if a.port() == 9187));
+    for (extra, key) in [
+        (
+            "metrics_listen = \"127.0.0.1:9\"\nmetrics_token_file = \"metrics.token\"\n",
+            "metrics_listen",
+        ),
+        ("metrics_listen = \"nowhere\"\n", "metrics_listen"),
+        ("api_max_connections = 0\n", "api_max_connections"),
+        ("api_header_timeout_secs = 0\n", "api_header_timeout_secs"),
+    ] {
+        let (k, shown) = f.err_key(&format!("{extra}{}", with_clusters("")));
+        assert_eq!(k, key, "{extra}: {shown}");
     }
 }

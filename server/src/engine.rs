@@ -17,11 +17,13 @@ use klio_receiver::wal_store::StoreError;
 use tokio::sync::watch;
 
 use crate::backups::{BackupManager, BackupSettings};
+use crate::config::MetricsAccess;
 use crate::config::{Config, DEFAULT_APPLICATION_NAME};
-use crate::http::{router, AppState};
-use crate::registry::{ClusterStatusView, ConnectionState, Registry, RegistryError, WalEntryView};
-use crate::serve::{serve_http, serve_https, shutdown_signal};
-use crate::tls::TlsListener;
+use crate::http::{metrics_router, router, AppState};
+use crate::registry::{
+    ClusterStatusView, ConnectionState, Registry, RegistryError, WalEntryView, WalStream,
+};
+use crate::serve::{serve, shutdown_signal, ServeLimits};
 
 /// Longest time between two standby status updates.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
@@ -84,10 +86,54 @@ fn spawn_receiver(
     }))
 }
 
-/// The API's socket, bound before the clusters start.
-enum ApiListener {
-    Plain(tokio::net::TcpListener),
-    Tls(TlsListener),
+/// File descriptors kept out of the API's reach: the WAL writers, the catalog, backup
+/// packs and restores being served always have these.
+const RESERVED_FDS: u64 = 1024;
+const RESERVED_FDS_PER_CLUSTER: u64 = 64;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the limit in force.
+fn raise_nofile_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            if soft < hard {
+                if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                    tracing::warn!(soft, hard, error = %e, "cannot raise the open-files limit");
+                    return soft;
+                }
+            }
+            hard.max(soft)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-files limit");
+            1024
+        }
+    }
+}
+
+/// The API's limits: the configured connection limit, lowered if the open-files limit
+/// would not leave the reserve for everything else.
+fn api_limits(config: &Config, nofile: u64) -> ServeLimits {
+    let reserve = RESERVED_FDS + RESERVED_FDS_PER_CLUSTER * config.clusters.len() as u64;
+    let room = usize::try_from(nofile.saturating_sub(reserve))
+        .unwrap_or(usize::MAX)
+        .max(16);
+    let max_connections = if config.api_max_connections > room {
+        tracing::warn!(
+            configured = config.api_max_connections,
+            used = room,
+            open_files_limit = nofile,
+            "api_max_connections lowered so the WAL writers keep file descriptors; raise the open-files limit (ulimit -n) to allow more"
+        );
+        room
+    } else {
+        config.api_max_connections
+    };
+    ServeLimits {
+        max_connections,
+        header_timeout: config.api_header_timeout,
+        ..ServeLimits::default()
+    }
 }
 
 /// Runs the server until `shutdown` completes (the demo and tests stop it this way).
@@ -96,6 +142,13 @@ pub async fn run_server_until(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let master = config.load_master_key()?;
+    let nofile = raise_nofile_limit();
+    if config.tls.is_none() && !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.listen,
+            "the API listens on a non-loopback address without [tls]: bearer tokens and backups cross the network in clear text; configure [tls] (cert_file, key_file)"
+        );
+    }
     let specs = config
         .clusters
         .iter()
@@ -116,9 +169,13 @@ pub async fn run_server_until(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (the `listen` setting)", config.listen))?;
-    let listener = match &config.tls {
-        Some(tls) => ApiListener::Tls(tls.listener(listener)?),
-        None => ApiListener::Plain(listener),
+    let metrics_listener = match &config.metrics {
+        MetricsAccess::Listen(addr) => {
+            Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} (the `metrics_listen` setting)")
+            })?)
+        }
+        _ => None,
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -151,15 +208,38 @@ pub async fn run_server_until(
             .collect(),
         backups,
     });
-    let app = router(AppState::new(registry, config.tokens()));
+    let state = AppState::new(registry, config.tokens()).with_metrics(config.metrics.clone());
+    let metrics_server = metrics_listener.map(|l| {
+        let mut stopped = stop_rx.clone();
+        tokio::spawn(serve(
+            l,
+            None,
+            metrics_router(state.clone()),
+            ServeLimits {
+                max_connections: 32,
+                ..ServeLimits::default()
+            },
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        ))
+    });
+    let app = router(state);
     let stop = async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     };
-    let serve = match listener {
-        ApiListener::Tls(l) => serve_https(l, app, stop).await,
-        ApiListener::Plain(l) => serve_http(l, app, stop).await,
-    };
+    let serve = serve(
+        listener,
+        config.tls.clone(),
+        app,
+        api_limits(&config, nofile),
+        stop,
+    )
+    .await;
+    if let Some(m) = metrics_server {
+        let _ = m.await;
+    }
     for t in tasks {
         if tokio::time::timeout(Duration::from_secs(30), t)
             .await
@@ -199,6 +279,26 @@ impl Registry for EngineRegistry {
         };
         let store = h.store().ok_or(RegistryError::NotReady)?;
         store.read(name).map_err(store_error)
+    }
+
+    fn open_wal(
+        &self,
+        cluster: &ClusterName,
+        name: &WalFileName,
+    ) -> Result<Option<WalStream>, RegistryError> {
+        let Some(h) = self.clusters.get(cluster) else {
+            return Ok(None);
+        };
+        let store = h.store().ok_or(RegistryError::NotReady)?;
+        let Some(mut reader) = store.open_read(name).map_err(store_error)? else {
+            return Ok(None);
+        };
+        Ok(Some(WalStream {
+            len: reader.len(),
+            pieces: Box::new(std::iter::from_fn(move || {
+                reader.next_piece().map_err(store_error).transpose()
+            })),
+        }))
     }
 
     fn list_wal(&self, cluster: &ClusterName) -> Result<Vec<WalEntryView>, RegistryError> {

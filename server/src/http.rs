@@ -3,7 +3,7 @@
 //! ```text
 //! GET /healthz                               no auth   "ok"
 //! GET /v1/openapi.json                       no auth   this API as OpenAPI 3.0 (server/api/openapi.json)
-//! GET /metrics                               no auth   Prometheus text 0.0.4
+//! GET /metrics                               metrics   Prometheus text 0.0.4 (see below)
 //! GET /v1/status                             token     StatusList (clusters the token may see)
 //! GET /v1/clusters/{cluster}/status          token     ClusterStatusView
 //! GET /v1/clusters/{cluster}/wal             token     WalList
@@ -17,6 +17,9 @@
 //! POST /v1/clusters/{cluster}/offloads       token     OffloadRequest → 202 BackupView, 409 if one runs
 //! POST /v1/clusters/{cluster}/verify         token     VerifyRequest (optional) → VerifyReport
 //! ```
+//! "metrics" means the `metrics_token_file` token (`Authorization: Bearer`); with
+//! `metrics_listen` instead, `/metrics` is served only on that address, without
+//! credentials ([`metrics_router`]), and the API answers 404; with neither, 401.
 //! "token" means a bearer token or, over TLS with `client_ca_file`, a verified client
 //! certificate naming the cluster (`CN=user@cluster` or a DNS SAN; see [`crate::tls`]).
 //! Checks run in this order: credentials (401), cluster known (404), credentials are the
@@ -28,7 +31,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Path, State};
-use axum::http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -42,15 +45,19 @@ use crate::api::{
     VerifyRequest, WalList,
 };
 use crate::auth::TokenSet;
+use crate::client_cert::ClientCert;
+use crate::config::MetricsAccess;
 use crate::metrics;
-use crate::registry::{ClusterStatusView, Registry, RegistryError};
-use crate::tls::ClientCert;
+use crate::registry::{ClusterStatusView, Registry, RegistryError, WalStream};
 
 /// What every handler needs: the engine's view and the clusters' token digests.
 #[derive(Clone)]
 pub struct AppState {
     registry: Arc<dyn Registry>,
     tokens: Arc<TokenSet>,
+    metrics: Arc<MetricsAccess>,
+    /// Clusters with a `verify` running (at most one each).
+    verifying: Arc<std::sync::Mutex<std::collections::HashSet<ClusterName>>>,
 }
 
 impl AppState {
@@ -60,8 +67,24 @@ impl AppState {
         AppState {
             registry,
             tokens: Arc::new(tokens),
+            metrics: Arc::new(MetricsAccess::Disabled),
+            verifying: Arc::default(),
         }
     }
+
+    /// How `/metrics` is protected (default: not served).
+    pub fn with_metrics(mut self, metrics: MetricsAccess) -> AppState {
+        self.metrics = Arc::new(metrics);
+        self
+    }
+}
+
+/// A router serving only `/metrics`, without credentials, for `metrics_listen`.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_open))
+        .fallback(|| async { ApiError::NotFound("only /metrics is served here".into()) })
+        .with_state(state)
 }
 
 /// The API's router, with one tracing span per request.
@@ -109,6 +132,8 @@ pub enum ApiError {
     MissingToken,
     /// 401: a bearer token that belongs to no cluster.
     InvalidToken,
+    /// 401 on `/metrics`, with what to send.
+    MetricsUnauthorized(&'static str),
     /// 403: valid credentials of another cluster.
     Forbidden(ClusterName),
     /// 404 with this message.
@@ -139,7 +164,9 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::MissingToken | ApiError::InvalidToken => StatusCode::UNAUTHORIZED,
+            ApiError::MissingToken | ApiError::InvalidToken | ApiError::MetricsUnauthorized(_) => {
+                StatusCode::UNAUTHORIZED
+            }
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -157,6 +184,7 @@ impl ApiError {
                     .into()
             }
             ApiError::InvalidToken => "invalid token".into(),
+            ApiError::MetricsUnauthorized(m) => (*m).into(),
             ApiError::Forbidden(c) => format!("these credentials are not valid for cluster {c}"),
             ApiError::NotFound(m) | ApiError::BadRequest(m) | ApiError::Conflict(m) => m.clone(),
             ApiError::NotReady(c) => {
@@ -181,7 +209,7 @@ impl IntoResponse for ApiError {
         let mut resp = (self.status(), body).into_response();
         let headers = resp.headers_mut();
         match self {
-            ApiError::MissingToken => {
+            ApiError::MissingToken | ApiError::MetricsUnauthorized(_) => {
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             ApiError::InvalidToken => {
@@ -321,7 +349,36 @@ async fn openapi() -> Response {
     ([(CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
-async fn metrics_text(State(state): State<AppState>) -> Response {
+/// `/metrics` on the API address: only with the metrics token.
+async fn metrics_text(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    match state.metrics.as_ref() {
+        MetricsAccess::Token(want) => {
+            let presented = headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, t)| t.trim());
+            match presented {
+                None => ApiError::MetricsUnauthorized(
+                    "send the metrics token (metrics_token_file) as 'Authorization: Bearer <token>'",
+                )
+                .into_response(),
+                Some(t) if !want.matches(t) => ApiError::InvalidToken.into_response(),
+                Some(_) => metrics_open(State(state)).await,
+            }
+        }
+        MetricsAccess::Listen(addr) => {
+            ApiError::NotFound(format!("metrics are served on {addr} (metrics_listen)")).into_response()
+        }
+        MetricsAccess::Disabled => ApiError::MetricsUnauthorized(
+            "metrics are not enabled: set metrics_token_file (a token Prometheus sends) or metrics_listen (a separate address) in the server config",
+        )
+        .into_response(),
+    }
+}
+
+async fn metrics_open(State(state): State<AppState>) -> Response {
     let statuses: Vec<_> = state
         .tokens
         .clusters()
@@ -375,16 +432,68 @@ async fn read_wal(
     let name: WalFileName = raw_name
         .parse()
         .map_err(|e| ApiError::BadRequest(format!("{e}")))?;
-    let (registry, c) = (state.registry.clone(), cluster.clone());
-    match blocking(&cluster, move || registry.read_wal(&c, &name)).await? {
-        Some(bytes) => {
-            tracing::debug!(%cluster, %name, bytes = bytes.len(), "serving WAL file");
-            Ok(([(CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
-        }
-        None => Err(ApiError::NotFound(format!(
+    let (registry, c, n) = (state.registry.clone(), cluster.clone(), name.clone());
+    // Opened, and its first piece read, before answering: an error there (the file
+    // cannot be decrypted) is still a proper 500.
+    let opened = blocking(&cluster, move || {
+        let Some(mut stream) = registry.open_wal(&c, &n)? else {
+            return Ok(None);
+        };
+        let first = stream.pieces.next().transpose()?;
+        Ok(Some((stream, first)))
+    })
+    .await?;
+    let Some((stream, first)) = opened else {
+        return Err(ApiError::NotFound(format!(
             "{name} is not stored for cluster {cluster}"
-        ))),
+        )));
+    };
+    tracing::debug!(%cluster, %name, bytes = ?stream.len, "serving WAL file");
+    let stream_len = stream.len;
+    let mut resp = Response::new(wal_body(cluster, name, stream, first));
+    let headers = resp.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Some(len) = stream_len {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
     }
+    Ok(resp)
+}
+
+/// The response body of a WAL file: pieces are read on the blocking pool and handed
+/// over through a small channel (at most two pieces in flight), so a slow client holds
+/// a few frames, never a whole segment. A read error cuts the response short (the
+/// client sees an incomplete body and discards it) and is logged here.
+fn wal_body(
+    cluster: ClusterName,
+    name: WalFileName,
+    mut stream: WalStream,
+    first: Option<Vec<u8>>,
+) -> axum::body::Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(2);
+    tokio::task::spawn_blocking(move || {
+        let mut next = first.map(Ok);
+        loop {
+            let piece = match next.take().or_else(|| stream.pieces.next()) {
+                None => return,
+                Some(Ok(p)) => Ok(axum::body::Bytes::from(p)),
+                Some(Err(e)) => {
+                    let e = ApiError::from_registry(e, &cluster);
+                    tracing::error!(%cluster, %name, error = ?e, "serving a WAL file failed part-way; the response is cut short");
+                    Err(std::io::Error::other("stored WAL failed verification"))
+                }
+            };
+            let failed = piece.is_err();
+            if tx.blocking_send(piece).is_err() || failed {
+                return;
+            }
+        }
+    });
+    let pieces =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (p, rx)) });
+    axum::body::Body::from_stream(pieces)
 }
 
 /// A JSON request body; an empty body means `T::default()`.
@@ -553,9 +662,47 @@ async fn verify(
     if let Some(id) = &req.backup {
         backup_id(id)?;
     }
+    let running = VerifyGuard::take(&state, &cluster)?;
     let (registry, c) = (state.registry.clone(), cluster.clone());
-    let report = blocking(&cluster, move || registry.verify(&c, req)).await?;
+    let report = blocking(&cluster, move || {
+        let _running = running;
+        registry.verify(&c, req)
+    })
+    .await?;
     Ok(Json(report))
+}
+
+/// Marks a cluster's `verify` as running until dropped; it is dropped by the blocking
+/// work itself, so a client that goes away does not free the slot early.
+struct VerifyGuard {
+    verifying: Arc<std::sync::Mutex<std::collections::HashSet<ClusterName>>>,
+    cluster: ClusterName,
+}
+
+impl VerifyGuard {
+    fn take(state: &AppState, cluster: &ClusterName) -> Result<VerifyGuard, ApiError> {
+        let mut running = state
+            .verifying
+            .lock()
+            .map_err(|_| ApiError::Internal("verify lock poisoned".into()))?;
+        if !running.insert(cluster.clone()) {
+            return Err(ApiError::Conflict(format!(
+                "a verify of cluster {cluster} is already running; wait for it to finish"
+            )));
+        }
+        Ok(VerifyGuard {
+            verifying: state.verifying.clone(),
+            cluster: cluster.clone(),
+        })
+    }
+}
+
+impl Drop for VerifyGuard {
+    fn drop(&mut self) {
+        if let Ok(mut running) = self.verifying.lock() {
+            running.remove(&self.cluster);
+        }
+    }
 }
 
 #[cfg(test)]

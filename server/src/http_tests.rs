@@ -282,10 +282,72 @@ async fn status_lists_only_the_tokens_clusters() {
     }
 }
 
+const METRICS_TOKEN: &str = "metrics-token-0123456789";
+
 #[tokio::test]
-async fn metrics_expose_every_series_without_auth() {
+async fn metrics_need_their_own_token() {
     let (_, state) = fixture();
-    let (s, h, body) = get(&router(state), "/metrics", None).await;
+    // Not configured: 401 naming the settings, nothing leaked.
+    let (s, _, body) = get(&router(state.clone()), "/metrics", None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("metrics_token_file") && !text.contains("klio_"),
+        "{text}"
+    );
+    let app = router(state.clone().with_metrics(MetricsAccess::Token(
+        ClusterToken::parse(METRICS_TOKEN, "test").unwrap(),
+    )));
+    let (s, _, _) = get(&app, "/metrics", None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, body) = get(&app, "/metrics", Some(&format!("Bearer {TOKEN_A}"))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(!String::from_utf8_lossy(&body).contains("klio_"));
+    // With metrics_listen, the API does not serve them; the metrics router does.
+    let addr: std::net::SocketAddr = "127.0.0.1:9187".parse().unwrap();
+    let listen = state.with_metrics(MetricsAccess::Listen(addr));
+    let (s, _, _) = get(&router(listen.clone()), "/metrics", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, body) = get(&metrics_router(listen.clone()), "/metrics", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&body).contains("klio_"));
+    let (s, _, _) = get(
+        &metrics_router(listen),
+        "/v1/status",
+        Some(&format!("Bearer {TOKEN_A}")),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[test]
+fn one_verify_per_cluster_at_a_time() {
+    let (_, state) = fixture();
+    let a: ClusterName = "pg-a".parse().unwrap();
+    let b: ClusterName = "pg-b".parse().unwrap();
+    let first = VerifyGuard::take(&state, &a).unwrap();
+    assert!(matches!(
+        VerifyGuard::take(&state, &a),
+        Err(ApiError::Conflict(_))
+    ));
+    let other = VerifyGuard::take(&state, &b).unwrap();
+    drop(first);
+    let again = VerifyGuard::take(&state, &a).unwrap();
+    drop((again, other));
+}
+
+#[tokio::test]
+async fn metrics_expose_every_series() {
+    let (_, state) = fixture();
+    let state = state.with_metrics(MetricsAccess::Token(
+        ClusterToken::parse(METRICS_TOKEN, "test").unwrap(),
+    ));
+    let (s, h, body) = get(
+        &router(state),
+        "/metrics",
+        Some(&format!("Bearer {METRICS_TOKEN}")),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(h[CONTENT_TYPE], metrics::CONTENT_TYPE);
     let text = String::from_utf8(body.to_vec()).unwrap();

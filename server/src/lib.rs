@@ -6,6 +6,7 @@ pub mod auth;
 pub mod backups;
 pub mod cli;
 pub mod client;
+pub mod client_cert;
 pub mod config;
 pub mod demo;
 pub mod engine;

@@ -1,48 +1,184 @@
-//! Running the HTTP API on a socket, plain or TLS, with graceful shutdown on
-//! SIGTERM/SIGINT. Nothing here touches disk.
+//! Running the HTTP API on a socket, plain or TLS, with bounded resources and
+//! graceful shutdown on SIGTERM/SIGINT. Nothing here touches disk.
+//!
+//! A client cannot hold the server's resources for long: at most
+//! [`ServeLimits::max_connections`] connections are open at once (further clients wait
+//! in the kernel's backlog, and a log line says the limit was reached); a TLS handshake
+//! must finish within [`ServeLimits::handshake_timeout`], and at most
+//! [`ServeLimits::max_handshakes`] run at once; a request's headers must arrive within
+//! [`ServeLimits::header_timeout`], which also closes idle keep-alive connections.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
+use axum::extract::ConnectInfo;
 use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
 
-use crate::tls::{ClientCert, TlsListener};
+use crate::client_cert::ClientCert;
+use crate::tls::{ApiTls, Reloading};
 
-/// Serves `router` on `listener` until `shutdown` completes, then stops accepting
-/// connections and waits for requests in flight to finish.
-pub async fn serve_http(
+/// How long requests in flight may take to finish after shutdown was asked for.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// The bounds a listener enforces (see the module documentation).
+#[derive(Clone, Copy, Debug)]
+pub struct ServeLimits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub max_handshakes: usize,
+}
+
+impl Default for ServeLimits {
+    fn default() -> ServeLimits {
+        ServeLimits {
+            max_connections: crate::config::DEFAULT_API_MAX_CONNECTIONS,
+            header_timeout: Duration::from_secs(crate::config::DEFAULT_API_HEADER_TIMEOUT_SECS),
+            handshake_timeout: Duration::from_secs(10),
+            max_handshakes: 64,
+        }
+    }
+}
+
+/// Serves `router` on `listener` (over TLS with `tls`) until `shutdown` completes, then
+/// stops accepting connections and lets requests in flight finish (up to 30 s). Over
+/// TLS each request carries its connection's client certificate as
+/// `ConnectInfo<ClientCert>`.
+pub async fn serve(
     listener: TcpListener,
+    tls: Option<ApiTls>,
     router: Router,
+    limits: ServeLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "HTTP API listening");
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, tls = tls.is_some(), max_connections = limits.max_connections, "HTTP API listening");
+    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    let mut tls = tls.map(Reloading::new);
+    tokio::pin!(shutdown);
+    let mut at_limit = false;
+    loop {
+        let permit = match connections.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if !at_limit {
+                    tracing::warn!(
+                        limit = limits.max_connections,
+                        "API connection limit reached: new connections wait until one closes (raise api_max_connections if this is expected load)"
+                    );
+                }
+                tokio::select! {
+                    p = connections.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
+        at_limit = connections.available_permits() == 0;
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %e, "cannot accept an API connection");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let (http, router, watcher) = (http.clone(), router.clone(), graceful.watcher());
+        match tls.as_mut() {
+            None => {
+                tokio::spawn(async move {
+                    serve_connection(http, stream, router, None, watcher).await;
+                    drop(permit);
+                });
+            }
+            Some(reloading) => {
+                let (acceptor, policy) = reloading.current();
+                let handshakes = handshakes.clone();
+                let timeout = limits.handshake_timeout;
+                tokio::spawn(async move {
+                    let handshake = async {
+                        let _slot = handshakes.acquire_owned().await;
+                        acceptor.accept(stream).await
+                    };
+                    let stream = match tokio::time::timeout(timeout, handshake).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::info!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    // With client authentication on, rustls completes only handshakes
+                    // whose certificate chains to one of the client CAs.
+                    let cert = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .map(|chain| policy.identify(chain))
+                        .unwrap_or_default();
+                    serve_connection(http, stream, router, Some(cert), watcher).await;
+                    drop(permit);
+                });
+            }
+        }
     }
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    tracing::info!("HTTP API stopped");
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("API requests still running after 30 s; closing them");
+    }
+    tracing::info!(%addr, "HTTP API stopped");
     Ok(())
 }
 
-/// [`serve_http`] over TLS: each request carries its connection's verified client
-/// certificate as `ConnectInfo<ClientCert>`.
-pub async fn serve_https(
-    listener: TlsListener,
+/// Serves HTTP/1.1 on one connection until the client closes it, a timeout closes it,
+/// or shutdown has let its request in flight finish.
+async fn serve_connection<I>(
+    http: hyper::server::conn::http1::Builder,
+    io: I,
     router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    if let Ok(addr) = axum::serve::Listener::local_addr(&listener) {
-        tracing::info!(%addr, "HTTPS API listening");
+    cert: Option<ClientCert>,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
+        if let Some(c) = &cert {
+            req.extensions_mut().insert(ConnectInfo(c.clone()));
+        }
+        router.clone().oneshot(req)
+    });
+    let conn = http.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "API connection ended with an error");
     }
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<ClientCert>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
-    tracing::info!("HTTPS API stopped");
-    Ok(())
 }
 
 /// Completes on the first SIGTERM or SIGINT (Ctrl-C). If a handler cannot be
@@ -73,215 +209,5 @@ pub async fn shutdown_signal() {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::http::{router, tests::fixture};
-    use std::time::Duration;
-
-    #[tokio::test]
-    async fn serves_until_shutdown_then_returns() {
-        let (_, state) = fixture();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_http(listener, router(state), async {
-            let _ = rx.await;
-        }));
-        let body = reqwest::get(format!("http://{addr}/healthz"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        assert_eq!(body, "ok");
-        tx.send(()).unwrap();
-        let res = tokio::time::timeout(Duration::from_secs(10), server)
-            .await
-            .expect("server did not stop after shutdown")
-            .unwrap();
-        assert!(res.is_ok());
-        assert!(reqwest::get(format!("http://{addr}/healthz"))
-            .await
-            .is_err());
-    }
-}
-
-/// HTTPS and client certificates over a real socket, with [`crate::client::Client`].
-#[cfg(test)]
-mod tls_tests {
-    use super::*;
-    use crate::client::{Client, ClientError, Credentials};
-    use crate::http::{router, tests::fixture, tests::TOKEN_B};
-    use crate::tls::ApiTls;
-    use klio_core::ClusterName;
-    use klio_harness::{write_file, TestCa};
-    use std::path::{Path, PathBuf};
-
-    struct Pki {
-        dir: tempfile::TempDir,
-        ca: PathBuf,
-    }
-
-    impl Pki {
-        fn path(&self, name: &str) -> PathBuf {
-            self.dir.path().join(name)
-        }
-
-        fn creds(&self, client: Option<&str>) -> Credentials {
-            Credentials {
-                cacert: Some(self.ca.clone()),
-                cert: client.map(|c| self.path(&format!("{c}.crt"))),
-                key: client.map(|c| self.path(&format!("{c}.key"))),
-                ..Credentials::default()
-            }
-        }
-    }
-
-    fn pki() -> (Pki, ApiTls) {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let ca = TestCa::new("klio API CA").unwrap();
-        ca.write_cert(&d.join("ca.crt")).unwrap();
-        let (cert, key) = ca.server_cert().unwrap();
-        write_file(&d.join("server.crt"), &cert, 0o644).unwrap();
-        write_file(&d.join("server.key"), &key, 0o600).unwrap();
-        ca.write_client_cert(d, "a", "streaming_replica@pg-a", &[])
-            .unwrap();
-        ca.write_client_cert(d, "b-san", "klio", &["pg-b.klio.svc"])
-            .unwrap();
-        ca.write_client_cert(d, "nobody", "streaming_replica", &[])
-            .unwrap();
-        TestCa::new("another CA")
-            .unwrap()
-            .write_client_cert(d, "foreign", "streaming_replica@pg-a", &[])
-            .unwrap();
-        let tls = ApiTls::load(
-            d.join("server.crt"),
-            d.join("server.key"),
-            Some(d.join("ca.crt")),
-            false,
-        )
-        .unwrap();
-        let ca = d.join("ca.crt");
-        (Pki { dir, ca }, tls)
-    }
-
-    fn cluster(s: &str) -> ClusterName {
-        s.parse().unwrap()
-    }
-
-    async fn list(base: &str, creds: &Credentials, c: &str) -> Result<(), ClientError> {
-        Client::connect(base, creds)?
-            .list_wal(&cluster(c))
-            .await
-            .map(|_| ())
-    }
-
-    #[tokio::test]
-    async fn client_certificates_authenticate_their_cluster_only() {
-        let (pki, tls) = pki();
-        let (_, state) = fixture();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_https(
-            tls.listener(listener).unwrap(),
-            router(state),
-            async {
-                let _ = rx.await;
-            },
-        ));
-        let base = format!("https://127.0.0.1:{}", addr.port());
-
-        // CN user@cluster: its cluster, 403 on the other.
-        list(&base, &pki.creds(Some("a")), "pg-a").await.unwrap();
-        let e = list(&base, &pki.creds(Some("a")), "pg-b")
-            .await
-            .unwrap_err();
-        assert!(matches!(e, ClientError::Forbidden { .. }), "{e}");
-        assert!(e.to_string().contains("client certificate"), "{e}");
-        // A DNS SAN names pg-b.
-        let e = list(&base, &pki.creds(Some("b-san")), "pg-a")
-            .await
-            .unwrap_err();
-        assert!(matches!(e, ClientError::Forbidden { .. }), "{e}");
-        // A trusted certificate naming no cluster is no credential: 401.
-        let e = list(&base, &pki.creds(Some("nobody")), "pg-a")
-            .await
-            .unwrap_err();
-        assert!(matches!(e, ClientError::Unauthorized { .. }), "{e}");
-        // Bearer tokens still work over TLS without a client certificate.
-        let token = pki.path("b.token");
-        std::fs::write(&token, TOKEN_B).unwrap();
-        let with_token = Credentials {
-            token_file: Some(token.clone()),
-            ..pki.creds(None)
-        };
-        list(&base, &with_token, "pg-b").await.unwrap();
-        let e = list(&base, &with_token, "pg-a").await.unwrap_err();
-        assert!(matches!(e, ClientError::Forbidden { .. }), "{e}");
-        // A certificate of an untrusted CA fails the handshake.
-        let e = list(&base, &pki.creds(Some("foreign")), "pg-a")
-            .await
-            .unwrap_err();
-        assert!(matches!(e, ClientError::Connect { .. }), "{e}");
-        // Without --cacert the server's certificate is not trusted.
-        let e = list(
-            &base,
-            &Credentials {
-                cacert: None,
-                ..with_token
-            },
-            "pg-b",
-        )
-        .await
-        .unwrap_err();
-        assert!(matches!(e, ClientError::Connect { .. }), "{e}");
-        // Plain HTTP to the TLS port gets no answer.
-        let plain = format!("http://127.0.0.1:{}", addr.port());
-        let e = list(
-            &plain,
-            &Credentials {
-                token_file: Some(token),
-                ..Credentials::default()
-            },
-            "pg-b",
-        )
-        .await
-        .unwrap_err();
-        assert!(matches!(e, ClientError::Connect { .. }), "{e}");
-
-        tx.send(()).unwrap();
-        let res = tokio::time::timeout(std::time::Duration::from_secs(10), server)
-            .await
-            .expect("server did not stop after shutdown")
-            .unwrap();
-        assert!(res.is_ok());
-    }
-
-    #[test]
-    fn required_client_certificates_need_a_ca() {
-        let (pki, _) = pki();
-        let e =
-            ApiTls::load(pki.path("server.crt"), pki.path("server.key"), None, true).unwrap_err();
-        assert_eq!(e.setting, "require_client_cert");
-        let e = ApiTls::load(
-            pki.path("server.crt"),
-            pki.path("a.key"),
-            Some(pki.ca.clone()),
-            false,
-        )
-        .unwrap_err();
-        assert_eq!(e.setting, "key_file");
-        assert!(e.to_string().contains("a.key"), "{e}");
-        let e = ApiTls::load(
-            Path::new("/nonexistent/server.crt").into(),
-            pki.path("server.key"),
-            None,
-            false,
-        )
-        .unwrap_err();
-        assert_eq!(e.setting, "cert_file");
-        assert!(e.to_string().contains("/nonexistent/server.crt"), "{e}");
-    }
-}
+#[path = "serve_tests.rs"]
+mod tests;

@@ -60,6 +60,14 @@ fn random_hex(n: usize) -> String {
     s
 }
 
+/// Writes (or rewrites) a secret file with mode 0600, as the server requires.
+pub fn write_secret(path: &Path, contents: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod {}", path.display()))
+}
+
 fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
@@ -75,6 +83,8 @@ pub struct KlioServer {
     env: Vec<(String, String)>,
     /// With TLS: the CA that signed the server's certificate and is its `client_ca_file`.
     ca: Option<TestCa>,
+    /// Extra top-level `key = value` lines of the config.
+    top_extra: Vec<String>,
 }
 
 impl KlioServer {
@@ -113,6 +123,7 @@ impl KlioServer {
             starts: 0,
             env: Vec::new(),
             ca: None,
+            top_extra: Vec::new(),
         };
         if tls {
             let ca = TestCa::new("klio API test CA")?;
@@ -123,7 +134,8 @@ impl KlioServer {
             klio_harness::write_file(&s.tls_dir().join("server.key"), &key, 0o600)?;
             s.ca = Some(ca);
         }
-        std::fs::write(s.master_key_path(), random_hex(32))?;
+        write_secret(&s.master_key_path(), &random_hex(32))?;
+        write_secret(&s.metrics_token_path(), &s.metrics_token())?;
         s.write_config()?;
         std::fs::create_dir_all(s.data_dir())?;
         prepare(&s.data_dir())?;
@@ -141,6 +153,27 @@ impl KlioServer {
 
     pub fn master_key_path(&self) -> PathBuf {
         self.dir.path().join("master.key")
+    }
+
+    /// The file holding the token `/metrics` wants (`metrics_token_file`).
+    pub fn metrics_token_path(&self) -> PathBuf {
+        self.dir.path().join("metrics.token")
+    }
+
+    /// The token `/metrics` wants (derived from the port, stable across restarts).
+    pub fn metrics_token(&self) -> String {
+        format!("metrics-token-{}-0123456789", self.port)
+    }
+
+    /// `GET /metrics` with the metrics token; the body (fails on a non-200 answer).
+    pub fn metrics(&self) -> Result<String> {
+        let (code, body) = self.request("/metrics", None, Some(&self.metrics_token()))?;
+        ensure!(
+            code == 200,
+            "GET /metrics: HTTP {code}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        Ok(String::from_utf8(body)?)
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -244,6 +277,11 @@ impl KlioServer {
         }
     }
 
+    /// Extra top-level config lines for the next (re)write of the config.
+    pub fn top_level_mut(&mut self) -> &mut Vec<String> {
+        &mut self.top_extra
+    }
+
     pub fn clusters_mut(&mut self) -> &mut Vec<ClusterConf> {
         &mut self.clusters
     }
@@ -251,23 +289,27 @@ impl KlioServer {
     /// (Re)writes the config file and token files from `clusters`.
     pub fn write_config(&self) -> Result<()> {
         let mut toml = format!(
-            "data_dir = {:?}\nlisten = \"127.0.0.1:{}\"\nmaster_key_file = {:?}\n",
+            "data_dir = {:?}\nlisten = \"127.0.0.1:{}\"\nmaster_key_file = {:?}\nmetrics_token_file = {:?}\n",
             self.data_dir().display().to_string(),
             self.port,
-            self.master_key_path().display().to_string()
+            self.master_key_path().display().to_string(),
+            self.metrics_token_path().display().to_string()
         );
+        for line in &self.top_extra {
+            toml.push_str(line);
+            toml.push('\n');
+        }
         if self.ca.is_some() {
             let d = self.tls_dir();
             toml.push_str(&format!(
-                "[tls]\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {:?}\n",
+                "[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
                 d.join("server.crt").display().to_string(),
                 d.join("server.key").display().to_string(),
-                self.ca_cert().display().to_string()
             ));
         }
         for c in &self.clusters {
             let tf = self.token_file(&c.name);
-            std::fs::write(&tf, &c.token)?;
+            write_secret(&tf, &c.token)?;
             toml.push_str(&format!(
                 "\n[[cluster]]\nname = {:?}\nconninfo = {:?}\nslot = {:?}\ntoken_file = {:?}\n",
                 c.name,
@@ -275,6 +317,14 @@ impl KlioServer {
                 c.slot,
                 tf.display().to_string()
             ));
+            // With TLS, every cluster trusts the test CA for its client certificates
+            // unless the test gives it its own with an `extra` line.
+            if self.ca.is_some() && !c.extra.iter().any(|l| l.starts_with("client_ca_file")) {
+                toml.push_str(&format!(
+                    "client_ca_file = {:?}\n",
+                    self.ca_cert().display().to_string()
+                ));
+            }
             for line in &c.extra {
                 toml.push_str(line);
                 toml.push('\n');

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use klio_tests::{http_get, wait_until, ClusterConf, KlioServer, PgInstance, PgOptions};
+use klio_tests::{wait_until, ClusterConf, KlioServer, PgInstance, PgOptions};
 use serde_json::Value;
 
 const CLUSTER: &str = "bk";
@@ -112,9 +112,7 @@ fn backup_with_a_tablespace_completes_and_verifies() -> Result<()> {
     let st = klio.status(CLUSTER)?;
     ensure!(st["backups"]["complete"] == 1, "{st}");
     ensure!(st["backups"]["last_verify_ok"] == true, "{st}");
-    let (code, metrics) = http_get(&format!("{}/metrics", klio.url()), None)?;
-    ensure!(code == 200);
-    let metrics = String::from_utf8(metrics)?;
+    let metrics = klio.metrics()?;
     ensure!(
         metrics.contains(&format!("klio_backups_complete{{cluster=\"{CLUSTER}\"}} 1")),
         "{metrics}"

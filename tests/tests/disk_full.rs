@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use klio_tests::{http_get, parse_lsn, wait_until, ClusterConf, KlioServer, PgInstance, PgOptions};
+use klio_tests::{parse_lsn, wait_until, ClusterConf, KlioServer, PgInstance, PgOptions};
 
 struct Mount(PathBuf);
 
@@ -128,8 +128,7 @@ fn full_disk_scenario(sub: Option<&str>) -> Result<()> {
             || Ok(klio.status("full")?["disk_full"] == true),
         )?;
     }
-    let (_, metrics) = http_get(&format!("{}/metrics", klio.url()), None)?;
-    let metrics = String::from_utf8(metrics)?;
+    let metrics = klio.metrics()?;
     ensure!(
         metrics.contains("klio_tier1_disk_full{cluster=\"full\"} 1"),
         "{metrics}"

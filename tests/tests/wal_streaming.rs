@@ -100,8 +100,7 @@ fn synchronous_standby_acknowledges_commits() -> Result<()> {
         .as_u64()
         .context("wal_fsync_micros")?;
     ensure!(fsyncs > 0 && micros > 0, "{st}");
-    let (_, metrics) = klio_tests::http_get(&format!("{}/metrics", klio.url()), None)?;
-    let metrics = String::from_utf8(metrics)?;
+    let metrics = klio.metrics()?;
     let seconds: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("klio_wal_fsync_seconds_total{cluster=\"sync\"} "))
