@@ -127,7 +127,10 @@ fn metrics_need_the_metrics_token() -> Result<()> {
 fn secret_files_open_to_others_stop_the_server() -> Result<()> {
     let pg = PgInstance::start(PgOptions::new())?;
     let mut klio = KlioServer::start_tls(vec![ClusterConf::new("s", pg.replication_conninfo())])?;
-    for sub in ["catalog", "clusters"] {
+    klio.wait_status("s", Duration::from_secs(60), "streaming", |v| {
+        v["state"] == "streaming"
+    })?;
+    for sub in ["catalog", "clusters", "clusters/s", "clusters/s/wal"] {
         let m = mode(&klio.data_dir().join(sub))?;
         ensure!(m == 0o700, "{sub} was created with mode {m:o}");
     }
