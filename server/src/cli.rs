@@ -86,6 +86,10 @@ pub struct ConnectionArgs {
     /// The client certificate's private key (PEM).
     #[arg(long, env = "KLIO_KEY", value_name = "FILE", requires = "cert")]
     pub key: Option<PathBuf>,
+    /// Send the token over plain http:// to a server on another machine (anyone on the
+    /// network path can read it: prefer an https:// server).
+    #[arg(long, env = "KLIO_INSECURE_HTTP")]
+    pub insecure_http: bool,
 }
 
 #[derive(Debug, Args)]
@@ -449,6 +453,7 @@ impl ConnectionArgs {
             cacert: self.cacert.clone(),
             cert: self.cert.clone(),
             key: self.key.clone(),
+            insecure_http: self.insecure_http,
         }
     }
 
@@ -872,6 +877,7 @@ mod tests {
             cacert: None,
             cert: None,
             key: None,
+            insecure_http: false,
         };
         let e = conn.client().unwrap_err();
         assert!(e.to_string().contains("--token-file"), "{e}");

@@ -60,6 +60,10 @@ pub enum ClientError {
     /// A failure during archive recovery that must stop it (see `EXIT_ABORT_RECOVERY`).
     #[error("{0}")]
     AbortRecovery(String),
+    /// What the server sent is refused before anything is written (e.g. a backup
+    /// manifest with a path out of PGDATA).
+    #[error("{0}")]
+    BadManifest(String),
 }
 
 impl ClientError {
@@ -88,6 +92,8 @@ pub struct Credentials {
     /// Client certificate (PEM) and its key, for servers with `client_ca_file`.
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// `--insecure-http`: the token may travel over plain `http://` to another machine.
+    pub insecure_http: bool,
 }
 
 impl Credentials {
@@ -106,10 +112,12 @@ impl Credentials {
             cacert: abs(&self.cacert, "--cacert")?,
             cert: abs(&self.cert, "--cert")?,
             key: abs(&self.key, "--key")?,
+            insecure_http: self.insecure_http,
         })
     }
 
-    /// The command-line flags that pass these files on, in a fixed order.
+    /// The command-line flags that pass these files on, in a fixed order (without
+    /// `--insecure-http`, a flag of its own).
     pub fn args(&self) -> Vec<(&'static str, &Path)> {
         [
             ("--token-file", &self.token_file),
@@ -150,6 +158,7 @@ impl Client {
             Some(token),
             &format!("token from {token_origin}"),
             reqwest::Client::builder(),
+            false,
         )
     }
 
@@ -226,7 +235,13 @@ impl Client {
             }
             None => None,
         };
-        Client::build(server, token, &origins.join(" and "), builder)
+        Client::build(
+            server,
+            token,
+            &origins.join(" and "),
+            builder,
+            creds.insecure_http,
+        )
     }
 
     fn build(
@@ -234,6 +249,7 @@ impl Client {
         token: Option<ClusterToken>,
         origin: &str,
         builder: reqwest::ClientBuilder,
+        insecure_http: bool,
     ) -> Result<Client, ClientError> {
         let url = reqwest::Url::parse(server).map_err(|e| {
             ClientError::Usage(format!(
@@ -243,6 +259,13 @@ impl Client {
         if !matches!(url.scheme(), "http" | "https") || url.query().is_some() {
             return Err(ClientError::Usage(format!(
                 "invalid server URL {server:?}: use http:// or https:// without a query, e.g. {DEFAULT_SERVER}"
+            )));
+        }
+        // Checked before any connection: a token sent in clear is a token given away.
+        if token.is_some() && url.scheme() == "http" && !insecure_http && !is_loopback(&url) {
+            return Err(ClientError::Usage(format!(
+                "refusing to send the {origin} over plain http:// to {}, which is not this machine: anyone on the network path could read it; use an https:// server URL (the server's [tls] settings), or pass --insecure-http (KLIO_INSECURE_HTTP=true) if this network is trusted",
+                url.host_str().unwrap_or_default()
             )));
         }
         let http = builder
@@ -504,6 +527,21 @@ impl Client {
                 message,
             },
         }
+    }
+}
+
+/// Whether `url` names this machine: `localhost` or a loopback address.
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(a)) => a.is_loopback(),
+        Ok(std::net::IpAddr::V6(a)) => {
+            a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v| v.is_loopback())
+        }
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
     }
 }
 

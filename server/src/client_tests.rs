@@ -239,3 +239,45 @@ fn write_atomically_rejects_a_path_without_file_name() {
     let e = write_atomically(Path::new("/"), b"x").unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
 }
+
+#[test]
+fn a_token_is_not_sent_in_clear_to_another_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN_A).unwrap();
+    let creds = Credentials {
+        token_file: Some(token),
+        ..Credentials::default()
+    };
+    for url in [
+        "http://10.0.0.1:7070",
+        "http://klio.example.com:7070",
+        "http://localhost.example.com",
+        "http://[fd00::2]:7070",
+        "http://0.0.0.0:7070",
+    ] {
+        let e = Client::connect(url, &creds).unwrap_err();
+        assert!(matches!(e, ClientError::Usage(_)), "{url}: {e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("--insecure-http") && text.contains("https://"),
+            "{url}: {text}"
+        );
+        let allowed = Credentials {
+            insecure_http: true,
+            ..creds.clone()
+        };
+        Client::connect(url, &allowed).unwrap();
+        Client::connect(&url.replace("http://", "https://"), &creds).unwrap();
+    }
+    for url in [
+        "http://127.0.0.1:7070",
+        "http://127.1.2.3:7070",
+        "http://localhost:7070",
+        "http://LocalHost",
+        "http://[::1]:7070",
+        "http://[::ffff:127.0.0.1]:7070",
+    ] {
+        Client::connect(url, &creds).unwrap();
+    }
+}

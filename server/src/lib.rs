@@ -17,6 +17,8 @@ pub mod prefetch;
 pub mod progress;
 pub mod registry;
 pub mod restore;
+mod restore_fs;
+pub mod restore_plan;
 pub mod schedule;
 pub mod serve;
 pub mod tls;

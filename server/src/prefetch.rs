@@ -6,7 +6,7 @@
 //! bounded concurrency, stopping at the first one the server has not sealed (the newest
 //! segment is still growing: a copy of it would end recovery early). Each spool
 //! entry is written to a temporary name and renamed (not fsync'ed: see `write_atomically`), with a sidecar
-//! `<name>.crc32c` holding its CRC-32C; `wal-restore` uses an entry only if the
+//! `<name>.crc32c` holding its CRC-32C, written the same way; `wal-restore` uses an entry only if the
 //! checksum matches (otherwise it is deleted and the segment fetched directly), and
 //! removes it once used. One prefetcher runs per spool (an exclusive lock); entries of
 //! the same timeline older than the segment being asked for are removed as stale.
@@ -16,9 +16,13 @@
 //! name the data directory's database system (from `global/pg_control`) and the
 //! segment's own start LSN, or it is discarded. Prefetch therefore runs only when
 //! `wal-restore` is started in a data directory, as PostgreSQL starts restore_command.
+//!
+//! Nothing in the spool is read or written through a link: the spool itself must be a
+//! directory (not a link), entries and sidecars are replaced by rename and opened with
+//! `O_NOFOLLOW`, so a link planted there can neither redirect a write nor feed a file
+//! from elsewhere to PostgreSQL.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use futures_util::stream::{self, StreamExt};
@@ -56,16 +60,31 @@ pub fn default_spool(pgdata: &Path) -> PathBuf {
     pgdata.with_file_name(name)
 }
 
+/// Opens a spool file for reading; a link there is not followed (and fails).
+fn open_nofollow(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
 /// Takes `name` from the spool into `dest` if a verified entry of database system
 /// `system_id` is there. Returns the number of bytes, or `None` when it must be fetched.
 pub fn take_from_spool(spool: &Path, name: &str, dest: &Path, system_id: u64) -> Option<u64> {
+    use std::io::Read;
     let path = spool.join(name);
     let crc_file = crc_path(spool, name);
-    let expected = fs::read_to_string(&crc_file).ok()?;
+    let mut expected = String::new();
+    open_nofollow(&crc_file)
+        .and_then(|f| f.take(64).read_to_string(&mut expected))
+        .ok()?;
     let _ = fs::remove_file(&crc_file);
-    let checked = check_entry(&path, name, expected.trim(), system_id);
-    let len = match checked {
-        Ok(len) => len,
+    let checked = open_nofollow(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|mut f| check_entry(&mut f, name, expected.trim(), system_id).map(|l| (f, l)));
+    let (mut file, len) = match checked {
+        Ok(ok) => ok,
         Err(why) => {
             tracing::warn!(%name, spool = %spool.display(), "discarding a spool entry ({why}); fetching the segment");
             let _ = fs::remove_file(&path);
@@ -74,9 +93,15 @@ pub fn take_from_spool(spool: &Path, name: &str, dest: &Path, system_id: u64) ->
     };
     let placed = match fs::rename(&path, dest) {
         Ok(()) => Ok(()),
-        // Another file system: copy (what was checked is what is copied: nobody else
-        // writes a spool entry once it has its checksum).
-        Err(_) => fs::copy(&path, dest).and_then(|_| fs::remove_file(&path)),
+        // Another file system: copy what was checked, from the open entry.
+        Err(_) => {
+            use std::io::Seek;
+            let mut bytes = Vec::new();
+            file.seek(std::io::SeekFrom::Start(0))
+                .and_then(|_| file.read_to_end(&mut bytes))
+                .and_then(|_| write_atomically(dest, &bytes))
+                .and_then(|()| fs::remove_file(&path))
+        }
     };
     match placed {
         Ok(()) => Some(len),
@@ -87,17 +112,25 @@ pub fn take_from_spool(spool: &Path, name: &str, dest: &Path, system_id: u64) ->
     }
 }
 
-/// Streams a spool entry through CRC-32C (one 1 MiB buffer, not the whole segment) and
-/// checks its header; returns its length.
-fn check_entry(path: &Path, name: &str, expected_crc: &str, system_id: u64) -> Result<u64, String> {
+/// Streams an open spool entry through CRC-32C (one 1 MiB buffer, not the whole
+/// segment) and checks its header; returns its length.
+fn check_entry(
+    f: &mut fs::File,
+    name: &str,
+    expected_crc: &str,
+    system_id: u64,
+) -> Result<u64, String> {
     use std::io::Read;
     let wal_name: WalFileName = name
         .parse()
         .map_err(|e: klio_core::wal::WalNameError| e.to_string())?;
     let expected =
         u32::from_str_radix(expected_crc, 16).map_err(|_| "an unreadable checksum".to_string())?;
-    let mut f = fs::File::open(path).map_err(|e| e.to_string())?;
-    let len = f.metadata().map_err(|e| e.to_string())?.len();
+    let meta = f.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("it is not a regular file".into());
+    }
+    let len = meta.len();
     let mut buf = vec![0u8; 1 << 20];
     let mut head = Vec::new();
     let mut crc = 0u32;
@@ -179,6 +212,9 @@ pub fn spawn_prefetcher(spec: &PrefetchSpec<'_>, name: &WalFileName, seg_size: u
     for (flag, path) in credentials.args() {
         cmd.arg(flag).arg(path);
     }
+    if credentials.insecure_http {
+        cmd.arg("--insecure-http");
+    }
     cmd.arg("--spool")
         .arg(spool)
         .args([
@@ -205,6 +241,26 @@ pub fn spawn_prefetcher(spec: &PrefetchSpec<'_>, name: &WalFileName, seg_size: u
     }
 }
 
+/// Makes sure `spool` is a directory of its own: created (mode 0700) if missing, and
+/// refused if it is a link or not a directory (nothing is written through it).
+fn open_spool(spool: &Path) -> Result<(), ClientError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let err = |e: std::io::Error| ClientError::Io(format!("spool {}: {e}", spool.display()));
+    match fs::symlink_metadata(spool) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(ClientError::Io(format!(
+            "spool {} is a link or a file, not a directory: nothing is written through it; remove it or pass --spool DIR",
+            spool.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(spool)
+            .map_err(err),
+        Err(e) => Err(err(e)),
+    }
+}
+
 /// The prefetcher (`klio wal-prefetch`): fills the spool with the segments after `after`.
 pub async fn run_prefetch(
     c: &Client,
@@ -215,14 +271,19 @@ pub async fn run_prefetch(
     count: u32,
     system_id: u64,
 ) -> Result<(), ClientError> {
-    fs::create_dir_all(spool).map_err(|e| ClientError::Io(format!("{}: {e}", spool.display())))?;
+    open_spool(spool)?;
     let lock_path = spool.join(".lock");
-    let lock = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| ClientError::Io(format!("{}: {e}", lock_path.display())))?;
+    let lock = {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&lock_path)
+            .map_err(|e| ClientError::Io(format!("{}: {e}", lock_path.display())))?
+    };
     // Another prefetcher is at work: it will fetch what is needed.
     let Ok(_guard) = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
     else {
@@ -259,9 +320,9 @@ pub async fn run_prefetch(
                 let s = name.to_string();
                 let path = spool.join(&s);
                 let crc = crc32c::crc32c(&bytes);
+                // Both by rename: a link planted under either name is replaced, not followed.
                 let written = write_atomically(&path, &bytes).and_then(|()| {
-                    let mut f = fs::File::create(crc_path(spool, &s))?;
-                    f.write_all(format!("{crc:08x}").as_bytes())
+                    write_atomically(&crc_path(spool, &s), format!("{crc:08x}").as_bytes())
                 });
                 if let Err(e) = written {
                     return Err(ClientError::Io(format!("{}: {e}", path.display())));
@@ -332,6 +393,57 @@ mod tests {
         // No checksum: not complete, not used.
         fs::write(spool.join(name), &seg).unwrap();
         assert_eq!(take_from_spool(&spool, name, &dest, 7), None);
+    }
+
+    #[test]
+    fn spool_links_are_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        fs::create_dir(&spool).unwrap();
+        let name = "000000010000000000000005";
+        let seg = segment(7, 5);
+        let dest = dir.path().join("RECOVERYXLOG");
+        // A valid segment elsewhere, linked in as the entry: not served.
+        let elsewhere = dir.path().join("elsewhere");
+        fs::write(&elsewhere, &seg).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, spool.join(name)).unwrap();
+        fs::write(
+            crc_path(&spool, name),
+            format!("{:08x}", crc32c::crc32c(&seg)),
+        )
+        .unwrap();
+        assert_eq!(take_from_spool(&spool, name, &dest, 7), None);
+        assert!(!dest.exists());
+        assert_eq!(fs::read(&elsewhere).unwrap(), seg);
+        // The link was discarded (the link, not its target).
+        assert!(fs::symlink_metadata(spool.join(name)).is_err());
+        // A linked checksum sidecar is not read either.
+        fs::write(spool.join(name), &seg).unwrap();
+        let crc_elsewhere = dir.path().join("crc");
+        fs::write(&crc_elsewhere, format!("{:08x}", crc32c::crc32c(&seg))).unwrap();
+        std::os::unix::fs::symlink(&crc_elsewhere, crc_path(&spool, name)).unwrap();
+        assert_eq!(take_from_spool(&spool, name, &dest, 7), None);
+        assert!(!dest.exists());
+        // Writing an entry over a planted link replaces the link, not its target.
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        let planted = spool.join("000000010000000000000006");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        write_atomically(&planted, b"segment").unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        assert!(!fs::symlink_metadata(&planted).unwrap().is_symlink());
+        // A spool that is a link is refused before anything is written.
+        let linked = dir.path().join("linked-spool");
+        std::os::unix::fs::symlink(&spool, &linked).unwrap();
+        let e = open_spool(&linked).unwrap_err();
+        assert!(e.to_string().contains("not a directory"), "{e}");
+        let fresh = dir.path().join("new/spool");
+        open_spool(&fresh).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&fresh).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
     }
 
     /// A 1 MiB WAL segment `segno` of system `sysid` (only its long header filled in).

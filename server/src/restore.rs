@@ -2,24 +2,30 @@
 //! over the HTTP API, and writes the recovery settings that make PostgreSQL fetch the
 //! WAL from Klio (`klio wal-restore`) up to the chosen target.
 //!
-//! Safe by construction: it refuses a non-empty PGDATA or tablespace directory, checks
-//! every chunk's content (the server verifies, and every file's CRC-32C is checked
-//! again here against the manifest), and writes nothing before the backup and the
-//! credentials have been checked (the manifest is fetched first).
+//! The server is not trusted: its manifest becomes a checked plan before anything is
+//! written ([`crate::restore_plan`]), and every write goes below PGDATA or a tablespace
+//! directory without following a link ([`crate::restore_fs`]). It refuses a non-empty
+//! PGDATA or tablespace directory, checks every file's size and CRC-32C against the
+//! manifest (never writing more than it lists), and writes nothing before the backup
+//! and the credentials have been checked (the manifest is fetched first).
+//!
+//! Writes: PGDATA and the tablespace directories; removes the `<PGDATA>.klio-spool`
+//! prefetch spool an earlier restore left beside PGDATA.
 
-use std::collections::HashMap;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::stream::{self, StreamExt};
-use klio_basebackup::manifest::{BackupManifest, ChunkId, FileKind};
+use klio_basebackup::manifest::{BackupManifest, ChunkId};
 use klio_core::{ClusterName, Lsn};
 
 use crate::api::{BackupStateView, BackupView};
 use crate::client::{Client, ClientError, Credentials};
 use crate::output::human_bytes;
+use crate::restore_fs::RootDir;
+use crate::restore_plan::{plan_restore, RestorePlan, Root, SafeRelPath};
 
 /// What to recover to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,7 +150,7 @@ fn io_err(path: &Path, e: std::io::Error) -> ClientError {
     ClientError::Io(format!("{}: {e}", path.display()))
 }
 
-/// A directory that is missing or empty (created with mode 0700 if missing).
+/// Checks that a directory is missing or empty.
 fn prepare_empty_dir(dir: &Path, what: &str) -> Result<(), ClientError> {
     match std::fs::read_dir(dir) {
         Ok(mut entries) => {
@@ -159,11 +165,6 @@ fn prepare_empty_dir(dir: &Path, what: &str) -> Result<(), ClientError> {
         Err(e) => return Err(io_err(dir, e)),
     }
     Ok(())
-}
-
-fn create_dir(dir: &Path, mode: u32) -> Result<(), ClientError> {
-    std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(|e| io_err(dir, e))
 }
 
 /// A setting value quoted for postgresql.conf.
@@ -195,6 +196,9 @@ pub fn recovery_settings(opts: &RestoreOptions, server: &str) -> Result<String, 
             " {flag} {}",
             sh_quote(&path.display().to_string())
         ));
+    }
+    if opts.credentials.insecure_http {
+        cmd.push_str(" --insecure-http");
     }
     cmd.push_str(" %f %p");
     let mut s = String::from("\n# Added by klio restore\n");
@@ -231,7 +235,35 @@ pub struct RestoreSummary {
     pub tablespaces: Vec<(u32, PathBuf)>,
 }
 
-/// Runs the restore.
+/// The open restore roots (PGDATA first).
+struct Roots(Vec<(Root, Arc<RootDir>)>);
+
+impl Roots {
+    /// Creates and opens every root of `plan`.
+    fn create(plan: &RestorePlan) -> Result<Roots, ClientError> {
+        plan.roots
+            .iter()
+            .map(|(r, dir)| Ok((*r, Arc::new(RootDir::create_and_open(dir).map_err(io)?))))
+            .collect::<Result<_, ClientError>>()
+            .map(Roots)
+    }
+
+    fn get(&self, root: Root) -> Result<&Arc<RootDir>, ClientError> {
+        self.0
+            .iter()
+            .find(|(r, _)| *r == root)
+            .map(|(_, d)| d)
+            .ok_or_else(|| ClientError::Io(format!("the restore plan has no root {root:?}")))
+    }
+}
+
+fn io(e: std::io::Error) -> ClientError {
+    ClientError::Io(e.to_string())
+}
+
+/// Runs the restore: the manifest is checked into a plan before anything is written,
+/// and everything is written below PGDATA and the tablespace directories only, never
+/// through a link (see [`crate::restore_plan`] and [`crate::restore_fs`]).
 pub async fn restore(c: &Client, opts: &RestoreOptions) -> Result<RestoreSummary, ClientError> {
     let started = Instant::now();
     if opts.jobs == 0 {
@@ -247,43 +279,11 @@ pub async fn restore(c: &Client, opts: &RestoreOptions) -> Result<RestoreSummary
         Err(ClientError::NotFound(_)) => None,
         Err(e) => return Err(e),
     };
-    let map: HashMap<&str, &Path> = opts
-        .tablespace_map
-        .iter()
-        .map(|(o, n)| (o.as_str(), n.as_path()))
-        .collect();
-    let mut spaces: HashMap<u32, PathBuf> = HashMap::new();
-    for t in &manifest.tablespaces {
-        let old = t.location.clone().unwrap_or_default();
-        let new = match map.get(old.as_str()) {
-            Some(n) => n.to_path_buf(),
-            None if !old.is_empty() => PathBuf::from(&old),
-            None => {
-                return Err(ClientError::Usage(format!(
-                    "tablespace {} has no recorded location: pass --tablespace-map",
-                    t.oid
-                )))
-            }
-        };
-        if !new.is_absolute() {
-            return Err(ClientError::Usage(format!(
-                "tablespace {} location {} must be absolute",
-                t.oid,
-                new.display()
-            )));
-        }
-        prepare_empty_dir(&new, &format!("tablespace {} directory", t.oid))?;
-        spaces.insert(t.oid, new);
-    }
-    for (old, _) in &opts.tablespace_map {
-        if !manifest
-            .tablespaces
-            .iter()
-            .any(|t| t.location.as_deref() == Some(old.as_str()))
-        {
-            return Err(ClientError::Usage(format!(
-                "--tablespace-map {old}=…: the backup has no tablespace at {old}"
-            )));
+    let plan = plan_restore(manifest, &opts.pgdata, &opts.tablespace_map)
+        .map_err(|e| ClientError::BadManifest(e.to_string()))?;
+    for (root, dir) in &plan.roots {
+        if let Root::Tablespace(oid) = root {
+            prepare_empty_dir(dir, &format!("tablespace {oid} directory"))?;
         }
     }
 
@@ -293,81 +293,40 @@ pub async fn restore(c: &Client, opts: &RestoreOptions) -> Result<RestoreSummary
     if spool.is_dir() {
         std::fs::remove_dir_all(&spool).map_err(|e| io_err(&spool, e))?;
     }
-    create_dir(&opts.pgdata, 0o700)?;
-    for dir in spaces.values() {
-        create_dir(dir, 0o700)?;
-    }
-    let root_of = |ts: Option<u32>| -> &Path {
-        match ts {
-            Some(oid) => spaces
-                .get(&oid)
-                .map(PathBuf::as_path)
-                .unwrap_or(&opts.pgdata),
-            None => &opts.pgdata,
-        }
-    };
+    let roots = Roots::create(&plan)?;
+    let pgdata = roots.get(Root::Pgdata)?.clone();
 
-    // Directories and links first, then file contents fetched in parallel, in order.
-    let total: u64 = manifest.files.iter().map(|f| f.size).sum();
-    for f in &manifest.files {
-        let path = root_of(f.tablespace).join(&f.path);
-        match f.kind {
-            FileKind::Directory => create_dir(&path, f.mode & 0o7777)?,
-            FileKind::Symlink => {
-                let target = match (f.tablespace, f.path.strip_prefix("pg_tblspc/")) {
-                    (None, Some(oid)) => oid
-                        .parse::<u32>()
-                        .ok()
-                        .and_then(|o| spaces.get(&o))
-                        .map(|p| p.display().to_string()),
-                    _ => None,
-                }
-                .or_else(|| f.link_target.clone())
-                .unwrap_or_default();
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
-                }
-                std::os::unix::fs::symlink(&target, &path).map_err(|e| io_err(&path, e))?;
-            }
-            FileKind::File => {}
-        }
+    // Directories first, then file contents fetched in parallel, in order; links last.
+    for (root, dir) in &plan.dirs {
+        roots.get(*root)?.mkdir(dir).map_err(io)?;
     }
-    // Empty files have no chunks: create them up front.
+    for (path, why) in &plan.skipped {
+        tracing::info!("left out {path} of the backup: {why}");
+    }
+    let total: u64 = plan.files.iter().map(|f| f.size).sum();
+    let mut targets = Vec::with_capacity(plan.files.len());
     let mut files = 0u64;
-    for f in &manifest.files {
-        if f.kind == FileKind::File && f.chunks.is_empty() {
-            let path = root_of(f.tablespace).join(&f.path);
-            if f.size != 0 {
-                return Err(ClientError::Io(format!(
-                    "{}: the backup manifest lists {} bytes but no chunks; the backup is damaged",
-                    path.display(),
-                    f.size
-                )));
-            }
-            create_file(&path, f.mode)?;
+    for f in &plan.files {
+        let dir = roots.get(f.root)?.clone();
+        // Empty files have no chunks: created here, up front.
+        if f.chunks.is_empty() {
+            dir.create_file(&f.path).map_err(io)?;
             files += 1;
         }
+        targets.push(FileTarget {
+            dir,
+            path: f.path.clone(),
+            size: f.size,
+            crc32c: f.crc32c,
+        });
     }
     // Chunks are fetched `jobs` at a time and handed, in file order, to a writer
     // thread: the HTTP side never waits on the page cache, and the writer starts the
     // disk's writeback as it goes instead of leaving it all to the final sync.
-    let targets: Vec<Option<FileTarget>> = manifest
-        .files
-        .iter()
-        .map(|f| {
-            (f.kind == FileKind::File).then(|| FileTarget {
-                path: root_of(f.tablespace).join(&f.path),
-                mode: f.mode,
-                size: f.size,
-                crc32c: f.crc32c,
-            })
-        })
-        .collect();
-    let fetches: Vec<(usize, ChunkId)> = manifest
+    let fetches: Vec<(usize, ChunkId)> = plan
         .files
         .iter()
         .enumerate()
-        .filter(|(_, f)| f.kind == FileKind::File)
         .flat_map(|(i, f)| f.chunks.iter().map(move |c| (i, *c)))
         .collect();
     let (tx, rx) = tokio::sync::mpsc::channel::<(usize, Vec<u8>)>(opts.jobs.max(2));
@@ -413,31 +372,26 @@ pub async fn restore(c: &Client, opts: &RestoreOptions) -> Result<RestoreSummary
     }
     let (written_files, done_bytes) = written??;
     files += written_files;
+    for l in &plan.links {
+        pgdata.symlink(&l.path, &l.target).map_err(io)?;
+    }
     if let Some(m) = pg_manifest {
-        let path = opts.pgdata.join("backup_manifest");
-        std::fs::write(&path, m).map_err(|e| io_err(&path, e))?;
+        pgdata
+            .open_klio_file("backup_manifest", false)
+            .and_then(|mut f| f.write_all(&m))
+            .map_err(|e| io_err(&opts.pgdata.join("backup_manifest"), e))?;
     }
     // Everything written reaches the disk before recovery.signal says "restore done".
-    for root in std::iter::once(&opts.pgdata).chain(spaces.values()) {
-        use std::os::fd::AsRawFd;
-        let dir = std::fs::File::open(root).map_err(|e| io_err(root, e))?;
-        nix::unistd::syncfs(dir.as_raw_fd()).map_err(|e| io_err(root, std::io::Error::from(e)))?;
+    for (_, root) in &roots.0 {
+        root.sync().map_err(io)?;
     }
-    // A backup taken from a standby carries its standby.signal: left there, the
-    // restored server would wait for more WAL forever instead of finishing recovery.
-    let standby = opts.pgdata.join("standby.signal");
-    if standby.exists() {
-        std::fs::remove_file(&standby).map_err(|e| io_err(&standby, e))?;
-        tracing::info!("removed standby.signal (the backup was taken from a standby)");
-    }
-    let signal = opts.pgdata.join("recovery.signal");
-    std::fs::write(&signal, "").map_err(|e| io_err(&signal, e))?;
+    pgdata
+        .open_klio_file("recovery.signal", false)
+        .map_err(io)?;
     let auto = opts.pgdata.join("postgresql.auto.conf");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&auto)
-        .map_err(|e| io_err(&auto, e))?;
+    let mut f = pgdata
+        .open_klio_file("postgresql.auto.conf", true)
+        .map_err(io)?;
     f.write_all(recovery_settings(opts, c.base_url())?.as_bytes())
         .map_err(|e| io_err(&auto, e))?;
     f.sync_all().map_err(|e| io_err(&auto, e))?;
@@ -447,16 +401,29 @@ pub async fn restore(c: &Client, opts: &RestoreOptions) -> Result<RestoreSummary
         files,
         bytes: done_bytes,
         seconds: started.elapsed().as_secs_f64(),
-        tablespaces: spaces.iter().map(|(k, v)| (*k, v.clone())).collect(),
+        tablespaces: plan
+            .roots
+            .iter()
+            .filter_map(|(r, d)| match r {
+                Root::Tablespace(oid) => Some((*oid, d.clone())),
+                Root::Pgdata => None,
+            })
+            .collect(),
     })
 }
 
 /// Where one regular file of the backup goes, and what it must hold.
 struct FileTarget {
-    path: PathBuf,
-    mode: u32,
+    dir: Arc<RootDir>,
+    path: SafeRelPath,
     size: u64,
     crc32c: Option<u32>,
+}
+
+impl FileTarget {
+    fn shown(&self) -> PathBuf {
+        self.dir.path().join(self.path.as_str())
+    }
 }
 
 /// The one-line progress display (drawn only on a terminal).
@@ -523,17 +490,21 @@ struct OpenFile {
 /// The writer thread: receives the chunks of every file in manifest order, writes them,
 /// checks each file's size and CRC-32C against the manifest. Returns (files, bytes).
 fn write_files(
-    targets: Vec<Option<FileTarget>>,
+    targets: Vec<FileTarget>,
     mut rx: tokio::sync::mpsc::Receiver<(usize, Vec<u8>)>,
     progress: Progress,
 ) -> Result<(u64, u64), ClientError> {
-    let target = |i: usize| targets[i].as_ref().expect("chunks belong to regular files");
+    let target = |i: usize| {
+        targets
+            .get(i)
+            .ok_or_else(|| ClientError::Io(format!("a chunk for file {i}, which is not planned")))
+    };
     let finish = |o: OpenFile| -> Result<(), ClientError> {
-        let t = target(o.index);
+        let t = target(o.index)?;
         if o.len != t.size || t.crc32c.is_some_and(|c| c != o.crc) {
             return Err(ClientError::Io(format!(
                 "{}: restored content does not match the backup manifest (size {} of {}, or CRC-32C); the restore is incomplete",
-                t.path.display(),
+                t.shown().display(),
                 o.len,
                 t.size
             )));
@@ -546,23 +517,30 @@ fn write_files(
     let mut open: Option<OpenFile> = None;
     let mut last_draw = Instant::now();
     while let Some((i, data)) = rx.blocking_recv() {
-        if open.as_ref().is_some_and(|o| o.index != i) {
-            finish(open.take().expect("open"))?;
+        if let Some(o) = open.take_if(|o| o.index != i) {
+            finish(o)?;
             files += 1;
         }
+        let t = target(i)?;
         let o = match &mut open {
             Some(o) => o,
             None => open.insert(OpenFile {
                 index: i,
-                file: create_file(&target(i).path, target(i).mode)?,
+                file: t.dir.create_file(&t.path).map_err(io)?,
                 crc: 0,
                 len: 0,
                 kicked: 0,
             }),
         };
-        o.file
-            .write_all(&data)
-            .map_err(|e| io_err(&target(i).path, e))?;
+        // More than the manifest says is never written (a hostile server could fill the disk).
+        if o.len + data.len() as u64 > t.size {
+            return Err(ClientError::Io(format!(
+                "{}: the server sent more than the {} bytes the backup manifest lists; the restore is incomplete",
+                t.shown().display(),
+                t.size
+            )));
+        }
+        o.file.write_all(&data).map_err(|e| io_err(&t.shown(), e))?;
         o.crc = crc32c::crc32c_append(o.crc, &data);
         o.len += data.len() as u64;
         if o.len - o.kicked >= WRITEBACK_STEP {
@@ -586,26 +564,12 @@ fn write_files(
     Ok((files, done))
 }
 
-fn create_file(path: &Path, mode: u32) -> Result<std::fs::File, ClientError> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
-    }
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| io_err(path, e))?;
-    f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
-        .map_err(|e| io_err(path, e))?;
-    Ok(f)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn run_writer(
-        targets: Vec<Option<FileTarget>>,
+        targets: Vec<FileTarget>,
         chunks: Vec<(usize, Vec<u8>)>,
     ) -> Result<(u64, u64), ClientError> {
         let (tx, rx) = tokio::sync::mpsc::channel(chunks.len().max(1));
@@ -625,16 +589,20 @@ mod tests {
     #[test]
     fn writer_checks_each_file_against_the_manifest() {
         let dir = tempfile::tempdir().unwrap();
-        let target = |name: &str, data: &[u8]| {
-            Some(FileTarget {
-                path: dir.path().join(name),
-                mode: 0o600,
-                size: data.len() as u64,
-                crc32c: Some(crc32c::crc32c(data)),
-            })
+        let root = Arc::new(RootDir::create_and_open(dir.path()).unwrap());
+        root.mkdir(&SafeRelPath::parse("sub").unwrap()).unwrap();
+        let target = |name: &str, data: &[u8]| FileTarget {
+            dir: root.clone(),
+            path: SafeRelPath::parse(name).unwrap(),
+            size: data.len() as u64,
+            crc32c: Some(crc32c::crc32c(data)),
         };
         let ok = run_writer(
-            vec![target("a", b"hello world"), None, target("sub/b", b"xyz")],
+            vec![
+                target("a", b"hello world"),
+                target("unused", b""),
+                target("sub/b", b"xyz"),
+            ],
             vec![
                 (0, b"hello ".to_vec()),
                 (0, b"world".to_vec()),
@@ -665,6 +633,11 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("size 5 of 10"), "{err}");
+        // More than the manifest lists is not written at all.
+        let err =
+            run_writer(vec![target("e", b"0123")], vec![(0, b"012345".to_vec())]).unwrap_err();
+        assert!(err.to_string().contains("more than the 4 bytes"), "{err}");
+        assert_eq!(std::fs::read(dir.path().join("e")).unwrap(), b"");
     }
 
     #[test]
@@ -717,11 +690,20 @@ mod tests {
             cacert: Some("/tls/ca.crt".into()),
             cert: Some("/tls/x@pg-a.crt".into()),
             key: Some("/tls/my key.pem".into()),
+            insecure_http: false,
         };
         let s = recovery_settings(&mtls, "https://k:7070").unwrap();
         assert!(s.contains(
             "restore_command = '/usr/bin/klio wal-restore --server https://k:7070 --cluster pg-a --cacert /tls/ca.crt --cert /tls/x@pg-a.crt --key ''/tls/my key.pem'' %f %p'"
         ), "{s}");
+        // A restore allowed to send its token in clear lets restore_command do the same.
+        let mut insecure = opts.clone();
+        insecure.credentials.insecure_http = true;
+        let s = recovery_settings(&insecure, "http://10.0.0.5:7070").unwrap();
+        assert!(
+            s.contains("--token-file ''/etc/klio/my token'' --insecure-http %f %p'"),
+            "{s}"
+        );
         let mut bad = opts.clone();
         bad.target_action = Some("explode".into());
         assert!(recovery_settings(&bad, "x").is_err());
