@@ -20,7 +20,7 @@ use crate::conninfo::ConnInfo;
 use crate::replication::{ReplicationMessage, StreamStart};
 
 /// `input[0]` script bits for [`session`]: `START_REPLICATION` and the CopyBoth stream.
-pub const SCRIPT_STREAMING: u8 = 0 << 3;
+pub const SCRIPT_STREAMING: u8 = 0;
 /// A `BASE_BACKUP`-style sequence of CopyOut streams.
 pub const SCRIPT_COPY_OUT: u8 = 1 << 3;
 /// The replication commands (`IDENTIFY_SYSTEM`, `SHOW`, slots, `TIMELINE_HISTORY`).
