@@ -527,3 +527,113 @@ mod tests {
         }
     }
 }
+
+/// Fuzzing of stored objects as a reader meets them (a damaged or hostile Tier 1 or Tier 2
+/// file): bounded proptest runs; `PROPTEST_CASES` raises the count (docs/FUZZING.md).
+#[cfg(test)]
+mod fuzz_tests {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    fn id() -> ObjectId {
+        ObjectId {
+            cluster: "fuzz".parse().expect("valid cluster name"),
+            kind: ObjectKind::WalSegment,
+            name: "000000010000000000000001".into(),
+        }
+    }
+
+    /// A frame header with the given fields, followed by `body` as its ciphertext and tag.
+    fn frame(offset: u64, plain_len: u32, flags: u8, stored_len: u32, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; FRAME_HEADER_LEN];
+        f[0..4].copy_from_slice(&stored_len.to_le_bytes());
+        f[4..12].copy_from_slice(&offset.to_le_bytes());
+        f[12..16].copy_from_slice(&plain_len.to_le_bytes());
+        f[16] = flags;
+        f.extend_from_slice(body);
+        f
+    }
+
+    fn frame_shaped() -> impl Strategy<Value = Vec<u8>> {
+        (
+            prop_oneof![Just(0u64), any::<u64>()],
+            prop_oneof![0u32..128, any::<u32>()],
+            any::<u8>(),
+            vec(any::<u8>(), 0..80),
+            prop_oneof![Just(None), Just(Some(0u32)), any::<u32>().prop_map(Some)],
+        )
+            .prop_map(|(offset, plain_len, flags, body, stored)| {
+                let stored_len = stored.unwrap_or(body.len() as u32);
+                frame(offset, plain_len, flags, stored_len, &body)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// Fuzz: any bytes as a whole object never panic the decoder.
+        #[test]
+        fn arbitrary_objects_never_panic(bytes in vec(any::<u8>(), 0..200)) {
+            let key = DataKey::generate();
+            let _ = decode_object(&key, &id(), &bytes, false);
+            let _ = decode_object(&key, &id(), &bytes, true);
+        }
+
+        /// Fuzz: a valid header followed by frame-shaped garbage (lengths and flags from
+        /// any value to plausible ones) never panics, and never decodes as complete.
+        #[test]
+        fn forged_frames_never_panic_or_finish(
+            frames in vec(frame_shaped(), 0..4),
+            tail in vec(any::<u8>(), 0..40),
+        ) {
+            let key = DataKey::generate();
+            let (_, header) = FrameSealer::create(&key, &id());
+            let bytes = [header.to_vec(), frames.concat(), tail].concat();
+            for tolerate in [false, true] {
+                if let Ok(d) = decode_object(&key, &id(), &bytes, tolerate) {
+                    prop_assert!(!d.finished, "a forged frame was accepted");
+                    prop_assert!(d.data.is_empty());
+                }
+            }
+            let opener = FrameOpener::new(&key, &id(), &header).expect("own header");
+            let _ = opener.open(&bytes[HEADER_LEN..], HEADER_LEN as u64, 0);
+        }
+
+        /// Several edits and a truncation of a sealed object: it either fails, or reads
+        /// back a prefix of what was sealed (a complete object only if untouched).
+        #[test]
+        fn edited_objects_never_decode_to_other_data(
+            pieces in vec(vec(any::<u8>(), 0..300), 1..4),
+            edits in vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            cut in proptest::option::of(any::<prop::sample::Index>()),
+        ) {
+            let key = DataKey::generate();
+            let (mut sealer, header) = FrameSealer::create(&key, &id());
+            let mut bytes = header.to_vec();
+            for p in &pieces {
+                sealer.seal(p, &mut bytes);
+            }
+            sealer.seal_final(&mut bytes);
+            let original = pieces.concat();
+            let pristine = bytes.clone();
+            for (at, value) in &edits {
+                let i = at.index(bytes.len());
+                bytes[i] = *value;
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut.index(bytes.len()));
+            }
+            for tolerate in [false, true] {
+                if let Ok(d) = decode_object(&key, &id(), &bytes, tolerate) {
+                    prop_assert!(original.starts_with(&d.data), "decoded data that was never sealed");
+                    if d.finished {
+                        prop_assert_eq!(&d.data, &original);
+                        prop_assert_eq!(&bytes[..d.valid_stored_len as usize],
+                                        &pristine[..d.valid_stored_len as usize]);
+                    }
+                }
+            }
+        }
+    }
+}

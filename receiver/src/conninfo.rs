@@ -13,11 +13,14 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use percent_encoding::percent_decode_str;
-
+mod auth;
 mod passfile;
+mod uri;
+pub use auth::{AuthMethod, ChannelBinding, RequireAuth};
 use passfile::read_passfile;
 
+/// The `sslrootcert` value that means "the system's trusted roots".
+pub const SYSTEM_ROOTS: &str = "system";
 /// libpq's compiled-in default socket directory on Debian, used when no host is given.
 pub const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
 /// Default server port.
@@ -109,7 +112,7 @@ pub enum ConnInfoError {
     #[error(
         "invalid conninfo: unknown connection option \"{0}\" (Klio accepts host, hostaddr, port, \
          user, password, passfile, dbname, sslmode, sslcert, sslkey, sslrootcert, \
-         application_name, connect_timeout)"
+         channel_binding, require_auth, application_name, connect_timeout)"
     )]
     UnknownKey(String),
     #[error(
@@ -144,7 +147,13 @@ pub struct ConnInfo {
     pub sslmode: SslMode,
     pub sslcert: Option<PathBuf>,
     pub sslkey: Option<PathBuf>,
+    /// `sslrootcert`; the special value `system` means the bundled web PKI roots, and
+    /// then only `sslmode=verify-full` (the default with it) or `require` (which then
+    /// checks the host name too) are accepted, as in libpq 16.
     pub sslrootcert: Option<PathBuf>,
+    pub channel_binding: ChannelBinding,
+    /// `require_auth`; `None` accepts any method Klio supports.
+    pub require_auth: Option<RequireAuth>,
     pub application_name: String,
     /// `connect_timeout`; `None` waits forever. libpq rounds values below 2 s up to 2 s.
     pub connect_timeout: Option<Duration>,
@@ -164,6 +173,8 @@ impl fmt::Debug for ConnInfo {
             .field("sslcert", &self.sslcert)
             .field("sslkey", &self.sslkey)
             .field("sslrootcert", &self.sslrootcert)
+            .field("channel_binding", &self.channel_binding)
+            .field("require_auth", &self.require_auth)
             .field("application_name", &self.application_name)
             .field("connect_timeout", &self.connect_timeout)
             .finish()
@@ -174,7 +185,6 @@ impl fmt::Debug for ConnInfo {
 /// anyway", so that a `primary_conninfo` written by `pg_basebackup -R` can be pasted as is.
 /// `None` accepts any value (the option has no effect on what Klio does).
 const TOLERATED_LIBPQ_OPTIONS: &[(&str, Option<&[&str]>)] = &[
-    ("channel_binding", Some(&["disable", "prefer"])),
     ("gssencmode", Some(&["disable", "prefer"])),
     ("gssdelegation", Some(&["0"])),
     ("krbsrvname", None),
@@ -204,7 +214,6 @@ const OTHER_LIBPQ_OPTIONS: &[&str] = &[
     "ssl_max_protocol_version",
     "sslnegotiation",
     "requirepeer",
-    "require_auth",
     "gsslib",
     "requiressl",
 ];
@@ -222,6 +231,8 @@ struct Builder {
     sslcert: Option<String>,
     sslkey: Option<String>,
     sslrootcert: Option<String>,
+    channel_binding: Option<String>,
+    require_auth: Option<String>,
     application_name: Option<String>,
     connect_timeout: Option<String>,
 }
@@ -242,6 +253,8 @@ impl Builder {
             "sslcert" => &mut self.sslcert,
             "sslkey" => &mut self.sslkey,
             "sslrootcert" => &mut self.sslrootcert,
+            "channel_binding" => &mut self.channel_binding,
+            "require_auth" => &mut self.require_auth,
             "application_name" => &mut self.application_name,
             "connect_timeout" => &mut self.connect_timeout,
             _ => return tolerate(key, value.as_deref().unwrap_or("")),
@@ -278,7 +291,10 @@ impl Builder {
                 .filter(|p| *p != 0)
                 .ok_or_else(|| invalid("port", v, "a port number 1-65535"))?,
         };
+        let system_roots = self.sslrootcert.as_deref() == Some(SYSTEM_ROOTS);
         let sslmode = match &self.sslmode {
+            // libpq 16: system roots default to verify-full.
+            None if system_roots => SslMode::VerifyFull,
             None => SslMode::Prefer,
             Some(v) => SslMode::parse(v).ok_or_else(|| {
                 invalid(
@@ -288,6 +304,31 @@ impl Builder {
                 )
             })?,
         };
+        if system_roots && !matches!(sslmode, SslMode::Require | SslMode::VerifyFull) {
+            // Any publicly trusted certificate chains to the system roots: without the host
+            // name check they authenticate nobody in particular.
+            return Err(ConnInfoError::Syntax(format!(
+                "sslmode={sslmode} may not be used with sslrootcert=system: use \
+                 sslmode=verify-full (any publicly trusted certificate chains to the system \
+                 roots, so only the host name check identifies the server)"
+            )));
+        }
+        let channel_binding = match &self.channel_binding {
+            None => ChannelBinding::default(),
+            Some(v) => ChannelBinding::parse(v)?,
+        };
+        if channel_binding == ChannelBinding::Require && sslmode == SslMode::Disable {
+            return Err(ConnInfoError::Syntax(
+                "channel_binding=require needs TLS, but sslmode=disable: use \
+                 sslmode=verify-full"
+                    .into(),
+            ));
+        }
+        let require_auth = self
+            .require_auth
+            .as_deref()
+            .map(RequireAuth::parse)
+            .transpose()?;
         let connect_timeout = match &self.connect_timeout {
             None => None,
             Some(v) => {
@@ -319,12 +360,40 @@ impl Builder {
             sslcert: self.sslcert.map(PathBuf::from),
             sslkey: self.sslkey.map(PathBuf::from),
             sslrootcert: self.sslrootcert.map(PathBuf::from),
+            channel_binding,
+            require_auth,
             application_name: self
                 .application_name
                 .unwrap_or_else(|| DEFAULT_APPLICATION_NAME.to_owned()),
             connect_timeout,
         })
     }
+}
+
+/// The options Klio implements.
+const KLIO_OPTIONS: &[&str] = &[
+    "host",
+    "hostaddr",
+    "port",
+    "user",
+    "password",
+    "passfile",
+    "dbname",
+    "sslmode",
+    "sslcert",
+    "sslkey",
+    "sslrootcert",
+    "channel_binding",
+    "require_auth",
+    "application_name",
+    "connect_timeout",
+];
+
+/// Whether `word` is a conninfo option name (Klio's or another libpq option).
+fn is_option_name(word: &str) -> bool {
+    KLIO_OPTIONS.contains(&word)
+        || TOLERATED_LIBPQ_OPTIONS.iter().any(|(k, _)| *k == word)
+        || OTHER_LIBPQ_OPTIONS.contains(&word)
 }
 
 fn tolerate(key: &str, value: &str) -> Result<(), ConnInfoError> {
@@ -370,7 +439,7 @@ impl ConnInfo {
             .strip_prefix("postgresql://")
             .or_else(|| trimmed.strip_prefix("postgres://"))
         {
-            parse_uri(rest.trim_end(), &mut builder)?;
+            uri::parse_uri(s, rest.trim_end(), &mut builder)?;
         } else {
             parse_key_values(s, &mut builder)?;
         }
@@ -481,381 +550,70 @@ pub(crate) fn home_dir() -> Option<PathBuf> {
 }
 
 fn parse_key_values(s: &str, builder: &mut Builder) -> Result<(), ConnInfoError> {
-    let mut chars = s.chars().peekable();
+    type Chars<'a> = std::iter::Peekable<std::str::CharIndices<'a>>;
+    fn skip_space(chars: &mut Chars<'_>) {
+        while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
+    }
+    let mut chars = s.char_indices().peekable();
     loop {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.peek().is_none() {
+        skip_space(&mut chars);
+        let Some(&(key_at, _)) = chars.peek() else {
             return Ok(());
-        }
+        };
         let mut key = String::new();
-        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+        while let Some((_, c)) = chars.next_if(|(_, c)| *c != '=' && !c.is_whitespace()) {
             key.push(c);
         }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.next() != Some('=') {
+        skip_space(&mut chars);
+        if chars.next().map(|(_, c)| c) != Some('=') {
+            // The word may be a piece of an unquoted password: name it only if it is an option.
+            let word = if is_option_name(&key) {
+                format!("\"{key}\"")
+            } else {
+                format!("the word at byte {key_at}")
+            };
             return Err(ConnInfoError::Syntax(format!(
-                "missing \"=\" after \"{key}\" (expected key=value pairs or a postgresql:// URI)"
+                "missing \"=\" after {word} (expected key=value pairs or a postgresql:// URI; \
+                 quote values that hold spaces: password='a b')"
             )));
         }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        skip_space(&mut chars);
         let mut value = String::new();
-        if chars.next_if_eq(&'\'').is_some() {
-            loop {
-                match chars.next() {
-                    None => {
-                        return Err(ConnInfoError::Syntax(format!(
-                            "unterminated quoted string in the value of \"{key}\""
-                        )))
-                    }
-                    Some('\\') => match chars.next() {
-                        Some(c) => value.push(c),
-                        None => {
-                            return Err(ConnInfoError::Syntax(format!(
-                                "unterminated quoted string in the value of \"{key}\""
-                            )))
-                        }
+        if chars.next_if(|(_, c)| *c == '\'').is_some() {
+            let mut closed = false;
+            while let Some((_, c)) = chars.next() {
+                match c {
+                    '\\' => match chars.next() {
+                        Some((_, escaped)) => value.push(escaped),
+                        None => break,
                     },
-                    Some('\'') => break,
-                    Some(c) => value.push(c),
+                    '\'' => {
+                        closed = true;
+                        break;
+                    }
+                    c => value.push(c),
                 }
             }
-        } else {
-            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
-                if c == '\\' {
-                    if let Some(escaped) = chars.next() {
-                        value.push(escaped);
-                    }
-                } else {
-                    value.push(c);
+            if !closed {
+                return Err(ConnInfoError::Syntax(format!(
+                    "unterminated quoted string in the value of \"{key}\""
+                )));
+            }
+            builder.set(&key, value)?;
+            continue;
+        }
+        while let Some((_, c)) = chars.next_if(|(_, c)| !c.is_whitespace()) {
+            if c == '\\' {
+                if let Some((_, escaped)) = chars.next() {
+                    value.push(escaped);
                 }
+            } else {
+                value.push(c);
             }
         }
         builder.set(&key, value)?;
     }
 }
 
-fn decode(part: &str, what: &str) -> Result<String, ConnInfoError> {
-    // libpq rejects malformed escapes and %00; percent_decode_str passes malformed ones through.
-    let bytes = part.as_bytes();
-    for (i, b) in bytes.iter().enumerate() {
-        if *b == b'%' {
-            let hex = bytes.get(i + 1..i + 3);
-            let ok = hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
-            if !ok {
-                return Err(ConnInfoError::Syntax(format!(
-                    "invalid percent-encoded token in the URI {what}: \"{part}\""
-                )));
-            }
-            if hex == Some(b"00") {
-                return Err(ConnInfoError::Syntax(format!(
-                    "forbidden value %00 in the URI {what}: \"{part}\""
-                )));
-            }
-        }
-    }
-    percent_decode_str(part)
-        .decode_utf8()
-        .map(|c| c.into_owned())
-        .map_err(|_| ConnInfoError::Syntax(format!("the URI {what} is not valid UTF-8")))
-}
-
-fn parse_uri(rest: &str, builder: &mut Builder) -> Result<(), ConnInfoError> {
-    let (main, query) = match rest.split_once('?') {
-        Some((m, q)) => (m, Some(q)),
-        None => (rest, None),
-    };
-    let (authority, path) = match main.split_once('/') {
-        Some((a, p)) => (a, Some(p)),
-        None => (main, None),
-    };
-    let hostport = match authority.rsplit_once('@') {
-        Some((userinfo, hostport)) => {
-            let (user, password) = match userinfo.split_once(':') {
-                Some((u, p)) => (u, Some(p)),
-                None => (userinfo, None),
-            };
-            builder.set("user", decode(user, "user name")?)?;
-            if let Some(p) = password {
-                builder.set("password", decode(p, "password")?)?;
-            }
-            hostport
-        }
-        None => authority,
-    };
-    if hostport.contains(',') {
-        return Err(ConnInfoError::Syntax(format!(
-            "multiple hosts (\"{hostport}\") are not supported: give one host per cluster"
-        )));
-    }
-    let (host, port) = if let Some(bracketed) = hostport.strip_prefix('[') {
-        let (host, after) = bracketed.split_once(']').ok_or_else(|| {
-            ConnInfoError::Syntax(format!(
-                "missing \"]\" in the IPv6 host address of the URI: \"{hostport}\""
-            ))
-        })?;
-        if host.is_empty() {
-            return Err(ConnInfoError::Syntax(
-                "empty IPv6 host address in the URI".into(),
-            ));
-        }
-        let port = match after {
-            "" => None,
-            p => Some(p.strip_prefix(':').ok_or_else(|| {
-                ConnInfoError::Syntax(format!(
-                    "unexpected \"{p}\" after the IPv6 host address in the URI"
-                ))
-            })?),
-        };
-        (host.to_owned(), port)
-    } else {
-        match hostport.rsplit_once(':') {
-            Some((h, p)) => (decode(h, "host")?, Some(p)),
-            None => (decode(hostport, "host")?, None),
-        }
-    };
-    builder.set("host", host)?;
-    if let Some(port) = port {
-        builder.set("port", decode(port, "port")?)?;
-    }
-    if let Some(path) = path {
-        builder.set("dbname", decode(path, "database name")?)?;
-    }
-    if let Some(query) = query {
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').ok_or_else(|| {
-                ConnInfoError::Syntax(format!(
-                    "missing \"=\" in the URI query parameter \"{pair}\""
-                ))
-            })?;
-            let key = decode(key, "query parameter name")?;
-            let value = decode(value, "query parameter value")?;
-            // libpq maps the JDBC-style ssl=true to sslmode=require.
-            if key == "ssl" {
-                if value != "true" {
-                    return Err(ConnInfoError::InvalidValue {
-                        key,
-                        value,
-                        expected: "true (or use sslmode=…)",
-                    });
-                }
-                builder.set("sslmode", "require".into())?;
-                continue;
-            }
-            builder.set(&key, value)?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(s: &str) -> ConnInfo {
-        ConnInfo::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
-    }
-
-    #[test]
-    fn key_value_basics_and_defaults() {
-        let c = parse("host=db.example port=5433 user=streaming_replica dbname=postgres");
-        assert_eq!(c.host.as_deref(), Some("db.example"));
-        assert_eq!(c.port, 5433);
-        assert_eq!(c.user, "streaming_replica");
-        assert_eq!(c.dbname.as_deref(), Some("postgres"));
-        assert_eq!(c.sslmode, SslMode::Prefer);
-        assert_eq!(c.application_name, "klio");
-        assert_eq!(c.connect_timeout, None);
-        assert_eq!(
-            c.endpoint(),
-            Endpoint::Tcp {
-                host: "db.example".into(),
-                port: 5433
-            }
-        );
-    }
-
-    #[test]
-    fn key_value_quoting_and_whitespace() {
-        let c = parse(
-            "  host = h  password = 'it\\'s a \\\\ secret'  application_name='a b' user=u\\ x ",
-        );
-        assert_eq!(c.password(), Some("it's a \\ secret"));
-        assert_eq!(c.application_name, "a b");
-        assert_eq!(c.user, "u x");
-        assert_eq!(c.host.as_deref(), Some("h"));
-        let c = parse("user=u password=''");
-        assert_eq!(
-            c.password(),
-            None,
-            "an empty value means unset, as in libpq"
-        );
-    }
-
-    #[test]
-    fn key_value_errors() {
-        assert!(matches!(
-            ConnInfo::parse("host"),
-            Err(ConnInfoError::Syntax(m)) if m.contains("missing \"=\" after \"host\"")
-        ));
-        assert!(matches!(
-            ConnInfo::parse("user=u password='abc"),
-            Err(ConnInfoError::Syntax(m)) if m.contains("unterminated")
-        ));
-        let err = ConnInfo::parse("user=u frobnicate=1").unwrap_err();
-        assert_eq!(err, ConnInfoError::UnknownKey("frobnicate".into()));
-        assert!(err.to_string().contains("\"frobnicate\""));
-        assert!(matches!(
-            ConnInfo::parse("user=u sslmode=bogus"),
-            Err(ConnInfoError::InvalidValue { key, .. }) if key == "sslmode"
-        ));
-        assert!(matches!(
-            ConnInfo::parse("user=u port=0"),
-            Err(ConnInfoError::InvalidValue { key, .. }) if key == "port"
-        ));
-        assert!(matches!(
-            ConnInfo::parse("user=u keepalives=1"),
-            Err(ConnInfoError::Unsupported { key, .. }) if key == "keepalives"
-        ));
-        assert!(ConnInfo::parse("user=u host=a,b").is_err());
-    }
-
-    #[test]
-    fn pg_basebackup_primary_conninfo_is_accepted() {
-        let c = parse(
-            "user=postgres passfile='/var/lib/postgresql/.pgpass' channel_binding=prefer \
-             host=/var/run/postgresql port=5432 sslmode=prefer sslcompression=0 \
-             sslcertmode=allow sslsni=1 ssl_min_protocol_version=TLSv1.2 gssencmode=prefer \
-             krbsrvname=postgres gssdelegation=0 target_session_attrs=any \
-             load_balance_hosts=disable",
-        );
-        assert_eq!(
-            c.endpoint(),
-            Endpoint::Unix("/var/run/postgresql/.s.PGSQL.5432".into())
-        );
-        assert!(ConnInfo::parse("user=u channel_binding=require").is_err());
-    }
-
-    #[test]
-    fn sslmodes_and_timeout() {
-        for (s, m) in [
-            ("disable", SslMode::Disable),
-            ("allow", SslMode::Allow),
-            ("prefer", SslMode::Prefer),
-            ("require", SslMode::Require),
-            ("verify-ca", SslMode::VerifyCa),
-            ("verify-full", SslMode::VerifyFull),
-        ] {
-            assert_eq!(parse(&format!("user=u sslmode={s}")).sslmode, m);
-            assert_eq!(m.as_str(), s);
-        }
-        assert_eq!(
-            parse("user=u connect_timeout=1").connect_timeout,
-            Some(Duration::from_secs(2))
-        );
-        assert_eq!(
-            parse("user=u connect_timeout=10").connect_timeout,
-            Some(Duration::from_secs(10))
-        );
-        assert_eq!(parse("user=u connect_timeout=0").connect_timeout, None);
-    }
-
-    #[test]
-    fn unix_socket_and_hostaddr() {
-        let c = parse("host=/tmp/pg port=6000 user=u");
-        assert_eq!(c.endpoint(), Endpoint::Unix("/tmp/pg/.s.PGSQL.6000".into()));
-        assert_eq!(c.tls_server_name(), None);
-        let c = parse("user=u");
-        assert_eq!(
-            c.endpoint(),
-            Endpoint::Unix(PathBuf::from(DEFAULT_SOCKET_DIR).join(".s.PGSQL.5432"))
-        );
-        assert_eq!(c.passfile_host(), "localhost");
-        let c = parse("host=db.example hostaddr=10.0.0.7 user=u");
-        assert_eq!(
-            c.endpoint(),
-            Endpoint::Tcp {
-                host: "10.0.0.7".into(),
-                port: 5432
-            }
-        );
-        assert_eq!(c.tls_server_name().as_deref(), Some("db.example"));
-        assert_eq!(c.passfile_host(), "db.example");
-        assert!(ConnInfo::parse("user=u hostaddr=db.example").is_err());
-    }
-
-    #[test]
-    fn uri_form() {
-        let c = parse("postgresql://rep%40l:p%3Ass%40w@db.example:5433/my%20db?sslmode=require&application_name=k%20x");
-        assert_eq!(c.user, "rep@l");
-        assert_eq!(c.password(), Some("p:ss@w"));
-        assert_eq!(c.host.as_deref(), Some("db.example"));
-        assert_eq!(c.port, 5433);
-        assert_eq!(c.dbname.as_deref(), Some("my db"));
-        assert_eq!(c.sslmode, SslMode::Require);
-        assert_eq!(c.application_name, "k x");
-
-        let c = parse("postgres://u@[::1]:6543");
-        assert_eq!(c.host.as_deref(), Some("::1"));
-        assert_eq!(
-            c.endpoint().to_string(),
-            "[::1]:6543",
-            "IPv6 endpoints are bracketed"
-        );
-
-        let c = parse("postgresql://u@%2Fvar%2Flib%2Fpg:7000");
-        assert_eq!(
-            c.endpoint(),
-            Endpoint::Unix("/var/lib/pg/.s.PGSQL.7000".into())
-        );
-
-        let c = parse("postgresql:///db?host=/tmp/s&user=u&ssl=true");
-        assert_eq!(c.endpoint(), Endpoint::Unix("/tmp/s/.s.PGSQL.5432".into()));
-        assert_eq!(c.dbname.as_deref(), Some("db"));
-        assert_eq!(c.sslmode, SslMode::Require);
-
-        assert!(ConnInfo::parse("postgresql://u@[::1/db").is_err());
-        assert!(ConnInfo::parse("postgresql://u@h/db?nope=1").is_err());
-        assert!(ConnInfo::parse("postgresql://u@h/d%zz").is_err());
-        assert!(ConnInfo::parse("postgresql://u@h/d%00").is_err());
-        assert!(ConnInfo::parse("postgresql://u@h1,h2/d").is_err());
-        assert!(ConnInfo::parse("postgresql://u@h:notaport").is_err());
-    }
-
-    #[test]
-    fn debug_redacts_password() {
-        let c = parse("user=u password=hunter2");
-        let dbg = format!("{c:?}");
-        assert!(!dbg.contains("hunter2"), "{dbg}");
-        assert!(dbg.contains("<redacted>"));
-        let c = parse("postgresql://u:hunter2@h/");
-        assert!(!format!("{c:?}").contains("hunter2"));
-    }
-
-    #[test]
-    fn passfile_resolution_and_permissions() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("pgpass");
-        std::fs::write(&path, "/tmp/sock:6000:replication:rep:s3cret\n").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let info = parse(&format!(
-            "host=/tmp/sock port=6000 user=rep passfile='{}'",
-            path.display()
-        ));
-        assert_eq!(info.resolve_password().as_deref(), Some("s3cret"));
-        // Explicit password wins.
-        assert_eq!(
-            info.clone()
-                .with_password("x")
-                .resolve_password()
-                .as_deref(),
-            Some("x")
-        );
-        // Group/world readable: ignored, as libpq does.
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert_eq!(info.resolve_password(), None);
-        // Missing file: no password, no error.
-        let missing = parse("user=rep passfile=/nonexistent/pgpass");
-        assert_eq!(missing.resolve_password(), None);
-    }
-}
+mod tests;

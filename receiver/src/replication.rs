@@ -470,11 +470,6 @@ mod tests {
         }
 
         #[test]
-        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
-            let _ = ReplicationMessage::decode(Bytes::from(bytes));
-        }
-
-        #[test]
         fn xlogdata_roundtrip(start in any::<u64>(), end in any::<u64>(), t in any::<i64>(),
                               data in proptest::collection::vec(any::<u8>(), 0..64)) {
             let msg = XLogData { wal_start: start, wal_end: end, send_time: t, data: data.into() };
@@ -596,5 +591,79 @@ mod tests {
         };
         assert_eq!(parse_timeline_end(&[set]).unwrap(), (3, 0x500_0000));
         assert!(parse_timeline_end(&[]).is_err());
+    }
+
+    /// Fuzzing of what the server sends during streaming and in command results
+    /// (bounded; `PROPTEST_CASES` raises the count for a long run).
+    mod fuzz {
+        use super::*;
+        use proptest::collection::vec;
+
+        fn result_set() -> impl Strategy<Value = ResultSet> {
+            let column = prop_oneof![
+                Just("next_tli".to_owned()),
+                Just("next_tli_startpos".to_owned()),
+                "[a-z_]{0,10}",
+            ];
+            let value = proptest::option::of(prop_oneof![
+                "[0-9A-Fa-f/ -]{0,20}",
+                any::<u64>().prop_map(format_lsn),
+                "\\PC{0,12}",
+            ]);
+            (vec(column, 0..3), vec(vec(value, 0..3), 0..3)).prop_map(|(columns, rows)| ResultSet {
+                columns,
+                rows,
+                ..ResultSet::default()
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn arbitrary_copy_data_never_panics(bytes in vec(any::<u8>(), 0..600)) {
+                let _ = ReplicationMessage::decode(Bytes::from(bytes.clone()));
+                let _ = StandbyStatusUpdate::decode(Bytes::from(bytes));
+            }
+
+            #[test]
+            fn keepalive_and_status_update_roundtrip(
+                end in any::<u64>(), t in any::<i64>(), reply in any::<bool>(),
+                write in any::<u64>(), flush in any::<u64>(), apply in any::<u64>(),
+            ) {
+                let k = PrimaryKeepalive { wal_end: end, send_time: t, reply_requested: reply };
+                prop_assert_eq!(
+                    ReplicationMessage::decode(k.encode()).unwrap(),
+                    ReplicationMessage::Keepalive(k)
+                );
+                let u = StandbyStatusUpdate {
+                    write, flush, apply, client_time: t, reply_requested: reply,
+                };
+                prop_assert_eq!(StandbyStatusUpdate::decode(u.encode()).unwrap(), u);
+            }
+
+            /// Any text is a valid LSN only if it reads back the same after formatting
+            /// (up to case and leading zeros), and parsing never panics.
+            #[test]
+            fn lsn_and_size_parsers_never_panic(s in "[0-9A-Fa-f/]{0,20}|\\PC{0,20}") {
+                if let Ok(lsn) = parse_lsn(&s) {
+                    let canonical = format_lsn(lsn);
+                    prop_assert_eq!(parse_lsn(&canonical).unwrap(), lsn);
+                    let trim = |p: &str| p.trim_start_matches('0').to_ascii_uppercase();
+                    let (hi, lo) = s.split_once('/').unwrap();
+                    let (chi, clo) = canonical.split_once('/').unwrap();
+                    prop_assert_eq!((trim(hi), trim(lo)), (trim(chi), trim(clo)));
+                }
+                let _ = parse_size(&s);
+            }
+
+            #[test]
+            fn arbitrary_result_sets_never_panic(sets in vec(result_set(), 0..3)) {
+                let _ = parse_timeline_end(&sets);
+                if let Ok(set) = single_row(&sets, "fuzz") {
+                    let _ = required(set, "next_tli", "fuzz");
+                }
+            }
+        }
     }
 }

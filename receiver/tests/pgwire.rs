@@ -3,15 +3,17 @@
 //! against the server's own WAL files.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use klio_harness::{AuthMethod, PgInstance, PgOptions, REPLICATION_PASSWORD, REPLICATION_USER};
 use klio_receiver::conninfo::ConnInfo;
-use klio_receiver::pgwire::{CopyMessage, PgError, ReplicationConn};
+use klio_receiver::pgwire::{AuthMechanism, CopyMessage, PgError, ReplicationConn};
 use klio_receiver::replication::{
     format_lsn, parse_lsn, pg_now_micros, ReplicationMessage, StandbyStatusUpdate, StreamStart,
 };
+use tracing::Instrument;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -60,6 +62,43 @@ async fn assert_identifies(conn: &mut ReplicationConn, pg: &PgInstance) {
     assert_eq!(conn.server_version_num(), version);
 }
 
+/// Log lines written while the guard lives (this thread only: `#[tokio::test]` runs the
+/// test on one thread).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// The warning lines.
+    fn warnings(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains("WARN"))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
 async fn assert_auth_failure(conninfo: &str, needle: &str) -> PgError {
     let err = ReplicationConn::connect(&info(conninfo))
         .await
@@ -94,22 +133,57 @@ async fn trust_over_unix_socket() {
 }
 
 #[tokio::test]
-async fn cleartext_password() {
+async fn cleartext_password_only_to_a_verified_server_or_with_the_opt_in() {
     let pg = start(PgOptions::new().auth(AuthMethod::Password));
-    let mut conn = connect(&pg.replication_conninfo()).await;
+    // Plain TCP: Klio refuses to answer the server's request (no SQLSTATE: not the server).
+    let err = assert_auth_failure(&pg.replication_conninfo(), "require_auth=password").await;
+    assert_eq!(err.sqlstate(), None, "{err}");
+    assert!(err.to_string().contains("clear text"), "{err}");
+    // The opt-in.
+    let opted_in = format!("{} require_auth=password", pg.replication_conninfo());
+    let mut conn = connect(&opted_in).await;
+    assert_eq!(conn.auth_mechanism(), AuthMechanism::Password);
+    assert!(!conn.server_verified());
     assert_identifies(&mut conn, &pg).await;
     conn.close().await;
     assert_auth_failure(
-        &tcp(&pg, "password=wrong sslmode=disable"),
+        &tcp(&pg, "password=wrong sslmode=disable require_auth=password"),
         "password authentication failed for user \"streaming_replica\"",
     )
     .await;
+
+    // TLS with the server certificate verified (verify-full): no opt-in needed.
+    let pg = start(PgOptions::new().auth(AuthMethod::Password).ssl(true));
+    let mut conn = connect(&pg.replication_conninfo()).await;
+    assert!(conn.is_tls() && conn.server_verified());
+    assert_eq!(conn.auth_mechanism(), AuthMechanism::Password);
+    assert_identifies(&mut conn, &pg).await;
+    conn.close().await;
+    // TLS without verification is not enough.
+    let err = assert_auth_failure(
+        &tcp(
+            &pg,
+            &format!("password={REPLICATION_PASSWORD} sslmode=require"),
+        ),
+        "TLS without a verified server certificate",
+    )
+    .await;
+    assert!(err.to_string().contains("require_auth=password"), "{err}");
 }
 
 #[tokio::test]
 async fn md5_right_and_wrong_password() {
     let pg = start(PgOptions::new().auth(AuthMethod::Md5));
+    let (logs, _guard) = Logs::capture();
     let mut conn = connect(&pg.replication_conninfo()).await;
+    assert_eq!(conn.auth_mechanism(), AuthMechanism::Md5);
+    let warnings = logs.warnings();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("md5") && w.contains("unencrypted")),
+        "md5 over plain TCP is a warning: {warnings:?}"
+    );
     assert_identifies(&mut conn, &pg).await;
     conn.close().await;
     let err = assert_auth_failure(
@@ -180,7 +254,7 @@ async fn tls_modes_with_scram() {
 
     // The harness's own conninfo: verify-full against its CA.
     let mut conn = connect(&pg.replication_conninfo()).await;
-    assert!(conn.is_tls());
+    assert!(conn.is_tls() && conn.server_verified());
     assert_identifies(&mut conn, &pg).await;
     let ssl_in_use = pg
         .psql(&format!(
@@ -194,7 +268,7 @@ async fn tls_modes_with_scram() {
     let password = format!("password={REPLICATION_PASSWORD}");
     // require without a root certificate: encrypted, certificate not checked.
     let conn = connect(&tcp(&pg, &format!("{password} sslmode=require"))).await;
-    assert!(conn.is_tls());
+    assert!(conn.is_tls() && !conn.server_verified());
     conn.close().await;
     // prefer: TLS when offered.
     let conn = connect(&tcp(&pg, &format!("{password} sslmode=prefer"))).await;
@@ -676,9 +750,99 @@ async fn postgres_17_tls_verify_full_with_scram() {
     let pg = start(PgOptions::new().major(17).ssl(true));
     let mut conn = connect(&pg.replication_conninfo()).await;
     assert!(conn.is_tls());
+    assert_eq!(conn.auth_mechanism(), AuthMechanism::ScramSha256Plus);
     assert_eq!(conn.server_version_num() / 10000, 17);
     assert_identifies(&mut conn, &pg).await;
     let slot = conn.read_replication_slot("none_here").await.unwrap();
     assert_eq!(slot, None);
     conn.close().await;
+}
+
+#[tokio::test]
+async fn scram_is_bound_to_the_tls_channel() {
+    let pg = start(PgOptions::new().auth(AuthMethod::ScramSha256).ssl(true));
+    let base = pg.replication_conninfo();
+    // The server verifies the binding data (the hash of its certificate) in the client's
+    // final SCRAM message: a successful SCRAM-SHA-256-PLUS exchange means it matched.
+    for (option, expected) in [
+        ("", AuthMechanism::ScramSha256Plus),
+        ("channel_binding=prefer", AuthMechanism::ScramSha256Plus),
+        ("channel_binding=require", AuthMechanism::ScramSha256Plus),
+        ("channel_binding=disable", AuthMechanism::ScramSha256),
+    ] {
+        let mut conn = connect(&format!("{base} {option}")).await;
+        assert_eq!(conn.auth_mechanism(), expected, "{option}");
+        assert_identifies(&mut conn, &pg).await;
+        conn.close().await;
+    }
+    // Binding also holds where the certificate is not verified (sslmode=require): a relay
+    // in the middle would present another certificate and fail the exchange.
+    let conn = connect(&tcp(
+        &pg,
+        &format!("password={REPLICATION_PASSWORD} sslmode=require channel_binding=require"),
+    ))
+    .await;
+    assert_eq!(conn.auth_mechanism(), AuthMechanism::ScramSha256Plus);
+    conn.close().await;
+    let err = assert_auth_failure(
+        &format!("{base} channel_binding=require password=wrong"),
+        "password authentication failed",
+    )
+    .await;
+    assert_eq!(err.sqlstate(), Some("28P01"));
+}
+
+#[tokio::test]
+async fn channel_binding_require_without_tls_is_refused_clearly() {
+    let pg = start(PgOptions::new().auth(AuthMethod::ScramSha256));
+    let err = assert_auth_failure(
+        &tcp(
+            &pg,
+            &format!("password={REPLICATION_PASSWORD} sslmode=prefer channel_binding=require"),
+        ),
+        "channel_binding=require",
+    )
+    .await;
+    let text = err.to_string();
+    assert!(
+        text.contains("not encrypted") && text.contains("sslmode=verify-full"),
+        "{text}"
+    );
+    // Without the requirement the same server is fine (SCRAM without binding).
+    let conn = connect(&tcp(
+        &pg,
+        &format!("password={REPLICATION_PASSWORD} sslmode=prefer"),
+    ))
+    .await;
+    assert_eq!(conn.auth_mechanism(), AuthMechanism::ScramSha256);
+    conn.close().await;
+}
+
+#[tokio::test]
+async fn sslmode_prefer_without_server_ssl_is_a_warning_naming_the_cluster() {
+    let pg = start(PgOptions::new());
+    let (logs, _guard) = Logs::capture();
+    let password = format!("password={REPLICATION_PASSWORD}");
+    // The receiver and backup jobs connect inside a span that names the cluster.
+    let span = tracing::info_span!("cluster", cluster = "pg-fallback");
+    let conn = ReplicationConn::connect(&info(&tcp(&pg, &format!("{password} sslmode=prefer"))))
+        .instrument(span)
+        .await
+        .expect("prefer connects without TLS");
+    assert!(!conn.is_tls() && !conn.server_verified());
+    conn.close().await;
+    let warnings = logs.warnings();
+    assert!(
+        warnings.iter().any(|w| w.contains("pg-fallback")
+            && w.contains("WITHOUT ENCRYPTION")
+            && w.contains("sslmode=verify-full")),
+        "{warnings:?}"
+    );
+    // sslmode=disable asks for a plain connection: no warning.
+    let before = logs.warnings().len();
+    connect(&tcp(&pg, &format!("{password} sslmode=disable")))
+        .await
+        .close()
+        .await;
+    assert_eq!(logs.warnings().len(), before, "{:?}", logs.warnings());
 }

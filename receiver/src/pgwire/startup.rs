@@ -1,18 +1,15 @@
 //! Opening a replication connection: the socket, SSLRequest and TLS as `sslmode` says (with
-//! libpq's `allow`/`prefer` retries), the StartupMessage, authentication (trust, cleartext,
-//! MD5, SCRAM-SHA-256, client certificate), then parameters up to ReadyForQuery.
+//! libpq's `allow`/`prefer` retries; falling back to no encryption is a warning), the
+//! StartupMessage, authentication (see `auth`), then parameters up to ReadyForQuery.
+//! Touches no files.
 
-use fallible_iterator::FallibleIterator;
-use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{
-    ChannelBinding, ScramSha256, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
-};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
-use super::tls::{Stream, TlsSetup};
+use super::auth::authenticate;
+use super::tls::{Stream, TlsSetup, Verification};
 use super::{describe, log_notice, parse_server_version, server_error, Backend, PgError};
 use super::{ReplicationConn, State};
 use crate::conninfo::{ConnInfo, Endpoint, SslMode};
@@ -36,6 +33,8 @@ impl ReplicationConn {
         tracing::debug!(
             target = %conn.target,
             tls = conn.is_tls(),
+            server_verified = conn.server_verified,
+            auth = conn.auth.as_str(),
             server_version_num = conn.server_version_num,
             backend_pid = conn.backend_pid,
             "replication connection established"
@@ -61,7 +60,7 @@ async fn connect_any(
                     target: target.to_owned(),
                     source,
                 })?;
-            return startup(Stream::Unix(socket), info, target).await;
+            return startup(Stream::Unix(socket), false, info, target).await;
         }
         Endpoint::Tcp { host, port } => (host.as_str(), *port),
     };
@@ -84,7 +83,13 @@ async fn connect_any(
         },
         SslMode::Prefer => match try_once(true).await {
             Err((e, true)) if matches!(e, PgError::Tls(_)) || is_hba_rejection(&e) => {
-                tracing::debug!(error = %e, "sslmode=prefer: retrying without TLS");
+                tracing::warn!(
+                    server = %target,
+                    error = %e,
+                    "TLS connection failed; retrying WITHOUT ENCRYPTION because sslmode=prefer \
+                     (the default): set sslmode=verify-full and sslrootcert in the cluster \
+                     conninfo to require an encrypted connection to a verified server"
+                );
                 try_once(false).await.map_err(|(e, _)| e)
             }
             other => other.map_err(|(e, _)| e),
@@ -143,7 +148,17 @@ async fn attempt(
                         false,
                     ))
                 }
-                b'N' => Stream::Tcp(tcp),
+                b'N' => {
+                    if info.sslmode == SslMode::Prefer {
+                        tracing::warn!(
+                            server = %target,
+                            "server does not support SSL: connected WITHOUT ENCRYPTION because \
+                             sslmode=prefer (the default); enable ssl on the server and set \
+                             sslmode=verify-full and sslrootcert in the cluster conninfo"
+                        );
+                    }
+                    Stream::Tcp(tcp)
+                }
                 b'E' => {
                     return Err((
                         PgError::protocol("server answered the SSLRequest with an error"),
@@ -163,17 +178,21 @@ async fn attempt(
         }
     };
     let tls_used = matches!(stream, Stream::Tls(_));
-    startup(stream, info, target)
+    let verified = tls_used && tls.is_some_and(|t| t.verification != Verification::None);
+    startup(stream, verified, info, target)
         .await
         .map_err(|e| (e, tls_used))
 }
 
-async fn startup(
+/// `server_verified`: the stream is TLS and the server certificate was verified.
+pub(super) async fn startup(
     stream: Stream,
+    server_verified: bool,
     info: &ConnInfo,
     target: &str,
 ) -> Result<ReplicationConn, PgError> {
     let mut conn = ReplicationConn::new(stream, target.to_owned());
+    conn.server_verified = server_verified;
     let mut params = vec![
         ("user", info.user.as_str()),
         ("replication", "true"),
@@ -216,151 +235,4 @@ async fn startup(
     })?;
     conn.state = State::Idle;
     Ok(conn)
-}
-
-async fn authenticate(conn: &mut ReplicationConn, info: &ConnInfo) -> Result<(), PgError> {
-    let mut scram: Option<ScramSha256> = None;
-    let mut scram_finished = false;
-    loop {
-        let msg = match conn.next_message().await? {
-            Backend::Message(msg) => msg,
-            other => {
-                return Err(PgError::Protocol(format!(
-                    "unexpected {} during authentication",
-                    describe(&other)
-                )))
-            }
-        };
-        match msg {
-            Message::AuthenticationOk => {
-                if scram.is_some() && !scram_finished {
-                    return Err(PgError::protocol(
-                        "server ended SCRAM authentication without proving it knows the password",
-                    ));
-                }
-                return Ok(());
-            }
-            Message::AuthenticationCleartextPassword => {
-                let password = need_password(info, &conn.target, "password")?;
-                frontend::password_message(password.as_bytes(), &mut conn.write_buf)?;
-                conn.flush_out().await?;
-            }
-            Message::AuthenticationMd5Password(body) => {
-                let password = need_password(info, &conn.target, "md5")?;
-                let hash = md5_hash(info.user.as_bytes(), password.as_bytes(), body.salt());
-                frontend::password_message(hash.as_bytes(), &mut conn.write_buf)?;
-                conn.flush_out().await?;
-            }
-            Message::AuthenticationSasl(body) => {
-                let mechanisms: Vec<String> = body
-                    .mechanisms()
-                    .map(|m| Ok(m.to_owned()))
-                    .collect()
-                    .map_err(|e| PgError::Protocol(format!("AuthenticationSASL: {e}")))?;
-                if !mechanisms.iter().any(|m| m == SCRAM_SHA_256) {
-                    let only_plus = mechanisms.iter().any(|m| m == SCRAM_SHA_256_PLUS);
-                    return Err(PgError::Auth {
-                        code: None,
-                        message: if only_plus {
-                            format!(
-                                "server {} requires SCRAM-SHA-256-PLUS (channel binding), \
-                                 which Klio does not support: allow scram-sha-256 without \
-                                 channel binding for this user",
-                                conn.target
-                            )
-                        } else {
-                            format!(
-                                "server {} offers only the SASL mechanisms {mechanisms:?}; \
-                                 Klio supports SCRAM-SHA-256",
-                                conn.target
-                            )
-                        },
-                    });
-                }
-                let password = need_password(info, &conn.target, "scram-sha-256")?;
-                // "n,,": no channel binding.
-                let exchange = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-                frontend::sasl_initial_response(
-                    SCRAM_SHA_256,
-                    exchange.message(),
-                    &mut conn.write_buf,
-                )?;
-                scram = Some(exchange);
-                conn.flush_out().await?;
-            }
-            Message::AuthenticationSaslContinue(body) => {
-                let exchange = scram
-                    .as_mut()
-                    .filter(|_| !scram_finished)
-                    .ok_or_else(|| PgError::protocol("unexpected AuthenticationSASLContinue"))?;
-                exchange.update(body.data()).map_err(|e| PgError::Auth {
-                    code: None,
-                    message: format!("SCRAM exchange with {} failed: {e}", conn.target),
-                })?;
-                frontend::sasl_response(exchange.message(), &mut conn.write_buf)?;
-                conn.flush_out().await?;
-            }
-            Message::AuthenticationSaslFinal(body) => {
-                let exchange = scram
-                    .as_mut()
-                    .filter(|_| !scram_finished)
-                    .ok_or_else(|| PgError::protocol("unexpected AuthenticationSASLFinal"))?;
-                exchange.finish(body.data()).map_err(|e| PgError::Auth {
-                    code: None,
-                    message: format!(
-                        "server {} failed to prove it knows the SCRAM password ({e}): it is \
-                         not the server the password belongs to",
-                        conn.target
-                    ),
-                })?;
-                scram_finished = true;
-            }
-            Message::ErrorResponse(body) => {
-                return Err(PgError::startup_error(
-                    server_error(body.fields()),
-                    &info.user,
-                ))
-            }
-            Message::NoticeResponse(body) => log_notice(body.fields()),
-            Message::AuthenticationGss
-            | Message::AuthenticationGssContinue(_)
-            | Message::AuthenticationSspi
-            | Message::AuthenticationKerberosV5
-            | Message::AuthenticationScmCredential => {
-                return Err(PgError::Auth {
-                    code: None,
-                    message: format!(
-                        "server {} requests GSSAPI/SSPI/Kerberos authentication, which Klio \
-                         does not support: use scram-sha-256, md5, password or cert for this \
-                         user in pg_hba.conf",
-                        conn.target
-                    ),
-                })
-            }
-            other => {
-                return Err(PgError::Protocol(format!(
-                    "unexpected {} during authentication",
-                    describe(&Backend::Message(other))
-                )))
-            }
-        }
-    }
-}
-
-fn need_password(info: &ConnInfo, target: &str, method: &str) -> Result<String, PgError> {
-    info.resolve_password().ok_or_else(|| {
-        let passfile = info
-            .passfile_path()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "~/.pgpass".into());
-        PgError::Auth {
-            code: None,
-            message: format!(
-                "server {target} requests {method} authentication for user {} but no password \
-                 is available: set password in the cluster conninfo, or add a line \
-                 `host:port:replication:{}:password` to the passfile {passfile} (mode 0600)",
-                info.user, info.user
-            ),
-        }
-    })
 }

@@ -1,39 +1,24 @@
 //! Unit tests of the wire layer against scripted fake servers on loopback TCP.
 
+mod auth_policy;
+mod fuzz;
+
 use std::future::Future;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::fuzz::{
+    authentication as auth, cstrings as cstr, data_row_message, message as msg,
+    row_description_message as row_description, startup_ok,
+};
 use super::*;
 use crate::conninfo::ConnInfo;
 use crate::replication::{ReplicationMessage, StandbyStatusUpdate, StreamStart};
 
-fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut v = vec![tag];
-    v.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-    v.extend_from_slice(body);
-    v
-}
-
-fn cstr(parts: &[&str]) -> Vec<u8> {
-    let mut v = Vec::new();
-    for p in parts {
-        v.extend_from_slice(p.as_bytes());
-        v.push(0);
-    }
-    v
-}
-
-fn auth(code: i32, extra: &[u8]) -> Vec<u8> {
-    let mut body = code.to_be_bytes().to_vec();
-    body.extend_from_slice(extra);
-    msg(b'R', &body)
-}
-
-fn ready() -> Vec<u8> {
+pub(super) fn ready() -> Vec<u8> {
     msg(b'Z', b"I")
 }
 
@@ -53,50 +38,13 @@ fn error(severity: &str, code: &str, message: &str) -> Vec<u8> {
     msg(b'E', &body)
 }
 
-fn row_description(names: &[&str]) -> Vec<u8> {
-    let mut body = BytesMut::new();
-    body.put_i16(names.len() as i16);
-    for n in names {
-        body.put_slice(n.as_bytes());
-        body.put_u8(0);
-        body.put_i32(0);
-        body.put_i16(0);
-        body.put_i32(25);
-        body.put_i16(-1);
-        body.put_i32(-1);
-        body.put_i16(0);
-    }
-    msg(b'T', &body)
-}
-
 fn data_row(values: &[Option<&str>]) -> Vec<u8> {
-    let mut body = BytesMut::new();
-    body.put_i16(values.len() as i16);
-    for v in values {
-        match v {
-            Some(v) => {
-                body.put_i32(v.len() as i32);
-                body.put_slice(v.as_bytes());
-            }
-            None => body.put_i32(-1),
-        }
-    }
-    msg(b'D', &body)
-}
-
-fn startup_ok() -> Vec<u8> {
-    let mut v = auth(0, &[]);
-    v.extend(msg(
-        b'S',
-        &cstr(&["server_version", "15.18 (Debian 15.18-1.pgdg120+1)"]),
-    ));
-    v.extend(msg(b'K', &[0, 0, 0, 42, 0, 0, 0, 7]));
-    v.extend(ready());
-    v
+    let values: Vec<Option<&[u8]>> = values.iter().map(|v| v.map(str::as_bytes)).collect();
+    data_row_message(&values)
 }
 
 /// Reads the untagged startup packet.
-async fn read_startup(s: &mut TcpStream) -> Vec<u8> {
+pub(super) async fn read_startup(s: &mut TcpStream) -> Vec<u8> {
     let len = s.read_u32().await.unwrap() as usize;
     let mut body = vec![0; len - 4];
     s.read_exact(&mut body).await.unwrap();
@@ -104,7 +52,7 @@ async fn read_startup(s: &mut TcpStream) -> Vec<u8> {
 }
 
 /// Reads one tagged frontend message.
-async fn read_msg(s: &mut TcpStream) -> (u8, Vec<u8>) {
+pub(super) async fn read_msg(s: &mut TcpStream) -> (u8, Vec<u8>) {
     let tag = s.read_u8().await.unwrap();
     let len = s.read_u32().await.unwrap() as usize;
     let mut body = vec![0; len - 4];
@@ -113,7 +61,7 @@ async fn read_msg(s: &mut TcpStream) -> (u8, Vec<u8>) {
 }
 
 /// Runs `script` as a one-connection fake server; returns a conninfo pointing at it.
-async fn fake<F, Fut>(extra: &str, script: F) -> (ConnInfo, tokio::task::JoinHandle<()>)
+pub(super) async fn fake<F, Fut>(extra: &str, script: F) -> (ConnInfo, tokio::task::JoinHandle<()>)
 where
     F: FnOnce(TcpStream) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send,
@@ -421,7 +369,8 @@ async fn md5_and_cleartext_send_the_right_password() {
     );
     server.await.unwrap();
 
-    let (info, server) = fake("password=pw", |mut s| async move {
+    // Cleartext over a plain connection needs the opt-in (see tests/auth_policy.rs).
+    let (info, server) = fake("password=pw require_auth=password", |mut s| async move {
         read_startup(&mut s).await;
         s.write_all(&auth(3, &[])).await.unwrap();
         assert_eq!(read_msg(&mut s).await, (b'p', cstr(&["pw"])));

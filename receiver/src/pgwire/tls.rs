@@ -20,7 +20,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::client::TlsStream;
 
 use super::PgError;
-use crate::conninfo::{home_dir, ConnInfo, SslMode};
+use crate::conninfo::{home_dir, ConnInfo, SslMode, SYSTEM_ROOTS};
 
 /// The connection's byte stream.
 pub(crate) enum Stream {
@@ -73,6 +73,16 @@ impl AsyncWrite for Stream {
     }
 }
 
+impl Stream {
+    /// The server's certificate (DER), on a TLS stream.
+    pub(crate) fn peer_certificate(&self) -> Option<&[u8]> {
+        match self {
+            Stream::Tls(tls) => tls.get_ref().1.peer_certificates()?.first().map(|c| &c[..]),
+            Stream::Tcp(_) | Stream::Unix(_) => None,
+        }
+    }
+}
+
 /// How the server certificate is checked, after libpq's rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Verification {
@@ -80,7 +90,7 @@ pub(crate) enum Verification {
     None,
     /// Chain to `sslrootcert`, no name check (`verify-ca`, or `require` with a root cert).
     Chain,
-    /// Chain and host name (`verify-full`).
+    /// Chain and host name (`verify-full`, or `require` with `sslrootcert=system`).
     Full,
 }
 
@@ -89,6 +99,8 @@ pub(crate) struct TlsSetup {
     config: Arc<ClientConfig>,
     server_name: ServerName<'static>,
     pub(crate) verification: Verification,
+    #[cfg(test)]
+    verifier: Arc<PgCertVerifier>,
 }
 
 impl TlsSetup {
@@ -96,6 +108,7 @@ impl TlsSetup {
     pub(crate) fn new(info: &ConnInfo) -> Result<TlsSetup, PgError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let roots = load_roots(info)?;
+        let system_roots = info.sslrootcert.as_deref() == Some(Path::new(SYSTEM_ROOTS));
         let verification = match (info.sslmode, &roots) {
             (SslMode::VerifyFull, Some(_)) => Verification::Full,
             (SslMode::VerifyCa, Some(_)) => Verification::Chain,
@@ -107,6 +120,9 @@ impl TlsSetup {
                     info.sslmode
                 )))
             }
+            // Any publicly trusted certificate chains to the system roots: only the host
+            // name identifies the server (libpq 16 accepts nothing weaker with them).
+            (SslMode::Require, Some(_)) if system_roots => Verification::Full,
             // libpq: with a root certificate present, `require` verifies like `verify-ca`.
             (SslMode::Require, Some(_)) => Verification::Chain,
             _ => Verification::None,
@@ -117,17 +133,17 @@ impl TlsSetup {
                 Err(_) if verification != Verification::Full => placeholder_name(),
                 Err(_) => {
                     return Err(PgError::Config(format!(
-                        "sslmode=verify-full: host \"{name}\" is not a valid DNS name or IP \
-                         address to check the server certificate against"
+                        "sslmode={}: host \"{name}\" is not a valid DNS name or IP address to \
+                         check the server certificate against",
+                        info.sslmode
                     )))
                 }
             },
             None if verification == Verification::Full => {
-                return Err(PgError::Config(
-                    "sslmode=verify-full needs a host name to check the server certificate \
-                     against: set host"
-                        .into(),
-                ))
+                return Err(PgError::Config(format!(
+                    "sslmode={} checks the host name in the server certificate: set host",
+                    info.sslmode
+                )))
             }
             None => placeholder_name(),
         };
@@ -144,7 +160,7 @@ impl TlsSetup {
             .with_safe_default_protocol_versions()
             .map_err(|e| PgError::Tls(format!("cannot configure TLS: {e}")))?
             .dangerous()
-            .with_custom_certificate_verifier(verifier);
+            .with_custom_certificate_verifier(verifier.clone());
         let mut config = match load_client_cert(info)? {
             Some((certs, key)) => builder.with_client_auth_cert(certs, key).map_err(|e| {
                 PgError::Tls(format!(
@@ -159,6 +175,8 @@ impl TlsSetup {
             config: Arc::new(config),
             server_name,
             verification,
+            #[cfg(test)]
+            verifier,
         })
     }
 
@@ -208,7 +226,7 @@ fn default_file(name: &str) -> Option<PathBuf> {
 
 /// `sslrootcert` (or `system`), else libpq's default `~/.postgresql/root.crt` if it exists.
 fn load_roots(info: &ConnInfo) -> Result<Option<RootCertStore>, PgError> {
-    if info.sslrootcert.as_deref() == Some(Path::new("system")) {
+    if info.sslrootcert.as_deref() == Some(Path::new(SYSTEM_ROOTS)) {
         let mut store = RootCertStore::empty();
         store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         return Ok(Some(store));
@@ -377,5 +395,36 @@ impl ServerCertVerifier for PgCertVerifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(conninfo: &str) -> TlsSetup {
+        let info = ConnInfo::parse(conninfo).unwrap();
+        TlsSetup::new(&info).unwrap_or_else(|e| panic!("{conninfo}: {e}"))
+    }
+
+    #[test]
+    fn system_roots_check_the_host_name_even_with_sslmode_require() {
+        for conninfo in [
+            "host=db.example user=u sslrootcert=system sslmode=require",
+            "host=db.example user=u sslrootcert=system sslmode=verify-full",
+            "host=db.example user=u sslrootcert=system",
+        ] {
+            let tls = setup(conninfo);
+            assert_eq!(tls.verification, Verification::Full, "{conninfo}");
+            assert!(
+                tls.verifier.check_name && tls.verifier.roots.is_some(),
+                "{conninfo}: the verifier checks chain and host name"
+            );
+            assert_eq!(
+                tls.server_name,
+                ServerName::try_from("db.example").unwrap(),
+                "{conninfo}: checked against the conninfo's host"
+            );
+        }
     }
 }
