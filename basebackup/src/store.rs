@@ -25,9 +25,9 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use klio_catalog::{BackupCommit, Catalog, CatalogError, ChunkRecord, PackRecord};
+use klio_core::clock::{civil_from_days, unix_now};
 use klio_core::frame::{decode_object, FrameError, FrameSealer, ObjectId, ObjectKind};
 use klio_core::{ClusterName, DataKey, Lsn, TimelineId};
 use klio_receiver::crashsafe::{create_dir_all_durably, fsync_dir, write_file_durably};
@@ -79,10 +79,7 @@ impl BackupStoreError {
     /// The volume is out of space (ENOSPC / EDQUOT), for a pack or the catalog.
     pub fn is_disk_full(&self) -> bool {
         match self {
-            BackupStoreError::Io { source, .. } => matches!(
-                source.kind(),
-                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-            ),
+            BackupStoreError::Io { source, .. } => klio_core::disk::is_disk_full(source),
             BackupStoreError::Catalog(e) => e.is_disk_full(),
             _ => false,
         }
@@ -96,13 +93,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackupStoreError + '_ {
         path: path.to_path_buf(),
         source,
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Backup ids: `[0-9A-Za-z-]`, 1 to 64 characters.
@@ -570,19 +560,6 @@ impl ChunkStore {
         }
         Ok(r)
     }
-}
-
-/// Civil date from days since 1970-01-01.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// A chunk on its way through the workers.

@@ -1,7 +1,9 @@
 //! Klio's shared vocabulary: WAL positions and file names, cluster names, keys,
 //! and the encrypted frame format every stored byte goes through.
 
+pub mod clock;
 pub mod cluster;
+pub mod disk;
 pub mod frame;
 pub mod frame_reader;
 pub mod keys;

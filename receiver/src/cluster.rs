@@ -7,9 +7,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use klio_catalog::{Catalog, CatalogError, ClusterRecord};
+use klio_core::clock::unix_now;
 use klio_core::keys::KeyError;
 use klio_core::{ClusterName, DataKey, Lsn, MasterKey, TimelineId, WalSegSize};
 use tokio::sync::watch;
@@ -387,13 +388,6 @@ pub async fn run_cluster(
     }
     .instrument(span)
     .await
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Finds or creates the catalog record for the cluster; refuses a primary whose

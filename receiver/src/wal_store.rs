@@ -61,10 +61,7 @@ impl StoreError {
     /// Tier 1 is out of space (ENOSPC / EDQUOT), for a segment file or the catalog.
     pub fn is_disk_full(&self) -> bool {
         match self {
-            StoreError::Io { source, .. } => matches!(
-                source.raw_os_error(),
-                Some(libc::ENOSPC) | Some(libc::EDQUOT)
-            ),
+            StoreError::Io { source, .. } => klio_core::disk::is_disk_full(source),
             StoreError::Catalog(e) => e.is_disk_full(),
             _ => false,
         }

@@ -4,12 +4,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use klio_basebackup::job::{self, JobError, JobProgress, WalWaiter};
 use klio_basebackup::protocol::BaseBackupOptions;
 use klio_basebackup::store::{BackupKind, BackupRecord, BackupState, ChunkStore};
 use klio_basebackup::walchain;
+use klio_core::clock::unix_now;
 use klio_core::{ClusterName, Lsn, TimelineId};
 use klio_receiver::cluster::{ClusterHandle, ServerContext};
 use klio_receiver::conninfo::ConnInfo;
@@ -25,13 +26,6 @@ use crate::schedule::Schedule;
 
 /// How long a finished backup waits for its WAL to become durable in Tier 1.
 const WAL_WAIT: Duration = Duration::from_secs(600);
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// Backup settings of one cluster (from the configuration).
 #[derive(Debug, Clone)]

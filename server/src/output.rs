@@ -161,7 +161,7 @@ pub fn wal_table(list: &WalList) -> String {
 
 /// UTC `YYYY-MM-DD HH:MM:SS` of seconds since the epoch.
 pub fn utc_time(unix: u64) -> String {
-    let (y, m, d) = crate::schedule::civil_from_days((unix / 86_400) as i64);
+    let (y, m, d) = klio_core::clock::civil_from_days((unix / 86_400) as i64);
     let secs = unix % 86_400;
     format!(
         "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",

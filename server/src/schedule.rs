@@ -11,6 +11,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use klio_core::clock::civil_from_days;
+
 /// A parsed cron expression.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Schedule {
@@ -167,20 +169,6 @@ impl FromStr for Schedule {
             weekdays_restricted,
         })
     }
-}
-
-/// Civil date from days since 1970-01-01 (proleptic Gregorian).
-pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 impl Schedule {
