@@ -48,7 +48,7 @@ impl std::fmt::Debug for WalReader {
 impl WalReader {
     /// How many bytes it yields in all, when known in advance (sealed and padded
     /// segments; not history files or a raw `.partial`).
-    pub fn len(&self) -> Option<u64> {
+    pub fn known_len(&self) -> Option<u64> {
         self.len
     }
 

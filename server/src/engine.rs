@@ -294,7 +294,7 @@ impl Registry for EngineRegistry {
             return Ok(None);
         };
         Ok(Some(WalStream {
-            len: reader.len(),
+            len: reader.known_len(),
             pieces: Box::new(std::iter::from_fn(move || {
                 reader.next_piece().map_err(store_error).transpose()
             })),

@@ -432,7 +432,7 @@ async fn read_wal(
     let name: WalFileName = raw_name
         .parse()
         .map_err(|e| ApiError::BadRequest(format!("{e}")))?;
-    let (registry, c, n) = (state.registry.clone(), cluster.clone(), name.clone());
+    let (registry, c, n) = (state.registry.clone(), cluster.clone(), name);
     // Opened, and its first piece read, before answering: an error there (the file
     // cannot be decrypted) is still a proper 500.
     let opened = blocking(&cluster, move || {
