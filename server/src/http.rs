@@ -14,7 +14,8 @@
 //! GET /v1/clusters/{cluster}/backups/{id}/manifest          token  Klio's manifest (JSON)
 //! GET /v1/clusters/{cluster}/backups/{id}/backup_manifest   token  PostgreSQL's backup_manifest
 //! GET /v1/clusters/{cluster}/chunks/{chunk}  token     one chunk's plaintext (octet-stream)
-//! POST /v1/clusters/{cluster}/offloads       token     OffloadRequest → 202 BackupView, 409 if one runs
+//! POST /v1/clusters/{cluster}/offloads       token     OffloadRequest → 202 BackupView, 409 if one runs,
+//!                                                      403 without offload_roots or outside them
 //! POST /v1/clusters/{cluster}/verify         token     VerifyRequest (optional) → VerifyReport
 //! ```
 //! "token" means a bearer token or, over TLS with `client_ca_file`, a verified client
@@ -111,6 +112,9 @@ pub enum ApiError {
     InvalidToken,
     /// 403: valid credentials of another cluster.
     Forbidden(ClusterName),
+    /// 403 with this message: the server's configuration does not permit the request
+    /// (an offload with no `offload_roots`, or from outside them).
+    NotPermitted(String),
     /// 404 with this message.
     NotFound(String),
     /// 400 with this message.
@@ -134,13 +138,14 @@ impl ApiError {
             RegistryError::Conflict(m) => ApiError::Conflict(m),
             RegistryError::BadRequest(m) => ApiError::BadRequest(m),
             RegistryError::NotFound(m) => ApiError::NotFound(m),
+            RegistryError::Forbidden(m) => ApiError::NotPermitted(m),
         }
     }
 
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::MissingToken | ApiError::InvalidToken => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::NotPermitted(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -158,7 +163,10 @@ impl ApiError {
             }
             ApiError::InvalidToken => "invalid token".into(),
             ApiError::Forbidden(c) => format!("these credentials are not valid for cluster {c}"),
-            ApiError::NotFound(m) | ApiError::BadRequest(m) | ApiError::Conflict(m) => m.clone(),
+            ApiError::NotFound(m)
+            | ApiError::BadRequest(m)
+            | ApiError::Conflict(m)
+            | ApiError::NotPermitted(m) => m.clone(),
             ApiError::NotReady(c) => {
                 format!("cluster {c} has not connected to its primary yet; retry later")
             }
