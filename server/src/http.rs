@@ -103,6 +103,10 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// How a 403 for another cluster's credentials begins (clients tell it from a 403 the
+/// configuration causes, such as an offload outside `offload_roots`).
+pub(crate) const CREDENTIALS_FORBIDDEN: &str = "these credentials are not valid for cluster";
+
 /// Every way a request can fail, and its status code.
 #[derive(Debug)]
 pub enum ApiError {
@@ -162,7 +166,7 @@ impl ApiError {
                     .into()
             }
             ApiError::InvalidToken => "invalid token".into(),
-            ApiError::Forbidden(c) => format!("these credentials are not valid for cluster {c}"),
+            ApiError::Forbidden(c) => format!("{CREDENTIALS_FORBIDDEN} {c}"),
             ApiError::NotFound(m)
             | ApiError::BadRequest(m)
             | ApiError::Conflict(m)
