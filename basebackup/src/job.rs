@@ -19,6 +19,7 @@ use klio_core::{Lsn, TimelineId};
 use klio_receiver::conninfo::ConnInfo;
 use klio_receiver::pgwire::ReplicationConn;
 
+use crate::archive_rule::MemberRule;
 use crate::manifest::ManifestTablespace;
 use crate::offload::{OffloadSource, SourceKind};
 use crate::protocol::{BackupEvent, BaseBackupOptions, BaseBackupStream};
@@ -146,11 +147,13 @@ fn consume(
     rx: &mut tokio::sync::mpsc::Receiver<Feed>,
 ) -> Result<(), JobError> {
     let mut parser: Option<TarParser> = None;
+    let mut rule = MemberRule::default();
     let mut tablespace = None;
     while let Some(feed) = rx.blocking_recv() {
         match feed {
             Feed::ArchiveStart(ts) => {
                 parser = Some(TarParser::new());
+                rule = MemberRule::default();
                 tablespace = ts;
             }
             Feed::Data(bytes) => {
@@ -160,9 +163,12 @@ fn consume(
                     .ok_or_else(|| JobError::Protocol("archive data before any archive".into()))?;
                 p.feed(&bytes, &mut |ev| -> Result<(), JobError> {
                     match ev {
-                        TarEvent::Entry(e) => writer
-                            .begin_file(tar_meta(&e, tablespace))
-                            .map_err(store_error),
+                        TarEvent::Entry(e) => {
+                            rule.check(&e, tablespace).map_err(JobError::Tar)?;
+                            writer
+                                .begin_file(tar_meta(&e, tablespace))
+                                .map_err(store_error)
+                        }
                         TarEvent::Data(d) => writer.write(d).map_err(store_error),
                         TarEvent::EntryEnd => writer.end_file().map_err(store_error),
                         TarEvent::End => Ok(()),
@@ -419,9 +425,9 @@ pub async fn offload_backup(
                 w.begin_file(meta).map_err(store_error)?;
                 if e.kind == SourceKind::File {
                     use std::io::Read;
-                    let f = std::fs::File::open(&e.source).map_err(|err| {
-                        JobError::Source(format!("{}: {err}", e.source.display()))
-                    })?;
+                    let f = source
+                        .open(e)
+                        .map_err(|err| JobError::Source(err.to_string()))?;
                     // Exactly the size scanned: a file that changed size meanwhile is an error.
                     let mut f = f.take(e.size);
                     let mut left = e.size;
@@ -455,4 +461,99 @@ pub async fn offload_backup(
     .await
     .map_err(thread_error)??;
     finish(written, progress, wal, start, end, spaces, None).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tar::TarBuilder;
+
+    fn chunk_store(dir: &std::path::Path) -> ChunkStore {
+        let catalog = Arc::new(klio_catalog::Catalog::open(&dir.join("catalog")).unwrap());
+        let key = klio_core::DataKey::generate();
+        ChunkStore::open(dir, "pg".parse().unwrap(), key, catalog).unwrap()
+    }
+
+    #[test]
+    fn a_link_outside_pg_tblspc_fails_the_archive_before_anything_below_it_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = chunk_store(dir.path());
+        let id = store.new_backup_id().unwrap();
+        let tli = TimelineId::new(1).unwrap();
+        let mut w = store
+            .begin(
+                &id,
+                "t",
+                BackupKind::Stream,
+                Lsn(0x200_0028),
+                tli,
+                Some(150_000),
+            )
+            .unwrap();
+        let mut t = TarBuilder::default();
+        t.file("PG_VERSION", b"15\n")
+            .symlink("evil", "/etc")
+            .file("evil/passwd", b"SECRET")
+            .end();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        for feed in [
+            Feed::ArchiveStart(None),
+            Feed::Data(Bytes::from(t.out)),
+            Feed::ArchiveEnd,
+        ] {
+            assert!(tx.try_send(feed).is_ok());
+        }
+        drop(tx);
+        let e = consume(&mut w, &mut rx).unwrap_err();
+        assert!(matches!(e, JobError::Tar(_)), "{e}");
+        assert!(e.to_string().contains("evil -> /etc"), "{e}");
+        let stored: Vec<&str> = w.files().iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(stored, ["PG_VERSION"]);
+        w.abort("test").unwrap();
+    }
+
+    #[test]
+    fn an_offload_whose_file_became_a_link_after_the_scan_fails_and_keeps_nothing() {
+        let copy = crate::offload::tests::Copy::new();
+        let source = copy.scan(&copy.pgdata).unwrap();
+        // A link to a file outside the root, of the size the scan saw.
+        let swapped = copy.pgdata.join("base/1/1259");
+        let secret = copy.secret().join("master.key");
+        std::fs::write(&secret, [b'S'; 100]).unwrap();
+        std::fs::remove_file(&swapped).unwrap();
+        std::os::unix::fs::symlink(&secret, &swapped).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = chunk_store(dir.path());
+        let id = store.new_backup_id().unwrap();
+        let wal: WalWaiter = Box::new(|_, _, _, _| Box::pin(async { Ok(()) }));
+        let end = (TimelineId::new(1).unwrap(), Lsn(0x900_0100));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let job = offload_backup(
+            source,
+            &store,
+            id,
+            "t".into(),
+            end,
+            Arc::new(JobProgress::default()),
+            &wal,
+        );
+        let e = rt.block_on(job).unwrap_err();
+        assert!(matches!(e, JobError::Source(_)), "{e}");
+        assert!(
+            e.to_string()
+                .contains("base/1/1259: not a regular file, or replaced"),
+            "{e}"
+        );
+        let records = store.backups().unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(
+            records[0].state,
+            crate::store::BackupState::Failed,
+            "{:?}",
+            records[0]
+        );
+    }
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use klio_basebackup::job::{self, JobError, JobProgress, WalWaiter};
+use klio_basebackup::offload::{self, OffloadError, OffloadPolicy};
 use klio_basebackup::protocol::BaseBackupOptions;
 use klio_basebackup::store::{BackupKind, BackupRecord, BackupState, ChunkStore};
 use klio_basebackup::walchain;
@@ -34,6 +35,8 @@ pub struct BackupSettings {
     pub conninfo: ConnInfo,
     pub fast_checkpoint: bool,
     pub schedule: Option<Schedule>,
+    /// Where offloads may read (resolved directories); empty: offload is disabled.
+    pub offload_roots: Vec<std::path::PathBuf>,
 }
 
 struct Running {
@@ -188,13 +191,19 @@ impl BackupManager {
         self.view_of_running(cluster, &id)
     }
 
-    /// Starts an offload job from a directory on this server.
+    /// Starts an offload job from a directory on this server, inside one of the
+    /// cluster's `offload_roots` (see [`klio_basebackup::offload`]).
     pub fn start_offload(
         &self,
         cluster: &ClusterName,
         req: OffloadRequest,
     ) -> Result<BackupView, RegistryError> {
         let cb = self.cluster(cluster)?.clone();
+        if cb.settings.offload_roots.is_empty() {
+            return Err(RegistryError::Forbidden(format!(
+                "offload is disabled for cluster {cluster}: its configuration sets no offload_roots; add offload_roots = [\"/dir/where/snapshots/are/mounted\"] to its [[cluster]] table and restart the server"
+            )));
+        }
         let store = self.store(&cb)?;
         let from = std::path::PathBuf::from(&req.from);
         if !from.is_absolute() {
@@ -203,8 +212,21 @@ impl BackupManager {
                 req.from
             )));
         }
-        let source = klio_basebackup::offload::scan(&from)
-            .map_err(|e| RegistryError::BadRequest(e.to_string()))?;
+        let system_id = self
+            .ctx
+            .catalog
+            .cluster(cluster)
+            .map_err(internal)?
+            .ok_or(RegistryError::NotReady)?
+            .system_id;
+        let policy = OffloadPolicy {
+            roots: &cb.settings.offload_roots,
+            system_id,
+        };
+        let source = offload::scan(&from, &policy).map_err(|e| match e {
+            OffloadError::OutsideRoots => RegistryError::Forbidden(e.to_string()),
+            other => RegistryError::BadRequest(other.to_string()),
+        })?;
         let label = req
             .label
             .or_else(|| source.label.label.clone())

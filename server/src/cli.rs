@@ -175,7 +175,9 @@ pub struct BackupArgs {
 pub struct OffloadArgs {
     #[arg(long, env = "KLIO_CLUSTER", value_name = "NAME")]
     pub cluster: Option<String>,
-    /// The PGDATA copy, on the server's file system (made absolute from the current directory).
+    /// The PGDATA copy, on the server's file system (made absolute from the current
+    /// directory): it must resolve inside one of the cluster's offload_roots (server
+    /// configuration; none set: offload is refused) and be a copy of this cluster.
     #[arg(long, value_name = "DIR")]
     pub from: PathBuf,
     /// WAL position the copy is consistent at (pg_backup_stop's lsn); default: the

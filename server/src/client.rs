@@ -516,6 +516,18 @@ impl Client {
             Failure::Status(StatusCode::UNAUTHORIZED, _) => ClientError::Unauthorized {
                 origin: self.origin.clone(),
             },
+            // A 403 the server's configuration causes (an offload outside offload_roots)
+            // says why; one for another cluster's credentials, or without a JSON body,
+            // gets the credentials hint.
+            Failure::Status(StatusCode::FORBIDDEN, m)
+                if !m.starts_with(crate::http::CREDENTIALS_FORBIDDEN)
+                    && Some(m.as_str()) != StatusCode::FORBIDDEN.canonical_reason() =>
+            {
+                ClientError::Server {
+                    status: 403,
+                    message: m,
+                }
+            }
             Failure::Status(StatusCode::FORBIDDEN, _) => ClientError::Forbidden {
                 cluster: cluster.map(|c| c.to_string()).unwrap_or_default(),
                 origin: self.origin.clone(),

@@ -16,6 +16,7 @@
 //! backup_checkpoint = "fast"                 # or "spread" (default "fast")
 //! client_ca_file = "/etc/klio/pg-main-ca.crt" # optional: client certificates of this cluster
 //! client_cert_dns_names = ["klio-client.pg.svc"] # DNS SANs that name it (besides its name)
+//! offload_roots = ["/snapshots/pg-main"]     # where `klio offload --from` may read; default none
 //! [tls]                                      # optional: the API speaks HTTPS only
 //! cert_file = "/etc/klio/tls/tls.crt"        # PEM chain, server certificate first
 //! key_file = "/etc/klio/tls/tls.key"         # its PEM private key (mode 0600)
@@ -104,6 +105,9 @@ pub struct ClusterConfig {
     pub backup_schedule: Option<Schedule>,
     /// Ask PostgreSQL for an immediate checkpoint at backup start (`false`: spread).
     pub backup_fast_checkpoint: bool,
+    /// Directories an offload may read from (absolute, symbolic links resolved); empty:
+    /// offload over the API is disabled.
+    pub offload_roots: Vec<PathBuf>,
 }
 
 impl fmt::Debug for ClusterConfig {
@@ -116,6 +120,7 @@ impl fmt::Debug for ClusterConfig {
             .field("token_file", &self.token_file)
             .field("backup_schedule", &self.backup_schedule)
             .field("backup_fast_checkpoint", &self.backup_fast_checkpoint)
+            .field("offload_roots", &self.offload_roots)
             .finish()
     }
 }
@@ -202,6 +207,7 @@ struct RawCluster {
     backup_checkpoint: Option<String>,
     client_ca_file: Option<PathBuf>,
     client_cert_dns_names: Option<Vec<String>>,
+    offload_roots: Option<Vec<PathBuf>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -450,6 +456,12 @@ impl Config {
                 ca_file: rc.client_ca_file.map(&resolve),
                 dns_names,
             });
+            let offload_roots = offload_roots(
+                rc.offload_roots.unwrap_or_default(),
+                &key("offload_roots"),
+                &[&data_dir, &master_key_file].map(|p| resolve(p.clone())),
+                &invalid,
+            )?;
 
             clusters.push(ClusterConfig {
                 name,
@@ -460,6 +472,7 @@ impl Config {
                 token,
                 backup_schedule,
                 backup_fast_checkpoint,
+                offload_roots,
             });
         }
 
@@ -669,6 +682,43 @@ fn require<T>(
             format!("missing: set it in the config file or with {var}"),
         )
     })
+}
+
+/// `offload_roots`: absolute directories that exist, symbolic links resolved; none may
+/// hold Klio's own files (`own`: the data directory and the master key file).
+fn offload_roots(
+    raw: Vec<PathBuf>,
+    key: &str,
+    own: &[PathBuf],
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Vec<PathBuf>, ConfigError> {
+    let real = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+    let mut roots = Vec::with_capacity(raw.len());
+    for (j, p) in raw.into_iter().enumerate() {
+        let k = format!("{key}[{j}]");
+        if !p.is_absolute() {
+            return Err(invalid(
+                &k,
+                format!("{} is not an absolute path", p.display()),
+            ));
+        }
+        let root = std::fs::canonicalize(&p)
+            .ok()
+            .filter(|r| r.is_dir())
+            .ok_or_else(|| invalid(&k, format!("{} is not an existing directory", p.display())))?;
+        if let Some(mine) = own.iter().find(|o| real(o).starts_with(&root)) {
+            return Err(invalid(
+                &k,
+                format!(
+                    "{} holds Klio's own {}; name the directory where snapshots are mounted",
+                    p.display(),
+                    mine.display()
+                ),
+            ));
+        }
+        roots.push(root);
+    }
+    Ok(roots)
 }
 
 fn valid_slot_name(s: &str) -> bool {

@@ -650,3 +650,37 @@ fn metrics_and_api_limits() {
         assert_eq!(k, key, "{extra}: {shown}");
     }
 }
+
+#[test]
+fn offload_roots_are_existing_absolute_directories_resolved_at_load() {
+    let f = Fixture::new();
+    let c = f.parse(&with_clusters("")).unwrap();
+    assert!(c.clusters[0].offload_roots.is_empty());
+    let snaps = f.dir.path().join("snaps");
+    std::fs::create_dir_all(&snaps).unwrap();
+    std::os::unix::fs::symlink(&snaps, f.dir.path().join("via-link")).unwrap();
+    let roots = |list: &str| {
+        format!(
+            "{HEAD}{}offload_roots = [{list}]\n",
+            cluster("pg-a", "a.token")
+        )
+    };
+    let link = f.dir.path().join("via-link").display().to_string();
+    let c = f.parse(&roots(&format!("{link:?}"))).unwrap();
+    assert_eq!(
+        c.clusters[0].offload_roots,
+        [std::fs::canonicalize(&snaps).unwrap()]
+    );
+    let file = f.write("plain-file", "x").display().to_string();
+    let missing = f.dir.path().join("missing").display().to_string();
+    for (list, why) in [
+        ("\"snaps\"".to_string(), "absolute"),
+        (format!("{link:?}, {missing:?}"), "existing directory"),
+        (format!("{file:?}"), "existing directory"),
+        ("\"/\"".to_string(), "Klio's own"),
+    ] {
+        let (key, shown) = f.err_key(&roots(&list));
+        assert!(key.starts_with("cluster[0].offload_roots["), "{key}");
+        assert!(shown.contains(why), "{list}: {shown}");
+    }
+}

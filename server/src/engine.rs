@@ -54,6 +54,7 @@ fn backup_settings(c: &crate::config::ClusterConfig) -> anyhow::Result<BackupSet
         conninfo,
         fast_checkpoint: c.backup_fast_checkpoint,
         schedule: c.backup_schedule.clone(),
+        offload_roots: c.offload_roots.clone(),
     })
 }
 

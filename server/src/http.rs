@@ -14,7 +14,8 @@
 //! GET /v1/clusters/{cluster}/backups/{id}/manifest          token  Klio's manifest (JSON)
 //! GET /v1/clusters/{cluster}/backups/{id}/backup_manifest   token  PostgreSQL's backup_manifest
 //! GET /v1/clusters/{cluster}/chunks/{chunk}  token     one chunk's plaintext (octet-stream)
-//! POST /v1/clusters/{cluster}/offloads       token     OffloadRequest → 202 BackupView, 409 if one runs
+//! POST /v1/clusters/{cluster}/offloads       token     OffloadRequest → 202 BackupView, 409 if one runs,
+//!                                                      403 without offload_roots or outside them
 //! POST /v1/clusters/{cluster}/verify         token     VerifyRequest (optional) → VerifyReport
 //! ```
 //! "metrics" means the `metrics_token_file` token (`Authorization: Bearer`); with
@@ -125,6 +126,10 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// How a 403 for another cluster's credentials begins (clients tell it from a 403 the
+/// configuration causes, such as an offload outside `offload_roots`).
+pub(crate) const CREDENTIALS_FORBIDDEN: &str = "these credentials are not valid for cluster";
+
 /// Every way a request can fail, and its status code.
 #[derive(Debug)]
 pub enum ApiError {
@@ -136,6 +141,9 @@ pub enum ApiError {
     MetricsUnauthorized(&'static str),
     /// 403: valid credentials of another cluster.
     Forbidden(ClusterName),
+    /// 403 with this message: the server's configuration does not permit the request
+    /// (an offload with no `offload_roots`, or from outside them).
+    NotPermitted(String),
     /// 404 with this message.
     NotFound(String),
     /// 400 with this message.
@@ -159,6 +167,7 @@ impl ApiError {
             RegistryError::Conflict(m) => ApiError::Conflict(m),
             RegistryError::BadRequest(m) => ApiError::BadRequest(m),
             RegistryError::NotFound(m) => ApiError::NotFound(m),
+            RegistryError::Forbidden(m) => ApiError::NotPermitted(m),
         }
     }
 
@@ -167,7 +176,7 @@ impl ApiError {
             ApiError::MissingToken | ApiError::InvalidToken | ApiError::MetricsUnauthorized(_) => {
                 StatusCode::UNAUTHORIZED
             }
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::NotPermitted(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -185,8 +194,11 @@ impl ApiError {
             }
             ApiError::InvalidToken => "invalid token".into(),
             ApiError::MetricsUnauthorized(m) => (*m).into(),
-            ApiError::Forbidden(c) => format!("these credentials are not valid for cluster {c}"),
-            ApiError::NotFound(m) | ApiError::BadRequest(m) | ApiError::Conflict(m) => m.clone(),
+            ApiError::Forbidden(c) => format!("{CREDENTIALS_FORBIDDEN} {c}"),
+            ApiError::NotFound(m)
+            | ApiError::BadRequest(m)
+            | ApiError::Conflict(m)
+            | ApiError::NotPermitted(m) => m.clone(),
             ApiError::NotReady(c) => {
                 format!("cluster {c} has not connected to its primary yet; retry later")
             }

@@ -142,6 +142,10 @@ pub enum RegistryError {
     /// The thing asked for does not exist (HTTP 404; the message is sent).
     #[error("{0}")]
     NotFound(String),
+    /// The server's configuration does not permit the request (HTTP 403; the message is
+    /// sent).
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 /// One stored WAL file.

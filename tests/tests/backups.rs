@@ -282,10 +282,16 @@ fn second_request_while_running_gets_409() -> Result<()> {
 fn offload_of_a_pgdata_copy_with_backup_label() -> Result<()> {
     let pg = PgInstance::start(PgOptions::new())?;
     pg.pgbench(&["-i", "-s", "2"])?;
-    let klio = start(&pg)?;
+    // Offloads read only inside the cluster's offload_roots.
+    let snap = postgres_dir(pg.data_dir().parent().context("parent")?, "snap")?;
+    let mut conf = ClusterConf::new(CLUSTER, pg.replication_conninfo());
+    conf.extra.push(format!(
+        "offload_roots = [{:?}]",
+        snap.display().to_string()
+    ));
+    let klio = KlioServer::start(vec![conf])?;
     // A plain-format copy made by pg_basebackup carries a backup_label, like a
     // snapshot taken between pg_backup_start and pg_backup_stop.
-    let snap = postgres_dir(pg.data_dir().parent().context("parent")?, "snap")?;
     let copy = snap.join("pgdata");
     let st = Command::new(pg.tool("pg_basebackup"))
         .arg("--dbname")
