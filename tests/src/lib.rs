@@ -14,6 +14,14 @@ use serde_json::Value;
 
 pub use klio_harness::{AuthMethod, PgInstance, PgOptions, StopMode, TestCa};
 
+mod drill;
+mod http;
+mod wal_compare;
+
+pub use drill::{table_checksums, Restored};
+pub use http::{http_get, https_get, served_certificate};
+pub use wal_compare::Compared;
+
 /// The `klio` binary under test (built from this package's `klio-e2e` target).
 pub fn klio_bin() -> PathBuf {
     if let Ok(p) = std::env::var("KLIO_BIN") {
@@ -570,47 +578,6 @@ impl KlioServer {
             .collect())
     }
 
-    /// Reads each of `names` back through `klio wal-restore` into `out` and checks it is
-    /// byte-identical to the file of the same name in `pg_wal`. Files `pg_wal` no longer
-    /// has are skipped; returns how many were compared.
-    pub fn compare_with_pg_wal(
-        &self,
-        cluster: &str,
-        pg_wal: &Path,
-        out: &Path,
-        names: &[String],
-    ) -> Result<usize> {
-        let mut compared = 0;
-        for name in names {
-            let dest = out.join(name);
-            let o = self.wal_restore(cluster, name, &dest)?;
-            if !o.status.success() {
-                bail!(
-                    "wal-restore {name} failed: {}",
-                    String::from_utf8_lossy(&o.stderr)
-                );
-            }
-            let Ok(theirs) = std::fs::read(pg_wal.join(name)) else {
-                continue;
-            };
-            let ours = std::fs::read(&dest)?;
-            if ours != theirs {
-                let at = ours
-                    .iter()
-                    .zip(&theirs)
-                    .position(|(a, b)| a != b)
-                    .unwrap_or(ours.len().min(theirs.len()));
-                bail!(
-                    "{name}: content differs from pg_wal at byte {at:#x} (Klio {} bytes, pg_wal {} bytes)",
-                    ours.len(),
-                    theirs.len()
-                );
-            }
-            compared += 1;
-        }
-        Ok(compared)
-    }
-
     /// Runs `klio wal-restore FILE DEST` for `cluster` with its token file.
     pub fn wal_restore(&self, cluster: &str, file: &str, dest: &Path) -> Result<Output> {
         self.wal_restore_with_token(cluster, file, dest, &self.token_file(cluster))
@@ -705,126 +672,42 @@ fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output> {
     }
 }
 
+/// Set to `1` to let a test that needs root (it mounts a tmpfs) pass without running
+/// when it cannot set itself up. CI runs as root and never sets it.
+pub const ALLOW_UNPRIVILEGED: &str = "KLIO_TEST_ALLOW_UNPRIVILEGED";
+
+/// A set-up step that needs privileges failed with `err`: the test fails, naming the
+/// cause and the opt-out, unless [`ALLOW_UNPRIVILEGED`] is `1`; then this says that the
+/// test did not run and returns `Ok`, and the caller returns without testing.
+pub fn privileged_setup_failed(err: anyhow::Error) -> Result<()> {
+    if std::env::var(ALLOW_UNPRIVILEGED).as_deref() == Ok("1") {
+        eprintln!("NOT RUN ({ALLOW_UNPRIVILEGED}=1): {err:#}");
+        return Ok(());
+    }
+    Err(err.context(format!(
+        "this test needs root, as in CI; run it as root, or set {ALLOW_UNPRIVILEGED}=1 to let it pass without running"
+    )))
+}
+
+/// The `start=` positions of the "streaming WAL" lines in a server log, oldest first:
+/// where Klio started streaming each time.
+pub fn stream_starts(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains("streaming WAL"))
+        .filter_map(|l| l.split("start=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .filter_map(|lsn| parse_lsn(lsn).ok())
+        .collect()
+}
+
 /// Parses `X/Y` into a u64.
 pub fn parse_lsn(s: &str) -> Result<u64> {
     let (hi, lo) = s.trim().split_once('/').context("LSN without '/'")?;
     Ok((u64::from_str_radix(hi, 16)? << 32) | u64::from_str_radix(lo, 16)?)
 }
 
-/// Minimal blocking HTTP/1.1 GET over a TCP socket (no client library needed in tests).
-pub fn http_get(url: &str, bearer: Option<&str>) -> Result<(u16, Vec<u8>)> {
-    let rest = url.strip_prefix("http://").context("only http:// URLs")?;
-    let (hostport, path) = split_url(rest);
-    let mut s = std::net::TcpStream::connect(hostport)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    exchange(&mut s, hostport, path, bearer)
-}
-
-/// [`http_get`] over TLS with rustls, trusting `ca`, presenting `client_cert`
-/// (certificate, key) if given.
-pub fn https_get(
-    url: &str,
-    ca: &Path,
-    client_cert: Option<(&Path, &Path)>,
-    bearer: Option<&str>,
-) -> Result<(u16, Vec<u8>)> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    use std::sync::Arc;
-    let rest = url.strip_prefix("https://").context("only https:// URLs")?;
-    let (hostport, path) = split_url(rest);
-    let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca)? {
-        roots.add(c?)?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots);
-    let config = match client_cert {
-        Some((cert, key)) => config.with_client_auth_cert(
-            CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?,
-            PrivateKeyDer::from_pem_file(key)?,
-        )?,
-        None => config.with_no_client_auth(),
-    };
-    let conn =
-        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from(host.to_string())?)?;
-    let tcp = std::net::TcpStream::connect(hostport)?;
-    tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut s = rustls::StreamOwned::new(conn, tcp);
-    exchange(&mut s, hostport, path, bearer)
-}
-
-fn split_url(rest: &str) -> (&str, &str) {
-    match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    }
-}
-
-/// Sends one GET on `s` and reads the answer until the server closes.
-fn exchange(
-    s: &mut (impl std::io::Read + std::io::Write),
-    hostport: &str,
-    path: &str,
-    bearer: Option<&str>,
-) -> Result<(u16, Vec<u8>)> {
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n");
-    if let Some(t) = bearer {
-        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
-    let mut buf = Vec::new();
-    match s.read_to_end(&mut buf) {
-        Ok(_) => {}
-        // A TLS peer that closes without close_notify, after a complete answer.
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => {}
-        Err(e) => return Err(e.into()),
-    }
-    let head_end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no HTTP header end")?;
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let code: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .context("no status code")?
-        .parse()?;
-    let mut body = buf[head_end + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body)?;
-    }
-    Ok((code, body))
-}
-
-fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = b
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .context("bad chunk")?;
-        let size_txt = String::from_utf8_lossy(&b[..line_end]);
-        let size = usize::from_str_radix(size_txt.split(';').next().unwrap_or("0").trim(), 16)?;
-        b = &b[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        out.extend_from_slice(&b[..size]);
-        b = &b[size + 2..];
-    }
-}
-
-/// Waits for a condition without fixed sleeps beyond a short poll interval.
-/// See [`KlioServer::tools_for_postgres`].
+/// The `klio` binary and a token where the `postgres` account can use them; see
+/// [`KlioServer::tools_for_postgres`].
 pub struct ClientTools {
     _dir: tempfile::TempDir,
     pub bin: PathBuf,

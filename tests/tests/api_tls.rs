@@ -5,18 +5,19 @@
 //! another CA is refused; a wrong token is still 401; `klio restore` of A with B's
 //! certificate fails with 403 and writes nothing, with A's it writes a restore_command
 //! carrying the TLS options, and PostgreSQL recovers through it.
-//! A renewed server certificate is served without a restart, and a renewal whose key does
-//! not match is refused while the previous certificate stays in use.
+//! A renewed server certificate is served without a restart, within 2 s, and the old one
+//! no longer (the certificate each handshake presents is compared); a renewal whose key
+//! does not match is refused while the previous certificate stays in use.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use klio_tests::{
-    http_get, https_get, klio_bin, wait_until, ClusterConf, KlioServer, PgInstance, PgOptions,
-    TestCa,
+    http_get, https_get, klio_bin, served_certificate, wait_until, ClusterConf, KlioServer,
+    PgInstance, PgOptions, TestCa,
 };
 
 /// Runs `klio <args> --server <url> --cacert <ca> [--cert C --key K]`.
@@ -262,15 +263,27 @@ fn replace(path: &Path, contents: &str, mode: u32) -> Result<()> {
     Ok(())
 }
 
+/// The DER of the first certificate in a PEM text.
+fn der(pem: &str) -> Result<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    Ok(rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())?.to_vec())
+}
+
 #[test]
 fn a_renewed_api_certificate_is_served_without_a_restart() -> Result<()> {
     let pg = PgInstance::start(PgOptions::new())?;
     let klio = KlioServer::start_tls(vec![ClusterConf::new("rot", pg.replication_conninfo())])?;
+    let hostport = format!("127.0.0.1:{}", klio.port());
     let url = format!("{}/healthz", klio.url());
     let (code, _) = https_get(&url, &klio.ca_cert(), None, None)?;
     ensure!(code == 200, "healthz: {code}");
+    let old = der(&std::fs::read_to_string(klio.tls_dir().join("server.crt"))?)?;
+    ensure!(
+        served_certificate(&hostport)? == old,
+        "the server does not present its configured certificate"
+    );
     // The renewal comes from a new CA (as after a CA rotation), so which certificate is
-    // served shows in which CA a client must trust.
+    // served also shows in which CA a client must trust.
     let ca2 = TestCa::new("rotated API CA")?;
     let ca2_file = klio.dir().join("ca2.crt");
     ca2.write_cert(&ca2_file)?;
@@ -280,39 +293,66 @@ fn a_renewed_api_certificate_is_served_without_a_restart() -> Result<()> {
     );
     let (cert2, key2) = ca2.server_cert()?;
     let (_, unrelated_key) = ca2.server_cert()?;
+    let new = der(&cert2)?;
+    ensure!(new != old);
 
     // A renewal that does not load (the key is not the certificate's): logged, and the
-    // previous certificate keeps being served.
+    // previous certificate keeps being served, on every connection meanwhile.
     replace(&klio.tls_dir().join("server.key"), &unrelated_key, 0o600)?;
     replace(&klio.tls_dir().join("server.crt"), &cert2, 0o644)?;
-    wait_until(
-        Duration::from_secs(20),
-        "the refused reload to be logged",
-        || {
-            let (code, _) = https_get(&url, &klio.ca_cert(), None, None)
-                .context("the previous certificate is no longer served")?;
-            ensure!(code == 200, "healthz: {code}");
-            Ok(klio
-                .log()
-                .contains("cannot be used; still serving the previous certificate"))
-        },
-    )?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !klio
+        .log()
+        .contains("cannot be used; still serving the previous certificate")
+    {
+        ensure!(
+            served_certificate(&hostport)? == old,
+            "a certificate other than the previous one is served"
+        );
+        ensure!(
+            Instant::now() < deadline,
+            "the refused reload was not logged within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ensure!(served_certificate(&hostport)? == old);
     ensure!(https_get(&url, &ca2_file, None, None).is_err());
 
-    // The matching key arrives: new connections get the new certificate.
+    // The matching key arrives: within 2 s, new connections get the new certificate, and
+    // the old one is no longer served to anybody.
     replace(&klio.tls_dir().join("server.key"), &key2, 0o600)?;
-    wait_until(
-        Duration::from_secs(20),
-        "the renewed certificate to be served",
-        || Ok(https_get(&url, &ca2_file, None, None).is_ok_and(|(c, _)| c == 200)),
-    )?;
+    let replaced = Instant::now();
+    let deadline = replaced + Duration::from_secs(2);
+    loop {
+        if served_certificate(&hostport)? == new {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the renewed certificate is not served {:?} after its key was replaced",
+            replaced.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = replaced.elapsed();
+    for _ in 0..5 {
+        ensure!(
+            served_certificate(&hostport)? == new,
+            "the old certificate is served again after the renewal"
+        );
+    }
+    let (code, _) = https_get(&url, &ca2_file, None, None)?;
+    ensure!(code == 200, "healthz through the new CA: {code}");
+    let refused = https_get(&url, &klio.ca_cert(), None, None);
     ensure!(
-        https_get(&url, &klio.ca_cert(), None, None).is_err(),
-        "the old certificate is still served"
+        refused
+            .as_ref()
+            .is_err_and(|e| format!("{e:#}").contains("UnknownIssuer")),
+        "a client trusting only the old CA was not refused for the certificate: {refused:?}"
     );
     ensure!(klio
         .log()
         .contains("new connections use the reloaded certificate"));
-    println!("renewed certificate served without a restart; a bad renewal was refused first");
+    println!("renewed certificate served {took:?} after its key was replaced, without a restart; a bad renewal was refused first");
     Ok(())
 }

@@ -3,14 +3,16 @@
 //! stored before it may complete) and verifies; a second backup after a 1% update
 //! stores little new data; a crash mid-backup leaves no complete backup and no
 //! chunks; a corrupted chunk makes `klio verify` fail naming the backup and file;
-//! a second request while one runs gets 409; PGDATA copies offload.
+//! a second request while one runs gets 409; PGDATA copies offload. Offloads and
+//! backups of PostgreSQL 13 and 17 are restored, checked with pg_verifybackup, started,
+//! and recover to the source's exact contents.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use klio_tests::{wait_until, ClusterConf, KlioServer, PgInstance, PgOptions};
+use klio_tests::{table_checksums, wait_until, ClusterConf, KlioServer, PgInstance, PgOptions};
 use serde_json::Value;
 
 const CLUSTER: &str = "bk";
@@ -278,20 +280,29 @@ fn second_request_while_running_gets_409() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn offload_of_a_pgdata_copy_with_backup_label() -> Result<()> {
-    let pg = PgInstance::start(PgOptions::new())?;
-    pg.pgbench(&["-i", "-s", "2"])?;
-    // Offloads read only inside the cluster's offload_roots.
-    let snap = postgres_dir(pg.data_dir().parent().context("parent")?, "snap")?;
+/// The directory copies are made in; the cluster's only `offload_roots` entry.
+fn snapshot_root(pg: &PgInstance) -> Result<PathBuf> {
+    postgres_dir(pg.data_dir().parent().context("parent")?, "snap")
+}
+
+/// Like [`start`], with offloads permitted from [`snapshot_root`] (offloads read only
+/// inside the cluster's offload_roots).
+fn start_offloadable(pg: &PgInstance) -> Result<KlioServer> {
     let mut conf = ClusterConf::new(CLUSTER, pg.replication_conninfo());
     conf.extra.push(format!(
         "offload_roots = [{:?}]",
-        snap.display().to_string()
+        snapshot_root(pg)?.display().to_string()
     ));
     let klio = KlioServer::start(vec![conf])?;
-    // A plain-format copy made by pg_basebackup carries a backup_label, like a
-    // snapshot taken between pg_backup_start and pg_backup_stop.
+    let lsn = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
+    klio.wait_flushed(CLUSTER, &lsn, Duration::from_secs(60))?;
+    Ok(klio)
+}
+
+/// A plain-format copy of `pg`'s data directory made by pg_basebackup: it carries a
+/// backup_label, like a snapshot taken between pg_backup_start and pg_backup_stop.
+fn pgdata_copy(pg: &PgInstance) -> Result<PathBuf> {
+    let snap = snapshot_root(pg)?;
     let copy = snap.join("pgdata");
     let st = Command::new(pg.tool("pg_basebackup"))
         .arg("--dbname")
@@ -302,6 +313,11 @@ fn offload_of_a_pgdata_copy_with_backup_label() -> Result<()> {
         .status()?;
     ensure!(st.success(), "pg_basebackup: {st}");
     ensure!(copy.join("backup_label").exists());
+    Ok(copy)
+}
+
+/// Offloads `copy` once Klio has the WAL written so far; returns the complete backup.
+fn offload(klio: &KlioServer, pg: &PgInstance, copy: &Path) -> Result<Value> {
     let lsn = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
     klio.wait_flushed(CLUSTER, &lsn, Duration::from_secs(60))?;
     let out = klio.client_ok(
@@ -317,6 +333,16 @@ fn offload_of_a_pgdata_copy_with_backup_label() -> Result<()> {
     )?;
     let b: Value = serde_json::from_str(&out)?;
     ensure!(b["state"] == "complete" && b["kind"] == "offload", "{b}");
+    Ok(b)
+}
+
+#[test]
+fn offload_of_a_pgdata_copy_with_backup_label() -> Result<()> {
+    let pg = PgInstance::start(PgOptions::new())?;
+    pg.pgbench(&["-i", "-s", "2"])?;
+    let klio = start_offloadable(&pg)?;
+    let copy = pgdata_copy(&pg)?;
+    let b = offload(&klio, &pg, &copy)?;
     ensure!(n(&b, "files") > 500, "{b}");
     // The same data again: nearly everything deduplicates against the offload.
     let again = backup(&klio)?;
@@ -348,6 +374,29 @@ fn offload_of_a_pgdata_copy_with_backup_label() -> Result<()> {
     Ok(())
 }
 
+/// An offloaded copy is a backup like any other: restored into a new data directory it
+/// passes pg_verifybackup (against the manifest pg_basebackup wrote into the copy),
+/// starts, replays Klio's WAL and holds exactly the source's data.
+#[test]
+fn an_offloaded_copy_restores_and_recovers() -> Result<()> {
+    let pg = PgInstance::start(PgOptions::new())?;
+    pg.pgbench(&["-i", "-s", "2"])?;
+    let klio = start_offloadable(&pg)?;
+    let copy = pgdata_copy(&pg)?;
+    ensure!(copy.join("backup_manifest").exists());
+    let b = offload(&klio, &pg, &copy)?;
+    let expected = load_after_backup(&klio, &pg)?;
+    let id = b["id"].as_str().context("id")?;
+    let restored = klio.restore_and_recover(CLUSTER, Some(id), PgOptions::new())?;
+    let got = table_checksums(&restored.pg, PGBENCH_TABLES)?;
+    ensure!(
+        got == expected,
+        "restored offload differs\nexpected:\n{expected}got:\n{got}"
+    );
+    println!("offload {id} restored, verified and recovered to the source's contents");
+    Ok(())
+}
+
 #[test]
 fn scheduled_backup_runs_by_itself() -> Result<()> {
     let pg = PgInstance::start(PgOptions::new())?;
@@ -370,20 +419,57 @@ fn scheduled_backup_runs_by_itself() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn backup_from_postgres_13_and_17() -> Result<()> {
-    for major in [13, 17] {
-        let pg = PgInstance::start(PgOptions::new().major(major))?;
-        pg.pgbench(&["-i", "-s", "1"])?;
-        let klio = start(&pg)?;
-        let b = backup(&klio)?;
-        ensure!(b["state"] == "complete", "PostgreSQL {major}: {b}");
-        let report = klio.client_ok(CLUSTER, &["verify"])?;
-        ensure!(report.contains("verify passed"), "{report}");
-        println!(
-            "PostgreSQL {major}: backup {} complete and verified",
-            b["id"]
-        );
-    }
+const PGBENCH_TABLES: &[&str] = &[
+    "pgbench_accounts",
+    "pgbench_branches",
+    "pgbench_tellers",
+    "pgbench_history",
+];
+
+/// Writes after a backup, makes sure Klio has them, and returns the tables' checksums:
+/// what a restore of the backup must recover to.
+fn load_after_backup(klio: &KlioServer, pg: &PgInstance) -> Result<String> {
+    pg.pgbench(&["-t", "200", "-c", "2", "--no-vacuum"])?;
+    pg.psql("SELECT pg_switch_wal()")?;
+    let lsn = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
+    klio.wait_flushed(CLUSTER, &lsn, Duration::from_secs(60))?;
+    table_checksums(pg, PGBENCH_TABLES)
+}
+
+/// A backup of PostgreSQL `major` completes and verifies, and restored into a new data
+/// directory of that major it passes pg_verifybackup, starts, replays Klio's WAL and
+/// holds exactly the source's data.
+fn backup_and_restore(major: u32) -> Result<()> {
+    let pg = PgInstance::start(PgOptions::new().major(major))?;
+    pg.pgbench(&["-i", "-s", "1"])?;
+    let klio = start(&pg)?;
+    let b = backup(&klio)?;
+    ensure!(b["state"] == "complete", "PostgreSQL {major}: {b}");
+    let report = klio.client_ok(CLUSTER, &["verify"])?;
+    ensure!(report.contains("verify passed"), "{report}");
+    let expected = load_after_backup(&klio, &pg)?;
+    let id = b["id"].as_str().context("id")?;
+    let restored = klio.restore_and_recover(CLUSTER, Some(id), PgOptions::new().major(major))?;
+    let got = table_checksums(&restored.pg, PGBENCH_TABLES)?;
+    ensure!(
+        got == expected,
+        "PostgreSQL {major}: restored contents differ\nexpected:\n{expected}got:\n{got}"
+    );
+    let version = restored.pg.psql("SHOW server_version_num")?;
+    ensure!(
+        version.starts_with(&major.to_string()),
+        "restored into PostgreSQL {version}, not {major}"
+    );
+    println!("PostgreSQL {major}: backup {id} complete, verified, restored and recovered");
     Ok(())
+}
+
+#[test]
+fn backup_from_postgres_13_restores_and_recovers() -> Result<()> {
+    backup_and_restore(13)
+}
+
+#[test]
+fn backup_from_postgres_17_restores_and_recovers() -> Result<()> {
+    backup_and_restore(17)
 }

@@ -7,14 +7,17 @@
 //! disk and the fix, and starts normally once space is freed. A base backup that fills
 //! the volume fails with the fix named and removes what it had stored.
 //!
-//! Needs `mount -t tmpfs` (root, as in CI); skipped with a message otherwise.
+//! Needs `mount -t tmpfs` (root, as in CI): without it these tests fail, unless
+//! `KLIO_TEST_ALLOW_UNPRIVILEGED=1` lets them pass without running.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
-use klio_tests::{parse_lsn, wait_until, ClusterConf, KlioServer, PgInstance, PgOptions};
+use anyhow::{bail, ensure, Context, Result};
+use klio_tests::{
+    parse_lsn, privileged_setup_failed, wait_until, ClusterConf, KlioServer, PgInstance, PgOptions,
+};
 
 struct Mount(PathBuf);
 
@@ -24,24 +27,34 @@ impl Drop for Mount {
     }
 }
 
-fn mount_tmpfs(dir: &Path, size: &str) -> Result<Option<Mount>> {
+fn mount_tmpfs(dir: &Path, size: &str) -> Result<Mount> {
     std::fs::create_dir_all(dir)?;
-    let st = Command::new("mount")
+    let out = Command::new("mount")
         .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
         .arg(dir)
-        .status()?;
-    Ok(st.success().then(|| Mount(dir.to_path_buf())))
+        .output()
+        .context("running mount")?;
+    ensure!(
+        out.status.success(),
+        "cannot mount a {size} tmpfs at {} ({}): {}",
+        dir.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(Mount(dir.to_path_buf()))
 }
 
 /// A Klio server for `pg` (cluster `full`) with a `size` tmpfs mounted at `sub` inside
-/// its data directory (the data directory itself when `None`); `None` when mounting is
-/// not possible here (the caller skips).
+/// its data directory (the data directory itself when `None`). When mounting is not
+/// possible here the test fails, unless `KLIO_TEST_ALLOW_UNPRIVILEGED=1` (then `None`:
+/// the caller returns without testing).
 fn start_on_tmpfs(
     pg: &PgInstance,
     sub: Option<&str>,
     size: &str,
 ) -> Result<Option<(KlioServer, Mount)>> {
     let mut mount = None;
+    let mut mount_failed = None;
     let klio = KlioServer::start_prepared(
         vec![ClusterConf::new("full", pg.replication_conninfo())],
         |data| {
@@ -49,19 +62,23 @@ fn start_on_tmpfs(
                 Some(s) => data.join(s),
                 None => data.to_path_buf(),
             };
-            mount = mount_tmpfs(&at, size)?;
+            match mount_tmpfs(&at, size) {
+                Ok(m) => mount = Some(m),
+                Err(e) => {
+                    mount_failed = Some(e);
+                    bail!("no tmpfs: the server is not started");
+                }
+            }
             Ok(())
         },
-    )?;
-    match mount {
-        Some(m) => Ok(Some((klio, m))),
-        None => {
-            eprintln!(
-                "SKIPPED: cannot mount a tmpfs here (not root?); this test runs in CI as root"
-            );
-            Ok(None)
-        }
+    );
+    if let Some(e) = mount_failed {
+        privileged_setup_failed(e)?;
+        return Ok(None);
     }
+    let klio = klio?;
+    let mount = mount.context("mounted above")?;
+    Ok(Some((klio, mount)))
 }
 
 /// Free space of the file system holding `dir`, in MiB.
@@ -169,7 +186,9 @@ fn full_disk_scenario(sub: Option<&str>) -> Result<()> {
     // Nothing torn or lost: every sealed segment equals PostgreSQL's.
     let sealed = klio.sealed_segments("full")?;
     let out = tempfile::tempdir()?;
-    let compared = klio.compare_with_pg_wal("full", &pg.wal_dir(), out.path(), &sealed)?;
+    let compared = klio
+        .compare_with_pg_wal("full", &pg.wal_dir(), out.path(), &sealed)?
+        .total();
     ensure!(
         // At least the segment being written when the disk filled, sealed after the
         // switch above.

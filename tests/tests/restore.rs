@@ -9,7 +9,9 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use klio_tests::{wait_until, ClientTools, ClusterConf, KlioServer, PgInstance, PgOptions};
+use klio_tests::{
+    table_checksums, wait_until, ClientTools, ClusterConf, KlioServer, PgInstance, PgOptions,
+};
 
 const TABLES: &[&str] = &[
     "pgbench_accounts",
@@ -19,16 +21,8 @@ const TABLES: &[&str] = &[
     "drill",
 ];
 
-/// One line per table: name and an md5 of its rows in a stable order.
 fn checksums(pg: &PgInstance) -> Result<String> {
-    let mut out = String::new();
-    for t in TABLES {
-        let sum = pg.psql(&format!(
-            "SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, ',' ORDER BY x::text)), '') FROM {t} x"
-        ))?;
-        out.push_str(&format!("{t} {sum}\n"));
-    }
-    Ok(out)
+    table_checksums(pg, TABLES)
 }
 
 fn load(pg: &PgInstance, round: u32) -> Result<()> {

@@ -3,7 +3,8 @@
 //! crashing at each failpoint, and is recovered from a base copy taken before the
 //! load plus only Klio's WAL (through `klio wal-restore`).
 //!
-//! Short variant by default (≥ 5 kill cycles); `KLIO_TORTURE_CYCLES=50` for the long one.
+//! Short variant by default (≥ 5 kill cycles); `KLIO_TORTURE_CYCLES=50` for the long one,
+//! run with nextest's `long` profile (`.config/nextest.toml`), whose timeout allows it.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use klio_tests::{parse_lsn, wait_until, ClusterConf, KlioServer, PgInstance, PgOptions, StopMode};
+use klio_tests::{
+    parse_lsn, stream_starts, wait_until, ClusterConf, KlioServer, PgInstance, PgOptions, StopMode,
+};
 use rand::Rng;
 
 const FAILPOINTS: [&str; 4] = [
@@ -20,16 +23,6 @@ const FAILPOINTS: [&str; 4] = [
     "wal-seal-rename",
     "wal-before-catalog",
 ];
-
-/// The `start=` position of the last "streaming WAL" line in the server log.
-fn last_stream_start(log: &str) -> Option<u64> {
-    log.lines()
-        .filter(|l| l.contains("streaming WAL"))
-        .filter_map(|l| l.split("start=").nth(1))
-        .filter_map(|rest| rest.split_whitespace().next())
-        .filter_map(|lsn| parse_lsn(lsn).ok())
-        .next_back()
-}
 
 fn load(conninfo: String, stop: Arc<AtomicBool>, acked: Arc<Mutex<Vec<i64>>>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -130,7 +123,9 @@ fn acknowledged_commits_survive_klio_crashes() -> Result<()> {
             "commits to be acknowledged again",
             || Ok(acked.lock().expect("acked").len() > n),
         )?;
-        let resumed = last_stream_start(&klio.log()).context("no 'streaming WAL' log line")?;
+        let resumed = *stream_starts(&klio.log())
+            .last()
+            .context("no 'streaming WAL' log line")?;
         ensure!(
             resumed >= parse_lsn(&confirmed)?,
             "cycle {cycle} ({how}): primary was told {confirmed} is flushed, Klio resumed at {resumed:X}"

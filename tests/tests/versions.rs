@@ -23,7 +23,9 @@ fn smoke(major: u32) -> Result<()> {
         "no sealed segment on PostgreSQL {major}"
     );
     let out = tempfile::tempdir()?;
-    let compared = klio.compare_with_pg_wal(&name, &pg.wal_dir(), out.path(), &sealed)?;
+    let compared = klio
+        .compare_with_pg_wal(&name, &pg.wal_dir(), out.path(), &sealed)?
+        .total();
     ensure!(
         compared == sealed.len(),
         "{compared} of {} compared on {major}",

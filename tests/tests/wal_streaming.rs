@@ -26,7 +26,9 @@ fn sealed_segments_read_back_identical_and_pg_waldump_reads_them() -> Result<()>
         "expected several sealed segments, got {names:?}"
     );
     let out = tempfile::tempdir()?;
-    let compared = klio.compare_with_pg_wal("pg", &pg.wal_dir(), out.path(), &names)?;
+    let compared = klio
+        .compare_with_pg_wal("pg", &pg.wal_dir(), out.path(), &names)?
+        .total();
     ensure!(
         compared == names.len(),
         "compared {compared} of {} segments",
@@ -71,6 +73,78 @@ fn await_sync_standby(klio: &KlioServer, pg: &PgInstance, cluster: &str) -> Resu
     )
 }
 
+/// One synchronous commit as seen from both sides.
+struct SyncCommit {
+    /// The WAL insert position just before COMMIT: the commit record ends after it.
+    before: u64,
+    /// The flush position Klio had reported to PostgreSQL when COMMIT returned.
+    reported: u64,
+    /// Klio's own durable position (its status), read after that.
+    durable: u64,
+    took: Duration,
+}
+
+/// Runs `n` single-row synchronous commits on `pg` and checks each: when COMMIT returns,
+/// the flush position Klio reported (`pg_stat_replication.flush_lsn` of
+/// `application_name = 'klio'`) is past the commit's WAL — PostgreSQL waited for Klio's
+/// word, not for anyone else's — and Klio's own durable position is at or past what it
+/// reported: it never acknowledged what it does not have.
+fn synchronous_commits(
+    pg: &PgInstance,
+    klio: &KlioServer,
+    cluster: &str,
+    n: usize,
+) -> Result<Vec<SyncCommit>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client = pg.client().await?;
+        client
+            .batch_execute("CREATE TABLE IF NOT EXISTS sync_probe (i int)")
+            .await?;
+        let mut commits = Vec::with_capacity(n);
+        for i in 0..n {
+            client
+                .batch_execute(&format!("BEGIN; INSERT INTO sync_probe VALUES ({i})"))
+                .await?;
+            let before: String = client
+                .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+                .await?
+                .get(0);
+            let start = std::time::Instant::now();
+            client.batch_execute("COMMIT").await?;
+            let took = start.elapsed();
+            let reported: Option<String> = client
+                .query_opt(
+                    "SELECT flush_lsn::text FROM pg_stat_replication WHERE application_name = 'klio'",
+                    &[],
+                )
+                .await?
+                .and_then(|r| r.get(0));
+            let reported = reported.context("klio is not in pg_stat_replication")?;
+            let st = klio.status(cluster)?;
+            let durable = st["flushed_lsn"].as_str().context("flushed_lsn")?;
+            let c = SyncCommit {
+                before: parse_lsn(&before)?,
+                reported: parse_lsn(&reported)?,
+                durable: parse_lsn(durable)?,
+                took,
+            };
+            ensure!(
+                c.reported > c.before,
+                "commit {i} returned with Klio's reported flush at {reported}, not past the commit's WAL (after {before})"
+            );
+            ensure!(
+                c.durable >= c.reported,
+                "Klio reported {reported} flushed but has only {durable} durable"
+            );
+            commits.push(c);
+        }
+        Ok(commits)
+    })
+}
+
 #[test]
 fn synchronous_standby_acknowledges_commits() -> Result<()> {
     let pg = PgInstance::start(PgOptions::new().synchronous_standby_names("klio"))?;
@@ -86,12 +160,17 @@ fn synchronous_standby_acknowledges_commits() -> Result<()> {
         .trim()
         .parse()?;
     ensure!(processed > 0, "no transaction committed: {out}");
-    // Every acknowledged commit is at or below what Klio reported flushed.
-    let commit_lsn = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
-    let flush =
-        pg.psql("SELECT flush_lsn FROM pg_stat_replication WHERE application_name = 'klio'")?;
-    ensure!(parse_lsn(&flush)? > 0, "klio reported no flush position");
-    println!("{processed} synchronous transactions committed; primary at {commit_lsn}, klio flushed {flush}");
+    // Every acknowledged commit is at or below what Klio reported flushed, and that is
+    // at or below what Klio has durable.
+    let commits = synchronous_commits(&pg, &klio, "sync", 20)?;
+    let last = commits.last().context("no probe commit")?;
+    println!(
+        "{processed} pgbench transactions, then {} probed commits; the last ended after {:X}, Klio reported {:X} flushed and had {:X} durable",
+        commits.len(),
+        last.before,
+        last.reported,
+        last.durable
+    );
     // The flushes those commits waited for are counted and timed, in the status and
     // as metrics: a DBA's view of the disk's share of each commit.
     let st = klio.status("sync")?;
@@ -119,8 +198,9 @@ fn synchronous_standby_acknowledges_commits() -> Result<()> {
 }
 
 /// A slow Tier 1 disk (every WAL fdatasync delayed by 1.5 s, injected with the `testing`
-/// feature): a synchronous commit returns only after Klio's slow flush, Klio logs the
-/// slow flush with what it means, and the fsync metrics show it.
+/// feature): a synchronous commit returns only after Klio's slow flush (and then Klio's
+/// reported and durable positions are past it), Klio logs the slow flush with what it
+/// means, and the fsync metrics show it.
 #[test]
 fn slow_tier1_disk_holds_commits_until_flushed_and_is_reported() -> Result<()> {
     let pg = PgInstance::start(PgOptions::new().synchronous_standby_names("klio"))?;
@@ -129,10 +209,8 @@ fn slow_tier1_disk_holds_commits_until_flushed_and_is_reported() -> Result<()> {
     klio.set_env("KLIO_TEST_FSYNC_DELAY_MS", Some("1500"));
     klio.restart()?;
     await_sync_standby(&klio, &pg, "slow")?;
-    pg.psql("CREATE TABLE t (i int)")?;
-    let start = std::time::Instant::now();
-    pg.psql("INSERT INTO t VALUES (1)")?;
-    let took = start.elapsed();
+    let commit = synchronous_commits(&pg, &klio, "slow", 1)?;
+    let took = commit.first().context("no probe commit")?.took;
     ensure!(
         took >= Duration::from_millis(1500),
         "a synchronous commit returned after {took:?}, before Klio's 1.5 s flush could end"
@@ -179,7 +257,8 @@ fn follows_promotion_to_timeline_2() -> Result<()> {
 
     standby.promote()?;
     standby.pgbench(&["-T", "3", "-c", "2"])?;
-    standby.psql("SELECT pg_switch_wal()")?;
+    // Ends within the segment it completes: the last one Klio must have sealed.
+    let switched = standby.psql("SELECT pg_switch_wal()")?;
     let end = standby.psql("SELECT pg_current_wal_flush_lsn()")?;
     let st = klio.wait_timeline_flushed("tl", 2, &end, Duration::from_secs(120))?;
     println!("after promotion: {st}");
@@ -187,23 +266,70 @@ fn follows_promotion_to_timeline_2() -> Result<()> {
     // The history file is stored and identical to the server's.
     let (code, body) = klio.get("tl", "/v1/clusters/tl/wal/00000002.history")?;
     ensure!(code == 200, "00000002.history: HTTP {code}");
-    ensure!(body == std::fs::read(standby.wal_dir().join("00000002.history"))?);
+    let history = std::fs::read(standby.wal_dir().join("00000002.history"))?;
+    ensure!(body == history);
 
-    let names = klio.sealed_segments("tl")?;
-    let out = tempfile::tempdir()?;
-    klio.compare_with_pg_wal("tl", &standby.wal_dir(), out.path(), &names)?;
-    let on_tl1 = names.iter().filter(|n| n.starts_with("00000001")).count();
-    let on_tl2 = names.iter().filter(|n| n.starts_with("00000002")).count();
+    // What Klio must hold, from PostgreSQL's side: timeline 1 from where Klio started
+    // up to the switch point (the switch segment itself as .partial), timeline 2 from the
+    // switch segment to the one pg_switch_wal completed, each segment exactly once.
+    let seg_size: u64 = standby
+        .psql("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'")?
+        .parse()?;
+    let switch = String::from_utf8(history)?
+        .lines()
+        .find_map(|l| l.split_whitespace().nth(1).map(parse_lsn))
+        .context("no switch point in 00000002.history")??;
+    let first = *klio_tests::stream_starts(&klio.log())
+        .first()
+        .context("no 'streaming WAL' log line")?;
+    let (first_seg, switch_seg) = (first / seg_size, switch / seg_size);
+    let last_seg = parse_lsn(&switched)? / seg_size;
     ensure!(
-        on_tl1 >= 1 && on_tl2 >= 1,
-        "segments on both timelines expected: {names:?}"
+        switch % seg_size != 0,
+        "the switch point {switch:X} is at a segment boundary; the test expects it inside one"
     );
-    // Every segment was compared with the promoted server's own copy where it still has one;
-    // at least one per timeline must have been.
-    let compared_tl2 = names
-        .iter()
-        .filter(|n| n.starts_with("00000002") && standby.wal_dir().join(n).exists())
-        .count();
-    ensure!(compared_tl2 >= 1, "no timeline 2 segment to compare");
+    let name = |tli: u32, segno: u64| {
+        let per_id = 0x1_0000_0000 / seg_size;
+        format!("{tli:08X}{:08X}{:08X}", segno / per_id, segno % per_id)
+    };
+    let expected: Vec<String> = (first_seg..switch_seg)
+        .map(|s| name(1, s))
+        .chain((switch_seg..=last_seg).map(|s| name(2, s)))
+        .collect();
+    let (want_tl1, want_tl2) = (switch_seg - first_seg, last_seg - switch_seg + 1);
+    ensure!(
+        want_tl1 >= 1 && want_tl2 >= 1,
+        "segments on both timelines expected: {expected:?}"
+    );
+    let sealed = klio.sealed_segments("tl")?;
+    ensure!(
+        sealed == expected,
+        "Klio's sealed segments are not the expected run:\n  Klio:     {sealed:?}\n  expected: {expected:?}"
+    );
+    let partial = format!("{}.partial", name(1, switch_seg));
+    ensure!(
+        klio.wal_names("tl")?.contains(&partial),
+        "timeline 1's last segment {partial} is not stored"
+    );
+
+    // Each byte for byte against the promoted server's pg_wal, none skipped.
+    let out = tempfile::tempdir()?;
+    let mut files = expected.clone();
+    files.push(partial.clone());
+    let compared = klio.compare_with_pg_wal("tl", &standby.wal_dir(), out.path(), &files)?;
+    ensure!(
+        compared.on_timeline(1) as u64 == want_tl1 + 1 && compared.on_timeline(2) as u64 == want_tl2,
+        "compared {compared}; expected {} on timeline 1 (with {partial}) and {want_tl2} on timeline 2",
+        want_tl1 + 1
+    );
+    // Timeline 1's partial ends exactly at the switch point.
+    let (_, body) = klio.get("tl", &format!("/v1/clusters/tl/wal/{partial}"))?;
+    ensure!(
+        body.len() as u64 == switch % seg_size,
+        "{partial} holds {} bytes; the switch point is at byte {}",
+        body.len(),
+        switch % seg_size
+    );
+    println!("identical to pg_wal: {compared}");
     Ok(())
 }

@@ -17,9 +17,10 @@ const ROOT_CACHE: &str = "/opt/klio-pg";
 /// Debian's location, used when `pg_config` is not on `PATH`.
 const DEBIAN_DEFAULT_BIN: &str = "/usr/lib/postgresql/15/bin";
 
-/// Client programs whose newer versions work against older servers. An instance whose own
-/// bin dir lacks one of them (the npm builds ship only initdb, pg_ctl and postgres) borrows
-/// the system's when that is at least as new.
+/// Client programs whose newer versions work against older servers (or, for
+/// `pg_verifybackup`, read older backups' manifests). An instance whose own bin dir lacks
+/// one of them (the npm builds ship only initdb, pg_ctl and postgres) borrows the
+/// system's when that is at least as new.
 const BACKWARD_COMPATIBLE_CLIENTS: &[&str] = &[
     "psql",
     "pgbench",
@@ -30,6 +31,7 @@ const BACKWARD_COMPATIBLE_CLIENTS: &[&str] = &[
     "pg_dump",
     "pg_dumpall",
     "pg_restore",
+    "pg_verifybackup",
 ];
 
 /// Where `tests/install-postgres.sh` puts extra majors: `$KLIO_PG_CACHE`, else
