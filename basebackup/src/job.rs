@@ -16,8 +16,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use klio_core::{Lsn, TimelineId};
-use klio_receiver::conninfo::ConnInfo;
-use klio_receiver::pgwire::ReplicationConn;
+use klio_pgwire::conninfo::ConnInfo;
+use klio_pgwire::ReplicationConn;
 
 use crate::archive_rule::MemberRule;
 use crate::manifest::ManifestTablespace;
@@ -157,7 +157,7 @@ fn consume(
                 tablespace = ts;
             }
             Feed::Data(bytes) => {
-                klio_receiver::failpoint::hit("backup-data");
+                klio_core::failpoint::hit("backup-data");
                 let p = parser
                     .as_mut()
                     .ok_or_else(|| JobError::Protocol("archive data before any archive".into()))?;
@@ -357,7 +357,7 @@ async fn finish(
             .await
             .map_err(JobError::Wal)?;
         progress.set_phase("committing");
-        klio_receiver::failpoint::hit("backup-before-commit");
+        klio_core::failpoint::hit("backup-before-commit");
         let w = writer.take().expect("writer present");
         tokio::task::spawn_blocking(move || {
             w.commit(end_lsn, end_tli, tablespaces, pg_manifest.as_deref())

@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes};
 use klio_core::{Lsn, TimelineId};
-use klio_receiver::pgwire::{CopyMessage, CopyOutNext, PgError, ReplicationConn, ResultSet};
+use klio_pgwire::{CopyMessage, CopyOutNext, PgError, ReplicationConn, ResultSet};
 
 /// What to ask PostgreSQL for.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -28,9 +28,9 @@ use std::thread::JoinHandle;
 
 use klio_catalog::{BackupCommit, Catalog, CatalogError, ChunkRecord, PackRecord};
 use klio_core::clock::{civil_from_days, unix_now};
+use klio_core::crashsafe::{create_dir_all_durably, fsync_dir, write_file_durably};
 use klio_core::frame::{decode_object, FrameError, FrameSealer, ObjectId, ObjectKind};
 use klio_core::{ClusterName, DataKey, Lsn, TimelineId};
-use klio_receiver::crashsafe::{create_dir_all_durably, fsync_dir, write_file_durably};
 
 use crate::manifest::{BackupManifest, ManifestTablespace, MANIFEST_VERSION};
 pub use crate::manifest::{ChunkId, FileKind, FileMeta, ManifestFile};

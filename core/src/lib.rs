@@ -1,9 +1,12 @@
 //! Klio's shared vocabulary: WAL positions and file names, cluster names, keys,
-//! and the encrypted frame format every stored byte goes through.
+//! the encrypted frame format every stored byte goes through, and the small helpers every
+//! crate shares (clock, disk-full check, crash-safe files, failpoints, secret files).
 
 pub mod clock;
 pub mod cluster;
+pub mod crashsafe;
 pub mod disk;
+pub mod failpoint;
 pub mod frame;
 pub mod frame_reader;
 pub mod keys;

@@ -2,7 +2,7 @@
 //! network split the bytes (the first byte seeds the cut points).
 #![no_main]
 
-use klio_receiver::pgwire::fuzz::{backend_messages, backend_messages_chunked};
+use klio_pgwire::fuzz::{backend_messages, backend_messages_chunked};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! quotes the password (the password is framed by markers that only an echo could repeat).
 #![no_main]
 
-use klio_receiver::conninfo::ConnInfo;
+use klio_pgwire::conninfo::ConnInfo;
 use libfuzzer_sys::fuzz_target;
 
 const MARK: &str = "Q7zXk";

@@ -3,7 +3,7 @@
 #![no_main]
 
 use bytes::Bytes;
-use klio_receiver::replication::{
+use klio_pgwire::replication::{
     format_lsn, parse_lsn, parse_size, ReplicationMessage, StandbyStatusUpdate,
 };
 use libfuzzer_sys::fuzz_target;

@@ -16,12 +16,12 @@ use klio_core::{ClusterName, DataKey, Lsn, MasterKey, TimelineId, WalSegSize};
 use tokio::sync::watch;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
-use crate::conninfo::ConnInfo;
 use crate::ingest::Ingest;
-use crate::pgwire::{CopyMessage, PgError, ReplicationConn};
-use crate::replication::{self, ReplicationMessage, StandbyStatusUpdate, StreamStart};
 use crate::status::{ClusterStatus, ConnState};
 use crate::wal_store::{StoreError, WalStore};
+use klio_pgwire::conninfo::ConnInfo;
+use klio_pgwire::replication::{self, ReplicationMessage, StandbyStatusUpdate, StreamStart};
+use klio_pgwire::{CopyMessage, PgError, ReplicationConn};
 
 /// Errors that stop the server from starting.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +78,7 @@ impl ServerContext {
         let cat_dir = data_dir.join("catalog");
         let open_catalog = || {
             // Created here (0700) rather than by RocksDB (which follows the umask).
-            crate::crashsafe::create_dir_all_durably(&cat_dir).map_err(|source| {
+            klio_core::crashsafe::create_dir_all_durably(&cat_dir).map_err(|source| {
                 StartupError::DataDir {
                     path: cat_dir.clone(),
                     source,
@@ -98,7 +98,7 @@ impl ServerContext {
                 open_catalog()?
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                crate::crashsafe::create_dir_all_durably(data_dir).map_err(|source| {
+                klio_core::crashsafe::create_dir_all_durably(data_dir).map_err(|source| {
                     StartupError::DataDir {
                         path: data_dir.to_path_buf(),
                         source,
@@ -109,7 +109,7 @@ impl ServerContext {
                 for c in catalog.clusters()? {
                     master.unwrap(&c.wrapped_key, &c.name)?;
                 }
-                crate::crashsafe::write_file_durably(
+                klio_core::crashsafe::write_file_durably(
                     &check_path,
                     &encode_key_check(&master.check_value()),
                 )

@@ -27,10 +27,10 @@ use klio_core::{
 };
 use tracing::{info, warn};
 
-use crate::crashsafe::{
+use klio_core::crashsafe::{
     create_dir_all_durably, durable_rename, fsync_dir, tmp_name, write_file_durably,
 };
-use crate::failpoint;
+use klio_core::failpoint;
 
 #[path = "wal_read.rs"]
 mod read;

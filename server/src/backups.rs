@@ -13,8 +13,8 @@ use klio_basebackup::store::{BackupKind, BackupRecord, BackupState, ChunkStore};
 use klio_basebackup::walchain;
 use klio_core::clock::unix_now;
 use klio_core::{ClusterName, Lsn, TimelineId};
+use klio_pgwire::conninfo::ConnInfo;
 use klio_receiver::cluster::{ClusterHandle, ServerContext};
-use klio_receiver::conninfo::ConnInfo;
 use tokio::sync::watch;
 use tracing::{error, info, warn, Instrument};
 

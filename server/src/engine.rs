@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use klio_core::{ClusterName, Lsn, WalFileName};
+use klio_pgwire::conninfo::ConnInfo;
 use klio_receiver::cluster::{
     prepare_cluster, run_cluster, ClusterHandle, ClusterSpec, ServerContext,
 };
-use klio_receiver::conninfo::ConnInfo;
 use klio_receiver::status::ConnState;
 use klio_receiver::wal_store::StoreError;
 use tokio::sync::watch;

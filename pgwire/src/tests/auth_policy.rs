@@ -7,7 +7,7 @@ use tokio::net::TcpStream;
 
 use super::super::fuzz::{authentication as auth, cstrings as cstr};
 use super::{fake, read_startup};
-use crate::pgwire::{AuthMechanism, ReplicationConn};
+use crate::{AuthMechanism, ReplicationConn};
 
 /// After the startup packet: everything the client sends until it closes the connection.
 async fn rest_of_stream(s: &mut TcpStream) -> Vec<u8> {

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use klio_harness::{AuthMethod, PgInstance, PgOptions, REPLICATION_PASSWORD, REPLICATION_USER};
-use klio_receiver::conninfo::ConnInfo;
-use klio_receiver::pgwire::{AuthMechanism, CopyMessage, PgError, ReplicationConn};
-use klio_receiver::replication::{
+use klio_pgwire::conninfo::ConnInfo;
+use klio_pgwire::replication::{
     format_lsn, parse_lsn, pg_now_micros, ReplicationMessage, StandbyStatusUpdate, StreamStart,
 };
+use klio_pgwire::{AuthMechanism, CopyMessage, PgError, ReplicationConn};
 use tracing::Instrument;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -704,7 +704,7 @@ async fn promoted_standby_timeline_history_and_end_of_timeline() {
         "timeline 1 streamed up to the switch point"
     );
     let results = conn.finish_copy().await.unwrap();
-    let (next_tli, next_start) = klio_receiver::replication::parse_timeline_end(&results).unwrap();
+    let (next_tli, next_start) = klio_pgwire::replication::parse_timeline_end(&results).unwrap();
     assert_eq!((next_tli, next_start), (2, switch));
 
     // Starting exactly at the end of timeline 1 skips COPY altogether.

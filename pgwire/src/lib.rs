@@ -1,12 +1,20 @@
-//! A physical-replication connection to PostgreSQL on the `postgres-protocol` codecs, over
-//! TCP, a Unix socket or TLS: startup and authentication (see `startup`), the simple-query
-//! protocol for replication commands, and CopyBoth/CopyOut streams. Owns no disk state.
+//! `klio-pgwire`: PostgreSQL's physical-replication protocol as Klio speaks it. Owns no
+//! disk state.
+//!
+//! - [`conninfo`]: libpq connection strings (key=value and URI) and passfiles;
+//! - this crate's root: the replication connection on the `postgres-protocol` codecs, over
+//!   TCP, a Unix socket or TLS: startup and authentication (see `startup`), the
+//!   simple-query protocol for replication commands, and CopyBoth/CopyOut streams;
+//! - [`replication`]: typed replication commands and CopyData messages.
 //!
 //! Reading keeps one buffer and only ever consumes complete messages, so [`recv_copy`] can be
 //! cancelled (e.g. by a timer in `tokio::select!`) without losing or splitting a message.
 //! Writing keeps one buffer too: a cancelled send leaves the unsent rest queued for the next.
 //!
 //! [`recv_copy`]: ReplicationConn::recv_copy
+
+pub mod conninfo;
+pub mod replication;
 
 mod auth;
 mod channel_binding;

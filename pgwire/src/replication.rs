@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::pgwire::{CopyBothStart, PgError, ReplicationConn, ResultSet};
+use crate::{CopyBothStart, PgError, ReplicationConn, ResultSet};
 
 /// Seconds from the Unix epoch to PostgreSQL's epoch (2000-01-01 00:00:00 UTC).
 const PG_EPOCH_OFFSET_SECS: i64 = 946_684_800;
