@@ -20,12 +20,13 @@ use klio_pgwire::conninfo::ConnInfo;
 use klio_pgwire::ReplicationConn;
 
 use crate::archive_rule::MemberRule;
-use crate::manifest::ManifestTablespace;
 use crate::offload::{OffloadSource, SourceKind};
 use crate::protocol::{BackupEvent, BaseBackupOptions, BaseBackupStream};
 pub use crate::store::BackupRecord;
-use crate::store::{BackupKind, BackupStoreError, BackupWriter, ChunkStore, FileKind, FileMeta};
+use crate::store::{BackupKind, BackupStoreError, BackupWriter, ChunkStore};
 use crate::tar::{EntryKind, TarEvent, TarParser};
+use klio_core::manifest::ManifestTablespace;
+use klio_core::manifest::{FileKind, FileMeta};
 
 /// Live figures of a running job, read by the API.
 #[derive(Debug)]

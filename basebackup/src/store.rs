@@ -32,9 +32,9 @@ use klio_core::crashsafe::{create_dir_all_durably, fsync_dir, write_file_durably
 use klio_core::frame::{decode_object, FrameError, FrameSealer, ObjectId, ObjectKind};
 use klio_core::{ClusterName, DataKey, Lsn, TimelineId};
 
-use crate::manifest::{BackupManifest, ManifestTablespace, MANIFEST_VERSION};
-pub use crate::manifest::{ChunkId, FileKind, FileMeta, ManifestFile};
 pub use klio_catalog::{BackupKind, BackupRecord, BackupState};
+use klio_core::manifest::{BackupManifest, ManifestTablespace, MANIFEST_VERSION};
+use klio_core::manifest::{ChunkId, FileKind, FileMeta, ManifestFile};
 
 /// Plaintext bytes per chunk (the last chunk of a file may be shorter).
 pub const CHUNK_SIZE: usize = 1 << 20;

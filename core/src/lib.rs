@@ -11,6 +11,7 @@ pub mod frame;
 pub mod frame_reader;
 pub mod keys;
 pub mod lsn;
+pub mod manifest;
 pub mod secret_file;
 pub mod wal;
 

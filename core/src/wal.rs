@@ -247,6 +247,21 @@ fn hex_u32(s: &str) -> Option<u32> {
     }
 }
 
+/// In JSON (the API's WAL lists), a WAL file name is its PostgreSQL spelling.
+impl Serialize for WalFileName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for WalFileName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for WalFileName {
     type Err = WalNameError;
 

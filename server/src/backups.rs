@@ -18,12 +18,13 @@ use klio_receiver::cluster::{ClusterHandle, ServerContext};
 use tokio::sync::watch;
 use tracing::{error, info, warn, Instrument};
 
-use crate::api::{
+use crate::registry::RegistryError;
+use crate::schedule::Schedule;
+use klio_api::BackupStatus;
+use klio_api::{
     BackupKindView, BackupProgress, BackupRequest, BackupStateView, BackupVerification, BackupView,
     OffloadRequest, VerifyReport, VerifyRequest, WalChainView, WalGapView,
 };
-use crate::registry::{BackupStatus, RegistryError};
-use crate::schedule::Schedule;
 
 /// How long a finished backup waits for its WAL to become durable in Tier 1.
 const WAL_WAIT: Duration = Duration::from_secs(600);
@@ -488,7 +489,7 @@ impl BackupManager {
         cluster: &ClusterName,
         chunk: &str,
     ) -> Result<Option<Vec<u8>>, RegistryError> {
-        let id: klio_basebackup::manifest::ChunkId = chunk
+        let id: klio_core::manifest::ChunkId = chunk
             .parse()
             .map_err(|e: String| RegistryError::BadRequest(e))?;
         let Some((store, _)) = self.complete_backup(cluster)? else {

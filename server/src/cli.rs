@@ -12,14 +12,14 @@ use clap::{Args, Parser, Subcommand};
 use klio_core::{ClusterName, Lsn, MasterKey};
 use tracing_subscriber::EnvFilter;
 
-use crate::api::{BackupRequest, BackupStateView, BackupView, OffloadRequest, VerifyRequest};
-use crate::client::{self, Client, ClientError, Credentials, DEFAULT_SERVER};
 use crate::config::{Config, LogFormat};
 use crate::demo::{self, DemoArgs};
 use crate::engine;
 use crate::output::{self, OutputFormat};
 use crate::progress::ProgressDisplay;
 use crate::restore::{RestoreOptions, Target};
+use klio_api::client::{Client, ClientError, Credentials, DEFAULT_SERVER};
+use klio_api::{BackupRequest, BackupStateView, BackupView, OffloadRequest, VerifyRequest};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -466,7 +466,7 @@ impl ConnectionArgs {
 
 async fn wal_restore(args: WalRestoreArgs) -> Result<(), ClientError> {
     // The name first: a bad %f is reported before anything else is looked at.
-    let name = client::parse_wal_name(&args.walfile)?;
+    let name = crate::wal_restore::parse_wal_name(&args.walfile)?;
     let cluster = cluster_arg(args.cluster.as_deref())?;
     // PostgreSQL runs restore_command in the data directory: its system identifier is
     // what every segment served must carry.
@@ -494,7 +494,14 @@ async fn wal_restore(args: WalRestoreArgs) -> Result<(), ClientError> {
         None => {
             let fetched = match args.connection.client() {
                 Ok(c) => {
-                    client::wal_restore(&c, &cluster, &args.walfile, &args.dest, system_id).await
+                    crate::wal_restore::wal_restore(
+                        &c,
+                        &cluster,
+                        &args.walfile,
+                        &args.dest,
+                        system_id,
+                    )
+                    .await
                 }
                 Err(e) => Err(e),
             };
@@ -539,7 +546,7 @@ fn stop_archive_recovery(e: ClientError, pgdata: Option<&Path>, walfile: &str) -
 
 async fn wal_prefetch(args: WalPrefetchArgs) -> Result<(), ClientError> {
     let cluster = cluster_arg(Some(&args.cluster))?;
-    let after = client::parse_wal_name(&args.after)?;
+    let after = crate::wal_restore::parse_wal_name(&args.after)?;
     let seg_size = klio_core::WalSegSize::new(args.seg_size)
         .map_err(|e| ClientError::Usage(format!("--seg-size: {e}")))?;
     let c = args.connection.client()?;

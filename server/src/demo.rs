@@ -14,7 +14,7 @@ use klio_harness::{PgInstance, PgOptions};
 use rand::RngCore;
 
 use crate::config::Config;
-use crate::registry::{ClusterStatusView, WalEntryView};
+use klio_api::{ClusterStatusView, WalEntryView};
 
 /// Options of `klio demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -173,7 +173,7 @@ async fn run_in(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
     };
     let st = api
         .wait_status("streaming to start", Duration::from_secs(60), |s| {
-            s.state == crate::registry::ConnectionState::Streaming
+            s.state == klio_api::ConnectionState::Streaming
         })
         .await?;
     steps.done(
@@ -223,7 +223,7 @@ async fn run_in(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
     let t = steps.begin("Reading every sealed segment back over HTTP and comparing with pg_wal");
     let r = api.get(&format!("/v1/clusters/{CLUSTER}/wal")).await?;
     ensure!(r.status().is_success(), "list wal: HTTP {}", r.status());
-    let entries: Vec<WalEntryView> = r.json::<crate::api::WalList>().await?.files;
+    let entries: Vec<WalEntryView> = r.json::<klio_api::WalList>().await?.files;
     let sealed: Vec<&WalEntryView> = entries
         .iter()
         .filter(|e| e.name.kind() == klio_core::WalFileKind::Segment)
@@ -256,7 +256,7 @@ async fn run_in(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         ),
     );
 
-    let client = crate::client::Client::new(
+    let client = klio_api::client::Client::new(
         &api.base,
         crate::auth::ClusterToken::parse(&api.token, "the demo token")
             .map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -267,7 +267,7 @@ async fn run_in(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
 
     let t = steps.begin("Taking a base backup (BASE_BACKUP → deduplicated, encrypted chunks)");
     let b = client
-        .start_backup(&cluster, &crate::api::BackupRequest::default())
+        .start_backup(&cluster, &klio_api::BackupRequest::default())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -276,7 +276,7 @@ async fn run_in(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
             .backup(&cluster, &b.id)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        if v.state != crate::api::BackupStateView::Running {
+        if v.state != klio_api::BackupStateView::Running {
             break v;
         }
         ensure!(
@@ -286,7 +286,7 @@ async fn run_in(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     ensure!(
-        b.state == crate::api::BackupStateView::Complete,
+        b.state == klio_api::BackupStateView::Complete,
         "backup failed: {}",
         b.error.unwrap_or_default()
     );
@@ -360,7 +360,7 @@ async fn run_in(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         target_action: Some("promote".into()),
         tablespace_map: Vec::new(),
         jobs: 8,
-        credentials: crate::client::Credentials {
+        credentials: klio_api::client::Credentials {
             token_file: Some(tools.path().join("token")),
             ..Default::default()
         },

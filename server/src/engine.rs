@@ -20,10 +20,9 @@ use crate::backups::{BackupManager, BackupSettings};
 use crate::config::MetricsAccess;
 use crate::config::{Config, DEFAULT_APPLICATION_NAME};
 use crate::http::{metrics_router, router, AppState};
-use crate::registry::{
-    ClusterStatusView, ConnectionState, Registry, RegistryError, WalEntryView, WalStream,
-};
+use crate::registry::{Registry, RegistryError, WalStream};
 use crate::serve::{serve, shutdown_signal, ServeLimits};
+use klio_api::{ClusterStatusView, ConnectionState, WalEntryView};
 
 /// Longest time between two standby status updates.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
@@ -355,23 +354,23 @@ impl Registry for EngineRegistry {
     fn start_backup(
         &self,
         cluster: &ClusterName,
-        req: crate::api::BackupRequest,
-    ) -> Result<crate::api::BackupView, RegistryError> {
+        req: klio_api::BackupRequest,
+    ) -> Result<klio_api::BackupView, RegistryError> {
         self.backups.start_backup(cluster, req)
     }
 
     fn start_offload(
         &self,
         cluster: &ClusterName,
-        req: crate::api::OffloadRequest,
-    ) -> Result<crate::api::BackupView, RegistryError> {
+        req: klio_api::OffloadRequest,
+    ) -> Result<klio_api::BackupView, RegistryError> {
         self.backups.start_offload(cluster, req)
     }
 
     fn list_backups(
         &self,
         cluster: &ClusterName,
-    ) -> Result<Vec<crate::api::BackupView>, RegistryError> {
+    ) -> Result<Vec<klio_api::BackupView>, RegistryError> {
         self.backups.list(cluster)
     }
 
@@ -379,7 +378,7 @@ impl Registry for EngineRegistry {
         &self,
         cluster: &ClusterName,
         id: &str,
-    ) -> Result<Option<crate::api::BackupView>, RegistryError> {
+    ) -> Result<Option<klio_api::BackupView>, RegistryError> {
         self.backups.backup(cluster, id)
     }
 
@@ -410,8 +409,8 @@ impl Registry for EngineRegistry {
     fn verify(
         &self,
         cluster: &ClusterName,
-        req: crate::api::VerifyRequest,
-    ) -> Result<crate::api::VerifyReport, RegistryError> {
+        req: klio_api::VerifyRequest,
+    ) -> Result<klio_api::VerifyReport, RegistryError> {
         self.backups.verify(cluster, req)
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! GET /healthz                               no auth   "ok"
-//! GET /v1/openapi.json                       no auth   this API as OpenAPI 3.0 (server/api/openapi.json)
+//! GET /v1/openapi.json                       no auth   this API as OpenAPI 3.0 (api/openapi.json)
 //! GET /metrics                               metrics   Prometheus text 0.0.4 (see below)
 //! GET /v1/status                             token     StatusList (clusters the token may see)
 //! GET /v1/clusters/{cluster}/status          token     ClusterStatusView
@@ -41,15 +41,17 @@ use axum::{Json, Router};
 use klio_core::{ClusterName, WalFileName};
 use tower_http::trace::TraceLayer;
 
-use crate::api::{
-    BackupList, BackupRequest, BackupView, ErrorBody, OffloadRequest, StatusList, VerifyReport,
-    VerifyRequest, WalList,
-};
 use crate::auth::TokenSet;
 use crate::client_cert::ClientCert;
 use crate::config::MetricsAccess;
 use crate::metrics;
-use crate::registry::{ClusterStatusView, Registry, RegistryError, WalStream};
+use crate::registry::{Registry, RegistryError, WalStream};
+use klio_api::ClusterStatusView;
+use klio_api::OPENAPI;
+use klio_api::{
+    BackupList, BackupRequest, BackupView, ErrorBody, OffloadRequest, StatusList, VerifyReport,
+    VerifyRequest, WalList, CREDENTIALS_FORBIDDEN,
+};
 
 /// What every handler needs: the engine's view and the clusters' token digests.
 #[derive(Clone)]
@@ -125,10 +127,6 @@ pub fn router(state: AppState) -> Router {
         }))
         .with_state(state)
 }
-
-/// How a 403 for another cluster's credentials begins (clients tell it from a 403 the
-/// configuration causes, such as an offload outside `offload_roots`).
-pub(crate) const CREDENTIALS_FORBIDDEN: &str = "these credentials are not valid for cluster";
 
 /// Every way a request can fail, and its status code.
 #[derive(Debug)]
@@ -335,9 +333,6 @@ fn status_of(state: &AppState, cluster: &ClusterName) -> Result<ClusterStatusVie
 async fn healthz() -> &'static str {
     "ok"
 }
-
-/// The OpenAPI document, checked in at `server/api/openapi.json`.
-pub const OPENAPI: &str = include_str!("../api/openapi.json");
 
 /// Every route the router serves (the OpenAPI document must describe exactly these).
 pub const ROUTES: &[&str] = &[

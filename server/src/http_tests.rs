@@ -1,11 +1,12 @@
 //! Router tests without a socket (`tower::ServiceExt::oneshot`) over [`MemoryRegistry`].
 
 use super::*;
-use crate::api::{ErrorBody, StatusList, WalList};
 use crate::auth::ClusterToken;
-use crate::registry::{ConnectionState, MemoryRegistry};
+use crate::registry::MemoryRegistry;
 use axum::body::{to_bytes, Body, Bytes};
 use axum::http::HeaderMap;
+use klio_api::ConnectionState;
+use klio_api::{ErrorBody, StatusList, WalList};
 use klio_core::Lsn;
 use tower::ServiceExt;
 
@@ -396,7 +397,7 @@ async fn backup_start_list_get_and_conflict() {
     let (s, body) = post(&app, "/v1/clusters/pg-a/backups", auth.as_deref(), "").await;
     assert_eq!(s, StatusCode::ACCEPTED, "{body:?}");
     let first: BackupView = serde_json::from_slice(&body).unwrap();
-    assert_eq!(first.state, crate::api::BackupStateView::Running);
+    assert_eq!(first.state, klio_api::BackupStateView::Running);
 
     // A second request while it runs: 409 naming the running backup.
     let (s, body) = post(
@@ -425,7 +426,7 @@ async fn backup_start_list_get_and_conflict() {
     assert_eq!(s, StatusCode::OK);
     let list: BackupList = serde_json::from_slice(&body).unwrap();
     assert_eq!(list.backups.len(), 2);
-    assert_eq!(list.backups[0].state, crate::api::BackupStateView::Complete);
+    assert_eq!(list.backups[0].state, klio_api::BackupStateView::Complete);
 
     let uri = format!("/v1/clusters/pg-a/backups/{}", first.id);
     let (s, _, body) = get(&app, &uri, auth.as_deref()).await;

@@ -1,11 +1,9 @@
 //! The `klio` binary's library: configuration, the HTTP API and its metrics, the
 //! client commands, and the seam ([`registry::Registry`]) to the streaming engine.
 
-pub mod api;
 pub mod auth;
 pub mod backups;
 pub mod cli;
-pub mod client;
 pub mod client_cert;
 pub mod config;
 pub mod demo;
@@ -22,3 +20,4 @@ pub mod restore_plan;
 pub mod schedule;
 pub mod serve;
 pub mod tls;
+pub mod wal_restore;

@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use crate::registry::{ClusterStatusView, ConnectionState};
+use klio_api::{ClusterStatusView, ConnectionState};
 
 /// `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::api::{BackupList, BackupStateView, BackupView, StatusList, VerifyReport, WalList};
+use klio_api::{BackupList, BackupStateView, BackupView, StatusList, VerifyReport, WalList};
 
 /// `--output` of the client commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -305,7 +305,7 @@ pub fn verify_report(r: &VerifyReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{ClusterStatusView, ConnectionState, WalEntryView};
+    use klio_api::{ClusterStatusView, ConnectionState, WalEntryView};
     use klio_core::Lsn;
 
     #[test]
@@ -389,7 +389,7 @@ mod tests {
 #[cfg(test)]
 mod backup_tests {
     use super::*;
-    use crate::api::{BackupKindView, BackupProgress};
+    use klio_api::{BackupKindView, BackupProgress};
     use klio_core::Lsn;
 
     fn view(id: &str, state: BackupStateView) -> BackupView {

@@ -28,7 +28,9 @@ use std::path::{Path, PathBuf};
 use futures_util::stream::{self, StreamExt};
 use klio_core::{ClusterName, SegNo, SegmentHeader, WalFileKind, WalFileName, WalSegSize};
 
-use crate::client::{write_atomically, Client, ClientError, Credentials};
+use klio_api::client::{Client, ClientError, Credentials};
+
+use crate::wal_restore::write_atomically;
 
 /// Segments fetched ahead by default.
 pub const DEFAULT_PREFETCH: u32 = 8;

@@ -4,8 +4,8 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::api::BackupView;
 use crate::output::{human_bytes, human_duration};
+use klio_api::BackupView;
 
 /// Draws successive snapshots of one backup.
 #[derive(Debug)]
@@ -105,7 +105,7 @@ pub fn describe(b: &BackupView) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{BackupKindView, BackupProgress, BackupStateView};
+    use klio_api::{BackupKindView, BackupProgress, BackupStateView};
 
     #[test]
     fn bar_rate_and_eta() {

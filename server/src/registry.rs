@@ -11,12 +11,11 @@ use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use klio_core::{ClusterName, Lsn, WalFileName};
-use serde::{Deserialize, Serialize};
+use klio_core::{ClusterName, WalFileName};
 
-use crate::api::{
-    BackupKindView, BackupProgress, BackupRequest, BackupStateView, BackupView, OffloadRequest,
-    VerifyReport, VerifyRequest,
+use klio_api::{
+    BackupKindView, BackupProgress, BackupRequest, BackupStateView, BackupView, ClusterStatusView,
+    OffloadRequest, VerifyReport, VerifyRequest, WalEntryView,
 };
 
 /// A stored WAL file's plaintext, piece by piece (one frame at a time from Tier 1), so
@@ -146,132 +145,6 @@ pub enum RegistryError {
     /// sent).
     #[error("{0}")]
     Forbidden(String),
-}
-
-/// One stored WAL file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WalEntryView {
-    #[serde(with = "wal_name_text")]
-    pub name: WalFileName,
-    /// Size of the plaintext file PostgreSQL wrote.
-    pub plain_size: u64,
-    /// Bytes it takes on Tier 1 (compressed and encrypted).
-    pub stored_size: u64,
-}
-
-/// The replication connection's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ConnectionState {
-    Connecting,
-    Streaming,
-    Disconnected,
-    Failed,
-}
-
-impl ConnectionState {
-    pub const ALL: [ConnectionState; 4] = [
-        ConnectionState::Connecting,
-        ConnectionState::Streaming,
-        ConnectionState::Disconnected,
-        ConnectionState::Failed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConnectionState::Connecting => "connecting",
-            ConnectionState::Streaming => "streaming",
-            ConnectionState::Disconnected => "disconnected",
-            ConnectionState::Failed => "failed",
-        }
-    }
-}
-
-impl fmt::Display for ConnectionState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A cluster's replication status as the API reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterStatusView {
-    pub cluster: ClusterName,
-    /// PostgreSQL's system identifier, once known (a decimal string: it exceeds 2^53).
-    pub system_id: Option<String>,
-    pub timeline: Option<u32>,
-    pub state: ConnectionState,
-    pub last_error: Option<String>,
-    /// End of the WAL received from the primary.
-    pub received_lsn: Option<Lsn>,
-    /// End of the WAL durable on Tier 1 (what was reported as flushed).
-    pub flushed_lsn: Option<Lsn>,
-    /// The primary's current WAL end, as last reported by it.
-    pub primary_lsn: Option<Lsn>,
-    /// `primary_lsn - flushed_lsn`.
-    pub lag_bytes: Option<u64>,
-    /// Segments sealed since the cluster was first streamed.
-    pub sealed_segments: u64,
-    /// Tier 1 is out of space: streaming is paused.
-    pub disk_full: bool,
-    /// fdatasyncs of streamed WAL since the server started, and the microseconds they
-    /// took in total: their ratio is the disk's share of each synchronous commit's wait.
-    #[serde(default)]
-    pub wal_fsyncs: u64,
-    #[serde(default)]
-    pub wal_fsync_micros: u64,
-    /// Base backups of this cluster.
-    #[serde(default)]
-    pub backups: BackupStatus,
-}
-
-/// Base-backup figures of one cluster (for `klio status` and the metrics).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BackupStatus {
-    pub running: bool,
-    pub complete: u64,
-    /// When the newest complete backup finished (seconds since the epoch).
-    pub last_complete_at: Option<u64>,
-    /// Outcome of the last `verify` (absent until one ran since the server started).
-    pub last_verify_ok: Option<bool>,
-    pub last_verify_at: Option<u64>,
-}
-
-impl ClusterStatusView {
-    /// A cluster that is configured but has not connected yet.
-    pub fn connecting(cluster: ClusterName) -> ClusterStatusView {
-        ClusterStatusView {
-            cluster,
-            system_id: None,
-            timeline: None,
-            state: ConnectionState::Connecting,
-            last_error: None,
-            received_lsn: None,
-            flushed_lsn: None,
-            primary_lsn: None,
-            lag_bytes: None,
-            sealed_segments: 0,
-            disk_full: false,
-            wal_fsyncs: 0,
-            wal_fsync_micros: 0,
-            backups: BackupStatus::default(),
-        }
-    }
-}
-
-/// WAL file names as their PostgreSQL spelling in JSON.
-mod wal_name_text {
-    use klio_core::WalFileName;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(n: &WalFileName, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(n)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<WalFileName, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
 }
 
 /// An in-memory [`Registry`] for tests: clusters, WAL files and failure modes set by hand.
@@ -557,37 +430,5 @@ impl MemoryRegistry {
             c.backups.push(view.clone());
             Ok(view)
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn status_serialises_lsns_as_text() {
-        let mut s = ClusterStatusView::connecting("pg-main".parse().unwrap());
-        s.state = ConnectionState::Streaming;
-        s.flushed_lsn = Some(Lsn(0x16_B374_D848));
-        let json = serde_json::to_value(&s).unwrap();
-        assert_eq!(json["flushed_lsn"], "16/B374D848");
-        assert_eq!(json["state"], "streaming");
-        assert_eq!(json["received_lsn"], serde_json::Value::Null);
-        let back: ClusterStatusView = serde_json::from_value(json).unwrap();
-        assert_eq!(back, s);
-    }
-
-    #[test]
-    fn wal_entry_round_trips_with_postgres_name() {
-        let e = WalEntryView {
-            name: "000000010000000000000002".parse().unwrap(),
-            plain_size: 16 << 20,
-            stored_size: 1000,
-        };
-        let json = serde_json::to_string(&e).unwrap();
-        assert!(json.contains("\"000000010000000000000002\""), "{json}");
-        assert_eq!(serde_json::from_str::<WalEntryView>(&json).unwrap(), e);
-        let bad = json.replace("000000010000000000000002", "../etc/passwd");
-        assert!(serde_json::from_str::<WalEntryView>(&bad).is_err());
     }
 }

@@ -18,14 +18,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::stream::{self, StreamExt};
-use klio_basebackup::manifest::{BackupManifest, ChunkId};
+use klio_core::manifest::{BackupManifest, ChunkId};
 use klio_core::{ClusterName, Lsn};
 
-use crate::api::{BackupStateView, BackupView};
-use crate::client::{Client, ClientError, Credentials};
 use crate::output::human_bytes;
 use crate::restore_fs::RootDir;
 use crate::restore_plan::{plan_restore, RestorePlan, Root, SafeRelPath};
+use klio_api::client::{Client, ClientError, Credentials};
+use klio_api::{BackupStateView, BackupView};
 
 /// What to recover to.
 #[derive(Debug, Clone, PartialEq, Eq)]

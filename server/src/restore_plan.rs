@@ -25,7 +25,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
-use klio_basebackup::manifest::{BackupManifest, ChunkId, FileKind};
+use klio_core::manifest::{BackupManifest, ChunkId, FileKind};
 
 /// A path below a restore root that cannot leave it: relative, normalised (components
 /// separated by single `/`, none empty, `.` or `..`), no NUL.

@@ -3,7 +3,7 @@
 //! validator arbitrary manifests (it never panics, and what it accepts is normalised).
 
 use super::*;
-use klio_basebackup::manifest::{ManifestFile, ManifestTablespace};
+use klio_core::manifest::{ManifestFile, ManifestTablespace};
 use klio_core::{Lsn, TimelineId};
 use proptest::prelude::*;
 

@@ -131,12 +131,12 @@ mod plain {
     }
 }
 
-/// HTTPS and client certificates over a real socket, with [`crate::client::Client`].
+/// HTTPS and client certificates over a real socket, with [`klio_api::client::Client`].
 mod tls_tests {
     use super::*;
-    use crate::client::{Client, ClientError, Credentials};
     use crate::http::{router, tests::fixture, tests::TOKEN_B};
     use crate::tls::{ApiTls, ClientCas, ClusterCa};
+    use klio_api::client::{Client, ClientError, Credentials};
     use klio_core::ClusterName;
     use klio_harness::{write_file, TestCa};
     use std::path::{Path, PathBuf};

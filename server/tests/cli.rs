@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use klio::auth::{ClusterToken, TokenSet};
 use klio::http::{router, AppState};
-use klio::registry::{ClusterStatusView, MemoryRegistry};
+use klio::registry::MemoryRegistry;
+use klio_api::ClusterStatusView;
 
 const TOKEN: &str = "cli-test-token-0123456789";
 const SEG: &str = "000000010000000000000003";

@@ -364,7 +364,10 @@ impl KlioServer {
             .arg("server")
             .arg("--config")
             .arg(self.config_path())
-            .env("KLIO_LOG", "info,klio=debug,klio_receiver=debug,klio_pgwire=debug")
+            .env(
+                "KLIO_LOG",
+                "info,klio=debug,klio_receiver=debug,klio_pgwire=debug",
+            )
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{ensure, Context, Result};
-use klio::api::{BackupKindView, BackupList, BackupStateView, BackupView};
+use klio_api::{BackupKindView, BackupList, BackupStateView, BackupView};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "hostile-test-token-0123456789";

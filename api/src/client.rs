@@ -6,25 +6,25 @@
 //! failure at any point leaves no partial destination behind.
 
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use klio_core::{ClusterName, WalFileKind, WalFileName};
+use klio_core::{ClusterName, WalFileName};
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
-use crate::api::{
+use crate::token::ClusterToken;
+use crate::{
     BackupList, BackupRequest, BackupView, ErrorBody, OffloadRequest, StatusList, VerifyReport,
     VerifyRequest, WalList,
 };
-use crate::auth::ClusterToken;
 
 /// The server URL when neither `--server` nor `KLIO_SERVER` is given.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
-const ATTEMPTS: u32 = 3;
+/// How many times a request is tried (connection errors and 5xx answers only).
+pub const ATTEMPTS: u32 = 3;
 const BACKOFF: [Duration; 2] = [Duration::from_millis(250), Duration::from_millis(1000)];
 
 /// A client command's failure. Display is one line naming the cause and the fix.
@@ -325,7 +325,7 @@ impl Client {
         &self,
         cluster: &ClusterName,
         id: &str,
-    ) -> Result<klio_basebackup::manifest::BackupManifest, ClientError> {
+    ) -> Result<klio_core::manifest::BackupManifest, ClientError> {
         self.get_json(
             &format!("/v1/clusters/{cluster}/backups/{id}/manifest"),
             Some(cluster),
@@ -350,7 +350,7 @@ impl Client {
     pub async fn chunk(
         &self,
         cluster: &ClusterName,
-        chunk: &klio_basebackup::manifest::ChunkId,
+        chunk: &klio_core::manifest::ChunkId,
     ) -> Result<Vec<u8>, ClientError> {
         self.get_bytes(
             &format!("/v1/clusters/{cluster}/chunks/{chunk}"),
@@ -520,7 +520,7 @@ impl Client {
             // says why; one for another cluster's credentials, or without a JSON body,
             // gets the credentials hint.
             Failure::Status(StatusCode::FORBIDDEN, m)
-                if !m.starts_with(crate::http::CREDENTIALS_FORBIDDEN)
+                if !m.starts_with(crate::CREDENTIALS_FORBIDDEN)
                     && Some(m.as_str()) != StatusCode::FORBIDDEN.canonical_reason() =>
             {
                 ClientError::Server {
@@ -583,89 +583,3 @@ fn chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
-
-/// `klio wal-restore`: validates `walfile` before any I/O, fetches it and writes it to
-/// `dest` atomically. Returns the number of bytes written.
-/// Fetches `walfile` into `dest`. With `system_id` (the data directory's), a segment whose
-/// header names another database system is refused and nothing is written.
-pub async fn wal_restore(
-    client: &Client,
-    cluster: &ClusterName,
-    walfile: &str,
-    dest: &Path,
-    system_id: Option<u64>,
-) -> Result<u64, ClientError> {
-    let name = parse_wal_name(walfile)?;
-    let bytes = client
-        .fetch_wal(cluster, &name)
-        .await
-        .map_err(|e| match e {
-            ClientError::NotFound(_) => ClientError::NotFound(format!(
-                "{name} not found on the server for cluster {cluster}"
-            )),
-            other => other,
-        })?;
-    if let (Some(expected), Some(h), WalFileKind::Segment) = (
-        system_id,
-        klio_core::SegmentHeader::parse(&bytes),
-        name.kind(),
-    ) {
-        if h.system_id != expected {
-            return Err(ClientError::WrongSystem(format!(
-                "refusing {name}: cluster {cluster} on the server is database system {}, \
-                 but this data directory is {expected}; check --cluster / KLIO_CLUSTER \
-                 (recovery stops here rather than end early)",
-                h.system_id
-            )));
-        }
-    }
-    let len = bytes.len() as u64;
-    let dest_owned: PathBuf = dest.to_path_buf();
-    tokio::task::spawn_blocking(move || write_atomically(&dest_owned, &bytes))
-        .await
-        .map_err(|e| ClientError::Io(format!("writing {}: {e}", dest.display())))?
-        .map_err(|e| ClientError::Io(format!("cannot write {}: {e}", dest.display())))?;
-    Ok(len)
-}
-
-/// Validates a WAL file name given on the command line.
-pub fn parse_wal_name(walfile: &str) -> Result<WalFileName, ClientError> {
-    walfile.parse().map_err(|e| {
-        ClientError::Usage(format!(
-            "{e}; restore_command should be 'klio wal-restore %f %p'"
-        ))
-    })
-}
-
-/// Writes `bytes` to `dest` so that `dest` is either absent/unchanged or complete:
-/// temporary file in the same directory, then rename. Not fsync'ed: what a
-/// restore_command writes is read once by the startup process and never relied on after
-/// a crash (recovery restarts and fetches it again), and spool entries are checked
-/// against their CRC before use; two 16 MB fsyncs per segment would halve replay speed.
-pub fn write_atomically(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let file_name = dest.file_name().ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "destination is not a file path",
-        )
-    })?;
-    let dir = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut prefix = std::ffi::OsString::from(".");
-    prefix.push(file_name);
-    prefix.push(".");
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&prefix)
-        .suffix(".klio-tmp")
-        .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    // On error the temporary file is removed when `tmp` drops.
-    tmp.persist(dest).map_err(|e| e.error)?;
-    Ok(())
-}
-
-#[cfg(test)]
-#[path = "client_tests.rs"]
-mod tests;

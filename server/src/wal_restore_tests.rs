@@ -5,6 +5,8 @@ use super::*;
 use crate::http::router;
 use crate::http::tests::{fixture, TOKEN_A, TOKEN_B};
 use crate::registry::{MemoryRegistry, Registry};
+use klio_api::client::{Credentials, ATTEMPTS};
+use klio_api::token::ClusterToken;
 use std::sync::Arc;
 
 const SEG1: &str = "000000010000000000000001";
