@@ -35,6 +35,18 @@ pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// UTC `YYYY-MM-DD HH:MM:SS` of seconds since the epoch.
+pub fn utc_time(unix: u64) -> String {
+    let (y, m, d) = civil_from_days((unix / 86_400) as i64);
+    let secs = unix % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +71,11 @@ mod tests {
     #[test]
     fn now_is_after_2025() {
         assert!(unix_now() > 1_735_689_600);
+    }
+
+    #[test]
+    fn utc_time_is_the_civil_date_and_time() {
+        assert_eq!(utc_time(1_795_547_580), "2026-11-24 19:13:00");
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00");
     }
 }

@@ -10,6 +10,7 @@ pub mod failpoint;
 pub mod frame;
 pub mod frame_reader;
 pub mod keys;
+pub mod log_format;
 pub mod lsn;
 pub mod manifest;
 pub mod secret_file;

@@ -167,7 +167,7 @@ impl BackupManager {
         let store = self.store(&cb)?;
         let label = req
             .label
-            .unwrap_or_else(|| format!("klio backup {}", crate::output::utc_time(unix_now())));
+            .unwrap_or_else(|| format!("klio backup {}", klio_core::clock::utc_time(unix_now())));
         validate_label(&label)?;
         let opts = BaseBackupOptions {
             label: label.clone(),
@@ -641,7 +641,7 @@ impl BackupManager {
                             BackupRequest {
                                 label: Some(format!(
                                     "scheduled {}",
-                                    crate::output::utc_time(next as u64)
+                                    klio_core::clock::utc_time(next as u64)
                                 )),
                                 fast_checkpoint: None,
                                 max_rate_kbps: None,

@@ -41,13 +41,14 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use klio_core::{secret_file, ClusterName, MasterKey};
 use serde::Deserialize;
 
 use crate::auth::{ClusterToken, TokenSet};
 use crate::schedule::Schedule;
+pub use klio_core::log_format::LogFormat;
+
 use crate::tls::{ApiTls, ClientCas, ClusterCa};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -122,27 +123,6 @@ impl fmt::Debug for ClusterConfig {
             .field("backup_fast_checkpoint", &self.backup_fast_checkpoint)
             .field("offload_roots", &self.offload_roots)
             .finish()
-    }
-}
-
-/// How logs are written to stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
-
-impl FromStr for LogFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "text" => Ok(LogFormat::Text),
-            "json" => Ok(LogFormat::Json),
-            other => Err(format!(
-                "unknown log format {other:?}: use \"text\" or \"json\""
-            )),
-        }
     }
 }
 

@@ -714,4 +714,7 @@ impl Drop for VerifyGuard {
 
 #[cfg(test)]
 #[path = "http_tests.rs"]
-pub(crate) mod tests;
+mod tests;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod fixture;

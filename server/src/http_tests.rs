@@ -1,51 +1,12 @@
 //! Router tests without a socket (`tower::ServiceExt::oneshot`) over [`MemoryRegistry`].
 
+use super::fixture::{fixture, name, SEG1, TOKEN_A, TOKEN_B};
 use super::*;
 use crate::auth::ClusterToken;
-use crate::registry::MemoryRegistry;
 use axum::body::{to_bytes, Body, Bytes};
 use axum::http::HeaderMap;
-use klio_api::ConnectionState;
 use klio_api::{ErrorBody, StatusList, WalList};
-use klio_core::Lsn;
 use tower::ServiceExt;
-
-pub(crate) const TOKEN_A: &str = "token-of-pg-a-0123456789";
-pub(crate) const TOKEN_B: &str = "token-of-pg-b-0123456789";
-const SEG1: &str = "000000010000000000000001";
-
-fn name(s: &str) -> ClusterName {
-    s.parse().unwrap()
-}
-
-/// pg-a streaming with two WAL files, pg-b connecting with none; both configured.
-pub(crate) fn fixture() -> (Arc<MemoryRegistry>, AppState) {
-    let reg = Arc::new(MemoryRegistry::new());
-    let mut a = ClusterStatusView::connecting(name("pg-a"));
-    a.state = ConnectionState::Streaming;
-    a.system_id = Some("7390123456789012345".into());
-    a.timeline = Some(1);
-    a.received_lsn = Some(Lsn(0x3000_0100));
-    a.flushed_lsn = Some(Lsn(0x3000_0000));
-    a.primary_lsn = Some(Lsn(0x3000_0200));
-    a.lag_bytes = Some(0x200);
-    a.sealed_segments = 2;
-    reg.add_cluster(a);
-    reg.add_cluster(ClusterStatusView::connecting(name("pg-b")));
-    let seg: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
-    reg.put_wal(&name("pg-a"), SEG1.parse().unwrap(), seg);
-    reg.put_wal(
-        &name("pg-a"),
-        "00000002.history".parse().unwrap(),
-        b"1\t0/3000000\tno recovery target specified\n".to_vec(),
-    );
-    let tokens = TokenSet::new([
-        (name("pg-a"), ClusterToken::parse(TOKEN_A, "test").unwrap()),
-        (name("pg-b"), ClusterToken::parse(TOKEN_B, "test").unwrap()),
-    ]);
-    let state = AppState::new(reg.clone(), tokens);
-    (reg, state)
-}
 
 async fn get(app: &Router, uri: &str, auth: Option<&str>) -> (StatusCode, HeaderMap, Bytes) {
     let mut req = Request::get(uri);

@@ -4,7 +4,7 @@ use super::*;
 
 mod plain {
     use super::*;
-    use crate::http::{router, tests::fixture};
+    use crate::http::{fixture::fixture, router};
     use std::time::{Duration, Instant};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
@@ -134,7 +134,8 @@ mod plain {
 /// HTTPS and client certificates over a real socket, with [`klio_api::client::Client`].
 mod tls_tests {
     use super::*;
-    use crate::http::{router, tests::fixture, tests::TOKEN_B};
+    use crate::http::fixture::{fixture, TOKEN_B};
+    use crate::http::router;
     use crate::tls::{ApiTls, ClientCas, ClusterCa};
     use klio_api::client::{Client, ClientError, Credentials};
     use klio_core::ClusterName;

@@ -2,5 +2,5 @@
 //! it as a separate process (SIGKILL, restart) by path.
 
 fn main() -> std::process::ExitCode {
-    klio::cli::main()
+    klio::main()
 }

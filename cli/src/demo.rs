@@ -13,8 +13,8 @@ use klio_core::{Lsn, MasterKey};
 use klio_harness::{PgInstance, PgOptions};
 use rand::RngCore;
 
-use crate::config::Config;
 use klio_api::{ClusterStatusView, WalEntryView};
+use klio_server::config::Config;
 
 /// Options of `klio demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -163,7 +163,7 @@ async fn run_in(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
     std::fs::write(&config_path, &toml)?;
     let config = Config::parse(&toml, &config_path, |_| None)?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::engine::run_server_until(config, async {
+    let server = tokio::spawn(klio_server::engine::run_server_until(config, async {
         let _ = stop_rx.await;
     }));
     let api = Api {
@@ -258,7 +258,7 @@ async fn run_in(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
 
     let client = klio_api::client::Client::new(
         &api.base,
-        crate::auth::ClusterToken::parse(&api.token, "the demo token")
+        klio_api::token::ClusterToken::parse(&api.token, "the demo token")
             .map_err(|e| anyhow::anyhow!("{e}"))?,
         "the demo token",
     )

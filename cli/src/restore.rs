@@ -12,6 +12,12 @@
 //! Writes: PGDATA and the tablespace directories; removes the `<PGDATA>.klio-spool`
 //! prefetch spool an earlier restore left beside PGDATA.
 
+pub mod command;
+mod fs;
+pub mod plan;
+
+pub use command::RestoreArgs;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,10 +28,10 @@ use klio_core::manifest::{BackupManifest, ChunkId};
 use klio_core::{ClusterName, Lsn};
 
 use crate::output::human_bytes;
-use crate::restore_fs::RootDir;
-use crate::restore_plan::{plan_restore, RestorePlan, Root, SafeRelPath};
+use fs::RootDir;
 use klio_api::client::{Client, ClientError, Credentials};
 use klio_api::{BackupStateView, BackupView};
+use plan::{plan_restore, RestorePlan, Root, SafeRelPath};
 
 /// What to recover to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,7 +289,7 @@ pub async fn restore(c: &Client, opts: &RestoreOptions) -> Result<RestoreSummary
 
     // A prefetch spool left beside this path by an earlier restore holds another
     // history's segments: restore_command must start from an empty one.
-    let spool = crate::prefetch::default_spool(&opts.pgdata);
+    let spool = crate::wal_restore::prefetch::default_spool(&opts.pgdata);
     if spool.is_dir() {
         std::fs::remove_dir_all(&spool).map_err(|e| io_err(&spool, e))?;
     }

@@ -2,11 +2,11 @@
 //! the in-memory registry.
 
 use super::*;
-use crate::http::router;
-use crate::http::tests::{fixture, TOKEN_A, TOKEN_B};
-use crate::registry::{MemoryRegistry, Registry};
 use klio_api::client::{Credentials, ATTEMPTS};
 use klio_api::token::ClusterToken;
+use klio_server::http::fixture::{fixture, TOKEN_A, TOKEN_B};
+use klio_server::http::router;
+use klio_server::registry::{MemoryRegistry, Registry};
 use std::sync::Arc;
 
 const SEG1: &str = "000000010000000000000001";
@@ -58,7 +58,7 @@ async fn wal_restore_writes_exact_bytes_and_no_temp_file() {
     let s = server().await;
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("RECOVERYXLOG");
-    let n = wal_restore(&client(&s.base, TOKEN_A), &pg_a(), SEG1, &dest, None)
+    let n = fetch(&client(&s.base, TOKEN_A), &pg_a(), SEG1, &dest, None)
         .await
         .unwrap();
     let want = s
@@ -81,7 +81,7 @@ async fn wal_restore_replaces_an_existing_destination() {
         b"stale contents that are longer than the new file......",
     )
     .unwrap();
-    wal_restore(
+    fetch(
         &client(&s.base, TOKEN_A),
         &pg_a(),
         "00000002.history",
@@ -99,7 +99,7 @@ async fn missing_wal_exits_1_and_leaves_no_destination() {
     let s = server().await;
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("RECOVERYXLOG");
-    let e = wal_restore(
+    let e = fetch(
         &client(&s.base, TOKEN_A),
         &pg_a(),
         "000000010000000000000042",
@@ -124,7 +124,7 @@ async fn other_clusters_token_is_a_403_error_naming_the_token_file() {
     let s = server().await;
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("RECOVERYXLOG");
-    let e = wal_restore(&client(&s.base, TOKEN_B), &pg_a(), SEG1, &dest, None)
+    let e = fetch(&client(&s.base, TOKEN_B), &pg_a(), SEG1, &dest, None)
         .await
         .unwrap_err();
     assert!(matches!(e, ClientError::Forbidden { .. }), "{e}");
@@ -161,9 +161,7 @@ async fn bad_wal_name_is_rejected_before_any_request() {
         "",
     ] {
         let dest = dir.path().join("RECOVERYXLOG");
-        let e = wal_restore(&c, &pg_a(), bad, &dest, None)
-            .await
-            .unwrap_err();
+        let e = fetch(&c, &pg_a(), bad, &dest, None).await.unwrap_err();
         assert!(matches!(e, ClientError::Usage(_)), "{bad}: {e}");
         assert!(e.to_string().contains("invalid WAL file name"), "{e}");
         assert_eq!(e.exit_code(), 2);
@@ -177,7 +175,7 @@ async fn server_errors_are_retried_then_reported() {
     s.reg.corrupt_wal(&pg_a(), SEG1.parse().unwrap());
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("RECOVERYXLOG");
-    let e = wal_restore(&client(&s.base, TOKEN_A), &pg_a(), SEG1, &dest, None)
+    let e = fetch(&client(&s.base, TOKEN_A), &pg_a(), SEG1, &dest, None)
         .await
         .unwrap_err();
     assert_eq!(e.exit_code(), 2);
@@ -207,7 +205,7 @@ async fn unwritable_destination_is_an_error() {
     let s = server().await;
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("no-such-dir").join("RECOVERYXLOG");
-    let e = wal_restore(&client(&s.base, TOKEN_A), &pg_a(), SEG1, &dest, None)
+    let e = fetch(&client(&s.base, TOKEN_A), &pg_a(), SEG1, &dest, None)
         .await
         .unwrap_err();
     assert!(matches!(e, ClientError::Io(_)), "{e}");

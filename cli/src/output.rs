@@ -159,18 +159,6 @@ pub fn wal_table(list: &WalList) -> String {
     out
 }
 
-/// UTC `YYYY-MM-DD HH:MM:SS` of seconds since the epoch.
-pub fn utc_time(unix: u64) -> String {
-    let (y, m, d) = klio_core::clock::civil_from_days((unix / 86_400) as i64);
-    let secs = unix % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
-
 /// Seconds as `1h02m`, `3m05s` or `12.3s`.
 pub fn human_duration(secs: f64) -> String {
     if secs < 60.0 {
@@ -232,7 +220,7 @@ pub fn backup_table(list: &BackupList) -> String {
             human_bytes(b.new_bytes),
             new_share(b),
             or_dash(duration),
-            or_dash(b.finished_at.map(utc_time)),
+            or_dash(b.finished_at.map(klio_core::clock::utc_time)),
         ]);
     }
     let mut out = t.render();
@@ -419,8 +407,6 @@ mod backup_tests {
 
     #[test]
     fn times_and_durations() {
-        assert_eq!(utc_time(1_795_547_580), "2026-11-24 19:13:00");
-        assert_eq!(utc_time(0), "1970-01-01 00:00:00");
         assert_eq!(human_duration(12.34), "12.3s");
         assert_eq!(human_duration(185.0), "3m05s");
         assert_eq!(human_duration(3720.0), "1h02m");

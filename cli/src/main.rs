@@ -1,5 +1,5 @@
 //! The `klio` command: the Klio Server and its command-line client.
 
 fn main() -> std::process::ExitCode {
-    klio::cli::main()
+    klio::main()
 }

@@ -5,10 +5,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
 
-use klio::auth::{ClusterToken, TokenSet};
-use klio::http::{router, AppState};
-use klio::registry::MemoryRegistry;
 use klio_api::ClusterStatusView;
+use klio_server::auth::{ClusterToken, TokenSet};
+use klio_server::http::{router, AppState};
+use klio_server::registry::MemoryRegistry;
 
 const TOKEN: &str = "cli-test-token-0123456789";
 const SEG: &str = "000000010000000000000003";

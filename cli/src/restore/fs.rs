@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
-use crate::restore_plan::SafeRelPath;
+use super::plan::SafeRelPath;
 
 const DIR_MODE: u32 = 0o700;
 const FILE_MODE: u32 = 0o600;

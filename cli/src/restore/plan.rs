@@ -438,5 +438,4 @@ pub fn plan_restore(
 }
 
 #[cfg(test)]
-#[path = "restore_plan_tests.rs"]
 mod tests;
