@@ -20,8 +20,11 @@ use crate::ingest::Ingest;
 use crate::status::{ClusterStatus, ConnState};
 use crate::wal_store::{StoreError, WalStore};
 use klio_pgwire::conninfo::ConnInfo;
-use klio_pgwire::replication::{self, ReplicationMessage, StandbyStatusUpdate, StreamStart};
-use klio_pgwire::{CopyMessage, PgError, ReplicationConn};
+use klio_pgwire::replication::{self, StreamStart};
+use klio_pgwire::{PgError, ReplicationConn};
+
+mod copy_loop;
+use copy_loop::{copy_loop, CopyEnd, CopyPosition};
 
 /// Errors that stop the server from starting.
 #[derive(Debug, thiserror::Error)]
@@ -435,25 +438,6 @@ fn ensure_cluster(
     Ok(rec)
 }
 
-/// Most WAL written before an fsync while catching up (data keeps arriving).
-const BATCH_BYTES: usize = 8 << 20;
-
-async fn send_status(
-    conn: &mut ReplicationConn,
-    write: Lsn,
-    flush: Lsn,
-    reply_requested: bool,
-) -> Result<(), PgError> {
-    let msg = StandbyStatusUpdate {
-        write: write.0,
-        flush: flush.0,
-        apply: 0,
-        client_time: replication::pg_now_micros(),
-        reply_requested,
-    };
-    conn.send_copy_data(&msg.encode()).await
-}
-
 async fn session(
     ctx: &Arc<ServerContext>,
     handle: &ClusterHandle,
@@ -608,102 +592,6 @@ async fn session(
                     "end of timeline; following the switch");
                 tli = TimelineId::new(next).map_err(|e| SessionError::Other(e.to_string()))?;
                 start = Lsn(pos).segment_start(seg_size);
-            }
-        }
-    }
-}
-
-enum CopyEnd {
-    Shutdown,
-    EndOfTimeline,
-}
-
-/// Where a COPY session starts: timeline, first requested byte, and what of it is
-/// already durable in Tier 1 (`Lsn::INVALID` for nothing).
-struct CopyPosition {
-    tli: TimelineId,
-    start: Lsn,
-    durable: Lsn,
-}
-
-async fn copy_loop(
-    conn: &mut ReplicationConn,
-    ingest: &Ingest,
-    status: &ClusterStatus,
-    pos: CopyPosition,
-    status_interval: Duration,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Result<CopyEnd, SessionError> {
-    let CopyPosition {
-        tli,
-        start,
-        durable,
-    } = pos;
-    let mut progress = ingest.subscribe();
-    progress.mark_changed();
-    let mut tick = tokio::time::interval(status_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut received = start;
-    let mut flushed = durable;
-    let mut unflushed = 0usize;
-    if flushed != Lsn::INVALID {
-        status.set_flushed(flushed);
-        send_status(conn, received, flushed, false).await?;
-    }
-    loop {
-        tokio::select! {
-            biased;
-            _ = stopped(shutdown) => return Ok(CopyEnd::Shutdown),
-            r = progress.changed() => {
-                r.map_err(|_| SessionError::store("the writer stopped".into(), false))?;
-                let p = progress.borrow_and_update().clone();
-                if let Some(err) = p.error {
-                    // A full disk is flagged where the session ends (run_cluster).
-                    return Err(SessionError::store(err, p.disk_full));
-                }
-                status.set_sealed(p.sealed);
-                status.set_wal_flushes(p.flushes.count, p.flushes.nanos);
-                if let Some((t, lsn)) = p.durable {
-                    if t == tli && lsn > flushed {
-                        status.set_disk_full(false);
-                        flushed = lsn;
-                        status.set_flushed(lsn);
-                        send_status(conn, received, flushed, false).await?;
-                    }
-                }
-            }
-            m = conn.recv_copy() => match m? {
-                CopyMessage::Data(buf) => match ReplicationMessage::decode(buf)? {
-                    ReplicationMessage::XLogData(x) => {
-                        let end = Lsn(x.wal_start + x.data.len() as u64);
-                        status.set_primary(Lsn(x.wal_end));
-                        if !x.data.is_empty() {
-                            unflushed += x.data.len();
-                            ingest.write(tli, Lsn(x.wal_start), &x.data);
-                        }
-                        // Group commit: one fsync for everything that arrived together
-                        // (bounded while catching up), then the status update goes out
-                        // from the progress arm above.
-                        if unflushed > 0 && (unflushed >= BATCH_BYTES || !conn.more_ready()) {
-                            ingest.end_batch();
-                            unflushed = 0;
-                        }
-                        if end > received {
-                            received = end;
-                            status.set_received(end);
-                        }
-                    }
-                    ReplicationMessage::Keepalive(k) => {
-                        status.set_primary(Lsn(k.wal_end));
-                        if k.reply_requested {
-                            send_status(conn, received, flushed, false).await?;
-                        }
-                    }
-                },
-                CopyMessage::Done => return Ok(CopyEnd::EndOfTimeline),
-            },
-            _ = tick.tick() => {
-                send_status(conn, received, flushed, false).await?;
             }
         }
     }

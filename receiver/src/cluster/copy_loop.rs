@@ -1,0 +1,186 @@
+//! The COPY loop of one streaming session: XLogData from the primary goes to Tier 1,
+//! and standby status updates go back with the flush position Tier 1 made durable.
+//!
+//! The loop sees the primary as an [`Upstream`] and Tier 1 as a [`WalSink`], so its
+//! durability rule — the flush position sent never exceeds what the sink reported as
+//! fdatasync'ed, also across failures — is tested here with fakes of both, without a
+//! PostgreSQL. Writes nothing itself (the sink does).
+
+use std::time::Duration;
+
+use klio_core::{Lsn, TimelineId};
+use klio_pgwire::replication::{self, ReplicationMessage, StandbyStatusUpdate};
+use klio_pgwire::{CopyMessage, PgError, ReplicationConn};
+use tokio::sync::watch;
+
+use super::{stopped, SessionError};
+use crate::ingest::{Ingest, WriterProgress};
+use crate::status::ClusterStatus;
+
+/// Most WAL written before an fsync while catching up (data keeps arriving).
+const BATCH_BYTES: usize = 8 << 20;
+
+/// The primary's side of a COPY stream.
+pub(super) trait Upstream {
+    /// The next CopyData or CopyDone. Must be cancel-safe (it runs in `select!`).
+    async fn recv_copy(&mut self) -> Result<CopyMessage, PgError>;
+    /// Whether another message is already buffered (so the fsync can wait for it).
+    fn more_ready(&mut self) -> bool;
+    /// A standby status update: `write` received, `flush` durable.
+    async fn send_status(&mut self, write: Lsn, flush: Lsn) -> Result<(), PgError>;
+}
+
+/// Tier 1 as the loop drives it: writes, one fdatasync per batch, and the published
+/// progress (durable position, errors).
+pub(super) trait WalSink {
+    fn write(&self, tli: TimelineId, start: Lsn, data: &[u8]);
+    /// Makes everything written durable and publishes the new position (or the error).
+    fn end_batch(&self);
+    fn subscribe(&self) -> watch::Receiver<WriterProgress>;
+}
+
+impl Upstream for ReplicationConn {
+    async fn recv_copy(&mut self) -> Result<CopyMessage, PgError> {
+        ReplicationConn::recv_copy(self).await
+    }
+
+    fn more_ready(&mut self) -> bool {
+        ReplicationConn::more_ready(self)
+    }
+
+    async fn send_status(&mut self, write: Lsn, flush: Lsn) -> Result<(), PgError> {
+        let msg = StandbyStatusUpdate {
+            write: write.0,
+            flush: flush.0,
+            apply: 0,
+            client_time: replication::pg_now_micros(),
+            reply_requested: false,
+        };
+        self.send_copy_data(&msg.encode()).await
+    }
+}
+
+impl WalSink for Ingest {
+    fn write(&self, tli: TimelineId, start: Lsn, data: &[u8]) {
+        Ingest::write(self, tli, start, data)
+    }
+
+    fn end_batch(&self) {
+        Ingest::end_batch(self)
+    }
+
+    fn subscribe(&self) -> watch::Receiver<WriterProgress> {
+        Ingest::subscribe(self)
+    }
+}
+
+pub(super) enum CopyEnd {
+    Shutdown,
+    EndOfTimeline,
+}
+
+/// Where a COPY session starts: timeline, first requested byte, and what of it is
+/// already durable in Tier 1 (`Lsn::INVALID` for nothing).
+pub(super) struct CopyPosition {
+    pub tli: TimelineId,
+    pub start: Lsn,
+    pub durable: Lsn,
+}
+
+pub(super) async fn copy_loop(
+    conn: &mut impl Upstream,
+    sink: &impl WalSink,
+    status: &ClusterStatus,
+    pos: CopyPosition,
+    status_interval: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<CopyEnd, SessionError> {
+    let CopyPosition {
+        tli,
+        start,
+        durable,
+    } = pos;
+    let mut progress = sink.subscribe();
+    progress.mark_changed();
+    let mut tick = tokio::time::interval(status_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut received = start;
+    let mut flushed = durable;
+    let mut unflushed = 0usize;
+    if flushed != Lsn::INVALID {
+        status.set_flushed(flushed);
+        conn.send_status(received, flushed).await?;
+    }
+    loop {
+        tokio::select! {
+            biased;
+            _ = stopped(shutdown) => return Ok(CopyEnd::Shutdown),
+            r = progress.changed() => {
+                r.map_err(|_| SessionError::store("the writer stopped".into(), false))?;
+                let p = progress.borrow_and_update().clone();
+                if let Some(err) = p.error {
+                    // A full disk is flagged where the session ends (run_cluster).
+                    return Err(SessionError::store(err, p.disk_full));
+                }
+                status.set_sealed(p.sealed);
+                status.set_wal_flushes(p.flushes.count, p.flushes.nanos);
+                if let Some((t, lsn)) = p.durable {
+                    if t == tli && lsn > flushed {
+                        status.set_disk_full(false);
+                        flushed = lsn;
+                        status.set_flushed(lsn);
+                        conn.send_status(received, flushed).await?;
+                    }
+                }
+            }
+            m = conn.recv_copy() => {
+                match m? {
+                    CopyMessage::Data(buf) => match ReplicationMessage::decode(buf)? {
+                        ReplicationMessage::XLogData(x) => {
+                            // The primary's numbers are checked: an end past the WAL
+                            // address space is a protocol error, not an overflow.
+                            let end = x.wal_start.checked_add(x.data.len() as u64).map(Lsn).ok_or_else(|| {
+                                SessionError::Other(format!(
+                                    "the primary sent {} bytes of WAL at {}, past the end of the WAL address space",
+                                    x.data.len(),
+                                    Lsn(x.wal_start)
+                                ))
+                            })?;
+                            status.set_primary(Lsn(x.wal_end));
+                            if !x.data.is_empty() {
+                                unflushed += x.data.len();
+                                sink.write(tli, Lsn(x.wal_start), &x.data);
+                            }
+                            if end > received {
+                                received = end;
+                                status.set_received(end);
+                            }
+                        }
+                        ReplicationMessage::Keepalive(k) => {
+                            status.set_primary(Lsn(k.wal_end));
+                            if k.reply_requested {
+                                conn.send_status(received, flushed).await?;
+                            }
+                        }
+                    },
+                    CopyMessage::Done => return Ok(CopyEnd::EndOfTimeline),
+                }
+                // Group commit: one fsync for everything that arrived together (bounded
+                // while catching up), then the status update goes out from the progress
+                // arm above. Checked after every message, not only after WAL: a keepalive
+                // read together with the last WAL must not hold that WAL's fsync back
+                // until more WAL arrives.
+                if unflushed > 0 && (unflushed >= BATCH_BYTES || !conn.more_ready()) {
+                    sink.end_batch();
+                    unflushed = 0;
+                }
+            }
+            _ = tick.tick() => {
+                conn.send_status(received, flushed).await?;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
