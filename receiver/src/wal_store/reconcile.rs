@@ -1,0 +1,278 @@
+//! Start-up reconciliation of one cluster's Tier 1 WAL store: [`WalStore::reconcile`]
+//! brings the WAL directory and the catalog into agreement after a restart or crash, and
+//! [`WalStore::resume_point`] says where streaming resumes.
+//!
+//! Writes in the WAL directory: removes `*.tmp` files and `.partial` files that a sealed
+//! copy supersedes, truncates torn tails of `.partial` files (and fsyncs them), seals
+//! complete `.partial` files; in the catalog, adds, corrects or removes segment records
+//! and records stored timeline history files.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+
+use klio_catalog::{SegmentRecord, SegmentState};
+use klio_core::crashsafe::{durable_rename, fsync_dir};
+use klio_core::frame::decode_object;
+use klio_core::{Lsn, SegNo, TimelineId, WalFileKind, WalFileName};
+use tracing::{info, warn};
+
+use super::{io_err, tier1_record, StoreError, WalStore};
+
+/// What reconciliation found and repaired at startup.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub sealed: usize,
+    pub partial: usize,
+    pub torn_bytes_dropped: u64,
+    pub sealed_at_startup: usize,
+    pub catalog_entries_added: usize,
+    pub catalog_entries_removed: usize,
+    pub temp_files_removed: usize,
+}
+
+impl WalStore {
+    /// Brings catalog and files into agreement after a restart or crash.
+    pub fn reconcile(&self) -> Result<ReconcileReport, StoreError> {
+        let inner = &self.inner;
+        let mut report = ReconcileReport::default();
+        let mut sealed: BTreeMap<(TimelineId, SegNo), PathBuf> = BTreeMap::new();
+        let mut partial: BTreeMap<(TimelineId, SegNo), PathBuf> = BTreeMap::new();
+        let mut histories = Vec::new();
+        let entries = std::fs::read_dir(&inner.dir).map_err(io_err(&inner.dir))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err(&inner.dir))?;
+            let fname = entry.file_name();
+            let path = entry.path();
+            let Some(fname) = fname.to_str() else {
+                warn!(path = %path.display(), "ignoring a file with a non-UTF-8 name in the WAL directory");
+                continue;
+            };
+            if fname.ends_with(".tmp") {
+                std::fs::remove_file(&path).map_err(io_err(&path))?;
+                report.temp_files_removed += 1;
+                continue;
+            }
+            let Ok(name) = fname.parse::<WalFileName>() else {
+                warn!(path = %path.display(), "ignoring an unexpected file in the WAL directory");
+                continue;
+            };
+            match name.segno(inner.seg_size) {
+                Ok(Some(segno)) if name.kind() == WalFileKind::Segment => {
+                    sealed.insert((name.timeline(), segno), path);
+                }
+                Ok(Some(segno)) => {
+                    partial.insert((name.timeline(), segno), path);
+                }
+                Ok(None) => histories.push(name.timeline()),
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "ignoring a WAL file that does not fit the segment size")
+                }
+            }
+        }
+        if report.temp_files_removed > 0 {
+            fsync_dir(&inner.dir).map_err(io_err(&inner.dir))?;
+        }
+
+        for (&(tli, segno), path) in &partial {
+            if sealed.contains_key(&(tli, segno)) {
+                // The sealed copy is complete and authoritative.
+                std::fs::remove_file(path).map_err(io_err(path))?;
+                fsync_dir(&inner.dir).map_err(io_err(&inner.dir))?;
+                continue;
+            }
+            let (plain, stored, finished, crc) =
+                self.repair_partial(tli, segno, path, &mut report)?;
+            if plain == inner.seg_size.bytes() {
+                if finished {
+                    // Crashed between writing the final frame and the rename.
+                    self.finish_seal(tli, segno, path, stored, crc)?;
+                } else {
+                    self.seal_existing(tli, segno)?;
+                }
+                report.sealed_at_startup += 1;
+                sealed.insert((tli, segno), self.path(&self.segment_names(tli, segno).0));
+                continue;
+            }
+            if finished {
+                return Err(StoreError::Corrupt {
+                    path: path.clone(),
+                    why: format!("a final frame after only {plain} bytes"),
+                });
+            }
+            report.partial += 1;
+            let rec = tier1_record(tli, segno, SegmentState::Partial, plain, None, stored);
+            let existing = inner.catalog.segment(&inner.cluster, tli, segno)?;
+            if existing.is_none() {
+                report.catalog_entries_added += 1;
+            }
+            if existing.as_ref() != Some(&rec) {
+                inner.catalog.put_segment(&inner.cluster, &rec)?;
+            }
+        }
+
+        for (&(tli, segno), path) in &sealed {
+            report.sealed += 1;
+            let len = std::fs::metadata(path).map_err(io_err(path))?.len();
+            let existing = inner.catalog.segment(&inner.cluster, tli, segno)?;
+            if let Some(r) = &existing {
+                if r.state == SegmentState::Sealed && r.stored_size == len {
+                    continue;
+                }
+            }
+            // Unknown to the catalog (crash between rename and catalog update): verify it.
+            let bytes = std::fs::read(path).map_err(io_err(path))?;
+            let name = self.segment_names(tli, segno).0;
+            let obj = decode_object(&inner.key, &self.object_id(&name), &bytes, false).map_err(
+                |source| StoreError::Frame {
+                    path: path.clone(),
+                    source,
+                },
+            )?;
+            if !obj.finished || obj.data.len() as u64 != inner.seg_size.bytes() {
+                return Err(StoreError::Corrupt {
+                    path: path.clone(),
+                    why: format!(
+                        "sealed segment holds {} bytes (complete: {})",
+                        obj.data.len(),
+                        obj.finished
+                    ),
+                });
+            }
+            let mut tiers = existing.map(|r| r.tiers).unwrap_or_default();
+            tiers.tier1 = true;
+            inner.catalog.put_segment(
+                &inner.cluster,
+                &SegmentRecord {
+                    tli,
+                    segno,
+                    state: SegmentState::Sealed,
+                    plain_size: obj.data.len() as u64,
+                    crc32c: Some(crc32c::crc32c(&obj.data)),
+                    stored_size: len,
+                    tiers,
+                },
+            )?;
+            report.catalog_entries_added += 1;
+        }
+
+        for rec in inner.catalog.segments(&inner.cluster)? {
+            let key = (rec.tli, rec.segno);
+            let present = match rec.state {
+                SegmentState::Sealed => sealed.contains_key(&key),
+                SegmentState::Partial => partial.contains_key(&key) || sealed.contains_key(&key),
+            };
+            if !present && rec.tiers.tier1 {
+                warn!(tli = %rec.tli, segno = rec.segno.0, "catalog listed a segment whose file is missing; removing the entry");
+                inner
+                    .catalog
+                    .delete_segment(&inner.cluster, rec.tli, rec.segno)?;
+                report.catalog_entries_removed += 1;
+            }
+        }
+
+        for tli in histories {
+            let known = inner.catalog.timeline(&inner.cluster, tli)?;
+            if !known.as_ref().is_some_and(|t| t.history_stored) {
+                let content = self.read(&WalFileName::history(tli))?.unwrap_or_default();
+                self.record_history(tli, &content)?;
+            }
+        }
+        if report != ReconcileReport::default() {
+            info!(cluster = %inner.cluster, ?report, "Tier 1 WAL store reconciled");
+        }
+        Ok(report)
+    }
+
+    /// Drops a torn tail from a partial file. Returns (plaintext length, stored length).
+    fn repair_partial(
+        &self,
+        tli: TimelineId,
+        segno: SegNo,
+        path: &Path,
+        report: &mut ReconcileReport,
+    ) -> Result<(u64, u64, bool, u32), StoreError> {
+        let bytes = std::fs::read(path).map_err(io_err(path))?;
+        let name = self.segment_names(tli, segno).1;
+        let obj = decode_object(&self.inner.key, &self.object_id(&name), &bytes, true).map_err(
+            |source| StoreError::Frame {
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
+        // What a crashed process wrote may be only in the page cache: once this
+        // returns, everything counted is durable (and may be reported flushed).
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        if obj.valid_stored_len < bytes.len() as u64 {
+            f.set_len(obj.valid_stored_len).map_err(io_err(path))?;
+            // Zeros are the space the writer fills ahead (see `ZERO_AHEAD`), not WAL.
+            let tail = &bytes[obj.valid_stored_len as usize..];
+            if tail.iter().any(|&b| b != 0) {
+                report.torn_bytes_dropped += tail.len() as u64;
+                warn!(path = %path.display(), dropped = tail.len(),
+                    "dropped an unacknowledged torn tail from a partial segment");
+            }
+        }
+        f.sync_all().map_err(io_err(path))?;
+        Ok((
+            obj.data.len() as u64,
+            obj.valid_stored_len,
+            obj.finished,
+            crc32c::crc32c(&obj.data),
+        ))
+    }
+
+    /// Renames a complete partial (final frame durable) to its sealed name and records it.
+    fn finish_seal(
+        &self,
+        tli: TimelineId,
+        segno: SegNo,
+        path: &Path,
+        stored: u64,
+        crc: u32,
+    ) -> Result<(), StoreError> {
+        let sealed = self.path(&self.segment_names(tli, segno).0);
+        durable_rename(path, &sealed).map_err(io_err(&sealed))?;
+        self.inner.catalog.put_segment(
+            &self.inner.cluster,
+            &tier1_record(
+                tli,
+                segno,
+                SegmentState::Sealed,
+                self.inner.seg_size.bytes(),
+                Some(crc),
+                stored,
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// Where streaming should resume: the end of stored WAL on the newest timeline.
+    /// Everything before it is durable.
+    pub fn resume_point(&self) -> Result<Option<(TimelineId, Lsn)>, StoreError> {
+        let segs = self.inner.catalog.segments(&self.inner.cluster)?;
+        let Some(last) = segs
+            .iter()
+            .filter(|s| s.tiers.tier1)
+            .max_by_key(|s| (s.tli, s.segno))
+        else {
+            return Ok(None);
+        };
+        let start = last.segno.start_lsn(self.inner.seg_size);
+        let end = match last.state {
+            SegmentState::Sealed => last.segno.next().start_lsn(self.inner.seg_size),
+            SegmentState::Partial => {
+                // The catalog's partial size lags; the file is the truth.
+                let (_, partial) = self.segment_names(last.tli, last.segno);
+                let path = self.path(&partial);
+                let mut report = ReconcileReport::default();
+                let (plain, ..) = self.repair_partial(last.tli, last.segno, &path, &mut report)?;
+                Lsn(start.0 + plain)
+            }
+        };
+        Ok(Some((last.tli, end)))
+    }
+}
