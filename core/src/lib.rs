@@ -2,6 +2,7 @@
 //! the encrypted frame format every stored byte goes through, and the small helpers every
 //! crate shares (clock, disk-full check, crash-safe files, failpoints, secret files).
 
+pub mod backup_id;
 pub mod clock;
 pub mod cluster;
 pub mod crashsafe;
@@ -16,6 +17,7 @@ pub mod manifest;
 pub mod secret_file;
 pub mod wal;
 
+pub use backup_id::BackupId;
 pub use cluster::ClusterName;
 pub use keys::{DataKey, MasterKey};
 pub use lsn::Lsn;

@@ -38,7 +38,7 @@ use axum::http::{HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use klio_core::{ClusterName, WalFileName};
+use klio_core::{BackupId, ClusterName, WalFileName};
 use tower_http::trace::TraceLayer;
 
 use crate::auth::TokenSet;
@@ -512,18 +512,16 @@ fn json_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T,
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON request body: {e}")))
 }
 
-/// Backup ids are `[0-9A-Za-z-]`, at most 64 characters.
+/// A backup id from the request, by [`BackupId`]'s rule.
 fn backup_id(raw: &str) -> Result<String, ApiError> {
-    if raw.is_empty()
-        || raw.len() > 64
-        || !raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    {
-        return Err(ApiError::BadRequest(format!(
-            "invalid backup id {:?}: ids are letters, digits and '-', e.g. 20261124T193000Z",
-            shorten(raw)
-        )));
-    }
-    Ok(raw.to_string())
+    raw.parse::<BackupId>()
+        .map(|id| id.as_str().to_string())
+        .map_err(|_| {
+            ApiError::BadRequest(format!(
+                "invalid backup id {:?}: ids are letters, digits and '-', e.g. 20261124T193000Z",
+                shorten(raw)
+            ))
+        })
 }
 
 async fn list_backups(

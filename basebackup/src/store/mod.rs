@@ -34,6 +34,7 @@ use klio_catalog::{Catalog, CatalogError, ChunkRecord};
 use klio_core::clock::{civil_from_days, unix_now};
 use klio_core::crashsafe::{create_dir_all_durably, fsync_dir, write_file_durably};
 use klio_core::frame::{decode_object, FrameError, FrameSealer, ObjectId, ObjectKind};
+use klio_core::BackupId;
 use klio_core::{ClusterName, DataKey};
 
 pub use klio_catalog::{BackupKind, BackupRecord, BackupState};
@@ -104,9 +105,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackupStoreError + '_ {
     }
 }
 
-/// Backup ids: `[0-9A-Za-z-]`, 1 to 64 characters.
+/// Backup ids: [`BackupId`]'s rule, the only one.
 pub fn valid_backup_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    BackupId::is_valid(id)
 }
 
 struct Inner {
