@@ -8,6 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use klio_core::Lsn;
+
 use crate::{CopyBothStart, PgError, ReplicationConn, ResultSet};
 
 /// Seconds from the Unix epoch to PostgreSQL's epoch (2000-01-01 00:00:00 UTC).
@@ -42,22 +44,17 @@ pub enum StreamStart {
     },
 }
 
-/// Parses an LSN in PostgreSQL's `X/Y` form (hex, each half up to 8 digits).
+/// Parses an LSN in PostgreSQL's `X/Y` form (hex, each half up to 8 digits), by
+/// [`Lsn`]'s parser (the only one).
 pub fn parse_lsn(s: &str) -> Result<u64, PgError> {
-    let bad = || PgError::Protocol(format!("invalid LSN {s:?}: expected X/Y in hex"));
-    let (hi, lo) = s.split_once('/').ok_or_else(bad)?;
-    let half = |p: &str| {
-        if p.is_empty() || p.len() > 8 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad());
-        }
-        u32::from_str_radix(p, 16).map_err(|_| bad())
-    };
-    Ok((u64::from(half(hi)?) << 32) | u64::from(half(lo)?))
+    s.parse::<Lsn>()
+        .map(|l| l.0)
+        .map_err(|_| PgError::Protocol(format!("invalid LSN {s:?}: expected X/Y in hex")))
 }
 
 /// Formats an LSN as `X/Y`.
 pub fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+    Lsn(lsn).to_string()
 }
 
 /// Parses a PostgreSQL size setting as `SHOW` prints it ("16MB", "1GB", "8kB", "512") into

@@ -26,13 +26,19 @@ pub(crate) const DATA_DIR: &str = "data";
 /// A directory without a lock file younger than this may be one being created right now.
 const CREATION_GRACE: Duration = Duration::from_secs(600);
 
-/// Takes the liveness lock of a freshly created instance directory.
+/// Takes the liveness lock of a freshly created instance directory. The lock file is
+/// locked under a temporary name and only then renamed into place, so another process's
+/// reaper never finds `harness.lock` free while its instance is being set up (it would
+/// take the free lock and remove the new directory under its creator).
 pub(crate) fn lock(root: &Path) -> Result<Flock<File>> {
     let path = root.join(LOCK_FILE);
-    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock)
+    let tmp = root.join(format!("{LOCK_FILE}.new"));
+    let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
         .map_err(|(_, errno)| errno)
-        .with_context(|| format!("locking {}", path.display()))
+        .with_context(|| format!("locking {}", tmp.display()))?;
+    fs::rename(&tmp, &path).with_context(|| format!("renaming {} into place", tmp.display()))?;
+    Ok(lock)
 }
 
 /// Reaps orphaned instance directories once per process. Best effort: never fails.
