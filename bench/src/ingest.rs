@@ -101,7 +101,8 @@ fn main() -> Result<()> {
             .conf("wal_keep_size", "8GB"),
     )?;
     pg.psql("SELECT pg_create_physical_replication_slot('keeper', true)")?;
-    let start = pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'keeper'")?;
+    let start =
+        pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'keeper'")?;
     eprintln!("generating WAL: pgbench -i -s {scale} ...");
     pg.pgbench(&["-i", "-s", &scale.to_string()])?;
     pg.psql("SELECT pg_switch_wal()")?;
@@ -119,7 +120,10 @@ fn main() -> Result<()> {
         segments: (e - 1) / seg - s / seg + 1,
         end,
     };
-    eprintln!("{:.0} MB of WAL retained from {start} to {}", wal.mb, wal.end);
+    eprintln!(
+        "{:.0} MB of WAL retained from {start} to {}",
+        wal.mb, wal.end
+    );
 
     let mut arms = [
         Arm::new("pg_receivewal", |_| pg_receivewal(&pg, &wal, &[])),

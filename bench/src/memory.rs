@@ -107,9 +107,8 @@ fn main() -> Result<()> {
         Arm::new("1 cluster", |_| run(1, scale)),
         Arm::new("4 clusters", |_| run(4, scale)),
     ];
-    let title = format!(
-        "peak RSS (VmHWM) of the Klio server, pgbench -i -s {scale} per cluster and load"
-    );
+    let title =
+        format!("peak RSS (VmHWM) of the Klio server, pgbench -i -s {scale} per cluster and load");
     let res = rounds::run(&title, &mut arms, rounds)?;
     res.print();
     println!("  targets: 1 cluster <= 64 MB, each additional cluster <= 8 MB (medians)");

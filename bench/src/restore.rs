@@ -28,7 +28,11 @@ use klio_bench::rounds::{self, Arm, Pass, Sample};
 use klio_tests::{parse_lsn, wait_until, ClusterConf, KlioServer, PgInstance, PgOptions, StopMode};
 
 /// Recovers the next of `copies` with `restore_command`; checks its tables.
-fn recover(copies: &RefCell<Vec<PgInstance>>, restore_command: &str, expected: &str) -> Result<Sample> {
+fn recover(
+    copies: &RefCell<Vec<PgInstance>>,
+    restore_command: &str,
+    expected: &str,
+) -> Result<Sample> {
     let mut copy = copies.borrow_mut().pop().context("no base copy left")?;
     let t = Instant::now();
     copy.start_recovery(restore_command)?;

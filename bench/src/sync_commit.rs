@@ -14,7 +14,8 @@
 //! `klio-bench-sync strace DIR [SECONDS]` instead runs `pgbench -N -c 1` once per standby
 //! with `strace -f -tt -T` on the process that receives, flushes and acknowledges WAL
 //! (pg_receivewal, the walreceiver, the Klio server), keeps the logs in DIR and prints
-//! each one's round trip (socket read → flush → status update).
+//! each one's round trip (socket read → flush → status update);
+//! `klio-bench-sync strace-summary LOG...` prints that summary of logs kept earlier.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -88,14 +89,19 @@ fn pgbench_point(pg: &PgInstance, clients: u32, secs: u32, s: Sample) -> Result<
     ])?;
     let tps = parse_tps(&out)?;
     let mut lat = read_latencies(&dir)?;
-    ensure!(!lat.is_empty(), "pgbench at {clients} clients logged no transaction");
+    ensure!(
+        !lat.is_empty(),
+        "pgbench at {clients} clients logged no transaction"
+    );
     lat.sort_by(f64::total_cmp);
     Ok(s.with(format!("c{clients}_tps"), tps)
         .with(format!("c{clients}_p50_ms"), quantile(&lat, 0.50) / 1000.0)
         .with(format!("c{clients}_p99_ms"), quantile(&lat, 0.99) / 1000.0))
 }
 
-/// The whole curve, right after a checkpoint (every phase starts from the same point).
+/// The whole curve, right after a checkpoint and with the pgbench tables and indexes read
+/// back into shared buffers (the page cache was dropped before the phase), so every
+/// phase starts from the same point.
 fn curve(pg: &PgInstance, pass: Pass, secs: u32) -> Result<Sample> {
     let secs = if pass == Pass::WarmUp {
         WARM_UP_SECS
@@ -103,6 +109,10 @@ fn curve(pg: &PgInstance, pass: Pass, secs: u32) -> Result<Sample> {
         secs
     };
     pg.psql("CHECKPOINT")?;
+    pg.psql(
+        "CREATE EXTENSION IF NOT EXISTS pg_prewarm;\n\
+         SELECT sum(pg_prewarm(oid)) FROM pg_class WHERE relname LIKE 'pgbench%' AND relkind IN ('r', 'i')",
+    )?;
     let mut s = Sample::new();
     for c in CLIENTS {
         s = pgbench_point(pg, c, secs, s)?;
@@ -204,15 +214,28 @@ fn strace_mode(pg: &PgInstance, dir: &Path, secs: u32) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     println!("single-client commit round trip of each synchronous standby, strace -f -tt -T, pgbench -N -c 1 -T {secs}");
     println!("pg_receivewal --synchronous:");
-    with_pg_receivewal(pg, &|pid| traced(pg, pid, secs, &dir.join("pg_receivewal.strace")))?;
+    with_pg_receivewal(pg, &|pid| {
+        traced(pg, pid, secs, &dir.join("pg_receivewal.strace"))
+    })?;
     println!("physical standby (walreceiver):");
-    with_physical_standby(pg, &|pid| traced(pg, pid, secs, &dir.join("walreceiver.strace")))?;
+    with_physical_standby(pg, &|pid| {
+        traced(pg, pid, secs, &dir.join("walreceiver.strace"))
+    })?;
     println!("klio (all threads of the server):");
     with_klio(pg, &|pid| traced(pg, pid, secs, &dir.join("klio.strace")))?;
     Ok(())
 }
 
 fn main() -> Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("strace-summary") {
+        for log in std::env::args().skip(2) {
+            print!(
+                "{log}: {}",
+                klio_bench::syscalls::summarize(Path::new(&log))?
+            );
+        }
+        return Ok(());
+    }
     let pg = PgInstance::start(
         PgOptions::new()
             .conf("max_wal_size", "4GB")

@@ -33,22 +33,17 @@ fn micros(ts: &str) -> Option<f64> {
 /// Parses one line of `strace -f -tt -T` (`PID TIME name(args) = ret <secs>`, or its
 /// `<... name resumed>` form); `None` for unfinished calls, signals and exits.
 fn parse_line(line: &str) -> Option<Call> {
-    let mut parts = line.splitn(3, ' ');
-    let _pid = parts.next()?;
-    let ts = micros(parts.next()?)?;
-    let rest = parts.next()?;
+    // strace pads the pid column with spaces.
+    let (_pid, r) = line.trim_start().split_once(' ')?;
+    let (ts, rest) = r.trim_start().split_once(' ')?;
+    let ts = micros(ts)?;
     if rest.ends_with("<unfinished ...>") {
         return None;
     }
-    let dur_s: f64 = rest
-        .rsplit_once('<')?
-        .1
-        .strip_suffix('>')?
-        .parse()
-        .ok()?;
+    let dur_s: f64 = rest.rsplit_once('<')?.1.strip_suffix('>')?.parse().ok()?;
     let dur = dur_s * 1e6;
     let ret = rest
-        .rsplit_once(") = ")?
+        .rsplit_once(" = ")?
         .1
         .split_whitespace()
         .next()?
@@ -66,8 +61,7 @@ fn parse_line(line: &str) -> Option<Call> {
 }
 
 fn is_recv(c: &Call) -> bool {
-    matches!(c.name.as_str(), "recvfrom" | "recvmsg")
-        && c.ret.parse::<i64>().is_ok_and(|n| n > 0)
+    matches!(c.name.as_str(), "recvfrom" | "recvmsg") && c.ret.parse::<i64>().is_ok_and(|n| n > 0)
 }
 
 fn is_flush(c: &Call) -> bool {
@@ -166,7 +160,7 @@ mod tests {
         let log = dir.path().join("t");
         std::fs::write(
             &log,
-            "1 10:00:00.000000 recvfrom(5, \"x\", 10, 0, NULL, NULL) = 100 <0.000010>\n\
+            "1  10:00:00.000000 recvfrom(5, \"x\", 10, 0, NULL, NULL) = 100 <0.000010>\n\
              1 10:00:00.000020 pwrite64(7, \"x\", 100, 0) = 100 <0.000005>\n\
              1 10:00:00.000030 fdatasync(7) = 0 <0.000200>\n\
              1 10:00:00.000240 sendto(5, \"r\", 40, 0, NULL, 0) = 40 <0.000010>\n",
