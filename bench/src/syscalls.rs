@@ -126,7 +126,7 @@ pub fn summarize(log: &Path) -> Result<String> {
         median(&total)
     )?;
     let mut counts: Vec<(String, usize)> = per_cycle.into_iter().collect();
-    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
     let per: Vec<String> = counts
         .iter()
         .map(|(n, k)| format!("{n} {:.2}", *k as f64 / cycles.max(1) as f64))
