@@ -1,82 +1,149 @@
-//! Catch-up ingest benchmark: WAL retained by two slots at the same position is
-//! consumed once by `pg_receivewal` and once by Klio (compression and encryption on),
-//! and the throughputs are printed side by side with Klio's peak RSS.
+//! Catch-up ingest benchmark: a backlog of WAL retained by a keeper slot is consumed, in
+//! rotated rounds, by `pg_receivewal` (plain, and with `--compress=lz4`, the best its
+//! PostgreSQL 15 version offers) and by a fresh Klio server (zstd + AES-256-GCM), each from
+//! a copy of the keeper slot, so every phase streams the same bytes from the same start.
+//! Klio's time includes its server start; its peak RSS (VmHWM) during the catch-up is
+//! printed with it.
 //!
-//! Run: `cargo build --release --workspace --bins && KLIO_BIN=$CARGO_TARGET_DIR/release/klio \
-//!       $CARGO_TARGET_DIR/release/klio-bench-ingest [SCALE]` (pgbench scale, default 70 ≈ 1.1 GB of WAL).
+//! Run: `cargo build --release -p klio -p klio-bench && KLIO_BIN=$CARGO_TARGET_DIR/release/klio \
+//!       $CARGO_TARGET_DIR/release/klio-bench-ingest [SCALE] [ROUNDS]`
+//! (pgbench scale, default 70 ≈ 1.1 GB of WAL; 3 rounds). Writes each phase's copy into
+//! a temp dir, removed after the phase.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use klio_bench::host::peak_rss_mb;
+use klio_bench::replication::{copy_slot, drop_slot};
+use klio_bench::rounds::{self, Arm, Sample};
 use klio_tests::{parse_lsn, ClusterConf, KlioServer, PgInstance, PgOptions};
 
-fn main() -> Result<()> {
-    let scale: u32 = std::env::args()
-        .nth(1)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(70);
-    let pg = PgInstance::start(
-        PgOptions::new()
-            .conf("max_wal_size", "8GB")
-            .conf("checkpoint_timeout", "1h")
-            .conf("wal_keep_size", "8GB"),
-    )?;
-    pg.psql("SELECT pg_create_physical_replication_slot('klio', true)")?;
-    pg.psql("SELECT pg_create_physical_replication_slot('rw', true)")?;
-    let start = pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'klio'")?;
-    eprintln!("generating WAL: pgbench -i -s {scale} ...");
-    pg.pgbench(&["-i", "-s", &scale.to_string()])?;
-    pg.psql("SELECT pg_switch_wal()")?;
-    let end = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
-    // WAL past the end point, so neither client waits for a keepalive to notice it.
-    pg.psql("CREATE TABLE bench_tail AS SELECT generate_series(1, 100000) AS i")?;
-    let bytes = parse_lsn(&end)? - parse_lsn(&start)?;
-    ensure!(bytes > 0, "no WAL generated");
-    let mb = bytes as f64 / 1e6;
-    eprintln!("{mb:.0} MB of WAL retained from {start} to {end}");
+/// The WAL every phase consumes.
+struct Backlog {
+    end: String,
+    mb: f64,
+    /// Segments from the keeper slot's segment to the end's (inclusive).
+    segments: u64,
+}
 
-    // pg_receivewal (the reference C client), same slot position.
+/// `pg_receivewal --endpos` from a copy of the keeper slot; checks it wrote every segment.
+fn pg_receivewal(pg: &PgInstance, wal: &Backlog, extra: &[&str]) -> Result<Sample> {
+    copy_slot(pg, "keeper", "rw")?;
     let out = tempfile::tempdir()?;
-    let conninfo = pg.replication_conninfo();
     let t = Instant::now();
     let st = Command::new(pg.tool("pg_receivewal"))
         .arg("--dbname")
-        .arg(&conninfo)
+        .arg(pg.replication_conninfo())
         .arg("--directory")
         .arg(out.path())
         .args([
             "--slot",
             "rw",
             "--endpos",
-            &end,
+            &wal.end,
             "--no-loop",
             "--no-password",
         ])
+        .args(extra)
         .status()
         .context("running pg_receivewal")?;
-    let rw_secs = t.elapsed().as_secs_f64();
+    let secs = t.elapsed().as_secs_f64();
+    drop_slot(pg, "rw")?;
     ensure!(st.success(), "pg_receivewal failed: {st}");
+    let files = std::fs::read_dir(out.path())?.count() as u64;
+    ensure!(
+        files >= wal.segments,
+        "pg_receivewal wrote {files} files for {} segments",
+        wal.segments
+    );
+    let mb_on_disk = klio_tests::dir_size(out.path()) as f64 / 1e6;
+    Ok(Sample::new()
+        .with("secs", secs)
+        .with("MB_per_s", wal.mb / secs)
+        .with("MB_on_disk", mb_on_disk))
+}
 
-    // Klio, from its own slot at the same position.
+/// A fresh Klio server from a copy of the keeper slot, until it has flushed the end.
+fn klio(pg: &PgInstance, wal: &Backlog) -> Result<Sample> {
+    copy_slot(pg, "keeper", "klio")?;
     let t = Instant::now();
-    let mut conf = ClusterConf::new("bench", conninfo);
+    let mut conf = ClusterConf::new("bench", pg.replication_conninfo());
     conf.slot = "klio".into();
     let klio = KlioServer::start(vec![conf])?;
-    klio.wait_flushed("bench", &end, Duration::from_secs(3600))?;
-    let klio_secs = t.elapsed().as_secs_f64();
-    let rss = klio.pid().and_then(klio_tests::peak_rss_kib).unwrap_or(0);
-
-    let rw_rate = mb / rw_secs;
-    let klio_rate = mb / klio_secs;
-    println!("catch-up ingest of {mb:.0} MB of WAL (pgbench -i -s {scale})");
-    println!("  pg_receivewal : {rw_secs:7.2} s  {rw_rate:7.1} MB/s");
-    println!("  klio          : {klio_secs:7.2} s  {klio_rate:7.1} MB/s  (zstd + AES-256-GCM; includes server start)");
-    println!(
-        "  ratio klio/pg_receivewal throughput: {:.2}x",
-        klio_rate / rw_rate
+    klio.wait_flushed("bench", &wal.end, Duration::from_secs(3600))?;
+    let secs = t.elapsed().as_secs_f64();
+    let pid = klio.pid().context("the Klio server is not running")?;
+    let rss = peak_rss_mb(pid)?;
+    let sealed = klio.sealed_segments("bench")?.len() as u64;
+    ensure!(
+        sealed + 1 >= wal.segments,
+        "Klio sealed {sealed} segments of {}",
+        wal.segments
     );
-    println!("  klio peak RSS: {:.1} MB", rss as f64 / 1024.0);
+    let mb_on_disk = klio_tests::dir_size(&klio.data_dir()) as f64 / 1e6;
+    drop(klio);
+    drop_slot(pg, "klio")?;
+    Ok(Sample::new()
+        .with("secs", secs)
+        .with("MB_per_s", wal.mb / secs)
+        .with("MB_on_disk", mb_on_disk)
+        .with("peak_RSS_MB", rss))
+}
+
+fn main() -> Result<()> {
+    let scale: u32 = klio_bench::arg(1, 70)?;
+    let rounds: usize = klio_bench::arg(2, 3)?;
+    let pg = PgInstance::start(
+        PgOptions::new()
+            .conf("max_wal_size", "8GB")
+            .conf("checkpoint_timeout", "1h")
+            .conf("wal_keep_size", "8GB"),
+    )?;
+    pg.psql("SELECT pg_create_physical_replication_slot('keeper', true)")?;
+    let start =
+        pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'keeper'")?;
+    eprintln!("generating WAL: pgbench -i -s {scale} ...");
+    pg.pgbench(&["-i", "-s", &scale.to_string()])?;
+    pg.psql("SELECT pg_switch_wal()")?;
+    let end = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
+    // WAL past the end point, so no client waits for a keepalive to notice it.
+    pg.psql("CREATE TABLE bench_tail AS SELECT generate_series(1, 100000) AS i")?;
+    let seg: u64 = pg
+        .psql("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'")?
+        .parse()?;
+    let (s, e) = (parse_lsn(&start)?, parse_lsn(&end)?);
+    ensure!(e > s, "no WAL generated");
+    let wal = Backlog {
+        mb: (e - s) as f64 / 1e6,
+        // The end is just past a switch: its own segment holds nothing to wait for.
+        segments: (e - 1) / seg - s / seg + 1,
+        end,
+    };
+    eprintln!(
+        "{:.0} MB of WAL retained from {start} to {}",
+        wal.mb, wal.end
+    );
+
+    let mut arms = [
+        Arm::new("pg_receivewal", |_| pg_receivewal(&pg, &wal, &[])),
+        Arm::new("pg_receivewal --compress=lz4", |_| {
+            pg_receivewal(&pg, &wal, &["--compress=lz4"])
+        }),
+        Arm::new("klio (zstd + AES-256-GCM)", |_| klio(&pg, &wal)),
+    ];
+    let title = format!(
+        "catch-up ingest of {:.0} MB of WAL (pgbench -i -s {scale}); klio's time includes its server start",
+        wal.mb
+    );
+    let res = rounds::run(&title, &mut arms, rounds)?;
+    res.print();
+    let k = res.median("klio (zstd + AES-256-GCM)", "MB_per_s")?;
+    for peer in ["pg_receivewal", "pg_receivewal --compress=lz4"] {
+        println!(
+            "  ratio klio/{peer} throughput (medians): {:.2}x",
+            k / res.median(peer, "MB_per_s")?
+        );
+    }
     Ok(())
 }

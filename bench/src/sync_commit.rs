@@ -1,102 +1,133 @@
-//! Synchronous-commit benchmark: `pgbench -N -c 8` TPS with no synchronous standby,
-//! with `pg_receivewal --synchronous` as the synchronous standby, and with Klio as the
-//! synchronous standby, in one invocation, printed side by side.
+//! Synchronous-commit benchmark: `pgbench -N` against one PostgreSQL with no synchronous
+//! standby, with `pg_receivewal --synchronous`, with a PostgreSQL physical streaming
+//! standby (`pg_basebackup` of the primary, walreceiver, same disk) and with a Klio
+//! server as the only synchronous standby, in rotated rounds. Each phase runs pgbench at
+//! 1, 4, 8, 16 and 64 clients and reads TPS and the per-transaction latencies (p50, p99)
+//! from pgbench's `-l` logs; Klio is compared at each point with the better of
+//! pg_receivewal and the physical standby.
 //!
-//! Run: `cargo build --release --workspace --bins && KLIO_BIN=$CARGO_TARGET_DIR/release/klio \
+//! Run: `cargo build --release -p klio -p klio-bench && KLIO_BIN=$CARGO_TARGET_DIR/release/klio \
 //!       $CARGO_TARGET_DIR/release/klio-bench-sync [SECONDS] [ROUNDS]`
-//! (default 30 s per phase, 3 rounds; the phases alternate and the means are compared).
+//! (default 10 s per client count, 5 rounds after a warm-up of 3 s per client count).
+//! Writes pgbench's logs into the primary's instance directory (removed after reading).
+//!
+//! `klio-bench-sync strace DIR [SECONDS]` instead runs `pgbench -N -c 1` once per standby
+//! with `strace -f -tt -T` on the process that receives, flushes and acknowledges WAL
+//! (pg_receivewal, the walreceiver, the Klio server), keeps the logs in DIR and prints
+//! each one's round trip (socket read → flush → status update);
+//! `klio-bench-sync strace-summary LOG...` prints that summary of logs kept earlier.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
-use anyhow::{Context, Result};
-use klio_tests::{wait_until, ClusterConf, KlioServer, PgInstance, PgOptions};
+use anyhow::{ensure, Context, Result};
+use klio_bench::replication::{drop_slot, set_sync_names, wait_sync};
+use klio_bench::rounds::{self, Arm, Pass, Sample};
+use klio_tests::{ClusterConf, KlioServer, PgInstance, PgOptions};
 
-/// One pgbench run: (TPS, transactions committed).
-fn run_pgbench(pg: &PgInstance, secs: u32) -> Result<(f64, u64)> {
-    let out = pg.pgbench(&["-N", "-c", "8", "-j", "2", "-T", &secs.to_string()])?;
-    let tps = out
-        .lines()
+/// Client counts of the latency curve; TPS is compared at [`TPS_CLIENTS`].
+const CLIENTS: [u32; 5] = [1, 4, 8, 16, 64];
+const TPS_CLIENTS: u32 = 8;
+const WARM_UP_SECS: u32 = 3;
+
+/// pgbench's per-transaction latencies (µs) from the `-l` logs under `prefix`'s directory.
+fn read_latencies(dir: &std::path::Path) -> Result<Vec<f64>> {
+    let mut lat = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let path = e?.path();
+        let text = std::fs::read_to_string(&path)?;
+        for line in text.lines() {
+            // client_id transaction_no time script_no time_epoch time_us
+            let us = line
+                .split_whitespace()
+                .nth(2)
+                .and_then(|v| v.parse::<f64>().ok())
+                .with_context(|| format!("odd pgbench log line in {}: {line}", path.display()))?;
+            lat.push(us);
+        }
+        std::fs::remove_file(&path)?;
+    }
+    Ok(lat)
+}
+
+/// The `tps = …` figure of pgbench's output.
+fn parse_tps(out: &str) -> Result<f64> {
+    out.lines()
         .find_map(|l| l.strip_prefix("tps = "))
         .and_then(|l| l.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .with_context(|| format!("no tps in pgbench output:\n{out}"))?;
-    let n = out
-        .lines()
-        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
-        .and_then(|l| l.split('/').next())
-        .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("no transaction count in pgbench output:\n{out}"))?;
-    Ok((tps, n))
+        .with_context(|| format!("no tps in pgbench output:\n{out}"))
 }
 
-fn tps(pg: &PgInstance, secs: u32) -> Result<f64> {
-    Ok(run_pgbench(pg, secs)?.0)
+/// The `q` quantile (0..1) of sorted values, nearest rank.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
 }
 
-/// The unit of /proc's CPU times (`getconf CLK_TCK`, 100 on Linux).
-fn clock_ticks_per_second() -> Result<f64> {
-    let out = Command::new("getconf").arg("CLK_TCK").output()?;
-    Ok(String::from_utf8(out.stdout)?.trim().parse()?)
+/// One pgbench run at `clients`: adds `c{n}_tps`, `c{n}_p50_ms`, `c{n}_p99_ms` to `s`.
+fn pgbench_point(pg: &PgInstance, clients: u32, secs: u32, s: Sample) -> Result<Sample> {
+    let dir = pg.owned_dir("pgbench-log")?;
+    for e in std::fs::read_dir(&dir)? {
+        std::fs::remove_file(e?.path())?;
+    }
+    let prefix = format!("--log-prefix={}", dir.join("tx").display());
+    let out = pg.pgbench(&[
+        "-N",
+        "-c",
+        &clients.to_string(),
+        "-j",
+        &clients.min(2).to_string(),
+        "-T",
+        &secs.to_string(),
+        "-l",
+        &prefix,
+    ])?;
+    let tps = parse_tps(&out)?;
+    let mut lat = read_latencies(&dir)?;
+    ensure!(
+        !lat.is_empty(),
+        "pgbench at {clients} clients logged no transaction"
+    );
+    lat.sort_by(f64::total_cmp);
+    Ok(s.with(format!("c{clients}_tps"), tps)
+        .with(format!("c{clients}_p50_ms"), quantile(&lat, 0.50) / 1000.0)
+        .with(format!("c{clients}_p99_ms"), quantile(&lat, 0.99) / 1000.0))
 }
 
-/// CPU time (user + system) a process has used so far, in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = stat.rsplit_once(')').context("odd /proc stat")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-    Ok(ticks / clock_ticks_per_second()?)
-}
-
-/// A phase's figures: TPS, and the standby's CPU time per committed transaction (µs).
-#[derive(Clone, Copy)]
-struct Phase {
-    tps: f64,
-    cpu_us_per_commit: f64,
-}
-
-/// Runs pgbench while `pid` is the standby; measures its CPU over the run.
-fn measured(pg: &PgInstance, secs: u32, pid: u32) -> Result<Phase> {
-    let before = cpu_seconds(pid)?;
-    let (tps, n) = run_pgbench(pg, secs)?;
-    let cpu = cpu_seconds(pid)? - before;
-    Ok(Phase {
-        tps,
-        cpu_us_per_commit: cpu * 1e6 / n.max(1) as f64,
-    })
-}
-
-fn set_sync_names(pg: &PgInstance, names: &str) -> Result<()> {
-    pg.psql(&format!(
-        "ALTER SYSTEM SET synchronous_standby_names = '{names}'"
-    ))?;
-    pg.psql("SELECT pg_reload_conf()")?;
-    Ok(())
-}
-
-fn wait_sync(pg: &PgInstance, app: &str) -> Result<()> {
-    wait_until(
-        Duration::from_secs(60),
-        &format!("{app} as sync standby"),
-        || {
-            Ok(pg.psql(&format!(
-                "SELECT sync_state FROM pg_stat_replication WHERE application_name = '{app}'"
-            ))? == "sync")
-        },
-    )
-}
-
-/// One phase with `pg_receivewal --synchronous` as the synchronous standby, writing
-/// into a fresh directory under `parent` (the default temp dir when `None`).
-fn phase_pg_receivewal(pg: &PgInstance, secs: u32, parent: Option<&Path>) -> Result<Phase> {
-    pg.psql("SELECT pg_create_physical_replication_slot('rw', true)")?;
-    let dir = match parent {
-        Some(p) => tempfile::tempdir_in(p)?,
-        None => tempfile::tempdir()?,
+/// The whole curve, right after a checkpoint and with the pgbench tables and indexes read
+/// back into shared buffers (the page cache was dropped before the phase), so every
+/// phase starts from the same point.
+fn curve(pg: &PgInstance, pass: Pass, secs: u32) -> Result<Sample> {
+    let secs = if pass == Pass::WarmUp {
+        WARM_UP_SECS
+    } else {
+        secs
     };
+    pg.psql("CHECKPOINT")?;
+    pg.psql(
+        "CREATE EXTENSION IF NOT EXISTS pg_prewarm;\n\
+         SELECT sum(pg_prewarm(oid)) FROM pg_class WHERE relname LIKE 'pgbench%' AND relkind IN ('r', 'i')",
+    )?;
+    let mut s = Sample::new();
+    for c in CLIENTS {
+        s = pgbench_point(pg, c, secs, s)?;
+    }
+    Ok(s)
+}
+
+/// What runs while a standby is the synchronous one; gets the pid of the standby's
+/// process that receives, flushes and acknowledges WAL.
+type Measure<'a> = &'a dyn Fn(u32) -> Result<Sample>;
+
+/// `pg_receivewal --synchronous` into a fresh directory as the synchronous standby.
+fn with_pg_receivewal(pg: &PgInstance, measure: Measure) -> Result<Sample> {
+    pg.psql("SELECT pg_create_physical_replication_slot('rw', true)")?;
+    let dir = tempfile::tempdir()?;
     let mut rw = Command::new(pg.tool("pg_receivewal"))
         .arg("--dbname")
         .arg(format!(
@@ -109,7 +140,7 @@ fn phase_pg_receivewal(pg: &PgInstance, secs: u32, parent: Option<&Path>) -> Res
         .stderr(Stdio::null())
         .spawn()?;
     set_sync_names(pg, "pg_receivewal")?;
-    let result = wait_sync(pg, "pg_receivewal").and_then(|()| measured(pg, secs, rw.id()));
+    let result = wait_sync(pg, "pg_receivewal").and_then(|()| measure(rw.id()));
     let _ = rw.kill();
     let _ = rw.wait();
     set_sync_names(pg, "")?;
@@ -117,135 +148,168 @@ fn phase_pg_receivewal(pg: &PgInstance, secs: u32, parent: Option<&Path>) -> Res
     result
 }
 
-/// One phase with a fresh Klio server as the synchronous standby; with `tmpfs`, its data
-/// directory is a symlink into a fresh directory there.
-fn phase_klio(pg: &PgInstance, secs: u32, tmpfs: Option<&Path>) -> Result<Phase> {
-    let target = tmpfs.map(tempfile::tempdir_in).transpose()?;
-    let clusters = vec![ClusterConf::new("bench", pg.replication_conninfo())];
-    let klio = KlioServer::start_prepared(clusters, |data| {
-        if let Some(t) = &target {
-            std::fs::remove_dir(data)?;
-            std::os::unix::fs::symlink(t.path(), data)?;
-        }
-        Ok(())
-    })?;
+/// A fresh physical streaming standby (pg_basebackup of the primary, same disk) as the
+/// synchronous standby; its walreceiver is the process measured.
+fn with_physical_standby(pg: &PgInstance, measure: Measure) -> Result<Sample> {
+    let standby = pg.start_standby(
+        PgOptions::new()
+            .application_name("standby")
+            .conf("max_connections", "100"),
+    )?;
+    set_sync_names(pg, "standby")?;
+    let result = wait_sync(pg, "standby").and_then(|()| {
+        let pid = standby
+            .psql("SELECT pid FROM pg_stat_wal_receiver")?
+            .parse()
+            .context("no walreceiver pid")?;
+        measure(pid)
+    });
+    set_sync_names(pg, "")?;
+    drop(standby);
+    result
+}
+
+/// A fresh Klio server as the synchronous standby.
+fn with_klio(pg: &PgInstance, measure: Measure) -> Result<Sample> {
+    let klio = KlioServer::start(vec![ClusterConf::new("bench", pg.replication_conninfo())])?;
     set_sync_names(pg, "klio")?;
     let pid = klio.pid().context("the Klio server is not running")?;
-    let result = wait_sync(pg, "klio").and_then(|()| measured(pg, secs, pid));
+    let result = wait_sync(pg, "klio").and_then(|()| measure(pid));
     drop(klio);
     set_sync_names(pg, "")?;
     drop_slot(pg, "klio")?;
     result
 }
 
-fn drop_slot(pg: &PgInstance, slot: &str) -> Result<()> {
-    wait_until(Duration::from_secs(30), "the slot to be released", || {
-        Ok(pg.psql(&format!(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"
-        ))? == "0")
+/// `pgbench -N -c 1` for `secs` with `strace -f -tt -T` attached to `pid`, into `log`;
+/// prints the summary of the round trips.
+fn traced(pg: &PgInstance, pid: u32, secs: u32, log: &Path) -> Result<Sample> {
+    let mut strace = Command::new("strace")
+        .args(["-f", "-tt", "-T", "-o"])
+        .arg(log)
+        .args(["-p", &pid.to_string()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running strace")?;
+    // strace says "Process N attached" once it traces every thread.
+    let mut first = String::new();
+    BufReader::new(strace.stderr.take().context("strace stderr")?).read_line(&mut first)?;
+    ensure!(first.contains("attached"), "strace did not attach: {first}");
+    let out = pg.pgbench(&["-N", "-c", "1", "-T", &secs.to_string()]);
+    let st = Command::new("kill")
+        .args(["-INT", &strace.id().to_string()])
+        .status()?;
+    ensure!(st.success(), "could not stop strace");
+    strace.wait()?;
+    let out = out?;
+    let tps = parse_tps(&out)?;
+    println!("  under strace, 1 client: {tps:.0} tps");
+    print!("  {}", klio_bench::syscalls::summarize(log)?);
+    Ok(Sample::new().with("c1_tps_straced", tps))
+}
+
+/// `klio-bench-sync strace DIR [SECONDS]`: each standby's single-client round trip
+/// under strace, logs kept in DIR.
+fn strace_mode(pg: &PgInstance, dir: &Path, secs: u32) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    println!("single-client commit round trip of each synchronous standby, strace -f -tt -T, pgbench -N -c 1 -T {secs}");
+    println!("pg_receivewal --synchronous:");
+    with_pg_receivewal(pg, &|pid| {
+        traced(pg, pid, secs, &dir.join("pg_receivewal.strace"))
     })?;
-    pg.psql(&format!(
-        "SELECT pg_drop_replication_slot('{slot}') FROM pg_replication_slots WHERE slot_name = '{slot}'"
-    ))?;
+    println!("physical standby (walreceiver):");
+    with_physical_standby(pg, &|pid| {
+        traced(pg, pid, secs, &dir.join("walreceiver.strace"))
+    })?;
+    println!("klio (all threads of the server):");
+    with_klio(pg, &|pid| traced(pg, pid, secs, &dir.join("klio.strace")))?;
     Ok(())
 }
 
 fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let secs: u32 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(30);
-    let rounds: u32 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(3);
-    let pg = PgInstance::start(PgOptions::new().conf("max_wal_size", "4GB"))?;
+    if std::env::args().nth(1).as_deref() == Some("strace-summary") {
+        for log in std::env::args().skip(2) {
+            print!(
+                "{log}: {}",
+                klio_bench::syscalls::summarize(Path::new(&log))?
+            );
+        }
+        return Ok(());
+    }
+    let pg = PgInstance::start(
+        PgOptions::new()
+            .conf("max_wal_size", "4GB")
+            .conf("max_connections", "100")
+            .conf("shared_buffers", "256MB"),
+    )?;
     pg.pgbench(&["-i", "-s", "10"])?;
+    if std::env::args().nth(1).as_deref() == Some("strace") {
+        let dir = std::env::args()
+            .nth(2)
+            .context("usage: klio-bench-sync strace DIR [SECONDS]")?;
+        return strace_mode(&pg, Path::new(&dir), klio_bench::arg(3, 10)?);
+    }
+    let secs: u32 = klio_bench::arg(1, 10)?;
+    let rounds: usize = klio_bench::arg(2, 5)?;
 
-    // A short warm-up of each side first (not counted): the first phase after start-up
-    // runs against cold caches. Then phases alternate (none, pg_receivewal, Klio, ...)
-    // so that drift of the machine (page cache, table bloat, other load) hits every
-    // side alike.
-    eprintln!("warm-up");
-    tps(&pg, 5)?;
-    phase_pg_receivewal(&pg, 5, None)?;
-    phase_klio(&pg, 5, None)?;
-    // The ceiling for any standby that must reach the disk: pg_receivewal into tmpfs,
-    // where fsync costs nothing.
-    let shm = Path::new("/dev/shm");
-    let ceiling_dir = shm.is_dir().then_some(shm);
-    let (mut alone, mut rw, mut klio, mut ceiling, mut klio_ceiling) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for round in 1..=rounds {
-        eprintln!("round {round}/{rounds}: no synchronous standby");
-        alone.push(tps(&pg, secs)?);
-        eprintln!("round {round}/{rounds}: pg_receivewal --synchronous");
-        rw.push(phase_pg_receivewal(&pg, secs, None)?);
-        eprintln!("round {round}/{rounds}: Klio");
-        klio.push(phase_klio(&pg, secs, None)?);
-        if let Some(dir) = ceiling_dir {
-            eprintln!("round {round}/{rounds}: pg_receivewal --synchronous into tmpfs");
-            ceiling.push(phase_pg_receivewal(&pg, secs, Some(dir))?);
-            eprintln!("round {round}/{rounds}: Klio with its data directory in tmpfs");
-            klio_ceiling.push(phase_klio(&pg, secs, Some(dir))?);
+    let mut arms = [
+        Arm::new("no synchronous standby", |p| curve(&pg, p, secs)),
+        Arm::new("pg_receivewal --synchronous", |p| {
+            with_pg_receivewal(&pg, &|_| curve(&pg, p, secs))
+        }),
+        Arm::new("physical standby", |p| {
+            with_physical_standby(&pg, &|_| curve(&pg, p, secs))
+        }),
+        Arm::new("klio", |p| with_klio(&pg, &|_| curve(&pg, p, secs))),
+    ];
+    let title = format!(
+        "synchronous commit, pgbench -N (scale 10) at {CLIENTS:?} clients, -T {secs} each, latency from -l logs"
+    );
+    let res = rounds::run(&title, &mut arms, rounds)?;
+    res.print();
+
+    println!("klio against the better of pg_receivewal and the physical standby (medians)");
+    let peers = ["pg_receivewal --synchronous", "physical standby"];
+    let best = |metric: &str, higher_is_better: bool| -> Result<(f64, &str)> {
+        let a = res.median(peers[0], metric)?;
+        let b = res.median(peers[1], metric)?;
+        let pick_a = if higher_is_better { a >= b } else { a <= b };
+        Ok(if pick_a { (a, peers[0]) } else { (b, peers[1]) })
+    };
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    let metric = format!("c{TPS_CLIENTS}_tps");
+    let (peer, who) = best(&metric, true)?;
+    let k = res.median("klio", &metric)?;
+    println!(
+        "  TPS at {TPS_CLIENTS} clients: klio {k:.0} vs {peer:.0} ({who}): {:.2}x (target >= 0.95x: {})",
+        k / peer,
+        verdict(k / peer >= 0.95)
+    );
+    for c in CLIENTS {
+        for q in ["p50", "p99"] {
+            let metric = format!("c{c}_{q}_ms");
+            let (peer, who) = best(&metric, false)?;
+            let k = res.median("klio", &metric)?;
+            println!(
+                "  {q} latency at {c:>2} clients: klio {k:.3} ms vs {peer:.3} ms ({who}): {:.2}x (target <= 1.05x: {})",
+                k / peer,
+                verdict(k / peer <= 1.05)
+            );
         }
     }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let list = |v: &[f64]| {
-        v.iter()
-            .map(|t| format!("{t:.0}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let tps_of = |v: &[Phase]| v.iter().map(|p| p.tps).collect::<Vec<_>>();
-    let cpu_of = |v: &[Phase]| mean(&v.iter().map(|p| p.cpu_us_per_commit).collect::<Vec<_>>());
-    let (rw_t, klio_t, ceiling_t, klio_ceiling_t) = (
-        tps_of(&rw),
-        tps_of(&klio),
-        tps_of(&ceiling),
-        tps_of(&klio_ceiling),
-    );
-    let (alone_m, rw_m, klio_m) = (mean(&alone), mean(&rw_t), mean(&klio_t));
-    println!(
-        "synchronous commit, pgbench -N -c 8 -j 2 -T {secs} (scale 10), {rounds} alternating rounds"
-    );
-    println!(
-        "  no synchronous standby        : {alone_m:8.0} tps  (rounds: {})",
-        list(&alone)
-    );
-    println!(
-        "  pg_receivewal --synchronous   : {rw_m:8.0} tps  (rounds: {})",
-        list(&rw_t)
-    );
-    println!(
-        "  klio (zstd + AES-256-GCM)     : {klio_m:8.0} tps  (rounds: {})",
-        list(&klio_t)
-    );
-    if !ceiling.is_empty() {
-        let c = mean(&ceiling_t);
-        println!(
-            "  pg_receivewal into tmpfs      : {c:8.0} tps  (rounds: {}; no fsync cost: the ceiling for a standby that writes to disk, {:.2}x pg_receivewal)",
-            list(&ceiling_t),
-            c / rw_m
-        );
-        let c = mean(&klio_ceiling_t);
-        println!(
-            "  klio into tmpfs               : {c:8.0} tps  (rounds: {}; Klio without fsync cost, {:.2}x pg_receivewal)",
-            list(&klio_ceiling_t),
-            c / rw_m
-        );
-    }
-    println!("  ratio klio/pg_receivewal: {:.2}x", klio_m / rw_m);
-    println!(
-        "  klio reaches {:.0}% of the no-standby TPS",
-        100.0 * klio_m / alone_m
-    );
-    println!(
-        "  standby CPU per commit (user + system): pg_receivewal {:.1} us, klio {:.1} us (whole server process)",
-        cpu_of(&rw),
-        cpu_of(&klio)
-    );
-    if !ceiling.is_empty() {
-        println!(
-            "  standby CPU per commit into tmpfs:      pg_receivewal {:.1} us, klio {:.1} us",
-            cpu_of(&ceiling),
-            cpu_of(&klio_ceiling)
-        );
-    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantile;
+
+    #[test]
+    fn nearest_rank_quantiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(quantile(&v, 0.5), 50.0);
+        assert_eq!(quantile(&v, 0.99), 99.0);
+        assert_eq!(quantile(&[7.0], 0.99), 7.0);
+        assert!(quantile(&[], 0.5).is_nan());
+    }
 }

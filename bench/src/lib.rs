@@ -1,0 +1,25 @@
+//! Shared machinery of the side-by-side benchmarks (the `klio-bench-*` binaries): rounds
+//! in rotated order with medians ([`rounds`]), the host's state before each phase
+//! ([`host`]), replication slots and synchronous standbys on the primary
+//! ([`replication`]), content checks of what a run produced ([`checks`]), and a
+//! summary of a standby's system calls per commit ([`syscalls`]). Writes
+//! nothing to disk itself beyond `/proc` controls (page-cache drop, peak-RSS reset).
+
+pub mod checks;
+pub mod host;
+pub mod replication;
+pub mod rounds;
+pub mod syscalls;
+
+/// The `n`th command-line argument parsed as `T`, or `default` when absent.
+pub fn arg<T: std::str::FromStr>(n: usize, default: T) -> anyhow::Result<T>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    match std::env::args().nth(n) {
+        Some(s) => s
+            .parse()
+            .map_err(|e| anyhow::anyhow!("argument {n} ({s:?}): {e}")),
+        None => Ok(default),
+    }
+}

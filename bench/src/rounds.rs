@@ -1,0 +1,223 @@
+//! Rounds of a side-by-side benchmark: every arm (one tool or setting) runs once as a
+//! discarded warm-up, then `rounds` times in rotated order (round r starts with arm
+//! r mod n, so two arms run A-B, B-A, A-B, …), with the host settled before every phase
+//! ([`crate::host::settle`]: `sync`, page cache dropped). Each phase is printed as it
+//! ends, with the load average; [`Results::print`] gives each metric's median and its
+//! rounds. Writes nothing to disk.
+
+use std::fmt;
+
+use anyhow::{bail, Context, Result};
+
+use crate::host;
+
+/// Which pass of an arm is running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// Not counted.
+    WarmUp,
+    /// Counted round, 1-based.
+    Round(usize),
+}
+
+impl fmt::Display for Pass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pass::WarmUp => f.write_str("warm-up"),
+            Pass::Round(r) => write!(f, "round {r}"),
+        }
+    }
+}
+
+/// What one phase measured: named figures (e.g. `secs`, `tps`, `p99_ms`).
+#[derive(Clone, Debug, Default)]
+pub struct Sample {
+    metrics: Vec<(String, f64)>,
+}
+
+impl Sample {
+    pub fn new() -> Sample {
+        Sample::default()
+    }
+
+    /// Adds the figure `name`.
+    pub fn with(mut self, name: impl Into<String>, value: f64) -> Sample {
+        self.metrics.push((name.into(), value));
+        self
+    }
+
+    fn get(&self, name: &str) -> Option<f64> {
+        self.metrics
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+    }
+}
+
+/// A figure with as many decimals as its size deserves.
+fn figure(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+impl fmt::Display for Sample {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (n, v)) in self.metrics.iter().enumerate() {
+            if i > 0 {
+                f.write_str("  ")?;
+            }
+            write!(f, "{n}={}", figure(*v))?;
+        }
+        Ok(())
+    }
+}
+
+type RunFn<'a> = Box<dyn FnMut(Pass) -> Result<Sample> + 'a>;
+
+/// One side of the comparison: a name and the phase that measures it.
+pub struct Arm<'a> {
+    name: String,
+    run: RunFn<'a>,
+}
+
+impl<'a> Arm<'a> {
+    pub fn new(name: impl Into<String>, run: impl FnMut(Pass) -> Result<Sample> + 'a) -> Arm<'a> {
+        Arm {
+            name: name.into(),
+            run: Box::new(run),
+        }
+    }
+}
+
+/// The order of the arms in round `round` (0-based): rotated by the round number.
+fn order(arms: usize, round: usize) -> Vec<usize> {
+    (0..arms).map(|i| (round + i) % arms).collect()
+}
+
+/// The median of `v` (the mean of the middle two for an even count); NaN when empty.
+pub fn median(v: &[f64]) -> f64 {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+/// Runs a warm-up of every arm, then `rounds` rotated rounds; prints each phase.
+pub fn run(title: &str, arms: &mut [Arm<'_>], rounds: usize) -> Result<Results> {
+    if arms.is_empty() || rounds == 0 {
+        bail!("a benchmark needs at least one arm and one round");
+    }
+    println!("{title}");
+    println!(
+        "  {rounds} rounds after a discarded warm-up, arms rotated each round; before each phase: {}",
+        host::settle_description()
+    );
+    if rounds < 3 {
+        println!("  NOTE: fewer than 3 rounds; not a comparison to quote");
+    }
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); arms.len()];
+    let passes = std::iter::once(Pass::WarmUp).chain((1..=rounds).map(Pass::Round));
+    for pass in passes {
+        let idx = match pass {
+            Pass::WarmUp => (0..arms.len()).collect(),
+            Pass::Round(r) => order(arms.len(), r - 1),
+        };
+        for i in idx {
+            let arm = &mut arms[i];
+            host::settle()?;
+            let load = host::loadavg();
+            eprintln!("{pass}/{rounds}: {} ...", arm.name);
+            let s = (arm.run)(pass).with_context(|| format!("{pass}: {}", arm.name))?;
+            println!(
+                "  {pass:>9}/{rounds} [load {load} -> {}] {:<34} {s}",
+                host::loadavg(),
+                arm.name
+            );
+            if pass != Pass::WarmUp {
+                samples[i].push(s);
+            }
+        }
+    }
+    Ok(Results {
+        title: title.to_owned(),
+        arms: arms.iter().map(|a| a.name.clone()).zip(samples).collect(),
+    })
+}
+
+/// Every counted sample of every arm.
+#[derive(Debug)]
+pub struct Results {
+    title: String,
+    arms: Vec<(String, Vec<Sample>)>,
+}
+
+impl Results {
+    /// The rounds' values of `metric` for `arm`.
+    pub fn values(&self, arm: &str, metric: &str) -> Result<Vec<f64>> {
+        let (_, samples) = self
+            .arms
+            .iter()
+            .find(|(n, _)| n == arm)
+            .with_context(|| format!("no arm {arm:?}"))?;
+        samples
+            .iter()
+            .map(|s| {
+                s.get(metric)
+                    .with_context(|| format!("arm {arm:?} has no figure {metric:?}"))
+            })
+            .collect()
+    }
+
+    /// The median of `metric` over the rounds of `arm`.
+    pub fn median(&self, arm: &str, metric: &str) -> Result<f64> {
+        Ok(median(&self.values(arm, metric)?))
+    }
+
+    /// Prints each arm's metrics: median and the rounds in order.
+    pub fn print(&self) {
+        println!("{}: medians (rounds in order)", self.title);
+        for (arm, samples) in &self.arms {
+            let Some(first) = samples.first() else {
+                continue;
+            };
+            let parts: Vec<String> = first
+                .metrics
+                .iter()
+                .map(|(m, _)| {
+                    let v: Vec<f64> = samples.iter().filter_map(|s| s.get(m)).collect();
+                    let rounds: Vec<String> = v.iter().map(|x| figure(*x)).collect();
+                    format!("{m}={} ({})", figure(median(&v)), rounds.join(" "))
+                })
+                .collect();
+            println!("  {arm:<34} {}", parts.join("  "));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_alternates_two_arms_and_starts_each_round_elsewhere() {
+        assert_eq!(order(2, 0), [0, 1]);
+        assert_eq!(order(2, 1), [1, 0]);
+        assert_eq!(order(3, 1), [1, 2, 0]);
+        assert_eq!(order(3, 2), [2, 0, 1]);
+    }
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+}
