@@ -161,9 +161,27 @@ impl Script {
 
 const START: u64 = 0x0300_0000;
 
-/// A stuck loop fails the test in 30 s instead of hanging it.
-async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(30), f)
+/// Runs the loop (status every 5 ms) alongside `driver`, which plays the primary; a stuck
+/// loop fails the test in 30 s instead of hanging it.
+async fn run_with(
+    primary: &mut FakePrimary,
+    sink: &Arc<FakeSink>,
+    status: &ClusterStatus,
+    driver: impl std::future::Future<Output = ()>,
+) -> Result<CopyEnd, SessionError> {
+    let (_stop_tx, mut stop) = watch::channel(false);
+    let run = async {
+        let loop_ = copy_loop(
+            primary,
+            sink,
+            status,
+            position(),
+            Duration::from_millis(5),
+            &mut stop,
+        );
+        tokio::join!(loop_, driver).0
+    };
+    tokio::time::timeout(Duration::from_secs(30), run)
         .await
         .expect("the copy loop did not finish")
 }
@@ -200,7 +218,6 @@ fn position() -> CopyPosition {
 async fn flush_sent_never_exceeds_what_the_sink_made_durable() {
     let (mut script, mut primary, sink) = setup(None);
     let status = ClusterStatus::default();
-    let (_stop_tx, mut stop) = watch::channel(false);
     let driver = async {
         // Bursts (several messages queued: one fsync for them) and single messages,
         // keepalives asking for a reply in between.
@@ -213,20 +230,7 @@ async fn flush_sent_never_exceeds_what_the_sink_made_durable() {
         }
         script.tx.send(CopyMessage::Done).unwrap();
     };
-    let (end, ()) = bounded(async {
-        tokio::join!(
-            copy_loop(
-                &mut primary,
-                &sink,
-                &status,
-                position(),
-                Duration::from_millis(5),
-                &mut stop
-            ),
-            driver
-        )
-    })
-    .await;
+    let end = run_with(&mut primary, &sink, &status, driver).await;
     assert!(matches!(end, Ok(CopyEnd::EndOfTimeline)));
     let sent = script.sent.lock().unwrap().clone();
     let last = sent.iter().map(|(_, f)| *f).max().unwrap();
@@ -240,7 +244,6 @@ async fn flush_sent_never_exceeds_what_the_sink_made_durable() {
 async fn a_failed_fdatasync_ends_the_session_without_reporting_its_data() {
     let (mut script, mut primary, sink) = setup(Some(3));
     let status = ClusterStatus::default();
-    let (_stop_tx, mut stop) = watch::channel(false);
     let driver = async {
         script.wal(500);
         script.flushed_to(START + 500).await;
@@ -250,20 +253,7 @@ async fn a_failed_fdatasync_ends_the_session_without_reporting_its_data() {
         script.wal(300);
         script.keepalive();
     };
-    let (end, ()) = bounded(async {
-        tokio::join!(
-            copy_loop(
-                &mut primary,
-                &sink,
-                &status,
-                position(),
-                Duration::from_millis(5),
-                &mut stop
-            ),
-            driver
-        )
-    })
-    .await;
+    let end = run_with(&mut primary, &sink, &status, driver).await;
     let err = end.err().expect("the session must end on a Tier 1 failure");
     assert!(err.to_string().contains("fdatasync failed"), "{err}");
     let sent = script.sent.lock().unwrap().clone();
