@@ -105,11 +105,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackupStoreError + '_ {
     }
 }
 
-/// Backup ids: [`BackupId`]'s rule, the only one.
-pub fn valid_backup_id(id: &str) -> bool {
-    BackupId::is_valid(id)
-}
-
 struct Inner {
     cluster: ClusterName,
     dir: PathBuf,
@@ -376,7 +371,7 @@ impl ChunkStore {
 
     /// Klio's manifest of a backup.
     pub fn read_manifest(&self, id: &str) -> Result<BackupManifest> {
-        if !valid_backup_id(id) {
+        if !BackupId::is_valid(id) {
             return Err(BackupStoreError::NoSuchBackup(id.to_string()));
         }
         let path = self.backup_dir(id).join("manifest.klio");
@@ -389,7 +384,7 @@ impl ChunkStore {
 
     /// PostgreSQL's `backup_manifest` of a backup (`None` for offloads).
     pub fn read_pg_manifest(&self, id: &str) -> Result<Option<Vec<u8>>> {
-        if !valid_backup_id(id) {
+        if !BackupId::is_valid(id) {
             return Err(BackupStoreError::NoSuchBackup(id.to_string()));
         }
         let path = self.backup_dir(id).join("backup_manifest.klio");

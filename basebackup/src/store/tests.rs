@@ -275,5 +275,8 @@ fn wrong_sizes_and_bad_ids_are_refused() {
         .is_err());
     assert!(s.read_manifest("../../etc").is_err());
     let id = s.new_backup_id().unwrap();
-    assert!(valid_backup_id(&id) && id.ends_with('Z'), "{id}");
+    assert!(
+        klio_core::BackupId::is_valid(&id) && id.ends_with('Z'),
+        "{id}"
+    );
 }

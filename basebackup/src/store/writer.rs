@@ -21,7 +21,7 @@ use klio_core::manifest::{BackupManifest, ManifestTablespace, MANIFEST_VERSION};
 use klio_core::manifest::{ChunkId, FileKind, FileMeta, ManifestFile};
 use klio_core::{ClusterName, DataKey, Lsn, TimelineId};
 
-use super::{io, valid_backup_id, BackupStoreError, ChunkStore, Result, CHUNK_SIZE, PACK_TARGET};
+use super::{io, BackupStoreError, ChunkStore, Result, CHUNK_SIZE, PACK_TARGET};
 use super::{BackupKind, BackupRecord, BackupState};
 
 /// Chunks handed to workers and not yet appended (bounds memory: ~2 MiB each).
@@ -52,7 +52,7 @@ impl ChunkStore {
         start_tli: TimelineId,
         pg_version: Option<u32>,
     ) -> Result<BackupWriter> {
-        if !valid_backup_id(id) {
+        if !klio_core::BackupId::is_valid(id) {
             return Err(BackupStoreError::Usage(format!("invalid backup id {id:?}")));
         }
         if self.backup(id)?.is_some() {
