@@ -2,9 +2,7 @@
 //! client ([`crate::client`]). JSON bodies; LSNs as `X/Y` strings, WAL names as
 //! PostgreSQL spells them.
 
-use std::fmt;
-
-use klio_core::{ClusterName, Lsn, WalFileName};
+use klio_core::{ClusterName, Lsn, TimelineId, WalFileName};
 use serde::{Deserialize, Serialize};
 
 /// The start of a 403 answer's message when the credentials are another cluster's (the
@@ -192,39 +190,9 @@ pub struct WalEntryView {
     pub stored_size: u64,
 }
 
-/// The replication connection's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ConnectionState {
-    Connecting,
-    Streaming,
-    Disconnected,
-    Failed,
-}
-
-impl ConnectionState {
-    pub const ALL: [ConnectionState; 4] = [
-        ConnectionState::Connecting,
-        ConnectionState::Streaming,
-        ConnectionState::Disconnected,
-        ConnectionState::Failed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConnectionState::Connecting => "connecting",
-            ConnectionState::Streaming => "streaming",
-            ConnectionState::Disconnected => "disconnected",
-            ConnectionState::Failed => "failed",
-        }
-    }
-}
-
-impl fmt::Display for ConnectionState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The replication connection's state (defined in `klio_core`, where the receiver sets
+/// it).
+pub use klio_core::cluster::ConnectionState;
 
 /// A cluster's replication status as the API reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,7 +200,7 @@ pub struct ClusterStatusView {
     pub cluster: ClusterName,
     /// PostgreSQL's system identifier, once known (a decimal string: it exceeds 2^53).
     pub system_id: Option<String>,
-    pub timeline: Option<u32>,
+    pub timeline: Option<TimelineId>,
     pub state: ConnectionState,
     pub last_error: Option<String>,
     /// End of the WAL received from the primary.

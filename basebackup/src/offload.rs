@@ -27,7 +27,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use klio_core::{Lsn, TimelineId};
+use klio_core::{Lsn, SystemId, TimelineId};
 
 use crate::archive_rule::tablespace_link_oid;
 use crate::confine::{self, FileId, OpenError};
@@ -75,8 +75,8 @@ pub enum OffloadError {
     #[error("{dir}: global/pg_control has database system identifier {found}, but this cluster's is {expected}: this is a copy of another PostgreSQL cluster; offload it into the cluster it belongs to")]
     OtherSystem {
         dir: PathBuf,
-        found: u64,
-        expected: u64,
+        found: SystemId,
+        expected: SystemId,
     },
     #[error("{path}: file name is not valid UTF-8; PostgreSQL never creates such names, so this is not a data directory copy")]
     BadName { path: PathBuf },
@@ -98,7 +98,7 @@ pub struct OffloadPolicy<'a> {
     pub roots: &'a [PathBuf],
     /// The cluster's database system identifier, which the copy's `global/pg_control`
     /// must carry.
-    pub system_id: u64,
+    pub system_id: SystemId,
 }
 
 /// What `backup_label` says.
@@ -287,7 +287,7 @@ pub fn scan(from: &Path, policy: &OffloadPolicy<'_>) -> Result<OffloadSource, Of
     let found = control
         .get(..8)
         .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map(u64::from_le_bytes)
+        .map(|b| SystemId::new(u64::from_le_bytes(b)))
         .ok_or_else(|| OffloadError::NotPgdata(real.clone()))?;
     if found != policy.system_id {
         return Err(OffloadError::OtherSystem {
@@ -478,7 +478,7 @@ START TIMELINE: 1\n";
         roots: Vec<PathBuf>,
     }
 
-    const SYSID: u64 = 0x0101_0101_0101_0101;
+    const SYSID: SystemId = SystemId::new(0x0101_0101_0101_0101);
 
     impl Copy {
         pub(crate) fn new() -> Copy {
@@ -658,11 +658,8 @@ START TIMELINE: 1\n";
         assert!(
             matches!(
                 e,
-                OffloadError::OtherSystem {
-                    found: 7,
-                    expected: SYSID,
-                    ..
-                }
+                OffloadError::OtherSystem { found, expected, .. }
+                    if found == SystemId::new(7) && expected == SYSID
             ),
             "{e}"
         );

@@ -112,7 +112,7 @@ fn main() -> Result<()> {
     let seg: u64 = pg
         .psql("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'")?
         .parse()?;
-    let (s, e) = (parse_lsn(&start)?, parse_lsn(&end)?);
+    let (s, e) = (parse_lsn(&start)?.0, parse_lsn(&end)?.0);
     ensure!(e > s, "no WAL generated");
     let wal = Backlog {
         mb: (e - s) as f64 / 1e6,

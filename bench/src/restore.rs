@@ -66,7 +66,10 @@ fn replay(scale: u32, rounds: usize) -> Result<()> {
     pg.psql("SELECT pg_switch_wal()")?;
     let end = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
     klio.wait_flushed("src", &end, Duration::from_secs(900))?;
-    let wal_mb = (parse_lsn(&end)? - parse_lsn(&start)?) as f64 / 1e6;
+    let wal_mb = parse_lsn(&end)?
+        .checked_sub(parse_lsn(&start)?)
+        .context("the WAL end is before its start")? as f64
+        / 1e6;
 
     // The local archive for cp: every segment pg_wal holds (synced with everything else
     // before each phase).

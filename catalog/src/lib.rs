@@ -15,7 +15,7 @@ use std::path::Path;
 pub mod backups;
 pub use backups::{BackupCommit, BackupKind, BackupRecord, BackupState, ChunkRecord, PackRecord};
 
-use klio_core::{ClusterName, Lsn, SegNo, TimelineId, WalSegSize};
+use klio_core::{ClusterName, Lsn, SegNo, SystemId, TimelineId, WalSegSize};
 use rocksdb::{Direction, IteratorMode, Options, WriteOptions, DB};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -68,7 +68,7 @@ pub type Result<T> = std::result::Result<T, CatalogError>;
 pub struct ClusterRecord {
     pub name: ClusterName,
     /// `IDENTIFY_SYSTEM`'s systemid, fixed once stored.
-    pub system_id: u64,
+    pub system_id: SystemId,
     /// The cluster's data key wrapped by the master key.
     #[serde(with = "hex_bytes")]
     pub wrapped_key: Vec<u8>,
@@ -326,7 +326,7 @@ mod tests {
             let c = Catalog::open(dir.path()).unwrap();
             let rec = ClusterRecord {
                 name: name.clone(),
-                system_id: 7_300_000_000_000_000_001,
+                system_id: SystemId::new(7_300_000_000_000_000_001),
                 wrapped_key: vec![1, 2, 3],
                 slot: "klio".into(),
                 seg_size: WalSegSize::DEFAULT,

@@ -178,7 +178,10 @@ async fn run_in(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         .await?;
     steps.done(
         t,
-        &format!("streaming on timeline {}", st.timeline.unwrap_or(0)),
+        &format!(
+            "streaming on timeline {}",
+            st.timeline.map(|t| t.get()).unwrap_or(0)
+        ),
     );
 
     let t = steps.begin(&format!(
@@ -212,7 +215,7 @@ async fn run_in(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
     println!(
         "    status: state={} timeline={} received={} flushed={} primary={} lag={} bytes sealed_segments={}",
         st.state,
-        st.timeline.unwrap_or(0),
+        st.timeline.map(|t| t.get()).unwrap_or(0),
         st.received_lsn.map(|l| l.to_string()).unwrap_or_default(),
         st.flushed_lsn.map(|l| l.to_string()).unwrap_or_default(),
         st.primary_lsn.map(|l| l.to_string()).unwrap_or_default(),

@@ -310,7 +310,7 @@ mod tests {
     fn status_table_is_aligned() {
         let mut a = ClusterStatusView::connecting("pg-main".parse().unwrap());
         a.state = ConnectionState::Streaming;
-        a.timeline = Some(1);
+        a.timeline = Some(klio_core::TimelineId::FIRST);
         a.flushed_lsn = Some(Lsn(0x16_B374_D848));
         a.lag_bytes = Some(16 << 20);
         a.wal_fsyncs = 4;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use klio_api::client::{Client, ClientError};
-use klio_core::{ClusterName, WalFileKind, WalFileName};
+use klio_core::{ClusterName, SystemId, WalFileKind, WalFileName};
 
 use crate::connection::{cluster_arg, ConnectionArgs};
 
@@ -50,7 +50,7 @@ pub struct WalPrefetchArgs {
     pub count: u32,
     /// The database system whose segments may be spooled.
     #[arg(long)]
-    pub system_id: u64,
+    pub system_id: SystemId,
     #[command(flatten)]
     pub connection: ConnectionArgs,
 }
@@ -151,7 +151,7 @@ pub async fn fetch(
     cluster: &ClusterName,
     walfile: &str,
     dest: &Path,
-    system_id: Option<u64>,
+    system_id: Option<SystemId>,
 ) -> Result<u64, ClientError> {
     let name = parse_wal_name(walfile)?;
     let bytes = client

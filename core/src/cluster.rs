@@ -1,4 +1,5 @@
-//! Cluster names: the key under which one PostgreSQL cluster's data is stored.
+//! Cluster names: the key under which one PostgreSQL cluster's data is stored, and the
+//! state of a cluster's replication connection.
 //!
 //! A name is used in directory names, URLs and associated data, so it is
 //! restricted to a conservative alphabet (like a Kubernetes DNS label).
@@ -7,6 +8,42 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+/// The state of a cluster's replication connection, as the receiver sets it and the API
+/// reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectionState {
+    Connecting,
+    Streaming,
+    Disconnected,
+    /// Stopped for good (e.g. a different system identifier): needs an operator.
+    Failed,
+}
+
+impl ConnectionState {
+    pub const ALL: [ConnectionState; 4] = [
+        ConnectionState::Connecting,
+        ConnectionState::Streaming,
+        ConnectionState::Disconnected,
+        ConnectionState::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionState::Connecting => "connecting",
+            ConnectionState::Streaming => "streaming",
+            ConnectionState::Disconnected => "disconnected",
+            ConnectionState::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for ConnectionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

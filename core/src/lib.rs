@@ -15,10 +15,12 @@ pub mod log_format;
 pub mod lsn;
 pub mod manifest;
 pub mod secret_file;
+pub mod system_id;
 pub mod wal;
 
 pub use backup_id::BackupId;
 pub use cluster::ClusterName;
 pub use keys::{DataKey, MasterKey};
 pub use lsn::Lsn;
+pub use system_id::SystemId;
 pub use wal::{SegNo, SegmentHeader, TimelineId, WalFileKind, WalFileName, WalSegSize};

@@ -9,6 +9,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::lsn::Lsn;
+use crate::system_id::SystemId;
 
 /// A PostgreSQL timeline id (never 0).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -16,6 +17,9 @@ use crate::lsn::Lsn;
 pub struct TimelineId(u32);
 
 impl TimelineId {
+    /// The timeline `initdb` starts on.
+    pub const FIRST: TimelineId = TimelineId(1);
+
     pub fn new(v: u32) -> Result<TimelineId, WalNameError> {
         if v == 0 {
             Err(WalNameError::ZeroTimeline)
@@ -300,7 +304,7 @@ pub struct SegmentHeader {
     pub timeline: u32,
     /// The LSN of the page: the segment's start.
     pub page_addr: Lsn,
-    pub system_id: u64,
+    pub system_id: SystemId,
     pub seg_size: u32,
 }
 
@@ -324,14 +328,14 @@ impl SegmentHeader {
         Some(SegmentHeader {
             timeline: u32_at(4),
             page_addr: Lsn(u64_at(8)),
-            system_id: u64_at(24),
+            system_id: SystemId::new(u64_at(24)),
             seg_size: u32_at(32),
         })
     }
 
     /// Checks that `bytes` is segment `name` of the system `system_id`: its header names
     /// that system, the segment's start LSN and a segment size equal to its length.
-    pub fn verify(bytes: &[u8], name: &WalFileName, system_id: u64) -> Result<(), String> {
+    pub fn verify(bytes: &[u8], name: &WalFileName, system_id: SystemId) -> Result<(), String> {
         Self::verify_start(bytes, bytes.len() as u64, name, system_id)
     }
 
@@ -341,7 +345,7 @@ impl SegmentHeader {
         head: &[u8],
         len: u64,
         name: &WalFileName,
-        system_id: u64,
+        system_id: SystemId,
     ) -> Result<(), String> {
         let h = SegmentHeader::parse(head)
             .ok_or_else(|| format!("{name} has no WAL segment header"))?;
@@ -473,14 +477,19 @@ mod tests {
         let seg = 1u32 << 20;
         let name: WalFileName = "000000010000000000000003".parse().unwrap();
         let good = header(42, 3 << 20, seg);
-        assert_eq!(SegmentHeader::verify(&good, &name, 42), Ok(()));
-        let e = SegmentHeader::verify(&good, &name, 43).unwrap_err();
+        assert_eq!(
+            SegmentHeader::verify(&good, &name, SystemId::new(42)),
+            Ok(())
+        );
+        let e = SegmentHeader::verify(&good, &name, SystemId::new(43)).unwrap_err();
         assert!(e.contains("database system 42, not 43"), "{e}");
-        let e = SegmentHeader::verify(&header(42, 4 << 20, seg), &name, 42).unwrap_err();
+        let e =
+            SegmentHeader::verify(&header(42, 4 << 20, seg), &name, SystemId::new(42)).unwrap_err();
         assert!(e.contains("not the segment's start"), "{e}");
-        let e = SegmentHeader::verify(&good[..seg as usize / 2], &name, 42).unwrap_err();
+        let e =
+            SegmentHeader::verify(&good[..seg as usize / 2], &name, SystemId::new(42)).unwrap_err();
         assert!(e.contains("header says"), "{e}");
-        assert!(SegmentHeader::verify(&vec![0u8; seg as usize], &name, 42).is_err());
+        assert!(SegmentHeader::verify(&vec![0u8; seg as usize], &name, SystemId::new(42)).is_err());
         assert_eq!(SegmentHeader::parse(&good[..39]), None);
     }
 }

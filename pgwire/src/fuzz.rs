@@ -177,10 +177,19 @@ async fn client_session(stream: Stream, flags: u8, info: &ConnInfo) {
         let _ = conn.wal_segment_size().await;
         let _ = conn.read_replication_slot("s").await;
         let _ = conn.create_physical_slot("s").await;
-        let _ = conn.timeline_history(2).await;
+        let _ = conn
+            .timeline_history(klio_core::TimelineId::new(2).expect("2 is a timeline"))
+            .await;
     }
     if script != SCRIPT_COMMANDS {
-        if let Ok(StreamStart::Streaming) = conn.start_physical_replication(Some("s"), 0, 1).await {
+        if let Ok(StreamStart::Streaming) = conn
+            .start_physical_replication(
+                Some("s"),
+                klio_core::Lsn(0),
+                klio_core::TimelineId::new(1).expect("1 is a timeline"),
+            )
+            .await
+        {
             while let Ok(CopyMessage::Data(payload)) = conn.recv_copy().await {
                 let _ = ReplicationMessage::decode(payload);
                 let _ = conn.more_ready();

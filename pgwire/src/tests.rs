@@ -17,6 +17,7 @@ use super::fuzz::{
 use super::*;
 use crate::conninfo::ConnInfo;
 use crate::replication::{ReplicationMessage, StandbyStatusUpdate, StreamStart};
+use klio_core::{Lsn, SystemId, TimelineId};
 
 pub(super) fn ready() -> Vec<u8> {
     msg(b'Z', b"I")
@@ -136,8 +137,8 @@ fn parser_waits_for_complete_messages_and_limits_size() {
 async fn trust_query_and_cancel_safe_streaming() {
     let payloads: Vec<Vec<u8>> = vec![
         crate::replication::XLogData {
-            wal_start: 0x100_0000,
-            wal_end: 0x100_0010,
+            wal_start: Lsn(0x100_0000),
+            wal_end: Lsn(0x100_0010),
             send_time: 1,
             data: Bytes::from_static(b"0123456789abcdef"),
         }
@@ -200,7 +201,7 @@ async fn trust_query_and_cancel_safe_streaming() {
         let (tag, body) = read_msg(&mut s).await;
         assert_eq!(tag, b'd');
         let update = StandbyStatusUpdate::decode(Bytes::from(body)).unwrap();
-        assert_eq!(update.flush, 0x100_0010);
+        assert_eq!(update.flush, Lsn(0x100_0010));
         assert_eq!(read_msg(&mut s).await, (b'c', vec![]));
         let mut out = msg(b'C', &cstr(&["START_STREAMING"]));
         out.extend(msg(b'C', &cstr(&["START_REPLICATION"])));
@@ -215,13 +216,13 @@ async fn trust_query_and_cancel_safe_streaming() {
     assert_eq!(conn.backend_pid(), 42);
     assert!(!conn.is_tls());
     let system = conn.identify_system().await.unwrap();
-    assert_eq!(system.system_id, 7301234567890123456);
-    assert_eq!(system.timeline, 3);
-    assert_eq!(system.xlogpos, 0x1A2B3C4);
+    assert_eq!(system.system_id, SystemId::new(7301234567890123456));
+    assert_eq!(system.timeline.get(), 3);
+    assert_eq!(system.xlogpos, Lsn(0x1A2B3C4));
     assert_eq!(system.dbname, None);
 
     let start = conn
-        .start_physical_replication(Some("klio"), 0x100_0000, 3)
+        .start_physical_replication(Some("klio"), Lsn(0x100_0000), TimelineId::new(3).unwrap())
         .await
         .unwrap();
     assert_eq!(start, StreamStart::Streaming);
@@ -247,7 +248,7 @@ async fn trust_query_and_cancel_safe_streaming() {
     let update = StandbyStatusUpdate {
         write: x.wal_end,
         flush: x.wal_end,
-        apply: 0,
+        apply: Lsn(0),
         client_time: crate::replication::pg_now_micros(),
         reply_requested: false,
     };
@@ -281,7 +282,7 @@ async fn query_error_keeps_connection_usable() {
     let err = conn.simple_query("BOGUS").await.unwrap_err();
     assert_eq!(err.sqlstate(), Some("42601"));
     assert!(!err.is_auth_failure());
-    assert_eq!(conn.wal_segment_size().await.unwrap(), 16 << 20);
+    assert_eq!(conn.wal_segment_size().await.unwrap().bytes(), 16 << 20);
     conn.close().await;
     server.await.unwrap();
 }

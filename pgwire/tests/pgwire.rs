@@ -7,15 +7,25 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use klio_core::{Lsn, SystemId, TimelineId, WalFileName};
 use klio_harness::{AuthMethod, PgInstance, PgOptions, REPLICATION_PASSWORD, REPLICATION_USER};
 use klio_pgwire::conninfo::ConnInfo;
 use klio_pgwire::replication::{
-    format_lsn, parse_lsn, pg_now_micros, ReplicationMessage, StandbyStatusUpdate, StreamStart,
+    pg_now_micros, ReplicationMessage, StandbyStatusUpdate, StreamStart,
 };
 use klio_pgwire::{AuthMechanism, CopyMessage, PgError, ReplicationConn};
 use tracing::Instrument;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An LSN as SQL prints it.
+fn lsn(text: &str) -> Lsn {
+    text.trim().parse().expect("an LSN from SQL")
+}
+
+fn tli(n: u32) -> TimelineId {
+    TimelineId::new(n).expect("a timeline")
+}
 
 fn start(opts: PgOptions) -> PgInstance {
     PgInstance::start(opts).expect("starting PostgreSQL")
@@ -52,7 +62,7 @@ fn tcp(pg: &PgInstance, extra: &str) -> String {
 /// Checks the server's identity through SQL: proves we talk to that server, not just anything.
 async fn assert_identifies(conn: &mut ReplicationConn, pg: &PgInstance) {
     let system = conn.identify_system().await.expect("IDENTIFY_SYSTEM");
-    let expected: u64 = pg
+    let expected: SystemId = pg
         .psql("SELECT system_identifier FROM pg_control_system()")
         .unwrap()
         .parse()
@@ -376,9 +386,9 @@ async fn identify_system_show_and_slots() {
     let pg = start(PgOptions::new());
     let mut conn = connect(&pg.replication_conninfo()).await;
     let system = conn.identify_system().await.unwrap();
-    assert_eq!(system.timeline, 1);
-    let current = parse_lsn(&pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap()).unwrap();
-    assert!(system.xlogpos <= current && system.xlogpos > 0);
+    assert_eq!(system.timeline, tli(1));
+    let current = lsn(&pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap());
+    assert!(system.xlogpos <= current && system.xlogpos > Lsn(0));
     assert_eq!(system.dbname, None, "physical replication has no database");
 
     let segment_size = conn.wal_segment_size().await.unwrap();
@@ -387,7 +397,7 @@ async fn identify_system_show_and_slots() {
         .unwrap()
         .parse()
         .unwrap();
-    assert_eq!(segment_size, expected);
+    assert_eq!(segment_size.bytes(), expected);
     assert_eq!(conn.show("wal_segment_size").await.unwrap(), "16MB");
 
     assert_eq!(
@@ -403,8 +413,8 @@ async fn identify_system_show_and_slots() {
     let sql_lsn = pg
         .psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'klio_slot'")
         .unwrap();
-    assert_eq!(slot.restart_lsn, Some(parse_lsn(&sql_lsn).unwrap()));
-    assert_eq!(slot.restart_tli, Some(1));
+    assert_eq!(slot.restart_lsn, Some(lsn(&sql_lsn)));
+    assert_eq!(slot.restart_tli, Some(tli(1)));
     let err = conn.create_physical_slot("klio_slot").await.unwrap_err();
     assert!(
         matches!(err, PgError::SlotExists { ref slot } if slot == "klio_slot"),
@@ -416,19 +426,13 @@ async fn identify_system_show_and_slots() {
     assert_eq!(conn.read_replication_slot("klio_slot").await.unwrap(), None);
 
     // Timeline 1 has no history file.
-    let err = conn.timeline_history(1).await.unwrap_err();
+    let err = conn.timeline_history(tli(1)).await.unwrap_err();
     assert!(matches!(err, PgError::Server { .. }), "{err:?}");
     conn.close().await;
 }
 
-fn segment_file_name(tli: u32, lsn: u64, segment_size: u64) -> String {
-    let segno = lsn / segment_size;
-    let per_id = 0x1_0000_0000 / segment_size;
-    format!("{tli:08X}{:08X}{:08X}", segno / per_id, segno % per_id)
-}
-
 /// Streams from `start` until at least `want` bytes arrived; answers keepalives that ask.
-async fn receive_wal(conn: &mut ReplicationConn, want: u64) -> Vec<(u64, Bytes)> {
+async fn receive_wal(conn: &mut ReplicationConn, want: u64) -> Vec<(Lsn, Bytes)> {
     let deadline = Instant::now() + TIMEOUT;
     let mut chunks = Vec::new();
     let mut total = 0u64;
@@ -447,9 +451,9 @@ async fn receive_wal(conn: &mut ReplicationConn, want: u64) -> Vec<(u64, Bytes)>
             }
             ReplicationMessage::Keepalive(k) if k.reply_requested => {
                 let update = StandbyStatusUpdate {
-                    write: 0,
-                    flush: 0,
-                    apply: 0,
+                    write: Lsn(0),
+                    flush: Lsn(0),
+                    apply: Lsn(0),
                     client_time: pg_now_micros(),
                     reply_requested: false,
                 };
@@ -467,48 +471,45 @@ async fn stream_and_compare_with_pg_wal(
     pg: &PgInstance,
     conn: &mut ReplicationConn,
     slot: Option<&str>,
-    restart: u64,
-    tli: u32,
-) -> u64 {
+    restart: Lsn,
+    tli: TimelineId,
+) -> Lsn {
     let segment_size = conn.wal_segment_size().await.unwrap();
-    let start_lsn = restart - restart % segment_size;
+    let start_lsn = restart.segment_start(segment_size);
     pg.psql("CREATE TABLE t AS SELECT g, md5(g::text) FROM generate_series(1, 5000) g")
         .unwrap();
-    let end = parse_lsn(&pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap()).unwrap();
-    assert!(end > start_lsn + 4096);
+    let end = lsn(&pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap());
+    let wanted = end.checked_sub(start_lsn).expect("WAL was written");
+    assert!(wanted > 4096);
 
     let started = conn
         .start_physical_replication(slot, start_lsn, tli)
         .await
         .unwrap();
     assert_eq!(started, StreamStart::Streaming);
-    let chunks = receive_wal(conn, end - start_lsn).await;
+    let chunks = receive_wal(conn, wanted).await;
     assert_eq!(chunks[0].0, start_lsn, "streaming starts where asked");
 
     // Every byte received equals the server's own segment file at the same offset.
     let file = pg
         .wal_dir()
-        .join(segment_file_name(tli, start_lsn, segment_size));
+        .join(WalFileName::segment(tli, start_lsn.segno(segment_size), segment_size).to_string());
     let segment = std::fs::read(&file).unwrap();
     let mut next = start_lsn;
     let mut compared = 0usize;
     for (wal_start, data) in &chunks {
         assert_eq!(*wal_start, next, "chunks are contiguous");
-        next += data.len() as u64;
-        let offset = (wal_start - start_lsn) as usize;
+        next = next.checked_add(data.len() as u64).unwrap();
+        let offset = wal_start.checked_sub(start_lsn).unwrap() as usize;
         let n = data.len().min(segment.len().saturating_sub(offset));
         assert_eq!(
             &data[..n],
             &segment[offset..offset + n],
-            "WAL at {}",
-            format_lsn(*wal_start)
+            "WAL at {wal_start}"
         );
         compared += n;
     }
-    assert!(
-        compared as u64 >= end - start_lsn,
-        "compared {compared} bytes"
-    );
+    assert!(compared as u64 >= wanted, "compared {compared} bytes");
     end
 }
 
@@ -531,7 +532,7 @@ async fn streaming_matches_pg_wal_and_status_updates_are_accepted() {
         &mut conn,
         Some("klio_stream"),
         slot.restart_lsn.unwrap(),
-        1,
+        tli(1),
     )
     .await;
 
@@ -540,7 +541,7 @@ async fn streaming_matches_pg_wal_and_status_updates_are_accepted() {
     let update = StandbyStatusUpdate {
         write: flushed,
         flush: flushed,
-        apply: 0,
+        apply: Lsn(0),
         client_time: pg_now_micros(),
         reply_requested: false,
     };
@@ -554,7 +555,7 @@ async fn streaming_matches_pg_wal_and_status_updates_are_accepted() {
                  AND s.slot_name = 'klio_stream'",
             )
             .unwrap();
-        if row == format!("{0}|{0}", format_lsn(flushed)) {
+        if row == format!("{0}|{0}", flushed) {
             break;
         }
         assert!(
@@ -601,7 +602,7 @@ async fn server_requests_replies_by_keepalive() {
     let mut conn = connect(&pg.replication_conninfo()).await;
     let system = conn.identify_system().await.unwrap();
     let segment_size = conn.wal_segment_size().await.unwrap();
-    let start_lsn = system.xlogpos - system.xlogpos % segment_size;
+    let start_lsn = system.xlogpos.segment_start(segment_size);
     conn.start_physical_replication(None, start_lsn, system.timeline)
         .await
         .unwrap();
@@ -623,7 +624,7 @@ async fn server_requests_replies_by_keepalive() {
                 let update = StandbyStatusUpdate {
                     write: k.wal_end,
                     flush: start_lsn,
-                    apply: 0,
+                    apply: Lsn(0),
                     client_time: pg_now_micros(),
                     reply_requested: false,
                 };
@@ -660,27 +661,25 @@ async fn promoted_standby_timeline_history_and_end_of_timeline() {
     standby.promote().expect("promote");
     let mut conn = connect(&standby.replication_conninfo()).await;
     let system = conn.identify_system().await.unwrap();
-    assert_eq!(system.timeline, 2);
+    assert_eq!(system.timeline, tli(2));
 
-    let (name, content) = conn.timeline_history(2).await.unwrap();
+    let (name, content) = conn.timeline_history(tli(2)).await.unwrap();
     assert_eq!(name, "00000002.history");
     let on_disk = std::fs::read(standby.wal_dir().join(&name)).unwrap();
     assert_eq!(&content[..], &on_disk[..]);
     // "1\t0/3000060\treason": the switch point.
     let text = String::from_utf8(on_disk).unwrap();
-    let switch = parse_lsn(text.split('\t').nth(1).unwrap()).unwrap();
+    let switch = lsn(text.split('\t').nth(1).unwrap());
 
     // Streaming timeline 1 ends at the switch point with CopyDone, then next_tli/startpos.
     let segment_size = conn.wal_segment_size().await.unwrap();
-    let start_lsn = switch - switch % segment_size;
+    let start_lsn = switch.segment_start(segment_size);
     assert_ne!(
-        start_lsn,
-        switch,
-        "switch point {} on a segment boundary",
-        format_lsn(switch)
+        start_lsn, switch,
+        "switch point {switch} on a segment boundary"
     );
     let started = conn
-        .start_physical_replication(None, start_lsn, 1)
+        .start_physical_replication(None, start_lsn, tli(1))
         .await
         .unwrap();
     assert_eq!(started, StreamStart::Streaming);
@@ -693,7 +692,7 @@ async fn promoted_standby_timeline_history_and_end_of_timeline() {
         match msg {
             CopyMessage::Data(p) => {
                 if let ReplicationMessage::XLogData(x) = ReplicationMessage::decode(p).unwrap() {
-                    received_to = x.wal_start + x.data.len() as u64;
+                    received_to = x.end().unwrap();
                 }
             }
             CopyMessage::Done => break,
@@ -705,17 +704,17 @@ async fn promoted_standby_timeline_history_and_end_of_timeline() {
     );
     let results = conn.finish_copy().await.unwrap();
     let (next_tli, next_start) = klio_pgwire::replication::parse_timeline_end(&results).unwrap();
-    assert_eq!((next_tli, next_start), (2, switch));
+    assert_eq!((next_tli, next_start), (tli(2), switch));
 
     // Starting exactly at the end of timeline 1 skips COPY altogether.
     let started = conn
-        .start_physical_replication(None, switch, 1)
+        .start_physical_replication(None, switch, tli(1))
         .await
         .unwrap();
     assert_eq!(
         started,
         StreamStart::TimelineEnded {
-            next_tli: 2,
+            next_tli: tli(2),
             next_tli_startpos: switch
         }
     );
@@ -735,12 +734,10 @@ async fn postgres_13_slots_and_streaming() {
     assert!(matches!(err, PgError::SlotExists { .. }), "{err:?}");
     let err = conn.read_replication_slot("klio13").await.unwrap_err();
     assert!(matches!(err, PgError::Unsupported(_)), "{err:?}");
-    let restart = parse_lsn(
-        &pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'klio13'")
-            .unwrap(),
-    )
-    .unwrap();
-    stream_and_compare_with_pg_wal(&pg, &mut conn, Some("klio13"), restart, 1).await;
+    let restart = lsn(&pg
+        .psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'klio13'")
+        .unwrap());
+    stream_and_compare_with_pg_wal(&pg, &mut conn, Some("klio13"), restart, tli(1)).await;
     conn.finish_copy().await.unwrap();
     conn.close().await;
 }

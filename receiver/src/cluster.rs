@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use klio_catalog::{Catalog, CatalogError, ClusterRecord};
 use klio_core::clock::unix_now;
 use klio_core::keys::KeyError;
-use klio_core::{ClusterName, DataKey, Lsn, MasterKey, TimelineId, WalSegSize};
+use klio_core::{ClusterName, DataKey, Lsn, MasterKey, SystemId, TimelineId, WalSegSize};
 use tokio::sync::watch;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::ingest::Ingest;
-use crate::status::{ClusterStatus, ConnState};
+use crate::status::{ClusterStatus, ConnectionState};
 use crate::wal_store::{StoreError, WalStore};
 use klio_pgwire::conninfo::ConnInfo;
 use klio_pgwire::replication::{self, StreamStart};
@@ -243,7 +243,7 @@ pub fn prepare_cluster(
     let store = Arc::new(OnceLock::new());
     if let Some(rec) = ctx.catalog.cluster(&spec.name)? {
         status.set_system_id(rec.system_id);
-        status.set_timeline(rec.timeline.get());
+        status.set_timeline(rec.timeline);
         let s = open_store(ctx, &rec)?;
         let _ = store.set(s);
     }
@@ -351,7 +351,7 @@ pub async fn run_cluster(
             match res {
                 Ok(SessionEnd::Shutdown) => break,
                 Err(SessionError::Fatal(msg)) => {
-                    if handle.status.set_state(ConnState::Failed, Some(msg.clone())) {
+                    if handle.status.set_state(ConnectionState::Failed, Some(msg.clone())) {
                         error!("{msg}");
                     }
                     let _ = stopped(&mut shutdown).await;
@@ -366,7 +366,7 @@ pub async fn run_cluster(
                         handle.status.set_disk_full(true);
                     }
                     let msg = e.to_string();
-                    if handle.status.set_state(ConnState::Disconnected, Some(msg.clone())) {
+                    if handle.status.set_state(ConnectionState::Disconnected, Some(msg.clone())) {
                         warn!(error = %msg, "replication connection lost; reconnecting with backoff");
                     } else {
                         debug!(error = %msg, "reconnect attempt failed");
@@ -386,7 +386,7 @@ pub async fn run_cluster(
             // Dropping flushes and closes the open segment.
             let _ = tokio::task::spawn_blocking(move || drop(ingest)).await;
         }
-        handle.status.set_state(ConnState::Disconnected, Some("server shutting down".into()));
+        handle.status.set_state(ConnectionState::Disconnected, Some("server shutting down".into()));
         info!("receiver stopped");
     }
     .instrument(span)
@@ -398,7 +398,7 @@ pub async fn run_cluster(
 fn ensure_cluster(
     ctx: &ServerContext,
     spec: &ClusterSpec,
-    system_id: u64,
+    system_id: SystemId,
     seg_size: WalSegSize,
     tli: TimelineId,
 ) -> Result<ClusterRecord, SessionError> {
@@ -434,7 +434,7 @@ fn ensure_cluster(
         created_unix: unix_now(),
     };
     ctx.catalog.put_cluster(&rec)?;
-    info!(system_id, "new cluster registered; data key generated");
+    info!(%system_id, "new cluster registered; data key generated");
     Ok(rec)
 }
 
@@ -447,16 +447,14 @@ async fn session(
 ) -> Result<SessionEnd, SessionError> {
     let spec = &handle.spec;
     let status = &handle.status;
-    status.set_state(ConnState::Connecting, status.snapshot().last_error);
+    status.set_state(ConnectionState::Connecting, status.snapshot().last_error);
     let mut conn = tokio::select! {
         c = ReplicationConn::connect(&spec.conninfo) => c?,
         _ = stopped(shutdown) => return Ok(SessionEnd::Shutdown),
     };
     let sys = conn.identify_system().await?;
-    let server_tli = TimelineId::new(sys.timeline)
-        .map_err(|e| SessionError::Other(format!("IDENTIFY_SYSTEM: {e}")))?;
-    let seg_bytes = conn.wal_segment_size().await?;
-    let seg_size = WalSegSize::new(seg_bytes).map_err(|e| SessionError::Other(e.to_string()))?;
+    let server_tli = sys.timeline;
+    let seg_size = conn.wal_segment_size().await?;
     let rec = {
         let ctx = ctx.clone();
         let spec = spec.clone();
@@ -512,9 +510,8 @@ async fn session(
             let tli = slot_info
                 .as_ref()
                 .and_then(|s| s.restart_tli)
-                .and_then(|t| TimelineId::new(t).ok())
                 .unwrap_or(server_tli);
-            (tli, Lsn(restart).segment_start(seg_size))
+            (tli, restart.segment_start(seg_size))
         }
     };
 
@@ -522,7 +519,7 @@ async fn session(
         if tli.get() > 1 {
             let known = ctx.catalog.timeline(&spec.name, tli)?;
             if !known.is_some_and(|t| t.history_stored) {
-                let (_, content) = conn.timeline_history(tli.get()).await?;
+                let (_, content) = conn.timeline_history(tli).await?;
                 let s = store.clone();
                 tokio::task::spawn_blocking(move || s.store_history(tli, &content))
                     .await
@@ -540,9 +537,9 @@ async fn session(
                 ctx.catalog.put_cluster(&r)?;
             }
         }
-        status.set_timeline(tli.get());
+        status.set_timeline(tli);
         match conn
-            .start_physical_replication(Some(&spec.slot), start.0, tli.get())
+            .start_physical_replication(Some(&spec.slot), start, tli)
             .await?
         {
             StreamStart::Streaming => {}
@@ -550,14 +547,14 @@ async fn session(
                 next_tli: next,
                 next_tli_startpos: pos,
             } => {
-                info!(timeline = %tli, next_timeline = next, switch = %Lsn(pos), "timeline already ended; following");
-                tli = TimelineId::new(next).map_err(|e| SessionError::Other(e.to_string()))?;
-                start = Lsn(pos).segment_start(seg_size);
+                info!(timeline = %tli, next_timeline = %next, switch = %pos, "timeline already ended; following");
+                tli = next;
+                start = pos.segment_start(seg_size);
                 continue;
             }
         }
-        if status.set_state(ConnState::Streaming, None) {
-            info!(timeline = %tli, start = %start, system_id = sys.system_id, "streaming WAL");
+        if status.set_state(ConnectionState::Streaming, None) {
+            info!(timeline = %tli, start = %start, system_id = %sys.system_id, "streaming WAL");
         }
         backoff.reset();
         let end = copy_loop(
@@ -588,10 +585,10 @@ async fn session(
                 let rs = conn.finish_copy().await?;
                 let (next, pos) = replication::parse_timeline_end(&rs)?;
                 let end = ingest.checkpoint()?;
-                info!(timeline = %tli, next_timeline = next, switch = %Lsn(pos), stored_until = ?end,
+                info!(timeline = %tli, next_timeline = %next, switch = %pos, stored_until = ?end,
                     "end of timeline; following the switch");
-                tli = TimelineId::new(next).map_err(|e| SessionError::Other(e.to_string()))?;
-                start = Lsn(pos).segment_start(seg_size);
+                tli = next;
+                start = pos.segment_start(seg_size);
             }
         }
     }

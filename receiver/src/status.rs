@@ -4,35 +4,9 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use klio_core::Lsn;
+use klio_core::{Lsn, SystemId, TimelineId};
 
-/// Connection state of a cluster's receiver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnState {
-    Connecting,
-    Streaming,
-    Disconnected,
-    /// Stopped for good (e.g. a different system identifier): needs an operator.
-    Failed,
-}
-
-impl ConnState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConnState::Connecting => "connecting",
-            ConnState::Streaming => "streaming",
-            ConnState::Disconnected => "disconnected",
-            ConnState::Failed => "failed",
-        }
-    }
-
-    pub const ALL: [ConnState; 4] = [
-        ConnState::Connecting,
-        ConnState::Streaming,
-        ConnState::Disconnected,
-        ConnState::Failed,
-    ];
-}
+pub use klio_core::cluster::ConnectionState;
 
 /// Counters and positions of one cluster, updated by its receiver task.
 #[derive(Debug)]
@@ -46,19 +20,19 @@ pub struct ClusterStatus {
     disk_full: AtomicBool,
     wal_flushes: AtomicU64,
     wal_flush_nanos: AtomicU64,
-    state: Mutex<(ConnState, Option<String>)>,
+    state: Mutex<(ConnectionState, Option<String>)>,
 }
 
 /// A consistent-enough copy of [`ClusterStatus`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusSnapshot {
-    pub state: ConnState,
+    pub state: ConnectionState,
     pub last_error: Option<String>,
     pub received: Option<Lsn>,
     pub flushed: Option<Lsn>,
     pub primary: Option<Lsn>,
-    pub timeline: Option<u32>,
-    pub system_id: Option<u64>,
+    pub timeline: Option<TimelineId>,
+    pub system_id: Option<SystemId>,
     pub sealed_segments: u64,
     pub disk_full: bool,
     /// fdatasyncs of WAL since the server started, and their total time.
@@ -82,7 +56,7 @@ impl Default for ClusterStatus {
             disk_full: AtomicBool::new(false),
             wal_flushes: AtomicU64::new(0),
             wal_flush_nanos: AtomicU64::new(0),
-            state: Mutex::new((ConnState::Connecting, None)),
+            state: Mutex::new((ConnectionState::Connecting, None)),
         }
     }
 }
@@ -93,7 +67,7 @@ impl ClusterStatus {
             .state
             .lock()
             .map(|g| g.clone())
-            .unwrap_or((ConnState::Failed, None));
+            .unwrap_or((ConnectionState::Failed, None));
         let sid = self.system_id.load(Ordering::Relaxed);
         let tli = self.timeline.load(Ordering::Relaxed);
         StatusSnapshot {
@@ -102,8 +76,8 @@ impl ClusterStatus {
             received: opt(self.received.load(Ordering::Relaxed)),
             flushed: opt(self.flushed.load(Ordering::Relaxed)),
             primary: opt(self.primary.load(Ordering::Relaxed)),
-            timeline: (tli != 0).then_some(tli),
-            system_id: (sid != 0).then_some(sid),
+            timeline: TimelineId::new(tli).ok(),
+            system_id: (sid != 0).then_some(SystemId::new(sid)),
             sealed_segments: self.sealed.load(Ordering::Relaxed),
             disk_full: self.disk_full.load(Ordering::Relaxed),
             wal_flushes: self.wal_flushes.load(Ordering::Relaxed),
@@ -113,7 +87,7 @@ impl ClusterStatus {
 
     /// Sets the state; returns true when it or the error message changed
     /// (so the caller logs once per change).
-    pub fn set_state(&self, state: ConnState, error: Option<String>) -> bool {
+    pub fn set_state(&self, state: ConnectionState, error: Option<String>) -> bool {
         match self.state.lock() {
             Ok(mut g) => {
                 let changed = g.0 != state || g.1 != error;
@@ -136,12 +110,12 @@ impl ClusterStatus {
         self.primary.fetch_max(lsn.0, Ordering::Relaxed);
     }
 
-    pub fn set_timeline(&self, tli: u32) {
-        self.timeline.store(tli, Ordering::Relaxed);
+    pub fn set_timeline(&self, tli: TimelineId) {
+        self.timeline.store(tli.get(), Ordering::Relaxed);
     }
 
-    pub fn set_system_id(&self, id: u64) {
-        self.system_id.store(id, Ordering::Relaxed);
+    pub fn set_system_id(&self, id: SystemId) {
+        self.system_id.store(id.get(), Ordering::Relaxed);
     }
 
     /// Segments sealed since the server started.

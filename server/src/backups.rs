@@ -235,14 +235,17 @@ impl BackupManager {
         validate_label(&label)?;
         let end = match req.end_lsn {
             Some(l) => (
-                TimelineId::new(cb.handle.status.snapshot().timeline.unwrap_or(1))
-                    .map_err(internal)?,
+                cb.handle
+                    .status
+                    .snapshot()
+                    .timeline
+                    .unwrap_or(TimelineId::FIRST),
                 l,
             ),
             None => {
                 let s = cb.handle.status.snapshot();
                 match (s.timeline, s.flushed) {
-                    (Some(t), Some(l)) => (TimelineId::new(t).map_err(internal)?, l),
+                    (Some(t), Some(l)) => (t, l),
                     _ => return Err(RegistryError::NotReady),
                 }
             }
@@ -341,7 +344,7 @@ impl BackupManager {
                 let deadline = tokio::time::Instant::now() + WAL_WAIT;
                 loop {
                     let s = cb.handle.status.snapshot();
-                    let reached = s.timeline.unwrap_or(0) >= end_tli.get()
+                    let reached = s.timeline.is_some_and(|t| t >= end_tli)
                         && s.flushed.is_some_and(|f| f >= end);
                     if reached {
                         break;
@@ -557,8 +560,12 @@ impl BackupManager {
                 .filter(|b| b.state == BackupState::Complete)
                 .collect(),
         };
-        let current =
-            TimelineId::new(cb.handle.status.snapshot().timeline.unwrap_or(1)).map_err(internal)?;
+        let current = cb
+            .handle
+            .status
+            .snapshot()
+            .timeline
+            .unwrap_or(TimelineId::FIRST);
         let mut backups = Vec::new();
         for b in chosen {
             let r = store.verify_backup(&b.id).map_err(internal)?;

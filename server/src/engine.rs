@@ -7,12 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use klio_core::{ClusterName, Lsn, WalFileName};
+use klio_core::{ClusterName, WalFileName};
 use klio_pgwire::conninfo::ConnInfo;
 use klio_receiver::cluster::{
     prepare_cluster, run_cluster, ClusterHandle, ClusterSpec, ServerContext,
 };
-use klio_receiver::status::ConnState;
 use klio_receiver::wal_store::StoreError;
 use tokio::sync::watch;
 
@@ -22,7 +21,7 @@ use crate::config::{Config, DEFAULT_APPLICATION_NAME};
 use crate::http::{metrics_router, router, AppState};
 use crate::registry::{Registry, RegistryError, WalStream};
 use crate::serve::{serve, shutdown_signal, ServeLimits};
-use klio_api::{ClusterStatusView, ConnectionState, WalEntryView};
+use klio_api::{ClusterStatusView, WalEntryView};
 
 /// Longest time between two standby status updates.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
@@ -329,18 +328,13 @@ impl Registry for EngineRegistry {
             cluster: cluster.clone(),
             system_id: s.system_id.map(|v| v.to_string()),
             timeline: s.timeline,
-            state: match s.state {
-                ConnState::Connecting => ConnectionState::Connecting,
-                ConnState::Streaming => ConnectionState::Streaming,
-                ConnState::Disconnected => ConnectionState::Disconnected,
-                ConnState::Failed => ConnectionState::Failed,
-            },
+            state: s.state,
             last_error: s.last_error,
             received_lsn: s.received,
             flushed_lsn: s.flushed,
             primary_lsn: s.primary,
             lag_bytes: match (s.primary, s.flushed) {
-                (Some(Lsn(p)), Some(Lsn(f))) => Some(p.saturating_sub(f)),
+                (Some(p), Some(f)) => Some(p.checked_sub(f).unwrap_or(0)),
                 _ => None,
             },
             sealed_segments: s.sealed_segments,

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use klio_core::Lsn;
 use serde_json::Value;
 
 pub use klio_harness::{AuthMethod, PgInstance, PgOptions, StopMode, TestCa};
@@ -694,7 +695,7 @@ pub fn privileged_setup_failed(err: anyhow::Error) -> Result<()> {
 
 /// The `start=` positions of the "streaming WAL" lines in a server log, oldest first:
 /// where Klio started streaming each time.
-pub fn stream_starts(log: &str) -> Vec<u64> {
+pub fn stream_starts(log: &str) -> Vec<Lsn> {
     log.lines()
         .filter(|l| l.contains("streaming WAL"))
         .filter_map(|l| l.split("start=").nth(1))
@@ -703,10 +704,10 @@ pub fn stream_starts(log: &str) -> Vec<u64> {
         .collect()
 }
 
-/// Parses `X/Y` into a u64.
-pub fn parse_lsn(s: &str) -> Result<u64> {
-    let (hi, lo) = s.trim().split_once('/').context("LSN without '/'")?;
-    Ok((u64::from_str_radix(hi, 16)? << 32) | u64::from_str_radix(lo, 16)?)
+/// An LSN as `psql` or the API prints it (`X/Y`; surrounding whitespace ignored), by
+/// [`Lsn`]'s parser.
+pub fn parse_lsn(s: &str) -> Result<Lsn> {
+    Ok(s.trim().parse::<Lsn>()?)
 }
 
 /// The `klio` binary and a token where the `postgres` account can use them; see

@@ -169,12 +169,12 @@ fn crash_and_damage(
     let resumed = *stream_starts(&log)
         .first()
         .context("no 'streaming WAL' line after the restart")?;
+    let expected = klio_core::Lsn(seg_start + resume);
     ensure!(
-        resumed == seg_start + resume,
-        "{damage:?}: streaming resumed at {resumed:X}, expected the end of the valid frames {:X}",
-        seg_start + resume
+        resumed == expected,
+        "{damage:?}: streaming resumed at {resumed}, expected the end of the valid frames {expected}"
     );
-    println!("{damage:?}: {reported} torn bytes dropped; streaming resumed at {resumed:X}");
+    println!("{damage:?}: {reported} torn bytes dropped; streaming resumed at {resumed}");
     Ok(name)
 }
 

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use klio_core::{Lsn, TimelineId, WalFileName, WalSegSize};
 use klio_tests::{parse_lsn, ClusterConf, KlioServer, PgInstance, PgOptions};
 
 #[test]
@@ -76,11 +77,11 @@ fn await_sync_standby(klio: &KlioServer, pg: &PgInstance, cluster: &str) -> Resu
 /// One synchronous commit as seen from both sides.
 struct SyncCommit {
     /// The WAL insert position just before COMMIT: the commit record ends after it.
-    before: u64,
+    before: Lsn,
     /// The flush position Klio had reported to PostgreSQL when COMMIT returned.
-    reported: u64,
+    reported: Lsn,
     /// Klio's own durable position (its status), read after that.
-    durable: u64,
+    durable: Lsn,
     took: Duration,
 }
 
@@ -165,7 +166,7 @@ fn synchronous_standby_acknowledges_commits() -> Result<()> {
     let commits = synchronous_commits(&pg, &klio, "sync", 20)?;
     let last = commits.last().context("no probe commit")?;
     println!(
-        "{processed} pgbench transactions, then {} probed commits; the last ended after {:X}, Klio reported {:X} flushed and had {:X} durable",
+        "{processed} pgbench transactions, then {} probed commits; the last ended after {}, Klio reported {} flushed and had {} durable",
         commits.len(),
         last.before,
         last.reported,
@@ -272,9 +273,11 @@ fn follows_promotion_to_timeline_2() -> Result<()> {
     // What Klio must hold, from PostgreSQL's side: timeline 1 from where Klio started
     // up to the switch point (the switch segment itself as .partial), timeline 2 from the
     // switch segment to the one pg_switch_wal completed, each segment exactly once.
-    let seg_size: u64 = standby
-        .psql("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'")?
-        .parse()?;
+    let seg_size = WalSegSize::new(
+        standby
+            .psql("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'")?
+            .parse()?,
+    )?;
     let switch = String::from_utf8(history)?
         .lines()
         .find_map(|l| l.split_whitespace().nth(1).map(parse_lsn))
@@ -282,15 +285,15 @@ fn follows_promotion_to_timeline_2() -> Result<()> {
     let first = *klio_tests::stream_starts(&klio.log())
         .first()
         .context("no 'streaming WAL' log line")?;
-    let (first_seg, switch_seg) = (first / seg_size, switch / seg_size);
-    let last_seg = parse_lsn(&switched)? / seg_size;
+    let (first_seg, switch_seg) = (first.segno(seg_size).0, switch.segno(seg_size).0);
+    let last_seg = parse_lsn(&switched)?.segno(seg_size).0;
     ensure!(
-        switch % seg_size != 0,
-        "the switch point {switch:X} is at a segment boundary; the test expects it inside one"
+        switch.segment_offset(seg_size) != 0,
+        "the switch point {switch} is at a segment boundary; the test expects it inside one"
     );
     let name = |tli: u32, segno: u64| {
-        let per_id = 0x1_0000_0000 / seg_size;
-        format!("{tli:08X}{:08X}{:08X}", segno / per_id, segno % per_id)
+        let tli = TimelineId::new(tli).expect("a timeline");
+        WalFileName::segment(tli, klio_core::SegNo(segno), seg_size).to_string()
     };
     let expected: Vec<String> = (first_seg..switch_seg)
         .map(|s| name(1, s))
@@ -325,10 +328,10 @@ fn follows_promotion_to_timeline_2() -> Result<()> {
     // Timeline 1's partial ends exactly at the switch point.
     let (_, body) = klio.get("tl", &format!("/v1/clusters/tl/wal/{partial}"))?;
     ensure!(
-        body.len() as u64 == switch % seg_size,
+        body.len() as u64 == switch.segment_offset(seg_size),
         "{partial} holds {} bytes; the switch point is at byte {}",
         body.len(),
-        switch % seg_size
+        switch.segment_offset(seg_size)
     );
     println!("identical to pg_wal: {compared}");
     Ok(())

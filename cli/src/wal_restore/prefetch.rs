@@ -26,7 +26,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use futures_util::stream::{self, StreamExt};
-use klio_core::{ClusterName, SegNo, SegmentHeader, WalFileKind, WalFileName, WalSegSize};
+use klio_core::{
+    ClusterName, SegNo, SegmentHeader, SystemId, WalFileKind, WalFileName, WalSegSize,
+};
 
 use klio_api::client::{Client, ClientError, Credentials};
 
@@ -43,13 +45,15 @@ fn crc_path(spool: &Path, name: &str) -> PathBuf {
 
 /// The database system identifier of the data directory `dir` (the first field of
 /// `global/pg_control`), or `None` when `dir` is not a data directory.
-pub fn data_dir_system_id(dir: &Path) -> Option<u64> {
+pub fn data_dir_system_id(dir: &Path) -> Option<SystemId> {
     use std::io::Read;
     let mut b = [0u8; 8];
     fs::File::open(dir.join("global").join("pg_control"))
         .and_then(|mut f| f.read_exact(&mut b))
         .ok()?;
-    Some(u64::from_le_bytes(b)).filter(|&id| id != 0)
+    Some(u64::from_le_bytes(b))
+        .filter(|&id| id != 0)
+        .map(SystemId::new)
 }
 
 /// The default spool of data directory `pgdata`: `<pgdata>.klio-spool` beside it.
@@ -73,7 +77,7 @@ fn open_nofollow(path: &Path) -> std::io::Result<fs::File> {
 
 /// Takes `name` from the spool into `dest` if a verified entry of database system
 /// `system_id` is there. Returns the number of bytes, or `None` when it must be fetched.
-pub fn take_from_spool(spool: &Path, name: &str, dest: &Path, system_id: u64) -> Option<u64> {
+pub fn take_from_spool(spool: &Path, name: &str, dest: &Path, system_id: SystemId) -> Option<u64> {
     use std::io::Read;
     let path = spool.join(name);
     let crc_file = crc_path(spool, name);
@@ -120,7 +124,7 @@ fn check_entry(
     f: &mut fs::File,
     name: &str,
     expected_crc: &str,
-    system_id: u64,
+    system_id: SystemId,
 ) -> Result<u64, String> {
     use std::io::Read;
     let wal_name: WalFileName = name
@@ -191,7 +195,7 @@ pub struct PrefetchSpec<'a> {
     /// Segments to fetch ahead.
     pub count: u32,
     /// The data directory's database system: nothing else is spooled.
-    pub system_id: u64,
+    pub system_id: SystemId,
 }
 
 /// Starts the detached prefetcher after `name` was served (`seg_size` from its length).
@@ -271,7 +275,7 @@ pub async fn run_prefetch(
     after: &WalFileName,
     seg_size: WalSegSize,
     count: u32,
-    system_id: u64,
+    system_id: SystemId,
 ) -> Result<(), ClientError> {
     open_spool(spool)?;
     let lock_path = spool.join(".lock");
@@ -375,26 +379,29 @@ mod tests {
         let seg = segment(7, 5);
         put(&seg, &seg);
         let dest = dir.path().join("RECOVERYXLOG");
-        assert_eq!(take_from_spool(&spool, name, &dest, 7), Some(1 << 20));
+        assert_eq!(
+            take_from_spool(&spool, name, &dest, SystemId::new(7)),
+            Some(1 << 20)
+        );
         assert_eq!(fs::read(&dest).unwrap(), seg);
         assert!(!spool.join(name).exists() && !crc_path(&spool, name).exists());
         // A corrupted entry is not used, and removed.
         let mut bad = seg.clone();
         bad[100] ^= 1;
         put(&bad, &seg);
-        assert_eq!(take_from_spool(&spool, name, &dest, 7), None);
+        assert_eq!(take_from_spool(&spool, name, &dest, SystemId::new(7)), None);
         assert!(!spool.join(name).exists());
         // Another database system's segment (left by an earlier restore): not used.
         put(&seg, &seg);
-        assert_eq!(take_from_spool(&spool, name, &dest, 8), None);
+        assert_eq!(take_from_spool(&spool, name, &dest, SystemId::new(8)), None);
         assert!(!spool.join(name).exists());
         // The right system but another segment's content under this name: not used.
         let other = segment(7, 6);
         put(&other, &other);
-        assert_eq!(take_from_spool(&spool, name, &dest, 7), None);
+        assert_eq!(take_from_spool(&spool, name, &dest, SystemId::new(7)), None);
         // No checksum: not complete, not used.
         fs::write(spool.join(name), &seg).unwrap();
-        assert_eq!(take_from_spool(&spool, name, &dest, 7), None);
+        assert_eq!(take_from_spool(&spool, name, &dest, SystemId::new(7)), None);
     }
 
     #[test]
@@ -414,7 +421,7 @@ mod tests {
             format!("{:08x}", crc32c::crc32c(&seg)),
         )
         .unwrap();
-        assert_eq!(take_from_spool(&spool, name, &dest, 7), None);
+        assert_eq!(take_from_spool(&spool, name, &dest, SystemId::new(7)), None);
         assert!(!dest.exists());
         assert_eq!(fs::read(&elsewhere).unwrap(), seg);
         // The link was discarded (the link, not its target).
@@ -424,7 +431,7 @@ mod tests {
         let crc_elsewhere = dir.path().join("crc");
         fs::write(&crc_elsewhere, format!("{:08x}", crc32c::crc32c(&seg))).unwrap();
         std::os::unix::fs::symlink(&crc_elsewhere, crc_path(&spool, name)).unwrap();
-        assert_eq!(take_from_spool(&spool, name, &dest, 7), None);
+        assert_eq!(take_from_spool(&spool, name, &dest, SystemId::new(7)), None);
         assert!(!dest.exists());
         // Writing an entry over a planted link replaces the link, not its target.
         let victim = dir.path().join("victim");
@@ -472,7 +479,10 @@ mod tests {
         let mut control = 7301234567890123456u64.to_le_bytes().to_vec();
         control.resize(8192, 0);
         fs::write(dir.path().join("global/pg_control"), control).unwrap();
-        assert_eq!(data_dir_system_id(dir.path()), Some(7301234567890123456));
+        assert_eq!(
+            data_dir_system_id(dir.path()),
+            Some(SystemId::new(7301234567890123456))
+        );
     }
 
     #[test]

@@ -50,9 +50,9 @@ impl Upstream for ReplicationConn {
 
     async fn send_status(&mut self, write: Lsn, flush: Lsn) -> Result<(), PgError> {
         let msg = StandbyStatusUpdate {
-            write: write.0,
-            flush: flush.0,
-            apply: 0,
+            write,
+            flush,
+            apply: Lsn(0),
             client_time: replication::pg_now_micros(),
             reply_requested: false,
         };
@@ -139,17 +139,11 @@ pub(super) async fn copy_loop(
                         ReplicationMessage::XLogData(x) => {
                             // The primary's numbers are checked: an end past the WAL
                             // address space is a protocol error, not an overflow.
-                            let end = x.wal_start.checked_add(x.data.len() as u64).map(Lsn).ok_or_else(|| {
-                                SessionError::Other(format!(
-                                    "the primary sent {} bytes of WAL at {}, past the end of the WAL address space",
-                                    x.data.len(),
-                                    Lsn(x.wal_start)
-                                ))
-                            })?;
-                            status.set_primary(Lsn(x.wal_end));
+                            let end = x.end()?;
+                            status.set_primary(x.wal_end);
                             if !x.data.is_empty() {
                                 unflushed += x.data.len();
-                                sink.write(tli, Lsn(x.wal_start), &x.data);
+                                sink.write(tli, x.wal_start, &x.data);
                             }
                             if end > received {
                                 received = end;
@@ -157,7 +151,7 @@ pub(super) async fn copy_loop(
                             }
                         }
                         ReplicationMessage::Keepalive(k) => {
-                            status.set_primary(Lsn(k.wal_end));
+                            status.set_primary(k.wal_end);
                             if k.reply_requested {
                                 conn.send_status(received, flushed).await?;
                             }

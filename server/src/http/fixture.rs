@@ -26,7 +26,7 @@ pub fn fixture() -> (Arc<MemoryRegistry>, AppState) {
     let mut a = ClusterStatusView::connecting(name("pg-a"));
     a.state = ConnectionState::Streaming;
     a.system_id = Some("7390123456789012345".into());
-    a.timeline = Some(1);
+    a.timeline = Some(klio_core::TimelineId::FIRST);
     a.received_lsn = Some(Lsn(0x3000_0100));
     a.flushed_lsn = Some(Lsn(0x3000_0000));
     a.primary_lsn = Some(Lsn(0x3000_0200));

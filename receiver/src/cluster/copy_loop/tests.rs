@@ -124,8 +124,8 @@ impl Script {
     /// XLogData of `len` bytes continuing the stream.
     fn wal(&mut self, len: usize) {
         let x = XLogData {
-            wal_start: self.next,
-            wal_end: self.next + len as u64,
+            wal_start: Lsn(self.next),
+            wal_end: Lsn(self.next + len as u64),
             send_time: 0,
             data: Bytes::from(vec![0x5a; len]),
         };
@@ -135,7 +135,7 @@ impl Script {
 
     fn keepalive(&self) {
         let k = PrimaryKeepalive {
-            wal_end: self.next,
+            wal_end: Lsn(self.next),
             send_time: 0,
             reply_requested: true,
         };
@@ -270,8 +270,8 @@ async fn wal_past_the_end_of_the_address_space_is_an_error_not_an_overflow() {
     let status = ClusterStatus::default();
     let (_stop_tx, mut stop) = watch::channel(false);
     let x = XLogData {
-        wal_start: u64::MAX - 10,
-        wal_end: u64::MAX,
+        wal_start: Lsn(u64::MAX - 10),
+        wal_end: Lsn(u64::MAX),
         send_time: 0,
         data: Bytes::from(vec![1u8; 100]),
     };
