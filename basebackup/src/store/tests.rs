@@ -82,6 +82,18 @@ fn write_backup(store: &ChunkStore, id: &str, files: &[(&str, Vec<u8>)]) -> Back
         .unwrap()
 }
 
+/// Starts a backup `id` at LSN 0 on timeline 1.
+fn begin(store: &ChunkStore, id: &str) -> Result<BackupWriter> {
+    store.begin(
+        id,
+        "t",
+        BackupKind::Stream,
+        Lsn(0),
+        TimelineId::new(1).unwrap(),
+        None,
+    )
+}
+
 fn pack_count(f: &Fixture) -> usize {
     let packs = DataDir::new(&f.data_dir)
         .backups(&"pg".parse().unwrap())
@@ -148,16 +160,7 @@ fn crash_and_abort_leave_nothing() {
     let f = Fixture::new();
     {
         let s = f.store();
-        let mut w = s
-            .begin(
-                "C1",
-                "t",
-                BackupKind::Stream,
-                Lsn(0),
-                TimelineId::new(1).unwrap(),
-                None,
-            )
-            .unwrap();
+        let mut w = begin(&s, "C1").unwrap();
         let d = pseudo(3 * CHUNK_SIZE, 9);
         w.begin_file(meta("f", d.len())).unwrap();
         w.write(&d).unwrap();
@@ -182,16 +185,7 @@ fn crash_and_abort_leave_nothing() {
         .unwrap()
         .is_none());
 
-    let mut w = s
-        .begin(
-            "C2",
-            "t",
-            BackupKind::Stream,
-            Lsn(0),
-            TimelineId::new(1).unwrap(),
-            None,
-        )
-        .unwrap();
+    let mut w = begin(&s, "C2").unwrap();
     w.begin_file(meta("f", 10)).unwrap();
     w.write(&[1; 10]).unwrap();
     w.end_file().unwrap();
@@ -247,16 +241,7 @@ fn tampering_and_wrong_keys_are_detected() {
 fn wrong_sizes_and_bad_ids_are_refused() {
     let f = Fixture::new();
     let s = f.store();
-    let mut w = s
-        .begin(
-            "S1",
-            "t",
-            BackupKind::Stream,
-            Lsn(0),
-            TimelineId::new(1).unwrap(),
-            None,
-        )
-        .unwrap();
+    let mut w = begin(&s, "S1").unwrap();
     w.begin_file(meta("f", 10)).unwrap();
     w.write(&[1; 5]).unwrap();
     assert!(w
@@ -264,28 +249,10 @@ fn wrong_sizes_and_bad_ids_are_refused() {
         .unwrap_err()
         .to_string()
         .contains("announced 10"));
-    assert!(s
-        .begin(
-            "../x",
-            "t",
-            BackupKind::Stream,
-            Lsn(0),
-            TimelineId::new(1).unwrap(),
-            None
-        )
-        .is_err());
+    assert!(begin(&s, "../x").is_err());
     assert!(s.read_manifest("../../etc").is_err());
     // A valid id, but the name of the packs directory: refused, never removed.
-    let e = s
-        .begin(
-            "packs",
-            "t",
-            BackupKind::Stream,
-            Lsn(0),
-            TimelineId::new(1).unwrap(),
-            None,
-        )
-        .unwrap_err();
+    let e = begin(&s, "packs").unwrap_err();
     assert!(e.to_string().contains("invalid backup id"), "{e}");
     assert!(matches!(
         s.read_manifest("packs"),
@@ -307,16 +274,7 @@ fn removing_a_backup_leaves_the_packs_of_a_backup_whose_id_extends_its_own() {
     write_backup(&s, "T1-2", &[("a", pseudo(2 * CHUNK_SIZE, 11))]);
     let kept = pack_count(&f);
     assert!(kept > 0);
-    let mut w = s
-        .begin(
-            "T1",
-            "t",
-            BackupKind::Stream,
-            Lsn(0),
-            TimelineId::new(1).unwrap(),
-            None,
-        )
-        .unwrap();
+    let mut w = begin(&s, "T1").unwrap();
     let d = pseudo(CHUNK_SIZE, 12);
     w.begin_file(meta("b", d.len())).unwrap();
     w.write(&d).unwrap();
