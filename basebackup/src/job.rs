@@ -470,7 +470,8 @@ mod tests {
     use crate::tar::TarBuilder;
 
     fn chunk_store(dir: &std::path::Path) -> ChunkStore {
-        let catalog = Arc::new(klio_catalog::Catalog::open(&dir.join("catalog")).unwrap());
+        let layout = klio_core::layout::DataDir::new(dir);
+        let catalog = Arc::new(klio_catalog::Catalog::open(&layout.catalog_dir()).unwrap());
         let key = klio_core::DataKey::generate();
         ChunkStore::open(dir, "pg".parse().unwrap(), key, catalog).unwrap()
     }

@@ -30,10 +30,13 @@ pub fn write_file_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
     durable_rename(&tmp, path)
 }
 
+/// What [`tmp_name`] appends.
+pub const TMP_SUFFIX: &str = ".tmp";
+
 /// The temporary name used while `path` is being created.
 pub fn tmp_name(path: &Path) -> std::path::PathBuf {
     let mut s = path.as_os_str().to_owned();
-    s.push(".tmp");
+    s.push(TMP_SUFFIX);
     s.into()
 }
 

@@ -1,6 +1,7 @@
 //! Klio's shared vocabulary: WAL positions and file names, cluster names, keys,
-//! the encrypted frame format every stored byte goes through, and the small helpers every
-//! crate shares (clock, disk-full check, crash-safe files, failpoints, secret files).
+//! the encrypted frame format every stored byte goes through, the data directory's layout
+//! (`layout`: every path under `data_dir`), and the small helpers every crate shares (clock,
+//! disk-full check, crash-safe files, failpoints, secret files).
 
 pub mod backup_id;
 pub mod clock;
@@ -11,6 +12,7 @@ pub mod failpoint;
 pub mod frame;
 pub mod frame_reader;
 pub mod keys;
+pub mod layout;
 pub mod log_format;
 pub mod lsn;
 pub mod manifest;

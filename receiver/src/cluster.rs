@@ -77,8 +77,8 @@ impl ServerContext {
     /// Checks the master key, then opens the catalog. A wrong key fails before
     /// anything in the data directory is created or modified.
     pub fn open(data_dir: &Path, master: MasterKey) -> Result<ServerContext, StartupError> {
-        let check_path = data_dir.join(KEY_CHECK_FILE);
-        let cat_dir = data_dir.join("catalog");
+        let layout = klio_core::layout::DataDir::new(data_dir);
+        let (check_path, cat_dir) = (layout.key_check(), layout.catalog_dir());
         let open_catalog = || {
             // Created here (0700) rather than by RocksDB (which follows the umask).
             klio_core::crashsafe::create_dir_all_durably(&cat_dir).map_err(|source| {
@@ -160,7 +160,6 @@ impl ServerContext {
     }
 }
 
-const KEY_CHECK_FILE: &str = "keycheck";
 const KEY_CHECK_MAGIC: &[u8; 8] = b"KLIOKEY1";
 
 /// `magic | value | crc32c(magic | value)`.

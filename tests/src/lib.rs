@@ -160,6 +160,12 @@ impl KlioServer {
         self.dir.path().join("data")
     }
 
+    /// Where the server keeps each kind of file in its data directory (the names the
+    /// server itself uses, from `klio_core::layout`).
+    pub fn layout(&self) -> klio_core::layout::DataDir {
+        klio_core::layout::DataDir::new(self.data_dir())
+    }
+
     pub fn master_key_path(&self) -> PathBuf {
         self.dir.path().join("master.key")
     }

@@ -130,9 +130,15 @@ fn secret_files_open_to_others_stop_the_server() -> Result<()> {
     klio.wait_status("s", Duration::from_secs(60), "streaming", |v| {
         v["state"] == "streaming"
     })?;
-    for sub in ["catalog", "clusters", "clusters/s", "clusters/s/wal"] {
-        let m = mode(&klio.data_dir().join(sub))?;
-        ensure!(m == 0o700, "{sub} was created with mode {m:o}");
+    let (layout, s) = (klio.layout(), "s".parse()?);
+    for dir in [
+        layout.catalog_dir(),
+        layout.clusters_dir(),
+        layout.cluster_dir(&s),
+        layout.wal(&s).path().to_path_buf(),
+    ] {
+        let m = mode(&dir)?;
+        ensure!(m == 0o700, "{} was created with mode {m:o}", dir.display());
     }
     klio.stop()?;
     let key = klio.tls_dir().join("server.key");

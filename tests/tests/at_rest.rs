@@ -90,12 +90,7 @@ fn search(dir: &Path, needle: &[u8]) -> Result<Search> {
 }
 
 fn packs(klio: &KlioServer) -> Result<Vec<PathBuf>> {
-    let dir = klio
-        .data_dir()
-        .join("clusters")
-        .join(CLUSTER)
-        .join("backups")
-        .join("packs");
+    let dir = klio.layout().backups(&CLUSTER.parse()?).packs_dir();
     Ok(std::fs::read_dir(dir)?
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<_, _>>()?)

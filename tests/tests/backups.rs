@@ -50,11 +50,8 @@ fn list(klio: &KlioServer) -> Result<Vec<Value>> {
 }
 
 fn packs_dir(klio: &KlioServer) -> PathBuf {
-    klio.data_dir()
-        .join("clusters")
-        .join(CLUSTER)
-        .join("backups")
-        .join("packs")
+    let cluster = CLUSTER.parse().expect("a valid cluster name");
+    klio.layout().backups(&cluster).packs_dir()
 }
 
 fn pack_files(klio: &KlioServer) -> Result<Vec<PathBuf>> {

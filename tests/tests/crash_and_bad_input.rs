@@ -10,7 +10,8 @@ use anyhow::{ensure, Context, Result};
 use klio_tests::{parse_lsn, wait_until, ClusterConf, KlioServer, PgInstance, PgOptions};
 
 fn wal_dir(klio: &KlioServer, cluster: &str) -> PathBuf {
-    klio.data_dir().join("clusters").join(cluster).join("wal")
+    let cluster = cluster.parse().expect("a valid cluster name");
+    klio.layout().wal(&cluster).path().to_path_buf()
 }
 
 #[test]
@@ -249,7 +250,7 @@ fn tampered_frame_fails_loudly_and_hostile_names_and_tokens_are_rejected() -> Re
 
     // Tamper with one byte of the sealed segment's stored frames.
     klio.stop()?;
-    let path = wal_dir(&klio, "a").join(&seg);
+    let path = klio.layout().wal(&"a".parse()?).file(&seg.parse()?);
     let mut bytes = std::fs::read(&path)?;
     let pos = bytes.len() / 2;
     bytes[pos] ^= 0x40;

@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use klio_core::layout::DataDir;
 use klio_tests::{
     parse_lsn, privileged_setup_failed, wait_until, ClusterConf, KlioServer, PgInstance, PgOptions,
 };
@@ -44,13 +45,13 @@ fn mount_tmpfs(dir: &Path, size: &str) -> Result<Mount> {
     Ok(Mount(dir.to_path_buf()))
 }
 
-/// A Klio server for `pg` (cluster `full`) with a `size` tmpfs mounted at `sub` inside
-/// its data directory (the data directory itself when `None`). When mounting is not
+/// A Klio server for `pg` (cluster `full`) with a `size` tmpfs mounted at the directory
+/// `sub` picks in its data directory's layout (the data directory itself when `None`). When mounting is not
 /// possible here the test fails, unless `KLIO_TEST_ALLOW_UNPRIVILEGED=1` (then `None`:
 /// the caller returns without testing).
 fn start_on_tmpfs(
     pg: &PgInstance,
-    sub: Option<&str>,
+    sub: Option<fn(&DataDir) -> PathBuf>,
     size: &str,
 ) -> Result<Option<(KlioServer, Mount)>> {
     let mut mount = None;
@@ -59,7 +60,7 @@ fn start_on_tmpfs(
         vec![ClusterConf::new("full", pg.replication_conninfo())],
         |data| {
             let at = match sub {
-                Some(s) => data.join(s),
+                Some(s) => s(&DataDir::new(data)),
                 None => data.to_path_buf(),
             };
             match mount_tmpfs(&at, size) {
@@ -96,7 +97,7 @@ fn free_mib(dir: &Path) -> Result<u64> {
 
 #[test]
 fn tier1_full_is_reported_acknowledges_nothing_more_and_resumes() -> Result<()> {
-    full_disk_scenario(Some("clusters"))
+    full_disk_scenario(Some(DataDir::clusters_dir))
 }
 
 /// The whole data directory on the small file system, as on one Kubernetes volume:
@@ -106,9 +107,9 @@ fn data_volume_full_with_the_catalog_on_it_is_reported_and_resumes() -> Result<(
     full_disk_scenario(None)
 }
 
-/// Mounts the small file system at `sub` inside Klio's data directory (the data
-/// directory itself when `None`), fills it while WAL streams, then frees space.
-fn full_disk_scenario(sub: Option<&str>) -> Result<()> {
+/// Mounts the small file system at the directory `sub` picks in Klio's data directory
+/// (the data directory itself when `None`), fills it while WAL streams, then frees space.
+fn full_disk_scenario(sub: Option<fn(&DataDir) -> PathBuf>) -> Result<()> {
     let pg = PgInstance::start(PgOptions::new().conf("wal_keep_size", "2GB"))?;
     let Some((klio, mount)) = start_on_tmpfs(&pg, sub, "40m")? else {
         return Ok(());

@@ -62,7 +62,7 @@ fn frames(bytes: &[u8]) -> Result<Vec<Frame>> {
 
 /// The one `.partial` in the cluster's WAL directory (the segment being written).
 fn open_partial(klio: &KlioServer) -> Result<PathBuf> {
-    let dir = klio.data_dir().join("clusters").join(CLUSTER).join("wal");
+    let dir = klio.layout().wal(&CLUSTER.parse()?).path().to_path_buf();
     let partials: Vec<PathBuf> = std::fs::read_dir(&dir)?
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<Vec<_>, _>>()?

@@ -3,8 +3,10 @@
 //! Owns `<data_dir>/clusters/<cluster>/backups/`: `packs/<backup id>-<n>.pack` (sealed
 //! chunks, appended by `writer`), and per backup `<backup id>/manifest.klio` (Klio's
 //! manifest) and `<backup id>/backup_manifest.klio` (PostgreSQL's), each a sealed Klio
-//! object. This module opens the store, names chunks, backups and paths, reads and
-//! writes sealed objects, lists backups and recovers after a crash; `writer` is the
+//! object. Every path and every listing of these directories comes from
+//! `klio_core::layout` ([`BackupsDir`], [`PackName`], [`PacksDirEntry`]). This module
+//! opens the store, names chunks and backups, reads and writes sealed objects, lists
+//! backups and recovers after a crash; `writer` is the
 //! writer pool ([`BackupWriter`]) with its packs and commit/abort; `verify` reads a
 //! backup back ([`ChunkStore::verify_backup`]).
 //!
@@ -34,6 +36,7 @@ use klio_catalog::{Catalog, CatalogError, ChunkRecord};
 use klio_core::clock::{civil_from_days, unix_now};
 use klio_core::crashsafe::{create_dir_all_durably, fsync_dir, write_file_durably};
 use klio_core::frame::{decode_object, FrameError, FrameSealer, ObjectId, ObjectKind};
+use klio_core::layout::{BackupDir, BackupsDir, DataDir, PackName, PacksDirEntry};
 use klio_core::BackupId;
 use klio_core::{ClusterName, DataKey};
 
@@ -107,7 +110,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackupStoreError + '_ {
 
 struct Inner {
     cluster: ClusterName,
-    dir: PathBuf,
+    dir: BackupsDir,
     key: DataKey,
     id_key: [u8; 32],
     catalog: Arc<Catalog>,
@@ -136,22 +139,14 @@ pub struct RecoverReport {
 }
 
 impl ChunkStore {
-    /// The backups directory of a cluster.
-    pub fn dir(data_dir: &Path, cluster: &ClusterName) -> PathBuf {
-        data_dir
-            .join("clusters")
-            .join(cluster.as_str())
-            .join("backups")
-    }
-
     pub fn open(
         data_dir: &Path,
         cluster: ClusterName,
         key: DataKey,
         catalog: Arc<Catalog>,
     ) -> Result<ChunkStore> {
-        let dir = ChunkStore::dir(data_dir, &cluster);
-        create_dir_all_durably(&dir.join("packs")).map_err(io(&dir))?;
+        let dir = DataDir::new(data_dir).backups(&cluster);
+        create_dir_all_durably(&dir.packs_dir()).map_err(io(dir.path()))?;
         let id_key = *key.derive_subkey(cluster.as_str().as_bytes(), b"klio chunk id v1");
         Ok(ChunkStore {
             inner: Arc::new(Inner {
@@ -169,15 +164,21 @@ impl ChunkStore {
     }
 
     fn packs_dir(&self) -> PathBuf {
-        self.inner.dir.join("packs")
+        self.inner.dir.packs_dir()
     }
 
-    fn pack_path(&self, name: &str) -> PathBuf {
-        self.packs_dir().join(format!("{name}.pack"))
+    /// The file of a pack the catalog names; a name that is not a pack name is refused.
+    fn pack_path(&self, name: &str) -> Result<PathBuf> {
+        let name: PackName = name.parse().map_err(|e| BackupStoreError::BadObject {
+            path: self.packs_dir(),
+            why: format!("the catalog refers to an {e}"),
+        })?;
+        Ok(self.inner.dir.pack(&name))
     }
 
-    fn backup_dir(&self, id: &str) -> PathBuf {
-        self.inner.dir.join(id)
+    /// A backup's directory; `None` for a text that cannot be a backup's id.
+    fn backup_dir(&self, id: &str) -> Option<BackupDir> {
+        self.inner.dir.backup(&id.parse::<BackupId>().ok()?)
     }
 
     /// The chunk id of `data`.
@@ -241,10 +242,13 @@ impl ChunkStore {
         let dir = self.packs_dir();
         for e in std::fs::read_dir(&dir).map_err(io(&dir))? {
             let e = e.map_err(io(&dir))?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            let known = match name.strip_suffix(".pack") {
-                Some(n) => self.inner.catalog.pack(&self.inner.cluster, n)?.is_some(),
-                None => false,
+            let known = match PacksDirEntry::parse(e.file_name()) {
+                PacksDirEntry::Pack(p) => self
+                    .inner
+                    .catalog
+                    .pack(&self.inner.cluster, &p.to_string())?
+                    .is_some(),
+                PacksDirEntry::Unknown => false,
             };
             if !known {
                 std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
@@ -255,28 +259,32 @@ impl ChunkStore {
         Ok(report)
     }
 
-    /// Deletes a backup's packs (by record and by name prefix) and manifest directory.
+    /// Deletes a backup's packs (those its record lists and those named after it) and
+    /// its manifest directory.
     fn remove_backup_files(&self, b: &BackupRecord) -> Result<usize> {
         let dir = self.packs_dir();
-        let prefix = format!("{}-", b.id);
         let mut n = 0;
         for e in std::fs::read_dir(&dir).map_err(io(&dir))? {
             let e = e.map_err(io(&dir))?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            let stem = name
-                .strip_suffix(".pack")
-                .unwrap_or(&name)
-                .trim_end_matches(".tmp");
-            if name.starts_with(&prefix) || b.packs.iter().any(|p| p == stem) {
+            let ours = match PacksDirEntry::parse(e.file_name()) {
+                PacksDirEntry::Pack(p) => {
+                    p.backup().as_str() == b.id || b.packs.contains(&p.to_string())
+                }
+                PacksDirEntry::Unknown => false,
+            };
+            if ours {
                 std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
                 n += 1;
             }
         }
         fsync_dir(&dir).map_err(io(&dir))?;
-        let bdir = self.backup_dir(&b.id);
-        if bdir.exists() {
-            std::fs::remove_dir_all(&bdir).map_err(io(&bdir))?;
-            fsync_dir(&self.inner.dir).map_err(io(&self.inner.dir))?;
+        // An id that names no backup directory cannot have one to remove.
+        if let Some(bdir) = self.backup_dir(&b.id) {
+            if bdir.path().exists() {
+                std::fs::remove_dir_all(bdir.path()).map_err(io(bdir.path()))?;
+                let parent = self.inner.dir.path();
+                fsync_dir(parent).map_err(io(parent))?;
+            }
         }
         Ok(n)
     }
@@ -288,7 +296,7 @@ impl ChunkStore {
             .catalog
             .chunk(&self.inner.cluster, &id.0)?
             .ok_or(BackupStoreError::UnknownChunk { id: *id })?;
-        let path = self.pack_path(&rec.pack);
+        let path = self.pack_path(&rec.pack)?;
         let f = File::open(&path).map_err(io(&path))?;
         // AES-GCM with the chunk id as associated data already proves this is what was
         // stored under `id`; re-hashing 1 MiB per chunk served is `verify`'s job.
@@ -305,7 +313,7 @@ impl ChunkStore {
         rehash: bool,
     ) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; rec.stored_len as usize];
-        let path = self.pack_path(&rec.pack);
+        let path = self.pack_path(&rec.pack)?;
         f.read_exact_at(&mut buf, rec.offset).map_err(io(&path))?;
         let oid = ObjectId {
             cluster: self.inner.cluster.clone(),
@@ -371,10 +379,10 @@ impl ChunkStore {
 
     /// Klio's manifest of a backup.
     pub fn read_manifest(&self, id: &str) -> Result<BackupManifest> {
-        if !BackupId::is_valid(id) {
-            return Err(BackupStoreError::NoSuchBackup(id.to_string()));
-        }
-        let path = self.backup_dir(id).join("manifest.klio");
+        let path = self
+            .backup_dir(id)
+            .ok_or_else(|| BackupStoreError::NoSuchBackup(id.to_string()))?
+            .manifest();
         let data = self.read_object(&path, ObjectKind::BackupManifest, id)?;
         serde_json::from_slice(&data).map_err(|e| BackupStoreError::BadObject {
             path,
@@ -384,10 +392,10 @@ impl ChunkStore {
 
     /// PostgreSQL's `backup_manifest` of a backup (`None` for offloads).
     pub fn read_pg_manifest(&self, id: &str) -> Result<Option<Vec<u8>>> {
-        if !BackupId::is_valid(id) {
-            return Err(BackupStoreError::NoSuchBackup(id.to_string()));
-        }
-        let path = self.backup_dir(id).join("backup_manifest.klio");
+        let path = self
+            .backup_dir(id)
+            .ok_or_else(|| BackupStoreError::NoSuchBackup(id.to_string()))?
+            .pg_manifest();
         if !path.exists() {
             return Ok(None);
         }

@@ -16,7 +16,7 @@ impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().to_path_buf();
-        let catalog = Arc::new(Catalog::open(&data_dir.join("catalog")).unwrap());
+        let catalog = Arc::new(Catalog::open(&DataDir::new(&data_dir).catalog_dir()).unwrap());
         Fixture {
             _dir: dir,
             data_dir,
@@ -82,10 +82,23 @@ fn write_backup(store: &ChunkStore, id: &str, files: &[(&str, Vec<u8>)]) -> Back
         .unwrap()
 }
 
+/// Starts a backup `id` at LSN 0 on timeline 1.
+fn begin(store: &ChunkStore, id: &str) -> Result<BackupWriter> {
+    store.begin(
+        id,
+        "t",
+        BackupKind::Stream,
+        Lsn(0),
+        TimelineId::new(1).unwrap(),
+        None,
+    )
+}
+
 fn pack_count(f: &Fixture) -> usize {
-    std::fs::read_dir(ChunkStore::dir(&f.data_dir, &"pg".parse().unwrap()).join("packs"))
-        .unwrap()
-        .count()
+    let packs = DataDir::new(&f.data_dir)
+        .backups(&"pg".parse().unwrap())
+        .packs_dir();
+    std::fs::read_dir(packs).unwrap().count()
 }
 
 #[test]
@@ -147,16 +160,7 @@ fn crash_and_abort_leave_nothing() {
     let f = Fixture::new();
     {
         let s = f.store();
-        let mut w = s
-            .begin(
-                "C1",
-                "t",
-                BackupKind::Stream,
-                Lsn(0),
-                TimelineId::new(1).unwrap(),
-                None,
-            )
-            .unwrap();
+        let mut w = begin(&s, "C1").unwrap();
         let d = pseudo(3 * CHUNK_SIZE, 9);
         w.begin_file(meta("f", d.len())).unwrap();
         w.write(&d).unwrap();
@@ -181,16 +185,7 @@ fn crash_and_abort_leave_nothing() {
         .unwrap()
         .is_none());
 
-    let mut w = s
-        .begin(
-            "C2",
-            "t",
-            BackupKind::Stream,
-            Lsn(0),
-            TimelineId::new(1).unwrap(),
-            None,
-        )
-        .unwrap();
+    let mut w = begin(&s, "C2").unwrap();
     w.begin_file(meta("f", 10)).unwrap();
     w.write(&[1; 10]).unwrap();
     w.end_file().unwrap();
@@ -213,7 +208,7 @@ fn tampering_and_wrong_keys_are_detected() {
         .chunk(&"pg".parse().unwrap(), &a.chunks[0].0)
         .unwrap()
         .unwrap();
-    let pack = s.pack_path(&rec.pack);
+    let pack = s.pack_path(&rec.pack).unwrap();
     let mut bytes = std::fs::read(&pack).unwrap();
     bytes[(rec.offset + 100) as usize] ^= 1;
     std::fs::write(&pack, &bytes).unwrap();
@@ -246,16 +241,7 @@ fn tampering_and_wrong_keys_are_detected() {
 fn wrong_sizes_and_bad_ids_are_refused() {
     let f = Fixture::new();
     let s = f.store();
-    let mut w = s
-        .begin(
-            "S1",
-            "t",
-            BackupKind::Stream,
-            Lsn(0),
-            TimelineId::new(1).unwrap(),
-            None,
-        )
-        .unwrap();
+    let mut w = begin(&s, "S1").unwrap();
     w.begin_file(meta("f", 10)).unwrap();
     w.write(&[1; 5]).unwrap();
     assert!(w
@@ -263,20 +249,42 @@ fn wrong_sizes_and_bad_ids_are_refused() {
         .unwrap_err()
         .to_string()
         .contains("announced 10"));
-    assert!(s
-        .begin(
-            "../x",
-            "t",
-            BackupKind::Stream,
-            Lsn(0),
-            TimelineId::new(1).unwrap(),
-            None
-        )
-        .is_err());
+    assert!(begin(&s, "../x").is_err());
     assert!(s.read_manifest("../../etc").is_err());
+    // A valid id, but the name of the packs directory: refused, never removed.
+    let e = begin(&s, "packs").unwrap_err();
+    assert!(e.to_string().contains("invalid backup id"), "{e}");
+    assert!(matches!(
+        s.read_manifest("packs"),
+        Err(BackupStoreError::NoSuchBackup(_))
+    ));
     let id = s.new_backup_id().unwrap();
     assert!(
         klio_core::BackupId::is_valid(&id) && id.ends_with('Z'),
         "{id}"
+    );
+}
+
+/// A backup id may itself end in `-<n>` (`T1-2` is made when `T1` is taken): removing
+/// `T1`'s data leaves `T1-2`'s packs alone.
+#[test]
+fn removing_a_backup_leaves_the_packs_of_a_backup_whose_id_extends_its_own() {
+    let f = Fixture::new();
+    let s = f.store();
+    write_backup(&s, "T1-2", &[("a", pseudo(2 * CHUNK_SIZE, 11))]);
+    let kept = pack_count(&f);
+    assert!(kept > 0);
+    let mut w = begin(&s, "T1").unwrap();
+    let d = pseudo(CHUNK_SIZE, 12);
+    w.begin_file(meta("b", d.len())).unwrap();
+    w.write(&d).unwrap();
+    w.end_file().unwrap();
+    w.drain().unwrap();
+    assert!(pack_count(&f) > kept);
+    w.abort("test").unwrap();
+    assert_eq!(pack_count(&f), kept);
+    assert_eq!(
+        s.verify_backup("T1-2").unwrap().problems,
+        Vec::<String>::new()
     );
 }

@@ -57,16 +57,17 @@ impl ChunkStore {
                     }
                 };
                 if !packs.contains_key(&rec.pack) {
-                    let path = self.pack_path(&rec.pack);
-                    match File::open(&path) {
+                    let opened = self
+                        .pack_path(&rec.pack)
+                        .and_then(|p| File::open(&p).map_err(super::io(&p)));
+                    match opened {
                         Ok(h) => {
                             packs.insert(rec.pack.clone(), h);
                         }
                         Err(e) => {
                             r.problems.push(format!(
-                                "backup {id}: file {}: chunk {c}: pack {}: {e}",
-                                f.pg_path(),
-                                path.display()
+                                "backup {id}: file {}: chunk {c}: pack {e}",
+                                f.pg_path()
                             ));
                             bad = true;
                             break;

@@ -4,7 +4,8 @@
 //!
 //! Writes `packs/<backup id>-<n>.pack` (each recorded in the backup's catalog entry
 //! before the file is created), then at commit `<backup id>/manifest.klio` and
-//! `<backup id>/backup_manifest.klio` under the store's directory, then one catalog batch.
+//! `<backup id>/backup_manifest.klio` under the store's directory, then one catalog batch
+//! (paths from `klio_core::layout`).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -17,9 +18,10 @@ use klio_catalog::{BackupCommit, ChunkRecord, PackRecord};
 use klio_core::clock::unix_now;
 use klio_core::crashsafe::{create_dir_all_durably, fsync_dir};
 use klio_core::frame::{FrameSealer, ObjectId, ObjectKind};
+use klio_core::layout::{BackupDir, PackName};
 use klio_core::manifest::{BackupManifest, ManifestTablespace, MANIFEST_VERSION};
 use klio_core::manifest::{ChunkId, FileKind, FileMeta, ManifestFile};
-use klio_core::{ClusterName, DataKey, Lsn, TimelineId};
+use klio_core::{BackupId, ClusterName, DataKey, Lsn, TimelineId};
 
 use super::{io, BackupStoreError, ChunkStore, Result, CHUNK_SIZE, PACK_TARGET};
 use super::{BackupKind, BackupRecord, BackupState};
@@ -52,9 +54,15 @@ impl ChunkStore {
         start_tli: TimelineId,
         pg_version: Option<u32>,
     ) -> Result<BackupWriter> {
-        if !klio_core::BackupId::is_valid(id) {
-            return Err(BackupStoreError::Usage(format!("invalid backup id {id:?}")));
-        }
+        let usable = id
+            .parse::<BackupId>()
+            .ok()
+            .and_then(|b| Some((self.inner.dir.backup(&b)?, b)));
+        let Some((dir, backup_id)) = usable else {
+            return Err(BackupStoreError::Usage(format!(
+                "invalid backup id {id:?}: letters, digits and '-', at most 64, and not \"packs\""
+            )));
+        };
         if self.backup(id)?.is_some() {
             return Err(BackupStoreError::Usage(format!(
                 "backup {id} already exists"
@@ -84,7 +92,7 @@ impl ChunkStore {
         self.inner
             .catalog
             .put_backup(&self.inner.cluster, &record)?;
-        Ok(BackupWriter::new(self.clone(), record))
+        Ok(BackupWriter::new(self.clone(), record, backup_id, dir))
     }
 }
 
@@ -109,6 +117,9 @@ struct Done {
 pub struct BackupWriter {
     store: ChunkStore,
     record: BackupRecord,
+    backup_id: BackupId,
+    /// Where the manifests go at commit.
+    dir: BackupDir,
     files: Vec<ManifestFile>,
     /// Index in `files` of the file being written, its CRC and bytes so far.
     current: Option<(usize, u32, u64)>,
@@ -123,7 +134,7 @@ pub struct BackupWriter {
     new_chunks: HashMap<ChunkId, ChunkRecord>,
     /// Known chunks referenced, with their stored size.
     referenced: HashMap<ChunkId, u32>,
-    pack: Option<(String, File, u64, u32)>,
+    pack: Option<(PackName, File, u64, u32)>,
     pack_seq: u32,
     packs: Vec<PackRecord>,
     failed: Option<String>,
@@ -146,7 +157,12 @@ pub struct WriterProgress {
 }
 
 impl BackupWriter {
-    fn new(store: ChunkStore, record: BackupRecord) -> BackupWriter {
+    fn new(
+        store: ChunkStore,
+        record: BackupRecord,
+        backup_id: BackupId,
+        dir: BackupDir,
+    ) -> BackupWriter {
         let workers_n = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
@@ -172,6 +188,8 @@ impl BackupWriter {
         BackupWriter {
             store,
             record,
+            backup_id,
+            dir,
             files: Vec::new(),
             current: None,
             buf: Vec::with_capacity(CHUNK_SIZE),
@@ -343,14 +361,14 @@ impl BackupWriter {
 
     fn open_pack(&mut self) -> Result<()> {
         self.pack_seq += 1;
-        let name = format!("{}-{:04}", self.record.id, self.pack_seq);
+        let name = PackName::new(self.backup_id.clone(), self.pack_seq);
         // Recorded before the file exists, so a crash cannot leave an unknown pack.
-        self.record.packs.push(name.clone());
+        self.record.packs.push(name.to_string());
         self.store
             .inner
             .catalog
             .put_backup(&self.store.inner.cluster, &self.record)?;
-        let path = self.store.pack_path(&name);
+        let path = self.store.inner.dir.pack(&name);
         let f = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -363,10 +381,10 @@ impl BackupWriter {
 
     fn close_pack(&mut self) -> Result<()> {
         if let Some((name, f, size, chunks)) = self.pack.take() {
-            let path = self.store.pack_path(&name);
+            let path = self.store.inner.dir.pack(&name);
             f.sync_all().map_err(io(&path))?;
             self.packs.push(PackRecord {
-                name,
+                name: name.to_string(),
                 size,
                 chunks,
                 live_chunks: chunks,
@@ -383,10 +401,10 @@ impl BackupWriter {
             self.open_pack()?;
         }
         let (name, f, size, chunks) = self.pack.as_mut().expect("pack open");
-        let path = self.store.pack_path(name);
+        let path = self.store.inner.dir.pack(name);
         f.write_all(bytes).map_err(io(&path))?;
         let rec = ChunkRecord {
-            pack: name.clone(),
+            pack: name.to_string(),
             offset: *size,
             stored_len: bytes.len() as u32,
             plain_len,
@@ -428,8 +446,8 @@ impl BackupWriter {
         self.close_pack()?;
         fsync_dir(&self.store.packs_dir()).map_err(io(&self.store.packs_dir()))?;
         let id = self.record.id.clone();
-        let bdir = self.store.backup_dir(&id);
-        create_dir_all_durably(&bdir).map_err(io(&bdir))?;
+        let bdir = self.dir.path();
+        create_dir_all_durably(bdir).map_err(io(bdir))?;
         let manifest = BackupManifest {
             version: MANIFEST_VERSION,
             backup_id: id.clone(),
@@ -445,19 +463,11 @@ impl BackupWriter {
             files: std::mem::take(&mut self.files),
         };
         let json = serde_json::to_vec(&manifest).expect("manifests serialise");
-        self.store.write_object(
-            &bdir.join("manifest.klio"),
-            ObjectKind::BackupManifest,
-            &id,
-            &json,
-        )?;
+        self.store
+            .write_object(&self.dir.manifest(), ObjectKind::BackupManifest, &id, &json)?;
         if let Some(pg) = pg_manifest {
-            self.store.write_object(
-                &bdir.join("backup_manifest.klio"),
-                ObjectKind::PgManifest,
-                &id,
-                pg,
-            )?;
+            self.store
+                .write_object(&self.dir.pg_manifest(), ObjectKind::PgManifest, &id, pg)?;
         }
         let new_bytes: u64 = self
             .new_chunks

@@ -4,7 +4,7 @@
 //! - `<24 hex>.partial` — the segment being received, appended to in frames;
 //! - `<24 hex>` — a sealed segment (renamed from `.partial` once complete);
 //! - `<8 hex>.history` — timeline history files;
-//! - `*.tmp` — files being created; removed at startup.
+//! - `<any of these>.tmp` — files being created; removed at startup.
 //!
 //! Every file is a Klio object (`klio_core::frame`): compressed and encrypted with
 //! the cluster's data key. Durability rules: a new file's header is fsynced and
@@ -13,7 +13,8 @@
 //! frame, fdatasyncs, renames and fsyncs the directory, and only then updates the
 //! catalog. [`WalStore::reconcile`] repairs whatever a crash left in between.
 //!
-//! Here: the store's paths, object names, reads, history files and listing;
+//! Paths and directory listings are named by `klio_core::layout` ([`WalDir`],
+//! [`WalDirEntry`]). Here: object names, reads, history files and listing;
 //! `segment_writer`: appending streamed WAL ([`SegmentWriter`]); `reconcile`: repairing
 //! files and catalog at start-up ([`WalStore::reconcile`], [`WalStore::resume_point`]);
 //! `read`: reading a stored file back piece by piece ([`WalReader`]).
@@ -29,6 +30,7 @@ use klio_core::{
 };
 
 use klio_core::crashsafe::{create_dir_all_durably, write_file_durably};
+use klio_core::layout::{DataDir, WalDir};
 
 mod read;
 mod reconcile;
@@ -80,7 +82,7 @@ pub struct WalStore {
 }
 
 struct Inner {
-    dir: PathBuf,
+    dir: WalDir,
     cluster: ClusterName,
     key: DataKey,
     seg_size: WalSegSize,
@@ -105,10 +107,6 @@ pub struct WalEntry {
 }
 
 impl WalStore {
-    pub fn wal_dir(data_dir: &Path, cluster: &ClusterName) -> PathBuf {
-        data_dir.join("clusters").join(cluster.as_str()).join("wal")
-    }
-
     pub fn open(
         data_dir: &Path,
         cluster: ClusterName,
@@ -116,8 +114,8 @@ impl WalStore {
         seg_size: WalSegSize,
         catalog: Arc<Catalog>,
     ) -> Result<WalStore, StoreError> {
-        let dir = Self::wal_dir(data_dir, &cluster);
-        create_dir_all_durably(&dir).map_err(io_err(&dir))?;
+        let dir = DataDir::new(data_dir).wal(&cluster);
+        create_dir_all_durably(dir.path()).map_err(io_err(dir.path()))?;
         Ok(WalStore {
             inner: Arc::new(Inner {
                 dir,
@@ -138,7 +136,7 @@ impl WalStore {
     }
 
     pub fn dir(&self) -> &Path {
-        &self.inner.dir
+        self.inner.dir.path()
     }
 
     fn object_id(&self, name: &WalFileName) -> ObjectId {
@@ -153,7 +151,7 @@ impl WalStore {
     }
 
     fn path(&self, name: &WalFileName) -> PathBuf {
-        self.inner.dir.join(name.to_string())
+        self.inner.dir.file(name)
     }
 
     fn segment_names(&self, tli: TimelineId, segno: SegNo) -> (WalFileName, WalFileName) {

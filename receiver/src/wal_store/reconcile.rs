@@ -2,7 +2,8 @@
 //! brings the WAL directory and the catalog into agreement after a restart or crash, and
 //! [`WalStore::resume_point`] says where streaming resumes.
 //!
-//! Writes in the WAL directory: removes `*.tmp` files and `.partial` files that a sealed
+//! Writes in the WAL directory (its names classified by `klio_core::layout::WalDirEntry`):
+//! removes temporary files (`<WAL file name>.tmp`) and `.partial` files that a sealed
 //! copy supersedes, truncates torn tails of `.partial` files (and fsyncs them), seals
 //! complete `.partial` files; in the catalog, adds, corrects or removes segment records
 //! and records stored timeline history files.
@@ -14,7 +15,8 @@ use std::path::{Path, PathBuf};
 use klio_catalog::{SegmentRecord, SegmentState};
 use klio_core::crashsafe::{durable_rename, fsync_dir};
 use klio_core::frame::decode_object;
-use klio_core::{Lsn, SegNo, TimelineId, WalFileKind, WalFileName};
+use klio_core::layout::WalDirEntry;
+use klio_core::{Lsn, SegNo, TimelineId, WalFileName};
 use tracing::{info, warn};
 
 use super::{io_err, tier1_record, StoreError, WalStore};
@@ -39,46 +41,47 @@ impl WalStore {
         let mut sealed: BTreeMap<(TimelineId, SegNo), PathBuf> = BTreeMap::new();
         let mut partial: BTreeMap<(TimelineId, SegNo), PathBuf> = BTreeMap::new();
         let mut histories = Vec::new();
-        let entries = std::fs::read_dir(&inner.dir).map_err(io_err(&inner.dir))?;
-        for entry in entries {
-            let entry = entry.map_err(io_err(&inner.dir))?;
-            let fname = entry.file_name();
+        let dir = inner.dir.path();
+        for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+            let entry = entry.map_err(io_err(dir))?;
             let path = entry.path();
-            let Some(fname) = fname.to_str() else {
-                warn!(path = %path.display(), "ignoring a file with a non-UTF-8 name in the WAL directory");
-                continue;
-            };
-            if fname.ends_with(".tmp") {
-                std::fs::remove_file(&path).map_err(io_err(&path))?;
-                report.temp_files_removed += 1;
-                continue;
-            }
-            let Ok(name) = fname.parse::<WalFileName>() else {
-                warn!(path = %path.display(), "ignoring an unexpected file in the WAL directory");
-                continue;
+            let (files, name) = match WalDirEntry::parse(entry.file_name()) {
+                WalDirEntry::Sealed(name) => (&mut sealed, name),
+                WalDirEntry::Partial(name) => (&mut partial, name),
+                WalDirEntry::History(name) => {
+                    histories.push(name.timeline());
+                    continue;
+                }
+                WalDirEntry::Temp(_) => {
+                    std::fs::remove_file(&path).map_err(io_err(&path))?;
+                    report.temp_files_removed += 1;
+                    continue;
+                }
+                WalDirEntry::Unknown => {
+                    warn!(path = %path.display(), "ignoring an unexpected file in the WAL directory");
+                    continue;
+                }
             };
             match name.segno(inner.seg_size) {
-                Ok(Some(segno)) if name.kind() == WalFileKind::Segment => {
-                    sealed.insert((name.timeline(), segno), path);
+                Ok(segno) => {
+                    if let Some(segno) = segno {
+                        files.insert((name.timeline(), segno), path);
+                    }
                 }
-                Ok(Some(segno)) => {
-                    partial.insert((name.timeline(), segno), path);
-                }
-                Ok(None) => histories.push(name.timeline()),
                 Err(e) => {
                     warn!(path = %path.display(), error = %e, "ignoring a WAL file that does not fit the segment size")
                 }
             }
         }
         if report.temp_files_removed > 0 {
-            fsync_dir(&inner.dir).map_err(io_err(&inner.dir))?;
+            fsync_dir(dir).map_err(io_err(dir))?;
         }
 
         for (&(tli, segno), path) in &partial {
             if sealed.contains_key(&(tli, segno)) {
                 // The sealed copy is complete and authoritative.
                 std::fs::remove_file(path).map_err(io_err(path))?;
-                fsync_dir(&inner.dir).map_err(io_err(&inner.dir))?;
+                fsync_dir(dir).map_err(io_err(dir))?;
                 continue;
             }
             let (plain, stored, finished, crc) =
@@ -274,5 +277,57 @@ impl WalStore {
             }
         };
         Ok(Some((last.tli, end)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use klio_catalog::Catalog;
+    use klio_core::layout::DataDir;
+    use klio_core::{DataKey, WalSegSize};
+
+    use super::*;
+
+    /// Reconciliation lists the WAL directory through `layout::WalDirEntry`: Klio's own
+    /// temporary files go, a file Klio does not write stays, a stored history file is
+    /// recorded.
+    #[test]
+    fn start_up_removes_klios_temp_files_and_leaves_foreign_files_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = DataDir::new(tmp.path());
+        let catalog = Arc::new(Catalog::open(&data.catalog_dir()).unwrap());
+        let cluster: klio_core::ClusterName = "c1".parse().unwrap();
+        let seg = WalSegSize::DEFAULT;
+        let store = WalStore::open(
+            tmp.path(),
+            cluster.clone(),
+            DataKey::generate(),
+            seg,
+            catalog,
+        )
+        .unwrap();
+        let tli = TimelineId::new(2).unwrap();
+        store
+            .store_history(tli, b"1\t0/3000000\tno recovery target specified\n")
+            .unwrap();
+        let wal = data.wal(&cluster);
+        let partial = WalFileName::partial(TimelineId::new(1).unwrap(), SegNo(5), seg);
+        let ours = [wal.temp(&partial), wal.temp(&WalFileName::history(tli))];
+        let foreign = [wal.path().join("notes.tmp"), wal.path().join("README")];
+        for p in ours.iter().chain(&foreign) {
+            std::fs::write(p, b"x").unwrap();
+        }
+        let report = store.reconcile().unwrap();
+        assert_eq!(report.temp_files_removed, 2);
+        for p in &ours {
+            assert!(!p.exists(), "{p:?} was left");
+        }
+        for p in &foreign {
+            assert!(p.exists(), "{p:?} was removed");
+        }
+        assert!(wal.history(tli).exists());
+        assert_eq!(report.sealed + report.partial, 0);
     }
 }

@@ -13,7 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use klio_catalog::{SegmentRecord, SegmentState};
-use klio_core::crashsafe::{durable_rename, tmp_name};
+use klio_core::crashsafe::durable_rename;
 use klio_core::failpoint;
 use klio_core::frame::{decode_object, FrameSealer, HEADER_LEN};
 use klio_core::{Lsn, SegNo, TimelineId};
@@ -67,7 +67,7 @@ impl OpenSegment {
     fn create(store: &WalStore, tli: TimelineId, segno: SegNo) -> Result<OpenSegment, StoreError> {
         let partial = store.segment_names(tli, segno).1;
         let path = store.path(&partial);
-        let tmp = tmp_name(&path);
+        let tmp = store.inner.dir.temp(&partial);
         let (sealer, header) = FrameSealer::create(&store.inner.key, &store.object_id(&partial));
         let mut file = OpenOptions::new()
             .read(true)
@@ -444,10 +444,11 @@ mod tests {
     use std::sync::Arc;
 
     use klio_catalog::Catalog;
+    use klio_core::layout::DataDir;
     use klio_core::{DataKey, WalSegSize};
 
     fn store(dir: &Path) -> WalStore {
-        let catalog = Arc::new(Catalog::open(&dir.join("catalog")).unwrap());
+        let catalog = Arc::new(Catalog::open(&DataDir::new(dir).catalog_dir()).unwrap());
         WalStore::open(
             dir,
             "c1".parse().unwrap(),
