@@ -111,18 +111,39 @@ fn ad_prefix(id: &ObjectId, salt: &[u8; 32]) -> Vec<u8> {
 }
 
 /// Encrypts frames for one object.
+///
+/// Nonces: each sealer (a new object, or an object resumed after a restart) draws a
+/// random 8-byte prefix once and counts frames in the last 4 bytes, so sealing a frame
+/// makes no system call. Nonces never repeat within a sealer; two sealers of the same
+/// object (the only ones sharing its key) would need the same random prefix and
+/// overlapping counts. Readers take the nonce from the frame header and do not care
+/// how it was made.
 pub struct FrameSealer {
     cipher: Aes256Gcm,
     ad_prefix: Vec<u8>,
     next_offset: u64,
     compress: bool,
+    nonce_prefix: [u8; 8],
+    nonce_count: u32,
+}
+
+/// A fresh random nonce prefix.
+fn nonce_prefix() -> [u8; 8] {
+    let mut p = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut p);
+    p
 }
 
 impl FrameSealer {
     /// Starts a new object; returns the sealer and the header to write first.
     pub fn create(key: &DataKey, id: &ObjectId) -> (FrameSealer, [u8; HEADER_LEN]) {
+        // The salt and the nonce prefix in one draw.
+        let mut random = [0u8; 40];
+        rand::rngs::OsRng.fill_bytes(&mut random);
         let mut salt = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut salt);
+        salt.copy_from_slice(&random[..32]);
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&random[32..]);
         let mut header = [0u8; HEADER_LEN];
         header[0..8].copy_from_slice(MAGIC);
         header[8..10].copy_from_slice(&VERSION.to_le_bytes());
@@ -135,6 +156,8 @@ impl FrameSealer {
             ad_prefix: ad_prefix(id, &salt),
             next_offset: 0,
             compress: true,
+            nonce_prefix: prefix,
+            nonce_count: 0,
         };
         (sealer, header)
     }
@@ -152,6 +175,8 @@ impl FrameSealer {
             ad_prefix: ad_prefix(id, &salt),
             next_offset,
             compress: true,
+            nonce_prefix: nonce_prefix(),
+            nonce_count: 0,
         })
     }
 
@@ -216,8 +241,7 @@ impl FrameSealer {
         }
         let body_len = out.len() - body_start;
         let stored_len = (body_len + TAG_LEN) as u32;
-        let mut nonce = [0u8; 12];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let nonce = self.next_nonce();
         {
             let h = &mut out[start..body_start];
             h[0..4].copy_from_slice(&stored_len.to_le_bytes());
@@ -235,6 +259,22 @@ impl FrameSealer {
             .expect("AES-GCM encryption cannot fail for frames under 64 GiB");
         out.extend_from_slice(&tag);
         self.next_offset += plain.len() as u64;
+    }
+
+    /// The next frame's nonce: the prefix and the frame count (a new random prefix after
+    /// 2^32 frames).
+    fn next_nonce(&mut self) -> [u8; 12] {
+        let mut nonce = [0u8; 12];
+        nonce[..8].copy_from_slice(&self.nonce_prefix);
+        nonce[8..].copy_from_slice(&self.nonce_count.to_be_bytes());
+        match self.nonce_count.checked_add(1) {
+            Some(n) => self.nonce_count = n,
+            None => {
+                self.nonce_prefix = nonce_prefix();
+                self.nonce_count = 0;
+            }
+        }
+        nonce
     }
 }
 
@@ -454,6 +494,55 @@ mod tests {
         assert!(d.finished);
         assert_eq!(d.data.len(), 5 + 100_000);
         assert!(bytes.len() < 20_000, "compressible data was compressed");
+    }
+
+    /// The nonce of every frame in `bytes` (an object with its header).
+    fn nonces(bytes: &[u8]) -> Vec<[u8; 12]> {
+        let mut out = Vec::new();
+        let mut at = HEADER_LEN;
+        while at + FRAME_HEADER_LEN <= bytes.len() {
+            let h = &bytes[at..at + FRAME_HEADER_LEN];
+            let stored = u32::from_le_bytes(h[0..4].try_into().unwrap()) as usize;
+            out.push(h[17..29].try_into().unwrap());
+            at += FRAME_HEADER_LEN + stored;
+        }
+        out
+    }
+
+    #[test]
+    fn nonces_never_repeat_within_an_object_or_across_its_resumptions() {
+        let k = DataKey::generate();
+        let i = id("a", "000000010000000000000001");
+        let pieces: Vec<Vec<u8>> = (0..50u8).map(|n| vec![n; 100]).collect();
+        let refs: Vec<&[u8]> = pieces.iter().map(|p| p.as_slice()).collect();
+        let mut bytes = build(&k, &i, &refs, false);
+        let first = nonces(&bytes);
+        assert_eq!(first.len(), 50);
+        // Resumed (as after a restart): same key, new nonces.
+        let next = decode_object(&k, &i, &bytes, false).unwrap().data.len() as u64;
+        let mut resumed = FrameSealer::resume(&k, &i, &bytes[..HEADER_LEN], next).unwrap();
+        for p in &refs {
+            resumed.seal(p, &mut bytes);
+        }
+        resumed.seal_final(&mut bytes);
+        let all = nonces(&bytes);
+        assert_eq!(all.len(), 101);
+        let distinct: std::collections::HashSet<_> = all.iter().collect();
+        assert_eq!(distinct.len(), all.len(), "a nonce repeated under one object key");
+        let d = decode_object(&k, &i, &bytes, false).unwrap();
+        assert!(d.finished);
+        assert_eq!(d.data.len(), 100 * 100);
+    }
+
+    #[test]
+    fn the_nonce_counter_wraps_onto_a_new_prefix() {
+        let (mut s, _) = FrameSealer::create(&DataKey::generate(), &id("a", "X"));
+        s.nonce_count = u32::MAX;
+        let last = s.next_nonce();
+        let wrapped = s.next_nonce();
+        assert_eq!(&last[8..], &u32::MAX.to_be_bytes());
+        assert_eq!(&wrapped[8..], &0u32.to_be_bytes());
+        assert_ne!(last[..8], wrapped[..8], "a new prefix after 2^32 frames");
     }
 
     #[test]
