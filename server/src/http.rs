@@ -711,7 +711,6 @@ impl Drop for VerifyGuard {
 }
 
 #[cfg(test)]
-#[path = "http_tests.rs"]
 mod tests;
 
 #[cfg(any(test, feature = "testing"))]
