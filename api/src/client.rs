@@ -540,7 +540,11 @@ impl Client {
                 server: self.base.clone(),
                 detail: chain(&e),
             },
-            Failure::Status { status, message, permanent } => match status {
+            Failure::Status {
+                status,
+                message,
+                permanent,
+            } => match status {
                 StatusCode::UNAUTHORIZED => ClientError::Unauthorized {
                     origin: self.origin.clone(),
                 },
@@ -606,9 +610,9 @@ impl Failure {
             .as_ref()
             .and_then(|b| b.permanent)
             .unwrap_or(!status.is_server_error());
-        let message = parsed.map(|b| b.error).unwrap_or_else(|| {
-            status.canonical_reason().unwrap_or("error").to_string()
-        });
+        let message = parsed
+            .map(|b| b.error)
+            .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
         Failure::Status {
             status,
             message,

@@ -41,10 +41,7 @@ async fn canned(status: u16, body: &'static str) -> (String, Arc<AtomicUsize>) {
 async fn list_wal_error(status: u16, body: &'static str) -> (ClientError, usize) {
     let (url, count) = canned(status, body).await;
     let client = Client::new(&url, ClusterToken::parse(TOKEN, "t").unwrap(), "test").unwrap();
-    let e = client
-        .list_wal(&"pg-a".parse().unwrap())
-        .await
-        .unwrap_err();
+    let e = client.list_wal(&"pg-a".parse().unwrap()).await.unwrap_err();
     (e, count.load(Ordering::SeqCst))
 }
 
@@ -80,7 +77,10 @@ async fn without_the_flag_a_5xx_is_transient_and_retried() {
     assert!(!e.is_permanent(), "{e:?}");
     assert_eq!(requests, ATTEMPTS as usize);
     let (e, requests) = list_wal_error(502, "<html>bad gateway</html>").await;
-    assert!(matches!(e, ClientError::Server { status: 502, .. }), "{e:?}");
+    assert!(
+        matches!(e, ClientError::Server { status: 502, .. }),
+        "{e:?}"
+    );
     assert!(!e.is_permanent());
     assert_eq!(requests, ATTEMPTS as usize);
 }
