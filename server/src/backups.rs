@@ -82,6 +82,8 @@ struct ClusterBackups {
     /// too; the next start marks such records failed), and a job that failed before it
     /// stored anything (e.g. it could not connect) has no record at all.
     failures: Mutex<HashMap<String, Failure>>,
+    /// Notified each time a job of the cluster has ended and freed the slot.
+    ended: tokio::sync::Notify,
     verify: Mutex<VerifyState>,
 }
 
@@ -119,6 +121,7 @@ impl BackupManager {
                 store: OnceLock::new(),
                 running: Mutex::new(None),
                 failures: Mutex::new(HashMap::new()),
+                ended: tokio::sync::Notify::new(),
                 verify: Mutex::new(VerifyState::default()),
             });
             map.insert(cb.handle.spec.name.clone(), cb);
@@ -203,7 +206,7 @@ impl BackupManager {
             }
         }
         let job = Job::Stream {
-            conninfo: cb.settings.conninfo.clone(),
+            conninfo: Box::new(cb.settings.conninfo.clone()),
             opts,
         };
         self.start(cb, store, &label, BackupKindView::Stream, job)
@@ -289,7 +292,7 @@ impl BackupManager {
                 )));
             }
             let running = Running {
-                id: store.new_backup_id()?,
+                id: fresh_id(&store, &cb.failures)?,
                 label: label.to_string(),
                 kind,
                 started_at: unix_now(),
@@ -333,6 +336,7 @@ impl BackupManager {
                     }
                 }
                 *cb.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                cb.ended.notify_one();
             }
             .instrument(span),
         );
@@ -681,6 +685,23 @@ impl BackupManager {
         }
         tasks
     }
+}
+
+/// A backup id that is neither in the catalog nor a failed job's of this run (a job
+/// that failed before it stored a record leaves its id only in `failures`).
+fn fresh_id(
+    store: &ChunkStore,
+    failures: &Mutex<HashMap<String, Failure>>,
+) -> Result<String, RegistryError> {
+    let base = store.new_backup_id()?;
+    let failures = failures.lock().unwrap_or_else(|e| e.into_inner());
+    let mut id = base.clone();
+    let mut n = 1;
+    while failures.contains_key(&id) {
+        n += 1;
+        id = format!("{base}-{n}");
+    }
+    Ok(id)
 }
 
 fn validate_label(label: &str) -> Result<(), RegistryError> {

@@ -30,7 +30,7 @@ pub(crate) struct JobContext {
 pub(crate) enum Job {
     /// `BASE_BACKUP` over its own replication connection.
     Stream {
-        conninfo: ConnInfo,
+        conninfo: Box<ConnInfo>,
         opts: BaseBackupOptions,
     },
     /// A scanned directory on this server (see [`klio_basebackup::offload`]).
