@@ -3,7 +3,8 @@
 //! [`Registry`] is everything the API needs to know about the clusters this server
 //! protects: read a stored WAL file (decrypted), list stored WAL, report a cluster's
 //! replication status. The engine implements it over Tier 1 and the catalog;
-//! [`MemoryRegistry`] is an in-memory implementation for tests and examples.
+//! [`MemoryRegistry`] is an in-memory implementation for tests and examples. Failures
+//! are a typed [`RegistryError`] (`error`) that keeps its source.
 //! Nothing here writes to disk.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
