@@ -1,6 +1,8 @@
 //! The HTTP client behind `klio wal-restore`, `klio status` and `klio list`.
 //!
-//! Requests retry a few times, briefly, on connection errors and 5xx answers only.
+//! GET requests retry a few times, briefly, on connection errors and on 5xx answers the
+//! server does not call permanent (the `permanent` flag of its JSON error body; without
+//! it, every 5xx); never on 4xx answers or POSTs.
 //! `wal-restore` writes its destination atomically: a temporary file in the same
 //! directory, written, fsync'ed, renamed over the destination, directory fsync'ed; a
 //! failure at any point leaves no partial destination behind.
@@ -51,7 +53,12 @@ pub enum ClientError {
     #[error("{0}")]
     Conflict(String),
     #[error("the server answered {status}: {message}")]
-    Server { status: u16, message: String },
+    Server {
+        status: u16,
+        message: String,
+        /// Whether the same request cannot succeed later (see [`ClientError::is_permanent`]).
+        permanent: bool,
+    },
     #[error("{0}")]
     Io(String),
     /// The WAL file is another database system's than the data directory being recovered.
@@ -74,6 +81,25 @@ impl ClientError {
             ClientError::NotFound(_) | ClientError::Failed(_) => 1,
             ClientError::WrongSystem(_) | ClientError::AbortRecovery(_) => EXIT_ABORT_RECOVERY,
             _ => 2,
+        }
+    }
+
+    /// True when retrying the same request cannot succeed: the server said so (the
+    /// `permanent` flag of its error body, or by default any answer but a 5xx), or the
+    /// failure is in the request, the credentials or the data. False for connection
+    /// errors, local I/O and failures the server expects to clear (503, most 500s).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ClientError::Server { permanent, .. } => *permanent,
+            ClientError::Connect { .. } | ClientError::Io(_) | ClientError::Failed(_) => false,
+            ClientError::NotFound(_)
+            | ClientError::Usage(_)
+            | ClientError::Unauthorized { .. }
+            | ClientError::Forbidden { .. }
+            | ClientError::Conflict(_)
+            | ClientError::WrongSystem(_)
+            | ClientError::AbortRecovery(_)
+            | ClientError::BadManifest(_) => true,
         }
     }
 }
@@ -429,18 +455,12 @@ impl Client {
             if status.is_success() {
                 Ok(bytes.to_vec())
             } else {
-                Err(Failure::Status(status, error_message(status, &bytes)))
+                Err(Failure::status(status, &bytes))
             }
         }
         .await;
         let bytes = outcome.map_err(|f| self.classify(f, Some(cluster)))?;
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Server {
-            status: 200,
-            message: format!(
-                "unexpected response to {path} ({e}); is {} a Klio server of this version?",
-                self.base
-            ),
-        })
+        serde_json::from_slice(&bytes).map_err(|e| self.unexpected(path, e))
     }
 
     async fn get_json<T: DeserializeOwned>(
@@ -449,13 +469,7 @@ impl Client {
         cluster: Option<&ClusterName>,
     ) -> Result<T, ClientError> {
         let body = self.get_bytes(path, cluster).await?;
-        serde_json::from_slice(&body).map_err(|e| ClientError::Server {
-            status: 200,
-            message: format!(
-                "unexpected response to {path} ({e}); is {} a Klio server of this version?",
-                self.base
-            ),
-        })
+        serde_json::from_slice(&body).map_err(|e| self.unexpected(path, e))
     }
 
     /// GETs `path` and reads the whole body, retrying connection errors and 5xx.
@@ -470,7 +484,7 @@ impl Client {
             let outcome = self.get_once(&url).await;
             let retry = match &outcome {
                 Err(Failure::Transport(_)) => true,
-                Err(Failure::Status(s, _)) => s.is_server_error(),
+                Err(Failure::Status { permanent, .. }) => !permanent,
                 Ok(_) => false,
             };
             if retry && attempt + 1 < ATTEMPTS {
@@ -495,7 +509,20 @@ impl Client {
             // Without a copy when the body is one buffer (reqwest collects it so).
             Ok(Vec::from(body))
         } else {
-            Err(Failure::Status(status, error_message(status, &body)))
+            Err(Failure::status(status, &body))
+        }
+    }
+
+    /// A success answer whose body is not what this client expects: another program
+    /// or another version answers (asking again gets the same).
+    fn unexpected(&self, path: &str, e: serde_json::Error) -> ClientError {
+        ClientError::Server {
+            status: 200,
+            message: format!(
+                "unexpected response to {path} ({e}); is {} a Klio server of this version?",
+                self.base
+            ),
+            permanent: true,
         }
     }
 
@@ -513,30 +540,38 @@ impl Client {
                 server: self.base.clone(),
                 detail: chain(&e),
             },
-            Failure::Status(StatusCode::UNAUTHORIZED, _) => ClientError::Unauthorized {
-                origin: self.origin.clone(),
-            },
-            // A 403 the server's configuration causes (an offload outside offload_roots)
-            // says why; one for another cluster's credentials, or without a JSON body,
-            // gets the credentials hint.
-            Failure::Status(StatusCode::FORBIDDEN, m)
-                if !m.starts_with(crate::CREDENTIALS_FORBIDDEN)
-                    && Some(m.as_str()) != StatusCode::FORBIDDEN.canonical_reason() =>
-            {
-                ClientError::Server {
-                    status: 403,
-                    message: m,
-                }
-            }
-            Failure::Status(StatusCode::FORBIDDEN, _) => ClientError::Forbidden {
-                cluster: cluster.map(|c| c.to_string()).unwrap_or_default(),
-                origin: self.origin.clone(),
-            },
-            Failure::Status(StatusCode::NOT_FOUND, m) => ClientError::NotFound(m),
-            Failure::Status(StatusCode::CONFLICT, m) => ClientError::Conflict(m),
-            Failure::Status(s, message) => ClientError::Server {
-                status: s.as_u16(),
+            Failure::Status {
+                status,
                 message,
+                permanent,
+            } => match status {
+                StatusCode::UNAUTHORIZED => ClientError::Unauthorized {
+                    origin: self.origin.clone(),
+                },
+                // A 403 the server's configuration causes (an offload outside
+                // offload_roots) says why; one for another cluster's credentials, or
+                // without a JSON body, gets the credentials hint.
+                StatusCode::FORBIDDEN
+                    if !message.starts_with(crate::CREDENTIALS_FORBIDDEN)
+                        && Some(message.as_str()) != StatusCode::FORBIDDEN.canonical_reason() =>
+                {
+                    ClientError::Server {
+                        status: 403,
+                        message,
+                        permanent,
+                    }
+                }
+                StatusCode::FORBIDDEN => ClientError::Forbidden {
+                    cluster: cluster.map(|c| c.to_string()).unwrap_or_default(),
+                    origin: self.origin.clone(),
+                },
+                StatusCode::NOT_FOUND => ClientError::NotFound(message),
+                StatusCode::CONFLICT => ClientError::Conflict(message),
+                _ => ClientError::Server {
+                    status: status.as_u16(),
+                    message,
+                    permanent,
+                },
             },
         }
     }
@@ -557,16 +592,33 @@ fn is_loopback(url: &reqwest::Url) -> bool {
     }
 }
 
-/// The `error` of a JSON error body, or the status's reason phrase.
-fn error_message(status: StatusCode, body: &[u8]) -> String {
-    serde_json::from_slice::<ErrorBody>(body)
-        .map(|b| b.error)
-        .unwrap_or_else(|_| status.canonical_reason().unwrap_or("error").to_string())
-}
-
 enum Failure {
     Transport(reqwest::Error),
-    Status(StatusCode, String),
+    Status {
+        status: StatusCode,
+        message: String,
+        permanent: bool,
+    },
+}
+
+impl Failure {
+    /// An error answer: the `error` and `permanent` of its JSON body; without one, the
+    /// status's reason phrase, and permanent unless it is a 5xx.
+    fn status(status: StatusCode, body: &[u8]) -> Failure {
+        let parsed = serde_json::from_slice::<ErrorBody>(body).ok();
+        let permanent = parsed
+            .as_ref()
+            .and_then(|b| b.permanent)
+            .unwrap_or(!status.is_server_error());
+        let message = parsed
+            .map(|b| b.error)
+            .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
+        Failure::Status {
+            status,
+            message,
+            permanent,
+        }
+    }
 }
 
 /// An error and its sources on one line.
@@ -583,3 +635,6 @@ fn chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests;

@@ -13,6 +13,12 @@ pub const CREDENTIALS_FORBIDDEN: &str = "these credentials are not valid for clu
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
+    /// True when retrying the same request cannot succeed (bad request, credentials,
+    /// nothing there, a clash, corrupt data); false when it may (not ready yet, an
+    /// internal failure). Absent from servers before it was added: clients then go by
+    /// the status code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permanent: Option<bool>,
 }
 
 /// `GET /v1/status`: the clusters the presented token may see, in name order.

@@ -54,8 +54,19 @@ impl JobProgress {
         *self.phase.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn set_phase(&self, p: &'static str) {
+    /// What the job is doing now (`connecting`, `streaming`, `waiting-for-wal`, ...).
+    pub fn set_phase(&self, p: &'static str) {
         *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = p;
+    }
+
+    /// Counts `n` more bytes done.
+    pub fn add_done(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The total, once known.
+    pub fn set_total(&self, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
     }
 
     pub fn done_bytes(&self) -> u64 {

@@ -528,7 +528,11 @@ mod tests {
         let all = nonces(&bytes);
         assert_eq!(all.len(), 101);
         let distinct: std::collections::HashSet<_> = all.iter().collect();
-        assert_eq!(distinct.len(), all.len(), "a nonce repeated under one object key");
+        assert_eq!(
+            distinct.len(),
+            all.len(),
+            "a nonce repeated under one object key"
+        );
         let d = decode_object(&k, &i, &bytes, false).unwrap();
         assert!(d.finished);
         assert_eq!(d.data.len(), 100 * 100);

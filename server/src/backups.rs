@@ -1,15 +1,23 @@
 //! Base backups on the server: one job at a time per cluster (requested through the
 //! API or by the cluster's cron schedule), their live progress, listing, verification
-//! and the crash recovery of backups a previous run left `running`.
+//! and the crash recovery of backups a previous run left `running`. The jobs themselves
+//! run behind [`runner::JobRunner`] (in production [`klio_basebackup::job`], which
+//! writes them to the cluster's chunk store); this module writes nothing itself except
+//! through the chunk store's recovery.
+
+mod runner;
+#[cfg(test)]
+mod tests;
+mod view;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use klio_basebackup::job::{self, JobError, JobProgress, WalWaiter};
-use klio_basebackup::offload::{self, OffloadError, OffloadPolicy};
+use klio_basebackup::job::{JobError, JobProgress, WalWaiter};
+use klio_basebackup::offload::{self, OffloadPolicy};
 use klio_basebackup::protocol::BaseBackupOptions;
-use klio_basebackup::store::{BackupKind, BackupRecord, BackupState, ChunkStore};
+use klio_basebackup::store::{BackupRecord, BackupState, ChunkStore};
 use klio_basebackup::walchain;
 use klio_core::clock::unix_now;
 use klio_core::{ClusterName, Lsn, TimelineId};
@@ -18,13 +26,15 @@ use klio_receiver::cluster::{ClusterHandle, ServerContext};
 use tokio::sync::watch;
 use tracing::{error, info, warn, Instrument};
 
-use crate::registry::RegistryError;
+use crate::registry::{RegistryError, SourceChain};
 use crate::schedule::Schedule;
 use klio_api::BackupStatus;
 use klio_api::{
-    BackupKindView, BackupProgress, BackupRequest, BackupStateView, BackupVerification, BackupView,
-    OffloadRequest, VerifyReport, VerifyRequest, WalChainView, WalGapView,
+    BackupKindView, BackupRequest, BackupStateView, BackupVerification, BackupView, OffloadRequest,
+    VerifyReport, VerifyRequest, WalChainView, WalGapView,
 };
+use runner::{BaseBackupRunner, Job, JobContext, JobRunner};
+use view::{failed_view, progress_view, record_view, running_view, state_view};
 
 /// How long a finished backup waits for its WAL to become durable in Tier 1.
 const WAL_WAIT: Duration = Duration::from_secs(600);
@@ -40,12 +50,20 @@ pub struct BackupSettings {
     pub offload_roots: Vec<std::path::PathBuf>,
 }
 
+/// A job the manager started: what the API shows of it.
+#[derive(Clone)]
 struct Running {
     id: String,
     label: String,
     kind: BackupKindView,
     started_at: u64,
     progress: Arc<JobProgress>,
+}
+
+/// A job of this run that failed.
+struct Failure {
+    job: Running,
+    error: JobError,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -61,8 +79,11 @@ struct ClusterBackups {
     running: Mutex<Option<Running>>,
     /// How jobs of this run failed, by backup id: the record may still say `running`
     /// when the failure itself could not be recorded (a full volume fails that write
-    /// too); the next start marks such records failed.
-    failures: Mutex<std::collections::HashMap<String, String>>,
+    /// too; the next start marks such records failed), and a job that failed before it
+    /// stored anything (e.g. it could not connect) has no record at all.
+    failures: Mutex<HashMap<String, Failure>>,
+    /// Notified each time a job of the cluster has ended and freed the slot.
+    ended: tokio::sync::Notify,
     verify: Mutex<VerifyState>,
 }
 
@@ -70,21 +91,8 @@ struct ClusterBackups {
 pub struct BackupManager {
     ctx: Arc<ServerContext>,
     runtime: tokio::runtime::Handle,
+    runner: Arc<dyn JobRunner>,
     clusters: HashMap<ClusterName, Arc<ClusterBackups>>,
-}
-
-fn internal(e: impl std::fmt::Display) -> RegistryError {
-    RegistryError::Internal(e.to_string())
-}
-
-fn corrupt(e: klio_basebackup::store::BackupStoreError) -> RegistryError {
-    use klio_basebackup::store::BackupStoreError as E;
-    match e {
-        E::CorruptChunk { .. } | E::ChunkMismatch { .. } | E::BadObject { .. } => {
-            RegistryError::Corrupt(e.to_string())
-        }
-        other => RegistryError::Internal(other.to_string()),
-    }
 }
 
 impl BackupManager {
@@ -95,6 +103,16 @@ impl BackupManager {
         runtime: tokio::runtime::Handle,
         clusters: Vec<(ClusterHandle, BackupSettings)>,
     ) -> anyhow::Result<BackupManager> {
+        BackupManager::with_runner(ctx, runtime, clusters, Arc::new(BaseBackupRunner))
+    }
+
+    /// [`BackupManager::open`] with the jobs run by `runner`.
+    fn with_runner(
+        ctx: Arc<ServerContext>,
+        runtime: tokio::runtime::Handle,
+        clusters: Vec<(ClusterHandle, BackupSettings)>,
+        runner: Arc<dyn JobRunner>,
+    ) -> anyhow::Result<BackupManager> {
         let mut map = HashMap::new();
         for (handle, settings) in clusters {
             let cb = Arc::new(ClusterBackups {
@@ -102,7 +120,8 @@ impl BackupManager {
                 settings,
                 store: OnceLock::new(),
                 running: Mutex::new(None),
-                failures: Mutex::new(Default::default()),
+                failures: Mutex::new(HashMap::new()),
+                ended: tokio::sync::Notify::new(),
                 verify: Mutex::new(VerifyState::default()),
             });
             map.insert(cb.handle.spec.name.clone(), cb);
@@ -110,12 +129,17 @@ impl BackupManager {
         let m = BackupManager {
             ctx,
             runtime,
+            runner,
             clusters: map,
         };
         for cb in m.clusters.values() {
             match m.store(cb) {
                 Ok(_) | Err(RegistryError::NotReady) => {}
-                Err(e) => anyhow::bail!("cluster {}: backups: {e}", cb.handle.spec.name),
+                Err(e) => anyhow::bail!(
+                    "cluster {}: backups: {}",
+                    cb.handle.spec.name,
+                    SourceChain(&e)
+                ),
             }
         }
         Ok(m)
@@ -131,24 +155,24 @@ impl BackupManager {
         let rec = self
             .ctx
             .catalog
-            .cluster(name)
-            .map_err(internal)?
+            .cluster(name)?
             .ok_or(RegistryError::NotReady)?;
-        let key = self.ctx.data_key(&rec).map_err(internal)?;
+        let key = self
+            .ctx
+            .data_key(&rec)
+            .map_err(|e| RegistryError::internal("unwrapping the cluster's data key", e))?;
         let store = ChunkStore::open(
             &self.ctx.data_dir,
             name.clone(),
             key,
             self.ctx.catalog.clone(),
-        )
-        .map_err(internal)?;
-        let report = store.recover().map_err(internal)?;
+        )?;
+        let report = store.recover()?;
         if report.failed_backups > 0 {
             warn!(cluster = %name, backups = report.failed_backups, packs = report.deleted_packs,
                 "backups interrupted by the last shutdown were marked failed and their data removed");
         }
-        let _ = cb.store.set(store);
-        Ok(cb.store.get().expect("just set").clone())
+        Ok(cb.store.get_or_init(|| store).clone())
     }
 
     fn cluster(&self, name: &ClusterName) -> Result<&Arc<ClusterBackups>, RegistryError> {
@@ -181,15 +205,11 @@ impl BackupManager {
                 )));
             }
         }
-        let (id, progress) = self.reserve(&cb, &store, &label, BackupKindView::Stream)?;
-        let waiter = self.wal_waiter(&cb);
-        let conninfo = cb.settings.conninfo.clone();
-        let job_id = id.clone();
-        let fut = async move {
-            job::stream_backup(&conninfo, &store, job_id, opts, progress, &waiter).await
+        let job = Job::Stream {
+            conninfo: Box::new(cb.settings.conninfo.clone()),
+            opts,
         };
-        self.spawn(cb, id.clone(), fut);
-        self.view_of_running(cluster, &id)
+        self.start(cb, store, &label, BackupKindView::Stream, job)
     }
 
     /// Starts an offload job from a directory on this server, inside one of the
@@ -216,18 +236,14 @@ impl BackupManager {
         let system_id = self
             .ctx
             .catalog
-            .cluster(cluster)
-            .map_err(internal)?
+            .cluster(cluster)?
             .ok_or(RegistryError::NotReady)?
             .system_id;
         let policy = OffloadPolicy {
             roots: &cb.settings.offload_roots,
             system_id,
         };
-        let source = offload::scan(&from, &policy).map_err(|e| match e {
-            OffloadError::OutsideRoots => RegistryError::Forbidden(e.to_string()),
-            other => RegistryError::BadRequest(other.to_string()),
-        })?;
+        let source = offload::scan(&from, &policy)?;
         let label = req
             .label
             .or_else(|| source.label.label.clone())
@@ -256,50 +272,52 @@ impl BackupManager {
                 end.1, source.label.start_lsn
             )));
         }
-        let (id, progress) = self.reserve(&cb, &store, &label, BackupKindView::Offload)?;
-        let waiter = self.wal_waiter(&cb);
-        let job_id = id.clone();
-        let fut = async move {
-            job::offload_backup(source, &store, job_id, label, end, progress, &waiter).await
+        let job = Job::Offload {
+            source: Box::new(source),
+            label: label.clone(),
+            end,
         };
-        self.spawn(cb, id.clone(), fut);
-        self.view_of_running(cluster, &id)
+        self.start(cb, store, &label, BackupKindView::Offload, job)
     }
 
-    /// Claims the cluster's one backup slot.
-    fn reserve(
-        &self,
-        cb: &ClusterBackups,
-        store: &ChunkStore,
-        label: &str,
-        kind: BackupKindView,
-    ) -> Result<(String, Arc<JobProgress>), RegistryError> {
-        let mut running = cb.running.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = running.as_ref() {
-            return Err(RegistryError::Conflict(format!(
-                "backup {} of cluster {} is still running (one backup at a time per cluster); wait for it or follow it with `klio list backups`",
-                r.id, cb.handle.spec.name
-            )));
-        }
-        let id = store.new_backup_id().map_err(internal)?;
-        let progress = Arc::new(JobProgress::default());
-        *running = Some(Running {
-            id: id.clone(),
-            label: label.to_string(),
-            kind,
-            started_at: unix_now(),
-            progress: progress.clone(),
-        });
-        Ok((id, progress))
-    }
-
-    fn spawn(
+    /// Claims the cluster's one backup slot and runs `job` in the background; the
+    /// slot is freed when the job ends. A second start while one runs is a conflict.
+    fn start(
         &self,
         cb: Arc<ClusterBackups>,
-        id: String,
-        fut: impl std::future::Future<Output = Result<BackupRecord, JobError>> + Send + 'static,
-    ) {
-        let span = tracing::info_span!("backup", cluster = %cb.handle.spec.name, backup = %id);
+        store: ChunkStore,
+        label: &str,
+        kind: BackupKindView,
+        job: Job,
+    ) -> Result<BackupView, RegistryError> {
+        let running = {
+            let mut slot = cb.running.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(r) = slot.as_ref() {
+                return Err(RegistryError::Conflict(format!(
+                    "backup {} of cluster {} is still running (one backup at a time per cluster); wait for it or follow it with `klio list backups`",
+                    r.id, cb.handle.spec.name
+                )));
+            }
+            let running = Running {
+                id: fresh_id(&store, &cb.failures)?,
+                label: label.to_string(),
+                kind,
+                started_at: unix_now(),
+                progress: Arc::new(JobProgress::default()),
+            };
+            *slot = Some(running.clone());
+            running
+        };
+        let view = running_view(&cb.handle.spec.name, &running);
+        let ctx = JobContext {
+            store,
+            id: running.id.clone(),
+            progress: running.progress.clone(),
+            wal: self.wal_waiter(&cb),
+        };
+        let fut = self.runner.run(job, ctx);
+        let span =
+            tracing::info_span!("backup", cluster = %cb.handle.spec.name, backup = %running.id);
         self.runtime.spawn(
             async move {
                 info!("base backup started");
@@ -310,27 +328,26 @@ impl BackupManager {
                         new_bytes = rec.new_bytes,
                         "base backup complete"
                     ),
-                    Err(e) => {
-                        error!("base backup failed: {e}");
+                    Err(error) => {
+                        error!("base backup failed: {error}");
                         cb.failures
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .insert(id.clone(), e.to_string());
+                            .insert(
+                                running.id.clone(),
+                                Failure {
+                                    job: running,
+                                    error,
+                                },
+                            );
                     }
                 }
                 *cb.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                cb.ended.notify_one();
             }
             .instrument(span),
         );
-    }
-
-    fn view_of_running(
-        &self,
-        cluster: &ClusterName,
-        id: &str,
-    ) -> Result<BackupView, RegistryError> {
-        self.backup(cluster, id)?
-            .ok_or_else(|| RegistryError::Internal(format!("backup {id} vanished")))
+        Ok(view)
     }
 
     /// Waits for the WAL from a backup's start to its end to be durable and complete.
@@ -364,7 +381,8 @@ impl BackupManager {
                     chain_report(&catalog, &name, start_tli, start, end_tli, Some(end))
                 })
                 .await
-                .map_err(|e| e.to_string())??;
+                .map_err(|e| e.to_string())?
+                .map_err(|e| SourceChain(&e).to_string())?;
                 if report.is_complete() {
                     return Ok(());
                 }
@@ -395,22 +413,28 @@ impl BackupManager {
             Err(e) => return Err(e),
         };
         let mut views: Vec<BackupView> = store
-            .backups()
-            .map_err(internal)?
+            .backups()?
             .iter()
             .map(|r| record_view(cluster, r))
             .collect();
         let running = cb.running.lock().unwrap_or_else(|e| e.into_inner());
-        // A record still `running` whose job is over ended without its outcome recorded.
         let failures = cb.failures.lock().unwrap_or_else(|e| e.into_inner());
+        // A record still `running` whose job is over ended without its outcome recorded.
         for v in views.iter_mut().filter(|v| {
             v.state == BackupStateView::Running && running.as_ref().is_none_or(|r| r.id != v.id)
         }) {
             v.state = BackupStateView::Failed;
             v.error = Some(match failures.get(&v.id) {
-                Some(e) => format!("{e} (not yet recorded in the catalog; the next start does)"),
+                Some(f) => format!("{} (not yet recorded in the catalog; the next start does)", f.error),
                 None => "the backup ended without recording its outcome; it is not usable, and the next start removes its data".into(),
             });
+        }
+        // A job that failed before it stored anything has no record: shown from memory
+        // (until the server restarts) so its caller learns why.
+        for f in failures.values() {
+            if !views.iter().any(|v| v.id == f.job.id) {
+                views.push(failed_view(cluster, &f.job, &f.error));
+            }
         }
         drop(failures);
         if let Some(r) = running.as_ref() {
@@ -445,7 +469,7 @@ impl BackupManager {
             Err(RegistryError::NotReady) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let backups = store.backups().map_err(internal)?;
+        let backups = store.backups()?;
         Ok(Some((store, backups)))
     }
 
@@ -464,8 +488,10 @@ impl BackupManager {
         {
             return Ok(None);
         }
-        let m = store.read_manifest(id).map_err(corrupt)?;
-        Ok(Some(serde_json::to_vec(&m).map_err(internal)?))
+        let m = store.read_manifest(id)?;
+        let json = serde_json::to_vec(&m)
+            .map_err(|e| RegistryError::internal("encoding the manifest as JSON", e))?;
+        Ok(Some(json))
     }
 
     /// PostgreSQL's `backup_manifest` of a complete backup.
@@ -483,7 +509,7 @@ impl BackupManager {
         {
             return Ok(None);
         }
-        store.read_pg_manifest(id).map_err(corrupt)
+        Ok(store.read_pg_manifest(id)?)
     }
 
     /// One chunk of the cluster, decrypted and verified.
@@ -501,7 +527,7 @@ impl BackupManager {
         match store.read_chunk(&id) {
             Ok(d) => Ok(Some(d)),
             Err(klio_basebackup::store::BackupStoreError::UnknownChunk { .. }) => Ok(None),
-            Err(e) => Err(corrupt(e)),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -541,7 +567,7 @@ impl BackupManager {
     ) -> Result<VerifyReport, RegistryError> {
         let cb = self.cluster(cluster)?;
         let store = self.store(cb)?;
-        let all = store.backups().map_err(internal)?;
+        let all = store.backups()?;
         let chosen: Vec<&BackupRecord> = match &req.backup {
             Some(id) => {
                 let b = all.iter().find(|b| &b.id == id).ok_or_else(|| {
@@ -568,7 +594,9 @@ impl BackupManager {
             .unwrap_or(TimelineId::FIRST);
         let mut backups = Vec::new();
         for b in chosen {
-            let r = store.verify_backup(&b.id).map_err(internal)?;
+            let r = store
+                .verify_backup(&b.id)
+                .map_err(|e| RegistryError::internal("verifying a backup", e))?;
             let chain = chain_report(
                 &self.ctx.catalog,
                 cluster,
@@ -576,8 +604,7 @@ impl BackupManager {
                 b.start_lsn,
                 current,
                 None,
-            )
-            .map_err(RegistryError::Internal)?;
+            )?;
             let mut problems = r.problems.clone();
             if !chain.is_complete() {
                 problems.push(chain.describe());
@@ -617,6 +644,20 @@ impl BackupManager {
         })
     }
 
+    /// What a cluster's schedule does when it fires for `at` (Unix seconds): starts a
+    /// backup as a request would, refused while one runs.
+    fn start_scheduled(&self, cluster: &ClusterName, at: i64) -> Result<BackupView, RegistryError> {
+        let at = u64::try_from(at).unwrap_or_default();
+        self.start_backup(
+            cluster,
+            BackupRequest {
+                label: Some(format!("scheduled {}", klio_core::clock::utc_time(at))),
+                fast_checkpoint: None,
+                max_rate_kbps: None,
+            },
+        )
+    }
+
     /// Runs each cluster's backup schedule until `stop` turns true.
     pub fn spawn_schedules(
         self: &Arc<Self>,
@@ -642,25 +683,13 @@ impl BackupManager {
                         _ = stop.wait_for(|s| *s) => return,
                     }
                     let (m, n) = (me.clone(), name.clone());
-                    let started = tokio::task::spawn_blocking(move || {
-                        m.start_backup(
-                            &n,
-                            BackupRequest {
-                                label: Some(format!(
-                                    "scheduled {}",
-                                    klio_core::clock::utc_time(next as u64)
-                                )),
-                                fast_checkpoint: None,
-                                max_rate_kbps: None,
-                            },
-                        )
-                    })
-                    .await;
+                    let started =
+                        tokio::task::spawn_blocking(move || m.start_scheduled(&n, next)).await;
                     match started {
                         Ok(Ok(v)) => {
                             info!(cluster = %name, backup = %v.id, "scheduled backup started")
                         }
-                        Ok(Err(e)) => warn!(cluster = %name, "scheduled backup not started: {e}"),
+                        Ok(Err(e)) => warn!(cluster = %name, "scheduled backup not started: {}", SourceChain(&e)),
                         Err(e) => warn!(cluster = %name, "scheduled backup not started: {e}"),
                     }
                 }
@@ -668,6 +697,23 @@ impl BackupManager {
         }
         tasks
     }
+}
+
+/// A backup id that is neither in the catalog nor a failed job's of this run (a job
+/// that failed before it stored a record leaves its id only in `failures`).
+fn fresh_id(
+    store: &ChunkStore,
+    failures: &Mutex<HashMap<String, Failure>>,
+) -> Result<String, RegistryError> {
+    let base = store.new_backup_id()?;
+    let failures = failures.lock().unwrap_or_else(|e| e.into_inner());
+    let mut id = base.clone();
+    let mut n = 1;
+    while failures.contains_key(&id) {
+        n += 1;
+        id = format!("{base}-{n}");
+    }
+    Ok(id)
 }
 
 fn validate_label(label: &str) -> Result<(), RegistryError> {
@@ -686,13 +732,10 @@ fn chain_report(
     start: Lsn,
     to_tli: TimelineId,
     to: Option<Lsn>,
-) -> Result<walchain::WalChainReport, String> {
-    let rec = catalog
-        .cluster(cluster)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("cluster {cluster} is not in the catalog"))?;
-    let timelines = catalog.timelines(cluster).map_err(|e| e.to_string())?;
-    let segments = catalog.segments(cluster).map_err(|e| e.to_string())?;
+) -> Result<walchain::WalChainReport, RegistryError> {
+    let rec = catalog.cluster(cluster)?.ok_or(RegistryError::NotReady)?;
+    let timelines = catalog.timelines(cluster)?;
+    let segments = catalog.segments(cluster)?;
     Ok(walchain::check_chain(
         &timelines,
         &segments,
@@ -702,74 +745,4 @@ fn chain_report(
         to_tli,
         to,
     ))
-}
-
-fn state_view(s: BackupState) -> BackupStateView {
-    match s {
-        BackupState::Running => BackupStateView::Running,
-        BackupState::Complete => BackupStateView::Complete,
-        BackupState::Failed => BackupStateView::Failed,
-    }
-}
-
-fn progress_view(p: &JobProgress) -> BackupProgress {
-    BackupProgress {
-        phase: p.phase().to_string(),
-        done_bytes: p.done_bytes(),
-        total_bytes: p.total_bytes(),
-        elapsed_secs: p.started.elapsed().as_secs_f64(),
-    }
-}
-
-fn record_view(cluster: &ClusterName, r: &BackupRecord) -> BackupView {
-    BackupView {
-        cluster: cluster.clone(),
-        id: r.id.clone(),
-        label: r.label.clone(),
-        kind: match r.kind {
-            BackupKind::Stream => BackupKindView::Stream,
-            BackupKind::Offload => BackupKindView::Offload,
-        },
-        state: state_view(r.state),
-        error: r.error.clone(),
-        start_lsn: Some(r.start_lsn),
-        start_timeline: Some(r.start_tli.get()),
-        end_lsn: r.end_lsn,
-        end_timeline: r.end_tli.map(|t| t.get()),
-        started_at: r.started_unix,
-        finished_at: r.finished_unix,
-        pg_version: r.pg_version,
-        logical_bytes: r.logical_bytes,
-        stored_bytes: r.stored_bytes,
-        new_bytes: r.new_bytes,
-        files: r.files,
-        chunks: r.chunks,
-        new_chunks: r.new_chunks,
-        progress: None,
-    }
-}
-
-fn running_view(cluster: &ClusterName, r: &Running) -> BackupView {
-    BackupView {
-        cluster: cluster.clone(),
-        id: r.id.clone(),
-        label: r.label.clone(),
-        kind: r.kind,
-        state: BackupStateView::Running,
-        error: None,
-        start_lsn: None,
-        start_timeline: None,
-        end_lsn: None,
-        end_timeline: None,
-        started_at: r.started_at,
-        finished_at: None,
-        pg_version: None,
-        logical_bytes: 0,
-        stored_bytes: 0,
-        new_bytes: 0,
-        files: 0,
-        chunks: 0,
-        new_chunks: 0,
-        progress: Some(progress_view(&r.progress)),
-    }
 }

@@ -716,5 +716,4 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 }
 
 #[cfg(test)]
-#[path = "config_tests.rs"]
 mod tests;

@@ -12,7 +12,6 @@ use klio_pgwire::conninfo::ConnInfo;
 use klio_receiver::cluster::{
     prepare_cluster, run_cluster, ClusterHandle, ClusterSpec, ServerContext,
 };
-use klio_receiver::wal_store::StoreError;
 use tokio::sync::watch;
 
 use crate::backups::{BackupManager, BackupSettings};
@@ -258,15 +257,6 @@ pub struct EngineRegistry {
     backups: Arc<BackupManager>,
 }
 
-fn store_error(e: StoreError) -> RegistryError {
-    match e {
-        StoreError::Frame { .. } | StoreError::Corrupt { .. } => {
-            RegistryError::Corrupt(e.to_string())
-        }
-        other => RegistryError::Internal(other.to_string()),
-    }
-}
-
 impl Registry for EngineRegistry {
     fn read_wal(
         &self,
@@ -277,7 +267,7 @@ impl Registry for EngineRegistry {
             return Ok(None);
         };
         let store = h.store().ok_or(RegistryError::NotReady)?;
-        store.read(name).map_err(store_error)
+        store.read(name).map_err(RegistryError::Wal)
     }
 
     fn open_wal(
@@ -289,13 +279,13 @@ impl Registry for EngineRegistry {
             return Ok(None);
         };
         let store = h.store().ok_or(RegistryError::NotReady)?;
-        let Some(mut reader) = store.open_read(name).map_err(store_error)? else {
+        let Some(mut reader) = store.open_read(name).map_err(RegistryError::Wal)? else {
             return Ok(None);
         };
         Ok(Some(WalStream {
             len: reader.known_len(),
             pieces: Box::new(std::iter::from_fn(move || {
-                reader.next_piece().map_err(store_error).transpose()
+                reader.next_piece().map_err(RegistryError::Wal).transpose()
             })),
         }))
     }
@@ -309,7 +299,7 @@ impl Registry for EngineRegistry {
         };
         let mut out: Vec<WalEntryView> = store
             .list()
-            .map_err(store_error)?
+            .map_err(RegistryError::Wal)?
             .into_iter()
             .map(|e| WalEntryView {
                 name: e.name,

@@ -25,7 +25,8 @@
 //! certificate naming the cluster (`CN=user@cluster` or a DNS SAN; see [`crate::tls`]).
 //! Checks run in this order: credentials (401), cluster known (404), credentials are the
 //! cluster's (403), WAL name valid (400); only then is the [`Registry`] asked. Errors are JSON
-//! `{"error": "..."}`; internal details are logged, never sent. Reads nothing from disk
+//! `{"error": "...", "permanent": bool}` (`permanent`: retrying the same request cannot
+//! succeed); internal details are logged with their sources, never sent. Reads nothing from disk
 //! itself: everything comes through the registry.
 
 use std::sync::Arc;
@@ -45,7 +46,7 @@ use crate::auth::TokenSet;
 use crate::client_cert::ClientCert;
 use crate::config::MetricsAccess;
 use crate::metrics;
-use crate::registry::{Registry, RegistryError, WalStream};
+use crate::registry::{BoxError, ErrorKind, Registry, RegistryError, SourceChain, WalStream};
 use klio_api::ClusterStatusView;
 use klio_api::OPENAPI;
 use klio_api::{
@@ -128,7 +129,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Every way a request can fail, and its status code.
+/// Every way a request can fail. Its [`ErrorKind`] decides the status code
+/// ([`ApiError::status`]) and the `permanent` flag of the JSON body.
 #[derive(Debug)]
 pub enum ApiError {
     /// 401: no usable `Authorization: Bearer` header and no client certificate of a cluster.
@@ -139,52 +141,72 @@ pub enum ApiError {
     MetricsUnauthorized(&'static str),
     /// 403: valid credentials of another cluster.
     Forbidden(ClusterName),
-    /// 403 with this message: the server's configuration does not permit the request
-    /// (an offload with no `offload_roots`, or from outside them).
-    NotPermitted(String),
     /// 404 with this message.
     NotFound(String),
     /// 400 with this message.
     BadRequest(String),
     /// 409 with this message.
     Conflict(String),
-    /// 503: the cluster has not reached its primary yet.
-    NotReady(ClusterName),
-    /// 500: stored data failed verification (detail logged only).
-    Corrupt(String),
-    /// 500: anything else (detail logged only).
-    Internal(String),
+    /// The registry's answer for this cluster (its kind decides the status).
+    Registry {
+        cluster: ClusterName,
+        error: RegistryError,
+    },
+    /// 500 in the API layer itself (detail logged only).
+    Internal(BoxError),
 }
 
 impl ApiError {
-    fn from_registry(e: RegistryError, cluster: &ClusterName) -> ApiError {
-        match e {
-            RegistryError::NotReady => ApiError::NotReady(cluster.clone()),
-            RegistryError::Corrupt(d) => ApiError::Corrupt(format!("cluster {cluster}: {d}")),
-            RegistryError::Internal(d) => ApiError::Internal(format!("cluster {cluster}: {d}")),
-            RegistryError::Conflict(m) => ApiError::Conflict(m),
-            RegistryError::BadRequest(m) => ApiError::BadRequest(m),
-            RegistryError::NotFound(m) => ApiError::NotFound(m),
-            RegistryError::Forbidden(m) => ApiError::NotPermitted(m),
+    fn from_registry(error: RegistryError, cluster: &ClusterName) -> ApiError {
+        ApiError::Registry {
+            cluster: cluster.clone(),
+            error,
         }
     }
 
-    pub fn status(&self) -> StatusCode {
+    pub fn kind(&self) -> ErrorKind {
         match self {
             ApiError::MissingToken | ApiError::InvalidToken | ApiError::MetricsUnauthorized(_) => {
-                StatusCode::UNAUTHORIZED
+                ErrorKind::Unauthorized
             }
-            ApiError::Forbidden(_) | ApiError::NotPermitted(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Corrupt(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Forbidden(_) => ErrorKind::Forbidden,
+            ApiError::NotFound(_) => ErrorKind::NotFound,
+            ApiError::BadRequest(_) => ErrorKind::BadRequest,
+            ApiError::Conflict(_) => ErrorKind::Conflict,
+            ApiError::Registry { error, .. } => error.kind(),
+            ApiError::Internal(_) => ErrorKind::Internal,
         }
     }
 
-    /// The message sent to the client.
+    /// The status code: the only place one is chosen for an error.
+    pub fn status(&self) -> StatusCode {
+        match self.kind() {
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Corrupt | ErrorKind::Unsettled | ErrorKind::Internal => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    /// True when retrying the same request cannot succeed (see [`ErrorKind::is_permanent`]).
+    pub fn is_permanent(&self) -> bool {
+        self.kind().is_permanent()
+    }
+
+    /// The message sent to the client: never the detail of a 500.
     fn public_message(&self) -> String {
+        match self.kind() {
+            ErrorKind::Corrupt | ErrorKind::Unsettled => {
+                return "stored data failed verification".into()
+            }
+            ErrorKind::Internal => return "internal server error".into(),
+            _ => {}
+        }
         match self {
             ApiError::MissingToken => {
                 "missing or malformed Authorization header: send 'Authorization: Bearer <token>' or a client certificate of the cluster"
@@ -193,32 +215,51 @@ impl ApiError {
             ApiError::InvalidToken => "invalid token".into(),
             ApiError::MetricsUnauthorized(m) => (*m).into(),
             ApiError::Forbidden(c) => format!("{CREDENTIALS_FORBIDDEN} {c}"),
-            ApiError::NotFound(m)
-            | ApiError::BadRequest(m)
-            | ApiError::Conflict(m)
-            | ApiError::NotPermitted(m) => m.clone(),
-            ApiError::NotReady(c) => {
-                format!("cluster {c} has not connected to its primary yet; retry later")
-            }
-            ApiError::Corrupt(_) => "stored data failed verification".into(),
+            ApiError::NotFound(m) | ApiError::BadRequest(m) | ApiError::Conflict(m) => m.clone(),
+            ApiError::Registry {
+                cluster,
+                error: RegistryError::NotReady,
+            } => format!("cluster {cluster} has not connected to its primary yet; retry later"),
+            ApiError::Registry { error, .. } => error.to_string(),
             ApiError::Internal(_) => "internal server error".into(),
+        }
+    }
+
+    /// Logs a 500's detail with its full source chain (sent to nobody).
+    fn log_detail(&self) {
+        let (cluster, detail): (Option<&ClusterName>, &(dyn std::error::Error + 'static)) =
+            match self {
+                ApiError::Registry { cluster, error } => (Some(cluster), error),
+                ApiError::Internal(e) => (None, e.as_ref()),
+                _ => return,
+            };
+        match self.kind() {
+            ErrorKind::Corrupt | ErrorKind::Unsettled => tracing::error!(
+                cluster = cluster.map(|c| c.as_str()),
+                detail = %SourceChain(detail),
+                permanent = self.is_permanent(),
+                "stored data failed verification"
+            ),
+            ErrorKind::Internal => tracing::error!(
+                cluster = cluster.map(|c| c.as_str()),
+                detail = %SourceChain(detail),
+                "internal error"
+            ),
+            _ => {}
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        match &self {
-            ApiError::Corrupt(d) => tracing::error!(detail = %d, "stored data failed verification"),
-            ApiError::Internal(d) => tracing::error!(detail = %d, "internal error"),
-            _ => {}
-        }
+        self.log_detail();
         let body = Json(ErrorBody {
             error: self.public_message(),
+            permanent: Some(self.is_permanent()),
         });
         let mut resp = (self.status(), body).into_response();
         let headers = resp.headers_mut();
-        match self {
+        match &self {
             ApiError::MissingToken | ApiError::MetricsUnauthorized(_) => {
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
@@ -228,7 +269,7 @@ impl IntoResponse for ApiError {
                     HeaderValue::from_static("Bearer error=\"invalid_token\""),
                 );
             }
-            ApiError::NotReady(_) => {
+            _ if self.kind() == ErrorKind::NotReady => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
             }
             _ => {}
@@ -319,7 +360,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ApiError::Internal(format!("registry task failed: {e}")))?
+        .map_err(|e| ApiError::Internal(Box::new(e)))?
         .map_err(|e| ApiError::from_registry(e, cluster))
 }
 
@@ -487,8 +528,7 @@ fn wal_body(
                 None => return,
                 Some(Ok(p)) => Ok(axum::body::Bytes::from(p)),
                 Some(Err(e)) => {
-                    let e = ApiError::from_registry(e, &cluster);
-                    tracing::error!(%cluster, %name, error = ?e, "serving a WAL file failed part-way; the response is cut short");
+                    tracing::error!(%cluster, %name, error = %SourceChain(&e), "serving a WAL file failed part-way; the response is cut short");
                     Err(std::io::Error::other("stored WAL failed verification"))
                 }
             };
@@ -689,7 +729,7 @@ impl VerifyGuard {
         let mut running = state
             .verifying
             .lock()
-            .map_err(|_| ApiError::Internal("verify lock poisoned".into()))?;
+            .map_err(|_| ApiError::Internal("the lock of running verifies is poisoned".into()))?;
         if !running.insert(cluster.clone()) {
             return Err(ApiError::Conflict(format!(
                 "a verify of cluster {cluster} is already running; wait for it to finish"
@@ -711,7 +751,6 @@ impl Drop for VerifyGuard {
 }
 
 #[cfg(test)]
-#[path = "http_tests.rs"]
 mod tests;
 
 #[cfg(any(test, feature = "testing"))]

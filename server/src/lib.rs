@@ -1,5 +1,6 @@
-//! The `klio` binary's library: configuration, the HTTP API and its metrics, the
-//! client commands, and the seam ([`registry::Registry`]) to the streaming engine.
+//! The Klio Server daemon: configuration, the engine (start-up, key check,
+//! supervision), the backup manager and its schedules, the HTTP API (TLS, auth) and its
+//! metrics, and the seam ([`registry::Registry`]) between the API and the engine.
 
 pub mod auth;
 pub mod backups;

@@ -3,7 +3,8 @@
 //! [`Registry`] is everything the API needs to know about the clusters this server
 //! protects: read a stored WAL file (decrypted), list stored WAL, report a cluster's
 //! replication status. The engine implements it over Tier 1 and the catalog;
-//! [`MemoryRegistry`] is an in-memory implementation for tests and examples.
+//! [`MemoryRegistry`] is an in-memory implementation for tests and examples. Failures
+//! are a typed [`RegistryError`] (`error`) that keeps its source.
 //! Nothing here writes to disk.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -12,6 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use klio_core::{ClusterName, WalFileName};
+
+mod error;
+pub use error::{BoxError, ErrorKind, RegistryError, SourceChain};
 
 use klio_api::{
     BackupKindView, BackupProgress, BackupRequest, BackupStateView, BackupView, ClusterStatusView,
@@ -120,33 +124,6 @@ pub trait Registry: Send + Sync + 'static {
     ) -> Result<VerifyReport, RegistryError>;
 }
 
-/// Why the engine could not answer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RegistryError {
-    /// The cluster is configured but has never reached its primary yet (HTTP 503).
-    #[error("cluster has not connected to its primary yet")]
-    NotReady,
-    /// Stored data failed authentication or its checksum (HTTP 500; logged in full).
-    #[error("stored data failed verification: {0}")]
-    Corrupt(String),
-    /// Anything else (HTTP 500; logged in full, never sent to the client).
-    #[error("{0}")]
-    Internal(String),
-    /// The request clashes with work in progress (HTTP 409; the message is sent).
-    #[error("{0}")]
-    Conflict(String),
-    /// The request cannot be carried out as given (HTTP 400; the message is sent).
-    #[error("{0}")]
-    BadRequest(String),
-    /// The thing asked for does not exist (HTTP 404; the message is sent).
-    #[error("{0}")]
-    NotFound(String),
-    /// The server's configuration does not permit the request (HTTP 403; the message is
-    /// sent).
-    #[error("{0}")]
-    Forbidden(String),
-}
-
 /// An in-memory [`Registry`] for tests: clusters, WAL files and failure modes set by hand.
 #[derive(Default)]
 pub struct MemoryRegistry {
@@ -207,7 +184,8 @@ impl MemoryRegistry {
         });
     }
 
-    /// Makes reads of this file fail with [`RegistryError::Corrupt`].
+    /// Makes reads of this file fail verification as a read racing the writer of the
+    /// open segment can ([`ErrorKind::Unsettled`]: a 500 that a retry may clear).
     pub fn corrupt_wal(&self, cluster: &ClusterName, name: WalFileName) {
         self.with(|m| {
             if let Some(c) = m.get_mut(cluster) {
@@ -258,9 +236,10 @@ impl Registry for MemoryRegistry {
                 return Err(RegistryError::NotReady);
             }
             if c.corrupt.contains(name) {
-                return Err(RegistryError::Corrupt(format!(
-                    "{cluster}/{name}: frame 0 failed authentication"
-                )));
+                return Err(RegistryError::Corrupt {
+                    source: format!("{cluster}/{name}: frame 0 failed authentication").into(),
+                    settled: false,
+                });
             }
             Ok(c.wal.get(name).cloned())
         })

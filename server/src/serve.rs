@@ -209,5 +209,4 @@ pub async fn shutdown_signal() {
 }
 
 #[cfg(test)]
-#[path = "serve_tests.rs"]
 mod tests;

@@ -520,3 +520,224 @@ async fn openapi_document_describes_exactly_the_served_routes() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_error_body_schema_matches_the_wire_type() {
+    let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+    let schema = &doc["components"]["schemas"]["Error"];
+    let mut documented: Vec<&str> = schema["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    documented.sort();
+    let sent = serde_json::to_value(ErrorBody {
+        error: "x".into(),
+        permanent: Some(true),
+    })
+    .unwrap();
+    let mut fields: Vec<&str> = sent
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    fields.sort();
+    assert_eq!(documented, fields);
+    let mut required: Vec<&str> = schema["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    required.sort();
+    assert_eq!(required, fields, "the server always sends every field");
+}
+
+/// An error's response: status, headers and JSON body (as raw text too).
+async fn answer(e: ApiError) -> (StatusCode, HeaderMap, ErrorBody, String) {
+    let resp = e.into_response();
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let body = to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let parsed: ErrorBody = serde_json::from_str(&text).unwrap();
+    (status, headers, parsed, text)
+}
+
+#[tokio::test]
+async fn every_error_kind_has_its_status_permanence_and_public_message() {
+    use klio_basebackup::offload::OffloadError;
+    use klio_basebackup::store::BackupStoreError;
+    use klio_receiver::wal_store::StoreError;
+    use std::path::PathBuf;
+    let registry = |error: RegistryError| ApiError::Registry {
+        cluster: name("pg-a"),
+        error,
+    };
+    let secret_io = || std::io::Error::other("secret detail");
+    let outside = OffloadError::OutsideRoots.to_string();
+    let cases: Vec<(ApiError, StatusCode, bool, &str)> = vec![
+        (
+            ApiError::InvalidToken,
+            StatusCode::UNAUTHORIZED,
+            true,
+            "invalid token",
+        ),
+        (
+            ApiError::Forbidden(name("pg-b")),
+            StatusCode::FORBIDDEN,
+            true,
+            "these credentials are not valid for cluster pg-b",
+        ),
+        (
+            ApiError::NotFound("no such endpoint".into()),
+            StatusCode::NOT_FOUND,
+            true,
+            "no such endpoint",
+        ),
+        (
+            ApiError::BadRequest("bad name".into()),
+            StatusCode::BAD_REQUEST,
+            true,
+            "bad name",
+        ),
+        (
+            ApiError::Conflict("a verify runs".into()),
+            StatusCode::CONFLICT,
+            true,
+            "a verify runs",
+        ),
+        (
+            registry(RegistryError::NotReady),
+            StatusCode::SERVICE_UNAVAILABLE,
+            false,
+            "cluster pg-a has not connected to its primary yet; retry later",
+        ),
+        (
+            registry(RegistryError::Conflict("one at a time".into())),
+            StatusCode::CONFLICT,
+            true,
+            "one at a time",
+        ),
+        (
+            registry(RegistryError::NotFound("no backup".into())),
+            StatusCode::NOT_FOUND,
+            true,
+            "no backup",
+        ),
+        (
+            registry(RegistryError::BadRequest("label".into())),
+            StatusCode::BAD_REQUEST,
+            true,
+            "label",
+        ),
+        (
+            registry(RegistryError::Forbidden("offload is disabled".into())),
+            StatusCode::FORBIDDEN,
+            true,
+            "offload is disabled",
+        ),
+        (
+            registry(OffloadError::OutsideRoots.into()),
+            StatusCode::FORBIDDEN,
+            true,
+            &outside,
+        ),
+        (
+            registry(OffloadError::NotPgdata(PathBuf::from("/snap")).into()),
+            StatusCode::BAD_REQUEST,
+            true,
+            "/snap is not a PostgreSQL data directory (no PG_VERSION or global/pg_control)",
+        ),
+        (
+            registry(
+                BackupStoreError::BadObject {
+                    path: PathBuf::from("/secret/pack"),
+                    why: "secret detail".into(),
+                }
+                .into(),
+            ),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            true,
+            "stored data failed verification",
+        ),
+        (
+            registry(
+                BackupStoreError::Io {
+                    path: PathBuf::from("/secret/pack"),
+                    source: secret_io(),
+                }
+                .into(),
+            ),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            false,
+            "internal server error",
+        ),
+        (
+            registry(
+                StoreError::Corrupt {
+                    path: PathBuf::from("/secret/000000010000000000000001"),
+                    why: "secret detail".into(),
+                }
+                .into(),
+            ),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            true,
+            "stored data failed verification",
+        ),
+        (
+            registry(
+                StoreError::Corrupt {
+                    path: PathBuf::from("/secret/000000010000000000000002.partial"),
+                    why: "secret detail".into(),
+                }
+                .into(),
+            ),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            false,
+            "stored data failed verification",
+        ),
+        (
+            registry(
+                StoreError::Io {
+                    path: PathBuf::from("/secret/wal"),
+                    source: secret_io(),
+                }
+                .into(),
+            ),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            false,
+            "internal server error",
+        ),
+        (
+            registry(RegistryError::internal("secret context", secret_io())),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            false,
+            "internal server error",
+        ),
+        (
+            ApiError::Internal("secret detail".into()),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            false,
+            "internal server error",
+        ),
+    ];
+    for (e, status, permanent, message) in cases {
+        let what = format!("{e:?}");
+        assert_eq!(e.status(), status, "{what}");
+        assert_eq!(e.is_permanent(), permanent, "{what}");
+        let (s, headers, body, text) = answer(e).await;
+        assert_eq!(s, status, "{what}");
+        assert_eq!(body.error, message, "{what}");
+        assert_eq!(body.permanent, Some(permanent), "{what}");
+        if s == StatusCode::INTERNAL_SERVER_ERROR {
+            assert!(!text.contains("secret"), "a 500 leaks its detail: {text}");
+        }
+        assert_eq!(
+            headers.contains_key(RETRY_AFTER),
+            s == StatusCode::SERVICE_UNAVAILABLE,
+            "{what}"
+        );
+    }
+}
