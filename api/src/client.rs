@@ -11,7 +11,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use klio_core::{ClusterName, WalFileName};
+use klio_core::{BackupId, ClusterName, WalFileName};
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
@@ -338,7 +338,11 @@ impl Client {
     }
 
     /// `GET /v1/clusters/{cluster}/backups/{id}`.
-    pub async fn backup(&self, cluster: &ClusterName, id: &str) -> Result<BackupView, ClientError> {
+    pub async fn backup(
+        &self,
+        cluster: &ClusterName,
+        id: &BackupId,
+    ) -> Result<BackupView, ClientError> {
         self.get_json(
             &format!("/v1/clusters/{cluster}/backups/{id}"),
             Some(cluster),
@@ -350,7 +354,7 @@ impl Client {
     pub async fn backup_manifest(
         &self,
         cluster: &ClusterName,
-        id: &str,
+        id: &BackupId,
     ) -> Result<klio_core::manifest::BackupManifest, ClientError> {
         self.get_json(
             &format!("/v1/clusters/{cluster}/backups/{id}/manifest"),
@@ -363,7 +367,7 @@ impl Client {
     pub async fn pg_backup_manifest(
         &self,
         cluster: &ClusterName,
-        id: &str,
+        id: &BackupId,
     ) -> Result<Vec<u8>, ClientError> {
         self.get_bytes(
             &format!("/v1/clusters/{cluster}/backups/{id}/backup_manifest"),

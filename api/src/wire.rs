@@ -2,7 +2,7 @@
 //! client ([`crate::client`]). JSON bodies; LSNs as `X/Y` strings, WAL names as
 //! PostgreSQL spells them.
 
-use klio_core::{ClusterName, Lsn, TimelineId, WalFileName};
+use klio_core::{BackupId, ClusterName, Lsn, TimelineId, WalFileName};
 use serde::{Deserialize, Serialize};
 
 /// The start of a 403 answer's message when the credentials are another cluster's (the
@@ -82,7 +82,7 @@ pub struct BackupProgress {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BackupView {
     pub cluster: ClusterName,
-    pub id: String,
+    pub id: BackupId,
     pub label: String,
     pub kind: BackupKindView,
     pub state: BackupStateView,
@@ -144,13 +144,13 @@ pub struct OffloadRequest {
 #[serde(deny_unknown_fields)]
 pub struct VerifyRequest {
     /// Only this backup; absent: every complete backup.
-    pub backup: Option<String>,
+    pub backup: Option<BackupId>,
 }
 
 /// One backup's verification.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupVerification {
-    pub id: String,
+    pub id: BackupId,
     pub ok: bool,
     pub files_checked: u64,
     pub chunks_checked: u64,

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use klio_core::{Lsn, TimelineId};
+use klio_core::{BackupId, Lsn, TimelineId};
 use klio_pgwire::conninfo::ConnInfo;
 use klio_pgwire::ReplicationConn;
 
@@ -205,7 +205,7 @@ fn consume(
 pub async fn stream_backup(
     conninfo: &ConnInfo,
     store: &ChunkStore,
-    id: String,
+    id: BackupId,
     opts: BaseBackupOptions,
     progress: Arc<JobProgress>,
     wal: &WalWaiter,
@@ -392,7 +392,7 @@ async fn finish(
 pub async fn offload_backup(
     source: OffloadSource,
     store: &ChunkStore,
-    id: String,
+    id: BackupId,
     label: String,
     end: (TimelineId, Lsn),
     progress: Arc<JobProgress>,

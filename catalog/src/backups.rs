@@ -5,7 +5,7 @@
 //! records and its `complete` state are written in one synced batch
 //! ([`Catalog::commit_backup`]), so a crash never leaves a half-visible backup.
 
-use klio_core::{ClusterName, Lsn, TimelineId};
+use klio_core::{BackupId, ClusterName, Lsn, TimelineId};
 use rocksdb::{WriteBatch, WriteOptions};
 use serde::{Deserialize, Serialize};
 
@@ -31,7 +31,7 @@ pub enum BackupState {
 /// One base backup.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BackupRecord {
-    pub id: String,
+    pub id: BackupId,
     pub label: String,
     pub kind: BackupKind,
     pub state: BackupState,
@@ -82,9 +82,9 @@ fn backup_prefix(c: &ClusterName) -> Vec<u8> {
     format!("b/{c}/").into_bytes()
 }
 
-fn backup_key(c: &ClusterName, id: &str) -> Vec<u8> {
+fn backup_key(c: &ClusterName, id: &BackupId) -> Vec<u8> {
     let mut k = backup_prefix(c);
-    k.extend_from_slice(id.as_bytes());
+    k.extend_from_slice(id.as_str().as_bytes());
     k
 }
 
@@ -115,7 +115,7 @@ impl Catalog {
         self.put(&backup_key(cluster, &rec.id), rec)
     }
 
-    pub fn backup(&self, cluster: &ClusterName, id: &str) -> Result<Option<BackupRecord>> {
+    pub fn backup(&self, cluster: &ClusterName, id: &BackupId) -> Result<Option<BackupRecord>> {
         self.get(&backup_key(cluster, id))
     }
 
@@ -174,7 +174,7 @@ mod tests {
 
     fn rec(id: &str, state: BackupState) -> BackupRecord {
         BackupRecord {
-            id: id.into(),
+            id: id.parse().unwrap(),
             label: "l".into(),
             kind: BackupKind::Stream,
             state,
@@ -250,7 +250,7 @@ mod tests {
             },
         );
         assert!(e.is_err());
-        assert!(cat.backup(&c, "B3").unwrap().is_none());
+        assert!(cat.backup(&c, &"B3".parse().unwrap()).unwrap().is_none());
         assert!(cat.chunk(&c, &[4; 32]).unwrap().is_none());
     }
 }

@@ -207,7 +207,7 @@ pub fn backup_table(list: &BackupList) -> String {
             .map(|f| human_duration(f.saturating_sub(b.started_at) as f64))
             .or_else(|| b.progress.as_ref().map(|p| human_duration(p.elapsed_secs)));
         t.row(vec![
-            b.id.clone(),
+            b.id.to_string(),
             b.state.as_str().into(),
             format!("{:?}", b.kind).to_lowercase(),
             b.label.clone(),
@@ -383,7 +383,7 @@ mod backup_tests {
     fn view(id: &str, state: BackupStateView) -> BackupView {
         BackupView {
             cluster: "pg-a".parse().unwrap(),
-            id: id.into(),
+            id: id.parse().unwrap(),
             label: "nightly".into(),
             kind: BackupKindView::Stream,
             state,

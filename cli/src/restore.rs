@@ -116,7 +116,7 @@ pub fn choose_backup<'a>(
         Some(id) if id != "latest" => {
             let b = backups
                 .iter()
-                .find(|b| b.id == id)
+                .find(|b| b.id.as_str() == id)
                 .ok_or_else(|| ClientError::NotFound(format!("there is no backup {id}")))?;
             if b.state != BackupStateView::Complete {
                 return Err(ClientError::Usage(format!(
@@ -332,7 +332,7 @@ pub async fn restore(c: &Client, opts: &RestoreOptions) -> Result<RestoreSummary
     let (tx, rx) = tokio::sync::mpsc::channel::<(usize, Vec<u8>)>(opts.jobs.max(2));
     let progress = Progress {
         tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        label: b.id.clone(),
+        label: b.id.to_string(),
         total,
         started,
     };
@@ -396,7 +396,7 @@ pub async fn restore(c: &Client, opts: &RestoreOptions) -> Result<RestoreSummary
         .map_err(|e| io_err(&auto, e))?;
     f.sync_all().map_err(|e| io_err(&auto, e))?;
     Ok(RestoreSummary {
-        backup: b.id.clone(),
+        backup: b.id.to_string(),
         pgdata: opts.pgdata.clone(),
         files,
         bytes: done_bytes,

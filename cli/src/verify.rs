@@ -14,7 +14,7 @@ pub struct VerifyArgs {
     pub cluster: Option<String>,
     /// Only this backup (default: every complete backup).
     #[arg(long, value_name = "ID")]
-    pub backup: Option<String>,
+    pub backup: Option<klio_core::BackupId>,
     #[arg(long, short, value_enum, default_value_t)]
     pub output: OutputFormat,
     #[command(flatten)]

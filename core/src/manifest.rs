@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::{ClusterName, Lsn, TimelineId};
+use crate::{BackupId, ClusterName, Lsn, TimelineId};
 
 pub const MANIFEST_VERSION: u32 = 1;
 
@@ -113,7 +113,7 @@ pub struct ManifestTablespace {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupManifest {
     pub version: u32,
-    pub backup_id: String,
+    pub backup_id: BackupId,
     pub cluster: ClusterName,
     pub label: String,
     pub start_lsn: Lsn,

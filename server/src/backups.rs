@@ -20,7 +20,8 @@ use klio_basebackup::protocol::BaseBackupOptions;
 use klio_basebackup::store::{BackupRecord, BackupState, ChunkStore};
 use klio_basebackup::walchain;
 use klio_core::clock::unix_now;
-use klio_core::{ClusterName, Lsn, TimelineId};
+use klio_core::manifest::ChunkId;
+use klio_core::{BackupId, ClusterName, Lsn, TimelineId};
 use klio_pgwire::conninfo::ConnInfo;
 use klio_receiver::cluster::{ClusterHandle, ServerContext};
 use tokio::sync::watch;
@@ -53,7 +54,7 @@ pub struct BackupSettings {
 /// A job the manager started: what the API shows of it.
 #[derive(Clone)]
 struct Running {
-    id: String,
+    id: BackupId,
     label: String,
     kind: BackupKindView,
     started_at: u64,
@@ -81,7 +82,7 @@ struct ClusterBackups {
     /// when the failure itself could not be recorded (a full volume fails that write
     /// too; the next start marks such records failed), and a job that failed before it
     /// stored anything (e.g. it could not connect) has no record at all.
-    failures: Mutex<HashMap<String, Failure>>,
+    failures: Mutex<HashMap<BackupId, Failure>>,
     /// Notified each time a job of the cluster has ended and freed the slot.
     ended: tokio::sync::Notify,
     verify: Mutex<VerifyState>,
@@ -453,9 +454,9 @@ impl BackupManager {
     pub fn backup(
         &self,
         cluster: &ClusterName,
-        id: &str,
+        id: &BackupId,
     ) -> Result<Option<BackupView>, RegistryError> {
-        Ok(self.list(cluster)?.into_iter().find(|b| b.id == id))
+        Ok(self.list(cluster)?.into_iter().find(|b| &b.id == id))
     }
 
     /// The cluster's chunk store and backup records (`None` before first contact).
@@ -477,14 +478,14 @@ impl BackupManager {
     pub fn manifest_json(
         &self,
         cluster: &ClusterName,
-        id: &str,
+        id: &BackupId,
     ) -> Result<Option<Vec<u8>>, RegistryError> {
         let Some((store, backups)) = self.complete_backup(cluster)? else {
             return Ok(None);
         };
         if !backups
             .iter()
-            .any(|b| b.id == id && b.state == BackupState::Complete)
+            .any(|b| &b.id == id && b.state == BackupState::Complete)
         {
             return Ok(None);
         }
@@ -498,14 +499,14 @@ impl BackupManager {
     pub fn pg_manifest(
         &self,
         cluster: &ClusterName,
-        id: &str,
+        id: &BackupId,
     ) -> Result<Option<Vec<u8>>, RegistryError> {
         let Some((store, backups)) = self.complete_backup(cluster)? else {
             return Ok(None);
         };
         if !backups
             .iter()
-            .any(|b| b.id == id && b.state == BackupState::Complete)
+            .any(|b| &b.id == id && b.state == BackupState::Complete)
         {
             return Ok(None);
         }
@@ -516,15 +517,12 @@ impl BackupManager {
     pub fn read_chunk(
         &self,
         cluster: &ClusterName,
-        chunk: &str,
+        id: &ChunkId,
     ) -> Result<Option<Vec<u8>>, RegistryError> {
-        let id: klio_core::manifest::ChunkId = chunk
-            .parse()
-            .map_err(|e: String| RegistryError::BadRequest(e))?;
         let Some((store, _)) = self.complete_backup(cluster)? else {
             return Ok(None);
         };
-        match store.read_chunk(&id) {
+        match store.read_chunk(id) {
             Ok(d) => Ok(Some(d)),
             Err(klio_basebackup::store::BackupStoreError::UnknownChunk { .. }) => Ok(None),
             Err(e) => Err(e.into()),
@@ -703,15 +701,17 @@ impl BackupManager {
 /// that failed before it stored a record leaves its id only in `failures`).
 fn fresh_id(
     store: &ChunkStore,
-    failures: &Mutex<HashMap<String, Failure>>,
-) -> Result<String, RegistryError> {
+    failures: &Mutex<HashMap<BackupId, Failure>>,
+) -> Result<BackupId, RegistryError> {
     let base = store.new_backup_id()?;
     let failures = failures.lock().unwrap_or_else(|e| e.into_inner());
     let mut id = base.clone();
     let mut n = 1;
     while failures.contains_key(&id) {
         n += 1;
-        id = format!("{base}-{n}");
+        id = format!("{base}-{n}")
+            .parse()
+            .map_err(|e| RegistryError::internal("a fresh backup id", e))?;
     }
     Ok(id)
 }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use klio_core::{ClusterName, WalFileName};
+use klio_core::manifest::ChunkId;
+use klio_core::{BackupId, ClusterName, WalFileName};
 use klio_pgwire::conninfo::ConnInfo;
 use klio_receiver::cluster::{
     prepare_cluster, run_cluster, ClusterHandle, ClusterSpec, ServerContext,
@@ -361,7 +362,7 @@ impl Registry for EngineRegistry {
     fn backup(
         &self,
         cluster: &ClusterName,
-        id: &str,
+        id: &BackupId,
     ) -> Result<Option<klio_api::BackupView>, RegistryError> {
         self.backups.backup(cluster, id)
     }
@@ -369,7 +370,7 @@ impl Registry for EngineRegistry {
     fn backup_manifest(
         &self,
         cluster: &ClusterName,
-        id: &str,
+        id: &BackupId,
     ) -> Result<Option<Vec<u8>>, RegistryError> {
         self.backups.manifest_json(cluster, id)
     }
@@ -377,7 +378,7 @@ impl Registry for EngineRegistry {
     fn pg_backup_manifest(
         &self,
         cluster: &ClusterName,
-        id: &str,
+        id: &BackupId,
     ) -> Result<Option<Vec<u8>>, RegistryError> {
         self.backups.pg_manifest(cluster, id)
     }
@@ -385,7 +386,7 @@ impl Registry for EngineRegistry {
     fn read_chunk(
         &self,
         cluster: &ClusterName,
-        chunk: &str,
+        chunk: &ChunkId,
     ) -> Result<Option<Vec<u8>>, RegistryError> {
         self.backups.read_chunk(cluster, chunk)
     }

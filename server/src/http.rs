@@ -39,6 +39,7 @@ use axum::http::{HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use klio_core::manifest::ChunkId;
 use klio_core::{BackupId, ClusterName, WalFileName};
 use tower_http::trace::TraceLayer;
 
@@ -553,15 +554,13 @@ fn json_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T,
 }
 
 /// A backup id from the request, by [`BackupId`]'s rule.
-fn backup_id(raw: &str) -> Result<String, ApiError> {
-    raw.parse::<BackupId>()
-        .map(|id| id.as_str().to_string())
-        .map_err(|_| {
-            ApiError::BadRequest(format!(
-                "invalid backup id {:?}: ids are letters, digits and '-', e.g. 20261124T193000Z",
-                shorten(raw)
-            ))
-        })
+fn backup_id(raw: &str) -> Result<BackupId, ApiError> {
+    raw.parse::<BackupId>().map_err(|_| {
+        ApiError::BadRequest(format!(
+            "invalid backup id {:?}: ids are letters, digits and '-', e.g. 20261124T193000Z",
+            shorten(raw)
+        ))
+    })
 }
 
 async fn list_backups(
@@ -634,13 +633,13 @@ async fn get_chunk(
 ) -> Result<Response, ApiError> {
     let Path((raw_cluster, raw_chunk)) = path.map_err(bad_path)?;
     let cluster = caller.cluster(&state, &raw_cluster)?;
-    if raw_chunk.len() != 64 || !raw_chunk.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::BadRequest(format!(
+    let id: ChunkId = raw_chunk.parse().map_err(|_| {
+        ApiError::BadRequest(format!(
             "invalid chunk id {:?}: 64 hex digits expected",
             shorten(&raw_chunk)
-        )));
-    }
-    let (registry, c, id) = (state.registry.clone(), cluster.clone(), raw_chunk.clone());
+        ))
+    })?;
+    let (registry, c) = (state.registry.clone(), cluster.clone());
     match blocking(&cluster, move || registry.read_chunk(&c, &id)).await? {
         Some(bytes) => Ok(([(CONTENT_TYPE, "application/octet-stream")], bytes).into_response()),
         None => Err(ApiError::NotFound(format!(
@@ -703,10 +702,8 @@ async fn verify(
 ) -> Result<Json<VerifyReport>, ApiError> {
     let Path(raw) = path.map_err(bad_path)?;
     let cluster = caller.cluster(&state, &raw)?;
+    // The backup id, if any, is checked by `BackupId`'s rule as the body is parsed.
     let req: VerifyRequest = json_body(&body)?;
-    if let Some(id) = &req.backup {
-        backup_id(id)?;
-    }
     let running = VerifyGuard::take(&state, &cluster)?;
     let (registry, c) = (state.registry.clone(), cluster.clone());
     let report = blocking(&cluster, move || {

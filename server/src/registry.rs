@@ -12,7 +12,8 @@ use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use klio_core::{ClusterName, WalFileName};
+use klio_core::manifest::ChunkId;
+use klio_core::{BackupId, ClusterName, WalFileName};
 
 mod error;
 pub use error::{BoxError, ErrorKind, RegistryError, SourceChain};
@@ -91,28 +92,32 @@ pub trait Registry: Send + Sync + 'static {
     fn list_backups(&self, cluster: &ClusterName) -> Result<Vec<BackupView>, RegistryError>;
 
     /// One backup; `Ok(None)` when there is no such backup.
-    fn backup(&self, cluster: &ClusterName, id: &str) -> Result<Option<BackupView>, RegistryError>;
+    fn backup(
+        &self,
+        cluster: &ClusterName,
+        id: &BackupId,
+    ) -> Result<Option<BackupView>, RegistryError>;
 
     /// Klio's manifest of a complete backup (JSON, decrypted); `Ok(None)` if no such
     /// complete backup.
     fn backup_manifest(
         &self,
         cluster: &ClusterName,
-        id: &str,
+        id: &BackupId,
     ) -> Result<Option<Vec<u8>>, RegistryError>;
 
     /// PostgreSQL's `backup_manifest` of a complete backup; `Ok(None)` if there is none.
     fn pg_backup_manifest(
         &self,
         cluster: &ClusterName,
-        id: &str,
+        id: &BackupId,
     ) -> Result<Option<Vec<u8>>, RegistryError>;
 
     /// One chunk's plaintext, verified; `Ok(None)` if the cluster has no such chunk.
     fn read_chunk(
         &self,
         cluster: &ClusterName,
-        chunk: &str,
+        chunk: &ChunkId,
     ) -> Result<Option<Vec<u8>>, RegistryError>;
 
     /// Reads back and checks every chunk of the backup(s), their manifests and the WAL
@@ -302,18 +307,22 @@ impl Registry for MemoryRegistry {
         }))
     }
 
-    fn backup(&self, cluster: &ClusterName, id: &str) -> Result<Option<BackupView>, RegistryError> {
+    fn backup(
+        &self,
+        cluster: &ClusterName,
+        id: &BackupId,
+    ) -> Result<Option<BackupView>, RegistryError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         Ok(self.with(|m| {
             m.get(cluster)
-                .and_then(|c| c.backups.iter().find(|b| b.id == id).cloned())
+                .and_then(|c| c.backups.iter().find(|b| &b.id == id).cloned())
         }))
     }
 
     fn backup_manifest(
         &self,
         _cluster: &ClusterName,
-        _id: &str,
+        _id: &BackupId,
     ) -> Result<Option<Vec<u8>>, RegistryError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         Ok(None)
@@ -322,7 +331,7 @@ impl Registry for MemoryRegistry {
     fn pg_backup_manifest(
         &self,
         _cluster: &ClusterName,
-        _id: &str,
+        _id: &BackupId,
     ) -> Result<Option<Vec<u8>>, RegistryError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         Ok(None)
@@ -331,7 +340,7 @@ impl Registry for MemoryRegistry {
     fn read_chunk(
         &self,
         _cluster: &ClusterName,
-        _chunk: &str,
+        _chunk: &ChunkId,
     ) -> Result<Option<Vec<u8>>, RegistryError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         Ok(None)
@@ -381,7 +390,9 @@ impl MemoryRegistry {
             let n = c.backups.len() + 1;
             let view = BackupView {
                 cluster: cluster.clone(),
-                id: format!("20260101T00000{n}Z"),
+                id: format!("20260101T00000{n}Z")
+                    .parse()
+                    .map_err(|e| RegistryError::internal("a test backup id", e))?,
                 label: label.unwrap_or_else(|| format!("backup {n}")),
                 kind,
                 state: BackupStateView::Running,

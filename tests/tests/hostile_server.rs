@@ -135,7 +135,7 @@ fn backup_list() -> Result<Vec<u8>> {
         cluster: "x".parse()?,
         backups: vec![BackupView {
             cluster: "x".parse()?,
-            id: BACKUP.into(),
+            id: BACKUP.parse()?,
             label: "hostile".into(),
             kind: BackupKindView::Stream,
             state: BackupStateView::Complete,

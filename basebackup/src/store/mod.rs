@@ -176,9 +176,10 @@ impl ChunkStore {
         Ok(self.inner.dir.pack(&name))
     }
 
-    /// A backup's directory; `None` for a text that cannot be a backup's id.
-    fn backup_dir(&self, id: &str) -> Option<BackupDir> {
-        self.inner.dir.backup(&id.parse::<BackupId>().ok()?)
+    /// A backup's directory; `None` for the one id that cannot have one (see
+    /// [`klio_core::layout::BackupsDir::backup`]).
+    fn backup_dir(&self, id: &BackupId) -> Option<BackupDir> {
+        self.inner.dir.backup(id)
     }
 
     /// The chunk id of `data`.
@@ -187,7 +188,7 @@ impl ChunkStore {
     }
 
     /// A fresh backup id (UTC time, `-2`, `-3`… if taken).
-    pub fn new_backup_id(&self) -> Result<String> {
+    pub fn new_backup_id(&self) -> Result<BackupId> {
         let now = unix_now();
         let days = (now / 86_400) as i64;
         let (y, m, d) = civil_from_days(days);
@@ -198,7 +199,11 @@ impl ChunkStore {
             s / 60 % 60,
             s % 60
         );
-        let mut id = base.clone();
+        let as_id = |text: &str| -> BackupId {
+            text.parse()
+                .expect("a UTC timestamp with an optional -N is a valid backup id")
+        };
+        let mut id = as_id(&base);
         let mut n = 1;
         while self
             .inner
@@ -207,7 +212,7 @@ impl ChunkStore {
             .is_some()
         {
             n += 1;
-            id = format!("{base}-{n}");
+            id = as_id(&format!("{base}-{n}"));
         }
         Ok(id)
     }
@@ -216,7 +221,7 @@ impl ChunkStore {
         Ok(self.inner.catalog.backups(&self.inner.cluster)?)
     }
 
-    pub fn backup(&self, id: &str) -> Result<Option<BackupRecord>> {
+    pub fn backup(&self, id: &BackupId) -> Result<Option<BackupRecord>> {
         Ok(self.inner.catalog.backup(&self.inner.cluster, id)?)
     }
 
@@ -267,9 +272,7 @@ impl ChunkStore {
         for e in std::fs::read_dir(&dir).map_err(io(&dir))? {
             let e = e.map_err(io(&dir))?;
             let ours = match PacksDirEntry::parse(e.file_name()) {
-                PacksDirEntry::Pack(p) => {
-                    p.backup().as_str() == b.id || b.packs.contains(&p.to_string())
-                }
+                PacksDirEntry::Pack(p) => *p.backup() == b.id || b.packs.contains(&p.to_string()),
                 PacksDirEntry::Unknown => false,
             };
             if ours {
@@ -378,12 +381,12 @@ impl ChunkStore {
     }
 
     /// Klio's manifest of a backup.
-    pub fn read_manifest(&self, id: &str) -> Result<BackupManifest> {
+    pub fn read_manifest(&self, id: &BackupId) -> Result<BackupManifest> {
         let path = self
             .backup_dir(id)
             .ok_or_else(|| BackupStoreError::NoSuchBackup(id.to_string()))?
             .manifest();
-        let data = self.read_object(&path, ObjectKind::BackupManifest, id)?;
+        let data = self.read_object(&path, ObjectKind::BackupManifest, id.as_str())?;
         serde_json::from_slice(&data).map_err(|e| BackupStoreError::BadObject {
             path,
             why: format!("manifest is not valid: {e}"),
@@ -391,7 +394,7 @@ impl ChunkStore {
     }
 
     /// PostgreSQL's `backup_manifest` of a backup (`None` for offloads).
-    pub fn read_pg_manifest(&self, id: &str) -> Result<Option<Vec<u8>>> {
+    pub fn read_pg_manifest(&self, id: &BackupId) -> Result<Option<Vec<u8>>> {
         let path = self
             .backup_dir(id)
             .ok_or_else(|| BackupStoreError::NoSuchBackup(id.to_string()))?
@@ -399,7 +402,7 @@ impl ChunkStore {
         if !path.exists() {
             return Ok(None);
         }
-        self.read_object(&path, ObjectKind::PgManifest, id)
+        self.read_object(&path, ObjectKind::PgManifest, id.as_str())
             .map(Some)
     }
 }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::fs::File;
 
 use klio_core::manifest::FileKind;
+use klio_core::BackupId;
 
 use super::{BackupStoreError, ChunkStore, Result};
 
@@ -22,7 +23,7 @@ pub struct VerifyResult {
 impl ChunkStore {
     /// Reads back every chunk of a complete backup, checks each file's size and
     /// CRC-32C, and the files against PostgreSQL's `backup_manifest`.
-    pub fn verify_backup(&self, id: &str) -> Result<VerifyResult> {
+    pub fn verify_backup(&self, id: &BackupId) -> Result<VerifyResult> {
         let b = self
             .backup(id)?
             .ok_or_else(|| BackupStoreError::NoSuchBackup(id.to_string()))?;

@@ -47,20 +47,16 @@ impl ChunkStore {
     /// Starts a backup: recorded `running` before anything else is written.
     pub fn begin(
         &self,
-        id: &str,
+        id: &BackupId,
         label: &str,
         kind: BackupKind,
         start_lsn: Lsn,
         start_tli: TimelineId,
         pg_version: Option<u32>,
     ) -> Result<BackupWriter> {
-        let usable = id
-            .parse::<BackupId>()
-            .ok()
-            .and_then(|b| Some((self.inner.dir.backup(&b)?, b)));
-        let Some((dir, backup_id)) = usable else {
+        let Some(dir) = self.inner.dir.backup(id) else {
             return Err(BackupStoreError::Usage(format!(
-                "invalid backup id {id:?}: letters, digits and '-', at most 64, and not \"packs\""
+                "invalid backup id {id:?}: the name of the packs directory cannot be a backup id"
             )));
         };
         if self.backup(id)?.is_some() {
@@ -69,7 +65,7 @@ impl ChunkStore {
             )));
         }
         let record = BackupRecord {
-            id: id.to_string(),
+            id: id.clone(),
             label: label.to_string(),
             kind,
             state: BackupState::Running,
@@ -92,7 +88,7 @@ impl ChunkStore {
         self.inner
             .catalog
             .put_backup(&self.inner.cluster, &record)?;
-        Ok(BackupWriter::new(self.clone(), record, backup_id, dir))
+        Ok(BackupWriter::new(self.clone(), record, dir))
     }
 }
 
@@ -117,7 +113,6 @@ struct Done {
 pub struct BackupWriter {
     store: ChunkStore,
     record: BackupRecord,
-    backup_id: BackupId,
     /// Where the manifests go at commit.
     dir: BackupDir,
     files: Vec<ManifestFile>,
@@ -157,12 +152,7 @@ pub struct WriterProgress {
 }
 
 impl BackupWriter {
-    fn new(
-        store: ChunkStore,
-        record: BackupRecord,
-        backup_id: BackupId,
-        dir: BackupDir,
-    ) -> BackupWriter {
+    fn new(store: ChunkStore, record: BackupRecord, dir: BackupDir) -> BackupWriter {
         let workers_n = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
@@ -188,7 +178,6 @@ impl BackupWriter {
         BackupWriter {
             store,
             record,
-            backup_id,
             dir,
             files: Vec::new(),
             current: None,
@@ -208,7 +197,7 @@ impl BackupWriter {
         }
     }
 
-    pub fn id(&self) -> &str {
+    pub fn id(&self) -> &BackupId {
         &self.record.id
     }
 
@@ -361,7 +350,7 @@ impl BackupWriter {
 
     fn open_pack(&mut self) -> Result<()> {
         self.pack_seq += 1;
-        let name = PackName::new(self.backup_id.clone(), self.pack_seq);
+        let name = PackName::new(self.record.id.clone(), self.pack_seq);
         // Recorded before the file exists, so a crash cannot leave an unknown pack.
         self.record.packs.push(name.to_string());
         self.store
@@ -463,11 +452,19 @@ impl BackupWriter {
             files: std::mem::take(&mut self.files),
         };
         let json = serde_json::to_vec(&manifest).expect("manifests serialise");
-        self.store
-            .write_object(&self.dir.manifest(), ObjectKind::BackupManifest, &id, &json)?;
+        self.store.write_object(
+            &self.dir.manifest(),
+            ObjectKind::BackupManifest,
+            id.as_str(),
+            &json,
+        )?;
         if let Some(pg) = pg_manifest {
-            self.store
-                .write_object(&self.dir.pg_manifest(), ObjectKind::PgManifest, &id, pg)?;
+            self.store.write_object(
+                &self.dir.pg_manifest(),
+                ObjectKind::PgManifest,
+                id.as_str(),
+                pg,
+            )?;
         }
         let new_bytes: u64 = self
             .new_chunks

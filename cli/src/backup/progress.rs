@@ -111,7 +111,7 @@ mod tests {
     fn bar_rate_and_eta() {
         let mut b = BackupView {
             cluster: "pg-a".parse().unwrap(),
-            id: "x".into(),
+            id: "x".parse().unwrap(),
             label: "l".into(),
             kind: BackupKindView::Stream,
             state: BackupStateView::Running,

@@ -12,14 +12,14 @@ use klio_basebackup::job::{self, JobError, JobProgress, WalWaiter};
 use klio_basebackup::offload::OffloadSource;
 use klio_basebackup::protocol::BaseBackupOptions;
 use klio_basebackup::store::{BackupRecord, ChunkStore};
-use klio_core::{Lsn, TimelineId};
+use klio_core::{BackupId, Lsn, TimelineId};
 use klio_pgwire::conninfo::ConnInfo;
 
 /// What every job gets from the manager.
 pub(crate) struct JobContext {
     pub store: ChunkStore,
     /// The backup's id, reserved by the manager.
-    pub id: String,
+    pub id: BackupId,
     /// Where the job reports its phase and bytes (the API shows them).
     pub progress: Arc<JobProgress>,
     /// Waits for the WAL the backup needs to be in Tier 1.

@@ -7,7 +7,7 @@ use crate::registry::ErrorKind;
 use klio_basebackup::store::BackupKind;
 use klio_catalog::ClusterRecord;
 use klio_core::keys::{DataKey, MasterKey};
-use klio_core::WalSegSize;
+use klio_core::{BackupId, WalSegSize};
 use klio_receiver::cluster::{prepare_cluster, ClusterSpec};
 use tokio::sync::{mpsc, oneshot};
 
@@ -15,7 +15,7 @@ const MASTER: [u8; 32] = [7; 32];
 
 /// A job the fake runner was given; it runs until `finish` is sent (or dropped).
 struct FakeJob {
-    id: String,
+    id: BackupId,
     store: ChunkStore,
     progress: Arc<JobProgress>,
     finish: oneshot::Sender<Result<BackupRecord, JobError>>,
@@ -116,7 +116,7 @@ impl Fixture {
         ended.await;
     }
 
-    fn view(&self, id: &str) -> BackupView {
+    fn view(&self, id: &BackupId) -> BackupView {
         self.manager
             .backup(&self.cluster, id)
             .unwrap()
@@ -135,7 +135,7 @@ async fn a_second_backup_while_one_runs_is_a_conflict_and_the_first_continues() 
     let e = f.start().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Conflict, "{e:?}");
     assert!(e.is_permanent());
-    assert!(e.to_string().contains(&first.id), "{e}");
+    assert!(e.to_string().contains(first.id.as_str()), "{e}");
     assert!(
         f.jobs.try_recv().is_err(),
         "the refused request reached the runner"

@@ -369,7 +369,11 @@ async fn backup_start_list_get_and_conflict() {
     )
     .await;
     assert_eq!(s, StatusCode::CONFLICT);
-    assert!(error_of(&body).contains(&first.id), "{}", error_of(&body));
+    assert!(
+        error_of(&body).contains(first.id.as_str()),
+        "{}",
+        error_of(&body)
+    );
 
     reg.finish_backups(&name("pg-a"));
     let (s, body) = post(

@@ -45,7 +45,7 @@ fn link(path: &str) -> ManifestFile {
 fn normal() -> BackupManifest {
     BackupManifest {
         version: 1,
-        backup_id: "20260101T000000Z".into(),
+        backup_id: "20260101T000000Z".parse().unwrap(),
         cluster: "pg-a".parse().unwrap(),
         label: "l".into(),
         start_lsn: Lsn(0x200_0028),
