@@ -12,6 +12,10 @@
 //!   confined to the cluster's offload roots (reads through `confine`: no symbolic link followed);
 //! - [`job`]: one backup end to end (stream or offload → store → checks → commit);
 //! - [`walchain`]: is the WAL from a backup's start to a later point all in Tier 1?
+//!
+//! Writes under `data_dir/clusters/<name>/backups/` (packs, manifests; paths from
+//! `klio_core::layout`) and the catalog's backup records; reads offload sources only
+//! inside the configured offload roots.
 
 pub mod archive_rule;
 mod confine;

@@ -12,6 +12,11 @@
 //! One module per command family: [`wal_restore`] (with its prefetcher), [`restore`] (a
 //! pure plan from the manifest, then its executor), [`backup`] (and offload), [`list`]
 //! (and status), [`verify`], [`keys`], `demo`; [`output`] formats what they print.
+//!
+//! On disk, the client commands write only where the user points them: `restore` into
+//! the target data directory (and its tablespace directories), `wal-restore` the
+//! requested file and its prefetch spool, `keys` the key file asked for; `klio server`
+//! writes through `klio-server`, `klio demo` only in its own temporary directory.
 
 pub mod backup;
 mod connection;

@@ -2,6 +2,9 @@
 //! the encrypted frame format every stored byte goes through, the data directory's layout
 //! (`layout`: every path under `data_dir`), and the small helpers every crate shares (clock,
 //! disk-full check, crash-safe files, failpoints, secret files).
+//!
+//! Writes nothing on its own: `crashsafe` and `secret_file` write the files their callers
+//! name.
 
 pub mod backup_id;
 pub mod clock;

@@ -4,6 +4,8 @@
 //!
 //! Each [`KlioServer`] owns a temp dir with its data dir, config, master key and
 //! tokens, listens on its own free port, and is killed on drop.
+//!
+//! Writes only in each server's temporary directory.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -19,6 +19,8 @@
 //! `replpass`) allowed to replicate from 127.0.0.1 with the chosen [`AuthMethod`]; the
 //! superuser `postgres` is trusted on the unix socket and on 127.0.0.1. Set `KLIO_KEEP_PG=1`
 //! to keep instance directories (data, log) after a test for inspection.
+//!
+//! Writes only in the temporary directories it creates (one per instance).
 
 mod binaries;
 mod config;
