@@ -464,6 +464,36 @@ fn hostile_manifests_are_refused_and_nothing_outside_pgdata_changes() -> Result<
     Ok(())
 }
 
+/// A backup id that is not an id (a path, here) in the server's backup list: the client
+/// refuses the answer as it decodes it, before asking for a manifest or touching a disk.
+#[test]
+fn a_backup_id_that_is_a_path_is_refused_before_any_request_for_it() -> Result<()> {
+    let work = Work::new()?;
+    let canary = work.canary();
+    let before = fingerprint(&canary)?;
+    let mut list: serde_json::Value = serde_json::from_slice(&backup_list()?)?;
+    list["backups"][0]["id"] = json!("../../canary");
+    let mut routes = Scenario::new().routes()?;
+    routes.insert("/v1/clusters/x/backups".into(), serde_json::to_vec(&list)?);
+    let server = FakeServer::start("127.0.0.1", routes)?;
+    let pgdata = work.path("pgdata");
+    let out = work.restore(&server, &pgdata)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "the restore succeeded\n{stderr}");
+    ensure!(
+        stderr.contains("invalid backup id"),
+        "the error does not say the id is invalid:\n{stderr}"
+    );
+    ensure!(!pgdata.exists(), "the data directory was created");
+    ensure!(fingerprint(&canary)? == before, "the canary changed");
+    let asked: Vec<String> = server.seen().into_iter().map(|s| s.path).collect();
+    ensure!(
+        asked.iter().all(|p| !p.contains("canary")),
+        "the hostile id was used in a request: {asked:?}"
+    );
+    Ok(())
+}
+
 #[test]
 fn the_fake_server_serves_a_restorable_backup() -> Result<()> {
     // The control for the test above: the same fake server with an honest manifest
