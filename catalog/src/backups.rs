@@ -9,7 +9,7 @@ use klio_core::{BackupId, ClusterName, Lsn, TimelineId};
 use rocksdb::{WriteBatch, WriteOptions};
 use serde::{Deserialize, Serialize};
 
-use crate::{decode, encode, Catalog, Result};
+use crate::{decode, encode, Catalog, RelayItem, Result};
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -108,6 +108,8 @@ pub struct BackupCommit {
     /// Already-known chunks this backup references (refs + 1 each).
     pub referenced: Vec<[u8; 32]>,
     pub packs: Vec<PackRecord>,
+    /// Objects of the backup to queue for Tier 2 in the same write (empty without Tier 2).
+    pub relay: Vec<RelayItem>,
 }
 
 impl Catalog {
@@ -161,6 +163,7 @@ impl Catalog {
             batch.put(pack_key(cluster, &p.name), encode(p));
         }
         batch.put(backup_key(cluster, &rec.id), encode(rec));
+        crate::relay::queue_in(&mut batch, cluster, &commit.relay);
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db.write_opt(batch, &wo)?;
@@ -222,9 +225,14 @@ mod tests {
                     chunks: 2,
                     live_chunks: 2,
                 }],
+                relay: vec![
+                    RelayItem::new(crate::RelayKind::Pack, "p1", 100, 1),
+                    RelayItem::new(crate::RelayKind::BackupManifest, "B1", 10, 1),
+                ],
             },
         )
         .unwrap();
+        assert_eq!(cat.relay_items(&c).unwrap().len(), 2);
         cat.commit_backup(
             &c,
             &rec("B2", BackupState::Complete),
@@ -232,6 +240,7 @@ mod tests {
                 new_chunks: vec![([3; 32], chunk("p2"))],
                 referenced: vec![[1; 32]],
                 packs: vec![],
+                relay: vec![],
             },
         )
         .unwrap();
@@ -247,9 +256,20 @@ mod tests {
                 new_chunks: vec![([4; 32], chunk("p3"))],
                 referenced: vec![[9; 32]],
                 packs: vec![],
+                relay: vec![RelayItem::new(
+                    crate::RelayKind::BackupManifest,
+                    "B3",
+                    10,
+                    1,
+                )],
             },
         );
         assert!(e.is_err());
+        assert_eq!(
+            cat.relay_items(&c).unwrap().len(),
+            2,
+            "B3's entry was queued"
+        );
         assert!(cat.backup(&c, &"B3".parse().unwrap()).unwrap().is_none());
         assert!(cat.chunk(&c, &[4; 32]).unwrap().is_none());
     }

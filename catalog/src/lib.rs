@@ -1,8 +1,8 @@
 //! The catalog: Klio's index of what Tier 1 holds, in an embedded RocksDB.
 //!
 //! Owns the directory `<data_dir>/catalog`. Records: clusters (system identifier, wrapped data key, slot, current timeline, segment
-//! size), timelines, WAL segments (state, sizes, checksum, tiers), and base backups,
-//! their chunks and pack files ([`backups`]).
+//! size), timelines, WAL segments (state, sizes, checksum, tiers), base backups,
+//! their chunks and pack files ([`backups`]), and the Tier 2 relay queue ([`relay`]).
 //!
 //! Keys are `kind/cluster/binary-suffix` so a prefix scan lists one cluster's
 //! records in order. Values are versioned: one version byte, then JSON. Every
@@ -13,7 +13,9 @@
 use std::path::Path;
 
 pub mod backups;
+pub mod relay;
 pub use backups::{BackupCommit, BackupKind, BackupRecord, BackupState, ChunkRecord, PackRecord};
+pub use relay::{RelayBacklog, RelayItem, RelayKind};
 
 use klio_core::{ClusterName, Lsn, SegNo, SystemId, TimelineId, WalSegSize};
 use rocksdb::{Direction, IteratorMode, Options, WriteOptions, DB};

@@ -491,6 +491,8 @@ impl BackupWriter {
                 .collect(),
             referenced: self.referenced.keys().map(|k| k.0).collect(),
             packs: std::mem::take(&mut self.packs),
+            // Queued for Tier 2 once the relay is wired in (issue 14).
+            relay: Vec::new(),
         };
         self.store
             .inner

@@ -1,0 +1,427 @@
+//! The Tier 2 relay queue: every object that must still be copied to object storage, one
+//! record per object, written in the same synced batch as the record that makes the
+//! object final in Tier 1 (a sealed segment, a committed backup's packs and manifests),
+//! so after a crash nothing is forgotten. The key names the object (kind and name), so
+//! queueing it twice is one entry and it is uploaded under one object key.
+//!
+//! Keys: `r/<cluster>/<kind tag>/<name>`. An entry leaves the queue only through
+//! [`Catalog::relay_done`], in the same batch that records the object as held by Tier 2.
+//! A permanently failing object stays, marked dead with its cause (visible in the
+//! backlog), until [`Catalog::relay_revive`] queues it again.
+
+use klio_core::ClusterName;
+use rocksdb::{WriteBatch, WriteOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::{decode, encode, segment_key, Catalog, Result, SegmentRecord};
+
+/// What kind of Tier 1 object an entry is; part of its key.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum RelayKind {
+    /// A sealed WAL segment; the name is its 24-digit file name.
+    WalSegment,
+    /// A timeline history file; the name is `0000000N.history`.
+    History,
+    /// A backup's pack file; the name is the pack's name.
+    Pack,
+    /// Klio's manifest of a backup; the name is the backup id.
+    BackupManifest,
+    /// PostgreSQL's `backup_manifest` of a backup; the name is the backup id.
+    PgManifest,
+}
+
+impl RelayKind {
+    /// The key tag, which orders the queue: history files, WAL, packs, then the
+    /// manifests (Klio's last, as it is what makes a backup visible to a reader of the
+    /// bucket).
+    fn tag(self) -> u8 {
+        match self {
+            RelayKind::History => b'a',
+            RelayKind::WalSegment => b'b',
+            RelayKind::Pack => b'c',
+            RelayKind::PgManifest => b'd',
+            RelayKind::BackupManifest => b'e',
+        }
+    }
+}
+
+/// One object waiting for Tier 2.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RelayItem {
+    pub kind: RelayKind,
+    pub name: String,
+    /// Bytes to upload (the Tier 1 file's size).
+    pub bytes: u64,
+    pub enqueued_unix: u64,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// Not to be tried again before this time (0: now).
+    pub not_before_unix: u64,
+    /// The last failure, for the status and the logs.
+    pub last_error: Option<String>,
+    /// Set when the failure is permanent: the relay skips the entry until it is revived.
+    pub dead: bool,
+}
+
+impl RelayItem {
+    /// A new entry, due now.
+    pub fn new(kind: RelayKind, name: impl Into<String>, bytes: u64, now_unix: u64) -> RelayItem {
+        RelayItem {
+            kind,
+            name: name.into(),
+            bytes,
+            enqueued_unix: now_unix,
+            attempts: 0,
+            not_before_unix: 0,
+            last_error: None,
+            dead: false,
+        }
+    }
+}
+
+/// The queue's size, for the status and the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayBacklog {
+    /// Entries waiting (dead ones included).
+    pub objects: u64,
+    pub bytes: u64,
+    /// When the oldest entry was queued.
+    pub oldest_unix: Option<u64>,
+    /// Entries that failed permanently.
+    pub dead: u64,
+}
+
+fn relay_prefix(c: &ClusterName) -> Vec<u8> {
+    format!("r/{c}/").into_bytes()
+}
+
+fn relay_key(c: &ClusterName, kind: RelayKind, name: &str) -> Vec<u8> {
+    let mut k = relay_prefix(c);
+    k.push(kind.tag());
+    k.push(b'/');
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn synced() -> WriteOptions {
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    wo
+}
+
+/// Adds `items` to a batch being built elsewhere in the catalog.
+pub(crate) fn queue_in(batch: &mut WriteBatch, cluster: &ClusterName, items: &[RelayItem]) {
+    for i in items {
+        batch.put(relay_key(cluster, i.kind, &i.name), encode(i));
+    }
+}
+
+impl Catalog {
+    /// Records `rec` and, when `relay` is given, queues the segment for Tier 2 in the
+    /// same synced write.
+    pub fn put_segment_queued(
+        &self,
+        cluster: &ClusterName,
+        rec: &SegmentRecord,
+        relay: Option<&RelayItem>,
+    ) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put(segment_key(cluster, rec.tli, rec.segno), encode(rec));
+        if let Some(item) = relay {
+            queue_in(&mut batch, cluster, std::slice::from_ref(item));
+        }
+        self.db.write_opt(batch, &synced())?;
+        Ok(())
+    }
+
+    /// Queues objects (e.g. a history file, or what a rescan found missing in Tier 2).
+    /// An object already queued is replaced by the new entry.
+    pub fn relay_enqueue(&self, cluster: &ClusterName, items: &[RelayItem]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        queue_in(&mut batch, cluster, items);
+        self.db.write_opt(batch, &synced())?;
+        Ok(())
+    }
+
+    /// The queue in key order: history files, WAL segments (by timeline and segment),
+    /// packs, PostgreSQL's manifests, Klio's manifests. The relay must not upload a
+    /// backup's Klio manifest before its packs are in Tier 2.
+    pub fn relay_items(&self, cluster: &ClusterName) -> Result<Vec<RelayItem>> {
+        self.scan(&relay_prefix(cluster))
+    }
+
+    /// The entries due at `now_unix` and not dead, at most `limit`.
+    pub fn relay_due(
+        &self,
+        cluster: &ClusterName,
+        now_unix: u64,
+        limit: usize,
+    ) -> Result<Vec<RelayItem>> {
+        Ok(self
+            .relay_items(cluster)?
+            .into_iter()
+            .filter(|i| !i.dead && i.not_before_unix <= now_unix)
+            .take(limit)
+            .collect())
+    }
+
+    pub fn relay_backlog(&self, cluster: &ClusterName) -> Result<RelayBacklog> {
+        let mut b = RelayBacklog::default();
+        for i in self.relay_items(cluster)? {
+            b.objects += 1;
+            b.bytes += i.bytes;
+            b.dead += u64::from(i.dead);
+            b.oldest_unix = Some(
+                b.oldest_unix
+                    .map_or(i.enqueued_unix, |o| o.min(i.enqueued_unix)),
+            );
+        }
+        Ok(b)
+    }
+
+    /// The object is in Tier 2: removes its entry and, in the same synced write, stores
+    /// `segment` (the segment's record with `tiers.tier2` set) when it is a WAL segment.
+    pub fn relay_done(
+        &self,
+        cluster: &ClusterName,
+        item: &RelayItem,
+        segment: Option<&SegmentRecord>,
+    ) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.delete(relay_key(cluster, item.kind, &item.name));
+        if let Some(rec) = segment {
+            batch.put(segment_key(cluster, rec.tli, rec.segno), encode(rec));
+        }
+        self.db.write_opt(batch, &synced())?;
+        Ok(())
+    }
+
+    /// Records a failed attempt: `item` as updated by the relay (attempts, when to try
+    /// again, the error, dead or not). Does nothing if the entry left the queue meanwhile.
+    pub fn relay_failed(&self, cluster: &ClusterName, item: &RelayItem) -> Result<()> {
+        let key = relay_key(cluster, item.kind, &item.name);
+        if self.db.get_pinned(&key)?.is_none() {
+            return Ok(());
+        }
+        self.db.put_opt(key, encode(item), &synced())?;
+        Ok(())
+    }
+
+    /// Queues dead entries again (all of them, or those of `kind` named `name`), due now
+    /// with their attempts reset. Returns how many were revived.
+    pub fn relay_revive(
+        &self,
+        cluster: &ClusterName,
+        only: Option<(RelayKind, &str)>,
+    ) -> Result<usize> {
+        let mut batch = WriteBatch::default();
+        let mut n = 0;
+        for mut i in self.relay_items(cluster)? {
+            if !i.dead || only.is_some_and(|(k, name)| k != i.kind || name != i.name) {
+                continue;
+            }
+            i.dead = false;
+            i.attempts = 0;
+            i.not_before_unix = 0;
+            batch.put(relay_key(cluster, i.kind, &i.name), encode(&i));
+            n += 1;
+        }
+        if n > 0 {
+            self.db.write_opt(batch, &synced())?;
+        }
+        Ok(n)
+    }
+
+    /// One entry, if queued.
+    pub fn relay_item(
+        &self,
+        cluster: &ClusterName,
+        kind: RelayKind,
+        name: &str,
+    ) -> Result<Option<RelayItem>> {
+        let key = relay_key(cluster, kind, name);
+        match self.db.get_pinned(&key)? {
+            Some(raw) => decode(&key, &raw).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{SegmentState, Tiers};
+    use klio_core::{SegNo, TimelineId};
+
+    fn segment(n: u64, tier2: bool) -> SegmentRecord {
+        SegmentRecord {
+            tli: TimelineId::FIRST,
+            segno: SegNo(n),
+            state: SegmentState::Sealed,
+            plain_size: 16 << 20,
+            crc32c: Some(1),
+            stored_size: 4 << 20,
+            tiers: Tiers { tier1: true, tier2 },
+        }
+    }
+
+    fn open() -> (tempfile::TempDir, Catalog, ClusterName) {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::open(dir.path()).unwrap();
+        (dir, c, "pg".parse().unwrap())
+    }
+
+    #[test]
+    fn a_sealed_segment_and_its_queue_entry_are_written_together() {
+        let (dir, c, pg) = open();
+        let item = RelayItem::new(
+            RelayKind::WalSegment,
+            "000000010000000000000003",
+            4 << 20,
+            100,
+        );
+        c.put_segment_queued(&pg, &segment(3, false), Some(&item))
+            .unwrap();
+        c.put_segment_queued(&pg, &segment(4, false), None).unwrap();
+        drop(c);
+        // Durable across a reopen: nothing forgotten.
+        let c = Catalog::open(dir.path()).unwrap();
+        assert_eq!(c.relay_items(&pg).unwrap(), vec![item.clone()]);
+        assert_eq!(c.segments(&pg).unwrap().len(), 2);
+
+        // Done: the entry goes and the segment says Tier 2 holds it, in one write.
+        c.relay_done(&pg, &item, Some(&segment(3, true))).unwrap();
+        assert!(c.relay_items(&pg).unwrap().is_empty());
+        let s = c
+            .segment(&pg, TimelineId::FIRST, SegNo(3))
+            .unwrap()
+            .unwrap();
+        assert!(s.tiers.tier2 && s.tiers.tier1);
+    }
+
+    #[test]
+    fn queueing_an_object_twice_keeps_one_entry() {
+        let (_d, c, pg) = open();
+        let a = RelayItem::new(RelayKind::Pack, "20260101T000000Z-0001", 10, 100);
+        c.relay_enqueue(&pg, std::slice::from_ref(&a)).unwrap();
+        c.relay_enqueue(&pg, std::slice::from_ref(&a)).unwrap();
+        // Same name, other kind: another object.
+        let m = RelayItem::new(RelayKind::BackupManifest, "20260101T000000Z-0001", 5, 100);
+        c.relay_enqueue(&pg, std::slice::from_ref(&m)).unwrap();
+        assert_eq!(c.relay_items(&pg).unwrap().len(), 2);
+        let other: ClusterName = "pg2".parse().unwrap();
+        assert!(c.relay_items(&other).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_queue_runs_history_wal_packs_then_manifests() {
+        let (_d, c, pg) = open();
+        let id = "20260101T000000Z";
+        c.relay_enqueue(
+            &pg,
+            &[
+                RelayItem::new(RelayKind::BackupManifest, id, 1, 1),
+                RelayItem::new(RelayKind::PgManifest, id, 1, 1),
+                RelayItem::new(RelayKind::Pack, format!("{id}-0001"), 1, 1),
+                RelayItem::new(RelayKind::WalSegment, "000000020000000000000001", 1, 1),
+                RelayItem::new(RelayKind::WalSegment, "000000010000000000000009", 1, 1),
+                RelayItem::new(RelayKind::History, "00000002.history", 1, 1),
+            ],
+        )
+        .unwrap();
+        let kinds: Vec<RelayKind> = c.relay_items(&pg).unwrap().iter().map(|i| i.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                RelayKind::History,
+                RelayKind::WalSegment,
+                RelayKind::WalSegment,
+                RelayKind::Pack,
+                RelayKind::PgManifest,
+                RelayKind::BackupManifest
+            ]
+        );
+        let wal: Vec<String> = c
+            .relay_items(&pg)
+            .unwrap()
+            .into_iter()
+            .filter(|i| i.kind == RelayKind::WalSegment)
+            .map(|i| i.name)
+            .collect();
+        assert_eq!(
+            wal,
+            ["000000010000000000000009", "000000020000000000000001"]
+        );
+    }
+
+    #[test]
+    fn failures_back_off_dead_entries_wait_for_a_revival_and_the_backlog_counts_them() {
+        let (_d, c, pg) = open();
+        let mut a = RelayItem::new(RelayKind::WalSegment, "000000010000000000000001", 100, 50);
+        let b = RelayItem::new(RelayKind::WalSegment, "000000010000000000000002", 200, 60);
+        let h = RelayItem::new(RelayKind::History, "00000002.history", 42, 70);
+        c.relay_enqueue(&pg, &[a.clone(), b.clone(), h.clone()])
+            .unwrap();
+        assert_eq!(
+            c.relay_backlog(&pg).unwrap(),
+            RelayBacklog {
+                objects: 3,
+                bytes: 342,
+                oldest_unix: Some(50),
+                dead: 0
+            }
+        );
+
+        // A transient failure: not due before its time.
+        a.attempts = 1;
+        a.not_before_unix = 1000;
+        a.last_error = Some("503".into());
+        c.relay_failed(&pg, &a).unwrap();
+        let due: Vec<String> = c
+            .relay_due(&pg, 999, 10)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        assert_eq!(due, vec![h.name.clone(), b.name.clone()]);
+        assert_eq!(c.relay_due(&pg, 1000, 10).unwrap().len(), 3);
+        assert_eq!(c.relay_due(&pg, 1000, 1).unwrap().len(), 1);
+
+        // A permanent one: skipped, counted, until revived.
+        let mut dead = b.clone();
+        dead.dead = true;
+        dead.attempts = 3;
+        dead.last_error = Some("object exists with other content".into());
+        c.relay_failed(&pg, &dead).unwrap();
+        assert!(c
+            .relay_due(&pg, u64::MAX, 10)
+            .unwrap()
+            .iter()
+            .all(|i| i.name != b.name));
+        assert_eq!(c.relay_backlog(&pg).unwrap().dead, 1);
+        assert_eq!(
+            c.relay_revive(&pg, Some((RelayKind::History, &b.name)))
+                .unwrap(),
+            0
+        );
+        assert_eq!(c.relay_revive(&pg, None).unwrap(), 1);
+        let revived = c
+            .relay_item(&pg, RelayKind::WalSegment, &b.name)
+            .unwrap()
+            .unwrap();
+        assert!(!revived.dead && revived.attempts == 0 && revived.not_before_unix == 0);
+        assert_eq!(
+            revived.last_error.as_deref(),
+            Some("object exists with other content")
+        );
+
+        // A failure reported after the entry was done does not bring it back.
+        c.relay_done(&pg, &h, None).unwrap();
+        c.relay_failed(&pg, &h).unwrap();
+        assert!(c
+            .relay_item(&pg, RelayKind::History, &h.name)
+            .unwrap()
+            .is_none());
+    }
+}
