@@ -1,0 +1,222 @@
+//! A real S3-compatible server for tests: moto's server mode (`moto_server`, PyPI
+//! `moto[server]` >= 5.2.5), one process per [`S3Server`] on 127.0.0.1 and a free port,
+//! in memory, killed on drop. Writes only moto's log, in a temp directory of its own.
+//!
+//! Moto implements the S3 behaviours Tier 2 depends on the way S3 does: a create-only PUT
+//! answers 412, multipart uploads have real ETags and can be listed and aborted, and
+//! ListObjectsV2 honours `start-after`. It accepts any credentials and does not check
+//! request signatures, which lets a test talk to it with a plain HTTP request (see
+//! [`S3Server::multipart_uploads`]).
+//!
+//! `moto_server` is looked up as `$KLIO_MOTO_SERVER`, then in the virtualenv
+//! `scripts/setup.sh` creates (`$HOME/.cache/klio-venv/bin`), then on `PATH`. Missing, the
+//! start fails with the command that installs it.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// The bucket every [`S3Server`] has from the start.
+pub const DEFAULT_BUCKET: &str = "klio-test";
+
+/// How long moto may take to answer after being started (it imports a lot of Python).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running `moto_server` (see the module documentation).
+#[derive(Debug)]
+pub struct S3Server {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl S3Server {
+    /// Starts moto on a free port of 127.0.0.1, waits until it answers, and creates
+    /// [`DEFAULT_BUCKET`]. Call it from the test's own thread: the server is also killed
+    /// if that thread dies without dropping it.
+    pub fn start() -> Result<S3Server> {
+        let program = moto_server()?;
+        let mut last = None;
+        // The port is free when picked but may be taken before moto binds it.
+        for _ in 0..3 {
+            match Self::start_once(&program) {
+                Ok(server) => {
+                    server.create_bucket(DEFAULT_BUCKET)?;
+                    return Ok(server);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("moto_server did not start")))
+    }
+
+    fn start_once(program: &PathBuf) -> Result<S3Server> {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .context("picking a free port")?
+            .local_addr()?
+            .port();
+        let dir = tempfile::Builder::new()
+            .prefix("klio-s3-")
+            .tempdir()
+            .context("creating a directory for moto's log")?;
+        let log = File::create(dir.path().join("moto.log")).context("creating moto.log")?;
+        // setpriv: the kernel kills moto if the test process dies without dropping us.
+        let mut cmd = if which("setpriv").is_some() {
+            let mut c = Command::new("setpriv");
+            c.args(["--pdeathsig", "KILL", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        };
+        let child = cmd
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        let mut server = S3Server { child, port, dir };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = server.child.try_wait()? {
+                bail!(
+                    "moto_server exited with {status} before answering:\n{}",
+                    server.log()
+                );
+            }
+            if let Ok((200, _)) = server.request("GET", "/") {
+                return Ok(server);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "moto_server did not answer on port {port} within {START_TIMEOUT:?}:\n{}",
+                    server.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`, for `tier2.endpoint` (with `allow_http`).
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The TCP port moto listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Creates a bucket (tests that share a server each take their own).
+    pub fn create_bucket(&self, bucket: &str) -> Result<()> {
+        match self.request("PUT", &format!("/{bucket}"))? {
+            (200, _) => Ok(()),
+            (status, body) => bail!("creating bucket {bucket}: HTTP {status}: {body}"),
+        }
+    }
+
+    /// The keys of the multipart uploads in progress (started, neither completed nor
+    /// aborted) in `bucket`, from S3's ListMultipartUploads.
+    pub fn multipart_uploads(&self, bucket: &str) -> Result<Vec<String>> {
+        let (status, body) = self.request("GET", &format!("/{bucket}?uploads"))?;
+        if status != 200 {
+            bail!("listing multipart uploads of {bucket}: HTTP {status}: {body}");
+        }
+        Ok(body
+            .split("<Upload>")
+            .skip(1)
+            .filter_map(|upload| xml_text(upload, "Key"))
+            .collect())
+    }
+
+    /// The keys of the objects in `bucket` (ListObjectsV2, first 1000).
+    pub fn object_keys(&self, bucket: &str) -> Result<Vec<String>> {
+        let (status, body) = self.request("GET", &format!("/{bucket}?list-type=2"))?;
+        if status != 200 {
+            bail!("listing {bucket}: HTTP {status}: {body}");
+        }
+        Ok(body
+            .split("<Contents>")
+            .skip(1)
+            .filter_map(|object| xml_text(object, "Key"))
+            .collect())
+    }
+
+    /// moto's output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("moto.log")).unwrap_or_default()
+    }
+
+    /// One unsigned HTTP/1.0 request without a body (moto does not check signatures);
+    /// returns the status and the body.
+    fn request(&self, method: &str, path: &str) -> Result<(u16, String)> {
+        let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        write!(
+            stream,
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\n\r\n",
+            self.port
+        )?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response)?;
+        let text = String::from_utf8_lossy(&response);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| anyhow!("moto sent no complete HTTP response: {text:?}"))?;
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("moto sent a malformed status line: {head:?}"))?;
+        Ok((status, body.to_string()))
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The text of the first `<tag>…</tag>` in `xml`.
+fn xml_text(xml: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let len = xml[start..].find(&format!("</{tag}>"))?;
+    Some(xml[start..start + len].to_string())
+}
+
+fn moto_server() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("KLIO_MOTO_SERVER") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        let venv = PathBuf::from(home).join(".cache/klio-venv/bin/moto_server");
+        if venv.is_file() {
+            return Ok(venv);
+        }
+    }
+    which("moto_server").ok_or_else(|| {
+        anyhow!(
+            "moto_server (PyPI moto[server] >= 5.2.5) is not installed, and the Tier 2 tests \
+             need it: run `bash scripts/setup.sh` (it installs moto into \
+             $HOME/.cache/klio-venv), or `pip install 'moto[server]>=5.2.5'`, or point \
+             KLIO_MOTO_SERVER at a moto_server executable"
+        )
+    })
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    })
+}
