@@ -1,0 +1,152 @@
+//! Retries against a real S3 server behind a fault-injecting proxy: a tiny HTTP proxy in
+//! this test answers 503 to the first N requests (or to all of them) and passes the rest
+//! to moto.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use klio_harness::s3::{S3Server, DEFAULT_BUCKET};
+use klio_tiering::PutOutcome;
+use object_store::path::Path;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use common::{fast_retry, open_at, s3_tier2};
+
+/// A proxy on 127.0.0.1 in front of `upstream` that fails the first `fail_first`
+/// requests (`u32::MAX`: all) with 503 Service Unavailable.
+struct FaultProxy {
+    port: u16,
+    failed: Arc<AtomicU32>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    async fn start(upstream: u16, fail_first: u32) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let failed = Arc::new(AtomicU32::new(0));
+        let counter = Arc::clone(&failed);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let counter = Arc::clone(&counter);
+                tokio::spawn(async move {
+                    let _ = serve(conn, upstream, fail_first, &counter).await;
+                });
+            }
+        });
+        FaultProxy { port, failed, task }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn failed(&self) -> u32 {
+        self.failed.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads one request; fails it (and closes the connection) or pipes the connection to
+/// moto from then on.
+async fn serve(
+    mut conn: TcpStream,
+    upstream: u16,
+    fail_first: u32,
+    failed: &AtomicU32,
+) -> std::io::Result<()> {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 8192];
+    let head_end = loop {
+        let n = conn.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        request.extend_from_slice(&buf[..n]);
+        if let Some(at) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&request[..head_end]).to_ascii_lowercase();
+    let body_len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while request.len() < head_end + body_len {
+        let n = conn.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        request.extend_from_slice(&buf[..n]);
+    }
+    let fail = failed
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |f| {
+            (f < fail_first).then_some(f + 1)
+        })
+        .is_ok();
+    if fail {
+        conn.write_all(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await?;
+        return conn.shutdown().await;
+    }
+    let mut moto = TcpStream::connect(("127.0.0.1", upstream)).await?;
+    moto.write_all(&request).await?;
+    tokio::io::copy_bidirectional(&mut conn, &mut moto).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn transient_503s_are_retried_until_the_put_succeeds() {
+    let server = S3Server::start().unwrap();
+    let proxy = FaultProxy::start(server.port(), 3).await;
+    let t = open_at(&proxy.endpoint(), DEFAULT_BUCKET, "r").with_retry(fast_retry(5));
+    let key = Path::from("wal/000000010000000000000001");
+    let body = Bytes::from(vec![1u8; 4096]);
+    assert_eq!(
+        t.put_create(&key, body.clone()).await.unwrap(),
+        PutOutcome::Created
+    );
+    assert_eq!(
+        proxy.failed(),
+        3,
+        "the proxy failed fewer requests than planned"
+    );
+    // Read back directly from moto, past the proxy.
+    let direct = s3_tier2(&server, DEFAULT_BUCKET, "r");
+    assert_eq!(direct.get(&key).await.unwrap(), body);
+}
+
+#[tokio::test]
+async fn an_unavailable_server_gives_a_transient_error_after_bounded_retries() {
+    let server = S3Server::start().unwrap();
+    let proxy = FaultProxy::start(server.port(), u32::MAX).await;
+    let t = open_at(&proxy.endpoint(), DEFAULT_BUCKET, "").with_retry(fast_retry(4));
+    let key = Path::from("wal/000000010000000000000001");
+    let err = t
+        .put_create(&key, Bytes::from_static(b"segment"))
+        .await
+        .unwrap_err();
+    assert!(!err.is_permanent(), "{err}");
+    assert!(err.to_string().contains("503"), "{err}");
+    assert_eq!(proxy.failed(), 4, "not exactly max_attempts requests");
+    let err = t.get(&key).await.unwrap_err();
+    assert!(!err.is_permanent(), "{err}");
+    assert_eq!(proxy.failed(), 8);
+    // Nothing reached the bucket.
+    assert!(server.object_keys(DEFAULT_BUCKET).unwrap().is_empty());
+}
