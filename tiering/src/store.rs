@@ -100,12 +100,12 @@ impl Tier2 {
                 client = client.with_root_certificate(cert);
             }
         }
-        let (store, multipart, prefix, metadata): (
-            Arc<dyn ObjectStore>,
-            Option<Arc<dyn MultipartStore>>,
-            &str,
-            bool,
-        ) = match &settings.location {
+        let Backend {
+            store,
+            multipart,
+            prefix,
+            metadata,
+        } = match &settings.location {
             Tier2Location::S3 { bucket, prefix } => {
                 let mut b = match &settings.keys {
                     // Static keys: nothing from the environment may mix in.
@@ -125,7 +125,7 @@ impl Tier2 {
                         .with_virtual_hosted_style_request(false);
                 }
                 let s3 = Arc::new(b.build().map_err(build_err)?);
-                (s3.clone(), Some(s3), prefix, true)
+                Backend::cloud(s3, prefix)
             }
             Tier2Location::Gcs { bucket, prefix } => {
                 let gcs = GoogleCloudStorageBuilder::from_env()
@@ -135,7 +135,7 @@ impl Tier2 {
                     .build()
                     .map_err(build_err)?;
                 let gcs = Arc::new(gcs);
-                (gcs.clone(), Some(gcs), prefix, true)
+                Backend::cloud(gcs, prefix)
             }
             Tier2Location::Azure { container, prefix } => {
                 let az = MicrosoftAzureBuilder::from_env()
@@ -145,13 +145,18 @@ impl Tier2 {
                     .build()
                     .map_err(build_err)?;
                 let az = Arc::new(az);
-                (az.clone(), Some(az), prefix, true)
+                Backend::cloud(az, prefix)
             }
             Tier2Location::File { root } => {
                 let fs = LocalFileSystem::new_with_prefix(root)
                     .map_err(build_err)?
                     .with_fsync(true);
-                (Arc::new(fs), None, "", false)
+                Backend {
+                    store: Arc::new(fs),
+                    multipart: None,
+                    prefix: "",
+                    metadata: false,
+                }
             }
         };
         Ok(Tier2 {
@@ -351,6 +356,27 @@ impl Tier2 {
             done: false,
         };
         futures_util::stream::unfold(state, ListState::next).boxed()
+    }
+}
+
+/// What [`Tier2::open`] builds for one kind of location.
+struct Backend<'a> {
+    store: Arc<dyn ObjectStore>,
+    multipart: Option<Arc<dyn MultipartStore>>,
+    prefix: &'a str,
+    /// Whether the store keeps user metadata.
+    metadata: bool,
+}
+
+impl<'a> Backend<'a> {
+    /// S3, GCS, Azure: one client for objects and multipart uploads, metadata kept.
+    fn cloud<S: ObjectStore + MultipartStore>(store: Arc<S>, prefix: &'a str) -> Self {
+        Backend {
+            store: store.clone(),
+            multipart: Some(store),
+            prefix,
+            metadata: true,
+        }
     }
 }
 

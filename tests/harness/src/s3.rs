@@ -12,6 +12,7 @@
 //! `scripts/setup.sh` creates (`$HOME/.cache/klio-venv/bin`), then on `PATH`. Missing, the
 //! start fails with the command that installs it.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -194,16 +195,28 @@ fn xml_text(xml: &str, tag: &str) -> Option<String> {
 }
 
 fn moto_server() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("KLIO_MOTO_SERVER") {
+    find_moto_server(
+        std::env::var_os("KLIO_MOTO_SERVER"),
+        std::env::var_os("HOME"),
+        std::env::var_os("PATH"),
+    )
+}
+
+fn find_moto_server(
+    explicit: Option<OsString>,
+    home: Option<OsString>,
+    path: Option<OsString>,
+) -> Result<PathBuf> {
+    if let Some(p) = explicit {
         return Ok(PathBuf::from(p));
     }
-    if let Some(home) = std::env::var_os("HOME") {
+    if let Some(home) = home {
         let venv = PathBuf::from(home).join(".cache/klio-venv/bin/moto_server");
         if venv.is_file() {
             return Ok(venv);
         }
     }
-    which("moto_server").ok_or_else(|| {
+    which_in(path, "moto_server").ok_or_else(|| {
         anyhow!(
             "moto_server (PyPI moto[server] >= 5.2.5) is not installed, and the Tier 2 tests \
              need it: run `bash scripts/setup.sh` (it installs moto into \
@@ -214,9 +227,43 @@ fn moto_server() -> Result<PathBuf> {
 }
 
 fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
+    which_in(std::env::var_os("PATH"), program)
+}
+
+fn which_in(path: Option<OsString>, program: &str) -> Option<PathBuf> {
+    path.and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|dir| dir.join(program))
             .find(|p| p.is_file())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_moto_fails_with_the_install_command() {
+        let err = find_moto_server(
+            None,
+            Some("/nonexistent-klio-home".into()),
+            Some("/nonexistent-klio-bin".into()),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("bash scripts/setup.sh"), "{err}");
+        assert!(err.contains("moto[server] >= 5.2.5"), "{err}");
+    }
+
+    #[test]
+    fn the_venv_comes_before_path() {
+        let home = tempfile::tempdir().unwrap();
+        let bin = home.path().join(".cache/klio-venv/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("moto_server"), "").unwrap();
+        let found = find_moto_server(None, Some(home.path().into()), None).unwrap();
+        assert_eq!(found, bin.join("moto_server"));
+        let explicit = find_moto_server(Some("/x/moto".into()), Some(home.path().into()), None);
+        assert_eq!(explicit.unwrap(), PathBuf::from("/x/moto"));
+    }
 }
