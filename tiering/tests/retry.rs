@@ -1,5 +1,6 @@
 //! Retries against a real S3 server behind a fault-injecting proxy: a tiny HTTP proxy in
-//! this test answers 503 to the first N requests (or to all of them) and passes the rest
+//! this test answers 503 to the first N requests (or to all of them), either without
+//! passing them on or after moto has carried them out (a lost answer), and passes the rest
 //! to moto.
 
 mod common;
@@ -16,6 +17,15 @@ use tokio::net::{TcpListener, TcpStream};
 
 use common::{fast_retry, open_at, s3_tier2};
 
+/// What the proxy does to a request it fails.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Answers 503 without passing the request on.
+    Refuse,
+    /// Passes the request on, waits for moto's answer, and answers 503 instead.
+    LoseAnswer,
+}
+
 /// A proxy on 127.0.0.1 in front of `upstream` that fails the first `fail_first`
 /// requests (`u32::MAX`: all) with 503 Service Unavailable.
 struct FaultProxy {
@@ -25,7 +35,7 @@ struct FaultProxy {
 }
 
 impl FaultProxy {
-    async fn start(upstream: u16, fail_first: u32) -> FaultProxy {
+    async fn start(upstream: u16, fail_first: u32, fault: Fault) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let failed = Arc::new(AtomicU32::new(0));
@@ -37,7 +47,7 @@ impl FaultProxy {
                 };
                 let counter = Arc::clone(&counter);
                 tokio::spawn(async move {
-                    let _ = serve(conn, upstream, fail_first, &counter).await;
+                    let _ = serve(conn, upstream, fail_first, fault, &counter).await;
                 });
             }
         });
@@ -65,6 +75,7 @@ async fn serve(
     mut conn: TcpStream,
     upstream: u16,
     fail_first: u32,
+    fault: Fault,
     failed: &AtomicU32,
 ) -> std::io::Result<()> {
     let mut request = Vec::new();
@@ -97,6 +108,19 @@ async fn serve(
             (f < fail_first).then_some(f + 1)
         })
         .is_ok();
+    if fail && fault == Fault::LoseAnswer {
+        // moto has carried the request out once its answer's head arrives.
+        let mut moto = TcpStream::connect(("127.0.0.1", upstream)).await?;
+        moto.write_all(&request).await?;
+        let mut answer = Vec::new();
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = moto.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+        }
+    }
     if fail {
         conn.write_all(
             b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
@@ -113,7 +137,7 @@ async fn serve(
 #[tokio::test]
 async fn transient_503s_are_retried_until_the_put_succeeds() {
     let server = S3Server::start().unwrap();
-    let proxy = FaultProxy::start(server.port(), 3).await;
+    let proxy = FaultProxy::start(server.port(), 3, Fault::Refuse).await;
     let t = open_at(&proxy.endpoint(), DEFAULT_BUCKET, "r").with_retry(fast_retry(5));
     let key = Path::from("wal/000000010000000000000001");
     let body = Bytes::from(vec![1u8; 4096]);
@@ -134,7 +158,7 @@ async fn transient_503s_are_retried_until_the_put_succeeds() {
 #[tokio::test]
 async fn an_unavailable_server_gives_a_transient_error_after_bounded_retries() {
     let server = S3Server::start().unwrap();
-    let proxy = FaultProxy::start(server.port(), u32::MAX).await;
+    let proxy = FaultProxy::start(server.port(), u32::MAX, Fault::Refuse).await;
     let t = open_at(&proxy.endpoint(), DEFAULT_BUCKET, "").with_retry(fast_retry(4));
     let key = Path::from("wal/000000010000000000000001");
     let err = t
@@ -149,4 +173,20 @@ async fn an_unavailable_server_gives_a_transient_error_after_bounded_retries() {
     assert_eq!(proxy.failed(), 8);
     // Nothing reached the bucket.
     assert!(server.object_keys(DEFAULT_BUCKET).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_retried_put_whose_first_attempt_landed_finds_its_own_object() {
+    let server = S3Server::start().unwrap();
+    let proxy = FaultProxy::start(server.port(), 1, Fault::LoseAnswer).await;
+    let t = open_at(&proxy.endpoint(), DEFAULT_BUCKET, "").with_retry(fast_retry(3));
+    let key = Path::from("wal/000000010000000000000007");
+    let body = Bytes::from(vec![9u8; 65536]);
+    // The first PUT lands but its answer is lost; the retry meets 412 and compares.
+    assert_eq!(
+        t.put_create(&key, body.clone()).await.unwrap(),
+        PutOutcome::AlreadyThere
+    );
+    assert_eq!(proxy.failed(), 1);
+    assert_eq!(t.get(&key).await.unwrap(), body);
 }
