@@ -32,7 +32,7 @@ pub enum Tier2Error {
     #[error("tier2: reading the data for {key}: {source}")]
     Source { key: String, source: std::io::Error },
     /// The store refused or failed the request; `transient` is decided by [`classify`].
-    #[error("tier2: {op} {key}: {source}{}", .transient.then_some(" (transient)").unwrap_or_default())]
+    #[error("tier2: {op} {key}: {}{}", with_causes(.source), .transient.then_some(" (transient)").unwrap_or_default())]
     Store {
         op: &'static str,
         key: String,
@@ -104,6 +104,9 @@ fn classify_chain(error: &object_store::Error) -> Retry {
     let mut current: Option<&(dyn StdError + 'static)> = Some(error);
     while let Some(e) = current {
         if let Some(http) = e.downcast_ref::<object_store::client::HttpError>() {
+            if tls_refused(http) {
+                return Retry::Permanent;
+            }
             return match http.kind() {
                 HttpErrorKind::Connect
                 | HttpErrorKind::Request
@@ -127,6 +130,43 @@ fn classify_chain(error: &object_store::Error) -> Retry {
     // object_store keeps the HTTP status of a failed request in a private type; its text
     // is the only stable way to it ("... status code: 503 Service Unavailable ...").
     classify_status_text(&error.to_string())
+}
+
+/// A connection refused by TLS (an untrusted or mismatched certificate; rustls reports it
+/// as `InvalidData` below the HTTP error): a configuration problem, not an outage.
+fn tls_refused(http: &object_store::client::HttpError) -> bool {
+    let mut current = http.source();
+    while let Some(e) = current {
+        // `io::Error::source` skips the error it wraps, so look inside each one.
+        let mut io = e.downcast_ref::<std::io::Error>();
+        while let Some(err) = io {
+            if err.kind() == std::io::ErrorKind::InvalidData {
+                return true;
+            }
+            io = err
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<std::io::Error>());
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// `error` and the causes below it that its own text leaves out (object_store's HTTP
+/// errors say "error sending request" and keep the reason, such as an unknown
+/// certificate issuer, in their sources).
+fn with_causes(error: &object_store::Error) -> String {
+    let mut text = error.to_string();
+    let mut current = error.source();
+    while let Some(cause) = current {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        current = cause.source();
+    }
+    text
 }
 
 fn classify_status_text(text: &str) -> Retry {
