@@ -22,6 +22,12 @@ pub enum Tier2Error {
          writing to one bucket and prefix?) before removing it by hand"
     )]
     Conflict { key: String, detail: String },
+    /// A write on a Tier 2 opened read-only ([`crate::Tier2::read_only`]).
+    #[error(
+        "tier2: refusing to {op} {key}: this server is in read-only mode and never writes \
+         to Tier 2"
+    )]
+    ReadOnly { op: &'static str, key: String },
     /// The object does not exist.
     #[error("tier2: {key} not found")]
     NotFound { key: String },
@@ -48,6 +54,7 @@ impl Tier2Error {
             Tier2Error::Store { transient, .. } => !transient,
             Tier2Error::Build { .. }
             | Tier2Error::Conflict { .. }
+            | Tier2Error::ReadOnly { .. }
             | Tier2Error::NotFound { .. }
             | Tier2Error::Verify { .. } => true,
             // The caller's data source: an I/O error there is the caller's to judge;

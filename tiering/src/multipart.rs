@@ -30,6 +30,7 @@ impl Tier2 {
     where
         S: Stream<Item = io::Result<Bytes>> + Unpin,
     {
+        self.check_writable("put", key)?;
         let mut body = Rechunk::new(body, self.part_size);
         match self.head(key).await {
             Ok(_) => {

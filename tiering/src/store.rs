@@ -55,6 +55,8 @@ pub struct Tier2 {
     /// Whether the backend stores user metadata ([`SHA256_METADATA`]).
     metadata: bool,
     pub(crate) retry: RetryPolicy,
+    /// Set for a read-only server: every write is refused before any request is made.
+    read_only: bool,
     pub(crate) part_size: usize,
     pub(crate) parts_in_flight: usize,
     description: String,
@@ -165,6 +167,7 @@ impl Tier2 {
             prefix: Path::from(prefix),
             metadata,
             retry: RetryPolicy::default(),
+            read_only: false,
             part_size: DEFAULT_PART_SIZE,
             parts_in_flight: DEFAULT_PARTS_IN_FLIGHT,
             description: describe(&settings.location),
@@ -185,6 +188,24 @@ impl Tier2 {
         self
     }
 
+    /// Refuses every write from now on ([`Tier2Error::ReadOnly`]), so that a read-only
+    /// server cannot write to the bucket whatever its callers do.
+    pub fn read_only(mut self) -> Tier2 {
+        self.read_only = true;
+        self
+    }
+
+    /// `Err(ReadOnly)` for a write to `key` on a read-only Tier 2.
+    pub(crate) fn check_writable(&self, op: &'static str, key: &Path) -> Result<(), Tier2Error> {
+        if self.read_only {
+            return Err(Tier2Error::ReadOnly {
+                op,
+                key: key.to_string(),
+            });
+        }
+        Ok(())
+    }
+
     /// The full key in the bucket (prefix applied).
     pub(crate) fn full(&self, key: &Path) -> Path {
         if self.prefix.as_ref().is_empty() {
@@ -198,6 +219,7 @@ impl Tier2 {
     /// and SHA-256 give [`PutOutcome::AlreadyThere`], anything else a permanent
     /// [`Tier2Error::Conflict`] and the object stays as it was.
     pub async fn put_create(&self, key: &Path, body: Bytes) -> Result<PutOutcome, Tier2Error> {
+        self.check_writable("put", key)?;
         let full = self.full(key);
         let sha = Sha256::digest(&body);
         let mut attributes = Attributes::new();
@@ -264,11 +286,12 @@ impl Tier2 {
             .attributes
             .get(&Attribute::Metadata(SHA256_METADATA.into()))
             .map(|v| v.as_ref().to_string());
-        let there = match stored {
-            Some(hex_sha) => hex::decode(&hex_sha).ok(),
-            None => Some(self.sha256_of(key).await?.to_vec()),
+        // Without a readable stored hash (a multipart object, another writer), read it.
+        let there = match stored.and_then(|h| <[u8; 32]>::try_from(hex::decode(h).ok()?).ok()) {
+            Some(stored) => stored,
+            None => self.sha256_of(key).await?,
         };
-        if there.as_deref() == Some(sha.as_slice()) {
+        if there == sha {
             Ok(PutOutcome::AlreadyThere)
         } else {
             Err(conflict("same size, different SHA-256".to_string()))
@@ -323,6 +346,7 @@ impl Tier2 {
 
     /// Removes the object at `key`. Removing a missing object succeeds (as in S3).
     pub async fn delete(&self, key: &Path) -> Result<(), Tier2Error> {
+        self.check_writable("delete", key)?;
         let full = self.full(key);
         match self
             .retry

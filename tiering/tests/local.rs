@@ -67,3 +67,33 @@ async fn multipart_on_the_filesystem_is_create_only_too() {
     assert!(matches!(err, Tier2Error::Conflict { .. }), "{err}");
     assert_eq!(t.get(&key).await.unwrap().as_ref(), data.as_slice());
 }
+
+#[tokio::test]
+async fn a_read_only_tier2_refuses_every_write_and_still_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = local_tier2(dir.path());
+    let key = Path::from("wal/000000010000000000000001");
+    writer
+        .put_create(&key, Bytes::from_static(b"abc"))
+        .await
+        .unwrap();
+    let reader = local_tier2(dir.path()).read_only();
+    let other = Path::from("wal/000000010000000000000002");
+    for err in [
+        reader
+            .put_create(&other, Bytes::from_static(b"x"))
+            .await
+            .unwrap_err(),
+        reader
+            .put_multipart(&other, stream::iter(vec![Ok(Bytes::from_static(b"x"))]))
+            .await
+            .unwrap_err(),
+        reader.delete(&key).await.unwrap_err(),
+    ] {
+        assert!(matches!(err, Tier2Error::ReadOnly { .. }), "{err}");
+        assert!(err.is_permanent() && err.to_string().contains("read-only mode"));
+    }
+    assert_eq!(reader.get(&key).await.unwrap().as_ref(), b"abc");
+    let listed: Vec<_> = reader.list(None, None).try_collect().await.unwrap();
+    assert_eq!(listed.len(), 1, "a refused write left something behind");
+}

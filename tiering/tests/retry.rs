@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::TryStreamExt;
 use klio_harness::s3::{S3Server, DEFAULT_BUCKET};
 use klio_tiering::PutOutcome;
 use object_store::path::Path;
@@ -189,4 +190,32 @@ async fn a_retried_put_whose_first_attempt_landed_finds_its_own_object() {
     );
     assert_eq!(proxy.failed(), 1);
     assert_eq!(t.get(&key).await.unwrap(), body);
+}
+
+#[tokio::test]
+async fn a_listing_that_fails_transiently_is_asked_for_again() {
+    let server = S3Server::start().unwrap();
+    let direct = s3_tier2(&server, DEFAULT_BUCKET, "l");
+    for i in 0..5u32 {
+        let key = Path::from(format!("wal/{i:024X}"));
+        direct
+            .put_create(&key, Bytes::from_static(b"s"))
+            .await
+            .unwrap();
+    }
+    let proxy = FaultProxy::start(server.port(), 2, Fault::Refuse).await;
+    let t = open_at(&proxy.endpoint(), DEFAULT_BUCKET, "l").with_retry(fast_retry(3));
+    let listed: Vec<_> = t.list(None, None).try_collect().await.unwrap();
+    assert_eq!(listed.len(), 5);
+    assert_eq!(proxy.failed(), 2);
+    // Failing for good ends the stream with a transient error.
+    let down = FaultProxy::start(server.port(), u32::MAX, Fault::Refuse).await;
+    let t = open_at(&down.endpoint(), DEFAULT_BUCKET, "l").with_retry(fast_retry(3));
+    let err = t
+        .list(None, None)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap_err();
+    assert!(!err.is_permanent(), "{err}");
+    assert_eq!(down.failed(), 3);
 }
