@@ -49,6 +49,7 @@ impl S3Server {
             match Self::start_once(&program) {
                 Ok(server) => {
                     server.create_bucket(DEFAULT_BUCKET)?;
+                    server.check_create_only_put(&program)?;
                     return Ok(server);
                 }
                 Err(e) => last = Some(e),
@@ -104,6 +105,26 @@ impl S3Server {
         }
     }
 
+    /// Fails unless a second create-only PUT of one key answers 412 as S3 does (the issue
+    /// that chose moto reports 500 from 5.2.0-5.2.4): a moto that does not would make
+    /// Tier 2 tests fail for reasons that have nothing to do with Klio.
+    fn check_create_only_put(&self, program: &std::path::Path) -> Result<()> {
+        let path = format!("/{DEFAULT_BUCKET}/klio-harness-probe");
+        let create = [("If-None-Match", "*")];
+        let first = self.request_with("PUT", &path, &create)?.0;
+        let second = self.request_with("PUT", &path, &create)?.0;
+        self.request("DELETE", &path)?;
+        if (first, second) != (200, 412) {
+            bail!(
+                "{} answers {first} then {second} (not 200 then 412) to two create-only PUTs, \
+                 so it cannot stand in for S3: run `bash scripts/setup.sh` (it installs \
+                 moto[server] >= 5.2.5 into $HOME/.cache/klio-venv)",
+                program.display()
+            );
+        }
+        Ok(())
+    }
+
     /// `http://127.0.0.1:<port>`, for `tier2.endpoint` (with `allow_http`).
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
@@ -154,16 +175,36 @@ impl S3Server {
         std::fs::read_to_string(self.dir.path().join("moto.log")).unwrap_or_default()
     }
 
-    /// One unsigned HTTP/1.0 request without a body (moto does not check signatures);
+    /// One HTTP/1.0 request without a body and with a dummy signature (moto checks none);
     /// returns the status and the body.
     fn request(&self, method: &str, path: &str) -> Result<(u16, String)> {
+        self.request_with(method, path, &[])
+    }
+
+    fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, String)> {
         let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port))?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        write!(
-            stream,
-            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\n\r\n",
+        let mut head = format!(
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\n",
             self.port
-        )?;
+        );
+        // moto answers some unsigned requests (a refused conditional PUT, a DELETE) with
+        // 403; it checks no signature, so a SigV4-shaped header is enough.
+        head.push_str(
+            "Authorization: AWS4-HMAC-SHA256 \
+             Credential=klio/20260101/us-east-1/s3/aws4_request, \
+             SignedHeaders=host, Signature=00\r\n",
+        );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes())?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response)?;
         let text = String::from_utf8_lossy(&response);
