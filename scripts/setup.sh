@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building Klio and running its demo need, only what is missing
 # (idempotent, non-interactive): PostgreSQL 15 server + client tools (the demo's and the
-# tests' system PostgreSQL) and clang + libclang (RocksDB's bindgen). Uses sudo when not
-# root. Sourced by .ci/run and scripts/demo.sh; run it alone with `bash scripts/setup.sh`.
+# tests' system PostgreSQL) and clang + libclang (RocksDB's bindgen), and moto's S3
+# server for the Tier 2 tests (`klio_install_moto`). Uses sudo when not root. Sourced by
+# .ci/run and scripts/demo.sh; run it alone with `bash scripts/setup.sh`.
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
@@ -35,6 +36,27 @@ klio_install_packages() {
         "${missing[@]}"
 }
 
+# moto's S3 server (PyPI `moto[server]` >= 5.2.5; earlier 5.2.x answer 500 instead of 412
+# to a create-only PUT) for the Tier 2 tests; klio_harness::s3 looks for it in this
+# virtualenv first. A virtualenv and not `pip install --break-system-packages`: Debian's
+# Python refuses system-wide pip installs (PEP 668), and forcing one could replace
+# Python packages that apt installed and manages. Debian's own python3 builds it, so it
+# does not depend on whichever python3 comes first on PATH.
+KLIO_VENV="$HOME/.cache/klio-venv"
+klio_install_moto() {
+    if [[ -x "$KLIO_VENV/bin/moto_server" ]] && "$KLIO_VENV/bin/python" -c '
+import re, sys
+from importlib.metadata import version
+sys.exit([int(x) for x in re.findall(r"\d+", version("moto"))[:3]] < [5, 2, 5])' 2>/dev/null; then
+        return 0
+    fi
+    klio_install_packages python3-venv
+    echo "setup: installing moto[server]>=5.2.5 into $KLIO_VENV"
+    /usr/bin/python3 -m venv "$KLIO_VENV"
+    "$KLIO_VENV/bin/pip" install --quiet --disable-pip-version-check 'moto[server]>=5.2.5'
+}
+
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     klio_install_packages "$@"
+    klio_install_moto
 fi

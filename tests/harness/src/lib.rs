@@ -27,6 +27,7 @@ mod config;
 mod instance;
 mod orphans;
 mod pg_command;
+pub mod s3;
 mod tls;
 
 pub use binaries::{pg_bin_dir, pg_cache_dir};
