@@ -178,14 +178,7 @@ impl Tier2 {
             .map_err(|e| store_err("create multipart", e))?;
         let mut size = 0u64;
         let sent: Result<(), Tier2Error> = async {
-            while let Some(data) = body
-                .next_part()
-                .await
-                .map_err(|source| Tier2Error::Source {
-                    key: key.to_string(),
-                    source,
-                })?
-            {
+            while let Some(data) = next_part(key, body).await? {
                 size += data.len() as u64;
                 upload
                     .put_part(PutPayload::from_bytes(data))
@@ -209,6 +202,17 @@ impl Tier2 {
     }
 }
 
+/// The next part of `body`; a read error names the object it was for.
+async fn next_part(
+    key: &Path,
+    body: &mut Rechunk<impl Stream<Item = io::Result<Bytes>> + Unpin>,
+) -> Result<Option<Bytes>, Tier2Error> {
+    body.next_part().await.map_err(|source| Tier2Error::Source {
+        key: key.to_string(),
+        source,
+    })
+}
+
 /// Reads the rest of `body`, returning its size and SHA-256.
 async fn drain(
     key: &Path,
@@ -216,14 +220,7 @@ async fn drain(
 ) -> Result<(u64, [u8; 32]), Tier2Error> {
     let mut hasher = Sha256::new();
     let mut size = 0u64;
-    while let Some(part) = body
-        .next_part()
-        .await
-        .map_err(|source| Tier2Error::Source {
-            key: key.to_string(),
-            source,
-        })?
-    {
+    while let Some(part) = next_part(key, body).await? {
         size += part.len() as u64;
         hasher.update(&part);
     }
