@@ -107,15 +107,9 @@ impl Tier2 {
         let mut exhausted = false;
         loop {
             while !exhausted && in_flight.len() < self.parts_in_flight {
-                match body.next_part().await {
-                    Err(source) => {
-                        return Err(Tier2Error::Source {
-                            key: key.to_string(),
-                            source,
-                        })
-                    }
-                    Ok(None) => exhausted = true,
-                    Ok(Some(data)) => {
+                match next_part(key, body).await? {
+                    None => exhausted = true,
+                    Some(data) => {
                         size += data.len() as u64;
                         let idx = parts.len();
                         parts.push(None);
