@@ -134,6 +134,11 @@ impl Catalog {
         self.get(&pack_key(cluster, name))
     }
 
+    /// Every pack of the cluster, in name order.
+    pub fn packs(&self, cluster: &ClusterName) -> Result<Vec<PackRecord>> {
+        self.scan(format!("p/{cluster}/").as_bytes())
+    }
+
     /// Makes a backup complete: its chunk and pack records and reference counts, and
     /// `rec` (state `Complete`), in one synced write.
     pub fn commit_backup(

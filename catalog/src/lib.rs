@@ -15,7 +15,7 @@ use std::path::Path;
 pub mod backups;
 pub mod relay;
 pub use backups::{BackupCommit, BackupKind, BackupRecord, BackupState, ChunkRecord, PackRecord};
-pub use relay::{RelayBacklog, RelayItem, RelayKind};
+pub use relay::{RelayBacklog, RelayItem, RelayKind, Tier2Holdings, Tier2Object};
 
 use klio_core::{ClusterName, Lsn, SegNo, SystemId, TimelineId, WalSegSize};
 use rocksdb::{Direction, IteratorMode, Options, WriteOptions, DB};

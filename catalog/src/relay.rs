@@ -4,7 +4,8 @@
 //! so after a crash nothing is forgotten. The key names the object (kind and name), so
 //! queueing it twice is one entry and it is uploaded under one object key.
 //!
-//! Keys: `r/<cluster>/<kind tag>/<name>`. An entry leaves the queue only through
+//! Keys: `r/<cluster>/<kind tag>/<name>` for the queue, `h/<cluster>/<kind tag>/<name>`
+//! for what Tier 2 holds ([`Tier2Object`]). An entry leaves the queue only through
 //! [`Catalog::relay_done`], in the same batch that records the object as held by Tier 2.
 //! A permanently failing object stays, marked dead with its cause (visible in the
 //! backlog), until [`Catalog::relay_revive`] queues it again.
@@ -32,6 +33,26 @@ pub enum RelayKind {
 }
 
 impl RelayKind {
+    /// Every kind, in queue order.
+    pub const ALL: [RelayKind; 5] = [
+        RelayKind::History,
+        RelayKind::WalSegment,
+        RelayKind::Pack,
+        RelayKind::PgManifest,
+        RelayKind::BackupManifest,
+    ];
+
+    /// The kind's name in the API, the CLI and the metrics (`wal_segment`, `pack`...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayKind::History => "history",
+            RelayKind::WalSegment => "wal_segment",
+            RelayKind::Pack => "pack",
+            RelayKind::PgManifest => "pg_manifest",
+            RelayKind::BackupManifest => "backup_manifest",
+        }
+    }
+
     /// The key tag, which orders the queue: history files, WAL, packs, then the
     /// manifests (Klio's last, as it is what makes a backup visible to a reader of the
     /// bucket).
@@ -43,6 +64,25 @@ impl RelayKind {
             RelayKind::PgManifest => b'd',
             RelayKind::BackupManifest => b'e',
         }
+    }
+}
+
+impl std::fmt::Display for RelayKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RelayKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        RelayKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = RelayKind::ALL.iter().map(|k| k.as_str()).collect();
+                format!("unknown object kind {s:?}: use one of {}", names.join(", "))
+            })
     }
 }
 
@@ -80,6 +120,29 @@ impl RelayItem {
     }
 }
 
+/// An object Tier 2 holds, recorded when its upload was confirmed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Tier2Object {
+    pub kind: RelayKind,
+    /// The Tier 1 name (as in [`RelayItem::name`]).
+    pub name: String,
+    /// The object's key in the bucket, below the configured prefix.
+    pub key: String,
+    pub bytes: u64,
+    /// Hex SHA-256 of the object's bytes (identical to the Tier 1 file's).
+    pub sha256: String,
+    pub uploaded_unix: u64,
+}
+
+/// What Tier 2 holds of a cluster, for the status and the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tier2Holdings {
+    pub objects: u64,
+    pub bytes: u64,
+    /// The newest confirmed upload.
+    pub last_upload_unix: Option<u64>,
+}
+
 /// The queue's size, for the status and the metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RelayBacklog {
@@ -98,6 +161,18 @@ fn relay_prefix(c: &ClusterName) -> Vec<u8> {
 
 fn relay_key(c: &ClusterName, kind: RelayKind, name: &str) -> Vec<u8> {
     let mut k = relay_prefix(c);
+    k.push(kind.tag());
+    k.push(b'/');
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn held_prefix(c: &ClusterName) -> Vec<u8> {
+    format!("h/{c}/").into_bytes()
+}
+
+fn held_key(c: &ClusterName, kind: RelayKind, name: &str) -> Vec<u8> {
+    let mut k = held_prefix(c);
     k.push(kind.tag());
     k.push(b'/');
     k.extend_from_slice(name.as_bytes());
@@ -180,16 +255,19 @@ impl Catalog {
         Ok(b)
     }
 
-    /// The object is in Tier 2: removes its entry and, in the same synced write, stores
-    /// `segment` (the segment's record with `tiers.tier2` set) when it is a WAL segment.
+    /// The object is in Tier 2: removes its entry and, in the same synced write, records
+    /// `held` and stores `segment` (the segment's record with `tiers.tier2` set) when it
+    /// is a WAL segment.
     pub fn relay_done(
         &self,
         cluster: &ClusterName,
         item: &RelayItem,
+        held: &Tier2Object,
         segment: Option<&SegmentRecord>,
     ) -> Result<()> {
         let mut batch = WriteBatch::default();
         batch.delete(relay_key(cluster, item.kind, &item.name));
+        batch.put(held_key(cluster, held.kind, &held.name), encode(held));
         if let Some(rec) = segment {
             batch.put(segment_key(cluster, rec.tli, rec.segno), encode(rec));
         }
@@ -233,6 +311,33 @@ impl Catalog {
         Ok(n)
     }
 
+    /// Every object Tier 2 is known to hold, in queue order (history files, WAL, packs,
+    /// manifests).
+    pub fn tier2_objects(&self, cluster: &ClusterName) -> Result<Vec<Tier2Object>> {
+        self.scan(&held_prefix(cluster))
+    }
+
+    /// Whether Tier 2 is known to hold the object, and its record.
+    pub fn tier2_object(
+        &self,
+        cluster: &ClusterName,
+        kind: RelayKind,
+        name: &str,
+    ) -> Result<Option<Tier2Object>> {
+        self.get(&held_key(cluster, kind, name))
+    }
+
+    /// Counts of [`Catalog::tier2_objects`].
+    pub fn tier2_holdings(&self, cluster: &ClusterName) -> Result<Tier2Holdings> {
+        let mut h = Tier2Holdings::default();
+        for o in self.tier2_objects(cluster)? {
+            h.objects += 1;
+            h.bytes += o.bytes;
+            h.last_upload_unix = Some(h.last_upload_unix.unwrap_or(0).max(o.uploaded_unix));
+        }
+        Ok(h)
+    }
+
     /// One entry, if queued.
     pub fn relay_item(
         &self,
@@ -266,6 +371,17 @@ mod tests {
         }
     }
 
+    fn held(i: &RelayItem) -> Tier2Object {
+        Tier2Object {
+            kind: i.kind,
+            name: i.name.clone(),
+            key: format!("pg/{}", i.name),
+            bytes: i.bytes,
+            sha256: "00".repeat(32),
+            uploaded_unix: 200,
+        }
+    }
+
     fn open() -> (tempfile::TempDir, Catalog, ClusterName) {
         let dir = tempfile::tempdir().unwrap();
         let c = Catalog::open(dir.path()).unwrap();
@@ -291,8 +407,22 @@ mod tests {
         assert_eq!(c.segments(&pg).unwrap().len(), 2);
 
         // Done: the entry goes and the segment says Tier 2 holds it, in one write.
-        c.relay_done(&pg, &item, Some(&segment(3, true))).unwrap();
+        c.relay_done(&pg, &item, &held(&item), Some(&segment(3, true)))
+            .unwrap();
         assert!(c.relay_items(&pg).unwrap().is_empty());
+        assert_eq!(
+            c.tier2_object(&pg, RelayKind::WalSegment, &item.name)
+                .unwrap(),
+            Some(held(&item))
+        );
+        assert_eq!(
+            c.tier2_holdings(&pg).unwrap(),
+            Tier2Holdings {
+                objects: 1,
+                bytes: 4 << 20,
+                last_upload_unix: Some(200)
+            }
+        );
         let s = c
             .segment(&pg, TimelineId::FIRST, SegNo(3))
             .unwrap()
@@ -417,7 +547,7 @@ mod tests {
         );
 
         // A failure reported after the entry was done does not bring it back.
-        c.relay_done(&pg, &h, None).unwrap();
+        c.relay_done(&pg, &h, &held(&h), None).unwrap();
         c.relay_failed(&pg, &h).unwrap();
         assert!(c
             .relay_item(&pg, RelayKind::History, &h.name)
