@@ -63,6 +63,9 @@ pub struct ServerContext {
     pub data_dir: PathBuf,
     pub catalog: Arc<Catalog>,
     master: MasterKey,
+    /// Tier 2 is configured: stores opened from now on queue what they make final for
+    /// it (set before any store is opened).
+    pub relay_to_tier2: bool,
 }
 
 impl std::fmt::Debug for ServerContext {
@@ -149,6 +152,7 @@ impl ServerContext {
             data_dir: data_dir.to_path_buf(),
             catalog: Arc::new(catalog),
             master,
+            relay_to_tier2: false,
         })
     }
 }
@@ -225,6 +229,7 @@ fn open_store(ctx: &ServerContext, rec: &ClusterRecord) -> Result<WalStore, Star
         cluster: rec.name.clone(),
         error,
     })?;
+    store.set_relay(ctx.relay_to_tier2);
     store.reconcile().map_err(|error| StartupError::Store {
         cluster: rec.name.clone(),
         error,

@@ -108,12 +108,35 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackupStoreError + '_ {
     }
 }
 
+/// Where a chunk store reads the objects Tier 1 no longer holds (Tier 2): the bytes of an
+/// object exactly as Tier 1 stored it, `Ok(None)` when the source does not have it
+/// either. What comes back is authenticated like a Tier 1 file, so the source is not
+/// trusted.
+pub trait ObjectSource: Send + Sync {
+    /// Bytes `offset .. offset + len` of pack `pack`.
+    fn pack_range(
+        &self,
+        pack: &PackName,
+        offset: u64,
+        len: u64,
+    ) -> std::io::Result<Option<Vec<u8>>>;
+    /// A backup's manifest object: Klio's, or PostgreSQL's when `pg`.
+    fn manifest(&self, id: &BackupId, pg: bool) -> std::io::Result<Option<Vec<u8>>>;
+    /// Where the source is, for errors (`s3://bucket/prefix`).
+    fn describe(&self) -> String;
+}
+
 struct Inner {
     cluster: ClusterName,
     dir: BackupsDir,
     key: DataKey,
     id_key: [u8; 32],
     catalog: Arc<Catalog>,
+    /// Tier 2 is configured: a committed backup's packs and manifests are queued for it
+    /// in the commit's catalog write.
+    relay: std::sync::atomic::AtomicBool,
+    /// Read from here what Tier 1 no longer holds.
+    fallback: std::sync::OnceLock<Arc<dyn ObjectSource>>,
 }
 
 /// One cluster's chunk store (cheap to clone).
@@ -155,8 +178,28 @@ impl ChunkStore {
                 key,
                 id_key,
                 catalog,
+                relay: std::sync::atomic::AtomicBool::new(false),
+                fallback: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Reads packs and manifests missing from Tier 1 from `source` from now on (set once;
+    /// a second call is ignored).
+    pub fn set_fallback(&self, source: Arc<dyn ObjectSource>) {
+        let _ = self.inner.fallback.set(source);
+    }
+
+    /// Queue every backup committed from now on for Tier 2 (set once at start-up when
+    /// `[tier2]` is configured; the relay's start-up scan queues older backups).
+    pub fn set_relay(&self, on: bool) {
+        self.inner
+            .relay
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn relays(&self) -> bool {
+        self.inner.relay.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn cluster(&self) -> &ClusterName {
@@ -300,10 +343,38 @@ impl ChunkStore {
             .chunk(&self.inner.cluster, &id.0)?
             .ok_or(BackupStoreError::UnknownChunk { id: *id })?;
         let path = self.pack_path(&rec.pack)?;
-        let f = File::open(&path).map_err(io(&path))?;
-        // AES-GCM with the chunk id as associated data already proves this is what was
-        // stored under `id`; re-hashing 1 MiB per chunk served is `verify`'s job.
-        self.read_chunk_at(&f, id, &rec, false)
+        match File::open(&path) {
+            // AES-GCM with the chunk id as associated data already proves this is what
+            // was stored under `id`; re-hashing 1 MiB per chunk served is `verify`'s job.
+            Ok(f) => self.read_chunk_at(&f, id, &rec, false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let Some(source) = self.inner.fallback.get() else {
+                    return Err(io(&path)(e));
+                };
+                let pack: PackName = rec.pack.parse().map_err(|e| BackupStoreError::BadObject {
+                    path: path.clone(),
+                    why: format!("the catalog refers to an {e}"),
+                })?;
+                let shown = PathBuf::from(format!("{}/{}.pack", source.describe(), rec.pack));
+                let buf = source
+                    .pack_range(&pack, rec.offset, u64::from(rec.stored_len))
+                    .map_err(io(&shown))?
+                    .ok_or_else(|| {
+                        io(&shown)(std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            "the pack is in neither Tier 1 nor Tier 2",
+                        ))
+                    })?;
+                if buf.len() != rec.stored_len as usize {
+                    return Err(BackupStoreError::BadObject {
+                        path: shown,
+                        why: format!("{} bytes read, {} expected", buf.len(), rec.stored_len),
+                    });
+                }
+                self.decode_chunk(&buf, id, &rec, false)
+            }
+            Err(e) => Err(io(&path)(e)),
+        }
     }
 
     /// Reads, authenticates and decompresses a chunk; with `rehash`, also checks that its
@@ -318,6 +389,17 @@ impl ChunkStore {
         let mut buf = vec![0u8; rec.stored_len as usize];
         let path = self.pack_path(&rec.pack)?;
         f.read_exact_at(&mut buf, rec.offset).map_err(io(&path))?;
+        self.decode_chunk(&buf, id, rec, rehash)
+    }
+
+    /// Authenticates and decompresses a chunk's stored bytes (see `read_chunk_at`).
+    fn decode_chunk(
+        &self,
+        buf: &[u8],
+        id: &ChunkId,
+        rec: &ChunkRecord,
+        rehash: bool,
+    ) -> Result<Vec<u8>> {
         let oid = ObjectId {
             cluster: self.inner.cluster.clone(),
             kind: ObjectKind::Chunk,
@@ -329,7 +411,7 @@ impl ChunkStore {
             offset: rec.offset,
             source,
         };
-        let obj = decode_object(&self.inner.key, &oid, &buf, false).map_err(corrupt)?;
+        let obj = decode_object(&self.inner.key, &oid, buf, false).map_err(corrupt)?;
         if !obj.finished {
             return Err(corrupt(FrameError::Truncated {
                 plain_len: obj.data.len() as u64,
@@ -345,14 +427,53 @@ impl ChunkStore {
         Ok(obj.data)
     }
 
-    fn read_object(&self, path: &Path, kind: ObjectKind, name: &str) -> Result<Vec<u8>> {
-        let bytes = std::fs::read(path).map_err(io(path))?;
+    /// Reads a backup's manifest object (Klio's, or PostgreSQL's when `pg`) from Tier 1
+    /// or, missing there, from the fallback source; `None` when neither has it.
+    fn read_backup_object(&self, id: &BackupId, pg: bool) -> Result<Option<Vec<u8>>> {
+        let dir = self
+            .backup_dir(id)
+            .ok_or_else(|| BackupStoreError::NoSuchBackup(id.to_string()))?;
+        let (path, kind) = match pg {
+            true => (dir.pg_manifest(), ObjectKind::PgManifest),
+            false => (dir.manifest(), ObjectKind::BackupManifest),
+        };
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let Some(source) = self.inner.fallback.get() else {
+                    return Ok(None);
+                };
+                let file = if pg {
+                    "backup_manifest.klio"
+                } else {
+                    "manifest.klio"
+                };
+                let shown = PathBuf::from(format!("{}/{id}/{file}", source.describe()));
+                match source.manifest(id, pg).map_err(io(&shown))? {
+                    Some(b) => return self.decode_stored(&shown, kind, id.as_str(), &b).map(Some),
+                    None => return Ok(None),
+                }
+            }
+            Err(e) => return Err(io(&path)(e)),
+        };
+        self.decode_stored(&path, kind, id.as_str(), &bytes)
+            .map(Some)
+    }
+
+    /// Decrypts a stored object (`path` names it in errors); it must be complete.
+    fn decode_stored(
+        &self,
+        path: &Path,
+        kind: ObjectKind,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<Vec<u8>> {
         let oid = ObjectId {
             cluster: self.inner.cluster.clone(),
             kind,
             name: name.to_string(),
         };
-        let obj = decode_object(&self.inner.key, &oid, &bytes, false).map_err(|e| {
+        let obj = decode_object(&self.inner.key, &oid, bytes, false).map_err(|e| {
             BackupStoreError::BadObject {
                 path: path.to_path_buf(),
                 why: e.to_string(),
@@ -386,7 +507,15 @@ impl ChunkStore {
             .backup_dir(id)
             .ok_or_else(|| BackupStoreError::NoSuchBackup(id.to_string()))?
             .manifest();
-        let data = self.read_object(&path, ObjectKind::BackupManifest, id.as_str())?;
+        let data = self
+            .read_backup_object(id, false)?
+            .ok_or_else(|| BackupStoreError::Io {
+                path: path.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the manifest is in neither Tier 1 nor Tier 2",
+                ),
+            })?;
         serde_json::from_slice(&data).map_err(|e| BackupStoreError::BadObject {
             path,
             why: format!("manifest is not valid: {e}"),
@@ -395,14 +524,6 @@ impl ChunkStore {
 
     /// PostgreSQL's `backup_manifest` of a backup (`None` for offloads).
     pub fn read_pg_manifest(&self, id: &BackupId) -> Result<Option<Vec<u8>>> {
-        let path = self
-            .backup_dir(id)
-            .ok_or_else(|| BackupStoreError::NoSuchBackup(id.to_string()))?
-            .pg_manifest();
-        if !path.exists() {
-            return Ok(None);
-        }
-        self.read_object(&path, ObjectKind::PgManifest, id.as_str())
-            .map(Some)
+        self.read_backup_object(id, true)
     }
 }

@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use klio_catalog::{BackupCommit, ChunkRecord, PackRecord};
+use klio_catalog::{BackupCommit, ChunkRecord, PackRecord, RelayItem, RelayKind};
 use klio_core::clock::unix_now;
 use klio_core::crashsafe::{create_dir_all_durably, fsync_dir};
 use klio_core::frame::{FrameSealer, ObjectId, ObjectKind};
@@ -483,6 +483,12 @@ impl BackupWriter {
         rec.stored_bytes = new_bytes + old_bytes;
         rec.chunks = (self.new_chunks.len() + self.referenced.len()) as u64;
         rec.new_chunks = self.new_chunks.len() as u64;
+        let packs = std::mem::take(&mut self.packs);
+        let relay = if self.store.relays() {
+            self.relay_items(&packs, pg_manifest.is_some())?
+        } else {
+            Vec::new()
+        };
         let commit = BackupCommit {
             new_chunks: self
                 .new_chunks
@@ -490,9 +496,8 @@ impl BackupWriter {
                 .map(|(k, v)| (k.0, v.clone()))
                 .collect(),
             referenced: self.referenced.keys().map(|k| k.0).collect(),
-            packs: std::mem::take(&mut self.packs),
-            // Queued for Tier 2 once the relay is wired in (issue 14).
-            relay: Vec::new(),
+            packs,
+            relay,
         };
         self.store
             .inner
@@ -500,6 +505,31 @@ impl BackupWriter {
             .commit_backup(&self.store.inner.cluster, &rec, &commit)?;
         self.record = rec.clone();
         Ok(rec)
+    }
+
+    /// The backup's objects to queue for Tier 2 with its commit: its packs, then
+    /// PostgreSQL's manifest (if any), then Klio's (which the relay uploads last).
+    fn relay_items(&self, packs: &[PackRecord], pg_manifest: bool) -> Result<Vec<RelayItem>> {
+        let now = unix_now();
+        let id = self.record.id.as_str();
+        let mut items: Vec<RelayItem> = packs
+            .iter()
+            .map(|p| RelayItem::new(RelayKind::Pack, p.name.clone(), p.size, now))
+            .collect();
+        let size =
+            |path: &std::path::Path| std::fs::metadata(path).map(|m| m.len()).map_err(io(path));
+        if pg_manifest {
+            let path = self.dir.pg_manifest();
+            items.push(RelayItem::new(RelayKind::PgManifest, id, size(&path)?, now));
+        }
+        let path = self.dir.manifest();
+        items.push(RelayItem::new(
+            RelayKind::BackupManifest,
+            id,
+            size(&path)?,
+            now,
+        ));
+        Ok(items)
     }
 
     /// Gives up: deletes what this backup wrote and records it `failed`.

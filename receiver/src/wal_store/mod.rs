@@ -21,9 +21,12 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use klio_catalog::{Catalog, CatalogError, SegmentRecord, SegmentState, Tiers, TimelineRecord};
+use klio_catalog::{
+    Catalog, CatalogError, RelayItem, RelayKind, SegmentRecord, SegmentState, Tiers, TimelineRecord,
+};
 use klio_core::frame::{FrameError, FrameSealer, ObjectId, ObjectKind};
 use klio_core::{
     ClusterName, DataKey, Lsn, SegNo, TimelineId, WalFileKind, WalFileName, WalSegSize,
@@ -87,6 +90,9 @@ struct Inner {
     key: DataKey,
     seg_size: WalSegSize,
     catalog: Arc<Catalog>,
+    /// Tier 2 is configured: sealed segments and history files are queued for it in the
+    /// catalog write that records them.
+    relay: AtomicBool,
 }
 
 impl std::fmt::Debug for WalStore {
@@ -123,8 +129,24 @@ impl WalStore {
                 key,
                 seg_size,
                 catalog,
+                relay: AtomicBool::new(false),
             }),
         })
+    }
+
+    /// Queue every segment sealed and history file stored from now on for Tier 2 (set
+    /// once at start-up when `[tier2]` is configured; the relay's start-up scan queues
+    /// what was stored before).
+    pub fn set_relay(&self, on: bool) {
+        self.inner.relay.store(on, Ordering::Relaxed);
+    }
+
+    /// The queue entry for a file just made final, when Tier 2 is configured.
+    fn relay_item(&self, kind: RelayKind, name: &WalFileName, bytes: u64) -> Option<RelayItem> {
+        self.inner
+            .relay
+            .load(Ordering::Relaxed)
+            .then(|| RelayItem::new(kind, name.to_string(), bytes, klio_core::clock::unix_now()))
     }
 
     pub fn cluster(&self) -> &ClusterName {
@@ -177,7 +199,13 @@ impl WalStore {
         sealer.seal(content, &mut out);
         sealer.seal_final(&mut out);
         write_file_durably(&path, &out).map_err(io_err(&path))?;
-        self.record_history(tli, content)
+        self.record_history(tli, content)?;
+        if let Some(item) = self.relay_item(RelayKind::History, &name, out.len() as u64) {
+            self.inner
+                .catalog
+                .relay_enqueue(&self.inner.cluster, std::slice::from_ref(&item))?;
+        }
+        Ok(())
     }
 
     /// Records in the catalog that timeline `tli`'s history file (`content`) is stored.

@@ -9,7 +9,7 @@
 //! response is cut short, so `klio wal-restore` never installs such a file).
 
 use std::fs::File;
-use std::io::{self, BufReader};
+use std::io::{self, BufReader, Read};
 use std::path::PathBuf;
 
 use klio_catalog::SegmentState;
@@ -24,7 +24,7 @@ const PAD_PIECE: usize = 1 << 20;
 
 /// The plaintext of one stored WAL file, piece by piece.
 pub struct WalReader {
-    frames: FrameReader<BufReader<File>>,
+    frames: FrameReader<Box<dyn Read + Send>>,
     path: PathBuf,
     /// Sealed segment: the size and checksum the catalog recorded.
     expect: Option<(u64, Option<u32>)>,
@@ -108,6 +108,64 @@ impl WalStore {
     /// WAL, or the end of a timeline) is served zero-padded to the segment size:
     /// recovery replays up to the end of what Klio has and stops at the zeros.
     pub fn open_read(&self, name: &WalFileName) -> Result<Option<WalReader>, StoreError> {
+        let Some(plan) = self.read_plan(name)? else {
+            return Ok(None);
+        };
+        let file = match File::open(&plan.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&plan.path)(e)),
+        };
+        let source: Box<dyn Read + Send> = Box::new(BufReader::with_capacity(256 << 10, file));
+        self.reader(name, plan, source).map(Some)
+    }
+
+    /// Reads a copy of a final WAL file (a sealed segment or a history file) that is
+    /// not in Tier 1, e.g. fetched from Tier 2: `object` is the stored file as Tier 1
+    /// held it, `origin` names it in errors. It is decrypted and checked like a Tier 1
+    /// file (the final frame, and a segment the catalog knows against its size and
+    /// checksum).
+    pub fn open_read_copy(
+        &self,
+        name: &WalFileName,
+        object: Vec<u8>,
+        origin: PathBuf,
+    ) -> Result<WalReader, StoreError> {
+        let inner = &self.inner;
+        let expect = match name.kind() {
+            WalFileKind::History => None,
+            WalFileKind::Segment => match name.segno(inner.seg_size) {
+                Ok(Some(segno)) => inner
+                    .catalog
+                    .segment(&inner.cluster, name.timeline(), segno)?
+                    .filter(|r| r.state == SegmentState::Sealed)
+                    .map(|r| (r.plain_size, r.crc32c))
+                    .or(Some((inner.seg_size.bytes(), None))),
+                _ => {
+                    return Err(StoreError::Corrupt {
+                        path: origin,
+                        why: "not a segment of this cluster's segment size".into(),
+                    })
+                }
+            },
+            WalFileKind::Partial => {
+                return Err(StoreError::Corrupt {
+                    path: origin,
+                    why: "a partial segment is never copied out of Tier 1".into(),
+                })
+            }
+        };
+        let plan = ReadPlan {
+            path: origin,
+            sealed: true,
+            expect,
+            pad_to: None,
+        };
+        self.reader(name, plan, Box::new(io::Cursor::new(object)))
+    }
+
+    /// Which file `name` stands for and how to check it; `None` when it is not stored.
+    fn read_plan(&self, name: &WalFileName) -> Result<Option<ReadPlan>, StoreError> {
         let inner = &self.inner;
         let mut path = self.path(name);
         let mut pad_to = None;
@@ -142,35 +200,47 @@ impl WalStore {
                 }
             }
         };
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err(&path)(e)),
-        };
-        let frames = FrameReader::new(
-            &inner.key,
-            &self.object_id(name),
-            BufReader::with_capacity(256 << 10, file),
+        Ok(Some(ReadPlan {
+            path,
             sealed,
-        )
-        .map_err(|e| match e {
-            FrameReadError::Io(source) if source.kind() == io::ErrorKind::UnexpectedEof => {
-                StoreError::Frame {
-                    path: path.clone(),
-                    source: FrameError::BadHeader,
+            expect,
+            pad_to,
+        }))
+    }
+
+    fn reader(
+        &self,
+        name: &WalFileName,
+        plan: ReadPlan,
+        source: Box<dyn Read + Send>,
+    ) -> Result<WalReader, StoreError> {
+        let inner = &self.inner;
+        let ReadPlan {
+            path,
+            sealed,
+            expect,
+            pad_to,
+        } = plan;
+        let frames = FrameReader::new(&inner.key, &self.object_id(name), source, sealed).map_err(
+            |e| match e {
+                FrameReadError::Io(source) if source.kind() == io::ErrorKind::UnexpectedEof => {
+                    StoreError::Frame {
+                        path: path.clone(),
+                        source: FrameError::BadHeader,
+                    }
                 }
-            }
-            FrameReadError::Io(source) => StoreError::Io {
-                path: path.clone(),
-                source,
+                FrameReadError::Io(source) => StoreError::Io {
+                    path: path.clone(),
+                    source,
+                },
+                FrameReadError::Frame(source) => StoreError::Frame {
+                    path: path.clone(),
+                    source,
+                },
             },
-            FrameReadError::Frame(source) => StoreError::Frame {
-                path: path.clone(),
-                source,
-            },
-        })?;
+        )?;
         let len = expect.map(|(size, _)| size).or(pad_to);
-        Ok(Some(WalReader {
+        Ok(WalReader {
             frames,
             path,
             expect,
@@ -179,6 +249,17 @@ impl WalStore {
             produced: 0,
             len,
             done: false,
-        }))
+        })
     }
+}
+
+/// What [`WalStore::read_plan`] decided.
+struct ReadPlan {
+    path: PathBuf,
+    /// A final file: it must end with the FINAL frame.
+    sealed: bool,
+    /// The catalog's size and checksum of a sealed segment.
+    expect: Option<(u64, Option<u32>)>,
+    /// Zero-pad a partial read as a segment to this size.
+    pad_to: Option<u64>,
 }

@@ -243,10 +243,15 @@ impl OpenSegment {
             Some(self.crc),
             self.stored_len,
         );
+        let relay = store.relay_item(
+            klio_catalog::RelayKind::WalSegment,
+            &store.segment_names(self.tli, self.segno).0,
+            self.stored_len,
+        );
         store
             .inner
             .catalog
-            .put_segment(&store.inner.cluster, &rec)?;
+            .put_segment_queued(&store.inner.cluster, &rec, relay.as_ref())?;
         Ok(rec)
     }
 }
