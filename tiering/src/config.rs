@@ -138,6 +138,23 @@ pub enum ConfigError {
     EnvBool { var: &'static str, value: String },
 }
 
+impl ConfigError {
+    /// The `[tier2]` field the error is about (`url`, `endpoint`...).
+    pub fn field(&self) -> &'static str {
+        match self {
+            ConfigError::Url { .. } => "url",
+            ConfigError::Endpoint { .. } | ConfigError::HttpNotAllowed { .. } => "endpoint",
+            ConfigError::HalfKeys { given, .. } => given,
+            ConfigError::SecretFile { field, .. }
+            | ConfigError::Read { field, .. }
+            | ConfigError::Empty { field, .. }
+            | ConfigError::NotForScheme { field, .. } => field,
+            ConfigError::CaNotPem { .. } => "ca_file",
+            ConfigError::EnvBool { .. } => "allow_http",
+        }
+    }
+}
+
 /// The environment variables that override the table, one per field.
 pub const ENV_URL: &str = "KLIO_TIER2_URL";
 pub const ENV_ENDPOINT: &str = "KLIO_TIER2_ENDPOINT";
@@ -154,7 +171,8 @@ impl Tier2Config {
         self.apply_overrides_from(|name| std::env::var(name).ok())
     }
 
-    fn apply_overrides_from(
+    /// [`Tier2Config::apply_env_overrides`] with the variables looked up through `get`.
+    pub fn apply_overrides_from(
         &mut self,
         get: impl Fn(&str) -> Option<String>,
     ) -> Result<(), ConfigError> {

@@ -10,10 +10,11 @@
 //!   find instead of overwriting it, get, ranged get, head, list (from an offset), delete;
 //!   [`Tier2::put_multipart`] (module `multipart`) for large objects, aborted on failure;
 //! - [`retry`]: bounded retry with exponential backoff and full jitter, the one place
-//!   that retries; [`error::Tier2Error::is_permanent`] says whether a retry can help.
-//!
-//! Keys are `object_store::path::Path`s below the configured prefix; which objects exist
-//! and how they are named is the relay's business, not this crate's.
+//!   that retries; [`error::Tier2Error::is_permanent`] says whether a retry can help;
+//! - [`objects`]: how Tier 1 objects are named in the bucket (a mirror of Tier 1's
+//!   `clusters/` directory, so the bucket describes itself);
+//! - [`relay`]: [`Relay`], one cluster's copier from Tier 1 to Tier 2, driven by the
+//!   catalog's durable relay queue (bounded concurrency, backoff, dead letters).
 //!
 //! ## Testing against a real S3 server
 //! The tests run against moto's server mode (`moto_server`, PyPI `moto[server]` 5.2.5 or
@@ -27,10 +28,13 @@
 pub mod config;
 pub mod error;
 mod multipart;
+pub mod objects;
+pub mod relay;
 pub mod retry;
 pub mod store;
 
 pub use config::{Tier2Config, Tier2Settings};
 pub use error::Tier2Error;
+pub use relay::{Relay, RelayCounters, RelaySettings};
 pub use retry::RetryPolicy;
 pub use store::{PutOutcome, Tier2};

@@ -1,0 +1,153 @@
+//! How Tier 1 objects are named in Tier 2, and where the relay finds them in Tier 1.
+//! Touches no storage.
+//!
+//! The bucket mirrors Tier 1's `clusters/` directory below the configured prefix, so the
+//! bucket alone describes itself (every object is the Tier 1 file, byte for byte):
+//!
+//! ```text
+//! <cluster>/wal/000000010000000000000003          sealed WAL segment
+//! <cluster>/wal/00000002.history                  timeline history file
+//! <cluster>/backups/packs/<backup id>-<n>.pack    pack of chunks
+//! <cluster>/backups/<backup id>/backup_manifest.klio   PostgreSQL's manifest
+//! <cluster>/backups/<backup id>/manifest.klio     Klio's manifest (uploaded last)
+//! ```
+//!
+//! Every name is parsed into its type ([`WalFileName`], [`PackName`], [`BackupId`])
+//! before it becomes a key or a path, so a queue entry can name nothing else.
+
+use std::path::PathBuf;
+
+use klio_catalog::RelayKind;
+use klio_core::layout::{DataDir, PackName};
+use klio_core::{BackupId, ClusterName, WalFileKind, WalFileName};
+use object_store::path::Path;
+
+/// An object to relay: its Tier 1 file and its key in Tier 2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectPlace {
+    pub tier1: PathBuf,
+    pub key: Path,
+}
+
+/// Why a queue entry names no object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("queue entry {kind} {name:?} names no Tier 1 object: {why}")]
+pub struct BadName {
+    pub kind: RelayKind,
+    pub name: String,
+    pub why: String,
+}
+
+/// Where the object `kind`/`name` of `cluster` is in Tier 1 and in Tier 2.
+pub fn place(
+    data: &DataDir,
+    cluster: &ClusterName,
+    kind: RelayKind,
+    name: &str,
+) -> Result<ObjectPlace, BadName> {
+    let bad = |why: String| BadName {
+        kind,
+        name: name.chars().take(80).collect(),
+        why,
+    };
+    let c = cluster.as_str();
+    match kind {
+        RelayKind::WalSegment | RelayKind::History => {
+            let wal: WalFileName = name.parse().map_err(|e| bad(format!("{e}")))?;
+            let expected = match kind {
+                RelayKind::History => WalFileKind::History,
+                _ => WalFileKind::Segment,
+            };
+            if wal.kind() != expected {
+                return Err(bad(format!("not a {expected:?} file name")));
+            }
+            Ok(ObjectPlace {
+                tier1: data.wal(cluster).file(&wal),
+                key: Path::from_iter([c, "wal", &wal.to_string()]),
+            })
+        }
+        RelayKind::Pack => {
+            let pack: PackName = name.parse().map_err(|e| bad(format!("{e}")))?;
+            let file = format!("{pack}.pack");
+            Ok(ObjectPlace {
+                tier1: data.backups(cluster).pack(&pack),
+                key: Path::from_iter([c, "backups", "packs", &file]),
+            })
+        }
+        RelayKind::BackupManifest | RelayKind::PgManifest => {
+            let id: BackupId = name.parse().map_err(|e| bad(format!("{e}")))?;
+            let dir = data
+                .backups(cluster)
+                .backup(&id)
+                .ok_or_else(|| bad("not a backup directory name".into()))?;
+            let (tier1, file) = match kind {
+                RelayKind::PgManifest => (dir.pg_manifest(), "backup_manifest.klio"),
+                _ => (dir.manifest(), "manifest.klio"),
+            };
+            Ok(ObjectPlace {
+                tier1,
+                key: Path::from_iter([c, "backups", id.as_str(), file]),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_mirror_tier1_below_the_cluster_name() {
+        let data = DataDir::new("/d");
+        let c: ClusterName = "pg".parse().unwrap();
+        let p = |k, n: &str| place(&data, &c, k, n).unwrap();
+        let seg = p(RelayKind::WalSegment, "000000010000000000000003");
+        assert_eq!(seg.key.as_ref(), "pg/wal/000000010000000000000003");
+        assert_eq!(
+            seg.tier1,
+            PathBuf::from("/d/clusters/pg/wal/000000010000000000000003")
+        );
+        assert_eq!(
+            p(RelayKind::History, "00000002.history").key.as_ref(),
+            "pg/wal/00000002.history"
+        );
+        let pack = p(RelayKind::Pack, "20261124T193000Z-0001");
+        assert_eq!(
+            pack.key.as_ref(),
+            "pg/backups/packs/20261124T193000Z-0001.pack"
+        );
+        assert_eq!(
+            pack.tier1,
+            PathBuf::from("/d/clusters/pg/backups/packs/20261124T193000Z-0001.pack")
+        );
+        assert_eq!(
+            p(RelayKind::BackupManifest, "20261124T193000Z")
+                .key
+                .as_ref(),
+            "pg/backups/20261124T193000Z/manifest.klio"
+        );
+        assert_eq!(
+            p(RelayKind::PgManifest, "20261124T193000Z").key.as_ref(),
+            "pg/backups/20261124T193000Z/backup_manifest.klio"
+        );
+    }
+
+    #[test]
+    fn names_that_are_not_their_kind_or_are_paths_are_refused() {
+        let data = DataDir::new("/d");
+        let c: ClusterName = "pg".parse().unwrap();
+        for (kind, name) in [
+            (RelayKind::WalSegment, "../../etc/passwd"),
+            (RelayKind::WalSegment, "00000002.history"),
+            (RelayKind::WalSegment, "000000010000000000000003.partial"),
+            (RelayKind::History, "000000010000000000000003"),
+            (RelayKind::Pack, "x/../../y-0001"),
+            (RelayKind::Pack, "20261124T193000Z"),
+            (RelayKind::BackupManifest, ".."),
+            (RelayKind::BackupManifest, "packs"),
+            (RelayKind::PgManifest, "a/b"),
+        ] {
+            assert!(place(&data, &c, kind, name).is_err(), "{kind} {name}");
+        }
+    }
+}
