@@ -439,6 +439,21 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/clusters/{cluster}/tier2/retry`.
+    pub async fn tier2_retry(
+        &self,
+        cluster: &ClusterName,
+        req: &crate::Tier2RetryRequest,
+    ) -> Result<crate::Tier2RetryReport, ClientError> {
+        self.post_json(
+            &format!("/v1/clusters/{cluster}/tier2/retry"),
+            cluster,
+            req,
+            None,
+        )
+        .await
+    }
+
     /// POSTs a JSON body once (no retries: the server may have acted on it).
     async fn post_json<B: serde::Serialize, T: DeserializeOwned>(
         &self,

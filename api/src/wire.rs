@@ -106,6 +106,17 @@ pub struct BackupView {
     pub new_chunks: u64,
     /// Present while running.
     pub progress: Option<BackupProgress>,
+    /// Which tiers hold the backup (complete backups of a server with Tier 2).
+    #[serde(default)]
+    pub tiers: Option<BackupTiers>,
+}
+
+/// Where a complete backup is: each flag set when that tier holds its manifest (and
+/// with it, by the relay's ordering, its packs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupTiers {
+    pub tier1: bool,
+    pub tier2: bool,
 }
 
 /// `GET /v1/clusters/{cluster}/backups`: oldest first.
@@ -230,6 +241,73 @@ pub struct ClusterStatusView {
     /// Base backups of this cluster.
     #[serde(default)]
     pub backups: BackupStatus,
+    /// What each tier stores of this cluster.
+    #[serde(default)]
+    pub storage: StorageStatus,
+    /// The relay to Tier 2; absent when `[tier2]` is not configured.
+    #[serde(default)]
+    pub tier2: Option<Tier2Status>,
+}
+
+/// Objects (WAL segments, history files, packs, manifests) and their stored bytes, per
+/// tier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageStatus {
+    pub tier1_objects: u64,
+    pub tier1_bytes: u64,
+    pub tier2_objects: u64,
+    pub tier2_bytes: u64,
+}
+
+/// The Tier 2 relay of one cluster: what waits, what failed for good, what went.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tier2Status {
+    /// Where Tier 2 is (`s3://bucket/prefix`...).
+    pub location: String,
+    /// Objects waiting for Tier 2 (dead letters included) and their bytes.
+    pub backlog_objects: u64,
+    pub backlog_bytes: u64,
+    /// Age of the oldest waiting object, in seconds.
+    pub oldest_age_seconds: Option<u64>,
+    /// Objects that failed permanently: they wait for `klio tier2 retry`.
+    pub dead_letters: u64,
+    /// The first dead letters, with their causes.
+    #[serde(default)]
+    pub dead: Vec<Tier2DeadLetter>,
+    /// When Tier 2 last confirmed an upload (seconds since the epoch).
+    pub last_upload_at: Option<u64>,
+    /// Since the server started.
+    pub uploaded_objects: u64,
+    pub uploaded_bytes: u64,
+    pub upload_failures: u64,
+}
+
+/// An object the relay gave up on until `klio tier2 retry`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tier2DeadLetter {
+    /// `wal_segment`, `history`, `pack`, `pg_manifest` or `backup_manifest`.
+    pub kind: String,
+    pub name: String,
+    pub attempts: u32,
+    pub error: Option<String>,
+}
+
+/// `POST /v1/clusters/{cluster}/tier2/retry`: queue dead letters again; all of them, or
+/// the one of `kind` named `name`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tier2RetryRequest {
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The answer to [`Tier2RetryRequest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tier2RetryReport {
+    /// Dead letters queued again.
+    pub revived: u64,
 }
 
 /// Base-backup figures of one cluster (for `klio status` and the metrics).
@@ -262,6 +340,8 @@ impl ClusterStatusView {
             wal_fsyncs: 0,
             wal_fsync_micros: 0,
             backups: BackupStatus::default(),
+            storage: StorageStatus::default(),
+            tier2: None,
         }
     }
 }

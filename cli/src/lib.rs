@@ -11,7 +11,7 @@
 //!
 //! One module per command family: [`wal_restore`] (with its prefetcher), [`restore`] (a
 //! pure plan from the manifest, then its executor), [`backup`] (and offload), [`list`]
-//! (and status), [`verify`], [`keys`], `demo`; [`output`] formats what they print.
+//! (and status), [`verify`], [`keys`], [`tier2`] (`klio tier2 retry`), `demo`; [`output`] formats what they print.
 //!
 //! On disk, the client commands write only where the user points them: `restore` into
 //! the target data directory (and its tablespace directories), `wal-restore` the
@@ -26,6 +26,7 @@ pub mod keys;
 pub mod list;
 pub mod output;
 pub mod restore;
+pub mod tier2;
 pub mod verify;
 pub mod wal_restore;
 
@@ -84,6 +85,9 @@ pub enum Command {
     /// Manage keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Tier 2 (object storage) maintenance.
+    #[command(subcommand)]
+    Tier2(tier2::Tier2Command),
 }
 
 #[cfg(feature = "server")]
@@ -133,6 +137,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Backup(args) => client_command(backup::backup(args)),
         Command::Offload(args) => client_command(backup::offload(args)),
         Command::Verify(args) => client_command(verify::verify(args)),
+        Command::Tier2(tier2::Tier2Command::Retry(args)) => client_command(tier2::retry(args)),
         Command::Restore(args) => {
             init_tracing(env_log_format());
             let result = match runtime(true) {

@@ -105,9 +105,19 @@ pub fn status_table(list: &StatusList) -> String {
         ("SEALED", true),
         ("FSYNC", true),
         ("DISK", false),
+        ("TIER1", true),
+        ("TIER2", true),
+        ("BACKLOG", true),
     ]);
     let mut notes = String::new();
     for s in &list.clusters {
+        let (tier2, backlog) = match &s.tier2 {
+            None => ("-".to_string(), "-".to_string()),
+            Some(t) => (
+                human_bytes(s.storage.tier2_bytes),
+                format!("{} / {}", t.backlog_objects, human_bytes(t.backlog_bytes)),
+            ),
+        };
         t.row(vec![
             s.cluster.to_string(),
             s.state.to_string(),
@@ -119,9 +129,37 @@ pub fn status_table(list: &StatusList) -> String {
             s.sealed_segments.to_string(),
             mean_fsync(s.wal_fsyncs, s.wal_fsync_micros),
             if s.disk_full { "FULL" } else { "ok" }.to_string(),
+            human_bytes(s.storage.tier1_bytes),
+            tier2,
+            backlog,
         ]);
         if let Some(e) = &s.last_error {
             let _ = writeln!(notes, "{}: last error: {e}", s.cluster);
+        }
+        if let Some(t) = s.tier2.as_ref() {
+            if let Some(age) = t.oldest_age_seconds.filter(|&a| a >= 60) {
+                let _ = writeln!(
+                    notes,
+                    "{}: the oldest object waiting for Tier 2 ({}) was queued {age} s ago",
+                    s.cluster, t.location
+                );
+            }
+            if t.dead_letters > 0 {
+                let _ = writeln!(
+                    notes,
+                    "{}: {} object(s) failed permanently and wait for `klio tier2 retry --cluster {}` once the cause is fixed:",
+                    s.cluster, t.dead_letters, s.cluster
+                );
+                for d in &t.dead {
+                    let _ = writeln!(
+                        notes,
+                        "  {} {}: {}",
+                        d.kind,
+                        d.name,
+                        d.error.as_deref().unwrap_or("(no error recorded)")
+                    );
+                }
+            }
         }
     }
     let mut out = t.render();
@@ -402,6 +440,7 @@ mod backup_tests {
             chunks: 1100,
             new_chunks: 60,
             progress: None,
+            tiers: None,
         }
     }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 use klio_basebackup::job::{JobError, JobProgress, WalWaiter};
 use klio_basebackup::offload::{self, OffloadPolicy};
 use klio_basebackup::protocol::BaseBackupOptions;
-use klio_basebackup::store::{BackupRecord, BackupState, ChunkStore};
+use klio_basebackup::store::{BackupRecord, BackupState, ChunkStore, ObjectSource};
 use klio_basebackup::walchain;
 use klio_core::clock::unix_now;
 use klio_core::manifest::ChunkId;
@@ -41,7 +41,7 @@ use view::{failed_view, progress_view, record_view, running_view, state_view};
 const WAL_WAIT: Duration = Duration::from_secs(600);
 
 /// Backup settings of one cluster (from the configuration).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BackupSettings {
     /// Replication connection for `BASE_BACKUP` (its own application_name).
     pub conninfo: ConnInfo,
@@ -49,6 +49,20 @@ pub struct BackupSettings {
     pub schedule: Option<Schedule>,
     /// Where offloads may read (resolved directories); empty: offload is disabled.
     pub offload_roots: Vec<std::path::PathBuf>,
+    /// Where restores read the packs and manifests Tier 1 no longer holds (Tier 2).
+    pub fallback: Option<Arc<dyn ObjectSource>>,
+}
+
+impl std::fmt::Debug for BackupSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackupSettings")
+            .field("conninfo", &self.conninfo)
+            .field("fast_checkpoint", &self.fast_checkpoint)
+            .field("schedule", &self.schedule)
+            .field("offload_roots", &self.offload_roots)
+            .field("fallback", &self.fallback.as_ref().map(|f| f.describe()))
+            .finish()
+    }
 }
 
 /// A job the manager started: what the API shows of it.
@@ -168,6 +182,10 @@ impl BackupManager {
             key,
             self.ctx.catalog.clone(),
         )?;
+        store.set_relay(self.ctx.relay_to_tier2);
+        if let Some(source) = &cb.settings.fallback {
+            store.set_fallback(Arc::clone(source));
+        }
         let report = store.recover()?;
         if report.failed_backups > 0 {
             warn!(cluster = %name, backups = report.failed_backups, packs = report.deleted_packs,

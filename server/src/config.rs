@@ -23,6 +23,14 @@
 //! client_ca_file = "/etc/klio/tls/ca.crt"    # optional: one CA for every cluster, which
 //! client_ca_shared = true                    #   must be said explicitly
 //! require_client_cert = false                # default false: bearer tokens keep working
+//! [tier2]                                    # optional: relay WAL and backups to object storage
+//! url = "s3://bucket/prefix"                 # or gs://bucket/prefix, az://container/prefix, file:///dir
+//! endpoint = "https://minio.example:9000"    # S3-compatible server (path-style requests)
+//! region = "eu-west-1"                       # default us-east-1
+//! access_key_id_file = "/etc/klio/s3.id"     # static keys (0600); without them, the AWS chain
+//! secret_access_key_file = "/etc/klio/s3.secret"
+//! ca_file = "/etc/klio/s3-ca.pem"            # extra CA for the endpoint
+//! allow_http = false                         # plain http:// endpoints only when true
 //! ```
 //! Top level also: `metrics_token_file` (bearer token Prometheus sends for `/metrics`)
 //! or `metrics_listen` (a separate plain-HTTP address serving only `/metrics`);
@@ -30,7 +38,10 @@
 //!
 //! Overrides: `KLIO_DATA_DIR`, `KLIO_LISTEN`, `KLIO_MASTER_KEY_FILE`, `KLIO_LOG_FORMAT`,
 //! `KLIO_METRICS_LISTEN`, `KLIO_METRICS_TOKEN_FILE`,
-//! `KLIO_TLS_CERT_FILE`, `KLIO_TLS_KEY_FILE`, `KLIO_TLS_CLIENT_CA_FILE` and, per cluster,
+//! `KLIO_TLS_CERT_FILE`, `KLIO_TLS_KEY_FILE`, `KLIO_TLS_CLIENT_CA_FILE`, `KLIO_TIER2_URL`
+//! (alone it configures Tier 2), `KLIO_TIER2_ENDPOINT`, `KLIO_TIER2_REGION`,
+//! `KLIO_TIER2_ACCESS_KEY_ID_FILE`, `KLIO_TIER2_SECRET_ACCESS_KEY_FILE`,
+//! `KLIO_TIER2_CA_FILE`, `KLIO_TIER2_ALLOW_HTTP` and, per cluster,
 //! `KLIO_CLUSTER_<NAME>_CONNINFO` (name upper-cased, `-` → `_`).
 //! An empty variable counts as unset. Relative paths are resolved against the config
 //! file's directory. Token files and TLS files are read here (secrets come by file path)
@@ -86,6 +97,8 @@ pub struct Config {
     /// A client must send a request's headers within this (`api_header_timeout_secs`);
     /// also how long an idle keep-alive connection stays open.
     pub api_header_timeout: std::time::Duration,
+    /// `[tier2]`: object storage every cluster's WAL and backups are relayed to.
+    pub tier2: Option<klio_tiering::Tier2Settings>,
     /// In file order; names are unique.
     pub clusters: Vec<ClusterConfig>,
 }
@@ -171,6 +184,7 @@ struct RawConfig {
     api_max_connections: Option<usize>,
     api_header_timeout_secs: Option<u64>,
     tls: Option<RawTls>,
+    tier2: Option<klio_tiering::Tier2Config>,
     #[serde(default, rename = "cluster")]
     clusters: Vec<RawCluster>,
 }
@@ -457,6 +471,7 @@ impl Config {
         }
 
         let tls = api_tls(raw.tls, cluster_cas, &env, &invalid, &resolve)?;
+        let tier2 = tier2(raw.tier2, &env, &invalid, &resolve)?;
 
         Ok(Config {
             file: file.to_path_buf(),
@@ -468,6 +483,7 @@ impl Config {
             metrics,
             api_max_connections,
             api_header_timeout: std::time::Duration::from_secs(header_secs),
+            tier2,
             clusters,
         })
     }
@@ -538,6 +554,38 @@ fn metrics_access(
         }
         (None, None) => Ok(MetricsAccess::Disabled),
     }
+}
+
+/// `[tier2]` with its `KLIO_TIER2_*` overrides (`KLIO_TIER2_URL` alone configures Tier 2
+/// without a table); the credential and CA files are read and checked here.
+fn tier2(
+    raw: Option<klio_tiering::Tier2Config>,
+    env: &dyn Fn(&str) -> Option<String>,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<Option<klio_tiering::Tier2Settings>, ConfigError> {
+    let from_env = env(klio_tiering::config::ENV_URL).is_some();
+    let Some(mut t) = raw.or_else(|| from_env.then(Default::default)) else {
+        return Ok(None);
+    };
+    let tiering_invalid = |e: klio_tiering::config::ConfigError| {
+        invalid(&format!("tier2.{}", e.field()), e.to_string())
+    };
+    t.apply_overrides_from(env).map_err(tiering_invalid)?;
+    for f in [
+        &mut t.access_key_id_file,
+        &mut t.secret_access_key_file,
+        &mut t.ca_file,
+    ] {
+        *f = f.take().map(resolve);
+    }
+    if t.url.trim().is_empty() {
+        return Err(invalid(
+            "tier2.url",
+            "missing: [tier2] needs url = \"s3://bucket/prefix\" (or gs://, az://, file:///) or KLIO_TIER2_URL".into(),
+        ));
+    }
+    t.validate().map(Some).map_err(tiering_invalid)
 }
 
 /// `[tls]` with its `KLIO_TLS_*` overrides and the clusters' client CAs; the files are

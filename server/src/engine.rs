@@ -21,7 +21,9 @@ use crate::config::{Config, DEFAULT_APPLICATION_NAME};
 use crate::http::{metrics_router, router, AppState};
 use crate::registry::{Registry, RegistryError, WalStream};
 use crate::serve::{serve, shutdown_signal, ServeLimits};
+use crate::tier2::{storage_status, Tier2Relays};
 use klio_api::{ClusterStatusView, WalEntryView};
+use klio_core::layout::DataDir;
 
 /// Longest time between two standby status updates.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
@@ -53,6 +55,7 @@ fn backup_settings(c: &crate::config::ClusterConfig) -> anyhow::Result<BackupSet
         fast_checkpoint: c.backup_fast_checkpoint,
         schedule: c.backup_schedule.clone(),
         offload_roots: c.offload_roots.clone(),
+        fallback: None,
     })
 }
 
@@ -154,8 +157,16 @@ pub async fn run_server_until(
         .map(cluster_spec)
         .collect::<anyhow::Result<Vec<_>>>()?;
     let data_dir = config.data_dir.clone();
+    let tier2 = match &config.tier2 {
+        Some(settings) => Some(Arc::new(
+            klio_tiering::Tier2::open(settings).context("[tier2]")?,
+        )),
+        None => None,
+    };
+    let relay_to_tier2 = tier2.is_some();
     let (ctx, handles) = tokio::task::spawn_blocking(move || {
-        let ctx = ServerContext::open(&data_dir, master)?;
+        let mut ctx = ServerContext::open(&data_dir, master)?;
+        ctx.relay_to_tier2 = relay_to_tier2;
         let handles = specs
             .into_iter()
             .map(|s| prepare_cluster(&ctx, s))
@@ -186,11 +197,29 @@ pub async fn run_server_until(
             stop_rx.clone(),
         ))?);
     }
-    let backup_settings = config
+    let tier2 = tier2.map(|t2| {
+        let (relays, relay_tasks) = Tier2Relays::start(
+            t2,
+            ctx.catalog.clone(),
+            &DataDir::new(&ctx.data_dir),
+            handles.iter().map(|h| h.spec.name.clone()),
+            &stop_rx,
+        );
+        tasks.extend(relay_tasks);
+        relays
+    });
+    let mut backup_settings = config
         .clusters
         .iter()
         .map(backup_settings)
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(t) = &tier2 {
+        for (settings, c) in backup_settings.iter_mut().zip(&config.clusters) {
+            settings.fallback = t
+                .reader(&c.name)
+                .map(|r| r as Arc<dyn klio_basebackup::store::ObjectSource>);
+        }
+    }
     let backups = {
         let (ctx, runtime) = (ctx.clone(), tokio::runtime::Handle::current());
         let clusters: Vec<_> = handles.iter().cloned().zip(backup_settings).collect();
@@ -201,6 +230,8 @@ pub async fn run_server_until(
     };
     tasks.extend(backups.spawn_schedules(stop_rx.clone()));
     let registry = Arc::new(EngineRegistry {
+        ctx: ctx.clone(),
+        tier2,
         clusters: handles
             .into_iter()
             .map(|h| (h.spec.name.clone(), h))
@@ -252,10 +283,62 @@ pub async fn run_server_until(
     Ok(())
 }
 
+impl EngineRegistry {
+    /// Sets which tiers hold a complete backup (only on a server with Tier 2).
+    fn mark_tiers(
+        &self,
+        cluster: &ClusterName,
+        v: &mut klio_api::BackupView,
+    ) -> Result<(), RegistryError> {
+        if self.tier2.is_none() || v.state != klio_api::BackupStateView::Complete {
+            return Ok(());
+        }
+        let tier1 = DataDir::new(&self.ctx.data_dir)
+            .backups(cluster)
+            .backup(&v.id)
+            .is_some_and(|d| d.manifest().is_file());
+        let tier2 = self
+            .ctx
+            .catalog
+            .tier2_object(
+                cluster,
+                klio_catalog::RelayKind::BackupManifest,
+                v.id.as_str(),
+            )?
+            .is_some();
+        v.tiers = Some(klio_api::BackupTiers { tier1, tier2 });
+        Ok(())
+    }
+
+    /// A final WAL file Tier 1 does not hold, read from Tier 2 when it has it.
+    fn tier2_wal(
+        &self,
+        cluster: &ClusterName,
+        store: &klio_receiver::wal_store::WalStore,
+        name: &WalFileName,
+    ) -> Result<Option<klio_receiver::wal_store::WalReader>, RegistryError> {
+        let Some(reader) = self.tier2.as_ref().and_then(|t| t.reader(cluster)) else {
+            return Ok(None);
+        };
+        let Some((object, origin)) = reader
+            .wal(name)
+            .map_err(|e| RegistryError::internal("reading WAL from Tier 2", e))?
+        else {
+            return Ok(None);
+        };
+        store
+            .open_read_copy(name, object, origin)
+            .map(Some)
+            .map_err(RegistryError::Wal)
+    }
+}
+
 /// [`Registry`] over the real receivers and Tier 1 stores.
 pub struct EngineRegistry {
+    ctx: Arc<ServerContext>,
     clusters: HashMap<ClusterName, ClusterHandle>,
     backups: Arc<BackupManager>,
+    tier2: Option<Tier2Relays>,
 }
 
 impl Registry for EngineRegistry {
@@ -268,7 +351,13 @@ impl Registry for EngineRegistry {
             return Ok(None);
         };
         let store = h.store().ok_or(RegistryError::NotReady)?;
-        store.read(name).map_err(RegistryError::Wal)
+        match store.read(name).map_err(RegistryError::Wal)? {
+            Some(bytes) => Ok(Some(bytes)),
+            None => match self.tier2_wal(cluster, &store, name)? {
+                Some(reader) => reader.read_all().map(Some).map_err(RegistryError::Wal),
+                None => Ok(None),
+            },
+        }
     }
 
     fn open_wal(
@@ -280,7 +369,11 @@ impl Registry for EngineRegistry {
             return Ok(None);
         };
         let store = h.store().ok_or(RegistryError::NotReady)?;
-        let Some(mut reader) = store.open_read(name).map_err(RegistryError::Wal)? else {
+        let reader = match store.open_read(name).map_err(RegistryError::Wal)? {
+            Some(r) => Some(r),
+            None => self.tier2_wal(cluster, &store, name)?,
+        };
+        let Some(mut reader) = reader else {
             return Ok(None);
         };
         Ok(Some(WalStream {
@@ -333,6 +426,16 @@ impl Registry for EngineRegistry {
             wal_fsyncs: s.wal_flushes,
             wal_fsync_micros: s.wal_flush_nanos / 1000,
             backups: self.backups.status(cluster),
+            storage: storage_status(&self.ctx.catalog, &DataDir::new(&self.ctx.data_dir), cluster)
+                .unwrap_or_else(|e| {
+                    tracing::warn!(cluster = %cluster, error = %e, "cannot read what the tiers store");
+                    Default::default()
+                }),
+            tier2: self.tier2.as_ref().and_then(|t| {
+                t.status(cluster)
+                    .map_err(|e| tracing::warn!(cluster = %cluster, error = %e, "cannot read the Tier 2 backlog"))
+                    .ok()
+            }),
         })
     }
 
@@ -356,7 +459,11 @@ impl Registry for EngineRegistry {
         &self,
         cluster: &ClusterName,
     ) -> Result<Vec<klio_api::BackupView>, RegistryError> {
-        self.backups.list(cluster)
+        let mut list = self.backups.list(cluster)?;
+        for v in &mut list {
+            self.mark_tiers(cluster, v)?;
+        }
+        Ok(list)
     }
 
     fn backup(
@@ -364,7 +471,11 @@ impl Registry for EngineRegistry {
         cluster: &ClusterName,
         id: &BackupId,
     ) -> Result<Option<klio_api::BackupView>, RegistryError> {
-        self.backups.backup(cluster, id)
+        let mut view = self.backups.backup(cluster, id)?;
+        if let Some(v) = view.as_mut() {
+            self.mark_tiers(cluster, v)?;
+        }
+        Ok(view)
     }
 
     fn backup_manifest(
@@ -397,5 +508,23 @@ impl Registry for EngineRegistry {
         req: klio_api::VerifyRequest,
     ) -> Result<klio_api::VerifyReport, RegistryError> {
         self.backups.verify(cluster, req)
+    }
+
+    fn tier2_retry(
+        &self,
+        cluster: &ClusterName,
+        req: klio_api::Tier2RetryRequest,
+    ) -> Result<klio_api::Tier2RetryReport, RegistryError> {
+        if !self.clusters.contains_key(cluster) {
+            return Err(RegistryError::NotFound(format!(
+                "unknown cluster {cluster}"
+            )));
+        }
+        match &self.tier2 {
+            Some(t) => t.retry(cluster, &req),
+            None => Err(RegistryError::Conflict(
+                crate::registry::TIER2_NOT_CONFIGURED.into(),
+            )),
+        }
     }
 }

@@ -17,6 +17,8 @@
 //! POST /v1/clusters/{cluster}/offloads       token     OffloadRequest → 202 BackupView, 409 if one runs,
 //!                                                      403 without offload_roots or outside them
 //! POST /v1/clusters/{cluster}/verify         token     VerifyRequest (optional) → VerifyReport
+//! POST /v1/clusters/{cluster}/tier2/retry    token     Tier2RetryRequest (optional) → Tier2RetryReport,
+//!                                                      409 without [tier2]
 //! ```
 //! "metrics" means the `metrics_token_file` token (`Authorization: Bearer`); with
 //! `metrics_listen` instead, `/metrics` is served only on that address, without
@@ -118,6 +120,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/clusters/{cluster}/chunks/{chunk}", get(get_chunk))
         .route("/v1/clusters/{cluster}/offloads", post(start_offload))
         .route("/v1/clusters/{cluster}/verify", post(verify))
+        .route("/v1/clusters/{cluster}/tier2/retry", post(tier2_retry))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             let route = req
@@ -392,6 +395,7 @@ pub const ROUTES: &[&str] = &[
     "/v1/clusters/{cluster}/chunks/{chunk}",
     "/v1/clusters/{cluster}/offloads",
     "/v1/clusters/{cluster}/verify",
+    "/v1/clusters/{cluster}/tier2/retry",
 ];
 
 async fn openapi() -> Response {
@@ -711,6 +715,25 @@ async fn verify(
         registry.verify(&c, req)
     })
     .await?;
+    Ok(Json(report))
+}
+
+/// `POST /v1/clusters/{cluster}/tier2/retry`: queues dead letters again.
+async fn tier2_retry(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+    body: axum::body::Bytes,
+) -> Result<Json<klio_api::Tier2RetryReport>, ApiError> {
+    let Path(raw) = path.map_err(bad_path)?;
+    let cluster = caller.cluster(&state, &raw)?;
+    let req: klio_api::Tier2RetryRequest = if body.is_empty() {
+        klio_api::Tier2RetryRequest::default()
+    } else {
+        json_body(&body)?
+    };
+    let (registry, c) = (state.registry.clone(), cluster.clone());
+    let report = blocking(&cluster, move || registry.tier2_retry(&c, req)).await?;
     Ok(Json(report))
 }
 

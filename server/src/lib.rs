@@ -15,4 +15,5 @@ pub mod metrics;
 pub mod registry;
 pub mod schedule;
 pub mod serve;
+pub mod tier2;
 pub mod tls;

@@ -1,4 +1,5 @@
-//! Prometheus text exposition (format 0.0.4) of the clusters' replication status.
+//! Prometheus text exposition (format 0.0.4) of the clusters' replication status, what
+//! each tier stores and the Tier 2 relay's backlog.
 //!
 //! Rendered on each scrape from [`ClusterStatusView`]s; no state of its own, nothing
 //! written to disk. LSNs are exported as byte positions (numbers).
@@ -90,6 +91,54 @@ const FAMILIES: &[Family] = &[
         help: "When the last verification ran (Unix time).",
         value: |s| s.backups.last_verify_at,
     },
+    Family {
+        name: "klio_tier2_backlog_objects",
+        kind: "gauge",
+        help: "Objects waiting to be copied to Tier 2 (dead letters included).",
+        value: |s| s.tier2.as_ref().map(|t| t.backlog_objects),
+    },
+    Family {
+        name: "klio_tier2_backlog_bytes",
+        kind: "gauge",
+        help: "Bytes waiting to be copied to Tier 2.",
+        value: |s| s.tier2.as_ref().map(|t| t.backlog_bytes),
+    },
+    Family {
+        name: "klio_tier2_backlog_oldest_age_seconds",
+        kind: "gauge",
+        help: "Age of the oldest object waiting for Tier 2 (absent when none waits).",
+        value: |s| s.tier2.as_ref().and_then(|t| t.oldest_age_seconds),
+    },
+    Family {
+        name: "klio_tier2_dead_letters",
+        kind: "gauge",
+        help: "Objects whose upload failed permanently; `klio tier2 retry` queues them again.",
+        value: |s| s.tier2.as_ref().map(|t| t.dead_letters),
+    },
+    Family {
+        name: "klio_tier2_last_upload_timestamp_seconds",
+        kind: "gauge",
+        help: "When Tier 2 last confirmed an upload (Unix time).",
+        value: |s| s.tier2.as_ref().and_then(|t| t.last_upload_at),
+    },
+    Family {
+        name: "klio_tier2_uploaded_objects_total",
+        kind: "counter",
+        help: "Objects uploaded to Tier 2 since the server started.",
+        value: |s| s.tier2.as_ref().map(|t| t.uploaded_objects),
+    },
+    Family {
+        name: "klio_tier2_uploaded_bytes_total",
+        kind: "counter",
+        help: "Bytes uploaded to Tier 2 since the server started.",
+        value: |s| s.tier2.as_ref().map(|t| t.uploaded_bytes),
+    },
+    Family {
+        name: "klio_tier2_upload_failures_total",
+        kind: "counter",
+        help: "Failed Tier 2 uploads (each retried later or made a dead letter) since the server started.",
+        value: |s| s.tier2.as_ref().map(|t| t.upload_failures),
+    },
 ];
 
 /// Renders every family for these clusters. Families with no sample still get their
@@ -123,6 +172,34 @@ pub fn render(statuses: &[ClusterStatusView]) -> String {
             label(s.cluster.as_str()),
             s.wal_fsync_micros as f64 / 1e6
         );
+    }
+    for (name, help, value) in [
+        (
+            "klio_stored_objects",
+            "Objects stored per tier: WAL segments, history files, packs and backup manifests.",
+            (|s: &ClusterStatusView| [s.storage.tier1_objects, s.storage.tier2_objects])
+                as fn(&ClusterStatusView) -> [u64; 2],
+        ),
+        (
+            "klio_stored_bytes",
+            "Bytes stored per tier (compressed and encrypted, as stored).",
+            |s: &ClusterStatusView| [s.storage.tier1_bytes, s.storage.tier2_bytes],
+        ),
+    ] {
+        header(&mut out, name, "gauge", help);
+        for s in statuses {
+            let tiers = value(s);
+            for (tier, v) in [("1", tiers[0]), ("2", tiers[1])] {
+                if tier == "2" && s.tier2.is_none() {
+                    continue;
+                }
+                let _ = writeln!(
+                    out,
+                    "{name}{{cluster=\"{}\",tier=\"{tier}\"}} {v}",
+                    label(s.cluster.as_str())
+                );
+            }
+        }
     }
     header(
         &mut out,
@@ -199,6 +276,56 @@ mod tests {
         }
         // Unknown positions are omitted, not exported as 0.
         assert!(!text.contains("klio_wal_received_lsn_bytes{cluster=\"pg-b\"}"));
+    }
+
+    #[test]
+    fn storage_per_tier_and_the_tier2_backlog_are_exported() {
+        let mut a = ClusterStatusView::connecting("pg-a".parse().unwrap());
+        a.storage = klio_api::StorageStatus {
+            tier1_objects: 12,
+            tier1_bytes: 5000,
+            tier2_objects: 10,
+            tier2_bytes: 4000,
+        };
+        a.tier2 = Some(klio_api::Tier2Status {
+            location: "s3://b/p".into(),
+            backlog_objects: 2,
+            backlog_bytes: 1000,
+            oldest_age_seconds: Some(30),
+            dead_letters: 1,
+            last_upload_at: Some(1_700_000_000),
+            uploaded_objects: 10,
+            uploaded_bytes: 4000,
+            upload_failures: 3,
+            ..Default::default()
+        });
+        // Without [tier2]: Tier 1 figures only, no Tier 2 series.
+        let mut b = ClusterStatusView::connecting("pg-b".parse().unwrap());
+        b.storage.tier1_objects = 1;
+        let text = render(&[a, b]);
+        for line in [
+            "klio_stored_objects{cluster=\"pg-a\",tier=\"1\"} 12",
+            "klio_stored_objects{cluster=\"pg-a\",tier=\"2\"} 10",
+            "klio_stored_bytes{cluster=\"pg-a\",tier=\"1\"} 5000",
+            "klio_stored_bytes{cluster=\"pg-a\",tier=\"2\"} 4000",
+            "klio_stored_objects{cluster=\"pg-b\",tier=\"1\"} 1",
+            "klio_tier2_backlog_objects{cluster=\"pg-a\"} 2",
+            "klio_tier2_backlog_bytes{cluster=\"pg-a\"} 1000",
+            "klio_tier2_backlog_oldest_age_seconds{cluster=\"pg-a\"} 30",
+            "klio_tier2_dead_letters{cluster=\"pg-a\"} 1",
+            "klio_tier2_last_upload_timestamp_seconds{cluster=\"pg-a\"} 1700000000",
+            "# TYPE klio_tier2_uploaded_objects_total counter",
+            "klio_tier2_uploaded_objects_total{cluster=\"pg-a\"} 10",
+            "klio_tier2_uploaded_bytes_total{cluster=\"pg-a\"} 4000",
+            "klio_tier2_upload_failures_total{cluster=\"pg-a\"} 3",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        assert!(!text.contains("cluster=\"pg-b\",tier=\"2\""));
+        assert!(!text.contains("klio_tier2_backlog_objects{cluster=\"pg-b\"}"));
     }
 
     #[test]

@@ -127,7 +127,21 @@ pub trait Registry: Send + Sync + 'static {
         cluster: &ClusterName,
         req: VerifyRequest,
     ) -> Result<VerifyReport, RegistryError>;
+
+    /// Queues Tier 2 dead letters again (`klio tier2 retry`).
+    fn tier2_retry(
+        &self,
+        cluster: &ClusterName,
+        req: klio_api::Tier2RetryRequest,
+    ) -> Result<klio_api::Tier2RetryReport, RegistryError> {
+        let _ = (cluster, req);
+        Err(RegistryError::Conflict(TIER2_NOT_CONFIGURED.into()))
+    }
 }
+
+/// The answer to a Tier 2 request on a server without `[tier2]`.
+pub const TIER2_NOT_CONFIGURED: &str =
+    "Tier 2 is not configured on this server: add a [tier2] table (url = \"s3://bucket/prefix\"...) to its configuration and restart it";
 
 /// An in-memory [`Registry`] for tests: clusters, WAL files and failure modes set by hand.
 #[derive(Default)]
@@ -416,6 +430,7 @@ impl MemoryRegistry {
                     total_bytes: None,
                     elapsed_secs: 0.0,
                 }),
+                tiers: None,
             };
             c.backups.push(view.clone());
             Ok(view)

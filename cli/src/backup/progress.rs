@@ -130,6 +130,7 @@ mod tests {
             chunks: 0,
             new_chunks: 0,
             progress: None,
+            tiers: None,
         };
         assert_eq!(describe(&b), None);
         b.progress = Some(BackupProgress {

@@ -78,6 +78,7 @@ impl Fixture {
             fast_checkpoint: false,
             schedule: None,
             offload_roots: Vec::new(),
+            fallback: None,
         };
         let (started, jobs) = mpsc::unbounded_channel();
         let manager = BackupManager::with_runner(

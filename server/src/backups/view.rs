@@ -50,6 +50,7 @@ pub(super) fn record_view(cluster: &ClusterName, r: &BackupRecord) -> BackupView
         chunks: r.chunks,
         new_chunks: r.new_chunks,
         progress: None,
+        tiers: None,
     }
 }
 
@@ -75,6 +76,7 @@ pub(super) fn running_view(cluster: &ClusterName, r: &Running) -> BackupView {
         chunks: 0,
         new_chunks: 0,
         progress: Some(progress_view(&r.progress)),
+        tiers: None,
     }
 }
 
@@ -84,6 +86,7 @@ pub(super) fn failed_view(cluster: &ClusterName, r: &Running, error: &JobError) 
         state: BackupStateView::Failed,
         error: Some(error.to_string()),
         progress: None,
+        tiers: None,
         ..running_view(cluster, r)
     }
 }

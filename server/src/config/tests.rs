@@ -684,3 +684,77 @@ fn offload_roots_are_existing_absolute_directories_resolved_at_load() {
         assert!(shown.contains(why), "{list}: {shown}");
     }
 }
+
+#[test]
+fn tier2_is_off_without_a_table_or_variable() {
+    let f = Fixture::new();
+    assert!(f.parse(&with_clusters("")).unwrap().tier2.is_none());
+}
+
+#[test]
+fn tier2_table_loads_relative_credential_files() {
+    let f = Fixture::new();
+    f.write("s3.id", "AKIDEXAMPLE");
+    f.write("s3.secret", "wJalrXUtnFEMI");
+    let c = f
+        .parse(&with_clusters(
+            "[tier2]\nurl = \"s3://backups/site-a\"\nendpoint = \"http://127.0.0.1:9000\"\n\
+             access_key_id_file = \"s3.id\"\nsecret_access_key_file = \"s3.secret\"\nallow_http = true\n",
+        ))
+        .unwrap();
+    let t = c.tier2.expect("tier2 configured");
+    assert_eq!(
+        t.location,
+        klio_tiering::config::Tier2Location::S3 {
+            bucket: "backups".into(),
+            prefix: "site-a".into()
+        }
+    );
+    assert!(t.keys.is_some());
+    // Secrets never show in Debug output.
+    assert!(!format!("{t:?}").contains("wJalrXUtnFEMI"));
+}
+
+#[test]
+fn tier2_url_from_the_environment_alone_configures_it() {
+    let f = Fixture::new();
+    let dir = f.dir.path().join("bucket");
+    std::fs::create_dir(&dir).unwrap();
+    let url = format!("file://{}", dir.display());
+    let c = f
+        .parse_env(&with_clusters(""), &[("KLIO_TIER2_URL", &url)])
+        .unwrap();
+    assert!(matches!(
+        c.tier2.map(|t| t.location),
+        Some(klio_tiering::config::Tier2Location::File { .. })
+    ));
+}
+
+#[test]
+fn tier2_errors_name_the_field_and_the_file() {
+    let f = Fixture::new();
+    f.write("s3.id", "AKIDEXAMPLE");
+    for (table, key, words) in [
+        ("[tier2]\n", "", "url"),
+        ("[tier2]\nurl = \"ftp://x/y\"\n", "tier2.url", "ftp"),
+        (
+            "[tier2]\nurl = \"s3://b/p\"\nendpoint = \"http://127.0.0.1:9000\"\n",
+            "tier2.endpoint",
+            "allow_http",
+        ),
+        (
+            "[tier2]\nurl = \"s3://b/p\"\naccess_key_id_file = \"s3.id\"\n",
+            "tier2.access_key_id_file",
+            "secret_access_key_file",
+        ),
+        (
+            "[tier2]\nurl = \"s3://b/p\"\nbucket = \"x\"\n",
+            "",
+            "bucket",
+        ),
+    ] {
+        let (k, shown) = f.err_key(&with_clusters(table));
+        assert_eq!(k, key, "{shown}");
+        assert!(shown.contains(words), "{table}: {shown}");
+    }
+}
