@@ -104,6 +104,11 @@ impl KlioServer {
         KlioServer::start_prepared(clusters, |_| Ok(()))
     }
 
+    /// [`KlioServer::start`] with extra top-level config lines (e.g. a `[tier2]` table).
+    pub fn start_with(clusters: Vec<ClusterConf>, top: Vec<String>) -> Result<KlioServer> {
+        KlioServer::start_inner_with(clusters, false, top, |_| Ok(()))
+    }
+
     /// [`KlioServer::start`] with `[tls]`: a fresh CA signs the server's certificate
     /// (`127.0.0.1`, `localhost`) and client certificates are accepted (optional).
     pub fn start_tls(clusters: Vec<ClusterConf>) -> Result<KlioServer> {
@@ -124,6 +129,15 @@ impl KlioServer {
         tls: bool,
         prepare: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<KlioServer> {
+        KlioServer::start_inner_with(clusters, tls, Vec::new(), prepare)
+    }
+
+    fn start_inner_with(
+        clusters: Vec<ClusterConf>,
+        tls: bool,
+        top_extra: Vec<String>,
+        prepare: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<KlioServer> {
         let dir = tempfile::Builder::new().prefix("klio-e2e-").tempdir()?;
         let port = free_port()?;
         let mut s = KlioServer {
@@ -134,7 +148,7 @@ impl KlioServer {
             starts: 0,
             env: Vec::new(),
             ca: None,
-            top_extra: Vec::new(),
+            top_extra,
         };
         if tls {
             let ca = TestCa::new("klio API test CA")?;
@@ -528,6 +542,23 @@ impl KlioServer {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Waits until this server streams `cluster` and `pg` counts it (application name
+    /// `klio`) as its synchronous standby.
+    pub fn wait_sync_standby(&self, pg: &PgInstance, cluster: &str) -> Result<()> {
+        self.wait_status(cluster, Duration::from_secs(60), "streaming", |v| {
+            v["state"] == "streaming"
+        })?;
+        wait_until(
+            Duration::from_secs(30),
+            "klio to be the sync standby",
+            || {
+                Ok(pg.psql(
+                    "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'klio'",
+                )? == "sync")
+            },
+        )
     }
 
     /// Waits until the server's flushed LSN for `cluster` reaches `lsn` (text `X/Y`).

@@ -36,18 +36,7 @@ fn slow_clients_are_closed_and_do_not_starve_the_server() -> Result<()> {
         .push(format!("api_header_timeout_secs = {HEADER_TIMEOUT}"));
     klio.write_config()?;
     klio.restart()?;
-    klio.wait_status("slow", Duration::from_secs(60), "streaming", |v| {
-        v["state"] == "streaming"
-    })?;
-    klio_tests::wait_until(
-        Duration::from_secs(30),
-        "klio to be the sync standby",
-        || {
-            Ok(pg.psql(
-                "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'klio'",
-            )? == "sync")
-        },
-    )?;
+    klio.wait_sync_standby(&pg, "slow")?;
     pg.psql("CREATE TABLE t (i int)")?;
 
     let opened = Instant::now();

@@ -154,6 +154,7 @@ fn backup_list() -> Result<Vec<u8>> {
             chunks: 1,
             new_chunks: 0,
             progress: None,
+            tiers: None,
         }],
     };
     Ok(serde_json::to_vec(&list)?)

@@ -58,22 +58,6 @@ fn sealed_segments_read_back_identical_and_pg_waldump_reads_them() -> Result<()>
     Ok(())
 }
 
-/// Waits until Klio streams `cluster` and the primary counts it as its sync standby.
-fn await_sync_standby(klio: &KlioServer, pg: &PgInstance, cluster: &str) -> Result<()> {
-    klio.wait_status(cluster, Duration::from_secs(60), "streaming", |v| {
-        v["state"] == "streaming"
-    })?;
-    klio_tests::wait_until(
-        Duration::from_secs(30),
-        "klio to be the sync standby",
-        || {
-            Ok(pg.psql(
-                "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'klio'",
-            )? == "sync")
-        },
-    )
-}
-
 /// One synchronous commit as seen from both sides.
 struct SyncCommit {
     /// The WAL insert position just before COMMIT: the commit record ends after it.
@@ -150,7 +134,7 @@ fn synchronous_commits(
 fn synchronous_standby_acknowledges_commits() -> Result<()> {
     let pg = PgInstance::start(PgOptions::new().synchronous_standby_names("klio"))?;
     let klio = KlioServer::start(vec![ClusterConf::new("sync", pg.replication_conninfo())])?;
-    await_sync_standby(&klio, &pg, "sync")?;
+    klio.wait_sync_standby(&pg, "sync")?;
     pg.pgbench(&["-i", "-s", "1"])?;
     let out = pg.pgbench(&["-N", "-c", "4", "-T", "5"])?;
     let processed: u64 = out
@@ -209,7 +193,7 @@ fn slow_tier1_disk_holds_commits_until_flushed_and_is_reported() -> Result<()> {
     klio.stop()?;
     klio.set_env("KLIO_TEST_FSYNC_DELAY_MS", Some("1500"));
     klio.restart()?;
-    await_sync_standby(&klio, &pg, "slow")?;
+    klio.wait_sync_standby(&pg, "slow")?;
     let commit = synchronous_commits(&pg, &klio, "slow", 1)?;
     let took = commit.first().context("no probe commit")?.took;
     ensure!(

@@ -24,6 +24,7 @@
 
 mod binaries;
 mod config;
+pub mod fault_proxy;
 mod instance;
 mod orphans;
 mod pg_command;

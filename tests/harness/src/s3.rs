@@ -157,17 +157,30 @@ impl S3Server {
             .collect())
     }
 
-    /// The keys of the objects in `bucket` (ListObjectsV2, first 1000).
+    /// The keys of the objects in `bucket`, in order (ListObjectsV2, every page).
     pub fn object_keys(&self, bucket: &str) -> Result<Vec<String>> {
-        let (status, body) = self.request("GET", &format!("/{bucket}?list-type=2"))?;
-        if status != 200 {
-            bail!("listing {bucket}: HTTP {status}: {body}");
+        let mut keys: Vec<String> = Vec::new();
+        loop {
+            let mut path = format!("/{bucket}?list-type=2");
+            if let Some(last) = keys.last() {
+                path.push_str("&start-after=");
+                path.push_str(&query_escape(last));
+            }
+            let (status, body) = self.request("GET", &path)?;
+            if status != 200 {
+                bail!("listing {bucket}: HTTP {status}: {body}");
+            }
+            let page: Vec<String> = body
+                .split("<Contents>")
+                .skip(1)
+                .filter_map(|object| xml_text(object, "Key"))
+                .collect();
+            let truncated = xml_text(&body, "IsTruncated").as_deref() == Some("true");
+            keys.extend(page);
+            if !truncated {
+                return Ok(keys);
+            }
         }
-        Ok(body
-            .split("<Contents>")
-            .skip(1)
-            .filter_map(|object| xml_text(object, "Key"))
-            .collect())
     }
 
     /// moto's output so far.
@@ -187,11 +200,24 @@ impl S3Server {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<(u16, String)> {
+        let (status, body) = self.request_raw(method, path, headers, &[])?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    /// One HTTP/1.0 request with `body`; returns the status and the body's bytes.
+    fn request_raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(u16, Vec<u8>)> {
         let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port))?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         let mut head = format!(
-            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\n",
-            self.port
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\n",
+            self.port,
+            body.len()
         );
         // moto answers some unsigned requests (a refused conditional PUT, a DELETE) with
         // 403; it checks no signature, so a SigV4-shaped header is enough.
@@ -205,18 +231,55 @@ impl S3Server {
         }
         head.push_str("\r\n");
         stream.write_all(head.as_bytes())?;
+        stream.write_all(body)?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response)?;
-        let text = String::from_utf8_lossy(&response);
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| anyhow!("moto sent no complete HTTP response: {text:?}"))?;
+        let split = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| {
+                anyhow!(
+                    "moto sent no complete HTTP response: {:?}",
+                    String::from_utf8_lossy(&response)
+                )
+            })?;
+        let head = String::from_utf8_lossy(&response[..split]).into_owned();
         let status = head
             .split_whitespace()
             .nth(1)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| anyhow!("moto sent a malformed status line: {head:?}"))?;
-        Ok((status, body.to_string()))
+        Ok((status, response[split + 4..].to_vec()))
+    }
+
+    /// The bytes of object `key` in `bucket`.
+    pub fn get_object(&self, bucket: &str, key: &str) -> Result<Vec<u8>> {
+        match self.request_raw("GET", &format!("/{bucket}/{key}"), &[], &[])? {
+            (200, body) => Ok(body),
+            (status, body) => bail!(
+                "GET {bucket}/{key}: HTTP {status}: {}",
+                String::from_utf8_lossy(&body)
+            ),
+        }
+    }
+
+    /// Writes object `key` in `bucket` (replacing it), as another writer would.
+    pub fn put_object(&self, bucket: &str, key: &str, body: &[u8]) -> Result<()> {
+        match self.request_raw("PUT", &format!("/{bucket}/{key}"), &[], body)? {
+            (200, _) => Ok(()),
+            (status, body) => bail!(
+                "PUT {bucket}/{key}: HTTP {status}: {}",
+                String::from_utf8_lossy(&body)
+            ),
+        }
+    }
+
+    /// Removes object `key` from `bucket`.
+    pub fn delete_object(&self, bucket: &str, key: &str) -> Result<()> {
+        match self.request("DELETE", &format!("/{bucket}/{key}"))? {
+            (200 | 204, _) => Ok(()),
+            (status, body) => bail!("DELETE {bucket}/{key}: HTTP {status}: {body}"),
+        }
     }
 }
 
@@ -225,6 +288,18 @@ impl Drop for S3Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `text` for a URL query value (unreserved characters kept, the rest %-escaped).
+fn query_escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// The text of the first `<tag>…</tag>` in `xml`.

@@ -1,0 +1,433 @@
+//! Tier 2 end to end, against real PostgreSQL and a real S3-compatible server (moto),
+//! reached through a proxy that can make it fail:
+//! - sealed WAL, history files, packs and manifests reach the bucket byte for byte, under
+//!   keys that mirror Tier 1, and the status and metrics count them per tier;
+//! - with the bucket answering 503, streaming and synchronous commits go on, a backup
+//!   completes, the backlog shows the waiting objects, and it drains once the bucket is
+//!   back, leaving the bucket equal to Tier 1;
+//! - Klio killed while uploads are in flight: after a restart every object is in the
+//!   bucket, once;
+//! - an object that conflicts with what the bucket holds becomes a visible dead letter
+//!   that blocks nothing else, and `klio tier2 retry` queues it again once fixed.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use klio_harness::fault_proxy::FaultProxy;
+use klio_harness::s3::{S3Server, DEFAULT_BUCKET};
+use klio_tests::{write_secret, ClusterConf, KlioServer, PgInstance, PgOptions};
+use serde_json::Value;
+
+const CLUSTER: &str = "t2";
+const PREFIX: &str = "site-a";
+
+/// The S3 server, the proxy in front of it, and the credential files Klio reads.
+struct Bucket {
+    s3: S3Server,
+    proxy: FaultProxy,
+    secrets: tempfile::TempDir,
+}
+
+impl Bucket {
+    fn start() -> Result<Bucket> {
+        let s3 = S3Server::start()?;
+        let proxy = FaultProxy::start(s3.port())?;
+        let secrets = tempfile::tempdir()?;
+        write_secret(&secrets.path().join("key-id"), "klio-test-key")?;
+        write_secret(&secrets.path().join("secret"), "klio-test-secret")?;
+        Ok(Bucket { s3, proxy, secrets })
+    }
+
+    /// The `[tier2]` table: through the proxy, static keys, plain http allowed.
+    fn config(&self) -> Vec<String> {
+        let file = |n: &str| self.secrets.path().join(n).display().to_string();
+        vec![
+            "[tier2]".into(),
+            format!("url = \"s3://{DEFAULT_BUCKET}/{PREFIX}\""),
+            format!("endpoint = {:?}", self.proxy.endpoint()),
+            "region = \"us-east-1\"".into(),
+            format!("access_key_id_file = {:?}", file("key-id")),
+            format!("secret_access_key_file = {:?}", file("secret")),
+            "allow_http = true".into(),
+        ]
+    }
+
+    /// The bucket's keys below the prefix.
+    fn keys(&self) -> Result<Vec<String>> {
+        Ok(self
+            .s3
+            .object_keys(DEFAULT_BUCKET)?
+            .into_iter()
+            .filter(|k| k.starts_with(&format!("{PREFIX}/")))
+            .collect())
+    }
+}
+
+fn start_klio(pg: &PgInstance, bucket: &Bucket) -> Result<KlioServer> {
+    let klio = KlioServer::start_with(
+        vec![ClusterConf::new(CLUSTER, pg.replication_conninfo())],
+        bucket.config(),
+    )?;
+    let lsn = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
+    klio.wait_flushed(CLUSTER, &lsn, Duration::from_secs(60))?;
+    Ok(klio)
+}
+
+/// Seals `n` more segments (with a little data in each).
+fn switch_wal(pg: &PgInstance, n: usize) -> Result<()> {
+    pg.psql("CREATE TABLE IF NOT EXISTS t2_fill (i int, pad text)")?;
+    for _ in 0..n {
+        pg.psql("INSERT INTO t2_fill SELECT g, repeat('x', 100) FROM generate_series(1, 2000) g")?;
+        pg.psql("SELECT pg_switch_wal()")?;
+    }
+    Ok(())
+}
+
+/// Tier 1's final objects of the cluster (no `.partial`, no `.tmp`), keyed by the object
+/// key Tier 2 must hold them under: `<prefix>/<cluster>/<path below the cluster dir>`.
+fn tier1_objects(klio: &KlioServer) -> Result<BTreeMap<String, PathBuf>> {
+    let root = klio.layout().cluster_dir(&CLUSTER.parse()?);
+    let mut out = BTreeMap::new();
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir)? {
+            let path = e?.path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.ends_with(".partial") || name.ends_with(".tmp") {
+                continue;
+            }
+            let rel = path.strip_prefix(&root)?.to_str().context("UTF-8 path")?;
+            out.insert(format!("{PREFIX}/{CLUSTER}/{rel}"), path.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Waits until nothing waits for Tier 2 and Tier 2 holds as many objects as Tier 1.
+fn wait_drained(klio: &KlioServer, timeout: Duration) -> Result<Value> {
+    klio.wait_status(CLUSTER, timeout, "the Tier 2 backlog to drain", |v| {
+        let held = v["storage"]["tier2_objects"].as_u64();
+        v["tier2"]["backlog_objects"] == 0
+            && tier1_objects(klio).is_ok_and(|t1| held == Some(t1.len() as u64))
+    })
+}
+
+/// The bucket holds exactly Tier 1's final objects, each byte for byte. Returns how many.
+fn assert_bucket_mirrors_tier1(bucket: &Bucket, klio: &KlioServer) -> Result<usize> {
+    let t1 = tier1_objects(klio)?;
+    let keys = bucket.keys()?;
+    let expected: Vec<&String> = t1.keys().collect();
+    ensure!(
+        keys.iter().collect::<Vec<_>>() == expected,
+        "the bucket's keys differ from Tier 1's objects:\nbucket: {keys:#?}\ntier 1: {expected:#?}"
+    );
+    for (key, path) in &t1 {
+        let there = bucket.s3.get_object(DEFAULT_BUCKET, key)?;
+        let here = std::fs::read(path)?;
+        ensure!(
+            there == here,
+            "{key}: {} bytes in the bucket differ from Tier 1's {} bytes",
+            there.len(),
+            here.len()
+        );
+    }
+    Ok(t1.len())
+}
+
+fn backup(klio: &KlioServer) -> Result<Value> {
+    let out = klio.client_ok(CLUSTER, &["backup", "--wait", "--output", "json"])?;
+    let b: Value = serde_json::from_str(&out)?;
+    ensure!(b["state"] == "complete", "backup not complete: {b}");
+    Ok(b)
+}
+
+/// `klio status` (the table) with the cluster's token.
+fn status_table(klio: &KlioServer) -> Result<String> {
+    let token = klio.token_file(CLUSTER);
+    let out = klio.client(&["status", "--token-file", token.to_str().context("UTF-8")?])?;
+    ensure!(
+        out.status.success(),
+        "klio status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn count(v: &Value, pointer: &str) -> u64 {
+    v.pointer(pointer).and_then(Value::as_u64).unwrap_or(0)
+}
+
+#[test]
+fn wal_and_backups_reach_the_bucket_and_an_outage_loses_nothing() -> Result<()> {
+    let bucket = Bucket::start()?;
+    // Klio is the only synchronous standby: it streams before anything commits.
+    let pg = PgInstance::start(PgOptions::new().synchronous_standby_names("klio"))?;
+    let klio = start_klio(&pg, &bucket)?;
+    klio.wait_sync_standby(&pg, CLUSTER)?;
+    pg.pgbench(&["-i", "-s", "2"])?;
+    switch_wal(&pg, 3)?;
+    let first = backup(&klio)?;
+    eprintln!("backup taken; waiting for the relay");
+    let st = wait_drained(&klio, Duration::from_secs(120))?;
+    let n = assert_bucket_mirrors_tier1(&bucket, &klio)?;
+    let keys = bucket.keys()?;
+    let id = first["id"].as_str().context("backup id")?;
+    for want in [
+        format!("{PREFIX}/{CLUSTER}/backups/{id}/manifest.klio"),
+        format!("{PREFIX}/{CLUSTER}/backups/{id}/backup_manifest.klio"),
+    ] {
+        ensure!(keys.contains(&want), "{want} missing from {keys:#?}");
+    }
+    ensure!(
+        keys.iter()
+            .any(|k| k.starts_with(&format!("{PREFIX}/{CLUSTER}/backups/packs/"))),
+        "no pack in {keys:#?}"
+    );
+    ensure!(
+        keys.iter().filter(|k| k.contains("/wal/")).count() >= 3,
+        "fewer than 3 WAL objects in {keys:#?}"
+    );
+    ensure!(count(&st, "/storage/tier2_objects") == n as u64, "{st}");
+    ensure!(count(&st, "/storage/tier2_bytes") > 0, "{st}");
+    ensure!(count(&st, "/tier2/uploaded_objects") >= n as u64, "{st}");
+    ensure!(st["tier2"]["last_upload_at"].is_u64(), "{st}");
+    ensure!(
+        st["tier2"]["location"] == format!("s3://{DEFAULT_BUCKET}/{PREFIX}"),
+        "{st}"
+    );
+    let metrics = klio.metrics()?;
+    for line in [
+        format!("klio_tier2_backlog_objects{{cluster=\"{CLUSTER}\"}} 0"),
+        format!("klio_stored_objects{{cluster=\"{CLUSTER}\",tier=\"2\"}} {n}"),
+        format!("klio_tier2_dead_letters{{cluster=\"{CLUSTER}\"}} 0"),
+    ] {
+        ensure!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing:\n{metrics}"
+        );
+    }
+
+    // The bucket answers 503: WAL intake, synchronous commits and backups go on.
+    eprintln!("bucket mirrors Tier 1 ({n} objects); taking it down");
+    bucket.proxy.set_unavailable(true);
+    let out = pg.pgbench(&["-N", "-c", "2", "-T", "3"])?;
+    ensure!(
+        out.contains("number of transactions actually processed"),
+        "pgbench failed while Tier 2 was down: {out}"
+    );
+    switch_wal(&pg, 2)?;
+    backup(&klio)?;
+    let lsn = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
+    klio.wait_flushed(CLUSTER, &lsn, Duration::from_secs(60))?;
+    let down = klio.wait_status(
+        CLUSTER,
+        Duration::from_secs(60),
+        "failed uploads while Tier 2 is down",
+        |v| count(v, "/tier2/backlog_objects") >= 3 && count(v, "/tier2/upload_failures") > 0,
+    )?;
+    ensure!(bucket.proxy.refused() > 0, "the proxy refused nothing");
+    ensure!(
+        count(&down, "/tier2/dead_letters") == 0,
+        "a 503 made a dead letter: {down}"
+    );
+    ensure!(
+        down["tier2"]["oldest_age_seconds"].is_u64(),
+        "no age for the oldest waiting object: {down}"
+    );
+    let table = status_table(&klio)?;
+    ensure!(table.contains("BACKLOG"), "{table}");
+
+    // Back: the backlog drains and the bucket equals Tier 1 again.
+    eprintln!("bucket back up");
+    bucket.proxy.set_unavailable(false);
+    wait_drained(&klio, Duration::from_secs(180))?;
+    let m = assert_bucket_mirrors_tier1(&bucket, &klio)?;
+    ensure!(
+        m > n,
+        "nothing new reached the bucket ({m} objects, {n} before)"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_server_killed_during_uploads_puts_every_object_in_the_bucket_once() -> Result<()> {
+    let bucket = Bucket::start()?;
+    let pg = PgInstance::start(PgOptions::new())?;
+    pg.pgbench(&["-i", "-s", "8"])?;
+    // Slow uploads (about 4 MB/s) so that the kill lands while they are in flight.
+    bucket.proxy.set_delay(Duration::from_millis(4));
+    let mut klio = start_klio(&pg, &bucket)?;
+    switch_wal(&pg, 2)?;
+    backup(&klio)?;
+    let st = klio.status(CLUSTER)?;
+    ensure!(
+        count(&st, "/tier2/backlog_objects") > 0,
+        "everything was uploaded before the kill; slow the proxy down further: {st}"
+    );
+    klio.kill9();
+    bucket.proxy.set_delay(Duration::ZERO);
+    klio.restart()?;
+    wait_drained(&klio, Duration::from_secs(180))?;
+    let n = assert_bucket_mirrors_tier1(&bucket, &klio)?;
+    // Once: one key per object, and the catalog counts each once.
+    let keys = bucket.keys()?;
+    let mut unique = keys.clone();
+    unique.dedup();
+    ensure!(unique.len() == keys.len() && keys.len() == n, "{keys:#?}");
+    let st = klio.status(CLUSTER)?;
+    ensure!(count(&st, "/storage/tier2_objects") == n as u64, "{st}");
+    Ok(())
+}
+
+#[test]
+fn a_conflicting_object_is_a_visible_dead_letter_until_retried() -> Result<()> {
+    let bucket = Bucket::start()?;
+    let pg = PgInstance::start(PgOptions::new())?;
+    // Another writer already put something else where the current segment will go.
+    let segment = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())")?;
+    let key = format!("{PREFIX}/{CLUSTER}/wal/{segment}");
+    bucket
+        .s3
+        .put_object(DEFAULT_BUCKET, &key, b"not this segment")?;
+    let klio = start_klio(&pg, &bucket)?;
+    switch_wal(&pg, 3)?;
+
+    let dead = klio.wait_status(
+        CLUSTER,
+        Duration::from_secs(60),
+        "the conflicting segment to be a dead letter and the rest to be uploaded",
+        |v| count(v, "/tier2/dead_letters") == 1 && count(v, "/tier2/backlog_objects") == 1,
+    )?;
+    let letter = &dead["tier2"]["dead"][0];
+    ensure!(
+        letter["kind"] == "wal_segment" && letter["name"] == segment.as_str(),
+        "{dead}"
+    );
+    let error = letter["error"].as_str().unwrap_or("");
+    ensure!(
+        error.contains("already exists with different content"),
+        "the dead letter does not name the conflict: {dead}"
+    );
+    ensure!(
+        bucket.s3.get_object(DEFAULT_BUCKET, &key)? == b"not this segment",
+        "the existing object was replaced"
+    );
+    let table = status_table(&klio)?;
+    ensure!(
+        table.contains("klio tier2 retry") && table.contains(&segment),
+        "`klio status` does not show the dead letter: {table}"
+    );
+    let metrics = klio.metrics()?;
+    let line = format!("klio_tier2_dead_letters{{cluster=\"{CLUSTER}\"}} 1");
+    ensure!(
+        metrics.lines().any(|l| l == line),
+        "{line} missing:\n{metrics}"
+    );
+
+    // Retried while the cause is still there: it fails again and is dead again.
+    let out = klio.client_ok(CLUSTER, &["tier2", "retry", "--output", "json"])?;
+    ensure!(
+        serde_json::from_str::<Value>(&out)?["revived"] == 1,
+        "{out}"
+    );
+    klio.wait_status(
+        CLUSTER,
+        Duration::from_secs(60),
+        "the retried segment to fail again",
+        |v| {
+            count(v, "/tier2/dead_letters") == 1
+                && count(v, "/tier2/dead/0/attempts") >= 1
+                && count(v, "/tier2/upload_failures") >= 2
+        },
+    )?;
+
+    // An object that is not waiting is named as such.
+    let missing = klio.client(&[
+        "tier2",
+        "retry",
+        "--cluster",
+        CLUSTER,
+        "--token-file",
+        klio.token_file(CLUSTER).to_str().context("UTF-8")?,
+        "--kind",
+        "wal_segment",
+        "--name",
+        "0000000100000000000000FF",
+    ])?;
+    ensure!(
+        !missing.status.success(),
+        "retrying an object that is not queued succeeded"
+    );
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    ensure!(stderr.contains("is waiting for Tier 2"), "{stderr}");
+
+    // The other writer's object removed: one retry and the bucket equals Tier 1.
+    bucket.s3.delete_object(DEFAULT_BUCKET, &key)?;
+    klio.client_ok(
+        CLUSTER,
+        &[
+            "tier2",
+            "retry",
+            "--kind",
+            "wal_segment",
+            "--name",
+            &segment,
+        ],
+    )?;
+    wait_drained(&klio, Duration::from_secs(120))?;
+    assert_bucket_mirrors_tier1(&bucket, &klio)?;
+    Ok(())
+}
+
+#[test]
+fn a_restore_reads_what_tier1_lost_from_tier2() -> Result<()> {
+    let bucket = Bucket::start()?;
+    let pg = PgInstance::start(PgOptions::new())?;
+    pg.pgbench(&["-i", "-s", "2"])?;
+    let klio = start_klio(&pg, &bucket)?;
+    let b = backup(&klio)?;
+    // Changes after the backup: recovery must replay them from WAL only Tier 2 has.
+    pg.pgbench(&["-N", "-t", "3000"])?;
+    let tables = [
+        "pgbench_accounts",
+        "pgbench_branches",
+        "pgbench_tellers",
+        "pgbench_history",
+    ];
+    let want = klio_tests::table_checksums(&pg, &tables)?;
+    switch_wal(&pg, 1)?;
+    let lsn = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
+    klio.wait_flushed(CLUSTER, &lsn, Duration::from_secs(60))?;
+    wait_drained(&klio, Duration::from_secs(120))?;
+
+    // Tier 1 loses every final object: sealed WAL, packs, manifests.
+    let lost = tier1_objects(&klio)?;
+    ensure!(
+        lost.keys().any(|k| k.contains("/backups/packs/")),
+        "no pack to lose: {lost:#?}"
+    );
+    for path in lost.values() {
+        std::fs::remove_file(path)?;
+    }
+    // The listing says where the backup is now.
+    let out = klio.client_ok(CLUSTER, &["list", "backups", "--output", "json"])?;
+    let listed: Value = serde_json::from_str(&out)?;
+    let tiers = &listed["backups"][0]["tiers"];
+    ensure!(
+        tiers["tier1"] == false && tiers["tier2"] == true,
+        "the listing does not say the backup is in Tier 2 only: {listed}"
+    );
+    let restored = klio.restore_and_recover(CLUSTER, b["id"].as_str(), PgOptions::new())?;
+    let got = klio_tests::table_checksums(&restored.pg, &tables)?;
+    ensure!(
+        got == want,
+        "restored from Tier 2, the tables differ:\nsource:\n{want}\nrestored:\n{got}"
+    );
+    Ok(())
+}
