@@ -47,6 +47,8 @@ pub enum ObjectKind {
     BackupManifest = 4,
     /// PostgreSQL's own `backup_manifest` of one base backup; named by the backup id.
     PgManifest = 5,
+    /// Where one base backup's new chunks are stored; named by the backup id.
+    ChunkIndex = 6,
 }
 
 impl ObjectKind {
@@ -57,6 +59,7 @@ impl ObjectKind {
             3 => Some(ObjectKind::Chunk),
             4 => Some(ObjectKind::BackupManifest),
             5 => Some(ObjectKind::PgManifest),
+            6 => Some(ObjectKind::ChunkIndex),
             _ => None,
         }
     }

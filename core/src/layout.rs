@@ -17,7 +17,8 @@
 //!     packs/<backup id>-<nnnn>.pack             sealed chunks of one backup
 //!     <backup id>/manifest.klio                 Klio's manifest
 //!     <backup id>/backup_manifest.klio          PostgreSQL's backup_manifest
-//!     <backup id>/<either manifest>.tmp         being written
+//!     <backup id>/chunks.klio                   where the backup's new chunks are (chunk index)
+//!     <backup id>/<any of these>.tmp            being written
 //! ```
 //!
 //! Every name comes in as a checked type ([`ClusterName`], [`WalFileName`], [`BackupId`],
@@ -44,6 +45,7 @@ const PACKS: &str = "packs";
 const PACK_SUFFIX: &str = ".pack";
 const MANIFEST: &str = "manifest.klio";
 const PG_MANIFEST: &str = "backup_manifest.klio";
+const CHUNK_INDEX: &str = "chunks.klio";
 
 /// The configured data directory; the root of every path Klio keeps.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -238,6 +240,12 @@ impl BackupDir {
     pub fn pg_manifest(&self) -> PathBuf {
         self.dir.join(PG_MANIFEST)
     }
+
+    /// Where the chunks this backup stored first are (pack, offset, lengths), so that
+    /// the catalog can be rebuilt from the files alone (written through a `.tmp`).
+    pub fn chunk_index(&self) -> PathBuf {
+        self.dir.join(CHUNK_INDEX)
+    }
 }
 
 /// A pack's name: `<backup id>-<sequence>`, the sequence at least 4 digits. A pack
@@ -354,6 +362,7 @@ mod tests {
             (b.path().into(), "one backup's manifests"),
             (b.manifest(), "Klio's manifest"),
             (b.pg_manifest(), "PostgreSQL's backup_manifest"),
+            (b.chunk_index(), "where its new chunks are (chunk index)"),
             (tmp_name(&b.manifest()), "being written"),
         ]
     }
@@ -415,6 +424,7 @@ mod tests {
                 "/d/clusters/pg-main/backups/20261124T193000Z",
                 "/d/clusters/pg-main/backups/20261124T193000Z/manifest.klio",
                 "/d/clusters/pg-main/backups/20261124T193000Z/backup_manifest.klio",
+                "/d/clusters/pg-main/backups/20261124T193000Z/chunks.klio",
                 "/d/clusters/pg-main/backups/20261124T193000Z/manifest.klio.tmp",
             ]
         );

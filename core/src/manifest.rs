@@ -139,3 +139,27 @@ mod tests {
         assert!("zz".parse::<ChunkId>().is_err());
     }
 }
+
+pub const CHUNK_INDEX_VERSION: u32 = 1;
+
+/// Where one backup's new chunks (those no earlier backup of the cluster had) are
+/// stored: the `chunks.klio` object next to its manifest. With the manifests, enough to
+/// rebuild the catalog's chunk records from the files (or a Tier 2 bucket) alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkIndex {
+    pub version: u32,
+    pub backup_id: BackupId,
+    /// In pack and offset order.
+    pub chunks: Vec<IndexedChunk>,
+}
+
+/// One chunk of a [`ChunkIndex`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexedChunk {
+    pub id: ChunkId,
+    /// The pack's name (`<backup id>-<n>`).
+    pub pack: String,
+    pub offset: u64,
+    pub stored_len: u32,
+    pub plain_len: u32,
+}

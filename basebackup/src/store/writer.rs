@@ -21,6 +21,7 @@ use klio_core::frame::{FrameSealer, ObjectId, ObjectKind};
 use klio_core::layout::{BackupDir, PackName};
 use klio_core::manifest::{BackupManifest, ManifestTablespace, MANIFEST_VERSION};
 use klio_core::manifest::{ChunkId, FileKind, FileMeta, ManifestFile};
+use klio_core::manifest::{ChunkIndex, IndexedChunk, CHUNK_INDEX_VERSION};
 use klio_core::{BackupId, ClusterName, DataKey, Lsn, TimelineId};
 
 use super::{io, BackupStoreError, ChunkStore, Result, CHUNK_SIZE, PACK_TARGET};
@@ -466,6 +467,30 @@ impl BackupWriter {
                 pg,
             )?;
         }
+        let mut chunks: Vec<IndexedChunk> = self
+            .new_chunks
+            .iter()
+            .map(|(id, c)| IndexedChunk {
+                id: *id,
+                pack: c.pack.clone(),
+                offset: c.offset,
+                stored_len: c.stored_len,
+                plain_len: c.plain_len,
+            })
+            .collect();
+        chunks.sort_by(|a, b| (&a.pack, a.offset).cmp(&(&b.pack, b.offset)));
+        let index = ChunkIndex {
+            version: CHUNK_INDEX_VERSION,
+            backup_id: id.clone(),
+            chunks,
+        };
+        let json = serde_json::to_vec(&index).expect("chunk indexes serialise");
+        self.store.write_object(
+            &self.dir.chunk_index(),
+            ObjectKind::ChunkIndex,
+            id.as_str(),
+            &json,
+        )?;
         let new_bytes: u64 = self
             .new_chunks
             .values()
@@ -507,8 +532,9 @@ impl BackupWriter {
         Ok(rec)
     }
 
-    /// The backup's objects to queue for Tier 2 with its commit: its packs, then
-    /// PostgreSQL's manifest (if any), then Klio's (which the relay uploads last).
+    /// The backup's objects to queue for Tier 2 with its commit: its packs, PostgreSQL's
+    /// manifest (if any), its chunk index, then Klio's manifest (which the relay uploads
+    /// last).
     fn relay_items(&self, packs: &[PackRecord], pg_manifest: bool) -> Result<Vec<RelayItem>> {
         let now = unix_now();
         let id = self.record.id.as_str();
@@ -522,6 +548,8 @@ impl BackupWriter {
             let path = self.dir.pg_manifest();
             items.push(RelayItem::new(RelayKind::PgManifest, id, size(&path)?, now));
         }
+        let path = self.dir.chunk_index();
+        items.push(RelayItem::new(RelayKind::ChunkIndex, id, size(&path)?, now));
         let path = self.dir.manifest();
         items.push(RelayItem::new(
             RelayKind::BackupManifest,
