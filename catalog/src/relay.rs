@@ -20,6 +20,10 @@ use crate::{decode, encode, segment_key, Catalog, Result, SegmentRecord};
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum RelayKind {
+    /// The cluster's key object (`cluster.json`: system identifier, segment size, the
+    /// wrapped data key), generated from its catalog record; the name is the cluster's.
+    /// Nothing else of the cluster is uploaded before it.
+    Cluster,
     /// A sealed WAL segment; the name is its 24-digit file name.
     WalSegment,
     /// A timeline history file; the name is `0000000N.history`.
@@ -30,39 +34,47 @@ pub enum RelayKind {
     BackupManifest,
     /// PostgreSQL's `backup_manifest` of a backup; the name is the backup id.
     PgManifest,
+    /// Where a backup's new chunks are stored (`chunks.klio`); the name is the backup id.
+    ChunkIndex,
 }
 
 impl RelayKind {
     /// Every kind, in queue order.
-    pub const ALL: [RelayKind; 5] = [
+    pub const ALL: [RelayKind; 7] = [
+        RelayKind::Cluster,
         RelayKind::History,
         RelayKind::WalSegment,
         RelayKind::Pack,
         RelayKind::PgManifest,
+        RelayKind::ChunkIndex,
         RelayKind::BackupManifest,
     ];
 
     /// The kind's name in the API, the CLI and the metrics (`wal_segment`, `pack`...).
     pub fn as_str(self) -> &'static str {
         match self {
+            RelayKind::Cluster => "cluster",
             RelayKind::History => "history",
             RelayKind::WalSegment => "wal_segment",
             RelayKind::Pack => "pack",
             RelayKind::PgManifest => "pg_manifest",
+            RelayKind::ChunkIndex => "chunk_index",
             RelayKind::BackupManifest => "backup_manifest",
         }
     }
 
-    /// The key tag, which orders the queue: history files, WAL, packs, then the
-    /// manifests (Klio's last, as it is what makes a backup visible to a reader of the
-    /// bucket).
+    /// The key tag, which orders the queue: the cluster's key object, history files,
+    /// WAL, packs, then a backup's other objects (Klio's manifest last, as it is what
+    /// makes a backup visible to a reader of the bucket).
     fn tag(self) -> u8 {
         match self {
+            RelayKind::Cluster => b'0',
             RelayKind::History => b'a',
             RelayKind::WalSegment => b'b',
             RelayKind::Pack => b'c',
             RelayKind::PgManifest => b'd',
-            RelayKind::BackupManifest => b'e',
+            RelayKind::ChunkIndex => b'e',
+            RelayKind::BackupManifest => b'f',
         }
     }
 }

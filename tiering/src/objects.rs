@@ -5,22 +5,70 @@
 //! bucket alone describes itself (every object is the Tier 1 file, byte for byte):
 //!
 //! ```text
+//! <cluster>/cluster.json                          the cluster's key object (first)
 //! <cluster>/wal/000000010000000000000003          sealed WAL segment
 //! <cluster>/wal/00000002.history                  timeline history file
 //! <cluster>/backups/packs/<backup id>-<n>.pack    pack of chunks
 //! <cluster>/backups/<backup id>/backup_manifest.klio   PostgreSQL's manifest
+//! <cluster>/backups/<backup id>/chunks.klio       where the backup's new chunks are
 //! <cluster>/backups/<backup id>/manifest.klio     Klio's manifest (uploaded last)
 //! ```
+//!
+//! `cluster.json` ([`ClusterObject`]) is the one object that is not a Tier 1 file: it is
+//! made from the catalog's cluster record and holds what a reader of the bucket needs to
+//! open the rest with the master key (the wrapped data key), and what tells two clusters
+//! apart (the system identifier).
 //!
 //! Every name is parsed into its type ([`WalFileName`], [`PackName`], [`BackupId`])
 //! before it becomes a key or a path, so a queue entry can name nothing else.
 
 use std::path::PathBuf;
 
-use klio_catalog::RelayKind;
+use klio_catalog::{ClusterRecord, RelayKind};
 use klio_core::layout::{DataDir, PackName};
 use klio_core::{BackupId, ClusterName, WalFileKind, WalFileName};
 use object_store::path::Path;
+use serde::{Deserialize, Serialize};
+
+/// `cluster.json`: the cluster as a reader of the bucket needs it. Serialised in this
+/// field order, so the same record always gives the same bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterObject {
+    /// `klio-cluster-v1`.
+    pub format: String,
+    pub cluster: ClusterName,
+    /// PostgreSQL's system identifier, in decimal.
+    pub system_id: String,
+    pub seg_size: u64,
+    /// The data key wrapped by the master key (hex; `docs/FORMATS.md`, Keys).
+    pub wrapped_key: String,
+    pub created_unix: u64,
+}
+
+pub const CLUSTER_OBJECT_FORMAT: &str = "klio-cluster-v1";
+
+impl ClusterObject {
+    pub fn from_record(rec: &ClusterRecord) -> ClusterObject {
+        ClusterObject {
+            format: CLUSTER_OBJECT_FORMAT.into(),
+            cluster: rec.name.clone(),
+            system_id: rec.system_id.to_string(),
+            seg_size: rec.seg_size.bytes(),
+            wrapped_key: hex::encode(&rec.wrapped_key),
+            created_unix: rec.created_unix,
+        }
+    }
+
+    /// The object's bytes (JSON).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("cluster objects serialise")
+    }
+}
+
+/// The key of `cluster`'s [`ClusterObject`].
+pub fn cluster_key(cluster: &ClusterName) -> Path {
+    Path::from_iter([cluster.as_str(), "cluster.json"])
+}
 
 /// An object to relay: its Tier 1 file and its key in Tier 2.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +100,9 @@ pub fn place(
     };
     let c = cluster.as_str();
     match kind {
+        RelayKind::Cluster => Err(bad(
+            "the cluster object is made from the catalog, not read from a Tier 1 file".into(),
+        )),
         RelayKind::WalSegment | RelayKind::History => {
             let wal: WalFileName = name.parse().map_err(|e| bad(format!("{e}")))?;
             let expected = match kind {
@@ -74,7 +125,7 @@ pub fn place(
                 key: Path::from_iter([c, "backups", "packs", &file]),
             })
         }
-        RelayKind::BackupManifest | RelayKind::PgManifest => {
+        RelayKind::BackupManifest | RelayKind::PgManifest | RelayKind::ChunkIndex => {
             let id: BackupId = name.parse().map_err(|e| bad(format!("{e}")))?;
             let dir = data
                 .backups(cluster)
@@ -82,6 +133,7 @@ pub fn place(
                 .ok_or_else(|| bad("not a backup directory name".into()))?;
             let (tier1, file) = match kind {
                 RelayKind::PgManifest => (dir.pg_manifest(), "backup_manifest.klio"),
+                RelayKind::ChunkIndex => (dir.chunk_index(), "chunks.klio"),
                 _ => (dir.manifest(), "manifest.klio"),
             };
             Ok(ObjectPlace {
@@ -130,6 +182,17 @@ mod tests {
             p(RelayKind::PgManifest, "20261124T193000Z").key.as_ref(),
             "pg/backups/20261124T193000Z/backup_manifest.klio"
         );
+        let index = p(RelayKind::ChunkIndex, "20261124T193000Z");
+        assert_eq!(
+            index.key.as_ref(),
+            "pg/backups/20261124T193000Z/chunks.klio"
+        );
+        assert_eq!(
+            index.tier1,
+            PathBuf::from("/d/clusters/pg/backups/20261124T193000Z/chunks.klio")
+        );
+        assert_eq!(cluster_key(&c).as_ref(), "pg/cluster.json");
+        assert!(place(&data, &c, RelayKind::Cluster, "pg").is_err());
     }
 
     #[test]

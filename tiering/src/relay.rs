@@ -12,9 +12,12 @@
 //!   create-only PUT, large ones (packs) multipart; either way an object already under
 //!   the key is compared by size and SHA-256, never replaced, so an upload repeated after a
 //!   crash is confirmed, not duplicated.
-//! - **Order.** A backup's Klio manifest (what makes the backup visible to a reader of
-//!   the bucket) waits until no pack of it or of an older backup, and no WAL segment up to
-//!   the backup's end, is still queued.
+//! - **Order.** The cluster's key object (`cluster.json`) goes first and alone: until it
+//!   is in Tier 2 (or while it conflicts with another cluster's there), nothing else of
+//!   the cluster is uploaded. A backup's Klio manifest (what makes the backup visible to
+//!   a reader of the bucket) waits until no pack of it or of an older backup, no chunk
+//!   index or PostgreSQL manifest of it, and no WAL segment up to the backup's end, is
+//!   still queued.
 //! - **Failures.** A transient failure (timeouts, 5xx, throttling) puts the entry back
 //!   with a backoff (doubling, capped); a permanent one (a conflicting object, refused
 //!   credentials, a Tier 1 file that is missing or changed) marks it dead: it stays
@@ -35,7 +38,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::error::Tier2Error;
-use crate::objects::{place, BadName};
+use crate::objects::{cluster_key, place, BadName, ClusterObject};
 use crate::store::{Tier2, MULTIPART_THRESHOLD};
 
 /// Most objects one pass takes on (the queue is read again after each pass).
@@ -238,7 +241,13 @@ impl Relay {
     /// One pass: uploads the entries due now (at most `concurrency` at once, in queue
     /// order, manifests held back by the ordering rule) and records each outcome.
     pub async fn pass(&self) -> Result<PassReport, RelayError> {
+        // A cluster first contacted since start-up: its key object goes first.
+        self.catalog(|cat, c| queue_cluster_object(cat, c).map(|_| ()))
+            .await?;
         let queue = self.catalog(|cat, c| cat.relay_items(c)).await?;
+        // Until the cluster's key object is in Tier 2, nothing else goes: it is what
+        // shows that this bucket prefix belongs to this cluster and no other.
+        let cluster_first = queue.iter().any(|i| i.kind == RelayKind::Cluster);
         let seg_size = self
             .catalog(|cat, c| Ok(cat.cluster(c)?.map(|r| r.seg_size)))
             .await?;
@@ -247,6 +256,10 @@ impl Relay {
         let mut due = Vec::new();
         for item in &queue {
             if item.dead {
+                continue;
+            }
+            if cluster_first && item.kind != RelayKind::Cluster {
+                report.waiting += 1;
                 continue;
             }
             if item.not_before_unix > now {
@@ -285,8 +298,8 @@ impl Relay {
     }
 
     /// The ordering rule for a backup's Klio manifest: no pack of this or an older
-    /// backup, no PostgreSQL manifest of it, and no WAL segment up to its end may still
-    /// be queued (dead entries included: they are not in Tier 2 either).
+    /// backup, no PostgreSQL manifest or chunk index of it, and no WAL segment up to its
+    /// end may still be queued (dead entries included: they are not in Tier 2 either).
     async fn manifest_may_go(
         &self,
         item: &RelayItem,
@@ -307,17 +320,21 @@ impl Relay {
         };
         Ok(!queue.iter().any(|q| match q.kind {
             RelayKind::Pack => q.name.parse::<PackName>().is_ok_and(|p| p.backup() <= &id),
-            RelayKind::PgManifest => q.name == item.name,
+            RelayKind::PgManifest | RelayKind::ChunkIndex => q.name == item.name,
             RelayKind::WalSegment => match (&end, q.name.parse::<WalFileName>()) {
                 (Some(end), Ok(w)) => w <= *end,
                 _ => false,
             },
+            RelayKind::Cluster => true,
             RelayKind::History | RelayKind::BackupManifest => false,
         }))
     }
 
     /// Uploads one object; returns what Tier 2 now holds.
     async fn upload(&self, item: &RelayItem) -> Result<Tier2Object, RelayError> {
+        if item.kind == RelayKind::Cluster {
+            return self.upload_cluster_object(item).await;
+        }
         let at = place(&self.data, &self.cluster, item.kind, &item.name)?;
         let shown = at.tier1.display().to_string();
         let tier1_err = |source| RelayError::Tier1 {
@@ -384,6 +401,41 @@ impl Relay {
             kind: item.kind,
             name: item.name.clone(),
             key: at.key.to_string(),
+            bytes: size,
+            sha256: hex::encode(sha),
+            uploaded_unix: unix_now(),
+        })
+    }
+
+    /// Uploads `cluster.json`, made from the cluster's catalog record.
+    async fn upload_cluster_object(&self, item: &RelayItem) -> Result<Tier2Object, RelayError> {
+        let rec = self
+            .catalog(|cat, c| cat.cluster(c))
+            .await?
+            .ok_or_else(|| {
+                RelayError::BadName(BadName {
+                    kind: item.kind,
+                    name: item.name.clone(),
+                    why: "the cluster has no catalog record yet".into(),
+                })
+            })?;
+        let body = ClusterObject::from_record(&rec).to_bytes();
+        let key = cluster_key(&self.cluster);
+        let sha: [u8; 32] = Sha256::digest(&body).into();
+        let size = body.len() as u64;
+        let outcome = self.tier2.put_create(&key, Bytes::from(body)).await?;
+        if outcome == crate::PutOutcome::Created {
+            self.counters
+                .uploaded_objects
+                .fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .uploaded_bytes
+                .fetch_add(size, Ordering::Relaxed);
+        }
+        Ok(Tier2Object {
+            kind: item.kind,
+            name: item.name.clone(),
+            key: key.to_string(),
             bytes: size,
             sha256: hex::encode(sha),
             uploaded_unix: unix_now(),
@@ -467,6 +519,7 @@ fn backfill(cat: &Catalog, cluster: &ClusterName, data: &DataDir) -> Result<usiz
     };
     let now = unix_now();
     let mut items = Vec::new();
+    let queued_cluster = queue_cluster_object(cat, cluster)?;
     let mut want =
         |kind: RelayKind, name: String, bytes: Option<u64>| -> Result<(), CatalogError> {
             if cat.tier2_object(cluster, kind, &name)?.is_some()
@@ -512,11 +565,34 @@ fn backfill(cat: &Catalog, cluster: &ClusterName, data: &DataDir) -> Result<usiz
             want(RelayKind::Pack, p.clone(), size)?;
         }
         want(RelayKind::PgManifest, b.id.to_string(), None)?;
+        want(RelayKind::ChunkIndex, b.id.to_string(), None)?;
         want(RelayKind::BackupManifest, b.id.to_string(), None)?;
     }
     let n = items.len();
     if n > 0 {
         cat.relay_enqueue(cluster, &items)?;
     }
-    Ok(n)
+    Ok(n + usize::from(queued_cluster))
+}
+
+/// Queues the cluster's key object unless Tier 2 holds it or it is queued; returns
+/// whether it queued it. Nothing to do before the cluster's first contact.
+fn queue_cluster_object(cat: &Catalog, cluster: &ClusterName) -> Result<bool, CatalogError> {
+    let Some(rec) = cat.cluster(cluster)? else {
+        return Ok(false);
+    };
+    let name = cluster.as_str();
+    if cat
+        .tier2_object(cluster, RelayKind::Cluster, name)?
+        .is_some()
+        || cat.relay_item(cluster, RelayKind::Cluster, name)?.is_some()
+    {
+        return Ok(false);
+    }
+    let bytes = ClusterObject::from_record(&rec).to_bytes().len() as u64;
+    cat.relay_enqueue(
+        cluster,
+        &[RelayItem::new(RelayKind::Cluster, name, bytes, unix_now())],
+    )?;
+    Ok(true)
 }

@@ -171,6 +171,17 @@ impl Tier1 {
     }
 }
 
+/// The first pass uploads the cluster's key object alone; `waiting` other entries wait
+/// for it.
+async fn cluster_object_first(relay: &Relay, waiting: usize) {
+    let r = relay.pass().await.unwrap();
+    assert_eq!(
+        (r.attempted, r.uploaded, r.waiting),
+        (1, 1, waiting),
+        "{r:?}"
+    );
+}
+
 /// Runs passes until one attempts nothing.
 async fn drain(relay: &Relay) -> Vec<PassReport> {
     let mut out = Vec::new();
@@ -192,6 +203,7 @@ async fn queued_objects_are_copied_byte_for_byte_and_recorded_as_held() {
     // A pack above the multipart threshold goes multipart.
     let (pack, manifest) = t1.backup((17 << 20) + 5, 4, true);
     let relay = t1.relay(local_tier2(bucket.path()));
+    cluster_object_first(&relay, 5).await;
     drain(&relay).await;
 
     let b = bucket.path().join("pg");
@@ -218,7 +230,12 @@ async fn queued_objects_are_copied_byte_for_byte_and_recorded_as_held() {
     let cat = &t1.catalog;
     assert!(cat.relay_items(&t1.cluster).unwrap().is_empty());
     let held = cat.tier2_objects(&t1.cluster).unwrap();
-    assert_eq!(held.len(), 5);
+    assert_eq!(held.len(), 6);
+    let object: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.join("cluster.json")).unwrap()).unwrap();
+    assert_eq!(object["format"], "klio-cluster-v1");
+    assert_eq!(object["system_id"], "7");
+    assert_eq!(object["wrapped_key"], "00".repeat(61));
     let pack_held = cat
         .tier2_object(&t1.cluster, RelayKind::Pack, &format!("{ID}-0001"))
         .unwrap()
@@ -236,7 +253,7 @@ async fn queued_objects_are_copied_byte_for_byte_and_recorded_as_held() {
     assert_eq!(
         c.uploaded_objects
             .load(std::sync::atomic::Ordering::Relaxed),
-        5
+        6
     );
 }
 
@@ -283,13 +300,14 @@ async fn backfill_queues_what_tier1_holds_and_tier2_lacks_once() {
         )
         .unwrap();
     let relay = t1.relay(local_tier2(bucket.path()));
-    assert_eq!(relay.backfill().await.unwrap(), 6);
+    // The cluster object, two segments, the history file, a pack and two manifests.
+    assert_eq!(relay.backfill().await.unwrap(), 7);
     // Queued already: a second backfill adds nothing.
     assert_eq!(relay.backfill().await.unwrap(), 0);
     drain(&relay).await;
     // Held now: nothing to queue either.
     assert_eq!(relay.backfill().await.unwrap(), 0);
-    assert_eq!(t1.catalog.tier2_objects(&t1.cluster).unwrap().len(), 6);
+    assert_eq!(t1.catalog.tier2_objects(&t1.cluster).unwrap().len(), 7);
     assert!(bucket.path().join("pg/wal/00000002.history").is_file());
 }
 
@@ -308,6 +326,7 @@ async fn a_backup_manifest_waits_for_its_packs_and_its_wal() {
         )
         .unwrap();
     let relay = t1.relay(local_tier2(bucket.path()));
+    cluster_object_first(&relay, 4).await;
     let first = relay.pass().await.unwrap();
     assert_eq!(first.waiting, 1, "{first:?}");
     drain(&relay).await;
@@ -369,6 +388,7 @@ async fn permanent_failures_are_dead_letters_and_block_nothing_else() {
         .unwrap();
 
     let relay = t1.relay(local_tier2(bucket.path()));
+    cluster_object_first(&relay, 4).await;
     let reports = drain(&relay).await;
     assert_eq!(reports[0].uploaded, 1, "{reports:?}");
     assert_eq!(reports[0].failed, 3, "{reports:?}");
@@ -403,6 +423,7 @@ async fn transient_failures_back_off_and_succeed_once_the_store_is_back() {
     let proxy = FaultProxy::start(s3.port()).unwrap();
     let seg = t1.segment(1, true);
     let relay = t1.relay(open_at(&proxy.endpoint(), DEFAULT_BUCKET, "p"));
+    cluster_object_first(&relay, 1).await;
 
     proxy.set_unavailable(true);
     let r = relay.pass().await.unwrap();
