@@ -292,7 +292,8 @@ impl klio_basebackup::store::ObjectSource for Tier2Reader {
 }
 
 /// What Tier 1 and Tier 2 store of `cluster`: WAL segments (sealed and partial),
-/// history files, packs and backup manifests.
+/// history files, packs, backup manifests and chunk indexes (and in Tier 2, the
+/// cluster's key object).
 pub fn storage_status(
     catalog: &Catalog,
     data: &DataDir,
@@ -324,7 +325,7 @@ pub fn storage_status(
             continue;
         }
         if let Some(dir) = backups.backup(&b.id) {
-            for f in [dir.manifest(), dir.pg_manifest()] {
+            for f in [dir.manifest(), dir.pg_manifest(), dir.chunk_index()] {
                 if let Ok(m) = std::fs::metadata(f) {
                     add(m.len());
                 }

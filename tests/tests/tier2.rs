@@ -109,23 +109,41 @@ fn tier1_objects(klio: &KlioServer) -> Result<BTreeMap<String, PathBuf>> {
     Ok(out)
 }
 
-/// Waits until nothing waits for Tier 2 and Tier 2 holds as many objects as Tier 1.
+/// Waits until nothing waits for Tier 2 and Tier 2 holds Tier 1's objects and the
+/// cluster's key object.
 fn wait_drained(klio: &KlioServer, timeout: Duration) -> Result<Value> {
     klio.wait_status(CLUSTER, timeout, "the Tier 2 backlog to drain", |v| {
         let held = v["storage"]["tier2_objects"].as_u64();
         v["tier2"]["backlog_objects"] == 0
-            && tier1_objects(klio).is_ok_and(|t1| held == Some(t1.len() as u64))
+            && tier1_objects(klio).is_ok_and(|t1| held == Some(t1.len() as u64 + 1))
     })
 }
 
-/// The bucket holds exactly Tier 1's final objects, each byte for byte. Returns how many.
+/// The bucket holds exactly Tier 1's final objects, each byte for byte, and the
+/// cluster's key object. Returns how many Tier 1 objects.
 fn assert_bucket_mirrors_tier1(bucket: &Bucket, klio: &KlioServer) -> Result<usize> {
     let t1 = tier1_objects(klio)?;
     let keys = bucket.keys()?;
-    let expected: Vec<&String> = t1.keys().collect();
+    let cluster_object = format!("{PREFIX}/{CLUSTER}/cluster.json");
+    let mut expected: Vec<&String> = t1.keys().collect();
+    expected.push(&cluster_object);
+    expected.sort();
     ensure!(
         keys.iter().collect::<Vec<_>>() == expected,
         "the bucket's keys differ from Tier 1's objects:\nbucket: {keys:#?}\ntier 1: {expected:#?}"
+    );
+    let object: Value =
+        serde_json::from_slice(&bucket.s3.get_object(DEFAULT_BUCKET, &cluster_object)?)?;
+    let st = klio.status(CLUSTER)?;
+    ensure!(
+        object["format"] == "klio-cluster-v1" && object["system_id"] == st["system_id"],
+        "cluster.json does not describe the cluster: {object} (status {st})"
+    );
+    ensure!(
+        object["wrapped_key"]
+            .as_str()
+            .is_some_and(|k| k.len() == 122),
+        "cluster.json holds no wrapped data key: {object}"
     );
     for (key, path) in &t1 {
         let there = bucket.s3.get_object(DEFAULT_BUCKET, key)?;
@@ -181,6 +199,7 @@ fn wal_and_backups_reach_the_bucket_and_an_outage_loses_nothing() -> Result<()> 
     for want in [
         format!("{PREFIX}/{CLUSTER}/backups/{id}/manifest.klio"),
         format!("{PREFIX}/{CLUSTER}/backups/{id}/backup_manifest.klio"),
+        format!("{PREFIX}/{CLUSTER}/backups/{id}/chunks.klio"),
     ] {
         ensure!(keys.contains(&want), "{want} missing from {keys:#?}");
     }
@@ -193,9 +212,9 @@ fn wal_and_backups_reach_the_bucket_and_an_outage_loses_nothing() -> Result<()> 
         keys.iter().filter(|k| k.contains("/wal/")).count() >= 3,
         "fewer than 3 WAL objects in {keys:#?}"
     );
-    ensure!(count(&st, "/storage/tier2_objects") == n as u64, "{st}");
+    ensure!(count(&st, "/storage/tier2_objects") == n as u64 + 1, "{st}");
     ensure!(count(&st, "/storage/tier2_bytes") > 0, "{st}");
-    ensure!(count(&st, "/tier2/uploaded_objects") >= n as u64, "{st}");
+    ensure!(count(&st, "/tier2/uploaded_objects") > n as u64, "{st}");
     ensure!(st["tier2"]["last_upload_at"].is_u64(), "{st}");
     ensure!(
         st["tier2"]["location"] == format!("s3://{DEFAULT_BUCKET}/{PREFIX}"),
@@ -204,7 +223,10 @@ fn wal_and_backups_reach_the_bucket_and_an_outage_loses_nothing() -> Result<()> 
     let metrics = klio.metrics()?;
     for line in [
         format!("klio_tier2_backlog_objects{{cluster=\"{CLUSTER}\"}} 0"),
-        format!("klio_stored_objects{{cluster=\"{CLUSTER}\",tier=\"2\"}} {n}"),
+        format!(
+            "klio_stored_objects{{cluster=\"{CLUSTER}\",tier=\"2\"}} {}",
+            n + 1
+        ),
         format!("klio_tier2_dead_letters{{cluster=\"{CLUSTER}\"}} 0"),
     ] {
         ensure!(
@@ -279,9 +301,12 @@ fn a_server_killed_during_uploads_puts_every_object_in_the_bucket_once() -> Resu
     let keys = bucket.keys()?;
     let mut unique = keys.clone();
     unique.dedup();
-    ensure!(unique.len() == keys.len() && keys.len() == n, "{keys:#?}");
+    ensure!(
+        unique.len() == keys.len() && keys.len() == n + 1,
+        "{keys:#?}"
+    );
     let st = klio.status(CLUSTER)?;
-    ensure!(count(&st, "/storage/tier2_objects") == n as u64, "{st}");
+    ensure!(count(&st, "/storage/tier2_objects") == n as u64 + 1, "{st}");
     Ok(())
 }
 
