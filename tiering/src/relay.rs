@@ -361,7 +361,9 @@ impl Relay {
             }
             let sha: [u8; 32] = Sha256::digest(&body).into();
             (
-                self.tier2.put_create(&at.key, Bytes::from(body)).await?,
+                self.tier2
+                    .put_create_hashed(&at.key, Bytes::from(body), sha)
+                    .await?,
                 sha,
             )
         } else {
@@ -423,7 +425,10 @@ impl Relay {
         let key = cluster_key(&self.cluster);
         let sha: [u8; 32] = Sha256::digest(&body).into();
         let size = body.len() as u64;
-        let outcome = self.tier2.put_create(&key, Bytes::from(body)).await?;
+        let outcome = self
+            .tier2
+            .put_create_hashed(&key, Bytes::from(body), sha)
+            .await?;
         if outcome == crate::PutOutcome::Created {
             self.counters
                 .uploaded_objects

@@ -219,9 +219,20 @@ impl Tier2 {
     /// and SHA-256 give [`PutOutcome::AlreadyThere`], anything else a permanent
     /// [`Tier2Error::Conflict`] and the object stays as it was.
     pub async fn put_create(&self, key: &Path, body: Bytes) -> Result<PutOutcome, Tier2Error> {
+        let sha: [u8; 32] = Sha256::digest(&body).into();
+        self.put_create_hashed(key, body, sha).await
+    }
+
+    /// [`Tier2::put_create`] for a caller that has already computed the body's SHA-256
+    /// (`sha`), so the bytes are hashed once.
+    pub async fn put_create_hashed(
+        &self,
+        key: &Path,
+        body: Bytes,
+        sha: [u8; 32],
+    ) -> Result<PutOutcome, Tier2Error> {
         self.check_writable("put", key)?;
         let full = self.full(key);
-        let sha = Sha256::digest(&body);
         let mut attributes = Attributes::new();
         if self.metadata {
             attributes.insert(
@@ -246,10 +257,7 @@ impl Tier2 {
             Err(Tier2Error::Store {
                 source: object_store::Error::AlreadyExists { .. },
                 ..
-            }) => {
-                self.compare_existing(key, body.len() as u64, sha.into())
-                    .await
-            }
+            }) => self.compare_existing(key, body.len() as u64, sha).await,
             Err(e) => Err(e),
         }
     }
