@@ -473,3 +473,42 @@ async fn transient_failures_back_off_and_succeed_once_the_store_is_back() {
         seg
     );
 }
+
+#[tokio::test]
+async fn another_clusters_key_object_under_the_prefix_stops_everything_else() {
+    let t1 = Tier1::new();
+    let bucket = tempfile::tempdir().unwrap();
+    t1.segment(1, true);
+    // A different cluster with the same name already relays to this prefix.
+    let theirs = bucket.path().join("pg/cluster.json");
+    std::fs::create_dir_all(theirs.parent().unwrap()).unwrap();
+    std::fs::write(&theirs, br#"{"format":"klio-cluster-v1","system_id":"99"}"#).unwrap();
+    let relay = t1.relay(local_tier2(bucket.path()));
+    let reports = drain(&relay).await;
+    assert_eq!(reports[0].failed, 1, "{reports:?}");
+    let dead = t1
+        .catalog
+        .relay_item(&t1.cluster, RelayKind::Cluster, "pg")
+        .unwrap()
+        .unwrap();
+    assert!(dead.dead, "{dead:?}");
+    assert!(
+        dead.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("already exists with different content"),
+        "{dead:?}"
+    );
+    // The segment never went: this prefix is not this cluster's.
+    assert!(!bucket
+        .path()
+        .join("pg/wal/000000010000000000000001")
+        .exists());
+    let r = relay.pass().await.unwrap();
+    assert_eq!((r.attempted, r.waiting), (0, 1), "{r:?}");
+    assert_eq!(
+        std::fs::read(&theirs).unwrap(),
+        br#"{"format":"klio-cluster-v1","system_id":"99"}"#,
+        "the other cluster's object was replaced"
+    );
+}
