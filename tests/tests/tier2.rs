@@ -220,6 +220,12 @@ fn wal_and_backups_reach_the_bucket_and_an_outage_loses_nothing() -> Result<()> 
         st["tier2"]["location"] == format!("s3://{DEFAULT_BUCKET}/{PREFIX}"),
         "{st}"
     );
+    let out = klio.client_ok(CLUSTER, &["list", "backups", "--output", "json"])?;
+    let listed: Value = serde_json::from_str(&out)?;
+    ensure!(
+        listed["backups"][0]["tiers"] == serde_json::json!({"tier1": true, "tier2": true}),
+        "the listing does not show the backup in both tiers: {listed}"
+    );
     let metrics = klio.metrics()?;
     for line in [
         format!("klio_tier2_backlog_objects{{cluster=\"{CLUSTER}\"}} 0"),

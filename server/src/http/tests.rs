@@ -498,6 +498,28 @@ async fn offload_and_verify_reach_the_registry() {
 }
 
 #[tokio::test]
+async fn tier2_retry_without_tier2_is_a_conflict_naming_the_setting() {
+    let (_, state) = fixture();
+    let app = router(state);
+    let auth = bearer(TOKEN_A);
+    let (s, body) = post(&app, "/v1/clusters/pg-a/tier2/retry", auth.as_deref(), "").await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert!(error_of(&body).contains("[tier2]"), "{}", error_of(&body));
+    // A body that is not a retry request is refused before the registry is asked.
+    let (s, _) = post(
+        &app,
+        "/v1/clusters/pg-a/tier2/retry",
+        auth.as_deref(),
+        r#"{"object": "x"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // Another cluster's token: refused.
+    let (s, _) = post(&app, "/v1/clusters/pg-b/tier2/retry", auth.as_deref(), "").await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
 async fn openapi_document_describes_exactly_the_served_routes() {
     let (_, state) = fixture();
     let app = router(state);
