@@ -385,28 +385,7 @@ impl Relay {
             }
             (outcome, hasher.finalize().into())
         };
-        match outcome {
-            crate::PutOutcome::Created => {
-                self.counters
-                    .uploaded_objects
-                    .fetch_add(1, Ordering::Relaxed);
-                self.counters
-                    .uploaded_bytes
-                    .fetch_add(size, Ordering::Relaxed);
-            }
-            crate::PutOutcome::AlreadyThere => {
-                self.counters.already_there.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(cluster = %self.cluster, key = %at.key, "already in Tier 2 with the same content (an earlier upload whose confirmation was lost)");
-            }
-        }
-        Ok(Tier2Object {
-            kind: item.kind,
-            name: item.name.clone(),
-            key: at.key.to_string(),
-            bytes: size,
-            sha256: hex::encode(sha),
-            uploaded_unix: unix_now(),
-        })
+        Ok(self.confirmed(item, &at.key, size, sha, outcome))
     }
 
     /// Uploads `cluster.json`, made from the cluster's catalog record.
@@ -429,22 +408,40 @@ impl Relay {
             .tier2
             .put_create_hashed(&key, Bytes::from(body), sha)
             .await?;
-        if outcome == crate::PutOutcome::Created {
-            self.counters
-                .uploaded_objects
-                .fetch_add(1, Ordering::Relaxed);
-            self.counters
-                .uploaded_bytes
-                .fetch_add(size, Ordering::Relaxed);
+        Ok(self.confirmed(item, &key, size, sha, outcome))
+    }
+
+    /// Counts a confirmed upload and returns what Tier 2 now holds.
+    fn confirmed(
+        &self,
+        item: &RelayItem,
+        key: &object_store::path::Path,
+        size: u64,
+        sha: [u8; 32],
+        outcome: crate::PutOutcome,
+    ) -> Tier2Object {
+        match outcome {
+            crate::PutOutcome::Created => {
+                self.counters
+                    .uploaded_objects
+                    .fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .uploaded_bytes
+                    .fetch_add(size, Ordering::Relaxed);
+            }
+            crate::PutOutcome::AlreadyThere => {
+                self.counters.already_there.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(cluster = %self.cluster, key = %key, "already in Tier 2 with the same content (an earlier upload whose confirmation was lost)");
+            }
         }
-        Ok(Tier2Object {
+        Tier2Object {
             kind: item.kind,
             name: item.name.clone(),
             key: key.to_string(),
             bytes: size,
             sha256: hex::encode(sha),
             uploaded_unix: unix_now(),
-        })
+        }
     }
 
     /// Removes the entry and records the object as held (a segment's record too), in
