@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use klio_bench::host::peak_rss_mb;
-use klio_bench::replication::{copy_slot, drop_slot};
+use klio_bench::replication::{copy_slot, drop_slot, kept_backlog, KeptBacklog};
 use klio_bench::rounds::{self, Arm, Sample};
-use klio_tests::{parse_lsn, ClusterConf, KlioServer, PgInstance, PgOptions};
+use klio_tests::{parse_lsn, ClusterConf, KlioServer, PgInstance};
 
 /// The WAL every phase consumes.
 struct Backlog {
@@ -94,21 +94,7 @@ fn klio(pg: &PgInstance, wal: &Backlog) -> Result<Sample> {
 fn main() -> Result<()> {
     let scale: u32 = klio_bench::arg(1, 70)?;
     let rounds: usize = klio_bench::arg(2, 3)?;
-    let pg = PgInstance::start(
-        PgOptions::new()
-            .conf("max_wal_size", "8GB")
-            .conf("checkpoint_timeout", "1h")
-            .conf("wal_keep_size", "8GB"),
-    )?;
-    pg.psql("SELECT pg_create_physical_replication_slot('keeper', true)")?;
-    let start =
-        pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'keeper'")?;
-    eprintln!("generating WAL: pgbench -i -s {scale} ...");
-    pg.pgbench(&["-i", "-s", &scale.to_string()])?;
-    pg.psql("SELECT pg_switch_wal()")?;
-    let end = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
-    // WAL past the end point, so no client waits for a keepalive to notice it.
-    pg.psql("CREATE TABLE bench_tail AS SELECT generate_series(1, 100000) AS i")?;
+    let KeptBacklog { pg, start, end } = kept_backlog(scale)?;
     let seg: u64 = pg
         .psql("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'")?
         .parse()?;

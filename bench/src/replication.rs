@@ -6,7 +6,38 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use klio_tests::{wait_until, PgInstance};
+use klio_tests::{wait_until, PgInstance, PgOptions};
+
+/// A primary holding a backlog of WAL for catch-up benchmarks: the slot `keeper`
+/// retains everything `pgbench -i -s SCALE` wrote, ending just past a segment switch.
+pub struct KeptBacklog {
+    pub pg: PgInstance,
+    /// `keeper`'s restart LSN before the load (`X/Y`).
+    pub start: String,
+    /// The flushed end of the load (`X/Y`).
+    pub end: String,
+}
+
+/// Starts a primary (no checkpoint or WAL recycling during the run), creates `keeper`,
+/// runs `pgbench -i -s scale`, switches WAL and writes a little past the end, so no
+/// client waits for a keepalive to notice the end.
+pub fn kept_backlog(scale: u32) -> Result<KeptBacklog> {
+    let pg = PgInstance::start(
+        PgOptions::new()
+            .conf("max_wal_size", "8GB")
+            .conf("checkpoint_timeout", "1h")
+            .conf("wal_keep_size", "8GB"),
+    )?;
+    pg.psql("SELECT pg_create_physical_replication_slot('keeper', true)")?;
+    let start =
+        pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'keeper'")?;
+    eprintln!("generating WAL: pgbench -i -s {scale} ...");
+    pg.pgbench(&["-i", "-s", &scale.to_string()])?;
+    pg.psql("SELECT pg_switch_wal()")?;
+    let end = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
+    pg.psql("CREATE TABLE bench_tail AS SELECT generate_series(1, 100000) AS i")?;
+    Ok(KeptBacklog { pg, start, end })
+}
 
 /// Creates slot `to` as a copy of `from`: same restart LSN, so a client streaming from
 /// `to` starts where `from` holds the WAL.

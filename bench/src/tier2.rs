@@ -24,13 +24,13 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
-use klio_bench::replication::{copy_slot, drop_slot};
+use klio_bench::replication::{copy_slot, drop_slot, kept_backlog, KeptBacklog};
 use klio_bench::rounds::{self, Arm, Sample};
 use klio_catalog::{Catalog, ClusterRecord, RelayItem, RelayKind};
 use klio_core::layout::DataDir;
 use klio_core::{ClusterName, SystemId, TimelineId, WalFileName, WalSegSize};
 use klio_harness::s3::{S3Server, DEFAULT_BUCKET};
-use klio_tests::{parse_lsn, write_secret, ClusterConf, KlioServer, PgInstance, PgOptions};
+use klio_tests::{parse_lsn, write_secret, ClusterConf, KlioServer, PgInstance};
 use klio_tiering::{Relay, RelaySettings, Tier2, Tier2Config};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjPath;
@@ -152,6 +152,12 @@ fn plain_store(s3: &S3Server) -> Result<Arc<dyn ObjectStore>> {
     ))
 }
 
+/// The object's key below the prefix, as the relay names it.
+fn bucket_key(kind: RelayKind, name: &str) -> Result<ObjPath> {
+    let data = DataDir::new("/unused");
+    Ok(klio_tiering::objects::place(&data, &cluster(), kind, name)?.key)
+}
+
 /// Reads every object of the round back, compares it with the source, then deletes it.
 async fn check_and_clear(store: &Arc<dyn ObjectStore>, prefix: &str, objs: &Objects) -> Result<()> {
     let listed: Vec<_> = store
@@ -164,13 +170,8 @@ async fn check_and_clear(store: &Arc<dyn ObjectStore>, prefix: &str, objs: &Obje
         listed.len(),
         objs.files.len()
     );
-    let c = cluster();
     for (kind, name, _, size, sha) in &objs.files {
-        let rel = match kind {
-            RelayKind::Pack => format!("{c}/backups/packs/{name}.pack"),
-            _ => format!("{c}/wal/{name}"),
-        };
-        let key = ObjPath::from(format!("{prefix}/{rel}"));
+        let key = ObjPath::from(format!("{prefix}/{}", bucket_key(*kind, name)?));
         let body = store.get(&key).await?.bytes().await?;
         ensure!(
             body.len() as u64 == *size,
@@ -259,18 +260,13 @@ fn plain_arm(
     prefix: &str,
 ) -> Result<Sample> {
     let store = plain_store(s3)?;
-    let c = cluster();
     let t = Instant::now();
     rt.block_on(async {
         stream::iter(objs.files.iter())
             .map(|(kind, name, path, size, _)| {
                 let store = Arc::clone(&store);
-                let rel = match kind {
-                    RelayKind::Pack => format!("{c}/backups/packs/{name}.pack"),
-                    _ => format!("{c}/wal/{name}"),
-                };
                 async move {
-                    let key = ObjPath::from(format!("{prefix}/{rel}"));
+                    let key = ObjPath::from(format!("{prefix}/{}", bucket_key(*kind, name)?));
                     let body = Bytes::from(tokio::fs::read(path).await?);
                     if (*size as usize) < MULTIPART_FROM {
                         store.put(&key, PutPayload::from_bytes(body)).await?;
@@ -389,20 +385,7 @@ fn main() -> Result<()> {
     }
 
     if scale > 0 {
-        let pg = PgInstance::start(
-            PgOptions::new()
-                .conf("max_wal_size", "8GB")
-                .conf("checkpoint_timeout", "1h")
-                .conf("wal_keep_size", "8GB"),
-        )?;
-        pg.psql("SELECT pg_create_physical_replication_slot('keeper', true)")?;
-        let start =
-            pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'keeper'")?;
-        eprintln!("generating WAL: pgbench -i -s {scale} ...");
-        pg.pgbench(&["-i", "-s", &scale.to_string()])?;
-        pg.psql("SELECT pg_switch_wal()")?;
-        let end = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
-        pg.psql("CREATE TABLE bench_tail AS SELECT generate_series(1, 100000) AS i")?;
+        let KeptBacklog { pg, start, end } = kept_backlog(scale)?;
         let mb = (parse_lsn(&end)?.0 - parse_lsn(&start)?.0) as f64 / 1e6;
         let mut n = 0u32;
         let prefix = std::cell::RefCell::new(move || {
