@@ -454,6 +454,21 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/clusters/{cluster}/tier2/rescan` (read-only servers); may take long on
+    /// a large bucket.
+    pub async fn tier2_rescan(
+        &self,
+        cluster: &ClusterName,
+    ) -> Result<crate::Tier2RescanReport, ClientError> {
+        self.post_json(
+            &format!("/v1/clusters/{cluster}/tier2/rescan"),
+            cluster,
+            &serde_json::json!({}),
+            Some(Duration::from_secs(3600)),
+        )
+        .await
+    }
+
     /// POSTs a JSON body once (no retries: the server may have acted on it).
     async fn post_json<B: serde::Serialize, T: DeserializeOwned>(
         &self,

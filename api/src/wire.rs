@@ -280,6 +280,9 @@ pub struct Tier2Status {
     pub uploaded_objects: u64,
     pub uploaded_bytes: u64,
     pub upload_failures: u64,
+    /// A read-only server: its last rescan of Tier 2 (absent on a writing server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescan: Option<Tier2RescanReport>,
 }
 
 /// An object the relay gave up on until `klio tier2 retry`.
@@ -308,6 +311,30 @@ pub struct Tier2RetryRequest {
 pub struct Tier2RetryReport {
     /// Dead letters queued again.
     pub revived: u64,
+}
+
+/// `POST /v1/clusters/{cluster}/tier2/rescan` (read-only servers): what a scan of the
+/// bucket found and added to the catalog.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tier2RescanReport {
+    /// When the scan finished (seconds since the epoch).
+    pub at: u64,
+    /// Whether the bucket holds the cluster (its `cluster.json`); until it does, the
+    /// cluster has nothing to restore.
+    pub cluster_found: bool,
+    /// Objects of the cluster listed in the bucket.
+    pub objects: u64,
+    /// What the catalog did not know before this scan.
+    pub new_objects: u64,
+    pub new_wal_segments: u64,
+    pub new_histories: u64,
+    pub new_backups: u64,
+    /// Backups in the bucket that cannot be restored from it, and why.
+    #[serde(default)]
+    pub skipped: Vec<String>,
+    /// Why the scan failed (the catalog keeps what earlier scans found).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Base-backup figures of one cluster (for `klio status` and the metrics).

@@ -14,7 +14,9 @@ use klio_core::ClusterName;
 use rocksdb::{WriteBatch, WriteOptions};
 use serde::{Deserialize, Serialize};
 
-use crate::{decode, encode, segment_key, Catalog, Result, SegmentRecord};
+use crate::{
+    decode, encode, segment_key, timeline_key, Catalog, Result, SegmentRecord, TimelineRecord,
+};
 
 /// What kind of Tier 1 object an entry is; part of its key.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -348,6 +350,30 @@ impl Catalog {
             h.last_upload_unix = Some(h.last_upload_unix.unwrap_or(0).max(o.uploaded_unix));
         }
         Ok(h)
+    }
+
+    /// Records what a scan of Tier 2 found (a read-only server rebuilding its catalog
+    /// from the bucket): the objects Tier 2 holds, the WAL segments and timelines they
+    /// make known, in one synced write.
+    pub fn record_tier2_scan(
+        &self,
+        cluster: &ClusterName,
+        held: &[Tier2Object],
+        segments: &[SegmentRecord],
+        timelines: &[TimelineRecord],
+    ) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for h in held {
+            batch.put(held_key(cluster, h.kind, &h.name), encode(h));
+        }
+        for s in segments {
+            batch.put(segment_key(cluster, s.tli, s.segno), encode(s));
+        }
+        for t in timelines {
+            batch.put(timeline_key(cluster, t.tli), encode(t));
+        }
+        self.db.write_opt(batch, &synced())?;
+        Ok(())
     }
 
     /// One entry, if queued.

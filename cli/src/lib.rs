@@ -11,7 +11,7 @@
 //!
 //! One module per command family: [`wal_restore`] (with its prefetcher), [`restore`] (a
 //! pure plan from the manifest, then its executor), [`backup`] (and offload), [`list`]
-//! (and status), [`verify`], [`keys`], [`tier2`] (`klio tier2 retry`), `demo`; [`output`] formats what they print.
+//! (and status), [`verify`], [`keys`], [`tier2`] (`klio tier2 retry|rescan`), `demo`; [`output`] formats what they print.
 //!
 //! On disk, the client commands write only where the user points them: `restore` into
 //! the target data directory (and its tablespace directories), `wal-restore` the
@@ -138,6 +138,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Offload(args) => client_command(backup::offload(args)),
         Command::Verify(args) => client_command(verify::verify(args)),
         Command::Tier2(tier2::Tier2Command::Retry(args)) => client_command(tier2::retry(args)),
+        Command::Tier2(tier2::Tier2Command::Rescan(args)) => client_command(tier2::rescan(args)),
         Command::Restore(args) => {
             init_tracing(env_log_format());
             let result = match runtime(true) {

@@ -12,21 +12,24 @@ use serde::{Deserialize, Serialize};
 /// The state of a cluster's replication connection, as the receiver sets it and the API
 /// reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum ConnectionState {
     Connecting,
     Streaming,
     Disconnected,
     /// Stopped for good (e.g. a different system identifier): needs an operator.
     Failed,
+    /// Not streaming by design: a read-only server serves what Tier 2 holds.
+    ReadOnly,
 }
 
 impl ConnectionState {
-    pub const ALL: [ConnectionState; 4] = [
+    pub const ALL: [ConnectionState; 5] = [
         ConnectionState::Connecting,
         ConnectionState::Streaming,
         ConnectionState::Disconnected,
         ConnectionState::Failed,
+        ConnectionState::ReadOnly,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -35,6 +38,7 @@ impl ConnectionState {
             ConnectionState::Streaming => "streaming",
             ConnectionState::Disconnected => "disconnected",
             ConnectionState::Failed => "failed",
+            ConnectionState::ReadOnly => "read_only",
         }
     }
 }

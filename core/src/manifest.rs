@@ -124,6 +124,13 @@ pub struct BackupManifest {
     pub chunk_size: u64,
     pub tablespaces: Vec<ManifestTablespace>,
     pub files: Vec<ManifestFile>,
+    /// When the backup started and was committed (Unix seconds), so that a reader of
+    /// the bucket alone lists it as the writing server does; absent from manifests
+    /// written before they were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_unix: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_unix: Option<u64>,
 }
 
 #[cfg(test)]

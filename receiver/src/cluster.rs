@@ -214,6 +214,21 @@ impl ClusterHandle {
     pub fn store(&self) -> Option<WalStore> {
         self.store.get().cloned()
     }
+
+    /// Opens the cluster's store if the catalog knows the cluster by now and it is not
+    /// open yet (a read-only server learns its clusters from Tier 2, not a primary).
+    pub fn open_known_store(&self, ctx: &ServerContext) -> Result<Option<WalStore>, StartupError> {
+        if let Some(s) = self.store() {
+            return Ok(Some(s));
+        }
+        let Some(rec) = ctx.catalog.cluster(&self.spec.name)? else {
+            return Ok(None);
+        };
+        self.status.set_system_id(rec.system_id);
+        self.status.set_timeline(rec.timeline);
+        let s = open_store(ctx, &rec)?;
+        Ok(Some(self.store.get_or_init(|| s).clone()))
+    }
 }
 
 fn open_store(ctx: &ServerContext, rec: &ClusterRecord) -> Result<WalStore, StartupError> {

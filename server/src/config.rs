@@ -3,6 +3,7 @@
 //!
 //! ```toml
 //! data_dir = "/var/lib/klio"
+//! mode = "standard"                          # or "read-only": restore from [tier2] alone
 //! listen = "127.0.0.1:7070"                  # HTTP API (default)
 //! master_key_file = "/etc/klio/master.key"
 //! log_format = "text"                        # or "json" (default "text")
@@ -36,7 +37,12 @@
 //! or `metrics_listen` (a separate plain-HTTP address serving only `/metrics`);
 //! `api_max_connections` (default 1024) and `api_header_timeout_secs` (default 10).
 //!
-//! Overrides: `KLIO_DATA_DIR`, `KLIO_LISTEN`, `KLIO_MASTER_KEY_FILE`, `KLIO_LOG_FORMAT`,
+//! A read-only server (`mode = "read-only"`) streams nothing and takes no backups: it
+//! rebuilds its catalog from `[tier2]` (required) and serves restores. Its clusters need
+//! only `name` and `token_file`; `conninfo`, `backup_schedule` and `offload_roots` are
+//! refused, as they would have it write.
+//!
+//! Overrides: `KLIO_DATA_DIR`, `KLIO_MODE`, `KLIO_LISTEN`, `KLIO_MASTER_KEY_FILE`, `KLIO_LOG_FORMAT`,
 //! `KLIO_METRICS_LISTEN`, `KLIO_METRICS_TOKEN_FILE`,
 //! `KLIO_TLS_CERT_FILE`, `KLIO_TLS_KEY_FILE`, `KLIO_TLS_CLIENT_CA_FILE`, `KLIO_TIER2_URL`
 //! (alone it configures Tier 2), `KLIO_TIER2_ENDPOINT`, `KLIO_TIER2_REGION`,
@@ -80,12 +86,36 @@ pub enum MetricsAccess {
     Listen(SocketAddr),
 }
 
+/// What a server does: stream and back up its clusters, or only serve what Tier 2 holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServerMode {
+    /// Streams WAL, takes backups, relays to Tier 2 when configured.
+    #[default]
+    Standard,
+    /// Rebuilds its catalog from Tier 2 and serves restores; writes nowhere but its own
+    /// catalog (`mode = "read-only"`).
+    ReadOnly,
+}
+
+impl ServerMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerMode::Standard => "standard",
+            ServerMode::ReadOnly => "read-only",
+        }
+    }
+}
+
+/// The answer a read-only server gives to every request that would write.
+pub const READ_ONLY_REFUSAL: &str = "this Klio Server is read-only (mode = \"read-only\"): it restores from Tier 2 and takes no backups, offloads or retries; send the request to the server that streams this cluster";
+
 /// The validated server configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file it was read from.
     pub file: PathBuf,
     pub data_dir: PathBuf,
+    pub mode: ServerMode,
     pub listen: SocketAddr,
     pub master_key_file: PathBuf,
     pub log_format: LogFormat,
@@ -107,7 +137,8 @@ pub struct Config {
 #[derive(Clone)]
 pub struct ClusterConfig {
     pub name: ClusterName,
-    /// libpq-style connection string of the primary (may hold a password).
+    /// libpq-style connection string of the primary (may hold a password); empty on a
+    /// read-only server.
     pub conninfo: String,
     /// Physical replication slot name.
     pub slot: String,
@@ -176,6 +207,7 @@ impl ConfigError {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     data_dir: Option<PathBuf>,
+    mode: Option<String>,
     listen: Option<String>,
     master_key_file: Option<PathBuf>,
     log_format: Option<String>,
@@ -277,6 +309,18 @@ impl Config {
             PathBuf::from,
         );
         let data_dir = require(data_dir, "KLIO_DATA_DIR", &invalid)?;
+        let mode = overridden("mode", raw.mode, "KLIO_MODE", &env, |s| s);
+        let mode = match mode.value.as_deref().map(str::trim) {
+            None | Some("standard") => ServerMode::Standard,
+            Some("read-only") => ServerMode::ReadOnly,
+            Some(other) => {
+                return Err(invalid(
+                    &mode.key,
+                    format!("{other:?} is not a mode: use \"standard\" (stream and back up) or \"read-only\" (restore from Tier 2 alone)"),
+                ))
+            }
+        };
+        let read_only = mode == ServerMode::ReadOnly;
         let master_key_file = overridden(
             "master_key_file",
             raw.master_key_file,
@@ -361,9 +405,32 @@ impl Config {
                 name.as_str().to_ascii_uppercase().replace('-', "_")
             );
             let conninfo = overridden(&key("conninfo"), rc.conninfo, &conninfo_var, &env, |s| s);
-            let conninfo = require(conninfo, &conninfo_var, &invalid)?;
-            if conninfo.trim().is_empty() {
+            let conninfo = if read_only {
+                if conninfo.value.is_some() {
+                    return Err(invalid(
+                        &conninfo.key,
+                        "a read-only server does not stream: remove conninfo (or set mode = \"standard\")".into(),
+                    ));
+                }
+                String::new()
+            } else {
+                require(conninfo, &conninfo_var, &invalid)?
+            };
+            if !read_only && conninfo.trim().is_empty() {
                 return Err(invalid(&key("conninfo"), "must not be empty".into()));
+            }
+            if read_only {
+                for (field, set) in [
+                    ("backup_schedule", rc.backup_schedule.is_some()),
+                    ("offload_roots", rc.offload_roots.is_some()),
+                ] {
+                    if set {
+                        return Err(invalid(
+                            &key(field),
+                            format!("a read-only server takes no backups: remove {field} (the server that streams the cluster takes them)"),
+                        ));
+                    }
+                }
             }
 
             let slot = rc.slot.unwrap_or_else(|| DEFAULT_SLOT.to_string());
@@ -472,10 +539,17 @@ impl Config {
 
         let tls = api_tls(raw.tls, cluster_cas, &env, &invalid, &resolve)?;
         let tier2 = tier2(raw.tier2, &env, &invalid, &resolve)?;
+        if read_only && tier2.is_none() {
+            return Err(invalid(
+                "tier2",
+                "mode = \"read-only\" restores from Tier 2 alone: add a [tier2] table (url = \"s3://bucket/prefix\"...) naming the bucket the writing server fills".into(),
+            ));
+        }
 
         Ok(Config {
             file: file.to_path_buf(),
             data_dir: resolve(data_dir),
+            mode,
             listen,
             master_key_file: resolve(master_key_file),
             log_format,

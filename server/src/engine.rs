@@ -17,18 +17,19 @@ use tokio::sync::watch;
 
 use crate::backups::{BackupManager, BackupSettings};
 use crate::config::MetricsAccess;
-use crate::config::{Config, DEFAULT_APPLICATION_NAME};
+use crate::config::{Config, ServerMode, DEFAULT_APPLICATION_NAME, READ_ONLY_REFUSAL};
 use crate::http::{metrics_router, router, AppState};
-use crate::registry::{Registry, RegistryError, WalStream};
+use crate::registry::{Registry, RegistryError, SourceChain, WalStream};
 use crate::serve::{serve, shutdown_signal, ServeLimits};
 use crate::tier2::{storage_status, Tier2Relays};
-use klio_api::{ClusterStatusView, WalEntryView};
+use klio_api::{ClusterStatusView, ConnectionState, WalEntryView};
 use klio_core::layout::DataDir;
 
 /// Longest time between two standby status updates.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Builds the receiver's spec for a configured cluster.
+/// Builds the receiver's spec for a configured cluster (a read-only server's clusters
+/// have an empty conninfo, which is never used).
 pub fn cluster_spec(c: &crate::config::ClusterConfig) -> anyhow::Result<ClusterSpec> {
     let mut conninfo =
         ConnInfo::parse(&c.conninfo).map_err(|e| anyhow!("cluster {}: conninfo: {e}", c.name))?;
@@ -157,13 +158,15 @@ pub async fn run_server_until(
         .map(cluster_spec)
         .collect::<anyhow::Result<Vec<_>>>()?;
     let data_dir = config.data_dir.clone();
+    let read_only = config.mode == ServerMode::ReadOnly;
     let tier2 = match &config.tier2 {
-        Some(settings) => Some(Arc::new(
-            klio_tiering::Tier2::open(settings).context("[tier2]")?,
-        )),
+        Some(settings) => {
+            let t2 = klio_tiering::Tier2::open(settings).context("[tier2]")?;
+            Some(Arc::new(if read_only { t2.read_only() } else { t2 }))
+        }
         None => None,
     };
-    let relay_to_tier2 = tier2.is_some();
+    let relay_to_tier2 = tier2.is_some() && !read_only;
     let (ctx, handles) = tokio::task::spawn_blocking(move || {
         let mut ctx = ServerContext::open(&data_dir, master)?;
         ctx.relay_to_tier2 = relay_to_tier2;
@@ -190,24 +193,35 @@ pub async fn run_server_until(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    for h in &handles {
-        tasks.push(spawn_receiver(run_cluster(
-            ctx.clone(),
-            h.clone(),
-            stop_rx.clone(),
-        ))?);
-    }
-    let tier2 = tier2.map(|t2| {
-        let (relays, relay_tasks) = Tier2Relays::start(
+    let names = || handles.iter().map(|h| h.spec.name.clone());
+    let data = DataDir::new(&ctx.data_dir);
+    let tier2 = if read_only {
+        for h in &handles {
+            h.status.set_state(ConnectionState::ReadOnly, None);
+        }
+        let t2 = tier2.context("a read-only server needs [tier2]")?;
+        tracing::info!(tier2 = %t2, clusters = handles.len(), "read-only server: serving what Tier 2 holds, streaming nothing");
+        Some(Tier2Relays::read_only(
             t2,
             ctx.catalog.clone(),
-            &DataDir::new(&ctx.data_dir),
-            handles.iter().map(|h| h.spec.name.clone()),
-            &stop_rx,
-        );
-        tasks.extend(relay_tasks);
-        relays
-    });
+            &data,
+            names(),
+        ))
+    } else {
+        for h in &handles {
+            tasks.push(spawn_receiver(run_cluster(
+                ctx.clone(),
+                h.clone(),
+                stop_rx.clone(),
+            ))?);
+        }
+        tier2.map(|t2| {
+            let (relays, relay_tasks) =
+                Tier2Relays::start(t2, ctx.catalog.clone(), &data, names(), &stop_rx);
+            tasks.extend(relay_tasks);
+            relays
+        })
+    };
     let mut backup_settings = config
         .clusters
         .iter()
@@ -231,6 +245,7 @@ pub async fn run_server_until(
     tasks.extend(backups.spawn_schedules(stop_rx.clone()));
     let registry = Arc::new(EngineRegistry {
         ctx: ctx.clone(),
+        read_only,
         tier2,
         clusters: handles
             .into_iter()
@@ -238,6 +253,18 @@ pub async fn run_server_until(
             .collect(),
         backups,
     });
+    if read_only {
+        // What the bucket holds now; a later `klio tier2 rescan` adds what came since.
+        // A bucket that is unreachable leaves the catalog as earlier runs left it.
+        for name in registry.clusters.keys() {
+            let r = registry.clone();
+            let n = name.clone();
+            let report = tokio::task::spawn_blocking(move || r.rescan_cluster(&n)).await?;
+            if let Err(RegistryError::Conflict(refused)) = report {
+                anyhow::bail!("cluster {name}: {refused}");
+            }
+        }
+    }
     let state = AppState::new(registry, config.tokens()).with_metrics(config.metrics.clone());
     let metrics_server = metrics_listener.map(|l| {
         let mut stopped = stop_rx.clone();
@@ -284,6 +311,70 @@ pub async fn run_server_until(
 }
 
 impl EngineRegistry {
+    /// Refuses a request that would write, on a read-only server.
+    fn writable(&self) -> Result<(), RegistryError> {
+        match self.read_only {
+            true => Err(RegistryError::Conflict(READ_ONLY_REFUSAL.into())),
+            false => Ok(()),
+        }
+    }
+
+    /// A read-only server's scan of Tier 2 for `cluster`: records what is new, opens the
+    /// cluster's store once the bucket holds it, and keeps the report for the status.
+    /// A bucket that refuses this server (wrong master key, another cluster) is a
+    /// `Conflict` naming the cause.
+    fn rescan_cluster(
+        &self,
+        cluster: &ClusterName,
+    ) -> Result<klio_api::Tier2RescanReport, RegistryError> {
+        let Some(t2) = self.tier2.as_ref().filter(|t| t.is_read_only()) else {
+            return Err(RegistryError::Conflict(match self.tier2 {
+                Some(_) => crate::registry::RESCAN_ON_WRITER.into(),
+                None => crate::registry::TIER2_NOT_CONFIGURED.into(),
+            }));
+        };
+        let handle = self
+            .clusters
+            .get(cluster)
+            .ok_or_else(|| RegistryError::NotFound(format!("unknown cluster {cluster}")))?;
+        let runtime = tokio::runtime::Handle::current();
+        let outcome = crate::tier2::block_on(
+            &runtime,
+            crate::rescan::rescan(t2.tier2(), &self.ctx, cluster),
+        );
+        let result = match outcome {
+            Ok(report) => {
+                handle
+                    .open_known_store(&self.ctx)
+                    .map_err(|e| RegistryError::internal("opening the cluster's store", e))?;
+                Ok(report)
+            }
+            Err(e) => {
+                let message = SourceChain(&e).to_string();
+                tracing::error!(cluster = %cluster, error = %message, "Tier 2 rescan failed");
+                t2.set_rescan(
+                    cluster,
+                    klio_api::Tier2RescanReport {
+                        at: klio_core::clock::unix_now(),
+                        error: Some(message.clone()),
+                        ..Default::default()
+                    },
+                );
+                return Err(match e {
+                    crate::rescan::RescanError::Refused(m) => RegistryError::Conflict(m),
+                    other => RegistryError::internal("rescanning Tier 2", other),
+                });
+            }
+        };
+        if let Ok(r) = &result {
+            t2.set_rescan(cluster, r.clone());
+            if !r.cluster_found {
+                tracing::warn!(cluster = %cluster, tier2 = %t2.tier2(), "the bucket does not hold this cluster (no cluster.json) yet: nothing to restore until the writing server has relayed it");
+            }
+        }
+        result
+    }
+
     /// Sets which tiers hold a complete backup (only on a server with Tier 2).
     fn mark_tiers(
         &self,
@@ -336,6 +427,8 @@ impl EngineRegistry {
 /// [`Registry`] over the real receivers and Tier 1 stores.
 pub struct EngineRegistry {
     ctx: Arc<ServerContext>,
+    /// `mode = "read-only"`: every write is refused.
+    read_only: bool,
     clusters: HashMap<ClusterName, ClusterHandle>,
     backups: Arc<BackupManager>,
     tier2: Option<Tier2Relays>,
@@ -444,6 +537,7 @@ impl Registry for EngineRegistry {
         cluster: &ClusterName,
         req: klio_api::BackupRequest,
     ) -> Result<klio_api::BackupView, RegistryError> {
+        self.writable()?;
         self.backups.start_backup(cluster, req)
     }
 
@@ -452,6 +546,7 @@ impl Registry for EngineRegistry {
         cluster: &ClusterName,
         req: klio_api::OffloadRequest,
     ) -> Result<klio_api::BackupView, RegistryError> {
+        self.writable()?;
         self.backups.start_offload(cluster, req)
     }
 
@@ -520,11 +615,19 @@ impl Registry for EngineRegistry {
                 "unknown cluster {cluster}"
             )));
         }
+        self.writable()?;
         match &self.tier2 {
             Some(t) => t.retry(cluster, &req),
             None => Err(RegistryError::Conflict(
                 crate::registry::TIER2_NOT_CONFIGURED.into(),
             )),
         }
+    }
+
+    fn tier2_rescan(
+        &self,
+        cluster: &ClusterName,
+    ) -> Result<klio_api::Tier2RescanReport, RegistryError> {
+        self.rescan_cluster(cluster)
     }
 }

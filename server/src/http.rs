@@ -18,8 +18,11 @@
 //!                                                      403 without offload_roots or outside them
 //! POST /v1/clusters/{cluster}/verify         token     VerifyRequest (optional) → VerifyReport
 //! POST /v1/clusters/{cluster}/tier2/retry    token     Tier2RetryRequest (optional) → Tier2RetryReport,
-//!                                                      409 without [tier2]
+//!                                                      409 without [tier2] or on a read-only server
+//! POST /v1/clusters/{cluster}/tier2/rescan   token     → Tier2RescanReport (read-only servers; 409 otherwise)
 //! ```
+//! A read-only server (`mode = "read-only"`) answers every request that would write
+//! (backups, offloads, Tier 2 retries) with 409 and a message naming its mode.
 //! "metrics" means the `metrics_token_file` token (`Authorization: Bearer`); with
 //! `metrics_listen` instead, `/metrics` is served only on that address, without
 //! credentials ([`metrics_router`]), and the API answers 404; with neither, 401.
@@ -121,6 +124,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/clusters/{cluster}/offloads", post(start_offload))
         .route("/v1/clusters/{cluster}/verify", post(verify))
         .route("/v1/clusters/{cluster}/tier2/retry", post(tier2_retry))
+        .route("/v1/clusters/{cluster}/tier2/rescan", post(tier2_rescan))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             let route = req
@@ -396,6 +400,7 @@ pub const ROUTES: &[&str] = &[
     "/v1/clusters/{cluster}/offloads",
     "/v1/clusters/{cluster}/verify",
     "/v1/clusters/{cluster}/tier2/retry",
+    "/v1/clusters/{cluster}/tier2/rescan",
 ];
 
 async fn openapi() -> Response {
@@ -734,6 +739,20 @@ async fn tier2_retry(
     };
     let (registry, c) = (state.registry.clone(), cluster.clone());
     let report = blocking(&cluster, move || registry.tier2_retry(&c, req)).await?;
+    Ok(Json(report))
+}
+
+/// `POST /v1/clusters/{cluster}/tier2/rescan`: a read-only server scans Tier 2 for what
+/// the writing server added.
+async fn tier2_rescan(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<klio_api::Tier2RescanReport>, ApiError> {
+    let Path(raw) = path.map_err(bad_path)?;
+    let cluster = caller.cluster(&state, &raw)?;
+    let (registry, c) = (state.registry.clone(), cluster.clone());
+    let report = blocking(&cluster, move || registry.tier2_rescan(&c)).await?;
     Ok(Json(report))
 }
 

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod http;
 pub mod metrics;
 pub mod registry;
+pub mod rescan;
 pub mod schedule;
 pub mod serve;
 pub mod tier2;

@@ -137,11 +137,25 @@ pub trait Registry: Send + Sync + 'static {
         let _ = (cluster, req);
         Err(RegistryError::Conflict(TIER2_NOT_CONFIGURED.into()))
     }
+
+    /// Scans Tier 2 for what the writing server added (`klio tier2 rescan`; read-only
+    /// servers only).
+    fn tier2_rescan(
+        &self,
+        cluster: &ClusterName,
+    ) -> Result<klio_api::Tier2RescanReport, RegistryError> {
+        let _ = cluster;
+        Err(RegistryError::Conflict(TIER2_NOT_CONFIGURED.into()))
+    }
 }
 
 /// The answer to a Tier 2 request on a server without `[tier2]`.
 pub const TIER2_NOT_CONFIGURED: &str =
     "Tier 2 is not configured on this server: add a [tier2] table (url = \"s3://bucket/prefix\"...) to its configuration and restart it";
+
+/// The answer to `tier2 rescan` on a server that writes the bucket.
+pub const RESCAN_ON_WRITER: &str =
+    "rescan is for read-only servers (mode = \"read-only\"): this server writes the bucket and already knows what it holds";
 
 /// An in-memory [`Registry`] for tests: clusters, WAL files and failure modes set by hand.
 #[derive(Default)]

@@ -8,7 +8,10 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use klio_api::{StorageStatus, Tier2DeadLetter, Tier2RetryReport, Tier2RetryRequest, Tier2Status};
+use klio_api::{
+    StorageStatus, Tier2DeadLetter, Tier2RescanReport, Tier2RetryReport, Tier2RetryRequest,
+    Tier2Status,
+};
 use klio_catalog::{BackupState, Catalog, CatalogError, RelayKind};
 use klio_core::clock::unix_now;
 use klio_core::layout::DataDir;
@@ -28,6 +31,8 @@ pub struct Tier2Relays {
     catalog: Arc<Catalog>,
     counters: HashMap<ClusterName, Arc<RelayCounters>>,
     readers: HashMap<ClusterName, Arc<Tier2Reader>>,
+    /// A read-only server's last rescan of each cluster (`None`: not read-only).
+    rescans: Option<HashMap<ClusterName, std::sync::Mutex<Tier2RescanReport>>>,
 }
 
 impl std::fmt::Debug for Tier2Relays {
@@ -39,6 +44,50 @@ impl std::fmt::Debug for Tier2Relays {
 }
 
 impl Tier2Relays {
+    /// Tier 2 as the read fallback of `clusters`, without relays: a read-only server's.
+    pub fn read_only(
+        tier2: Arc<Tier2>,
+        catalog: Arc<Catalog>,
+        data: &DataDir,
+        clusters: impl IntoIterator<Item = ClusterName>,
+    ) -> Tier2Relays {
+        let clusters: Vec<ClusterName> = clusters.into_iter().collect();
+        let readers = Self::readers(&tier2, &catalog, data, &clusters);
+        let rescans = clusters
+            .into_iter()
+            .map(|c| (c, std::sync::Mutex::new(Tier2RescanReport::default())))
+            .collect();
+        Tier2Relays {
+            tier2,
+            catalog,
+            counters: HashMap::new(),
+            readers,
+            rescans: Some(rescans),
+        }
+    }
+
+    fn readers(
+        tier2: &Arc<Tier2>,
+        catalog: &Arc<Catalog>,
+        data: &DataDir,
+        clusters: &[ClusterName],
+    ) -> HashMap<ClusterName, Arc<Tier2Reader>> {
+        let handle = tokio::runtime::Handle::current();
+        clusters
+            .iter()
+            .map(|name| {
+                let reader = Tier2Reader {
+                    tier2: Arc::clone(tier2),
+                    catalog: Arc::clone(catalog),
+                    data: data.clone(),
+                    cluster: name.clone(),
+                    handle: handle.clone(),
+                };
+                (name.clone(), Arc::new(reader))
+            })
+            .collect()
+    }
+
     /// Starts one relay per cluster; they stop when `stop` turns true.
     pub fn start(
         tier2: Arc<Tier2>,
@@ -47,21 +96,11 @@ impl Tier2Relays {
         clusters: impl IntoIterator<Item = ClusterName>,
         stop: &watch::Receiver<bool>,
     ) -> (Tier2Relays, Vec<JoinHandle<()>>) {
+        let clusters: Vec<ClusterName> = clusters.into_iter().collect();
+        let readers = Self::readers(&tier2, &catalog, data, &clusters);
         let mut counters = HashMap::new();
-        let mut readers = HashMap::new();
         let mut tasks = Vec::new();
-        let handle = tokio::runtime::Handle::current();
         for name in clusters {
-            readers.insert(
-                name.clone(),
-                Arc::new(Tier2Reader {
-                    tier2: Arc::clone(&tier2),
-                    catalog: Arc::clone(&catalog),
-                    data: data.clone(),
-                    cluster: name.clone(),
-                    handle: handle.clone(),
-                }),
-            );
             let relay = Relay::new(
                 Arc::clone(&tier2),
                 Arc::clone(&catalog),
@@ -79,9 +118,27 @@ impl Tier2Relays {
                 catalog,
                 counters,
                 readers,
+                rescans: None,
             },
             tasks,
         )
+    }
+
+    /// Tier 2 itself.
+    pub fn tier2(&self) -> &Arc<Tier2> {
+        &self.tier2
+    }
+
+    /// Whether this is a read-only server's Tier 2 (readers, no relays).
+    pub fn is_read_only(&self) -> bool {
+        self.rescans.is_some()
+    }
+
+    /// Keeps a read-only server's latest rescan of `cluster` for the status.
+    pub fn set_rescan(&self, cluster: &ClusterName, report: Tier2RescanReport) {
+        if let Some(slot) = self.rescans.as_ref().and_then(|r| r.get(cluster)) {
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = report;
+        }
     }
 
     /// Tier 2 as `cluster`'s read fallback.
@@ -124,6 +181,11 @@ impl Tier2Relays {
             uploaded_objects: get(|c| &c.uploaded_objects),
             uploaded_bytes: get(|c| &c.uploaded_bytes),
             upload_failures: get(|c| &c.failures),
+            rescan: self
+                .rescans
+                .as_ref()
+                .and_then(|r| r.get(cluster))
+                .map(|slot| slot.lock().unwrap_or_else(|e| e.into_inner()).clone()),
         })
     }
 
@@ -163,7 +225,7 @@ impl Tier2Relays {
 
 /// Runs `fut` to completion on `handle` from synchronous code, on a thread of its own, so
 /// that it works whether or not the caller runs inside the runtime.
-fn block_on<F>(handle: &tokio::runtime::Handle, fut: F) -> F::Output
+pub(crate) fn block_on<F>(handle: &tokio::runtime::Handle, fut: F) -> F::Output
 where
     F: std::future::Future + Send,
     F::Output: Send,
@@ -228,9 +290,14 @@ impl Tier2Reader {
             Err(klio_tiering::Tier2Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(std::io::Error::other(e)),
         };
+        // A read-only server's records come from listing the bucket and carry no hash (the
+        // object's own authentication, checked by the caller, still applies).
         if whole {
             use sha2::Digest;
-            let sha = hex::encode(sha2::Sha256::digest(&bytes));
+            let sha = match held.sha256.is_empty() {
+                true => String::new(),
+                false => hex::encode(sha2::Sha256::digest(&bytes)),
+            };
             if bytes.len() as u64 != held.bytes || sha != held.sha256 {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,

@@ -1,5 +1,6 @@
 //! A minimal blocking HTTP/1.1 client for the tests (no client library needed): GET over
-//! plain TCP or TLS (rustls), and the certificate a TLS server presents. Writes nothing.
+//! plain TCP or TLS (rustls), POST over plain TCP, and the certificate a TLS server
+//! presents. Writes nothing.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -162,11 +163,40 @@ fn exchange(
     path: &str,
     bearer: Option<&str>,
 ) -> Result<(u16, Vec<u8>)> {
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n");
+    exchange_with(s, "GET", hostport, path, bearer, None)
+}
+
+/// Minimal blocking HTTP/1.1 POST of a JSON body over a TCP socket.
+pub fn http_post_json(url: &str, bearer: Option<&str>, body: &str) -> Result<(u16, Vec<u8>)> {
+    let rest = url.strip_prefix("http://").context("only http:// URLs")?;
+    let (hostport, path) = split_url(rest);
+    let mut s = std::net::TcpStream::connect(hostport)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    exchange_with(&mut s, "POST", hostport, path, bearer, Some(body))
+}
+
+fn exchange_with(
+    s: &mut (impl std::io::Read + std::io::Write),
+    method: &str,
+    hostport: &str,
+    path: &str,
+    bearer: Option<&str>,
+    json: Option<&str>,
+) -> Result<(u16, Vec<u8>)> {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n");
     if let Some(t) = bearer {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
+    if let Some(body) = json {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
     req.push_str("\r\n");
+    if let Some(body) = json {
+        req.push_str(body);
+    }
     s.write_all(req.as_bytes())?;
     let mut buf = Vec::new();
     match s.read_to_end(&mut buf) {

@@ -22,7 +22,7 @@ mod http;
 mod wal_compare;
 
 pub use drill::{table_checksums, Restored};
-pub use http::{http_get, https_get, served_certificate};
+pub use http::{http_get, http_post_json, https_get, served_certificate};
 pub use wal_compare::Compared;
 
 /// The `klio` binary under test (built from this package's `klio-e2e` target).
@@ -106,7 +106,18 @@ impl KlioServer {
 
     /// [`KlioServer::start`] with extra top-level config lines (e.g. a `[tier2]` table).
     pub fn start_with(clusters: Vec<ClusterConf>, top: Vec<String>) -> Result<KlioServer> {
-        KlioServer::start_inner_with(clusters, false, top, |_| Ok(()))
+        KlioServer::start_inner_with(clusters, false, top, None, |_| Ok(()))
+    }
+
+    /// [`KlioServer::start_with`] with the master key of `other` (e.g. a read-only server
+    /// on the bucket `other` fills).
+    pub fn start_with_key_of(
+        other: &KlioServer,
+        clusters: Vec<ClusterConf>,
+        top: Vec<String>,
+    ) -> Result<KlioServer> {
+        let key = std::fs::read_to_string(other.master_key_path())?;
+        KlioServer::start_inner_with(clusters, false, top, Some(key), |_| Ok(()))
     }
 
     /// [`KlioServer::start`] with `[tls]`: a fresh CA signs the server's certificate
@@ -129,13 +140,14 @@ impl KlioServer {
         tls: bool,
         prepare: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<KlioServer> {
-        KlioServer::start_inner_with(clusters, tls, Vec::new(), prepare)
+        KlioServer::start_inner_with(clusters, tls, Vec::new(), None, prepare)
     }
 
     fn start_inner_with(
         clusters: Vec<ClusterConf>,
         tls: bool,
         top_extra: Vec<String>,
+        master_key: Option<String>,
         prepare: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<KlioServer> {
         let dir = tempfile::Builder::new().prefix("klio-e2e-").tempdir()?;
@@ -159,7 +171,8 @@ impl KlioServer {
             klio_harness::write_file(&s.tls_dir().join("server.key"), &key, 0o600)?;
             s.ca = Some(ca);
         }
-        write_secret(&s.master_key_path(), &random_hex(32))?;
+        let key = master_key.unwrap_or_else(|| random_hex(32));
+        write_secret(&s.master_key_path(), &key)?;
         write_secret(&s.metrics_token_path(), &s.metrics_token())?;
         s.write_config()?;
         std::fs::create_dir_all(s.data_dir())?;
@@ -342,12 +355,17 @@ impl KlioServer {
             let tf = self.token_file(&c.name);
             write_secret(&tf, &c.token)?;
             toml.push_str(&format!(
-                "\n[[cluster]]\nname = {:?}\nconninfo = {:?}\nslot = {:?}\ntoken_file = {:?}\n",
+                "\n[[cluster]]\nname = {:?}\ntoken_file = {:?}\n",
                 c.name,
-                c.conninfo,
-                c.slot,
                 tf.display().to_string()
             ));
+            // A read-only server's clusters have no conninfo (nor slot).
+            if !c.conninfo.is_empty() {
+                toml.push_str(&format!(
+                    "conninfo = {:?}\nslot = {:?}\n",
+                    c.conninfo, c.slot
+                ));
+            }
             // With TLS, every cluster trusts the test CA for its client certificates
             // unless the test gives it its own with an `extra` line.
             if self.ca.is_some() && !c.extra.iter().any(|l| l.starts_with("client_ca_file")) {

@@ -416,26 +416,42 @@ fn a_conflicting_object_is_a_visible_dead_letter_until_retried() -> Result<()> {
     Ok(())
 }
 
+/// The tables the restore tests compare.
+const TABLES: [&str; 4] = [
+    "pgbench_accounts",
+    "pgbench_branches",
+    "pgbench_tellers",
+    "pgbench_history",
+];
+
+/// Seals the WAL written so far and waits until Klio holds it and Tier 2 has everything.
+fn seal_and_drain(pg: &PgInstance, klio: &KlioServer) -> Result<()> {
+    switch_wal(pg, 1)?;
+    let lsn = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
+    klio.wait_flushed(CLUSTER, &lsn, Duration::from_secs(60))?;
+    wait_drained(klio, Duration::from_secs(120))?;
+    Ok(())
+}
+
+/// A pgbench database backed up by Klio, then changed (so that a restore must replay
+/// WAL), all of it in Tier 2. Returns the database, Klio, the backup and the tables'
+/// checksums after the changes.
+fn backed_up_then_changed(bucket: &Bucket) -> Result<(PgInstance, KlioServer, Value, String)> {
+    let pg = PgInstance::start(PgOptions::new())?;
+    pg.pgbench(&["-i", "-s", "2"])?;
+    let klio = start_klio(&pg, bucket)?;
+    let b = backup(&klio)?;
+    pg.pgbench(&["-N", "-t", "3000"])?;
+    let want = klio_tests::table_checksums(&pg, &TABLES)?;
+    seal_and_drain(&pg, &klio)?;
+    Ok((pg, klio, b, want))
+}
+
 #[test]
 fn a_restore_reads_what_tier1_lost_from_tier2() -> Result<()> {
     let bucket = Bucket::start()?;
-    let pg = PgInstance::start(PgOptions::new())?;
-    pg.pgbench(&["-i", "-s", "2"])?;
-    let klio = start_klio(&pg, &bucket)?;
-    let b = backup(&klio)?;
-    // Changes after the backup: recovery must replay them from WAL only Tier 2 has.
-    pg.pgbench(&["-N", "-t", "3000"])?;
-    let tables = [
-        "pgbench_accounts",
-        "pgbench_branches",
-        "pgbench_tellers",
-        "pgbench_history",
-    ];
-    let want = klio_tests::table_checksums(&pg, &tables)?;
-    switch_wal(&pg, 1)?;
-    let lsn = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
-    klio.wait_flushed(CLUSTER, &lsn, Duration::from_secs(60))?;
-    wait_drained(&klio, Duration::from_secs(120))?;
+    let (_pg, klio, b, want) = backed_up_then_changed(&bucket)?;
+    let tables = TABLES;
 
     // Tier 1 loses every final object: sealed WAL, packs, manifests.
     let lost = tier1_objects(&klio)?;
@@ -459,6 +475,164 @@ fn a_restore_reads_what_tier1_lost_from_tier2() -> Result<()> {
     ensure!(
         got == want,
         "restored from Tier 2, the tables differ:\nsource:\n{want}\nrestored:\n{got}"
+    );
+    Ok(())
+}
+
+/// The bucket's objects below the prefix, with their ETags and sizes.
+fn bucket_state(bucket: &Bucket) -> Result<Vec<(String, String, u64)>> {
+    Ok(bucket
+        .s3
+        .objects(DEFAULT_BUCKET)?
+        .into_iter()
+        .filter(|o| o.key.starts_with(&format!("{PREFIX}/")))
+        .map(|o| (o.key, o.etag, o.size))
+        .collect())
+}
+
+/// What a listing of backups says of each complete backup, minus what differs by design
+/// between a writing server and a reader of its bucket (the tiers).
+fn listed_backups(klio: &KlioServer) -> Result<Vec<Value>> {
+    let out = klio.client_ok(CLUSTER, &["list", "backups", "--output", "json"])?;
+    let v: Value = serde_json::from_str(&out)?;
+    let mut list: Vec<Value> = v["backups"]
+        .as_array()
+        .context("no backups array")?
+        .iter()
+        .filter(|b| b["state"] == "complete")
+        .cloned()
+        .collect();
+    for b in &mut list {
+        if let Some(o) = b.as_object_mut() {
+            o.remove("tiers");
+        }
+    }
+    Ok(list)
+}
+
+/// The sealed segments and history files a server lists.
+fn final_wal(klio: &KlioServer) -> Result<Vec<String>> {
+    Ok(klio
+        .wal_names(CLUSTER)?
+        .into_iter()
+        .filter(|n| !n.ends_with(".partial"))
+        .collect())
+}
+
+/// `klio <args>` with the cluster's token must fail, saying the server is read-only, and
+/// so must the request's `POST path` itself, with 409.
+fn refused_as_read_only(klio: &KlioServer, args: &[&str], path: &str, body: &str) -> Result<()> {
+    let token = klio.token_file(CLUSTER);
+    let mut all = args.to_vec();
+    all.extend([
+        "--cluster",
+        CLUSTER,
+        "--token-file",
+        token.to_str().context("UTF-8")?,
+    ]);
+    let out = klio.client(&all)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("read-only"),
+        "klio {} on a read-only server: {} {stderr}",
+        args.join(" "),
+        out.status
+    );
+    let url = format!("{}/v1/clusters/{CLUSTER}{path}", klio.url());
+    let (code, body) = klio_tests::http_post_json(&url, Some(&klio.token(CLUSTER)), body)?;
+    let body = String::from_utf8_lossy(&body);
+    ensure!(
+        code == 409 && body.contains("read-only"),
+        "POST {path} on a read-only server: HTTP {code} {body}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_read_only_server_restores_from_the_bucket_alone_and_writes_nothing() -> Result<()> {
+    let bucket = Bucket::start()?;
+    let (pg, mut writer, first, want) = backed_up_then_changed(&bucket)?;
+    let tables = TABLES;
+    let writer_backups = listed_backups(&writer)?;
+    let writer_wal = final_wal(&writer)?;
+    // The writer stops, so that nothing but the reader could change the bucket.
+    writer.stop()?;
+    let before = bucket_state(&bucket)?;
+
+    let mut conf = ClusterConf::new(CLUSTER, "");
+    conf.slot = String::new();
+    let mut top = vec!["mode = \"read-only\"".to_string()];
+    top.extend(bucket.config());
+    let reader = KlioServer::start_with_key_of(&writer, vec![conf], top)?;
+    let st = reader.status(CLUSTER)?;
+    ensure!(
+        st["state"] == "read_only" && st["tier2"]["rescan"]["cluster_found"] == true,
+        "the read-only server's status: {st}"
+    );
+    ensure!(
+        listed_backups(&reader)? == writer_backups,
+        "the read-only server lists other backups:\nreader: {:#?}\nwriter: {writer_backups:#?}",
+        listed_backups(&reader)?
+    );
+    ensure!(
+        final_wal(&reader)? == writer_wal,
+        "the read-only server lists other WAL:\nreader: {:?}\nwriter: {writer_wal:?}",
+        final_wal(&reader)?
+    );
+
+    let restored = reader.restore_and_recover(CLUSTER, first["id"].as_str(), PgOptions::new())?;
+    let got = klio_tests::table_checksums(&restored.pg, &tables)?;
+    ensure!(
+        got == want,
+        "restored by the read-only server, the tables differ:\nsource:\n{want}\nrestored:\n{got}"
+    );
+    drop(restored);
+
+    refused_as_read_only(&reader, &["backup"], "/backups", "{}")?;
+    refused_as_read_only(
+        &reader,
+        &["offload", "--from", "/nonexistent"],
+        "/offloads",
+        r#"{"from": "/nonexistent"}"#,
+    )?;
+    refused_as_read_only(&reader, &["tier2", "retry"], "/tier2/retry", "{}")?;
+    ensure!(
+        bucket_state(&bucket)? == before,
+        "the bucket changed while only the read-only server used it"
+    );
+
+    // The writer takes another backup; a rescan shows it on the reader.
+    writer.restart()?;
+    let second = backup(&writer)?;
+    seal_and_drain(&pg, &writer)?;
+    let out = reader.client_ok(CLUSTER, &["tier2", "rescan", "--output", "json"])?;
+    let report: Value = serde_json::from_str(&out)?;
+    ensure!(
+        report["new_backups"] == 1 && count(&report, "/new_wal_segments") >= 1,
+        "the rescan did not find the writer's new backup and WAL: {report}"
+    );
+    let writer_backups = listed_backups(&writer)?;
+    ensure!(
+        listed_backups(&reader)? == writer_backups
+            && writer_backups.iter().any(|b| b["id"] == second["id"]),
+        "after a rescan the read-only server lists other backups:\nreader: {:#?}\nwriter: {writer_backups:#?}",
+        listed_backups(&reader)?
+    );
+    // On the writing server a rescan is refused: it knows what it uploaded.
+    let token = writer.token_file(CLUSTER);
+    let out = writer.client(&[
+        "tier2",
+        "rescan",
+        "--cluster",
+        CLUSTER,
+        "--token-file",
+        token.to_str().context("UTF-8")?,
+    ])?;
+    ensure!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("rescan is for read-only servers"),
+        "a rescan on the writing server: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
 }

@@ -144,9 +144,78 @@ pub fn place(
     }
 }
 
+/// The object of `cluster` that `key` (relative to Tier 2's prefix) names: the inverse
+/// of [`place`]. `None` for a key Klio does not write. Keys come from listing the bucket,
+/// which is not trusted: a name is returned only when `place` gives the same key back.
+pub fn parse_key(cluster: &ClusterName, key: &Path) -> Option<(RelayKind, String)> {
+    let parts: Vec<String> = key.parts().map(|p| p.as_ref().to_string()).collect();
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    let (kind, name) = match parts.as_slice() {
+        [c, "cluster.json"] if *c == cluster.as_str() => {
+            return Some((RelayKind::Cluster, cluster.to_string()))
+        }
+        [c, "wal", name] if *c == cluster.as_str() => {
+            let wal: WalFileName = name.parse().ok()?;
+            match wal.kind() {
+                WalFileKind::Segment => (RelayKind::WalSegment, name.to_string()),
+                WalFileKind::History => (RelayKind::History, name.to_string()),
+                WalFileKind::Partial => return None,
+            }
+        }
+        [c, "backups", "packs", file] if *c == cluster.as_str() => {
+            (RelayKind::Pack, file.strip_suffix(".pack")?.to_string())
+        }
+        [c, "backups", id, file] if *c == cluster.as_str() => match *file {
+            "manifest.klio" => (RelayKind::BackupManifest, id.to_string()),
+            "backup_manifest.klio" => (RelayKind::PgManifest, id.to_string()),
+            "chunks.klio" => (RelayKind::ChunkIndex, id.to_string()),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let placed = place(&DataDir::new("/"), cluster, kind, &name).ok()?;
+    (placed.key == *key).then_some((kind, name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_parse_back_into_what_placed_them_and_nothing_else() {
+        let data = DataDir::new("/d");
+        let c: ClusterName = "pg".parse().unwrap();
+        for (kind, name) in [
+            (RelayKind::WalSegment, "000000010000000000000003"),
+            (RelayKind::History, "00000002.history"),
+            (RelayKind::Pack, "20261124T193000Z-0001"),
+            (RelayKind::BackupManifest, "20261124T193000Z"),
+            (RelayKind::PgManifest, "20261124T193000Z-2"),
+            (RelayKind::ChunkIndex, "20261124T193000Z"),
+        ] {
+            let key = place(&data, &c, kind, name).unwrap().key;
+            assert_eq!(parse_key(&c, &key), Some((kind, name.to_string())), "{key}");
+        }
+        assert_eq!(
+            parse_key(&c, &cluster_key(&c)),
+            Some((RelayKind::Cluster, "pg".to_string()))
+        );
+        for key in [
+            "pg/wal/000000010000000000000003.partial",
+            "pg/wal/000000010000000000000003.tmp",
+            "pg/wal/sub/000000010000000000000003",
+            "other/wal/000000010000000000000003",
+            "pg/backups/packs/20261124T193000Z.pack",
+            "pg/backups/packs/20261124T193000Z-0001",
+            "pg/backups/packs/manifest.klio",
+            "pg/backups/20261124T193000Z/other.klio",
+            "pg/backups/20261124T193000Z/x/manifest.klio",
+            "pg/cluster.json.bak",
+            "pg",
+        ] {
+            assert_eq!(parse_key(&c, &Path::from(key)), None, "{key}");
+        }
+    }
 
     #[test]
     fn keys_mirror_tier1_below_the_cluster_name() {

@@ -438,6 +438,7 @@ impl BackupWriter {
         let id = self.record.id.clone();
         let bdir = self.dir.path();
         create_dir_all_durably(bdir).map_err(io(bdir))?;
+        let finished = unix_now();
         let manifest = BackupManifest {
             version: MANIFEST_VERSION,
             backup_id: id.clone(),
@@ -451,6 +452,8 @@ impl BackupWriter {
             chunk_size: CHUNK_SIZE as u64,
             tablespaces,
             files: std::mem::take(&mut self.files),
+            started_unix: Some(self.record.started_unix),
+            finished_unix: Some(finished),
         };
         let json = serde_json::to_vec(&manifest).expect("manifests serialise");
         self.store.write_object(
@@ -503,7 +506,7 @@ impl BackupWriter {
         rec.state = BackupState::Complete;
         rec.end_lsn = Some(end_lsn);
         rec.end_tli = Some(end_tli);
-        rec.finished_unix = Some(unix_now());
+        rec.finished_unix = Some(finished);
         rec.new_bytes = new_bytes;
         rec.stored_bytes = new_bytes + old_bytes;
         rec.chunks = (self.new_chunks.len() + self.referenced.len()) as u64;

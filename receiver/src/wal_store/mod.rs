@@ -228,17 +228,27 @@ impl WalStore {
         let inner = &self.inner;
         let mut out = Vec::new();
         for t in inner.catalog.timelines(&inner.cluster)? {
-            if t.history_stored {
-                let name = WalFileName::history(t.tli);
-                let stored_size = std::fs::metadata(self.path(&name))
+            let name = WalFileName::history(t.tli);
+            let stored_size = if t.history_stored {
+                std::fs::metadata(self.path(&name))
                     .map(|m| m.len())
-                    .unwrap_or(0);
-                out.push(WalEntry {
-                    name,
-                    plain_size: 0,
-                    stored_size,
-                });
-            }
+                    .unwrap_or(0)
+            } else {
+                // Only Tier 2 may hold it (a read-only server's, or Tier 1's copy gone).
+                match inner.catalog.tier2_object(
+                    &inner.cluster,
+                    RelayKind::History,
+                    &name.to_string(),
+                )? {
+                    Some(held) => held.bytes,
+                    None => continue,
+                }
+            };
+            out.push(WalEntry {
+                name,
+                plain_size: 0,
+                stored_size,
+            });
         }
         for s in inner.catalog.segments(&inner.cluster)? {
             let name = match s.state {

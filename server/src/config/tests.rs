@@ -758,3 +758,73 @@ fn tier2_errors_name_the_field_and_the_file() {
         assert!(shown.contains(words), "{table}: {shown}");
     }
 }
+
+/// A read-only server's config: `mode`, `[tier2]`, clusters with a name and a token.
+fn read_only(cluster_extra: &str, tier2: bool) -> String {
+    let tier2 = match tier2 {
+        true => "[tier2]\nurl = \"s3://backups/site-a\"\n",
+        false => "",
+    };
+    format!(
+        "{HEAD}mode = \"read-only\"\n[[cluster]]\nname = \"pg-a\"\ntoken_file = \"a.token\"\n{cluster_extra}{tier2}"
+    )
+}
+
+#[test]
+fn mode_defaults_to_standard_and_read_only_needs_no_conninfo() {
+    let f = Fixture::new();
+    assert_eq!(
+        f.parse(&with_clusters("")).unwrap().mode,
+        ServerMode::Standard
+    );
+    let c = f.parse(&read_only("", true)).unwrap();
+    assert_eq!(c.mode, ServerMode::ReadOnly);
+    assert_eq!(c.clusters[0].conninfo, "");
+    // The variable sets it too.
+    let text = format!("{HEAD}[tier2]\nurl = \"s3://b/p\"\n[[cluster]]\nname = \"pg-a\"\ntoken_file = \"a.token\"\n");
+    let c = f.parse_env(&text, &[("KLIO_MODE", "read-only")]).unwrap();
+    assert_eq!(c.mode, ServerMode::ReadOnly);
+}
+
+#[test]
+fn read_only_refuses_what_would_write_and_needs_tier2() {
+    let f = Fixture::new();
+    for (text, key, words) in [
+        (read_only("", false), "tier2".to_string(), "[tier2]"),
+        (
+            read_only("conninfo = \"host=db\"\n", true),
+            "cluster[0].conninfo".into(),
+            "does not stream",
+        ),
+        (
+            read_only("backup_schedule = \"0 3 * * *\"\n", true),
+            "cluster[0].backup_schedule".into(),
+            "takes no backups",
+        ),
+        (
+            read_only("offload_roots = [\"/snap\"]\n", true),
+            "cluster[0].offload_roots".into(),
+            "takes no backups",
+        ),
+        (
+            with_clusters("").replace(HEAD, &format!("{HEAD}mode = \"standby\"\n")),
+            "mode".into(),
+            "read-only",
+        ),
+    ] {
+        let (k, shown) = f.err_key(&text);
+        assert_eq!(k, key, "{shown}");
+        assert!(shown.contains(words), "{shown}");
+    }
+    // A conninfo given by the environment is refused the same way, naming the variable.
+    let e = f
+        .parse_env(
+            &read_only("", true),
+            &[("KLIO_CLUSTER_PG_A_CONNINFO", "host=db")],
+        )
+        .unwrap_err();
+    assert_eq!(
+        e.key(),
+        Some("cluster[0].conninfo (KLIO_CLUSTER_PG_A_CONNINFO)")
+    );
+}

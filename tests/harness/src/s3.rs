@@ -29,6 +29,14 @@ pub const DEFAULT_BUCKET: &str = "klio-test";
 /// How long moto may take to answer after being started (it imports a lot of Python).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// One object of a bucket listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedObject {
+    pub key: String,
+    pub etag: String,
+    pub size: u64,
+}
+
 /// A running `moto_server` (see the module documentation).
 #[derive(Debug)]
 pub struct S3Server {
@@ -159,26 +167,37 @@ impl S3Server {
 
     /// The keys of the objects in `bucket`, in order (ListObjectsV2, every page).
     pub fn object_keys(&self, bucket: &str) -> Result<Vec<String>> {
-        let mut keys: Vec<String> = Vec::new();
+        Ok(self.objects(bucket)?.into_iter().map(|o| o.key).collect())
+    }
+
+    /// Every object of the bucket in key order, with its ETag and size (ListObjectsV2,
+    /// all pages).
+    pub fn objects(&self, bucket: &str) -> Result<Vec<ListedObject>> {
+        let mut objects: Vec<ListedObject> = Vec::new();
         loop {
             let mut path = format!("/{bucket}?list-type=2");
-            if let Some(last) = keys.last() {
+            if let Some(last) = objects.last() {
                 path.push_str("&start-after=");
-                path.push_str(&query_escape(last));
+                path.push_str(&query_escape(&last.key));
             }
             let (status, body) = self.request("GET", &path)?;
             if status != 200 {
                 bail!("listing {bucket}: HTTP {status}: {body}");
             }
-            let page: Vec<String> = body
-                .split("<Contents>")
-                .skip(1)
-                .filter_map(|object| xml_text(object, "Key"))
-                .collect();
+            let page = body.split("<Contents>").skip(1).map(|object| {
+                Ok(ListedObject {
+                    key: xml_text(object, "Key").context("a listed object without Key")?,
+                    etag: xml_text(object, "ETag").unwrap_or_default(),
+                    size: xml_text(object, "Size")
+                        .and_then(|s| s.parse().ok())
+                        .context("a listed object without Size")?,
+                })
+            });
+            let page: Vec<ListedObject> = page.collect::<Result<_>>()?;
             let truncated = xml_text(&body, "IsTruncated").as_deref() == Some("true");
-            keys.extend(page);
+            objects.extend(page);
             if !truncated {
-                return Ok(keys);
+                return Ok(objects);
             }
         }
     }

@@ -83,6 +83,8 @@ fn normal() -> BackupManifest {
             file("standby.signal"),
             entry(None, "empty", FileKind::File, 0o600),
         ],
+        started_unix: None,
+        finished_unix: None,
     }
 }
 
