@@ -30,6 +30,7 @@ pub mod error;
 mod multipart;
 pub mod objects;
 pub mod relay;
+pub mod retention;
 pub mod retry;
 pub mod store;
 
