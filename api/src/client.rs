@@ -469,6 +469,35 @@ impl Client {
         .await
     }
 
+    /// `GET /v1/clusters/{cluster}/retention[?tier=N]`: what retention would remove.
+    pub async fn retention_show(
+        &self,
+        cluster: &ClusterName,
+        tier: Option<u8>,
+    ) -> Result<crate::RetentionReport, ClientError> {
+        let query = tier.map(|t| format!("?tier={t}")).unwrap_or_default();
+        self.get_json(
+            &format!("/v1/clusters/{cluster}/retention{query}"),
+            Some(cluster),
+        )
+        .await
+    }
+
+    /// `POST /v1/clusters/{cluster}/retention`.
+    pub async fn retention_apply(
+        &self,
+        cluster: &ClusterName,
+        req: &crate::RetentionRequest,
+    ) -> Result<crate::RetentionReport, ClientError> {
+        self.post_json(
+            &format!("/v1/clusters/{cluster}/retention"),
+            cluster,
+            req,
+            Some(Duration::from_secs(3600)),
+        )
+        .await
+    }
+
     /// POSTs a JSON body once (no retries: the server may have acted on it).
     async fn post_json<B: serde::Serialize, T: DeserializeOwned>(
         &self,

@@ -337,6 +337,65 @@ pub struct Tier2RescanReport {
     pub error: Option<String>,
 }
 
+/// `POST /v1/clusters/{cluster}/retention`: apply retention now (or, with `dry_run`,
+/// only say what it would remove); one tier or both.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRequest {
+    #[serde(default)]
+    pub dry_run: bool,
+    /// 1 or 2; absent: both.
+    #[serde(default)]
+    pub tier: Option<u8>,
+}
+
+/// What retention keeps and removes (or removed) in each tier of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionReport {
+    pub cluster: ClusterName,
+    /// False for a dry run: nothing was removed.
+    pub applied: bool,
+    pub tiers: Vec<TierRetention>,
+}
+
+/// One tier's part of a [`RetentionReport`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierRetention {
+    /// 1 or 2.
+    pub tier: u8,
+    /// The rules in force, as configured (`latest = 2, daily = 7`).
+    pub rules: String,
+    /// The complete backups the rules keep, with why.
+    pub kept: Vec<KeptBackup>,
+    /// What goes from this tier, with why.
+    pub removed: Vec<RemovedObject>,
+    pub removed_bytes: u64,
+    /// What the rules would remove but stays, and why (e.g. not in Tier 2 yet).
+    #[serde(default)]
+    pub held_back: Vec<String>,
+    /// Why applying stopped early (what was removed before is listed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A backup retention keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptBackup {
+    pub id: BackupId,
+    pub reasons: Vec<String>,
+}
+
+/// An object retention removes from a tier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedObject {
+    /// `backup` (its manifests and chunk index), `pack` or `wal_segment`.
+    pub kind: String,
+    /// Backup id, pack name or WAL file name.
+    pub name: String,
+    pub bytes: u64,
+    pub why: String,
+}
+
 /// Base-backup figures of one cluster (for `klio status` and the metrics).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupStatus {

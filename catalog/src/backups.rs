@@ -82,19 +82,19 @@ fn backup_prefix(c: &ClusterName) -> Vec<u8> {
     format!("b/{c}/").into_bytes()
 }
 
-fn backup_key(c: &ClusterName, id: &BackupId) -> Vec<u8> {
+pub(crate) fn backup_key(c: &ClusterName, id: &BackupId) -> Vec<u8> {
     let mut k = backup_prefix(c);
     k.extend_from_slice(id.as_str().as_bytes());
     k
 }
 
-fn chunk_key(c: &ClusterName, id: &[u8; 32]) -> Vec<u8> {
+pub(crate) fn chunk_key(c: &ClusterName, id: &[u8; 32]) -> Vec<u8> {
     let mut k = format!("k/{c}/").into_bytes();
     k.extend_from_slice(id);
     k
 }
 
-fn pack_key(c: &ClusterName, name: &str) -> Vec<u8> {
+pub(crate) fn pack_key(c: &ClusterName, name: &str) -> Vec<u8> {
     let mut k = format!("p/{c}/").into_bytes();
     k.extend_from_slice(name.as_bytes());
     k

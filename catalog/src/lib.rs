@@ -2,7 +2,8 @@
 //!
 //! Owns the directory `<data_dir>/catalog`. Records: clusters (system identifier, wrapped data key, slot, current timeline, segment
 //! size), timelines, WAL segments (state, sizes, checksum, tiers), base backups,
-//! their chunks and pack files ([`backups`]), and the Tier 2 relay queue ([`relay`]).
+//! their chunks and pack files ([`backups`]), the Tier 2 relay queue ([`relay`]), and
+//! retention's changes ([`prune`]).
 //!
 //! Keys are `kind/cluster/binary-suffix` so a prefix scan lists one cluster's
 //! records in order. Values are versioned: one version byte, then JSON. Every
@@ -13,8 +14,10 @@
 use std::path::Path;
 
 pub mod backups;
+pub mod prune;
 pub mod relay;
 pub use backups::{BackupCommit, BackupKind, BackupRecord, BackupState, ChunkRecord, PackRecord};
+pub use prune::{ForgetIntent, Prune};
 pub use relay::{RelayBacklog, RelayItem, RelayKind, Tier2Holdings, Tier2Object};
 
 use klio_core::{ClusterName, Lsn, SegNo, SystemId, TimelineId, WalSegSize};

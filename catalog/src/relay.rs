@@ -143,9 +143,22 @@ pub struct Tier2Object {
     /// The object's key in the bucket, below the configured prefix.
     pub key: String,
     pub bytes: u64,
-    /// Hex SHA-256 of the object's bytes (identical to the Tier 1 file's).
+    /// Hex SHA-256 of the object's bytes (identical to the Tier 1 file's); empty when
+    /// the record was made from a listing of the bucket (a read-only server's).
     pub sha256: String,
     pub uploaded_unix: u64,
+    /// Set when Tier 2's retention removed the object: the record stays as a tombstone,
+    /// so that the object is known to have reached Tier 2 (Tier 1 may then let it go
+    /// too, and the relay does not upload it again) while Tier 1 still holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned_unix: Option<u64>,
+}
+
+impl Tier2Object {
+    /// Tier 2 holds it (it was not pruned by retention).
+    pub fn is_live(&self) -> bool {
+        self.pruned_unix.is_none()
+    }
 }
 
 /// What Tier 2 holds of a cluster, for the status and the metrics.
@@ -173,7 +186,7 @@ fn relay_prefix(c: &ClusterName) -> Vec<u8> {
     format!("r/{c}/").into_bytes()
 }
 
-fn relay_key(c: &ClusterName, kind: RelayKind, name: &str) -> Vec<u8> {
+pub(crate) fn relay_key(c: &ClusterName, kind: RelayKind, name: &str) -> Vec<u8> {
     let mut k = relay_prefix(c);
     k.push(kind.tag());
     k.push(b'/');
@@ -185,7 +198,7 @@ fn held_prefix(c: &ClusterName) -> Vec<u8> {
     format!("h/{c}/").into_bytes()
 }
 
-fn held_key(c: &ClusterName, kind: RelayKind, name: &str) -> Vec<u8> {
+pub(crate) fn held_key(c: &ClusterName, kind: RelayKind, name: &str) -> Vec<u8> {
     let mut k = held_prefix(c);
     k.push(kind.tag());
     k.push(b'/');
@@ -193,7 +206,7 @@ fn held_key(c: &ClusterName, kind: RelayKind, name: &str) -> Vec<u8> {
     k
 }
 
-fn synced() -> WriteOptions {
+pub(crate) fn synced() -> WriteOptions {
     let mut wo = WriteOptions::default();
     wo.set_sync(true);
     wo
@@ -326,13 +339,26 @@ impl Catalog {
     }
 
     /// Every object Tier 2 is known to hold, in queue order (history files, WAL, packs,
-    /// manifests).
+    /// manifests); pruned ones are left out.
     pub fn tier2_objects(&self, cluster: &ClusterName) -> Result<Vec<Tier2Object>> {
-        self.scan(&held_prefix(cluster))
+        let all: Vec<Tier2Object> = self.scan(&held_prefix(cluster))?;
+        Ok(all.into_iter().filter(Tier2Object::is_live).collect())
     }
 
-    /// Whether Tier 2 is known to hold the object, and its record.
+    /// Whether Tier 2 holds the object (not pruned), and its record.
     pub fn tier2_object(
+        &self,
+        cluster: &ClusterName,
+        kind: RelayKind,
+        name: &str,
+    ) -> Result<Option<Tier2Object>> {
+        Ok(self
+            .tier2_record(cluster, kind, name)?
+            .filter(Tier2Object::is_live))
+    }
+
+    /// The object's record, held or pruned: `Some` once it has reached Tier 2.
+    pub fn tier2_record(
         &self,
         cluster: &ClusterName,
         kind: RelayKind,
@@ -417,6 +443,7 @@ mod tests {
             bytes: i.bytes,
             sha256: "00".repeat(32),
             uploaded_unix: 200,
+            pruned_unix: None,
         }
     }
 

@@ -11,7 +11,7 @@
 //!
 //! One module per command family: [`wal_restore`] (with its prefetcher), [`restore`] (a
 //! pure plan from the manifest, then its executor), [`backup`] (and offload), [`list`]
-//! (and status), [`verify`], [`keys`], [`tier2`] (`klio tier2 retry|rescan`), `demo`; [`output`] formats what they print.
+//! (and status), [`verify`], [`keys`], [`tier2`] (`klio tier2 retry|rescan`), [`retention`], `demo`; [`output`] formats what they print.
 //!
 //! On disk, the client commands write only where the user points them: `restore` into
 //! the target data directory (and its tablespace directories), `wal-restore` the
@@ -26,6 +26,7 @@ pub mod keys;
 pub mod list;
 pub mod output;
 pub mod restore;
+pub mod retention;
 pub mod tier2;
 pub mod verify;
 pub mod wal_restore;
@@ -88,6 +89,9 @@ pub enum Command {
     /// Tier 2 (object storage) maintenance.
     #[command(subcommand)]
     Tier2(tier2::Tier2Command),
+    /// What each tier keeps and removes under the [retention] rules.
+    #[command(subcommand)]
+    Retention(retention::RetentionCommand),
 }
 
 #[cfg(feature = "server")]
@@ -139,6 +143,12 @@ pub fn run(cli: Cli) -> u8 {
         Command::Verify(args) => client_command(verify::verify(args)),
         Command::Tier2(tier2::Tier2Command::Retry(args)) => client_command(tier2::retry(args)),
         Command::Tier2(tier2::Tier2Command::Rescan(args)) => client_command(tier2::rescan(args)),
+        Command::Retention(retention::RetentionCommand::Show(args)) => {
+            client_command(retention::show(args))
+        }
+        Command::Retention(retention::RetentionCommand::Apply(args)) => {
+            client_command(retention::apply(args))
+        }
         Command::Restore(args) => {
             init_tracing(env_log_format());
             let result = match runtime(true) {

@@ -28,12 +28,14 @@ use tokio::sync::watch;
 use tracing::{error, info, warn, Instrument};
 
 use crate::registry::{RegistryError, SourceChain};
+use crate::retention::Retainer;
 use crate::schedule::Schedule;
 use klio_api::BackupStatus;
 use klio_api::{
     BackupKindView, BackupRequest, BackupStateView, BackupVerification, BackupView, OffloadRequest,
     VerifyReport, VerifyRequest, WalChainView, WalGapView,
 };
+use klio_api::{RetentionReport, RetentionRequest};
 use runner::{BaseBackupRunner, Job, JobContext, JobRunner};
 use view::{failed_view, progress_view, record_view, running_view, state_view};
 
@@ -92,6 +94,9 @@ struct ClusterBackups {
     settings: BackupSettings,
     store: OnceLock<ChunkStore>,
     running: Mutex<Option<Running>>,
+    /// Retention is running: no backup may start (it would reference chunks retention
+    /// may be removing). Taken with `running` held.
+    retaining: Mutex<bool>,
     /// How jobs of this run failed, by backup id: the record may still say `running`
     /// when the failure itself could not be recorded (a full volume fails that write
     /// too; the next start marks such records failed), and a job that failed before it
@@ -108,7 +113,12 @@ pub struct BackupManager {
     runtime: tokio::runtime::Handle,
     runner: Arc<dyn JobRunner>,
     clusters: HashMap<ClusterName, Arc<ClusterBackups>>,
+    /// Retention, run after each backup, on a timer and on request.
+    retainer: OnceLock<Arc<Retainer>>,
 }
+
+/// How often retention runs besides after each backup.
+pub const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 
 impl BackupManager {
     /// Opens the chunk store of every cluster already in the catalog and recovers
@@ -135,6 +145,7 @@ impl BackupManager {
                 settings,
                 store: OnceLock::new(),
                 running: Mutex::new(None),
+                retaining: Mutex::new(false),
                 failures: Mutex::new(HashMap::new()),
                 ended: tokio::sync::Notify::new(),
                 verify: Mutex::new(VerifyState::default()),
@@ -146,6 +157,7 @@ impl BackupManager {
             runtime,
             runner,
             clusters: map,
+            retainer: OnceLock::new(),
         };
         for cb in m.clusters.values() {
             match m.store(cb) {
@@ -317,6 +329,12 @@ impl BackupManager {
                     r.id, cb.handle.spec.name
                 )));
             }
+            if *cb.retaining.lock().unwrap_or_else(|e| e.into_inner()) {
+                return Err(RegistryError::Conflict(format!(
+                    "retention is removing old backups of cluster {} right now; start the backup again in a moment",
+                    cb.handle.spec.name
+                )));
+            }
             let running = Running {
                 id: fresh_id(&store, &cb.failures)?,
                 label: label.to_string(),
@@ -328,6 +346,7 @@ impl BackupManager {
             running
         };
         let view = running_view(&cb.handle.spec.name, &running);
+        let ctx_store = store.clone();
         let ctx = JobContext {
             store,
             id: running.id.clone(),
@@ -335,18 +354,33 @@ impl BackupManager {
             wal: self.wal_waiter(&cb),
         };
         let fut = self.runner.run(job, ctx);
+        let retainer = self.retainer.get().cloned();
+        let after = {
+            let (cb, store) = (cb.clone(), ctx_store.clone());
+            move || {
+                if let Some(r) = retainer.filter(|r| r.active()) {
+                    // A backup started meanwhile: the timer's run will do it.
+                    if let Ok(_guard) = RetentionGuard::claim(&cb) {
+                        retain_logged(&cb, &store, &r, "after a backup");
+                    }
+                }
+            }
+        };
+        let running_id = running.id.clone();
         let span =
             tracing::info_span!("backup", cluster = %cb.handle.spec.name, backup = %running.id);
         self.runtime.spawn(
             async move {
                 info!("base backup started");
                 match fut.await {
-                    Ok(rec) => info!(
-                        logical_bytes = rec.logical_bytes,
-                        stored_bytes = rec.stored_bytes,
-                        new_bytes = rec.new_bytes,
-                        "base backup complete"
-                    ),
+                    Ok(rec) => {
+                        info!(
+                            logical_bytes = rec.logical_bytes,
+                            stored_bytes = rec.stored_bytes,
+                            new_bytes = rec.new_bytes,
+                            "base backup complete"
+                        );
+                    }
                     Err(error) => {
                         error!("base backup failed: {error}");
                         cb.failures
@@ -361,8 +395,17 @@ impl BackupManager {
                             );
                     }
                 }
+                let complete = cb
+                    .failures
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&running_id)
+                    .is_none();
                 *cb.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 cb.ended.notify_one();
+                if complete {
+                    let _ = tokio::task::spawn_blocking(after).await;
+                }
             }
             .instrument(span),
         );
@@ -675,6 +718,59 @@ impl BackupManager {
     }
 
     /// Runs each cluster's backup schedule until `stop` turns true.
+    /// Runs retention with these rules from now on (set once at start-up).
+    pub fn set_retainer(&self, retainer: Arc<Retainer>) {
+        let _ = self.retainer.set(retainer);
+    }
+
+    /// Applies retention to `cluster` now (or, with `dry_run`, says what it would do).
+    /// A conflict while a backup runs. Blocks.
+    pub fn retention(
+        &self,
+        cluster: &ClusterName,
+        req: RetentionRequest,
+    ) -> Result<RetentionReport, RegistryError> {
+        let cb = self.cluster(cluster)?.clone();
+        let retainer = self.retainer.get().cloned().ok_or_else(|| {
+            RegistryError::Conflict("retention is not available on this server".into())
+        })?;
+        let store = self.store(&cb)?;
+        if req.dry_run {
+            return retainer.run(cluster, &store, &req);
+        }
+        let _guard = RetentionGuard::claim(&cb)?;
+        retainer.run(cluster, &store, &req)
+    }
+
+    /// Runs retention for every cluster every [`RETENTION_INTERVAL`] (when it has rules).
+    pub fn spawn_retention(
+        self: &Arc<Self>,
+        stop: watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let retainer = self.retainer.get().cloned().filter(|r| r.active())?;
+        let (me, mut stop) = (self.clone(), stop);
+        Some(self.runtime.spawn(async move {
+            info!(rules = ?retainer.rules, every_secs = RETENTION_INTERVAL.as_secs(), "retention active");
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(RETENTION_INTERVAL) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                for cb in me.clusters.values() {
+                    let Ok(store) = me.store(cb) else { continue };
+                    let cb = Arc::clone(cb);
+                    let r = retainer.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        if let Ok(_guard) = RetentionGuard::claim(&cb) {
+                            retain_logged(&cb, &store, &r, "on its timer");
+                        }
+                    })
+                    .await;
+                }
+            }
+        }))
+    }
+
     pub fn spawn_schedules(
         self: &Arc<Self>,
         stop: watch::Receiver<bool>,
@@ -763,4 +859,52 @@ fn chain_report(
         to_tli,
         to,
     ))
+}
+
+/// Marks a cluster's retention as running until dropped; refused while a backup runs.
+struct RetentionGuard<'a> {
+    cb: &'a ClusterBackups,
+}
+
+impl<'a> RetentionGuard<'a> {
+    fn claim(cb: &'a ClusterBackups) -> Result<RetentionGuard<'a>, RegistryError> {
+        let slot = cb.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = slot.as_ref() {
+            return Err(RegistryError::Conflict(format!(
+                "backup {} of cluster {} is running; retention runs by itself once it completes",
+                r.id, cb.handle.spec.name
+            )));
+        }
+        let mut retaining = cb.retaining.lock().unwrap_or_else(|e| e.into_inner());
+        if *retaining {
+            return Err(RegistryError::Conflict(format!(
+                "retention of cluster {} is already running",
+                cb.handle.spec.name
+            )));
+        }
+        *retaining = true;
+        Ok(RetentionGuard { cb })
+    }
+}
+
+impl Drop for RetentionGuard<'_> {
+    fn drop(&mut self) {
+        *self.cb.retaining.lock().unwrap_or_else(|e| e.into_inner()) = false;
+    }
+}
+
+/// One automatic retention run, its outcome logged.
+fn retain_logged(cb: &ClusterBackups, store: &ChunkStore, r: &Retainer, when: &str) {
+    let name = &cb.handle.spec.name;
+    match r.run(name, store, &RetentionRequest::default()) {
+        Ok(report) => {
+            for t in &report.tiers {
+                if !t.removed.is_empty() || t.error.is_some() {
+                    info!(cluster = %name, tier = t.tier, removed = t.removed.len(), bytes = t.removed_bytes,
+                        held_back = t.held_back.len(), error = t.error.as_deref().unwrap_or(""), "retention applied {when}");
+                }
+            }
+        }
+        Err(e) => warn!(cluster = %name, "retention failed {when}: {}", SourceChain(&e)),
+    }
 }

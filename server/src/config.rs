@@ -32,6 +32,11 @@
 //! secret_access_key_file = "/etc/klio/s3.secret"
 //! ca_file = "/etc/klio/s3-ca.pem"            # extra CA for the endpoint
 //! allow_http = false                         # plain http:// endpoints only when true
+//! [retention]                                # optional: what each tier keeps (default: all)
+//! recovery_window = "7d"                     # and/or latest, daily, weekly, monthly, yearly
+//! latest = 2
+//! [retention.tier2]                          # replaces [retention]'s rules for Tier 2
+//! recovery_window = "30d"
 //! ```
 //! Top level also: `metrics_token_file` (bearer token Prometheus sends for `/metrics`)
 //! or `metrics_listen` (a separate plain-HTTP address serving only `/metrics`);
@@ -129,6 +134,8 @@ pub struct Config {
     pub api_header_timeout: std::time::Duration,
     /// `[tier2]`: object storage every cluster's WAL and backups are relayed to.
     pub tier2: Option<klio_tiering::Tier2Settings>,
+    /// `[retention]`: what each tier keeps (no rules: everything).
+    pub retention: klio_tiering::retention::Retention,
     /// In file order; names are unique.
     pub clusters: Vec<ClusterConfig>,
 }
@@ -217,6 +224,7 @@ struct RawConfig {
     api_header_timeout_secs: Option<u64>,
     tls: Option<RawTls>,
     tier2: Option<klio_tiering::Tier2Config>,
+    retention: Option<klio_tiering::retention::RetentionConfig>,
     #[serde(default, rename = "cluster")]
     clusters: Vec<RawCluster>,
 }
@@ -539,6 +547,18 @@ impl Config {
 
         let tls = api_tls(raw.tls, cluster_cas, &env, &invalid, &resolve)?;
         let tier2 = tier2(raw.tier2, &env, &invalid, &resolve)?;
+        let retention = match &raw.retention {
+            None => klio_tiering::retention::Retention::default(),
+            Some(_) if read_only => {
+                return Err(invalid(
+                    "retention",
+                    "a read-only server removes nothing: remove [retention] (the writing server applies it)".into(),
+                ))
+            }
+            Some(r) => r
+                .validate()
+                .map_err(|e| invalid(&format!("retention.{}", e.field), e.message))?,
+        };
         if read_only && tier2.is_none() {
             return Err(invalid(
                 "tier2",
@@ -558,6 +578,7 @@ impl Config {
             api_max_connections,
             api_header_timeout: std::time::Duration::from_secs(header_secs),
             tier2,
+            retention,
             clusters,
         })
     }

@@ -242,7 +242,17 @@ pub async fn run_server_until(
                 .await??,
         )
     };
+    if !read_only {
+        backups.set_retainer(Arc::new(crate::retention::Retainer::new(
+            config.retention,
+            tier2.as_ref().map(|t| t.tier2().clone()),
+            ctx.catalog.clone(),
+            DataDir::new(&ctx.data_dir),
+            tokio::runtime::Handle::current(),
+        )));
+    }
     tasks.extend(backups.spawn_schedules(stop_rx.clone()));
+    tasks.extend(backups.spawn_retention(stop_rx.clone()));
     let registry = Arc::new(EngineRegistry {
         ctx: ctx.clone(),
         read_only,
@@ -629,5 +639,19 @@ impl Registry for EngineRegistry {
         cluster: &ClusterName,
     ) -> Result<klio_api::Tier2RescanReport, RegistryError> {
         self.rescan_cluster(cluster)
+    }
+
+    fn retention(
+        &self,
+        cluster: &ClusterName,
+        req: klio_api::RetentionRequest,
+    ) -> Result<klio_api::RetentionReport, RegistryError> {
+        if !req.dry_run {
+            self.writable()?;
+        }
+        if self.read_only {
+            return Err(RegistryError::Conflict(READ_ONLY_REFUSAL.into()));
+        }
+        self.backups.retention(cluster, req)
     }
 }

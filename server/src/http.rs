@@ -20,6 +20,9 @@
 //! POST /v1/clusters/{cluster}/tier2/retry    token     Tier2RetryRequest (optional) → Tier2RetryReport,
 //!                                                      409 without [tier2] or on a read-only server
 //! POST /v1/clusters/{cluster}/tier2/rescan   token     → Tier2RescanReport (read-only servers; 409 otherwise)
+//! GET /v1/clusters/{cluster}/retention       token     ?tier=1|2 → RetentionReport (what would go; removes nothing)
+//! POST /v1/clusters/{cluster}/retention      token     RetentionRequest (optional) → RetentionReport,
+//!                                                      409 while a backup runs or on a read-only server
 //! ```
 //! A read-only server (`mode = "read-only"`) answers every request that would write
 //! (backups, offloads, Tier 2 retries) with 409 and a message naming its mode.
@@ -125,6 +128,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/clusters/{cluster}/verify", post(verify))
         .route("/v1/clusters/{cluster}/tier2/retry", post(tier2_retry))
         .route("/v1/clusters/{cluster}/tier2/rescan", post(tier2_rescan))
+        .route(
+            "/v1/clusters/{cluster}/retention",
+            get(retention_show).post(retention_apply),
+        )
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             let route = req
@@ -401,6 +408,7 @@ pub const ROUTES: &[&str] = &[
     "/v1/clusters/{cluster}/verify",
     "/v1/clusters/{cluster}/tier2/retry",
     "/v1/clusters/{cluster}/tier2/rescan",
+    "/v1/clusters/{cluster}/retention",
 ];
 
 async fn openapi() -> Response {
@@ -753,6 +761,52 @@ async fn tier2_rescan(
     let cluster = caller.cluster(&state, &raw)?;
     let (registry, c) = (state.registry.clone(), cluster.clone());
     let report = blocking(&cluster, move || registry.tier2_rescan(&c)).await?;
+    Ok(Json(report))
+}
+
+/// `?tier=` of `GET /v1/clusters/{cluster}/retention`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TierQuery {
+    tier: Option<u8>,
+}
+
+/// `GET /v1/clusters/{cluster}/retention`: what retention would remove now.
+async fn retention_show(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<axum::extract::Query<TierQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<klio_api::RetentionReport>, ApiError> {
+    let Path(raw) = path.map_err(bad_path)?;
+    let cluster = caller.cluster(&state, &raw)?;
+    let axum::extract::Query(q) = query
+        .map_err(|e| ApiError::BadRequest(format!("bad query ({e}): use ?tier=1 or ?tier=2")))?;
+    let req = klio_api::RetentionRequest {
+        dry_run: true,
+        tier: q.tier,
+    };
+    let (registry, c) = (state.registry.clone(), cluster.clone());
+    let report = blocking(&cluster, move || registry.retention(&c, req)).await?;
+    Ok(Json(report))
+}
+
+/// `POST /v1/clusters/{cluster}/retention`: applies retention now (or a dry run).
+async fn retention_apply(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+    body: axum::body::Bytes,
+) -> Result<Json<klio_api::RetentionReport>, ApiError> {
+    let Path(raw) = path.map_err(bad_path)?;
+    let cluster = caller.cluster(&state, &raw)?;
+    let req: klio_api::RetentionRequest = if body.is_empty() {
+        klio_api::RetentionRequest::default()
+    } else {
+        json_body(&body)?
+    };
+    let (registry, c) = (state.registry.clone(), cluster.clone());
+    let report = blocking(&cluster, move || registry.retention(&c, req)).await?;
     Ok(Json(report))
 }
 

@@ -14,6 +14,7 @@ pub mod http;
 pub mod metrics;
 pub mod registry;
 pub mod rescan;
+pub mod retention;
 pub mod schedule;
 pub mod serve;
 pub mod tier2;

@@ -138,6 +138,19 @@ pub trait Registry: Send + Sync + 'static {
         Err(RegistryError::Conflict(TIER2_NOT_CONFIGURED.into()))
     }
 
+    /// Applies retention now, or with `dry_run` says what it would remove
+    /// (`klio retention show|apply`).
+    fn retention(
+        &self,
+        cluster: &ClusterName,
+        req: klio_api::RetentionRequest,
+    ) -> Result<klio_api::RetentionReport, RegistryError> {
+        let _ = (cluster, req);
+        Err(RegistryError::Conflict(
+            "retention is not available on this server".into(),
+        ))
+    }
+
     /// Scans Tier 2 for what the writing server added (`klio tier2 rescan`; read-only
     /// servers only).
     fn tier2_rescan(

@@ -124,6 +124,7 @@ pub async fn rescan(
                 bytes: o.size,
                 sha256: String::new(),
                 uploaded_unix: o.modified_unix,
+                pruned_unix: None,
             });
         }
         match o.kind {

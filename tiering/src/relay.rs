@@ -186,7 +186,7 @@ impl Relay {
     }
 
     /// Queues every object Tier 1 holds (sealed segments, history files, complete
-    /// backups' packs and manifests) that Tier 2 is not known to hold and no entry
+    /// backups' packs and manifests) that has never reached Tier 2 (held or pruned) and no entry
     /// names. Returns how many were queued.
     pub async fn backfill(&self) -> Result<usize, RelayError> {
         let data = self.data.clone();
@@ -441,6 +441,7 @@ impl Relay {
             bytes: size,
             sha256: hex::encode(sha),
             uploaded_unix: unix_now(),
+            pruned_unix: None,
         }
     }
 
@@ -524,7 +525,7 @@ fn backfill(cat: &Catalog, cluster: &ClusterName, data: &DataDir) -> Result<usiz
     let queued_cluster = queue_cluster_object(cat, cluster)?;
     let mut want =
         |kind: RelayKind, name: String, bytes: Option<u64>| -> Result<(), CatalogError> {
-            if cat.tier2_object(cluster, kind, &name)?.is_some()
+            if cat.tier2_record(cluster, kind, &name)?.is_some()
                 || cat.relay_item(cluster, kind, &name)?.is_some()
             {
                 return Ok(());

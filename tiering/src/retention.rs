@@ -179,7 +179,7 @@ impl fmt::Display for Rules {
 
 fn show_duration(s: u64) -> String {
     for (unit, scale) in [("w", 7 * 86_400), ("d", 86_400), ("h", 3600), ("m", 60)] {
-        if s % scale == 0 {
+        if s.is_multiple_of(scale) {
             return format!("{}{unit}", s / scale);
         }
     }
@@ -192,6 +192,9 @@ pub struct Candidate {
     pub id: BackupId,
     pub finished_unix: u64,
 }
+
+/// The calendar period (a number that orders periods) of a Unix time.
+type Period = fn(u64) -> i64;
 
 /// Why a kept backup is kept, one reason per rule that keeps it.
 pub type Kept = BTreeMap<BackupId, Vec<String>>;
@@ -233,7 +236,7 @@ pub fn keep(rules: &Rules, candidates: &[Candidate], now_unix: u64) -> Kept {
             }
         }
     }
-    let periods: [(&str, Option<u32>, fn(u64) -> i64); 4] = [
+    let periods: [(&str, Option<u32>, Period); 4] = [
         ("daily", rules.daily, |t| (t / 86_400) as i64),
         ("weekly", rules.weekly, |t| {
             ((t / 86_400) as i64 + 3).div_euclid(7)

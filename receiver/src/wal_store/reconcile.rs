@@ -166,6 +166,14 @@ impl WalStore {
                 SegmentState::Partial => partial.contains_key(&key) || sealed.contains_key(&key),
             };
             if !present && rec.tiers.tier1 {
+                if rec.tiers.tier2 && rec.state == SegmentState::Sealed {
+                    // Retention deleted Tier 1's copy (and stopped before recording it):
+                    // Tier 2 still holds the segment.
+                    let mut rec = rec;
+                    rec.tiers.tier1 = false;
+                    inner.catalog.put_segment(&inner.cluster, &rec)?;
+                    continue;
+                }
                 warn!(tli = %rec.tli, segno = rec.segno.0, "catalog listed a segment whose file is missing; removing the entry");
                 inner
                     .catalog
