@@ -66,6 +66,10 @@ pub struct ChunkRecord {
     pub plain_len: u32,
     /// Complete backups referencing it (each counts once).
     pub refs: u32,
+    /// Retention freed its bytes in Tier 1's pack (no backup Tier 1 keeps references
+    /// it; Tier 2 still holds it): reads go to Tier 2.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tier1_freed: bool,
 }
 
 /// One pack file.
@@ -139,8 +143,32 @@ impl Catalog {
         self.scan(format!("p/{cluster}/").as_bytes())
     }
 
+    /// Every chunk record of the cluster with its id.
+    pub fn chunks(&self, cluster: &ClusterName) -> Result<Vec<([u8; 32], ChunkRecord)>> {
+        let prefix = format!("k/{cluster}/").into_bytes();
+        let mut out = Vec::new();
+        for item in self.db.iterator(rocksdb::IteratorMode::From(
+            &prefix,
+            rocksdb::Direction::Forward,
+        )) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let Ok(id) = <[u8; 32]>::try_from(&k[prefix.len()..]) else {
+                return Err(crate::CatalogError::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    why: "a chunk key without a 32-byte id".into(),
+                });
+            };
+            out.push((id, decode(&k, &v)?));
+        }
+        Ok(out)
+    }
+
     /// Makes a backup complete: its chunk and pack records and reference counts, and
-    /// `rec` (state `Complete`), in one synced write.
+    /// `rec` (state `Complete`), in one synced write. A new chunk the catalog already
+    /// has (stored again because Tier 1 had freed it) keeps its references.
     pub fn commit_backup(
         &self,
         cluster: &ClusterName,
@@ -149,7 +177,15 @@ impl Catalog {
     ) -> Result<()> {
         let mut batch = WriteBatch::default();
         for (id, c) in &commit.new_chunks {
-            batch.put(chunk_key(cluster, id), encode(c));
+            let key = chunk_key(cluster, id);
+            // Stored again after Tier 1 had freed it: the new copy's place, and the
+            // references older backups hold on it stay counted.
+            let mut c = c.clone();
+            if let Some(raw) = self.db.get_pinned(&key)? {
+                let old: ChunkRecord = decode(&key, &raw)?;
+                c.refs += old.refs;
+            }
+            batch.put(key, encode(&c));
         }
         for id in &commit.referenced {
             let key = chunk_key(cluster, id);
@@ -217,6 +253,7 @@ mod tests {
             stored_len: 10,
             plain_len: 20,
             refs: 1,
+            tier1_freed: false,
         };
         cat.commit_backup(
             &c,

@@ -166,6 +166,15 @@ impl Prune<'_> {
         Ok(())
     }
 
+    /// Tier 1's bytes of the chunk are freed (reads go to Tier 2).
+    pub fn tier1_freed(&mut self, id: &[u8; 32]) -> Result<()> {
+        if let Some(mut c) = self.chunk(id)? {
+            c.tier1_freed = true;
+            self.chunks.insert(*id, Some(c));
+        }
+        Ok(())
+    }
+
     /// Forgets a pack no tier holds: its record, its Tier 2 record and queue entry.
     pub fn forget_pack(&mut self, name: &str) {
         self.packs.insert(name.to_string(), None);
@@ -243,6 +252,7 @@ mod tests {
             stored_len: 10,
             plain_len: 20,
             refs: 1,
+            tier1_freed: false,
         }
     }
 

@@ -431,9 +431,8 @@ async fn adopt_backup(
                 c.pack
             )));
         };
-        if catalog.chunk(cluster, &c.id.0)?.is_some() {
-            continue;
-        }
+        // A chunk an older backup's index placed too was stored again (Tier 1 had freed
+        // it): this newer place is the one the writer's catalog knows.
         new_chunks.insert(
             c.id.0,
             ChunkRecord {
@@ -442,6 +441,7 @@ async fn adopt_backup(
                 stored_len: c.stored_len,
                 plain_len: c.plain_len,
                 refs: 1,
+                tier1_freed: false,
             },
         );
         let p = packs.entry(c.pack.clone()).or_insert_with(|| PackRecord {

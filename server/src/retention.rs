@@ -6,6 +6,10 @@
 //!   (its manifests and chunk index);
 //! - a pack the tier holds is removed once no backup the tier still holds after the run
 //!   references a chunk in it;
+//! - in Tier 1, the bytes of chunks in packs that stay, which no backup Tier 1 still
+//!   holds references, are freed in place (the file system's hole punching; offsets do
+//!   not move, so the pack's copy in Tier 2 stays valid and reads of those chunks go
+//!   there); Tier 2 removes whole packs only;
 //! - a sealed WAL segment the tier holds is removed once it ends at or before the start
 //!   of the oldest backup the tier still holds (history files stay);
 //! - in Tier 1, while Tier 2 is configured, only objects that have reached Tier 2 go, and
@@ -66,8 +70,14 @@ struct TierPlan {
     backups: Vec<Removal>,
     packs: Vec<Removal>,
     wal: Vec<Removal>,
+    /// Tier 1: chunks whose bytes are freed in place in packs that stay (no backup Tier
+    /// 1 keeps references them), by pack: (id, offset, stored length).
+    freed: Vec<(Removal, Vec<FreedChunk>)>,
     held_back: Vec<String>,
 }
+
+/// A chunk freed in place: id, offset in its pack, stored length.
+type FreedChunk = ([u8; 32], u64, u32);
 
 #[derive(Debug, Clone)]
 struct Removal {
@@ -339,6 +349,57 @@ impl Retainer {
                 }
             }
 
+            if tier == 1 && complete {
+                let needed_chunks: HashSet<[u8; 32]> = remain
+                    .iter()
+                    .filter_map(|h| plan.chunks.get(&h.rec.id))
+                    .flatten()
+                    .copied()
+                    .collect();
+                let going: HashSet<&str> = tp.packs.iter().map(|p| p.name.as_str()).collect();
+                let mut may_free: HashMap<String, bool> = HashMap::new();
+                let mut by_pack: std::collections::BTreeMap<String, Vec<FreedChunk>> =
+                    Default::default();
+                for (id, c) in self.catalog.chunks(cluster)? {
+                    if c.tier1_freed
+                        || needed_chunks.contains(&id)
+                        || going.contains(c.pack.as_str())
+                    {
+                        continue;
+                    }
+                    let ok = match may_free.get(&c.pack) {
+                        Some(&ok) => ok,
+                        None => {
+                            let ok = self.pack_in_tier(cluster, &c.pack, 1)?
+                                && self.reached(cluster, RelayKind::Pack, &c.pack)?;
+                            may_free.insert(c.pack.clone(), ok);
+                            ok
+                        }
+                    };
+                    if ok {
+                        by_pack
+                            .entry(c.pack)
+                            .or_default()
+                            .push((id, c.offset, c.stored_len));
+                    }
+                }
+                for (pack, chunks) in by_pack {
+                    let bytes = chunks.iter().map(|&(_, _, l)| u64::from(l)).sum();
+                    let why = format!(
+                        "{} chunk(s) no backup Tier 1 keeps references; their space is freed in place",
+                        chunks.len()
+                    );
+                    tp.freed.push((
+                        Removal {
+                            name: pack,
+                            bytes,
+                            why,
+                        },
+                        chunks,
+                    ));
+                }
+            }
+
             // WAL before the oldest remaining backup's start.
             let oldest = remain.iter().min_by_key(|h| (h.rec.start_lsn, &h.rec.id));
             if let (Some(oldest), Some(crec)) = (oldest, self.catalog.cluster(cluster)?) {
@@ -573,6 +634,21 @@ impl Retainer {
         for p in &tp.packs {
             self.delete_tier1(c, RelayKind::Pack, &p.name)?;
         }
+        for (r, chunks) in &tp.freed {
+            // Reads go to Tier 2 before the bytes go.
+            let mut prune = self.catalog.prune(c);
+            for (id, _, _) in chunks {
+                prune.tier1_freed(id)?;
+            }
+            prune.commit()?;
+            let pack: PackName = r.name.parse().map_err(|e| {
+                io(&backups.packs_dir())(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{e}"),
+                ))
+            })?;
+            punch_holes(&backups.pack(&pack), chunks)?;
+        }
         let wal_dir = self.data.wal(c);
         for w in &tp.wal {
             self.delete_tier1(c, RelayKind::WalSegment, &w.name)?;
@@ -690,6 +766,36 @@ impl Retainer {
     }
 }
 
+/// Frees the bytes of `chunks` (offset, length) in a pack file, keeping its size; a file
+/// system that cannot punch holes keeps them (logged).
+fn punch_holes(
+    path: &std::path::Path,
+    chunks: &[([u8; 32], u64, u32)],
+) -> Result<(), RetentionError> {
+    use nix::fcntl::{fallocate, FallocateFlags};
+    use std::os::fd::AsRawFd;
+    let f = match std::fs::OpenOptions::new().write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(path)(e)),
+    };
+    let mode = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    for &(_, offset, len) in chunks {
+        let Ok(off) = i64::try_from(offset) else {
+            continue;
+        };
+        let len = i64::from(len);
+        if let Err(e) = fallocate(f.as_raw_fd(), mode, off, len) {
+            if e == nix::errno::Errno::EOPNOTSUPP {
+                tracing::warn!(pack = %path.display(), "the file system cannot punch holes: the freed chunks keep their space until the whole pack goes");
+                return Ok(());
+            }
+            return Err(io(path)(std::io::Error::from(e)));
+        }
+    }
+    f.sync_all().map_err(io(path))
+}
+
 /// A backup's manifest objects, Klio's manifest first.
 const BACKUP_KINDS: [RelayKind; 3] = [
     RelayKind::BackupManifest,
@@ -721,9 +827,11 @@ impl Plan {
             .rev()
             .map(|tp| {
                 let mut removed = Vec::new();
+                let freed: Vec<Removal> = tp.freed.iter().map(|(r, _)| r.clone()).collect();
                 for (kind, list) in [
                     ("backup", &tp.backups),
                     ("pack", &tp.packs),
+                    ("chunks", &freed),
                     ("wal_segment", &tp.wal),
                 ] {
                     removed.extend(list.iter().map(|r| RemovedObject {

@@ -636,3 +636,370 @@ fn a_read_only_server_restores_from_the_bucket_alone_and_writes_nothing() -> Res
     );
     Ok(())
 }
+
+/// `klio retention <args> --output json` on the cluster.
+fn retention(klio: &KlioServer, args: &[&str]) -> Result<Value> {
+    let mut all = vec!["retention"];
+    all.extend(args);
+    all.extend(["--output", "json"]);
+    Ok(serde_json::from_str(&klio.client_ok(CLUSTER, &all)?)?)
+}
+
+/// One tier's `(kind, name)` list of removed objects in a retention report.
+fn removed(report: &Value, tier: u64) -> Result<Vec<(String, String)>> {
+    let t = report["tiers"]
+        .as_array()
+        .context("no tiers")?
+        .iter()
+        .find(|t| t["tier"] == tier)
+        .with_context(|| format!("no tier {tier} in {report}"))?;
+    ensure!(t.get("error").is_none(), "tier {tier} stopped: {t}");
+    Ok(t["removed"]
+        .as_array()
+        .context("no removed list")?
+        .iter()
+        .map(|o| {
+            (
+                o["kind"].as_str().unwrap_or("").to_string(),
+                o["name"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect())
+}
+
+/// What the catalog of a stopped server says, checked for consistency: the complete
+/// backups, and per chunk its pack and reference count, which must equal the number of
+/// remaining backups whose manifest lists it; pack records are exactly the packs chunks
+/// are in. Returns (backups, packs, segments as (timeline, segno, tier1, tier2)).
+type CatalogView = (Vec<String>, Vec<String>, Vec<(u32, u64, bool, bool)>);
+
+fn checked_catalog(klio: &KlioServer) -> Result<CatalogView> {
+    use std::collections::{BTreeSet, HashMap};
+    let master = klio_core::MasterKey::from_file(&klio.master_key_path())?;
+    let ctx = klio_receiver::cluster::ServerContext::open(&klio.data_dir(), master)?;
+    let cluster: klio_core::ClusterName = CLUSTER.parse()?;
+    let rec = ctx
+        .catalog
+        .cluster(&cluster)?
+        .context("no cluster record")?;
+    let store = klio_basebackup::store::ChunkStore::open(
+        &klio.data_dir(),
+        cluster.clone(),
+        ctx.data_key(&rec)?,
+        ctx.catalog.clone(),
+    )?;
+    let backups: Vec<_> = ctx
+        .catalog
+        .backups(&cluster)?
+        .into_iter()
+        .filter(|b| b.state == klio_catalog::BackupState::Complete)
+        .collect();
+    let mut refs: HashMap<[u8; 32], u32> = HashMap::new();
+    for b in &backups {
+        let m = store.read_manifest(&b.id)?;
+        let ids: BTreeSet<[u8; 32]> = m
+            .files
+            .iter()
+            .flat_map(|f| f.chunks.iter().map(|c| c.0))
+            .collect();
+        for id in ids {
+            *refs.entry(id).or_default() += 1;
+        }
+    }
+    let records = ctx.catalog.chunks(&cluster)?;
+    ensure!(
+        records.len() == refs.len(),
+        "{} chunk records, {} chunks referenced by the remaining backups",
+        records.len(),
+        refs.len()
+    );
+    let mut packs_of_chunks = BTreeSet::new();
+    for (id, n) in &refs {
+        let c = ctx
+            .catalog
+            .chunk(&cluster, id)?
+            .context("a remaining backup references a chunk the catalog lost")?;
+        ensure!(
+            c.refs == *n,
+            "chunk refs {} but {n} backups reference it",
+            c.refs
+        );
+        packs_of_chunks.insert(c.pack);
+    }
+    let packs: Vec<String> = ctx
+        .catalog
+        .packs(&cluster)?
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    ensure!(
+        packs.iter().cloned().collect::<BTreeSet<_>>() == packs_of_chunks,
+        "pack records {packs:?} are not the packs the remaining chunks are in {packs_of_chunks:?}"
+    );
+    let segments = ctx
+        .catalog
+        .segments(&cluster)?
+        .into_iter()
+        .map(|s| (s.tli.get(), s.segno.0, s.tiers.tier1, s.tiers.tier2))
+        .collect();
+    Ok((
+        backups.iter().map(|b| b.id.to_string()).collect(),
+        packs,
+        segments,
+    ))
+}
+
+#[test]
+fn retention_keeps_the_latest_two_in_each_tier_and_everything_a_restore_needs() -> Result<()> {
+    let bucket = Bucket::start()?;
+    let pg = PgInstance::start(PgOptions::new())?;
+    pg.pgbench(&["-i", "-s", "1"])?;
+    let mut klio = start_klio(&pg, &bucket)?;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        pg.pgbench(&["-N", "-t", "500"])?;
+        ids.push(backup(&klio)?["id"].as_str().context("id")?.to_string());
+        switch_wal(&pg, 1)?;
+    }
+    pg.pgbench(&["-N", "-t", "500"])?;
+    let want = klio_tests::table_checksums(&pg, &TABLES)?;
+    seal_and_drain(&pg, &klio)?;
+    let third: Value =
+        serde_json::from_str(&klio.client_ok(CLUSTER, &["list", "backups", "--output", "json"])?)?;
+    let third = third["backups"]
+        .as_array()
+        .context("backups")?
+        .iter()
+        .find(|b| b["id"] == ids[2].as_str())
+        .cloned()
+        .context("third backup listed")?;
+    let anchor = klio_tests::parse_lsn(third["start_lsn"].as_str().context("start_lsn")?)?;
+
+    // The rules take effect on restart; nothing runs them before we ask.
+    klio.top_level_mut()
+        .extend(["[retention]".to_string(), "latest = 2".to_string()]);
+    klio.write_config()?;
+    klio.stop()?;
+    klio.restart()?;
+    let dry = retention(&klio, &["apply", "--dry-run"])?;
+    ensure!(dry["applied"] == false, "{dry}");
+    // Packs mix chunks later backups still use with chunks only the old ones did: Tier 1
+    // frees the latter in place.
+    ensure!(
+        removed(&dry, 1)?.iter().any(|(k, _)| k == "chunks"),
+        "Tier 1 would free no chunk: {dry}"
+    );
+    let shown = retention(&klio, &["show"])?;
+    ensure!(
+        removed(&shown, 1)? == removed(&dry, 1)? && removed(&shown, 2)? == removed(&dry, 2)?,
+        "show and apply --dry-run differ:\n{shown}\n{dry}"
+    );
+    for tier in [1, 2] {
+        let gone: Vec<String> = removed(&dry, tier)?
+            .into_iter()
+            .filter(|(k, _)| k == "backup")
+            .map(|(_, n)| n)
+            .collect();
+        ensure!(
+            gone == ids[..2],
+            "tier {tier} would remove backups {gone:?}, not {:?}",
+            &ids[..2]
+        );
+        ensure!(
+            removed(&dry, tier)?.iter().any(|(k, _)| k == "wal_segment"),
+            "tier {tier} would remove no WAL: {dry}"
+        );
+    }
+    let before_t1 = tier1_objects(&klio)?;
+    let before_t2 = bucket.keys()?;
+    let applied = retention(&klio, &["apply"])?;
+    ensure!(applied["applied"] == true, "{applied}");
+    for tier in [1, 2] {
+        ensure!(
+            removed(&applied, tier)? == removed(&dry, tier)?,
+            "tier {tier}: apply removed other objects than the dry run listed:\n{applied}\n{dry}"
+        );
+    }
+
+    // What the reports list is what vanished, in each tier, and nothing else did
+    // (besides the cluster's catalog-made object, which never goes).
+    let key_of = |kind: &str, name: &str| -> Vec<String> {
+        match kind {
+            "backup" => ["manifest.klio", "backup_manifest.klio", "chunks.klio"]
+                .iter()
+                .map(|f| format!("{PREFIX}/{CLUSTER}/backups/{name}/{f}"))
+                .collect(),
+            "pack" => vec![format!("{PREFIX}/{CLUSTER}/backups/packs/{name}.pack")],
+            "chunks" => vec![],
+            _ => vec![format!("{PREFIX}/{CLUSTER}/wal/{name}")],
+        }
+    };
+    let expect_gone = |tier: u64| -> Result<Vec<String>> {
+        let mut keys: Vec<String> = removed(&dry, tier)?
+            .iter()
+            .flat_map(|(k, n)| key_of(k, n))
+            .collect();
+        keys.sort();
+        Ok(keys)
+    };
+    let after_t1 = tier1_objects(&klio)?;
+    let mut gone_t1: Vec<String> = before_t1
+        .keys()
+        .filter(|k| !after_t1.contains_key(*k))
+        .cloned()
+        .collect();
+    gone_t1.sort();
+    ensure!(gone_t1 == expect_gone(1)?, "Tier 1 lost {gone_t1:#?}");
+    let after_t2 = bucket.keys()?;
+    let mut gone_t2: Vec<String> = before_t2
+        .iter()
+        .filter(|k| !after_t2.contains(k))
+        .cloned()
+        .collect();
+    gone_t2.sort();
+    ensure!(gone_t2 == expect_gone(2)?, "Tier 2 lost {gone_t2:#?}");
+    ensure!(
+        after_t1.keys().cloned().collect::<Vec<_>>() == {
+            let mut k = after_t2.clone();
+            k.retain(|k| !k.ends_with("/cluster.json"));
+            k
+        },
+        "the tiers hold different objects after retention"
+    );
+    // No WAL ending at or before the oldest kept backup's start remains in either tier.
+    let seg_size = 16u64 << 20;
+    for key in after_t2
+        .iter()
+        .filter(|k| k.contains("/wal/") && !k.ends_with(".history"))
+    {
+        let name = key.rsplit('/').next().unwrap_or("");
+        let segno = u64::from_str_radix(&name[8..16], 16)? * 0x100
+            + u64::from_str_radix(&name[16..24], 16)?;
+        ensure!(
+            (segno + 1) * seg_size > anchor.0,
+            "{key} ends before the oldest kept backup starts ({anchor})"
+        );
+    }
+    let listed = listed_backups(&klio)?;
+    let listed: Vec<&str> = listed.iter().filter_map(|b| b["id"].as_str()).collect();
+    ensure!(listed == ids[2..], "listed after retention: {listed:?}");
+    // The packs whose chunks were freed hold less on disk than their size.
+    for (_, pack) in removed(&applied, 1)?.iter().filter(|(k, _)| k == "chunks") {
+        use std::os::unix::fs::MetadataExt;
+        let path = after_t1
+            .iter()
+            .find(|(k, _)| k.ends_with(&format!("/{pack}.pack")))
+            .map(|(_, p)| p.clone())
+            .with_context(|| format!("pack {pack} gone from Tier 1"))?;
+        let m = std::fs::metadata(&path)?;
+        ensure!(
+            m.blocks() * 512 < m.len(),
+            "{}: {} bytes allocated for {} bytes: nothing freed",
+            path.display(),
+            m.blocks() * 512,
+            m.len()
+        );
+    }
+
+    // A restore from the oldest kept backup replays every change since.
+    let restored = klio.restore_and_recover(CLUSTER, Some(ids[2].as_str()), PgOptions::new())?;
+    let got = klio_tests::table_checksums(&restored.pg, &TABLES)?;
+    ensure!(
+        got == want,
+        "restored after retention:\n{got}\nsource:\n{want}"
+    );
+    drop(restored);
+
+    // Applying again removes nothing; the catalog is consistent: references, packs.
+    let again = retention(&klio, &["apply"])?;
+    ensure!(
+        removed(&again, 1)?.is_empty() && removed(&again, 2)?.is_empty(),
+        "a second run removed more: {again}"
+    );
+    klio.stop()?;
+    let (backups, packs, segments) = checked_catalog(&klio)?;
+    ensure!(backups == ids[2..], "catalog backups {backups:?}");
+    let pack_files: Vec<String> = after_t1
+        .keys()
+        .filter_map(|k| k.strip_suffix(".pack"))
+        .filter_map(|k| k.rsplit('/').next())
+        .map(String::from)
+        .collect();
+    ensure!(
+        packs == pack_files,
+        "pack records {packs:?}, pack files {pack_files:?}"
+    );
+    ensure!(
+        segments
+            .iter()
+            .all(|&(_, segno, t1, t2)| (segno + 1) * seg_size > anchor.0 && (t1 || t2)),
+        "segment records left behind: {segments:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn with_tier2_down_retention_removes_nothing_tier2_lacks() -> Result<()> {
+    let bucket = Bucket::start()?;
+    let pg = PgInstance::start(PgOptions::new())?;
+    pg.pgbench(&["-i", "-s", "1"])?;
+    // The bucket is down from the start: nothing reaches Tier 2.
+    bucket.proxy.set_unavailable(true);
+    let mut top = bucket.config();
+    top.extend(["[retention]".to_string(), "latest = 1".to_string()]);
+    let klio = KlioServer::start_with(
+        vec![ClusterConf::new(CLUSTER, pg.replication_conninfo())],
+        top,
+    )?;
+    let lsn = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
+    klio.wait_flushed(CLUSTER, &lsn, Duration::from_secs(60))?;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        pg.pgbench(&["-N", "-t", "300"])?;
+        // Each backup is followed by an automatic retention run.
+        ids.push(backup(&klio)?["id"].as_str().context("id")?.to_string());
+        switch_wal(&pg, 1)?;
+    }
+    let lsn = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
+    klio.wait_flushed(CLUSTER, &lsn, Duration::from_secs(60))?;
+    let before = tier1_objects(&klio)?;
+    let applied = retention(&klio, &["apply", "--tier", "1"])?;
+    ensure!(
+        removed(&applied, 1)?.is_empty(),
+        "removed with Tier 2 down: {applied}"
+    );
+    let held = applied["tiers"][0]["held_back"].to_string();
+    ensure!(
+        held.contains("not in Tier 2 yet"),
+        "nothing said why: {applied}"
+    );
+    ensure!(
+        tier1_objects(&klio)? == before,
+        "Tier 1 changed with Tier 2 down"
+    );
+    let listed = listed_backups(&klio)?;
+    ensure!(
+        listed.len() == 3,
+        "backups gone with Tier 2 down: {listed:#?}"
+    );
+
+    // Once the bucket is back and holds everything, the rules apply in both tiers.
+    bucket.proxy.set_unavailable(false);
+    wait_drained(&klio, Duration::from_secs(180))?;
+    let applied = retention(&klio, &["apply"])?;
+    for tier in [1, 2] {
+        let gone: Vec<String> = removed(&applied, tier)?
+            .into_iter()
+            .filter(|(k, _)| k == "backup")
+            .map(|(_, n)| n)
+            .collect();
+        ensure!(
+            gone == ids[..2],
+            "tier {tier} removed backups {gone:?}: {applied}"
+        );
+    }
+    let listed = listed_backups(&klio)?;
+    let listed: Vec<&str> = listed.iter().filter_map(|b| b["id"].as_str()).collect();
+    ensure!(listed == ids[2..], "listed: {listed:?}");
+    Ok(())
+}

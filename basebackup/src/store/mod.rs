@@ -343,7 +343,14 @@ impl ChunkStore {
             .chunk(&self.inner.cluster, &id.0)?
             .ok_or(BackupStoreError::UnknownChunk { id: *id })?;
         let path = self.pack_path(&rec.pack)?;
-        match File::open(&path) {
+        let opened = match rec.tier1_freed {
+            true => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "retention freed the chunk in Tier 1",
+            )),
+            false => File::open(&path),
+        };
+        match opened {
             // AES-GCM with the chunk id as associated data already proves this is what
             // was stored under `id`; re-hashing 1 MiB per chunk served is `verify`'s job.
             Ok(f) => self.read_chunk_at(&f, id, &rec, false),

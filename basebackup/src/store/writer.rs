@@ -399,6 +399,7 @@ impl BackupWriter {
             stored_len: bytes.len() as u32,
             plain_len,
             refs: 1,
+            tier1_freed: false,
         };
         *size += bytes.len() as u64;
         *chunks += 1;
@@ -610,7 +611,9 @@ fn worker(
                 known_stored: None,
                 error: Some(format!("catalog: {e}")),
             },
-            Ok(Some(rec)) => Done {
+            // A chunk Tier 1 freed is stored again, so that Tier 1 holds all of a new
+            // backup.
+            Ok(Some(rec)) if !rec.tier1_freed => Done {
                 seq,
                 id,
                 plain_len,
@@ -618,7 +621,7 @@ fn worker(
                 known_stored: Some(rec.stored_len),
                 error: None,
             },
-            Ok(None) => {
+            Ok(_) => {
                 let first = claimed.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
                 Done {
                     seq,
