@@ -66,7 +66,13 @@ pub struct ServerContext {
     /// Tier 2 is configured: stores opened from now on queue what they make final for
     /// it (set before any store is opened).
     pub relay_to_tier2: bool,
+    /// Says whether retention could free space in Tier 1 for a cluster; added to the
+    /// error when Tier 1 is out of space (set once the server has retention).
+    pub disk_full_advice: OnceLock<DiskFullAdvice>,
 }
+
+/// See [`ServerContext::disk_full_advice`]. May block (it plans retention).
+pub type DiskFullAdvice = Arc<dyn Fn(&ClusterName) -> String + Send + Sync>;
 
 impl std::fmt::Debug for ServerContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -153,6 +159,7 @@ impl ServerContext {
             catalog: Arc::new(catalog),
             master,
             relay_to_tier2: false,
+            disk_full_advice: OnceLock::new(),
         })
     }
 }
@@ -360,6 +367,7 @@ pub async fn run_cluster(
     let span = info_span!("cluster", cluster = %handle.spec.name);
     async move {
         let mut backoff = Backoff::new();
+        let mut disk_full_advice: Option<String> = None;
         let mut ingest: Option<Ingest> = None;
         loop {
             if *shutdown.borrow() {
@@ -377,14 +385,21 @@ pub async fn run_cluster(
                     break;
                 }
                 Err(e) => {
+                    let mut msg = e.to_string();
                     if let SessionError::Store {
                         disk_full: true, ..
                     } = e
                     {
-                        // Cleared once a flush succeeds again.
+                        // Cleared once a flush succeeds again. What retention could free
+                        // is worked out once per episode.
+                        if !handle.status.snapshot().disk_full || disk_full_advice.is_none() {
+                            disk_full_advice = ctx.disk_full_advice.get().map(|f| f(&handle.spec.name));
+                        }
                         handle.status.set_disk_full(true);
+                        if let Some(a) = &disk_full_advice {
+                            msg = format!("{msg}; {a}");
+                        }
                     }
-                    let msg = e.to_string();
                     if handle.status.set_state(ConnectionState::Disconnected, Some(msg.clone())) {
                         warn!(error = %msg, "replication connection lost; reconnecting with backoff");
                     } else {

@@ -742,6 +742,40 @@ impl BackupManager {
         retainer.run(cluster, &store, &req)
     }
 
+    /// Whether retention could free space in Tier 1 for `cluster` now (for the error a
+    /// full Tier 1 reports).
+    pub fn disk_full_advice(&self, cluster: &ClusterName) -> String {
+        let active = self.retainer.get().is_some_and(|r| r.rules.tier1.any());
+        if !active {
+            return "retention could free nothing: no [retention] rules are configured (e.g. [retention] latest = 2 removes older backups and the WAL before them)".into();
+        }
+        let req = RetentionRequest {
+            dry_run: true,
+            tier: Some(1),
+        };
+        match self.retention(cluster, req) {
+            Ok(r) => match r.tiers.first() {
+                Some(t) if t.removed_bytes > 0 => format!(
+                    "retention could free {:.1} MiB of Tier 1 now: `klio retention apply --tier 1 --cluster {cluster}`",
+                    t.removed_bytes as f64 / 1_048_576.0
+                ),
+                Some(t) if !t.held_back.is_empty() => format!(
+                    "retention could free nothing now: {}",
+                    t.held_back.join("; ")
+                ),
+                Some(t) => format!(
+                    "retention could free nothing: its rules ({}) keep everything Tier 1 holds; enlarge the volume or keep fewer backups",
+                    t.rules
+                ),
+                None => "retention could free nothing".into(),
+            },
+            Err(e) => format!(
+                "whether retention could free space is unknown: {}",
+                SourceChain(&e)
+            ),
+        }
+    }
+
     /// Runs retention for every cluster every [`RETENTION_INTERVAL`] (when it has rules).
     pub fn spawn_retention(
         self: &Arc<Self>,

@@ -251,6 +251,12 @@ pub async fn run_server_until(
             tokio::runtime::Handle::current(),
         )));
     }
+    if !read_only {
+        let b = backups.clone();
+        let advice: klio_receiver::cluster::DiskFullAdvice =
+            Arc::new(move |cluster: &ClusterName| b.disk_full_advice(cluster));
+        let _ = ctx.disk_full_advice.set(advice);
+    }
     tasks.extend(backups.spawn_schedules(stop_rx.clone()));
     tasks.extend(backups.spawn_retention(stop_rx.clone()));
     let registry = Arc::new(EngineRegistry {

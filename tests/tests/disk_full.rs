@@ -163,10 +163,13 @@ fn full_disk_scenario(sub: Option<fn(&DataDir) -> PathBuf>) -> Result<()> {
         parse_lsn(&acked)? <= parse_lsn(klio_flushed)?,
         "the primary saw {acked} acknowledged, Klio has {klio_flushed} durable"
     );
+    // The error also says whether retention could help (no rules configured here).
     ensure!(
         st["last_error"]
             .as_str()
-            .is_some_and(|e| e.contains("out of space") && e.contains("free space")),
+            .is_some_and(|e| e.contains("out of space")
+                && e.contains("free space")
+                && e.contains("retention could free nothing: no [retention] rules")),
         "{st}"
     );
     println!(
