@@ -329,6 +329,12 @@ pub struct Tier2RescanReport {
     pub new_wal_segments: u64,
     pub new_histories: u64,
     pub new_backups: u64,
+    /// What earlier scans found and the bucket no longer has (the writing server's
+    /// retention removed it), now forgotten.
+    #[serde(default)]
+    pub removed_objects: u64,
+    #[serde(default)]
+    pub removed_backups: u64,
     /// Backups in the bucket that cannot be restored from it, and why.
     #[serde(default)]
     pub skipped: Vec<String>,

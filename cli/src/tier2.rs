@@ -77,12 +77,14 @@ pub(crate) async fn rescan(args: RescanArgs) -> Result<(), ClientError> {
         OutputFormat::Table => {
             let mut text = if report.cluster_found {
                 format!(
-                    "cluster {cluster}: {} object(s) in Tier 2, {} new: {} WAL segment(s), {} history file(s), {} backup(s)\n",
+                    "cluster {cluster}: {} object(s) in Tier 2, {} new: {} WAL segment(s), {} history file(s), {} backup(s); {} gone (retention): {} backup(s)\n",
                     report.objects,
                     report.new_objects,
                     report.new_wal_segments,
                     report.new_histories,
-                    report.new_backups
+                    report.new_backups,
+                    report.removed_objects,
+                    report.removed_backups
                 )
             } else {
                 format!("cluster {cluster}: Tier 2 does not hold this cluster yet (no cluster.json); the writing server has not relayed it\n")

@@ -2,7 +2,8 @@
 //! (`docs/FORMATS.md`, Tier 2), so listing it and reading `cluster.json`, the history
 //! files, Klio's manifests and the chunk indexes gives every record a restore needs.
 //!
-//! A scan only adds: objects it has not seen before become `h/` records (with an empty
+//! A scan adds what is new and forgets what the bucket no longer has (the writing server's
+//! retention removed it). Objects it has not seen before become `h/` records (with an empty
 //! SHA-256, which the reader then does not check; sizes and the objects' own
 //! authentication still are), WAL segments and timelines become records held by Tier 2
 //! alone, and each backup whose manifest is listed is committed with its chunks and packs
@@ -106,6 +107,7 @@ pub async fn rescan(
         modified_unix: unix_now(),
     });
     report.objects = listed.len() as u64;
+    forget_vanished(catalog, cluster, &rec, &listed, &mut report)?;
 
     let mut held = Vec::new();
     let mut segments = Vec::new();
@@ -212,6 +214,51 @@ pub async fn rescan(
         "Tier 2 rescanned"
     );
     Ok(report)
+}
+
+/// Forgets what the catalog holds from earlier scans and the bucket no longer has (the
+/// writing server's retention removed it): backups whose manifest is gone, WAL segments,
+/// packs, other objects.
+fn forget_vanished(
+    catalog: &klio_catalog::Catalog,
+    cluster: &ClusterName,
+    rec: &ClusterRecord,
+    listed: &[Listed],
+    report: &mut Tier2RescanReport,
+) -> Result<(), CatalogError> {
+    let present: std::collections::HashSet<(RelayKind, &str)> =
+        listed.iter().map(|o| (o.kind, o.name.as_str())).collect();
+    let mut prune = catalog.prune(cluster);
+    for h in catalog.tier2_objects(cluster)? {
+        if h.kind == RelayKind::Cluster || present.contains(&(h.kind, h.name.as_str())) {
+            continue;
+        }
+        report.removed_objects += 1;
+        match h.kind {
+            RelayKind::BackupManifest => {
+                if let Ok(id) = h.name.parse::<BackupId>() {
+                    // A reader releases no chunk space: references need not be exact.
+                    prune.forget_backup(&id, &[], &[])?;
+                    report.removed_backups += 1;
+                }
+            }
+            RelayKind::Pack => prune.forget_pack(&h.name),
+            RelayKind::WalSegment => {
+                prune.drop_tier2(h.kind, &h.name);
+                let name: Option<WalFileName> = h.name.parse().ok();
+                if let Some((tli, Ok(Some(segno)))) =
+                    name.map(|n| (n.timeline(), n.segno(rec.seg_size)))
+                {
+                    prune.delete_segment(tli, segno);
+                }
+            }
+            _ => prune.drop_tier2(h.kind, &h.name),
+        }
+    }
+    if !prune.is_empty() {
+        prune.commit()?;
+    }
+    Ok(())
 }
 
 /// Checks the bucket's `cluster.json` against the master key and the catalog, and records

@@ -274,11 +274,17 @@ impl Retainer {
                     .collect(),
                 ..TierPlan::default()
             };
+            // What the tier holds after the run: the backups it keeps, including those the
+            // relay has not brought to Tier 2 yet (their chunks may be in packs of
+            // backups being removed), and those held back.
             let mut remain: Vec<&Held> = Vec::new();
-            for h in held.iter().filter(|h| in_tier(h)) {
+            for h in &held {
                 let id = &h.rec.id;
                 if kept.contains_key(id) {
                     remain.push(h);
+                    continue;
+                }
+                if !in_tier(h) {
                     continue;
                 }
                 if let Some(why) = unreadable.get(id) {

@@ -601,23 +601,66 @@ fn a_read_only_server_restores_from_the_bucket_alone_and_writes_nothing() -> Res
         "the bucket changed while only the read-only server used it"
     );
 
-    // The writer takes another backup; a rescan shows it on the reader.
+    // The writer, now keeping only the latest backup, takes another: its retention
+    // removes the first from both tiers. A rescan shows the reader both changes.
+    writer
+        .top_level_mut()
+        .extend(["[retention]".to_string(), "latest = 1".to_string()]);
+    writer.write_config()?;
     writer.restart()?;
     let second = backup(&writer)?;
-    seal_and_drain(&pg, &writer)?;
+    writer.wait_status(
+        CLUSTER,
+        Duration::from_secs(60),
+        "retention after the backup",
+        |_| listed_backups(&writer).is_ok_and(|l| l.len() == 1),
+    )?;
+    // That run kept Tier 1's WAL from the first segment not yet in Tier 2 (the frontier);
+    // once everything is there, a run removes the rest.
+    switch_wal(&pg, 1)?;
+    let lsn = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
+    writer.wait_flushed(CLUSTER, &lsn, Duration::from_secs(60))?;
+    writer.wait_status(
+        CLUSTER,
+        Duration::from_secs(120),
+        "the backlog to drain",
+        |v| v["tier2"]["backlog_objects"] == 0,
+    )?;
+    retention(&writer, &["apply"])?;
+    wait_drained(&writer, Duration::from_secs(120))?;
     let out = reader.client_ok(CLUSTER, &["tier2", "rescan", "--output", "json"])?;
     let report: Value = serde_json::from_str(&out)?;
     ensure!(
-        report["new_backups"] == 1 && count(&report, "/new_wal_segments") >= 1,
-        "the rescan did not find the writer's new backup and WAL: {report}"
+        report["new_backups"] == 1
+            && report["removed_backups"] == 1
+            && count(&report, "/new_wal_segments") >= 1
+            && count(&report, "/removed_objects") > 3,
+        "the rescan did not find the writer's new backup and WAL, or kept what went: {report}"
     );
     let writer_backups = listed_backups(&writer)?;
     ensure!(
         listed_backups(&reader)? == writer_backups
-            && writer_backups.iter().any(|b| b["id"] == second["id"]),
+            && writer_backups.len() == 1
+            && writer_backups[0]["id"] == second["id"],
         "after a rescan the read-only server lists other backups:\nreader: {:#?}\nwriter: {writer_backups:#?}",
         listed_backups(&reader)?
     );
+    let writer_wal = final_wal(&writer)?;
+    ensure!(
+        final_wal(&reader)? == writer_wal,
+        "after a rescan the read-only server lists other WAL:\nreader: {:?}\nwriter: {writer_wal:?}",
+        final_wal(&reader)?
+    );
+    // The bucket alone still restores the backup left (its chunks may be in packs of the
+    // backup retention removed).
+    let want = klio_tests::table_checksums(&pg, &TABLES)?;
+    let restored = reader.restore_and_recover(CLUSTER, second["id"].as_str(), PgOptions::new())?;
+    let got = klio_tests::table_checksums(&restored.pg, &TABLES)?;
+    ensure!(
+        got == want,
+        "restored after retention:\n{got}\nsource:\n{want}"
+    );
+    drop(restored);
     // On the writing server a rescan is refused: it knows what it uploaded.
     let token = writer.token_file(CLUSTER);
     let out = writer.client(&[
