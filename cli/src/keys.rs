@@ -1,4 +1,5 @@
 //! `klio keys generate`: a new master key, into a file only its owner can read.
+//! `klio keys rotate`: wrap every cluster key with a new master key (server stopped).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -15,6 +16,42 @@ pub enum KeysCommand {
         #[arg(long, short = 'o', value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Wrap every cluster's data key with a new master key, in the catalog and in Tier 2
+    /// (no data is rewritten); the old key opens nothing afterwards. Stop the server
+    /// first; then point master_key_file at the new key and start it.
+    #[cfg(feature = "server")]
+    Rotate {
+        /// The server's configuration (its master_key_file is the current key).
+        #[arg(long, short, env = "KLIO_CONFIG", value_name = "PATH")]
+        config: PathBuf,
+        /// The new master key (`klio keys generate --output FILE`), mode 0600.
+        #[arg(long, value_name = "FILE")]
+        new_master_key_file: PathBuf,
+    },
+}
+
+/// `klio keys rotate`.
+#[cfg(feature = "server")]
+pub(crate) async fn rotate(
+    config: &std::path::Path,
+    new_key: &std::path::Path,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let config = klio_server::config::Config::load(config)?;
+    let new = MasterKey::from_file(new_key)
+        .with_context(|| format!("--new-master-key-file {}", new_key.display()))?;
+    klio_core::secret_file::check(new_key)
+        .with_context(|| format!("--new-master-key-file {}", new_key.display()))?;
+    let r = klio_server::keyrotate::rotate(&config, &new).await?;
+    eprintln!(
+        "klio: {} cluster key(s) wrapped with the new master key ({} cluster object(s) rewritten in Tier 2); the old key opens nothing any more. Now set master_key_file = {:?} in {} (or put the new key in {}) and start the server; keep the new key safe",
+        r.clusters,
+        r.tier2_objects,
+        new_key.display().to_string(),
+        config.file.display(),
+        config.master_key_file.display()
+    );
+    Ok(())
 }
 
 /// `klio keys generate [--output FILE]`.

@@ -114,6 +114,17 @@ pub fn run(cli: Cli) -> u8 {
             keys::generate_key(output.as_deref())
         }
         #[cfg(feature = "server")]
+        Command::Keys(keys::KeysCommand::Rotate {
+            config,
+            new_master_key_file,
+        }) => {
+            init_tracing_with_default(env_log_format(), "warn");
+            fatal_on_error(
+                "keys rotate",
+                runtime(true).map(|rt| rt.block_on(keys::rotate(&config, &new_master_key_file))),
+            )
+        }
+        #[cfg(feature = "server")]
         Command::Server(args) => {
             let config = match klio_server::config::Config::load(&args.config) {
                 Ok(c) => c,

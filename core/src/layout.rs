@@ -37,6 +37,7 @@ use crate::crashsafe::{tmp_name, TMP_SUFFIX};
 use crate::wal::{SegNo, TimelineId, WalFileKind, WalFileName, WalSegSize};
 
 const KEY_CHECK: &str = "keycheck";
+const KEY_ROTATION: &str = "key-rotation.json";
 const CATALOG: &str = "catalog";
 const CLUSTERS: &str = "clusters";
 const WAL: &str = "wal";
@@ -65,6 +66,11 @@ impl DataDir {
     /// The file holding the master key's check value.
     pub fn key_check(&self) -> PathBuf {
         self.root.join(KEY_CHECK)
+    }
+
+    /// The journal of a master-key rotation in progress (`klio keys rotate`).
+    pub fn key_rotation(&self) -> PathBuf {
+        self.root.join(KEY_ROTATION)
     }
 
     /// The catalog's RocksDB directory.

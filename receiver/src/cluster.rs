@@ -173,8 +173,8 @@ impl ServerContext {
 
 const KEY_CHECK_MAGIC: &[u8; 8] = b"KLIOKEY1";
 
-/// `magic | value | crc32c(magic | value)`.
-fn encode_key_check(value: &[u8]) -> Vec<u8> {
+/// `magic | value | crc32c(magic | value)`: the key check file's content.
+pub fn encode_key_check(value: &[u8]) -> Vec<u8> {
     let mut out = KEY_CHECK_MAGIC.to_vec();
     out.extend_from_slice(value);
     let crc = crc32c::crc32c(&out);
@@ -182,7 +182,8 @@ fn encode_key_check(value: &[u8]) -> Vec<u8> {
     out
 }
 
-fn decode_key_check(bytes: &[u8]) -> Option<&[u8]> {
+/// The check value in a key check file's content, if it is one.
+pub fn decode_key_check(bytes: &[u8]) -> Option<&[u8]> {
     if bytes.len() < 12 || &bytes[..8] != KEY_CHECK_MAGIC {
         return None;
     }

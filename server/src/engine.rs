@@ -167,6 +167,7 @@ pub async fn run_server_until(
         None => None,
     };
     let relay_to_tier2 = tier2.is_some() && !read_only;
+    crate::keyrotate::finish_pending(&config, &master, tier2.as_deref()).await?;
     let (ctx, handles) = tokio::task::spawn_blocking(move || {
         let mut ctx = ServerContext::open(&data_dir, master)?;
         ctx.relay_to_tier2 = relay_to_tier2;

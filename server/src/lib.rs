@@ -11,6 +11,7 @@ pub mod client_cert;
 pub mod config;
 pub mod engine;
 pub mod http;
+pub mod keyrotate;
 pub mod metrics;
 pub mod registry;
 pub mod rescan;

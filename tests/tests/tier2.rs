@@ -1046,3 +1046,122 @@ fn with_tier2_down_retention_removes_nothing_tier2_lacks() -> Result<()> {
     ensure!(listed == ids[2..], "listed: {listed:?}");
     Ok(())
 }
+
+/// `klio keys rotate` on a stopped server's config, optionally interrupted at a failpoint.
+fn rotate_keys(
+    klio: &KlioServer,
+    new_key: &std::path::Path,
+    failpoint: Option<&str>,
+) -> Result<std::process::Output> {
+    let mut cmd = std::process::Command::new(klio_tests::klio_bin());
+    cmd.args(["keys", "rotate", "--config"])
+        .arg(klio.config_path())
+        .arg("--new-master-key-file")
+        .arg(new_key);
+    if let Some(f) = failpoint {
+        cmd.env("KLIO_FAILPOINT", f);
+    }
+    Ok(cmd.output()?)
+}
+
+/// The wrapped key in the bucket's `cluster.json`.
+fn bucket_wrapped_key(bucket: &Bucket) -> Result<String> {
+    let key = format!("{PREFIX}/{CLUSTER}/cluster.json");
+    let v: Value = serde_json::from_slice(&bucket.s3.get_object(DEFAULT_BUCKET, &key)?)?;
+    Ok(v["wrapped_key"]
+        .as_str()
+        .context("wrapped_key")?
+        .to_string())
+}
+
+#[test]
+fn key_rotation_rewraps_every_key_and_an_interrupted_one_completes_or_rolls_back() -> Result<()> {
+    let bucket = Bucket::start()?;
+    let (pg, mut klio, b, want) = backed_up_then_changed(&bucket)?;
+    klio.stop()?;
+    let old_key = std::fs::read_to_string(klio.master_key_path())?;
+    let old_wrapped = bucket_wrapped_key(&bucket)?;
+    let new_path = klio.dir().join("new.key");
+    let out = std::process::Command::new(klio_tests::klio_bin())
+        .args(["keys", "generate", "--output"])
+        .arg(&new_path)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new_key = std::fs::read_to_string(&new_path)?;
+
+    // Interrupted after the catalog, before Tier 2; started with the old key: rolled back.
+    let out = rotate_keys(&klio, &new_path, Some("keys-rotate-after-catalog"))?;
+    ensure!(
+        !out.status.success(),
+        "the failpoint did not stop the rotation"
+    );
+    ensure!(
+        bucket_wrapped_key(&bucket)? == old_wrapped,
+        "Tier 2 changed before the failpoint"
+    );
+    klio.restart()?;
+    ensure!(
+        klio.log().contains("rotation was rolled back"),
+        "no roll back logged"
+    );
+    klio.stop()?;
+    ensure!(
+        bucket_wrapped_key(&bucket)? == old_wrapped,
+        "the roll back changed cluster.json"
+    );
+
+    // Interrupted again; started with the new key: completed, Tier 2 included.
+    let out = rotate_keys(&klio, &new_path, Some("keys-rotate-after-catalog"))?;
+    ensure!(
+        !out.status.success(),
+        "the failpoint did not stop the rotation"
+    );
+    write_secret(&klio.master_key_path(), &new_key)?;
+    klio.restart()?;
+    ensure!(
+        klio.log().contains("rotation was completed"),
+        "no completion logged"
+    );
+    klio.stop()?;
+    let new_wrapped = bucket_wrapped_key(&bucket)?;
+    ensure!(
+        new_wrapped != old_wrapped,
+        "cluster.json still holds the old wrapped key"
+    );
+
+    // The old key opens nothing: the server refuses it, naming the key.
+    write_secret(&klio.master_key_path(), &old_key)?;
+    let out = klio.start_expecting_failure()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("master key"),
+        "the old key was not refused: {stderr}"
+    );
+    // A rotation back to the same key is refused; a complete one leaves no journal.
+    write_secret(&klio.master_key_path(), &new_key)?;
+    let out = rotate_keys(&klio, &new_path, None)?;
+    ensure!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("is the key in use"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        !klio.layout().key_rotation().exists(),
+        "a journal was left behind"
+    );
+
+    // With the new key: a restore from the bucket's and Tier 1's data, unchanged.
+    klio.restart()?;
+    let restored = klio.restore_and_recover(CLUSTER, b["id"].as_str(), PgOptions::new())?;
+    let got = klio_tests::table_checksums(&restored.pg, &TABLES)?;
+    ensure!(
+        got == want,
+        "restored after key rotation:\n{got}\nsource:\n{want}"
+    );
+    drop(pg);
+    Ok(())
+}

@@ -195,6 +195,11 @@ impl Tier2 {
         self
     }
 
+    /// Whether writes are refused ([`Tier2::read_only`]).
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
     /// `Err(ReadOnly)` for a write to `key` on a read-only Tier 2.
     pub(crate) fn check_writable(&self, op: &'static str, key: &Path) -> Result<(), Tier2Error> {
         if self.read_only {
@@ -319,6 +324,20 @@ impl Tier2 {
                 Ok(hasher.finalize().into())
             })
             .await
+    }
+
+    /// Writes `body` at `key`, replacing what is there: only for the one object Klio
+    /// rewrites, a cluster's `cluster.json` after a master-key rotation.
+    pub async fn replace(&self, key: &Path, body: Bytes) -> Result<(), Tier2Error> {
+        self.check_writable("put", key)?;
+        let full = self.full(key);
+        let payload = PutPayload::from_bytes(body);
+        self.retry
+            .run("put", key.as_ref(), || {
+                self.store.put(&full, payload.clone())
+            })
+            .await
+            .map(|_| ())
     }
 
     /// The whole object at `key`.
