@@ -476,6 +476,13 @@ fn a_restore_reads_what_tier1_lost_from_tier2() -> Result<()> {
         got == want,
         "restored from Tier 2, the tables differ:\nsource:\n{want}\nrestored:\n{got}"
     );
+    // `klio verify` reads every chunk back from Tier 2 and finds the backup intact.
+    let out = klio.client_ok(CLUSTER, &["verify", "--output", "json"])?;
+    let report: Value = serde_json::from_str(&out)?;
+    ensure!(
+        report["ok"] == true && count(&report, "/backups/0/chunks_checked") > 0,
+        "verify of a backup only Tier 2 holds: {report}"
+    );
     Ok(())
 }
 

@@ -355,33 +355,46 @@ impl ChunkStore {
             // was stored under `id`; re-hashing 1 MiB per chunk served is `verify`'s job.
             Ok(f) => self.read_chunk_at(&f, id, &rec, false),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let Some(source) = self.inner.fallback.get() else {
-                    return Err(io(&path)(e));
-                };
-                let pack: PackName = rec.pack.parse().map_err(|e| BackupStoreError::BadObject {
-                    path: path.clone(),
-                    why: format!("the catalog refers to an {e}"),
-                })?;
-                let shown = PathBuf::from(format!("{}/{}.pack", source.describe(), rec.pack));
-                let buf = source
-                    .pack_range(&pack, rec.offset, u64::from(rec.stored_len))
-                    .map_err(io(&shown))?
-                    .ok_or_else(|| {
-                        io(&shown)(std::io::Error::new(
-                            std::io::ErrorKind::NotFound,
-                            "the pack is in neither Tier 1 nor Tier 2",
-                        ))
-                    })?;
-                if buf.len() != rec.stored_len as usize {
-                    return Err(BackupStoreError::BadObject {
-                        path: shown,
-                        why: format!("{} bytes read, {} expected", buf.len(), rec.stored_len),
-                    });
-                }
-                self.decode_chunk(&buf, id, &rec, false)
+                self.read_chunk_elsewhere(id, &rec, e, false)
             }
             Err(e) => Err(io(&path)(e)),
         }
+    }
+
+    /// Reads a chunk Tier 1 does not hold (`missing` says why) from the fallback source;
+    /// with `rehash`, also checks its keyed hash.
+    fn read_chunk_elsewhere(
+        &self,
+        id: &ChunkId,
+        rec: &ChunkRecord,
+        missing: std::io::Error,
+        rehash: bool,
+    ) -> Result<Vec<u8>> {
+        let path = self.pack_path(&rec.pack)?;
+        let Some(source) = self.inner.fallback.get() else {
+            return Err(io(&path)(missing));
+        };
+        let pack: PackName = rec.pack.parse().map_err(|e| BackupStoreError::BadObject {
+            path: path.clone(),
+            why: format!("the catalog refers to an {e}"),
+        })?;
+        let shown = PathBuf::from(format!("{}/{}.pack", source.describe(), rec.pack));
+        let buf = source
+            .pack_range(&pack, rec.offset, u64::from(rec.stored_len))
+            .map_err(io(&shown))?
+            .ok_or_else(|| {
+                io(&shown)(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the pack is in neither Tier 1 nor Tier 2",
+                ))
+            })?;
+        if buf.len() != rec.stored_len as usize {
+            return Err(BackupStoreError::BadObject {
+                path: shown,
+                why: format!("{} bytes read, {} expected", buf.len(), rec.stored_len),
+            });
+        }
+        self.decode_chunk(&buf, id, rec, rehash)
     }
 
     /// Reads, authenticates and decompresses a chunk; with `rehash`, also checks that its

@@ -35,7 +35,8 @@ impl ChunkStore {
                 return Ok(r);
             }
         };
-        let mut packs: HashMap<String, File> = HashMap::new();
+        // Open pack files; `None`: Tier 1 does not hold the pack.
+        let mut packs: HashMap<String, Option<File>> = HashMap::new();
         for f in &manifest.files {
             r.files_checked += 1;
             if f.kind != FileKind::File {
@@ -57,10 +58,17 @@ impl ChunkStore {
                         break;
                     }
                 };
+                // Tier 1 no longer holds it (retention): read from Tier 2.
+                let missing =
+                    |why: &str| std::io::Error::new(std::io::ErrorKind::NotFound, why.to_string());
                 if !packs.contains_key(&rec.pack) {
                     let opened = self
                         .pack_path(&rec.pack)
-                        .and_then(|p| File::open(&p).map_err(super::io(&p)));
+                        .and_then(|p| match File::open(&p) {
+                            Ok(h) => Ok(Some(h)),
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                            Err(e) => Err(super::io(&p)(e)),
+                        });
                     match opened {
                         Ok(h) => {
                             packs.insert(rec.pack.clone(), h);
@@ -75,7 +83,11 @@ impl ChunkStore {
                         }
                     }
                 }
-                match self.read_chunk_at(&packs[&rec.pack], c, &rec, true) {
+                let read = match (&packs[&rec.pack], rec.tier1_freed) {
+                    (Some(h), false) => self.read_chunk_at(h, c, &rec, true),
+                    _ => self.read_chunk_elsewhere(c, &rec, missing("not in Tier 1"), true),
+                };
+                match read {
                     Ok(data) => {
                         crc = crc32c::crc32c_append(crc, &data);
                         len += data.len() as u64;
