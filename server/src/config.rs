@@ -4,6 +4,7 @@
 //! ```toml
 //! data_dir = "/var/lib/klio"
 //! mode = "standard"                          # or "read-only": restore from [tier2] alone
+//! rescan_interval = "5m"                     # read-only: how often to rescan Tier 2 (default 5m)
 //! listen = "127.0.0.1:7070"                  # HTTP API (default)
 //! master_key_file = "/etc/klio/master.key"
 //! log_format = "text"                        # or "json" (default "text")
@@ -78,6 +79,7 @@ pub const DEFAULT_SLOT: &str = "klio";
 pub const DEFAULT_APPLICATION_NAME: &str = "klio";
 pub const DEFAULT_API_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_API_HEADER_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_RESCAN_INTERVAL_SECS: u64 = 300;
 
 /// How `/metrics` is protected.
 #[derive(Clone, Debug, Default)]
@@ -121,6 +123,8 @@ pub struct Config {
     pub file: PathBuf,
     pub data_dir: PathBuf,
     pub mode: ServerMode,
+    /// A read-only server rescans Tier 2 this often (`rescan_interval`, default 5 min).
+    pub rescan_interval: std::time::Duration,
     pub listen: SocketAddr,
     pub master_key_file: PathBuf,
     pub log_format: LogFormat,
@@ -215,6 +219,7 @@ impl ConfigError {
 struct RawConfig {
     data_dir: Option<PathBuf>,
     mode: Option<String>,
+    rescan_interval: Option<String>,
     listen: Option<String>,
     master_key_file: Option<PathBuf>,
     log_format: Option<String>,
@@ -329,6 +334,19 @@ impl Config {
             }
         };
         let read_only = mode == ServerMode::ReadOnly;
+        let rescan_interval = match raw.rescan_interval.as_deref() {
+            None => std::time::Duration::from_secs(DEFAULT_RESCAN_INTERVAL_SECS),
+            Some(_) if !read_only => {
+                return Err(invalid(
+                    "rescan_interval",
+                    "applies to read-only servers only (mode = \"read-only\"); a writing server knows what it uploads".into(),
+                ))
+            }
+            Some(text) => std::time::Duration::from_secs(
+                klio_tiering::retention::parse_duration(text)
+                    .map_err(|m| invalid("rescan_interval", m))?,
+            ),
+        };
         let master_key_file = overridden(
             "master_key_file",
             raw.master_key_file,
@@ -570,6 +588,7 @@ impl Config {
             file: file.to_path_buf(),
             data_dir: resolve(data_dir),
             mode,
+            rescan_interval,
             listen,
             master_key_file: resolve(master_key_file),
             log_format,

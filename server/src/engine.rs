@@ -282,6 +282,23 @@ pub async fn run_server_until(
             }
         }
     }
+    if read_only {
+        let (r, every, mut stop) = (registry.clone(), config.rescan_interval, stop_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                let names: Vec<ClusterName> = r.clusters.keys().cloned().collect();
+                for name in names {
+                    let r = r.clone();
+                    // Failures are logged and shown in the status by rescan_cluster.
+                    let _ = tokio::task::spawn_blocking(move || r.rescan_cluster(&name)).await;
+                }
+            }
+        }));
+    }
     let state = AppState::new(registry, config.tokens()).with_metrics(config.metrics.clone());
     let metrics_server = metrics_listener.map(|l| {
         let mut stopped = stop_rx.clone();

@@ -780,6 +780,11 @@ fn mode_defaults_to_standard_and_read_only_needs_no_conninfo() {
     let c = f.parse(&read_only("", true)).unwrap();
     assert_eq!(c.mode, ServerMode::ReadOnly);
     assert_eq!(c.clusters[0].conninfo, "");
+    assert_eq!(c.rescan_interval.as_secs(), DEFAULT_RESCAN_INTERVAL_SECS);
+    let c = f
+        .parse(&read_only("", true).replace("mode =", "rescan_interval = \"30s\"\nmode ="))
+        .unwrap();
+    assert_eq!(c.rescan_interval.as_secs(), 30);
     // The variable sets it too.
     let text = format!("{HEAD}[tier2]\nurl = \"s3://b/p\"\n[[cluster]]\nname = \"pg-a\"\ntoken_file = \"a.token\"\n");
     let c = f.parse_env(&text, &[("KLIO_MODE", "read-only")]).unwrap();
@@ -810,6 +815,21 @@ fn read_only_refuses_what_would_write_and_needs_tier2() {
             with_clusters("").replace(HEAD, &format!("{HEAD}mode = \"standby\"\n")),
             "mode".into(),
             "read-only",
+        ),
+        (
+            with_clusters("").replace(HEAD, &format!("{HEAD}rescan_interval = \"5m\"\n")),
+            "rescan_interval".into(),
+            "read-only servers only",
+        ),
+        (
+            read_only("", true).replace("mode =", "rescan_interval = \"soon\"\nmode ="),
+            "rescan_interval".into(),
+            "not a duration",
+        ),
+        (
+            read_only("", true).replace("[tier2]", "[retention]\nlatest = 1\n[tier2]"),
+            "retention".into(),
+            "removes nothing",
         ),
     ] {
         let (k, shown) = f.err_key(&text);
