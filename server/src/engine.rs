@@ -25,6 +25,10 @@ use crate::tier2::{storage_status, Tier2Relays};
 use klio_api::{ClusterStatusView, ConnectionState, WalEntryView};
 use klio_core::layout::DataDir;
 
+/// A cluster's relay starts no uploads while its WAL intake is more than this behind the
+/// primary (catching up).
+const RELAY_YIELD_LAG: u64 = 16 << 20;
+
 /// Longest time between two standby status updates.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -216,9 +220,19 @@ pub async fn run_server_until(
                 stop_rx.clone(),
             ))?);
         }
+        // WAL intake first: while a cluster catches up (more than a segment behind its
+        // primary), its relay starts no new uploads.
+        let busy = |h: &ClusterHandle| -> klio_tiering::relay::YieldTo {
+            let status = h.status.clone();
+            Arc::new(move || {
+                let s = status.snapshot();
+                matches!((s.primary, s.flushed), (Some(p), Some(f)) if p.0.saturating_sub(f.0) > RELAY_YIELD_LAG)
+            })
+        };
+        let relays = handles.iter().map(|h| (h.spec.name.clone(), busy(h)));
         tier2.map(|t2| {
             let (relays, relay_tasks) =
-                Tier2Relays::start(t2, ctx.catalog.clone(), &data, names(), &stop_rx);
+                Tier2Relays::start(t2, ctx.catalog.clone(), &data, relays, &stop_rx);
             tasks.extend(relay_tasks);
             relays
         })

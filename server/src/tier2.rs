@@ -89,25 +89,29 @@ impl Tier2Relays {
     }
 
     /// Starts one relay per cluster; they stop when `stop` turns true.
+    /// Each cluster's relay yields while its `busy` says so (WAL intake catching up).
     pub fn start(
         tier2: Arc<Tier2>,
         catalog: Arc<Catalog>,
         data: &DataDir,
-        clusters: impl IntoIterator<Item = ClusterName>,
+        clusters: impl IntoIterator<Item = (ClusterName, klio_tiering::relay::YieldTo)>,
         stop: &watch::Receiver<bool>,
     ) -> (Tier2Relays, Vec<JoinHandle<()>>) {
-        let clusters: Vec<ClusterName> = clusters.into_iter().collect();
-        let readers = Self::readers(&tier2, &catalog, data, &clusters);
+        let clusters: Vec<(ClusterName, klio_tiering::relay::YieldTo)> =
+            clusters.into_iter().collect();
+        let names: Vec<ClusterName> = clusters.iter().map(|(n, _)| n.clone()).collect();
+        let readers = Self::readers(&tier2, &catalog, data, &names);
         let mut counters = HashMap::new();
         let mut tasks = Vec::new();
-        for name in clusters {
+        for (name, busy) in clusters {
             let relay = Relay::new(
                 Arc::clone(&tier2),
                 Arc::clone(&catalog),
                 data.clone(),
                 name.clone(),
                 RelaySettings::default(),
-            );
+            )
+            .yield_to(busy);
             counters.insert(name, relay.counters());
             tasks.push(tokio::spawn(relay.run(stop.clone())));
         }

@@ -140,7 +140,16 @@ pub struct Relay {
     cluster: ClusterName,
     settings: RelaySettings,
     counters: Arc<RelayCounters>,
+    /// True while something more urgent needs the machine (WAL intake catching up):
+    /// no new pass starts meanwhile.
+    yield_to: Option<YieldTo>,
 }
+
+/// See [`Relay::yield_to`].
+pub type YieldTo = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// How long the relay waits before asking [`Relay::yield_to`] again.
+const YIELD_POLL: Duration = Duration::from_millis(100);
 
 impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -166,7 +175,16 @@ impl Relay {
             cluster,
             settings,
             counters: Arc::default(),
+            yield_to: None,
         }
+    }
+
+    /// Starts no pass while `busy` says true (the server passes "WAL intake is catching
+    /// up": uploads then wait instead of taking CPU and disk from it; the backlog shows
+    /// what waits).
+    pub fn yield_to(mut self, busy: YieldTo) -> Relay {
+        self.yield_to = Some(busy);
+        self
     }
 
     pub fn counters(&self) -> Arc<RelayCounters> {
@@ -218,6 +236,12 @@ impl Relay {
         loop {
             if *stop.borrow() {
                 return;
+            }
+            if self.yield_to.as_ref().is_some_and(|busy| busy()) {
+                if sleep_or_stop(&mut stop, YIELD_POLL).await {
+                    return;
+                }
+                continue;
             }
             let wait = match self.pass().await {
                 Ok(r) if r.attempted > 0 => continue,
