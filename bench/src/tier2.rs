@@ -293,6 +293,9 @@ fn plain_arm(
         .with("MB_per_s", objs.mb / secs))
 }
 
+/// How often the intake arms ask the server how far it is.
+const POLL: Duration = Duration::from_millis(5);
+
 /// A fresh Klio server catching up the keeper slot's backlog, with or without Tier 2.
 fn intake(
     pg: &PgInstance,
@@ -322,13 +325,15 @@ fn intake(
     };
     let t = Instant::now();
     let klio = KlioServer::start_with(vec![conf], top)?;
-    klio.wait_flushed("bench", end, Duration::from_secs(3600))?;
+    // Asked every 5 ms: the whole catch-up takes about a second at small scales.
+    klio.wait_flushed_every("bench", end, Duration::from_secs(3600), POLL)?;
     let secs = t.elapsed().as_secs_f64();
     let mut sample = Sample::new().with("secs", secs).with("MB_per_s", mb / secs);
     if tier2.is_some() {
-        let st = klio.wait_status(
+        let st = klio.wait_status_every(
             "bench",
             Duration::from_secs(3600),
+            POLL,
             "the Tier 2 backlog to drain",
             |v| {
                 v["tier2"]["backlog_objects"] == 0

@@ -543,6 +543,18 @@ impl KlioServer {
         what: &str,
         pred: impl Fn(&Value) -> bool,
     ) -> Result<Value> {
+        self.wait_status_every(cluster, timeout, Duration::from_millis(100), what, pred)
+    }
+
+    /// [`KlioServer::wait_status`], asking every `every` (benchmarks time with it).
+    pub fn wait_status_every(
+        &self,
+        cluster: &str,
+        timeout: Duration,
+        every: Duration,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
         let deadline = Instant::now() + timeout;
         let mut last = Value::Null;
         loop {
@@ -558,7 +570,7 @@ impl KlioServer {
                     self.log_tail(30)
                 );
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(every);
         }
     }
 
@@ -581,13 +593,30 @@ impl KlioServer {
 
     /// Waits until the server's flushed LSN for `cluster` reaches `lsn` (text `X/Y`).
     pub fn wait_flushed(&self, cluster: &str, lsn: &str, timeout: Duration) -> Result<Value> {
+        self.wait_flushed_every(cluster, lsn, timeout, Duration::from_millis(100))
+    }
+
+    /// [`KlioServer::wait_flushed`], asking every `every`.
+    pub fn wait_flushed_every(
+        &self,
+        cluster: &str,
+        lsn: &str,
+        timeout: Duration,
+        every: Duration,
+    ) -> Result<Value> {
         let target = parse_lsn(lsn)?;
-        self.wait_status(cluster, timeout, &format!("flush to reach {lsn}"), |v| {
-            v["flushed_lsn"]
-                .as_str()
-                .and_then(|s| parse_lsn(s).ok())
-                .is_some_and(|f| f >= target)
-        })
+        self.wait_status_every(
+            cluster,
+            timeout,
+            every,
+            &format!("flush to reach {lsn}"),
+            |v| {
+                v["flushed_lsn"]
+                    .as_str()
+                    .and_then(|s| parse_lsn(s).ok())
+                    .is_some_and(|f| f >= target)
+            },
+        )
     }
 
     /// Waits until Klio streams `cluster` on timeline `tli` and has it durable up to `lsn`.

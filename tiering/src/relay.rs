@@ -233,15 +233,24 @@ impl Relay {
                 }
             }
         }
+        let mut yielding = false;
         loop {
             if *stop.borrow() {
                 return;
             }
             if self.yield_to.as_ref().is_some_and(|busy| busy()) {
+                if !yielding {
+                    yielding = true;
+                    tracing::info!(cluster = %self.cluster, "tier2 relay: WAL intake is catching up; uploads wait");
+                }
                 if sleep_or_stop(&mut stop, YIELD_POLL).await {
                     return;
                 }
                 continue;
+            }
+            if yielding {
+                yielding = false;
+                tracing::info!(cluster = %self.cluster, "tier2 relay: WAL intake caught up; uploads resume");
             }
             let wait = match self.pass().await {
                 Ok(r) if r.attempted > 0 => continue,
