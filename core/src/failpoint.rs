@@ -7,7 +7,9 @@
 //! durable, before the rename to the sealed name), `wal-before-catalog` (file durable,
 //! before the catalog records it), `backup-data` (each piece of base-backup data
 //! received, before it is stored), `backup-before-commit` (backup data and WAL complete,
-//! before the commit).
+//! before the commit), `keys-rotate-after-catalog` (a master-key rotation has updated the
+//! catalog and the key check file, before Tier 2), `retention-after-forget` (retention has
+//! made the catalog forget a backup, before deleting its manifest).
 //!
 //! `KLIO_TEST_FSYNC_DELAY_MS=<ms>` makes every fdatasync of streamed WAL take that much
 //! longer: a slow disk, for tests.

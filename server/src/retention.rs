@@ -151,7 +151,8 @@ impl Retainer {
         req: &RetentionRequest,
     ) -> Result<RetentionReport, RegistryError> {
         let tiers: Vec<u8> = match req.tier {
-            None => vec![2, 1],
+            None if self.tier2.is_some() => vec![2, 1],
+            None => vec![1],
             Some(1) => vec![1],
             Some(2) if self.tier2.is_some() => vec![2],
             Some(2) => {
@@ -724,6 +725,7 @@ impl Retainer {
             let mut prune = self.catalog.prune(c);
             prune.forget_backup(id, chunks, &tiers)?;
             prune.commit()?;
+            klio_core::failpoint::hit("retention-after-forget");
         }
         self.finish_intents(c)
     }

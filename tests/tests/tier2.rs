@@ -1172,3 +1172,90 @@ fn key_rotation_rewraps_every_key_and_an_interrupted_one_completes_or_rolls_back
     drop(pg);
     Ok(())
 }
+
+#[test]
+fn retention_without_tier2_keeps_the_latest_and_finishes_after_a_crash() -> Result<()> {
+    let pg = PgInstance::start(PgOptions::new())?;
+    pg.pgbench(&["-i", "-s", "1"])?;
+    let mut klio = KlioServer::start(vec![ClusterConf::new(CLUSTER, pg.replication_conninfo())])?;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        pg.pgbench(&["-N", "-t", "300"])?;
+        ids.push(backup(&klio)?["id"].as_str().context("id")?.to_string());
+        switch_wal(&pg, 1)?;
+    }
+    pg.pgbench(&["-N", "-t", "300"])?;
+    let want = klio_tests::table_checksums(&pg, &TABLES)?;
+    let lsn = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
+    klio.wait_flushed(CLUSTER, &lsn, Duration::from_secs(60))?;
+
+    // Killed right after the catalog forgot the oldest backup, before its manifest went.
+    klio.stop()?;
+    klio.top_level_mut()
+        .extend(["[retention]".to_string(), "latest = 1".to_string()]);
+    klio.write_config()?;
+    klio.set_env("KLIO_FAILPOINT", Some("retention-after-forget"));
+    klio.restart()?;
+    let token = klio.token_file(CLUSTER);
+    let _ = klio.client(&[
+        "retention",
+        "apply",
+        "--cluster",
+        CLUSTER,
+        "--token-file",
+        token.to_str().context("UTF-8")?,
+    ])?;
+    ensure!(
+        klio.wait_exit(Duration::from_secs(30))?,
+        "the failpoint did not stop the server"
+    );
+    let layout = klio.layout();
+    let manifest = |id: &str| {
+        layout
+            .backups(&CLUSTER.parse().expect("cluster name"))
+            .backup(&id.parse().expect("backup id"))
+            .map(|d| d.manifest())
+            .context("backup dir")
+    };
+    ensure!(
+        manifest(&ids[0])?.is_file(),
+        "the manifest went before the catalog forgot it"
+    );
+
+    // The next run finishes it: only the latest backup stays, with a consistent catalog.
+    klio.set_env("KLIO_FAILPOINT", None);
+    klio.restart()?;
+    let applied = retention(&klio, &["apply"])?;
+    ensure!(
+        applied["tiers"].as_array().map(Vec::len) == Some(1),
+        "{applied}"
+    );
+    ensure!(
+        !manifest(&ids[0])?.exists(),
+        "the forgotten backup's manifest stayed"
+    );
+    let listed = listed_backups(&klio)?;
+    let listed: Vec<&str> = listed.iter().filter_map(|b| b["id"].as_str()).collect();
+    ensure!(listed == ids[2..], "listed: {listed:?}");
+    let restored = klio.restore_and_recover(CLUSTER, Some(ids[2].as_str()), PgOptions::new())?;
+    let got = klio_tests::table_checksums(&restored.pg, &TABLES)?;
+    ensure!(
+        got == want,
+        "restored after retention:\n{got}\nsource:\n{want}"
+    );
+    drop(restored);
+    klio.stop()?;
+    let (backups, packs, _) = checked_catalog(&klio)?;
+    ensure!(backups == ids[2..], "catalog backups {backups:?}");
+    let pack_files: Vec<String> = tier1_objects(&klio)?
+        .keys()
+        .filter_map(|k| k.strip_suffix(".pack"))
+        .filter_map(|k| k.rsplit('/').next())
+        .map(String::from)
+        .collect();
+    ensure!(
+        packs == pack_files,
+        "pack records {packs:?}, pack files {pack_files:?}"
+    );
+    Ok(())
+}
