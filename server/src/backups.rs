@@ -707,6 +707,15 @@ impl BackupManager {
     /// backup as a request would, refused while one runs.
     fn start_scheduled(&self, cluster: &ClusterName, at: i64) -> Result<BackupView, RegistryError> {
         let at = u64::try_from(at).unwrap_or_default();
+        // A retention run in progress finishes first (up to half an hour), rather than
+        // the scheduled backup being skipped. Blocks (the caller runs it off the runtime).
+        let cb = self.cluster(cluster)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(1800);
+        while *cb.retaining.lock().unwrap_or_else(|e| e.into_inner())
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(200));
+        }
         self.start_backup(
             cluster,
             BackupRequest {
@@ -717,7 +726,6 @@ impl BackupManager {
         )
     }
 
-    /// Runs each cluster's backup schedule until `stop` turns true.
     /// Runs retention with these rules from now on (set once at start-up).
     pub fn set_retainer(&self, retainer: Arc<Retainer>) {
         let _ = self.retainer.set(retainer);
@@ -805,6 +813,7 @@ impl BackupManager {
         }))
     }
 
+    /// Runs each cluster's backup schedule until `stop` turns true.
     pub fn spawn_schedules(
         self: &Arc<Self>,
         stop: watch::Receiver<bool>,
