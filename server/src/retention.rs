@@ -332,10 +332,26 @@ impl Retainer {
                     }
                 }
             }
+            // A chunk Tier 1 stored again (after freeing it) has moved to a new pack; until
+            // that pack is in Tier 2, Tier 2's old copy may be the only one off-site, and
+            // which old pack held it is no longer recorded: Tier 2 removes no pack then.
+            let mut pending: Vec<&String> = Vec::new();
+            if tier == 2 && complete {
+                for p in &needed {
+                    if !self.pack_in_tier(cluster, p, 2)? {
+                        pending.push(p);
+                    }
+                }
+            }
             if !complete {
                 tp.held_back.push(
                     "packs: a kept backup's manifest cannot be read, so no pack is removed from this tier".into(),
                 );
+            } else if let Some(first) = pending.first() {
+                tp.held_back.push(format!(
+                    "packs: {} pack(s) the kept backups use are not in Tier 2 yet (e.g. {first}); Tier 2 removes no pack until the relay has copied them",
+                    pending.len()
+                ));
             } else {
                 for p in self.catalog.packs(cluster)? {
                     if needed.contains(&p.name) || !self.pack_in_tier(cluster, &p.name, tier)? {
