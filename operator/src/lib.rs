@@ -1,0 +1,291 @@
+//! Klio's Kubernetes operator. So far: the `Server` custom resource (`klio.io/v1alpha1`)
+//! that declares a Klio Server next to CloudNativePG clusters, with the CEL rules that
+//! refuse invalid combinations at admission, and [`crd_yaml`], which `crdgen` writes to
+//! `deploy/crds/`. The reconciler comes next (issue 15); it will use the lean `klio-api`
+//! client, never RocksDB.
+//!
+//! Secrets are referenced, never inlined: the master key, the API's TLS pair and client
+//! CA, the clusters' replication credentials (CloudNativePG's `<cluster>-replication` and
+//! `<cluster>-ca` Secrets work as they are), their API tokens, Tier 2's keys and CA.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A Klio Server: one StatefulSet (one replica) with its volume, configuration and keys.
+///
+/// Admission refuses (CEL): a read-only server without `tier2`, or with `storage`, or
+/// with a cluster that has a `host` or a `backupSchedule`; a standard server without
+/// `storage` or with a cluster without `host`; two clusters of one name.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "klio.io",
+    version = "v1alpha1",
+    kind = "Server",
+    namespaced,
+    status = "ServerStatus",
+    shortname = "klio",
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Last backup","type":"date","jsonPath":".status.lastBackupTime"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = r#"!(has(self.spec.mode) && self.spec.mode == 'read-only') || has(self.spec.tier2)"#,
+    validation = r#"!(has(self.spec.mode) && self.spec.mode == 'read-only') || !has(self.spec.storage)"#,
+    validation = r#"(has(self.spec.mode) && self.spec.mode == 'read-only') || has(self.spec.storage)"#,
+    validation = r#"!(has(self.spec.mode) && self.spec.mode == 'read-only') || self.spec.clusters.all(c, !has(c.host) && !has(c.backupSchedule))"#,
+    validation = r#"(has(self.spec.mode) && self.spec.mode == 'read-only') || self.spec.clusters.all(c, has(c.host))"#,
+    validation = r#"self.spec.clusters.all(c, self.spec.clusters.exists_one(d, d.name == c.name))"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerSpec {
+    /// The Klio image (default: the operator's own version of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// `standard` (stream and back up) or `read-only` (restore from Tier 2 alone; needs
+    /// `tier2`, has no Tier 1 volume).
+    #[serde(default)]
+    pub mode: ServerMode,
+    /// Tier 1: the server's volume (standard servers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageSpec>,
+    /// Tier 2: object storage the server relays to (or, read-only, restores from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier2: Option<Tier2Spec>,
+    /// The master key (64 hex characters) that wraps every cluster's data key.
+    pub master_key: SecretKeyRef,
+    /// HTTPS for the API, and client certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+    /// The PostgreSQL clusters this server protects.
+    #[schemars(length(min = 1))]
+    pub clusters: Vec<ClusterSpec>,
+    /// What each tier keeps (absent: everything).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionSpec>,
+    /// A pod template merged into the generated one (tolerations, nodeSelector,
+    /// resources, affinity...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_fields")]
+    pub template: Option<serde_json::Value>,
+}
+
+/// What a server does.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ServerMode {
+    #[default]
+    #[serde(rename = "standard")]
+    Standard,
+    #[serde(rename = "read-only")]
+    ReadOnly,
+}
+
+/// The Tier 1 volume.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Its size (`100Gi`); growing it resizes the claim.
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"))]
+    pub size: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
+}
+
+/// `[tier2]` of the server's configuration.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Tier2Spec {
+    /// `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`.
+    #[schemars(regex(pattern = r"^(s3|gs|az)://[^/]+(/.*)?$"))]
+    pub url: String,
+    /// An S3-compatible endpoint (path-style requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// A Secret with the S3 keys; absent: the provider's usual credentials (e.g. the
+    /// pod's service account).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<S3Credentials>,
+    /// An extra CA for the endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<SecretKeyRef>,
+    /// Allow a plain `http://` endpoint.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_http: bool,
+}
+
+/// Static S3 keys in one Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Credentials {
+    pub secret_name: String,
+    /// Default `ACCESS_KEY_ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id_key: Option<String>,
+    /// Default `SECRET_ACCESS_KEY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key_key: Option<String>,
+}
+
+/// One key of a Secret in the Server's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+/// The API's TLS.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// A `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`).
+    pub secret_name: String,
+    /// One CA for every cluster's client certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<SecretKeyRef>,
+    /// Refuse requests without a client certificate (bearer tokens stop working).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_client_cert: bool,
+}
+
+/// One protected PostgreSQL cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterSpec {
+    /// The cluster's name in Klio (a CloudNativePG Cluster's name fits).
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$"))]
+    pub name: String,
+    /// The primary's host (e.g. CloudNativePG's `<cluster>-rw` Service); absent on a
+    /// read-only server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Default 5432.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
+    /// The replication user (default `streaming_replica`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// A `kubernetes.io/tls` Secret with the user's client certificate
+    /// (CloudNativePG's `<cluster>-replication`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_secret: Option<String>,
+    /// A Secret whose `ca.crt` verifies the server (CloudNativePG's `<cluster>-ca`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<String>,
+    /// A password instead of a certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<SecretKeyRef>,
+    /// The bearer token of this cluster's clients (`restore_command`, `klio restore`).
+    pub token: SecretKeyRef,
+    /// Cron (UTC) for base backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_schedule: Option<String>,
+}
+
+/// `[retention]`: shared rules, and per-tier rules that replace them.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionSpec {
+    #[serde(flatten)]
+    pub rules: RetentionRules,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier1: Option<RetentionRules>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier2: Option<RetentionRules>,
+}
+
+/// One tier's keep rules (see the server's `[retention]`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionRules {
+    /// `7d`, `36h`, `2w`...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+[smhdw]$"))]
+    pub recovery_window: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub latest: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub daily: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub weekly: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub monthly: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub yearly: Option<u32>,
+}
+
+/// What the operator last saw of the server (filled from its `/v1/status`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Streaming-<cluster>`, `Tier2Reachable`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    /// When the newest complete backup of any cluster finished (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_time: Option<String>,
+    /// Bytes each cluster's WAL intake is behind its primary.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub wal_lag_bytes: BTreeMap<String, u64>,
+}
+
+/// An object of any shape, kept as given (`x-kubernetes-preserve-unknown-fields`).
+fn preserve_unknown_fields(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// The CRDs as the YAML `deploy/crds/` holds (one document per CRD).
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let crd = serde_yaml::to_string(&Server::crd()).expect("CRDs serialise");
+    format!("# Generated by `cargo run -p klio-operator --bin crdgen`; do not edit.\n{crd}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_committed_crds_are_what_the_types_generate() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/crds/klio.io_servers.yaml"
+        );
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == crd_yaml(),
+            "{path} is stale: run `cargo run -p klio-operator --bin crdgen` and commit it"
+        );
+    }
+
+    #[test]
+    fn a_server_reads_from_yaml_with_defaults_and_refuses_unknown_modes() {
+        let s: ServerSpec = serde_yaml::from_str(
+            "masterKey: {name: klio-keys, key: master.key}\n\
+             storage: {size: 50Gi}\n\
+             clusters:\n- name: pg-main\n  host: pg-main-rw\n  token: {name: pg-main-token, key: token}\n",
+        )
+        .unwrap();
+        assert_eq!(s.mode, ServerMode::Standard);
+        assert_eq!(s.clusters[0].port, None);
+        assert!(serde_yaml::from_str::<ServerMode>("standby").is_err());
+        assert_eq!(
+            serde_yaml::from_str::<ServerMode>("read-only").unwrap(),
+            ServerMode::ReadOnly
+        );
+    }
+}
