@@ -56,6 +56,17 @@ sys.exit([int(x) for x in re.findall(r"\d+", version("moto"))[:3]] < [5, 2, 5])'
     "$KLIO_VENV/bin/pip" install --quiet --disable-pip-version-check 'moto[server]>=5.2.5'
 }
 
+# kubernetes-validate (PyPI), which checks the operator's manifests offline against the
+# Kubernetes schemas; into the same virtualenv as moto.
+klio_install_kubernetes_validate() {
+    if [[ -x "$KLIO_VENV/bin/kubernetes-validate" ]]; then
+        return 0
+    fi
+    klio_install_moto
+    echo "setup: installing kubernetes-validate into $KLIO_VENV"
+    "$KLIO_VENV/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate
+}
+
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     klio_install_packages "$@"
     klio_install_moto

@@ -272,6 +272,44 @@ mod tests {
         );
     }
 
+    /// `kubernetes-validate`: `$KLIO_KUBERNETES_VALIDATE`, else the virtualenv
+    /// `scripts/setup.sh` fills, else `PATH`.
+    fn kubernetes_validate() -> std::path::PathBuf {
+        if let Some(p) = std::env::var_os("KLIO_KUBERNETES_VALIDATE") {
+            return p.into();
+        }
+        let venv = std::env::var_os("HOME")
+            .map(|h| std::path::Path::new(&h).join(".cache/klio-venv/bin/kubernetes-validate"));
+        match venv {
+            Some(p) if p.is_file() => p,
+            _ => "kubernetes-validate".into(),
+        }
+    }
+
+    #[test]
+    fn the_crds_validate_against_the_kubernetes_schemas() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/crds/klio.io_servers.yaml"
+        );
+        let tool = kubernetes_validate();
+        let out = std::process::Command::new(&tool)
+            .args(["--strict", path])
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {} ({e}): install it with `bash scripts/setup.sh` (or pip install kubernetes-validate)",
+                    tool.display()
+                )
+            });
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success() && text.contains("passed"), "{text}");
+    }
+
     #[test]
     fn a_server_reads_from_yaml_with_defaults_and_refuses_unknown_modes() {
         let s: ServerSpec = serde_yaml::from_str(
