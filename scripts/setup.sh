@@ -65,6 +65,11 @@ klio_install_kubernetes_validate() {
     klio_install_moto
     echo "setup: installing kubernetes-validate into $KLIO_VENV"
     "$KLIO_VENV/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate
+    # Installed but its script gone: put it back.
+    if [[ ! -x "$KLIO_VENV/bin/kubernetes-validate" ]]; then
+        "$KLIO_VENV/bin/pip" install --quiet --disable-pip-version-check \
+            --force-reinstall --no-deps kubernetes-validate
+    fi
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
