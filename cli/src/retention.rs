@@ -119,3 +119,59 @@ pub fn table(r: &RetentionReport) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use klio_api::{KeptBackup, RemovedObject, TierRetention};
+
+    fn report(applied: bool) -> RetentionReport {
+        RetentionReport {
+            cluster: "pg-main".parse().unwrap(),
+            applied,
+            tiers: vec![TierRetention {
+                tier: 1,
+                rules: "latest = 1".into(),
+                kept: vec![KeptBackup {
+                    id: "20261126T010000Z".parse().unwrap(),
+                    reasons: vec!["the newest backup".into(), "latest = 1".into()],
+                }],
+                removed: vec![RemovedObject {
+                    kind: "backup".into(),
+                    name: "20261125T010000Z".into(),
+                    bytes: 3 << 20,
+                    why: "kept by no rule (latest = 1)".into(),
+                }],
+                removed_bytes: 3 << 20,
+                held_back: vec!["pack p: not in Tier 2 yet".into()],
+                error: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn the_table_says_what_stays_what_goes_and_why() {
+        let dry = table(&report(false));
+        assert!(
+            dry.contains("Tier 1 of cluster pg-main: latest = 1"),
+            "{dry}"
+        );
+        assert!(
+            dry.contains("keep    backup 20261126T010000Z  (the newest backup; latest = 1)"),
+            "{dry}"
+        );
+        assert!(dry.contains("remove  backup 20261125T010000Z"), "{dry}");
+        assert!(dry.contains("(kept by no rule (latest = 1))"), "{dry}");
+        assert!(dry.contains("would remove 1 object(s)"), "{dry}");
+        assert!(
+            dry.contains("kept for now: pack p: not in Tier 2 yet"),
+            "{dry}"
+        );
+        let applied = table(&report(true));
+        assert!(
+            applied.contains("removed backup 20261125T010000Z"),
+            "{applied}"
+        );
+        assert!(applied.contains("removed 1 object(s)"), "{applied}");
+    }
+}
