@@ -212,11 +212,12 @@ impl Catalog {
     }
 }
 
+/// Records for the catalog's unit tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
 
-    fn rec(id: &str, state: BackupState) -> BackupRecord {
+    pub(crate) fn rec(id: &str, state: BackupState) -> BackupRecord {
         BackupRecord {
             id: id.parse().unwrap(),
             label: "l".into(),
@@ -240,6 +241,24 @@ mod tests {
         }
     }
 
+    /// A chunk of 20 bytes stored in 10 at the start of `pack`, referenced once.
+    pub(crate) fn chunk(pack: &str) -> ChunkRecord {
+        ChunkRecord {
+            pack: pack.into(),
+            offset: 0,
+            stored_len: 10,
+            plain_len: 20,
+            refs: 1,
+            tier1_freed: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{chunk, rec};
+    use super::*;
+
     #[test]
     fn commit_is_atomic_and_counts_references() {
         let dir = tempfile::tempdir().unwrap();
@@ -247,14 +266,6 @@ mod tests {
         let c: ClusterName = "pg".parse().unwrap();
         cat.put_backup(&c, &rec("B1", BackupState::Running))
             .unwrap();
-        let chunk = |pack: &str| ChunkRecord {
-            pack: pack.into(),
-            offset: 0,
-            stored_len: 10,
-            plain_len: 20,
-            refs: 1,
-            tier1_freed: false,
-        };
         cat.commit_backup(
             &c,
             &rec("B1", BackupState::Complete),

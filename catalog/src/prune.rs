@@ -218,43 +218,8 @@ impl Prune<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{BackupCommit, BackupKind, BackupRecord, BackupState, RelayItem};
-    use klio_core::Lsn;
-
-    fn record(id: &str) -> BackupRecord {
-        BackupRecord {
-            id: id.parse().unwrap(),
-            label: "l".into(),
-            kind: BackupKind::Stream,
-            state: BackupState::Complete,
-            error: None,
-            start_lsn: Lsn(0x300_0028),
-            start_tli: TimelineId::FIRST,
-            end_lsn: Some(Lsn(0x300_0100)),
-            end_tli: Some(TimelineId::FIRST),
-            started_unix: 1,
-            finished_unix: Some(2),
-            pg_version: Some(170_000),
-            logical_bytes: 0,
-            stored_bytes: 0,
-            new_bytes: 0,
-            files: 0,
-            chunks: 0,
-            new_chunks: 0,
-            packs: vec![],
-        }
-    }
-
-    fn chunk(pack: &str) -> ChunkRecord {
-        ChunkRecord {
-            pack: pack.into(),
-            offset: 0,
-            stored_len: 10,
-            plain_len: 20,
-            refs: 1,
-            tier1_freed: false,
-        }
-    }
+    use crate::backups::fixtures::{chunk, rec};
+    use crate::{BackupCommit, BackupState, RelayItem};
 
     #[test]
     fn forgetting_backups_releases_shared_chunks_once_per_backup() {
@@ -270,7 +235,7 @@ mod tests {
         // B1 writes chunks 1, 2 in P1; B2 writes 3 in P2 and references 1.
         cat.commit_backup(
             &c,
-            &record("B1"),
+            &rec("B1", BackupState::Complete),
             &BackupCommit {
                 new_chunks: vec![([1; 32], chunk("P1")), ([2; 32], chunk("P1"))],
                 referenced: vec![],
@@ -281,7 +246,7 @@ mod tests {
         .unwrap();
         cat.commit_backup(
             &c,
-            &record("B2"),
+            &rec("B2", BackupState::Complete),
             &BackupCommit {
                 new_chunks: vec![([3; 32], chunk("P2"))],
                 referenced: vec![[1; 32]],

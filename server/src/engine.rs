@@ -390,13 +390,8 @@ impl EngineRegistry {
             &runtime,
             crate::rescan::rescan(t2.tier2(), &self.ctx, cluster),
         );
-        let result = match outcome {
-            Ok(report) => {
-                handle
-                    .open_known_store(&self.ctx)
-                    .map_err(|e| RegistryError::internal("opening the cluster's store", e))?;
-                Ok(report)
-            }
+        let report = match outcome {
+            Ok(report) => report,
             Err(e) => {
                 let message = SourceChain(&e).to_string();
                 tracing::error!(cluster = %cluster, error = %message, "Tier 2 rescan failed");
@@ -404,7 +399,7 @@ impl EngineRegistry {
                     cluster,
                     klio_api::Tier2RescanReport {
                         at: klio_core::clock::unix_now(),
-                        error: Some(message.clone()),
+                        error: Some(message),
                         ..Default::default()
                     },
                 );
@@ -414,13 +409,14 @@ impl EngineRegistry {
                 });
             }
         };
-        if let Ok(r) = &result {
-            t2.set_rescan(cluster, r.clone());
-            if !r.cluster_found {
-                tracing::warn!(cluster = %cluster, tier2 = %t2.tier2(), "the bucket does not hold this cluster (no cluster.json) yet: nothing to restore until the writing server has relayed it");
-            }
+        handle
+            .open_known_store(&self.ctx)
+            .map_err(|e| RegistryError::internal("opening the cluster's store", e))?;
+        t2.set_rescan(cluster, report.clone());
+        if !report.cluster_found {
+            tracing::warn!(cluster = %cluster, tier2 = %t2.tier2(), "the bucket does not hold this cluster (no cluster.json) yet: nothing to restore until the writing server has relayed it");
         }
-        result
+        Ok(report)
     }
 
     /// Sets which tiers hold a complete backup (only on a server with Tier 2).

@@ -718,6 +718,12 @@ impl Retainer {
                 .iter()
                 .any(|t| t.tier == tier && t.backups.iter().any(|b| b.name == id))
         };
+        // Where each backup is now, after this run's removals.
+        let held: HashMap<BackupId, Held> = self
+            .held_backups(c)?
+            .into_iter()
+            .map(|h| (h.rec.id.clone(), h))
+            .collect();
         for id in &plan.last_copies {
             let tiers: Vec<u8> = [1u8, 2]
                 .into_iter()
@@ -727,8 +733,7 @@ impl Retainer {
             if !tiers.iter().all(|t| done.contains(t)) {
                 continue;
             }
-            let still = self.held_backups(c)?.into_iter().find(|h| &h.rec.id == id);
-            if let Some(h) = &still {
+            if let Some(h) = held.get(id) {
                 let kept_somewhere =
                     (h.tier1 && !tiers.contains(&1)) || (h.tier2 && !tiers.contains(&2));
                 if kept_somewhere {

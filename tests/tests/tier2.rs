@@ -177,6 +177,19 @@ fn status_table(klio: &KlioServer) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `klio <args> --cluster <cluster> --token-file <its token>`, whatever its outcome.
+fn cluster_client(klio: &KlioServer, args: &[&str]) -> Result<std::process::Output> {
+    let token = klio.token_file(CLUSTER);
+    let mut all = args.to_vec();
+    all.extend([
+        "--cluster",
+        CLUSTER,
+        "--token-file",
+        token.to_str().context("UTF-8")?,
+    ]);
+    klio.client(&all)
+}
+
 fn count(v: &Value, pointer: &str) -> u64 {
     v.pointer(pointer).and_then(Value::as_u64).unwrap_or(0)
 }
@@ -379,18 +392,17 @@ fn a_conflicting_object_is_a_visible_dead_letter_until_retried() -> Result<()> {
     )?;
 
     // An object that is not waiting is named as such.
-    let missing = klio.client(&[
-        "tier2",
-        "retry",
-        "--cluster",
-        CLUSTER,
-        "--token-file",
-        klio.token_file(CLUSTER).to_str().context("UTF-8")?,
-        "--kind",
-        "wal_segment",
-        "--name",
-        "0000000100000000000000FF",
-    ])?;
+    let missing = cluster_client(
+        &klio,
+        &[
+            "tier2",
+            "retry",
+            "--kind",
+            "wal_segment",
+            "--name",
+            "0000000100000000000000FF",
+        ],
+    )?;
     ensure!(
         !missing.status.success(),
         "retrying an object that is not queued succeeded"
@@ -529,15 +541,7 @@ fn final_wal(klio: &KlioServer) -> Result<Vec<String>> {
 /// `klio <args>` with the cluster's token must fail, saying the server is read-only, and
 /// so must the request's `POST path` itself, with 409.
 fn refused_as_read_only(klio: &KlioServer, args: &[&str], path: &str, body: &str) -> Result<()> {
-    let token = klio.token_file(CLUSTER);
-    let mut all = args.to_vec();
-    all.extend([
-        "--cluster",
-        CLUSTER,
-        "--token-file",
-        token.to_str().context("UTF-8")?,
-    ]);
-    let out = klio.client(&all)?;
+    let out = cluster_client(klio, args)?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
         !out.status.success() && stderr.contains("read-only"),
@@ -669,15 +673,7 @@ fn a_read_only_server_restores_from_the_bucket_alone_and_writes_nothing() -> Res
     );
     drop(restored);
     // On the writing server a rescan is refused: it knows what it uploaded.
-    let token = writer.token_file(CLUSTER);
-    let out = writer.client(&[
-        "tier2",
-        "rescan",
-        "--cluster",
-        CLUSTER,
-        "--token-file",
-        token.to_str().context("UTF-8")?,
-    ])?;
+    let out = cluster_client(&writer, &["tier2", "rescan"])?;
     ensure!(
         !out.status.success()
             && String::from_utf8_lossy(&out.stderr).contains("rescan is for read-only servers"),
@@ -1196,15 +1192,7 @@ fn retention_without_tier2_keeps_the_latest_and_finishes_after_a_crash() -> Resu
     klio.write_config()?;
     klio.set_env("KLIO_FAILPOINT", Some("retention-after-forget"));
     klio.restart()?;
-    let token = klio.token_file(CLUSTER);
-    let _ = klio.client(&[
-        "retention",
-        "apply",
-        "--cluster",
-        CLUSTER,
-        "--token-file",
-        token.to_str().context("UTF-8")?,
-    ])?;
+    let _ = cluster_client(&klio, &["retention", "apply"])?;
     ensure!(
         klio.wait_exit(Duration::from_secs(30))?,
         "the failpoint did not stop the server"
