@@ -116,7 +116,57 @@ pub struct BackupCommit {
     pub relay: Vec<RelayItem>,
 }
 
+/// Chunks moved to another pack (repacking, or a reader following the writer's repacking),
+/// applied atomically.
+#[derive(Debug, Default)]
+pub struct Relocation {
+    /// Each chunk's new record (its place changed; its references did not).
+    pub moves: Vec<([u8; 32], ChunkRecord)>,
+    /// Records of the packs the chunks moved to.
+    pub packs: Vec<PackRecord>,
+    /// Packs the chunks left, now with no live chunk.
+    pub emptied: Vec<String>,
+    /// Objects to queue for Tier 2 in the same write (the new pack and its index).
+    pub relay: Vec<RelayItem>,
+}
+
 impl Catalog {
+    /// Applies a [`Relocation`] in one synced write. A chunk that has no record any more
+    /// is refused: references are never created here.
+    pub fn relocate_chunks(&self, cluster: &ClusterName, r: &Relocation) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for (id, c) in &r.moves {
+            let key = chunk_key(cluster, id);
+            let raw = self
+                .db
+                .get_pinned(&key)?
+                .ok_or_else(|| crate::CatalogError::Corrupt {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    why: "a chunk being moved to another pack disappeared".into(),
+                })?;
+            let old: ChunkRecord = decode(&key, &raw)?;
+            let mut c = c.clone();
+            c.refs = old.refs;
+            batch.put(key, encode(&c));
+        }
+        for p in &r.packs {
+            batch.put(pack_key(cluster, &p.name), encode(p));
+        }
+        for name in &r.emptied {
+            let key = pack_key(cluster, name);
+            if let Some(raw) = self.db.get_pinned(&key)? {
+                let mut p: PackRecord = decode(&key, &raw)?;
+                p.live_chunks = 0;
+                batch.put(key, encode(&p));
+            }
+        }
+        crate::relay::queue_in(&mut batch, cluster, &r.relay);
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo)?;
+        Ok(())
+    }
+
     pub fn put_backup(&self, cluster: &ClusterName, rec: &BackupRecord) -> Result<()> {
         self.put(&backup_key(cluster, &rec.id), rec)
     }

@@ -16,7 +16,9 @@ use std::path::Path;
 pub mod backups;
 pub mod prune;
 pub mod relay;
-pub use backups::{BackupCommit, BackupKind, BackupRecord, BackupState, ChunkRecord, PackRecord};
+pub use backups::{
+    BackupCommit, BackupKind, BackupRecord, BackupState, ChunkRecord, PackRecord, Relocation,
+};
 pub use prune::{ForgetIntent, Prune};
 pub use relay::{RelayBacklog, RelayItem, RelayKind, Tier2Holdings, Tier2Object};
 

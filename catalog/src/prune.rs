@@ -148,12 +148,18 @@ impl Prune<'_> {
             }
         }
         self.batch.delete(backup_key(&self.cluster, id));
-        for kind in [
-            RelayKind::BackupManifest,
-            RelayKind::PgManifest,
-            RelayKind::ChunkIndex,
-        ] {
+        for kind in [RelayKind::BackupManifest, RelayKind::PgManifest] {
             self.drop_tier2(kind, id.as_str());
+        }
+        // A chunk index Tier 2 still holds stays recorded: it places chunks of packs
+        // that outlive the backup (see the retention's sweep).
+        let index = held_key(&self.cluster, RelayKind::ChunkIndex, id.as_str());
+        let live = match self.cat.db.get_pinned(&index)? {
+            Some(raw) => decode::<Tier2Object>(&index, &raw)?.pruned_unix.is_none(),
+            None => false,
+        };
+        if !live {
+            self.drop_tier2(RelayKind::ChunkIndex, id.as_str());
         }
         if !intent_tiers.is_empty() {
             let i = ForgetIntent {
@@ -179,6 +185,7 @@ impl Prune<'_> {
     pub fn forget_pack(&mut self, name: &str) {
         self.packs.insert(name.to_string(), None);
         self.drop_tier2(RelayKind::Pack, name);
+        self.drop_tier2(RelayKind::PackIndex, name);
     }
 
     /// The intent's manifest is deleted.

@@ -38,15 +38,18 @@ pub enum RelayKind {
     PgManifest,
     /// Where a backup's new chunks are stored (`chunks.klio`); the name is the backup id.
     ChunkIndex,
+    /// Where a repacked pack's chunks are (`<pack>.index`); the name is the pack's.
+    PackIndex,
 }
 
 impl RelayKind {
     /// Every kind, in queue order.
-    pub const ALL: [RelayKind; 7] = [
+    pub const ALL: [RelayKind; 8] = [
         RelayKind::Cluster,
         RelayKind::History,
         RelayKind::WalSegment,
         RelayKind::Pack,
+        RelayKind::PackIndex,
         RelayKind::PgManifest,
         RelayKind::ChunkIndex,
         RelayKind::BackupManifest,
@@ -61,13 +64,14 @@ impl RelayKind {
             RelayKind::Pack => "pack",
             RelayKind::PgManifest => "pg_manifest",
             RelayKind::ChunkIndex => "chunk_index",
+            RelayKind::PackIndex => "pack_index",
             RelayKind::BackupManifest => "backup_manifest",
         }
     }
 
     /// The key tag, which orders the queue: the cluster's key object, history files,
     /// WAL, packs, then a backup's other objects (Klio's manifest last, as it is what
-    /// makes a backup visible to a reader of the bucket).
+    /// makes a backup visible to a reader of the bucket), then repacked packs' indexes.
     fn tag(self) -> u8 {
         match self {
             RelayKind::Cluster => b'0',
@@ -77,6 +81,7 @@ impl RelayKind {
             RelayKind::PgManifest => b'd',
             RelayKind::ChunkIndex => b'e',
             RelayKind::BackupManifest => b'f',
+            RelayKind::PackIndex => b'g',
         }
     }
 }

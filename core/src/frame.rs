@@ -49,6 +49,8 @@ pub enum ObjectKind {
     PgManifest = 5,
     /// Where one base backup's new chunks are stored; named by the backup id.
     ChunkIndex = 6,
+    /// Where a repacked pack's chunks are; named by the pack's name.
+    PackIndex = 7,
 }
 
 impl ObjectKind {
@@ -60,6 +62,7 @@ impl ObjectKind {
             4 => Some(ObjectKind::BackupManifest),
             5 => Some(ObjectKind::PgManifest),
             6 => Some(ObjectKind::ChunkIndex),
+            7 => Some(ObjectKind::PackIndex),
             _ => None,
         }
     }

@@ -44,6 +44,7 @@ const WAL: &str = "wal";
 const BACKUPS: &str = "backups";
 const PACKS: &str = "packs";
 const PACK_SUFFIX: &str = ".pack";
+const PACK_INDEX_SUFFIX: &str = ".index";
 const MANIFEST: &str = "manifest.klio";
 const PG_MANIFEST: &str = "backup_manifest.klio";
 const CHUNK_INDEX: &str = "chunks.klio";
@@ -195,6 +196,12 @@ impl BackupsDir {
         self.packs_dir().join(format!("{name}{PACK_SUFFIX}"))
     }
 
+    /// Where a repacked pack's chunks are (a Klio object of kind `PackIndex`, written
+    /// through a `.tmp`), so that a reader of the files or the bucket can place them.
+    pub fn pack_index(&self, name: &PackName) -> PathBuf {
+        self.packs_dir().join(format!("{name}{PACK_INDEX_SUFFIX}"))
+    }
+
     /// One backup's directory (its manifests); `None` for the one id that would name
     /// the packs directory instead.
     pub fn backup(&self, id: &BackupId) -> Option<BackupDir> {
@@ -254,25 +261,42 @@ impl BackupDir {
     }
 }
 
-/// A pack's name: `<backup id>-<sequence>`, the sequence at least 4 digits. A pack
-/// belongs to the one backup whose id is in its name.
+/// A pack's name: `<backup id>-<sequence>`, the sequence at least 4 digits, for a pack a
+/// backup wrote (it belongs to the one backup whose id is in its name); or
+/// `<repack id>-r<sequence>` for a pack retention's repacking wrote, the repack id being
+/// the time of the repack in the form of a backup id (it belongs to no backup).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PackName {
     backup: BackupId,
     seq: u32,
+    repack: bool,
 }
 
 /// Why a text is not a pack name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid pack name {0:?}: expected <backup id>-<sequence>, e.g. 20261124T193000Z-0001")]
+#[error("invalid pack name {0:?}: expected <backup id>-<sequence>, e.g. 20261124T193000Z-0001 (or a repacked pack's <id>-r<sequence>)")]
 pub struct PackNameError(String);
 
 impl PackName {
     pub fn new(backup: BackupId, seq: u32) -> PackName {
-        PackName { backup, seq }
+        PackName {
+            backup,
+            seq,
+            repack: false,
+        }
     }
 
-    /// The backup that wrote this pack.
+    /// A pack written by repacking at the time `at` (in the form of a backup id).
+    pub fn repacked(at: BackupId, seq: u32) -> PackName {
+        PackName {
+            backup: at,
+            seq,
+            repack: true,
+        }
+    }
+
+    /// The backup that wrote this pack; for a repacked pack, the repack's time (a
+    /// pack of no backup: see [`PackName::is_repack`]).
     pub fn backup(&self) -> &BackupId {
         &self.backup
     }
@@ -280,11 +304,17 @@ impl PackName {
     pub fn seq(&self) -> u32 {
         self.seq
     }
+
+    /// Written by repacking (holds the live chunks of older packs), not by a backup.
+    pub fn is_repack(&self) -> bool {
+        self.repack
+    }
 }
 
 impl fmt::Display for PackName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{:04}", self.backup, self.seq)
+        let r = if self.repack { "r" } else { "" };
+        write!(f, "{}-{r}{:04}", self.backup, self.seq)
     }
 }
 
@@ -295,6 +325,10 @@ impl FromStr for PackName {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || PackNameError(s.chars().take(80).collect());
         let (id, seq) = s.rsplit_once('-').ok_or_else(bad)?;
+        let (repack, seq) = match seq.strip_prefix('r') {
+            Some(rest) => (true, rest),
+            None => (false, seq),
+        };
         if !seq.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad());
         }
@@ -302,7 +336,11 @@ impl FromStr for PackName {
         if format!("{n:04}") != seq {
             return Err(bad());
         }
-        Ok(PackName::new(id.parse().map_err(|_| bad())?, n))
+        Ok(PackName {
+            backup: id.parse().map_err(|_| bad())?,
+            seq: n,
+            repack,
+        })
     }
 }
 
@@ -310,18 +348,29 @@ impl FromStr for PackName {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PacksDirEntry {
     Pack(PackName),
+    /// A repacked pack's index (`<pack>.index`, see [`BackupsDir::pack_index`]).
+    Index(PackName),
     /// Not a name Klio writes here (packs are created in place, never under a temp name).
     Unknown,
 }
 
 impl PacksDirEntry {
     pub fn parse(file_name: impl AsRef<OsStr>) -> PacksDirEntry {
-        file_name
-            .as_ref()
-            .to_str()
-            .and_then(|s| s.strip_suffix(PACK_SUFFIX))
-            .and_then(|s| s.parse().ok())
-            .map_or(PacksDirEntry::Unknown, PacksDirEntry::Pack)
+        let Some(s) = file_name.as_ref().to_str() else {
+            return PacksDirEntry::Unknown;
+        };
+        if let Some(name) = s.strip_suffix(PACK_SUFFIX) {
+            return name
+                .parse()
+                .map_or(PacksDirEntry::Unknown, PacksDirEntry::Pack);
+        }
+        match s
+            .strip_suffix(PACK_INDEX_SUFFIX)
+            .map(str::parse::<PackName>)
+        {
+            Some(Ok(p)) if p.is_repack() => PacksDirEntry::Index(p),
+            _ => PacksDirEntry::Unknown,
+        }
     }
 }
 
@@ -492,6 +541,37 @@ mod tests {
             BackupsDirEntry::parse(file_name(&b.packs_dir())),
             BackupsDirEntry::Packs
         );
+    }
+
+    /// A repacked pack's name and index parse back; they are told apart from backups'
+    /// packs, and an index is only ever a repacked pack's.
+    #[test]
+    fn repacked_pack_names_parse_back_and_are_not_backup_packs() {
+        let b = DataDir::new("/d").backups(&"c".parse().unwrap());
+        let at: BackupId = "20261126T101500Z".parse().unwrap();
+        let name = PackName::repacked(at.clone(), 3);
+        assert_eq!(name.to_string(), "20261126T101500Z-r0003");
+        let back: PackName = name.to_string().parse().unwrap();
+        assert_eq!(back, name);
+        assert!(back.is_repack());
+        assert_ne!(back, PackName::new(at, 3));
+        assert_eq!(
+            PacksDirEntry::parse(file_name(&b.pack(&name))),
+            PacksDirEntry::Pack(name.clone())
+        );
+        assert_eq!(
+            PacksDirEntry::parse(file_name(&b.pack_index(&name))),
+            PacksDirEntry::Index(name)
+        );
+        let plain = pack("20261124T193000Z-0001");
+        assert!(!plain.is_repack());
+        assert_eq!(
+            PacksDirEntry::parse(file_name(&b.pack_index(&plain))),
+            PacksDirEntry::Unknown
+        );
+        for bad in ["x-r1", "x-r", "x-rr0001", "x-R0001", "x-r00001"] {
+            assert!(bad.parse::<PackName>().is_err(), "{bad}");
+        }
     }
 
     /// A backup id may end in `-<n>` itself: the pack's sequence is always the last part.

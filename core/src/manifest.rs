@@ -160,7 +160,21 @@ pub struct ChunkIndex {
     pub chunks: Vec<IndexedChunk>,
 }
 
-/// One chunk of a [`ChunkIndex`].
+pub const PACK_INDEX_VERSION: u32 = 1;
+
+/// Where the chunks of a pack written by repacking are (the `<pack>.index` object next
+/// to it): with the backups' chunk indexes, what places every chunk a reader of the
+/// files or the bucket needs, after the packs those indexes name are gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackIndex {
+    pub version: u32,
+    /// The repacked pack's name (`<id>-r<n>`).
+    pub pack: String,
+    /// In offset order; every entry's `pack` is this pack.
+    pub chunks: Vec<IndexedChunk>,
+}
+
+/// One chunk of a [`ChunkIndex`] or a [`PackIndex`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexedChunk {
     pub id: ChunkId,

@@ -23,12 +23,13 @@ use futures_util::StreamExt;
 use klio_api::Tier2RescanReport;
 use klio_catalog::{
     BackupCommit, BackupKind, BackupRecord, BackupState, CatalogError, ChunkRecord, ClusterRecord,
-    PackRecord, RelayKind, SegmentRecord, SegmentState, Tier2Object, Tiers, TimelineRecord,
+    PackRecord, RelayKind, Relocation, SegmentRecord, SegmentState, Tier2Object, Tiers,
+    TimelineRecord,
 };
 use klio_core::clock::unix_now;
 use klio_core::frame::{decode_object, ObjectId, ObjectKind};
 use klio_core::keys::DataKey;
-use klio_core::manifest::{BackupManifest, ChunkIndex, FileKind};
+use klio_core::manifest::{BackupManifest, ChunkIndex, FileKind, IndexedChunk, PackIndex};
 use klio_core::{BackupId, ClusterName, SystemId, TimelineId, WalFileName, WalSegSize};
 use klio_receiver::cluster::ServerContext;
 use klio_tiering::objects::{cluster_key, parse_key, ClusterObject, CLUSTER_OBJECT_FORMAT};
@@ -183,6 +184,8 @@ pub async fn rescan(
         by_kind(RelayKind::PgManifest),
         by_kind(RelayKind::Pack),
     );
+    let mut placements = Placements::new(&indexes, &by_kind(RelayKind::PackIndex), &packs);
+    follow_moved_chunks(tier2, catalog, &key, cluster, &packs, &mut placements).await?;
     let ids: BTreeSet<&str> = manifests.keys().copied().collect();
     for id in ids {
         let backup_id: BackupId = id.parse().expect("parse_key checked the id");
@@ -195,7 +198,17 @@ pub async fn rescan(
             pg_manifest: pg_manifests.contains_key(id),
             packs: &packs,
         };
-        match adopt_backup(tier2, catalog, &key, cluster, &backup_id, &found).await? {
+        let adopted = adopt_backup(
+            tier2,
+            catalog,
+            &key,
+            cluster,
+            &backup_id,
+            &found,
+            &mut placements,
+        )
+        .await?;
+        match adopted {
             Ok(()) => report.new_backups += 1,
             Err(why) => {
                 tracing::warn!(cluster = %cluster, backup = id, "rescan: {why}");
@@ -414,6 +427,171 @@ impl Reader<'_> {
     }
 }
 
+/// A new chunk record (one reference) for a chunk where `c` places it.
+fn chunk_record(c: &IndexedChunk) -> ChunkRecord {
+    ChunkRecord {
+        pack: c.pack.clone(),
+        offset: c.offset,
+        stored_len: c.stored_len,
+        plain_len: c.plain_len,
+        refs: 1,
+        tier1_freed: false,
+    }
+}
+
+/// Where the bucket's indexes place chunks, read on first use: every listed chunk index
+/// (a backup's, or one the writer keeps after removing the backup because packs it
+/// placed remain) and every repacked pack's index, each entry kept only when its pack is
+/// listed. Any listed place holds the chunk (chunks are bound to their id, not their
+/// place); an index is untrusted like every object, so a place is used only for a
+/// listed pack and every chunk read is authenticated.
+struct Placements<'a> {
+    indexes: Vec<&'a Listed>,
+    pack_indexes: Vec<&'a Listed>,
+    packs: &'a HashMap<&'a str, &'a Listed>,
+    map: Option<HashMap<[u8; 32], IndexedChunk>>,
+}
+
+impl<'a> Placements<'a> {
+    fn new(
+        indexes: &HashMap<&'a str, &'a Listed>,
+        pack_indexes: &HashMap<&'a str, &'a Listed>,
+        packs: &'a HashMap<&'a str, &'a Listed>,
+    ) -> Placements<'a> {
+        let sorted = |m: &HashMap<&'a str, &'a Listed>| {
+            let mut v: Vec<&'a Listed> = m.values().copied().collect();
+            v.sort_by(|a, b| a.name.cmp(&b.name));
+            v
+        };
+        Placements {
+            indexes: sorted(indexes),
+            pack_indexes: sorted(pack_indexes),
+            packs,
+            map: None,
+        }
+    }
+
+    async fn get(&mut self, reader: &Reader<'_>, id: &[u8; 32]) -> Option<IndexedChunk> {
+        if self.map.is_none() {
+            self.map = Some(self.read(reader).await);
+        }
+        self.map.as_ref().and_then(|m| m.get(id).cloned())
+    }
+
+    /// Reads every index; an unreadable one is logged and left out.
+    async fn read(&self, reader: &Reader<'_>) -> HashMap<[u8; 32], IndexedChunk> {
+        let mut map = HashMap::new();
+        let mut keep = |name: &str, chunks: Vec<IndexedChunk>, own_pack: Option<&str>| {
+            for c in chunks {
+                if own_pack.is_some_and(|p| p != c.pack)
+                    || !self.packs.contains_key(c.pack.as_str())
+                {
+                    continue;
+                }
+                if c.pack.parse::<klio_core::layout::PackName>().is_err() {
+                    tracing::warn!(
+                        index = name,
+                        "rescan: an index names a pack that is not a pack name; entry ignored"
+                    );
+                    continue;
+                }
+                map.insert(c.id.0, c);
+            }
+        };
+        for o in &self.indexes {
+            match reader
+                .json::<ChunkIndex>(o, ObjectKind::ChunkIndex, "chunk index")
+                .await
+            {
+                Ok(i) if i.backup_id.as_str() == o.name => keep(&o.name, i.chunks, None),
+                Ok(_) => {
+                    tracing::warn!(key = %o.key, "rescan: the chunk index names another backup; ignored")
+                }
+                Err(why) => tracing::warn!(key = %o.key, "rescan: {why}"),
+            }
+        }
+        // Repacked packs last: they are newer than the packs the backups wrote.
+        for o in &self.pack_indexes {
+            match reader
+                .json::<PackIndex>(o, ObjectKind::PackIndex, "pack index")
+                .await
+            {
+                Ok(i) if i.pack == o.name => keep(&o.name, i.chunks, Some(&o.name)),
+                Ok(_) => {
+                    tracing::warn!(key = %o.key, "rescan: the pack index names another pack; ignored")
+                }
+                Err(why) => tracing::warn!(key = %o.key, "rescan: {why}"),
+            }
+        }
+        map
+    }
+}
+
+/// Moves the records of chunks whose pack the bucket no longer has (the writer repacked
+/// it, then removed it) to where the bucket's indexes now place them.
+async fn follow_moved_chunks(
+    tier2: &Tier2,
+    catalog: &klio_catalog::Catalog,
+    key: &DataKey,
+    cluster: &ClusterName,
+    packs: &HashMap<&str, &Listed>,
+    placements: &mut Placements<'_>,
+) -> Result<(), CatalogError> {
+    let stranded: Vec<([u8; 32], ChunkRecord)> = catalog
+        .chunks(cluster)?
+        .into_iter()
+        .filter(|(_, c)| !packs.contains_key(c.pack.as_str()))
+        .collect();
+    if stranded.is_empty() {
+        return Ok(());
+    }
+    let reader = Reader {
+        tier2,
+        key,
+        cluster,
+    };
+    let mut moves = Vec::new();
+    let mut new_packs: BTreeMap<String, PackRecord> = BTreeMap::new();
+    let mut lost = 0usize;
+    for (id, old) in stranded {
+        let Some(placed) = placements.get(&reader, &id).await else {
+            lost += 1;
+            continue;
+        };
+        let mut rec = chunk_record(&placed);
+        rec.refs = old.refs;
+        if catalog.pack(cluster, &placed.pack)?.is_none() {
+            let p = new_packs
+                .entry(placed.pack.clone())
+                .or_insert_with(|| PackRecord {
+                    name: placed.pack.clone(),
+                    size: packs.get(placed.pack.as_str()).map_or(0, |o| o.size),
+                    chunks: 0,
+                    live_chunks: 0,
+                });
+            p.chunks += 1;
+            p.live_chunks += 1;
+        }
+        moves.push((id, rec));
+    }
+    if lost > 0 {
+        tracing::warn!(cluster = %cluster, chunks = lost, "rescan: chunks whose pack left the bucket are placed by no index; backups that use them cannot be restored from this bucket");
+    }
+    if !moves.is_empty() {
+        tracing::info!(cluster = %cluster, chunks = moves.len(), "rescan: chunks the writer moved to other packs followed");
+        catalog.relocate_chunks(
+            cluster,
+            &Relocation {
+                moves,
+                packs: new_packs.into_values().collect(),
+                emptied: Vec::new(),
+                relay: Vec::new(),
+            },
+        )?;
+    }
+    Ok(())
+}
+
 /// What the listing holds of one backup.
 struct Found<'a> {
     manifest: &'a Listed,
@@ -432,6 +610,7 @@ async fn adopt_backup(
     cluster: &ClusterName,
     id: &BackupId,
     found: &Found<'_>,
+    placements: &mut Placements<'_>,
 ) -> Result<Result<(), String>, CatalogError> {
     let Some(index_obj) = found.index else {
         return Ok(Err(format!(
@@ -472,31 +651,34 @@ async fn adopt_backup(
                 c.pack
             )));
         }
-        let Some(pack) = found.packs.get(c.pack.as_str()) else {
-            return Ok(Err(format!(
-                "backup {id}: pack {} is not in the bucket",
-                c.pack
-            )));
+        // The writer may have repacked the chunk since, and removed this pack.
+        let placed = match found.packs.contains_key(c.pack.as_str()) {
+            true => c.clone(),
+            false => match placements.get(&reader, &c.id.0).await {
+                Some(p) => p,
+                None => {
+                    return Ok(Err(format!(
+                        "backup {id}: pack {} is not in the bucket, and no index places its chunk {} elsewhere",
+                        c.pack, c.id
+                    )))
+                }
+            },
         };
         // A chunk an older backup's index placed too was stored again (Tier 1 had freed
         // it): this newer place is the one the writer's catalog knows.
-        new_chunks.insert(
-            c.id.0,
-            ChunkRecord {
-                pack: c.pack.clone(),
-                offset: c.offset,
-                stored_len: c.stored_len,
-                plain_len: c.plain_len,
-                refs: 1,
-                tier1_freed: false,
-            },
-        );
-        let p = packs.entry(c.pack.clone()).or_insert_with(|| PackRecord {
-            name: c.pack.clone(),
-            size: pack.size,
-            chunks: 0,
-            live_chunks: 0,
-        });
+        new_chunks.insert(c.id.0, chunk_record(&placed));
+        if catalog.pack(cluster, &placed.pack)?.is_some() {
+            continue;
+        }
+        let size = found.packs.get(placed.pack.as_str()).map_or(0, |o| o.size);
+        let p = packs
+            .entry(placed.pack.clone())
+            .or_insert_with(|| PackRecord {
+                name: placed.pack.clone(),
+                size,
+                chunks: 0,
+                live_chunks: 0,
+            });
         p.chunks += 1;
         p.live_chunks += 1;
     }
@@ -506,15 +688,30 @@ async fn adopt_backup(
             if new_chunks.contains_key(&c.0) || referenced.contains_key(&c.0) {
                 continue;
             }
-            match catalog.chunk(cluster, &c.0)? {
-                Some(known) => {
-                    referenced.insert(c.0, known.stored_len);
-                }
-                None => {
-                    return Ok(Err(format!(
-                        "backup {id}: chunk {c} is in no chunk index of the bucket's backups"
-                    )))
-                }
+            if let Some(known) = catalog.chunk(cluster, &c.0)? {
+                referenced.insert(c.0, known.stored_len);
+                continue;
+            }
+            // Stored by a backup the writer has removed since (its chunk index stays
+            // while its packs do), or moved by repacking.
+            let Some(placed) = placements.get(&reader, &c.0).await else {
+                return Ok(Err(format!(
+                    "backup {id}: chunk {c} is in no chunk index of the bucket"
+                )));
+            };
+            new_chunks.insert(c.0, chunk_record(&placed));
+            if catalog.pack(cluster, &placed.pack)?.is_none() {
+                let size = found.packs.get(placed.pack.as_str()).map_or(0, |o| o.size);
+                let p = packs
+                    .entry(placed.pack.clone())
+                    .or_insert_with(|| PackRecord {
+                        name: placed.pack.clone(),
+                        size,
+                        chunks: 0,
+                        live_chunks: 0,
+                    });
+                p.chunks += 1;
+                p.live_chunks += 1;
             }
         }
     }

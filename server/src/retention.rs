@@ -52,6 +52,8 @@ pub enum RetentionError {
     Tier2(#[from] Tier2Error),
     #[error(transparent)]
     Name(#[from] klio_tiering::objects::BadName),
+    #[error(transparent)]
+    Store(klio_basebackup::store::BackupStoreError),
 }
 
 fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> RetentionError + '_ {
@@ -73,11 +75,20 @@ struct TierPlan {
     /// Tier 1: chunks whose bytes are freed in place in packs that stay (no backup Tier
     /// 1 keeps references them), by pack: (id, offset, stored length).
     freed: Vec<(Removal, Vec<FreedChunk>)>,
+    /// Tier 2: packs at most half of whose bytes are still referenced: their live chunks
+    /// move to a new pack (the removal's bytes are what the tier frees once the old pack
+    /// goes).
+    repacks: Vec<Removal>,
+    /// Tier 2: every pack the tier keeps using is there, so packs may be repacked.
+    may_repack: bool,
     held_back: Vec<String>,
 }
 
 /// A chunk freed in place: id, offset in its pack, stored length.
 type FreedChunk = ([u8; 32], u64, u32);
+
+/// The chunk records that place chunks in one pack.
+type LiveChunks = Vec<([u8; 32], klio_catalog::ChunkRecord)>;
 
 #[derive(Debug, Clone)]
 struct Removal {
@@ -174,7 +185,7 @@ impl Retainer {
         if req.dry_run {
             return Ok(report);
         }
-        self.apply(&plan, &mut report).map_err(failed)?;
+        self.apply(&plan, store, &mut report).map_err(failed)?;
         report.applied = true;
         Ok(report)
     }
@@ -338,7 +349,9 @@ impl Retainer {
             let mut pending: Vec<&String> = Vec::new();
             if tier == 2 && complete {
                 for p in &needed {
-                    if !self.pack_in_tier(cluster, p, 2)? {
+                    if !self.pack_in_tier(cluster, p, 2)?
+                        || !self.pack_index_in_tier2(cluster, p)?
+                    {
                         pending.push(p);
                     }
                 }
@@ -371,6 +384,8 @@ impl Retainer {
                     });
                 }
             }
+
+            let may_repack = tier == 2 && complete && pending.is_empty();
 
             if tier == 1 && complete {
                 let needed_chunks: HashSet<[u8; 32]> = remain
@@ -466,6 +481,7 @@ impl Retainer {
                     });
                 }
             }
+            tp.may_repack = may_repack;
             plan.tiers.push(tp);
         }
         // A backup leaves the catalog when each tier that holds it removes it.
@@ -480,7 +496,91 @@ impl Retainer {
                 plan.last_copies.insert(h.rec.id.clone());
             }
         }
+        // Repacking, once it is known which backups stay in some tier: the chunks they
+        // reference are the live ones.
+        let mut live: HashSet<[u8; 32]> = HashSet::new();
+        let mut known = true;
+        for h in held.iter().filter(|h| h.tier1 || h.tier2) {
+            if plan.last_copies.contains(&h.rec.id) {
+                continue;
+            }
+            match plan.chunks.get(&h.rec.id) {
+                Some(ids) => live.extend(ids.iter().copied()),
+                None => known = false,
+            }
+        }
+        if let Some(tp) = plan.tiers.iter_mut().find(|t| t.tier == 2 && t.may_repack) {
+            if known {
+                tp.repacks = self.repack_candidates(cluster, &tp.packs, &live)?;
+            }
+        }
         Ok(plan)
+    }
+
+    /// Packs Tier 2 holds and keeps of which at most half the bytes are referenced by
+    /// `live_chunks` (those of the backups some tier keeps), `going` aside.
+    fn repack_candidates(
+        &self,
+        cluster: &ClusterName,
+        going: &[Removal],
+        live_chunks: &HashSet<[u8; 32]>,
+    ) -> Result<Vec<Removal>, RetentionError> {
+        let going: HashSet<&str> = going.iter().map(|p| p.name.as_str()).collect();
+        let mut live = self.live_by_pack(cluster)?;
+        for chunks in live.values_mut() {
+            chunks.retain(|(id, _)| live_chunks.contains(id));
+        }
+        live.retain(|_, c| !c.is_empty());
+        let mut out = Vec::new();
+        for p in self.catalog.packs(cluster)? {
+            if going.contains(p.name.as_str()) || !self.pack_in_tier(cluster, &p.name, 2)? {
+                continue;
+            }
+            let Some(chunks) = live.get(&p.name) else {
+                continue;
+            };
+            let live_bytes: u64 = chunks.iter().map(|(_, c)| u64::from(c.stored_len)).sum();
+            if live_bytes.saturating_mul(2) > p.size {
+                continue;
+            }
+            out.push(Removal {
+                name: p.name.clone(),
+                bytes: p.size.saturating_sub(live_bytes),
+                why: format!(
+                    "only {live_bytes} of its {} bytes are still referenced ({} chunk(s)): they move to a new pack, and the pack goes once that is in Tier 2",
+                    p.size,
+                    chunks.len()
+                ),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The chunk records of the cluster by the pack that holds them.
+    fn live_by_pack(
+        &self,
+        cluster: &ClusterName,
+    ) -> Result<HashMap<String, LiveChunks>, RetentionError> {
+        let mut live: HashMap<String, LiveChunks> = HashMap::new();
+        for (id, c) in self.catalog.chunks(cluster)? {
+            live.entry(c.pack.clone()).or_default().push((id, c));
+        }
+        Ok(live)
+    }
+
+    /// A repacked pack's index is in Tier 2 (other packs have none to wait for).
+    fn pack_index_in_tier2(
+        &self,
+        cluster: &ClusterName,
+        pack: &str,
+    ) -> Result<bool, RetentionError> {
+        if !pack.parse::<PackName>().is_ok_and(|p| p.is_repack()) {
+            return Ok(true);
+        }
+        Ok(self
+            .catalog
+            .tier2_object(cluster, RelayKind::PackIndex, pack)?
+            .is_some())
     }
 
     /// Every object of a backup has reached Tier 2 (or Tier 2 is not configured).
@@ -538,7 +638,12 @@ impl Retainer {
     }
 
     /// Removes what `plan` says, Tier 2 first; records each tier's failure in `report`.
-    fn apply(&self, plan: &Plan, report: &mut RetentionReport) -> Result<(), RetentionError> {
+    fn apply(
+        &self,
+        plan: &Plan,
+        store: &ChunkStore,
+        report: &mut RetentionReport,
+    ) -> Result<(), RetentionError> {
         let cluster = &plan.cluster;
         self.finish_intents(cluster)?;
         let mut done = Vec::new();
@@ -562,6 +667,43 @@ impl Retainer {
         }
         self.forget_last_copies(plan, &done)?;
         self.sweep(cluster)?;
+        if done.contains(&2) {
+            if let Some(tp) = plan.tiers.iter().find(|t| t.tier == 2) {
+                self.repack(cluster, store, &tp.repacks)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the live chunks of each planned pack into a new one (read again now: this
+    /// run's removals may have released some).
+    fn repack(
+        &self,
+        cluster: &ClusterName,
+        store: &ChunkStore,
+        packs: &[Removal],
+    ) -> Result<(), RetentionError> {
+        if packs.is_empty() {
+            return Ok(());
+        }
+        let mut live = self.live_by_pack(cluster)?;
+        for r in packs {
+            let Some(chunks) = live.remove(&r.name) else {
+                continue;
+            };
+            let name = store.new_repack_name().map_err(RetentionError::Store)?;
+            let done = store
+                .repack(&r.name, &chunks, &name)
+                .map_err(RetentionError::Store)?;
+            tracing::info!(
+                cluster = %cluster,
+                pack = %r.name,
+                new_pack = %done.new,
+                chunks = done.chunks,
+                bytes = done.bytes,
+                "repacked: the live chunks moved to a new pack; the old one goes once that is in Tier 2"
+            );
+        }
         Ok(())
     }
 
@@ -610,18 +752,31 @@ impl Retainer {
             } else {
                 &BACKUP_KINDS
             };
+            // Its chunk index stays while a pack it wrote stays: it places chunks newer
+            // backups still use (the sweep deletes it after the last such pack).
+            let keep_index = self.packs_outlive(c, &b.name, &tp.packs)?;
             let mut prune = self.catalog.prune(c);
             for &kind in kinds {
+                if kind == RelayKind::ChunkIndex && keep_index {
+                    continue;
+                }
                 self.delete_tier2(c, kind, &b.name)?;
                 prune.tier2_pruned(kind, &b.name, now)?;
             }
             prune.commit()?;
         }
         for p in &tp.packs {
+            // The pack before its index: a reader never sees a pack it cannot place.
             self.delete_tier2(c, RelayKind::Pack, &p.name)?;
             let mut prune = self.catalog.prune(c);
             prune.tier2_pruned(RelayKind::Pack, &p.name, now)?;
             prune.commit()?;
+            if is_repacked(&p.name) {
+                self.delete_tier2(c, RelayKind::PackIndex, &p.name)?;
+                let mut prune = self.catalog.prune(c);
+                prune.tier2_pruned(RelayKind::PackIndex, &p.name, now)?;
+                prune.commit()?;
+            }
         }
         for w in &tp.wal {
             self.delete_tier2(c, RelayKind::WalSegment, &w.name)?;
@@ -634,6 +789,35 @@ impl Retainer {
             prune.commit()?;
         }
         Ok(())
+    }
+
+    /// Whether Tier 2 keeps a pack that backup `id` wrote after this run removes `going`.
+    fn packs_outlive(
+        &self,
+        c: &ClusterName,
+        id: &str,
+        going: &[Removal],
+    ) -> Result<bool, RetentionError> {
+        let going: HashSet<&str> = going.iter().map(|p| p.name.as_str()).collect();
+        Ok(self
+            .tier2_packs_of(c, id)?
+            .iter()
+            .any(|p| !going.contains(p.as_str())))
+    }
+
+    /// The packs backup `id` wrote that Tier 2 holds.
+    fn tier2_packs_of(&self, c: &ClusterName, id: &str) -> Result<Vec<String>, RetentionError> {
+        let mut out = Vec::new();
+        for p in self.catalog.packs(c)? {
+            let ours = p
+                .name
+                .parse::<PackName>()
+                .is_ok_and(|n| !n.is_repack() && n.backup().as_str() == id);
+            if ours && self.pack_in_tier(c, &p.name, 2)? {
+                out.push(p.name);
+            }
+        }
+        Ok(out)
     }
 
     fn apply_tier1(&self, plan: &Plan, tp: &TierPlan) -> Result<(), RetentionError> {
@@ -656,6 +840,9 @@ impl Retainer {
         }
         for p in &tp.packs {
             self.delete_tier1(c, RelayKind::Pack, &p.name)?;
+            if is_repacked(&p.name) {
+                self.delete_tier1(c, RelayKind::PackIndex, &p.name)?;
+            }
         }
         for (r, chunks) in &tp.freed {
             // Reads go to Tier 2 before the bytes go.
@@ -770,8 +957,28 @@ impl Retainer {
         Ok(())
     }
 
-    /// Forgets packs and segments no tier holds any more.
+    /// Forgets packs and segments no tier holds any more, and deletes from Tier 2 the
+    /// chunk indexes of forgotten backups once no pack they place is there.
     fn sweep(&self, c: &ClusterName) -> Result<(), RetentionError> {
+        if self.tier2.is_some() {
+            for h in self.catalog.tier2_objects(c)? {
+                if h.kind != RelayKind::ChunkIndex {
+                    continue;
+                }
+                let Ok(id) = h.name.parse::<BackupId>() else {
+                    continue;
+                };
+                if self.catalog.backup(c, &id)?.is_some()
+                    || !self.tier2_packs_of(c, &h.name)?.is_empty()
+                {
+                    continue;
+                }
+                self.delete_tier2(c, RelayKind::ChunkIndex, &h.name)?;
+                let mut prune = self.catalog.prune(c);
+                prune.drop_tier2(RelayKind::ChunkIndex, &h.name);
+                prune.commit()?;
+            }
+        }
         let mut prune = self.catalog.prune(c);
         for p in self.catalog.packs(c)? {
             let t2 = self.tier2.is_some() && self.pack_in_tier(c, &p.name, 2)?;
@@ -825,6 +1032,11 @@ fn punch_holes(
     f.sync_all().map_err(io(path))
 }
 
+/// Whether `pack` was written by repacking (and has an index of its own).
+fn is_repacked(pack: &str) -> bool {
+    pack.parse::<PackName>().is_ok_and(|p| p.is_repack())
+}
+
 /// A backup's manifest objects, Klio's manifest first.
 const BACKUP_KINDS: [RelayKind; 3] = [
     RelayKind::BackupManifest,
@@ -861,6 +1073,7 @@ impl Plan {
                     ("backup", &tp.backups),
                     ("pack", &tp.packs),
                     ("chunks", &freed),
+                    ("repack", &tp.repacks),
                     ("wal_segment", &tp.wal),
                 ] {
                     removed.extend(list.iter().map(|r| RemovedObject {

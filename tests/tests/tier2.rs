@@ -109,13 +109,14 @@ fn tier1_objects(klio: &KlioServer) -> Result<BTreeMap<String, PathBuf>> {
     Ok(out)
 }
 
-/// Waits until nothing waits for Tier 2 and Tier 2 holds Tier 1's objects and the
-/// cluster's key object.
+/// Waits until nothing waits for Tier 2 and Tier 2 holds (at least: retention keeps
+/// the chunk indexes of removed backups there while their packs stay) Tier 1's objects
+/// and the cluster's key object.
 fn wait_drained(klio: &KlioServer, timeout: Duration) -> Result<Value> {
     klio.wait_status(CLUSTER, timeout, "the Tier 2 backlog to drain", |v| {
-        let held = v["storage"]["tier2_objects"].as_u64();
+        let held = v["storage"]["tier2_objects"].as_u64().unwrap_or(0);
         v["tier2"]["backlog_objects"] == 0
-            && tier1_objects(klio).is_ok_and(|t1| held == Some(t1.len() as u64 + 1))
+            && tier1_objects(klio).is_ok_and(|t1| held > t1.len() as u64)
     })
 }
 
@@ -866,24 +867,39 @@ fn retention_keeps_the_latest_two_in_each_tier_and_everything_a_restore_needs() 
             "tier {tier}: apply removed other objects than the dry run listed:\n{applied}\n{dry}"
         );
     }
+    // Repacked packs (half-empty ones) are new objects in both tiers once relayed.
+    let repacked: Vec<String> = removed(&applied, 2)?
+        .into_iter()
+        .filter(|(k, _)| k == "repack")
+        .map(|(_, n)| n)
+        .collect();
+    wait_drained(&klio, Duration::from_secs(120))?;
 
     // What the reports list is what vanished, in each tier, and nothing else did
     // (besides the cluster's catalog-made object, which never goes).
-    let key_of = |kind: &str, name: &str| -> Vec<String> {
+    let after_t2 = bucket.keys()?;
+    // Tier 2 keeps a removed backup's chunk index while a pack it wrote is there.
+    let pack_stays = |id: &str| {
+        after_t2
+            .iter()
+            .any(|k| k.starts_with(&format!("{PREFIX}/{CLUSTER}/backups/packs/{id}-0")))
+    };
+    let key_of = |tier: u64, kind: &str, name: &str| -> Vec<String> {
         match kind {
             "backup" => ["manifest.klio", "backup_manifest.klio", "chunks.klio"]
                 .iter()
+                .filter(|f| tier == 1 || **f != "chunks.klio" || !pack_stays(name))
                 .map(|f| format!("{PREFIX}/{CLUSTER}/backups/{name}/{f}"))
                 .collect(),
             "pack" => vec![format!("{PREFIX}/{CLUSTER}/backups/packs/{name}.pack")],
-            "chunks" => vec![],
+            "chunks" | "repack" => vec![],
             _ => vec![format!("{PREFIX}/{CLUSTER}/wal/{name}")],
         }
     };
     let expect_gone = |tier: u64| -> Result<Vec<String>> {
         let mut keys: Vec<String> = removed(&dry, tier)?
             .iter()
-            .flat_map(|(k, n)| key_of(k, n))
+            .flat_map(|(k, n)| key_of(tier, k, n))
             .collect();
         keys.sort();
         Ok(keys)
@@ -896,7 +912,6 @@ fn retention_keeps_the_latest_two_in_each_tier_and_everything_a_restore_needs() 
         .collect();
     gone_t1.sort();
     ensure!(gone_t1 == expect_gone(1)?, "Tier 1 lost {gone_t1:#?}");
-    let after_t2 = bucket.keys()?;
     let mut gone_t2: Vec<String> = before_t2
         .iter()
         .filter(|k| !after_t2.contains(k))
@@ -907,7 +922,10 @@ fn retention_keeps_the_latest_two_in_each_tier_and_everything_a_restore_needs() 
     ensure!(
         after_t1.keys().cloned().collect::<Vec<_>>() == {
             let mut k = after_t2.clone();
-            k.retain(|k| !k.ends_with("/cluster.json"));
+            k.retain(|k| {
+                !k.ends_with("/cluster.json") && !k.ends_with("/chunks.klio")
+                    || after_t1.contains_key(k)
+            });
             k
         },
         "the tiers hold different objects after retention"
@@ -956,12 +974,27 @@ fn retention_keeps_the_latest_two_in_each_tier_and_everything_a_restore_needs() 
     );
     drop(restored);
 
-    // Applying again removes nothing; the catalog is consistent: references, packs.
+    // Applying again removes the repacked packs (their chunks are in the new ones, which
+    // are in Tier 2), and a third run nothing; the catalog is consistent: references,
+    // packs.
     let again = retention(&klio, &["apply"])?;
+    for tier in [1, 2] {
+        let packs: Vec<String> = removed(&again, tier)?
+            .into_iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let want: Vec<String> = repacked.iter().map(|n| format!("pack {n}")).collect();
+        ensure!(
+            packs == want,
+            "tier {tier}: the second run removed {packs:?}, not the repacked {want:?}"
+        );
+    }
+    let third = retention(&klio, &["apply"])?;
     ensure!(
-        removed(&again, 1)?.is_empty() && removed(&again, 2)?.is_empty(),
-        "a second run removed more: {again}"
+        removed(&third, 1)?.is_empty() && removed(&third, 2)?.is_empty(),
+        "a third run removed more: {third}"
     );
+    let after_t1 = tier1_objects(&klio)?;
     klio.stop()?;
     let (backups, packs, segments) = checked_catalog(&klio)?;
     ensure!(backups == ids[2..], "catalog backups {backups:?}");
@@ -1244,6 +1277,179 @@ fn retention_without_tier2_keeps_the_latest_and_finishes_after_a_crash() -> Resu
     ensure!(
         packs == pack_files,
         "pack records {packs:?}, pack files {pack_files:?}"
+    );
+    Ok(())
+}
+
+/// A read-only server on the bucket (an empty data directory, the writer's master key).
+fn start_reader(writer: &KlioServer, bucket: &Bucket) -> Result<KlioServer> {
+    let mut conf = ClusterConf::new(CLUSTER, "");
+    conf.slot = String::new();
+    let mut top = vec!["mode = \"read-only\"".to_string()];
+    top.extend(bucket.config());
+    KlioServer::start_with_key_of(writer, vec![conf], top)
+}
+
+/// `klio tier2 rescan` on a read-only server; fails when it skipped a backup.
+fn rescan(reader: &KlioServer) -> Result<Value> {
+    let out = reader.client_ok(CLUSTER, &["tier2", "rescan", "--output", "json"])?;
+    let report: Value = serde_json::from_str(&out)?;
+    ensure!(
+        report["skipped"].as_array().is_none_or(|s| s.is_empty()),
+        "the rescan skipped something: {report}"
+    );
+    Ok(report)
+}
+
+/// Retention repacks a pack most of whose bytes only a removed backup used: its live
+/// chunks move to a new pack (with an index) in both tiers, and the next run removes
+/// the old pack and, with it gone, the removed backup's chunk index, which Tier 2 kept
+/// until then. Readers of the bucket follow: one that knew the old place, one that
+/// starts while the removed backup's chunk index is the only place of the chunks the
+/// remaining backup shares with it, and one that starts after the move restore it.
+#[test]
+fn repacking_moves_live_chunks_out_of_half_empty_packs_and_readers_follow() -> Result<()> {
+    let bucket = Bucket::start()?;
+    let pg = PgInstance::start(PgOptions::new())?;
+    pg.pgbench(&["-i", "-s", "1"])?;
+    // Most of the first backup is a table dropped before the second.
+    pg.psql(
+        "CREATE TABLE junk AS SELECT g, md5(g::text) || md5((g * 7)::text) AS pad \
+         FROM generate_series(1, 400000) g",
+    )?;
+    let mut writer = start_klio(&pg, &bucket)?;
+    let first = backup(&writer)?;
+    let first_id = first["id"].as_str().context("id")?.to_string();
+    pg.psql("DROP TABLE junk")?;
+    pg.pgbench(&["-N", "-t", "300"])?;
+    let second = backup(&writer)?;
+    let second_id = second["id"].as_str().context("id")?.to_string();
+    pg.pgbench(&["-N", "-t", "300"])?;
+    let want = klio_tests::table_checksums(&pg, &TABLES)?;
+    seal_and_drain(&pg, &writer)?;
+    let first_packs: Vec<String> = bucket
+        .keys()?
+        .into_iter()
+        .filter(|k| k.contains(&format!("/backups/packs/{first_id}-")))
+        .collect();
+    ensure!(!first_packs.is_empty(), "the first backup wrote no pack");
+
+    // A reader that knows both backups where the first one put its chunks.
+    let old_reader = start_reader(&writer, &bucket)?;
+    ensure!(
+        listed_backups(&old_reader)?.len() == 2,
+        "the first reader does not list both backups"
+    );
+
+    writer
+        .top_level_mut()
+        .extend(["[retention]".to_string(), "latest = 1".to_string()]);
+    writer.write_config()?;
+    writer.stop()?;
+    writer.restart()?;
+    let dry = retention(&writer, &["apply", "--dry-run"])?;
+    let applied = retention(&writer, &["apply"])?;
+    ensure!(
+        removed(&applied, 2)? == removed(&dry, 2)?,
+        "apply differs from its dry run:\n{applied}\n{dry}"
+    );
+    let repacked: Vec<String> = removed(&applied, 2)?
+        .into_iter()
+        .filter(|(k, _)| k == "repack")
+        .map(|(_, n)| n)
+        .collect();
+    let first_pack_names: Vec<String> = first_packs
+        .iter()
+        .filter_map(|k| k.rsplit('/').next()?.strip_suffix(".pack"))
+        .map(String::from)
+        .collect();
+    ensure!(
+        !repacked.is_empty() && repacked.iter().all(|p| first_pack_names.contains(p)),
+        "retention repacked {repacked:?}, not the first backup's packs {first_pack_names:?}: {applied}"
+    );
+    wait_drained(&writer, Duration::from_secs(120))?;
+    let keys = bucket.keys()?;
+    let new_packs: Vec<&String> = keys
+        .iter()
+        .filter(|k| k.contains("/backups/packs/") && k.contains("-r"))
+        .collect();
+    ensure!(
+        new_packs.iter().any(|k| k.ends_with(".pack"))
+            && new_packs.iter().any(|k| k.ends_with(".index")),
+        "no repacked pack with its index in the bucket: {keys:#?}"
+    );
+    let first_index = format!("{PREFIX}/{CLUSTER}/backups/{first_id}/chunks.klio");
+    ensure!(
+        keys.contains(&first_index) && !keys.iter().any(|k| k.ends_with(&format!("{first_id}/manifest.klio"))),
+        "Tier 2 should hold the removed backup's chunk index (its packs stay) and not its manifest: {keys:#?}"
+    );
+
+    // A reader starting now places the shared chunks with that chunk index alone.
+    let mid_reader = start_reader(&writer, &bucket)?;
+    let listed = listed_backups(&mid_reader)?;
+    ensure!(
+        listed.len() == 1 && listed[0]["id"] == second_id.as_str(),
+        "a reader started after the first backup's removal lists {listed:#?}"
+    );
+    rescan(&mid_reader)?;
+    drop(mid_reader);
+
+    // The next run removes the old packs in both tiers, then the chunk index.
+    let again = retention(&writer, &["apply"])?;
+    for tier in [1, 2] {
+        let packs: Vec<String> = removed(&again, tier)?
+            .into_iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let want: Vec<String> = repacked.iter().map(|n| format!("pack {n}")).collect();
+        ensure!(
+            packs == want,
+            "tier {tier}: the second run removed {packs:?}, not {want:?}"
+        );
+    }
+    let keys = bucket.keys()?;
+    ensure!(
+        !keys.iter().any(|k| k.contains(&format!("/{first_id}"))),
+        "the first backup left objects in the bucket: {keys:#?}"
+    );
+    ensure!(
+        !tier1_objects(&writer)?
+            .keys()
+            .any(|k| k.contains(&format!("/{first_id}"))),
+        "the first backup left objects in Tier 1"
+    );
+    // The writer restores from Tier 1 (the repacked pack there).
+    let restored = writer.restore_and_recover(CLUSTER, Some(&second_id), PgOptions::new())?;
+    let got = klio_tests::table_checksums(&restored.pg, &TABLES)?;
+    ensure!(got == want, "the writer restored:\n{got}\nsource:\n{want}");
+    drop(restored);
+
+    // The reader that knew the old places follows the move and restores.
+    let report = rescan(&old_reader)?;
+    ensure!(
+        report["removed_backups"] == 1,
+        "the first reader's rescan: {report}"
+    );
+    let restored = old_reader.restore_and_recover(CLUSTER, Some(&second_id), PgOptions::new())?;
+    let got = klio_tests::table_checksums(&restored.pg, &TABLES)?;
+    ensure!(
+        got == want,
+        "the first reader restored:\n{got}\nsource:\n{want}"
+    );
+    drop(restored);
+
+    // So does a reader that starts now, from the bucket alone.
+    let new_reader = start_reader(&writer, &bucket)?;
+    let listed = listed_backups(&new_reader)?;
+    ensure!(
+        listed.len() == 1 && listed[0]["id"] == second_id.as_str(),
+        "a reader started after the repacking lists {listed:#?}"
+    );
+    let restored = new_reader.restore_and_recover(CLUSTER, Some(&second_id), PgOptions::new())?;
+    let got = klio_tests::table_checksums(&restored.pg, &TABLES)?;
+    ensure!(
+        got == want,
+        "the new reader restored:\n{got}\nsource:\n{want}"
     );
     Ok(())
 }

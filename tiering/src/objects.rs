@@ -9,6 +9,8 @@
 //! <cluster>/wal/000000010000000000000003          sealed WAL segment
 //! <cluster>/wal/00000002.history                  timeline history file
 //! <cluster>/backups/packs/<backup id>-<n>.pack    pack of chunks
+//! <cluster>/backups/packs/<id>-r<n>.pack          pack written by repacking
+//! <cluster>/backups/packs/<id>-r<n>.index         where that pack's chunks are
 //! <cluster>/backups/<backup id>/backup_manifest.klio   PostgreSQL's manifest
 //! <cluster>/backups/<backup id>/chunks.klio       where the backup's new chunks are
 //! <cluster>/backups/<backup id>/manifest.klio     Klio's manifest (uploaded last)
@@ -125,6 +127,17 @@ pub fn place(
                 key: Path::from_iter([c, "backups", "packs", &file]),
             })
         }
+        RelayKind::PackIndex => {
+            let pack: PackName = name.parse().map_err(|e| bad(format!("{e}")))?;
+            if !pack.is_repack() {
+                return Err(bad("only a repacked pack has an index of its own".into()));
+            }
+            let file = format!("{pack}.index");
+            Ok(ObjectPlace {
+                tier1: data.backups(cluster).pack_index(&pack),
+                key: Path::from_iter([c, "backups", "packs", &file]),
+            })
+        }
         RelayKind::BackupManifest | RelayKind::PgManifest | RelayKind::ChunkIndex => {
             let id: BackupId = name.parse().map_err(|e| bad(format!("{e}")))?;
             let dir = data
@@ -163,7 +176,11 @@ pub fn parse_key(cluster: &ClusterName, key: &Path) -> Option<(RelayKind, String
             }
         }
         [c, "backups", "packs", file] if *c == cluster.as_str() => {
-            (RelayKind::Pack, file.strip_suffix(".pack")?.to_string())
+            match (file.strip_suffix(".pack"), file.strip_suffix(".index")) {
+                (Some(pack), _) => (RelayKind::Pack, pack.to_string()),
+                (_, Some(pack)) => (RelayKind::PackIndex, pack.to_string()),
+                _ => return None,
+            }
         }
         [c, "backups", id, file] if *c == cluster.as_str() => match *file {
             "manifest.klio" => (RelayKind::BackupManifest, id.to_string()),
@@ -192,6 +209,8 @@ mod tests {
             (RelayKind::BackupManifest, "20261124T193000Z"),
             (RelayKind::PgManifest, "20261124T193000Z-2"),
             (RelayKind::ChunkIndex, "20261124T193000Z"),
+            (RelayKind::Pack, "20261126T101500Z-r0002"),
+            (RelayKind::PackIndex, "20261126T101500Z-r0002"),
         ] {
             let key = place(&data, &c, kind, name).unwrap().key;
             assert_eq!(parse_key(&c, &key), Some((kind, name.to_string())), "{key}");
@@ -208,6 +227,8 @@ mod tests {
             "pg/backups/packs/20261124T193000Z.pack",
             "pg/backups/packs/20261124T193000Z-0001",
             "pg/backups/packs/manifest.klio",
+            "pg/backups/packs/20261124T193000Z-0001.index",
+            "pg/backups/packs/20261126T101500Z-r0002.index.tmp",
             "pg/backups/20261124T193000Z/other.klio",
             "pg/backups/20261124T193000Z/x/manifest.klio",
             "pg/cluster.json.bak",
@@ -260,6 +281,16 @@ mod tests {
             index.tier1,
             PathBuf::from("/d/clusters/pg/backups/20261124T193000Z/chunks.klio")
         );
+        let repacked = p(RelayKind::PackIndex, "20261126T101500Z-r0002");
+        assert_eq!(
+            repacked.key.as_ref(),
+            "pg/backups/packs/20261126T101500Z-r0002.index"
+        );
+        assert_eq!(
+            repacked.tier1,
+            PathBuf::from("/d/clusters/pg/backups/packs/20261126T101500Z-r0002.index")
+        );
+        assert!(place(&data, &c, RelayKind::PackIndex, "20261124T193000Z-0001").is_err());
         assert_eq!(cluster_key(&c).as_ref(), "pg/cluster.json");
         assert!(place(&data, &c, RelayKind::Cluster, "pg").is_err());
     }

@@ -352,7 +352,10 @@ impl Relay {
                 .map(|((tli, lsn), size)| WalFileName::segment(tli, lsn.segno(size), size))
         };
         Ok(!queue.iter().any(|q| match q.kind {
-            RelayKind::Pack => q.name.parse::<PackName>().is_ok_and(|p| p.backup() <= &id),
+            // A repacked pack (and its index) of before the backup may hold its chunks.
+            RelayKind::Pack | RelayKind::PackIndex => {
+                q.name.parse::<PackName>().is_ok_and(|p| p.backup() <= &id)
+            }
             RelayKind::PgManifest | RelayKind::ChunkIndex => q.name == item.name,
             RelayKind::WalSegment => match (&end, q.name.parse::<WalFileName>()) {
                 (Some(end), Ok(w)) => w <= *end,
@@ -603,6 +606,13 @@ fn backfill(cat: &Catalog, cluster: &ClusterName, data: &DataDir) -> Result<usiz
         want(RelayKind::PgManifest, b.id.to_string(), None)?;
         want(RelayKind::ChunkIndex, b.id.to_string(), None)?;
         want(RelayKind::BackupManifest, b.id.to_string(), None)?;
+    }
+    // Packs written by repacking belong to no backup.
+    for p in cat.packs(cluster)? {
+        if p.name.parse::<PackName>().is_ok_and(|n| n.is_repack()) {
+            want(RelayKind::Pack, p.name.clone(), Some(p.size))?;
+            want(RelayKind::PackIndex, p.name, None)?;
+        }
     }
     let n = items.len();
     if n > 0 {

@@ -43,11 +43,13 @@ use klio_core::{ClusterName, DataKey};
 pub use klio_catalog::{BackupKind, BackupRecord, BackupState};
 use klio_core::manifest::{BackupManifest, ChunkId};
 
+mod repack;
 #[cfg(test)]
 mod tests;
 mod verify;
 mod writer;
 
+pub use repack::Repacked;
 pub use verify::VerifyResult;
 pub use writer::{BackupWriter, WriterProgress};
 
@@ -100,6 +102,19 @@ impl BackupStoreError {
 }
 
 type Result<T> = std::result::Result<T, BackupStoreError>;
+
+/// The current UTC time as `YYYYMMDDTHHMMSSZ`.
+fn utc_now_id() -> String {
+    let now = unix_now();
+    let (y, m, d) = civil_from_days((now / 86_400) as i64);
+    let s = now % 86_400;
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackupStoreError + '_ {
     move |source| BackupStoreError::Io {
@@ -232,16 +247,7 @@ impl ChunkStore {
 
     /// A fresh backup id (UTC time, `-2`, `-3`… if taken).
     pub fn new_backup_id(&self) -> Result<BackupId> {
-        let now = unix_now();
-        let days = (now / 86_400) as i64;
-        let (y, m, d) = civil_from_days(days);
-        let s = now % 86_400;
-        let base = format!(
-            "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-            s / 3600,
-            s / 60 % 60,
-            s % 60
-        );
+        let base = utc_now_id();
         let as_id = |text: &str| -> BackupId {
             text.parse()
                 .expect("a UTC timestamp with an optional -N is a valid backup id")
@@ -258,6 +264,29 @@ impl ChunkStore {
             id = as_id(&format!("{base}-{n}"));
         }
         Ok(id)
+    }
+
+    /// A fresh name for a pack written by repacking (`<UTC time>-r<n>`, the first `n`
+    /// from 1 that no pack record or file has).
+    pub fn new_repack_name(&self) -> Result<PackName> {
+        let at: BackupId = utc_now_id()
+            .parse()
+            .expect("a UTC timestamp is a valid backup id");
+        let mut n = 1;
+        loop {
+            let name = PackName::repacked(at.clone(), n);
+            let taken = self
+                .inner
+                .catalog
+                .pack(&self.inner.cluster, &name.to_string())?
+                .is_some()
+                || self.inner.dir.pack(&name).exists()
+                || self.inner.dir.pack_index(&name).exists();
+            if !taken {
+                return Ok(name);
+            }
+            n += 1;
+        }
     }
 
     pub fn backups(&self) -> Result<Vec<BackupRecord>> {
@@ -291,7 +320,7 @@ impl ChunkStore {
         for e in std::fs::read_dir(&dir).map_err(io(&dir))? {
             let e = e.map_err(io(&dir))?;
             let known = match PacksDirEntry::parse(e.file_name()) {
-                PacksDirEntry::Pack(p) => self
+                PacksDirEntry::Pack(p) | PacksDirEntry::Index(p) => self
                     .inner
                     .catalog
                     .pack(&self.inner.cluster, &p.to_string())?
@@ -315,8 +344,10 @@ impl ChunkStore {
         for e in std::fs::read_dir(&dir).map_err(io(&dir))? {
             let e = e.map_err(io(&dir))?;
             let ours = match PacksDirEntry::parse(e.file_name()) {
-                PacksDirEntry::Pack(p) => *p.backup() == b.id || b.packs.contains(&p.to_string()),
-                PacksDirEntry::Unknown => false,
+                PacksDirEntry::Pack(p) => {
+                    (!p.is_repack() && *p.backup() == b.id) || b.packs.contains(&p.to_string())
+                }
+                PacksDirEntry::Index(_) | PacksDirEntry::Unknown => false,
             };
             if ours {
                 std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
