@@ -199,6 +199,12 @@ impl std::fmt::Debug for Catalog {
 
 impl Catalog {
     /// Opens (creating if needed) the catalog in `dir`.
+    /// A number that changes with every write to the catalog (RocksDB's latest sequence
+    /// number): figures derived from the catalog stay valid while it does not.
+    pub fn sequence(&self) -> u64 {
+        self.db.latest_sequence_number()
+    }
+
     pub fn open(dir: &Path) -> Result<Catalog> {
         let mut opts = Options::default();
         opts.create_if_missing(true);

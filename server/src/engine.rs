@@ -275,6 +275,7 @@ pub async fn run_server_until(
     tasks.extend(backups.spawn_schedules(stop_rx.clone()));
     tasks.extend(backups.spawn_retention(stop_rx.clone()));
     let registry = Arc::new(EngineRegistry {
+        figures: Default::default(),
         ctx: ctx.clone(),
         read_only,
         tier2,
@@ -471,11 +472,68 @@ impl EngineRegistry {
 /// [`Registry`] over the real receivers and Tier 1 stores.
 pub struct EngineRegistry {
     ctx: Arc<ServerContext>,
+    /// Per cluster, the storage and Tier 2 figures of the status (catalog scans), reused
+    /// while the catalog has not changed for at most [`FIGURES_MAX_AGE`].
+    figures: std::sync::Mutex<HashMap<ClusterName, Figures>>,
     /// `mode = "read-only"`: every write is refused.
     read_only: bool,
     clusters: HashMap<ClusterName, ClusterHandle>,
     backups: Arc<BackupManager>,
     tier2: Option<Tier2Relays>,
+}
+
+/// How long the status's catalog-derived figures are reused while the catalog does not
+/// change (files Tier 1 retention deletes change no record at once).
+const FIGURES_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A cluster's catalog-derived status figures and when they were computed.
+struct Figures {
+    sequence: u64,
+    at: std::time::Instant,
+    storage: klio_api::StorageStatus,
+    tier2: Option<klio_api::Tier2Status>,
+}
+
+impl EngineRegistry {
+    /// What the tiers store and Tier 2's backlog: catalog scans, so computed again only
+    /// once the catalog changed or the last figures are [`FIGURES_MAX_AGE`] old (a
+    /// status polled every few milliseconds would otherwise take CPU from WAL intake).
+    fn figures(
+        &self,
+        cluster: &ClusterName,
+    ) -> (klio_api::StorageStatus, Option<klio_api::Tier2Status>) {
+        let sequence = self.ctx.catalog.sequence();
+        let mut cache = self.figures.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = cache.get(cluster) {
+            if f.sequence == sequence && f.at.elapsed() < FIGURES_MAX_AGE {
+                return (f.storage.clone(), f.tier2.clone());
+            }
+        }
+        let storage = storage_status(
+            &self.ctx.catalog,
+            &DataDir::new(&self.ctx.data_dir),
+            cluster,
+        )
+        .unwrap_or_else(|e| {
+            tracing::warn!(cluster = %cluster, error = %e, "cannot read what the tiers store");
+            Default::default()
+        });
+        let tier2 = self.tier2.as_ref().and_then(|t| {
+            t.status(cluster)
+                .map_err(|e| tracing::warn!(cluster = %cluster, error = %e, "cannot read the Tier 2 backlog"))
+                .ok()
+        });
+        cache.insert(
+            cluster.clone(),
+            Figures {
+                sequence,
+                at: std::time::Instant::now(),
+                storage: storage.clone(),
+                tier2: tier2.clone(),
+            },
+        );
+        (storage, tier2)
+    }
 }
 
 impl Registry for EngineRegistry {
@@ -545,6 +603,7 @@ impl Registry for EngineRegistry {
     fn status(&self, cluster: &ClusterName) -> Option<ClusterStatusView> {
         let h = self.clusters.get(cluster)?;
         let s = h.status.snapshot();
+        let (storage, tier2) = self.figures(cluster);
         Some(ClusterStatusView {
             cluster: cluster.clone(),
             system_id: s.system_id.map(|v| v.to_string()),
@@ -563,16 +622,8 @@ impl Registry for EngineRegistry {
             wal_fsyncs: s.wal_flushes,
             wal_fsync_micros: s.wal_flush_nanos / 1000,
             backups: self.backups.status(cluster),
-            storage: storage_status(&self.ctx.catalog, &DataDir::new(&self.ctx.data_dir), cluster)
-                .unwrap_or_else(|e| {
-                    tracing::warn!(cluster = %cluster, error = %e, "cannot read what the tiers store");
-                    Default::default()
-                }),
-            tier2: self.tier2.as_ref().and_then(|t| {
-                t.status(cluster)
-                    .map_err(|e| tracing::warn!(cluster = %cluster, error = %e, "cannot read the Tier 2 backlog"))
-                    .ok()
-            }),
+            storage,
+            tier2,
         })
     }
 
