@@ -506,7 +506,7 @@ impl EngineRegistry {
         let mut cache = self.figures.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = cache.get(cluster) {
             if f.sequence == sequence && f.at.elapsed() < FIGURES_MAX_AGE {
-                return (f.storage.clone(), f.tier2.clone());
+                return (f.storage, f.tier2.clone());
             }
         }
         let storage = storage_status(
@@ -528,7 +528,7 @@ impl EngineRegistry {
             Figures {
                 sequence,
                 at: std::time::Instant::now(),
-                storage: storage.clone(),
+                storage,
                 tier2: tier2.clone(),
             },
         );
