@@ -297,11 +297,25 @@ impl Catalog {
         held: &Tier2Object,
         segment: Option<&SegmentRecord>,
     ) -> Result<()> {
+        self.relay_done_many(cluster, &[(item.clone(), held.clone(), segment.cloned())])
+    }
+
+    /// [`Catalog::relay_done`] for several objects, in one synced write.
+    pub fn relay_done_many(
+        &self,
+        cluster: &ClusterName,
+        done: &[(RelayItem, Tier2Object, Option<SegmentRecord>)],
+    ) -> Result<()> {
+        if done.is_empty() {
+            return Ok(());
+        }
         let mut batch = WriteBatch::default();
-        batch.delete(relay_key(cluster, item.kind, &item.name));
-        batch.put(held_key(cluster, held.kind, &held.name), encode(held));
-        if let Some(rec) = segment {
-            batch.put(segment_key(cluster, rec.tli, rec.segno), encode(rec));
+        for (item, held, segment) in done {
+            batch.delete(relay_key(cluster, item.kind, &item.name));
+            batch.put(held_key(cluster, held.kind, &held.name), encode(held));
+            if let Some(rec) = segment {
+                batch.put(segment_key(cluster, rec.tli, rec.segno), encode(rec));
+            }
         }
         self.db.write_opt(batch, &synced())?;
         Ok(())

@@ -310,23 +310,50 @@ impl Relay {
         }
         due.truncate(MAX_PER_PASS);
         report.attempted = due.len();
-        // Each outcome is recorded as soon as it is known, so a crash forgets little.
-        let outcomes: Vec<Result<bool, RelayError>> = stream::iter(due)
-            .map(|item| async move {
-                match self.upload(&item).await {
-                    Ok(held) => self.record_done(item, held).await.map(|()| true),
-                    Err(e) => self.record_failure(item, &e).await.map(|()| false),
+        // Uploads go on while finished ones are recorded (those that finish together in
+        // one synced write): an upload slot never waits for the catalog's fsync, and each
+        // outcome is recorded as soon as the recorder gets to it, so a crash forgets little.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let concurrency = self.settings.concurrency.max(1);
+        let uploads = async move {
+            stream::iter(due)
+                .map(|item| async move {
+                    let outcome = self.upload(&item).await;
+                    (item, outcome)
+                })
+                .buffer_unordered(concurrency)
+                .for_each(|o| {
+                    let _ = tx.send(o);
+                    futures_util::future::ready(())
+                })
+                .await;
+        };
+        let recorder = async {
+            let mut recorded: Result<(), RelayError> = Ok(());
+            let mut finished = Vec::new();
+            while rx.recv_many(&mut finished, 64).await > 0 {
+                let mut done = Vec::new();
+                for (item, outcome) in finished.drain(..) {
+                    match outcome {
+                        Ok(held) => done.push((item, held)),
+                        Err(e) => {
+                            report.failed += 1;
+                            if let Err(e) = self.record_failure(item, &e).await {
+                                recorded = recorded.and(Err(e));
+                            }
+                        }
+                    }
                 }
-            })
-            .buffer_unordered(self.settings.concurrency.max(1))
-            .collect()
-            .await;
-        for outcome in outcomes {
-            match outcome? {
-                true => report.uploaded += 1,
-                false => report.failed += 1,
+                let n = done.len();
+                match self.record_done(done).await {
+                    Ok(()) => report.uploaded += n,
+                    Err(e) => recorded = recorded.and(Err(e)),
+                }
             }
-        }
+            recorded
+        };
+        let ((), recorded) = tokio::join!(uploads, recorder);
+        recorded?;
         Ok(report)
     }
 
@@ -483,16 +510,23 @@ impl Relay {
 
     /// Removes the entry and records the object as held (a segment's record too), in
     /// one catalog write.
-    async fn record_done(&self, item: RelayItem, held: Tier2Object) -> Result<(), RelayError> {
+    async fn record_done(&self, done: Vec<(RelayItem, Tier2Object)>) -> Result<(), RelayError> {
+        if done.is_empty() {
+            return Ok(());
+        }
         self.catalog(move |cat, c| {
-            let segment = match item.kind {
-                RelayKind::WalSegment => segment_of(cat, c, &item.name)?.map(|mut s| {
-                    s.tiers.tier2 = true;
-                    s
-                }),
-                _ => None,
-            };
-            cat.relay_done(c, &item, &held, segment.as_ref())
+            let mut records = Vec::with_capacity(done.len());
+            for (item, held) in done {
+                let segment = match item.kind {
+                    RelayKind::WalSegment => segment_of(cat, c, &item.name)?.map(|mut s| {
+                        s.tiers.tier2 = true;
+                        s
+                    }),
+                    _ => None,
+                };
+                records.push((item, held, segment));
+            }
+            cat.relay_done_many(c, &records)
         })
         .await
     }
