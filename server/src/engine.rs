@@ -220,13 +220,19 @@ pub async fn run_server_until(
                 stop_rx.clone(),
             ))?);
         }
-        // WAL intake first: while a cluster catches up (more than a segment behind its
-        // primary), its relay starts no new uploads.
+        // WAL intake first: while a cluster connects, or streams without knowing yet how
+        // far its primary is, or catches up (more than a segment behind), its relay
+        // starts no new uploads.
         let busy = |h: &ClusterHandle| -> klio_tiering::relay::YieldTo {
             let status = h.status.clone();
             Arc::new(move || {
                 let s = status.snapshot();
-                matches!((s.primary, s.flushed), (Some(p), Some(f)) if p.0.saturating_sub(f.0) > RELAY_YIELD_LAG)
+                match (s.state, s.primary, s.flushed) {
+                    (ConnectionState::Connecting, _, _) => true,
+                    (ConnectionState::Streaming, None, _) => true,
+                    (_, Some(p), Some(f)) => p.0.saturating_sub(f.0) > RELAY_YIELD_LAG,
+                    _ => false,
+                }
             })
         };
         let relays = handles.iter().map(|h| (h.spec.name.clone(), busy(h)));

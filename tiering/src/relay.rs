@@ -122,7 +122,8 @@ impl RelayError {
 /// What one pass over the queue did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PassReport {
-    /// Objects tried.
+    /// Objects taken on (uploaded, failed, or left queued because WAL intake needed the
+    /// slots meanwhile).
     pub attempted: usize,
     pub uploaded: usize,
     pub failed: usize,
@@ -187,6 +188,11 @@ impl Relay {
         self
     }
 
+    /// Whether the relay should start no upload now (see [`Relay::yield_to`]).
+    fn yielding(&self) -> bool {
+        self.yield_to.as_ref().is_some_and(|busy| busy())
+    }
+
     pub fn counters(&self) -> Arc<RelayCounters> {
         Arc::clone(&self.counters)
     }
@@ -238,7 +244,7 @@ impl Relay {
             if *stop.borrow() {
                 return;
             }
-            if self.yield_to.as_ref().is_some_and(|busy| busy()) {
+            if self.yielding() {
                 if !yielding {
                     yielding = true;
                     tracing::info!(cluster = %self.cluster, "tier2 relay: WAL intake is catching up; uploads wait");
@@ -316,7 +322,10 @@ impl Relay {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let concurrency = self.settings.concurrency.max(1);
         let uploads = async move {
+            // Intake that starts catching up meanwhile gets the next slots: what has
+            // not started stays queued for a later pass.
             stream::iter(due)
+                .filter(|_| futures_util::future::ready(!self.yielding()))
                 .map(|item| async move {
                     let outcome = self.upload(&item).await;
                     (item, outcome)

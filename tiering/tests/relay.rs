@@ -512,3 +512,34 @@ async fn another_clusters_key_object_under_the_prefix_stops_everything_else() {
         "the other cluster's object was replaced"
     );
 }
+
+/// While WAL intake needs the machine (`yield_to` says so), a pass starts no further
+/// upload: what has not started stays queued, and goes once intake has caught up.
+#[tokio::test]
+async fn a_pass_starts_no_upload_while_intake_catches_up() {
+    let t1 = Tier1::new();
+    let bucket = tempfile::tempdir().unwrap();
+    for n in 3..9 {
+        t1.segment(n, true);
+    }
+    let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let relay = {
+        let busy = Arc::clone(&busy);
+        t1.relay(local_tier2(bucket.path()))
+            .yield_to(Arc::new(move || {
+                busy.load(std::sync::atomic::Ordering::SeqCst)
+            }))
+    };
+    cluster_object_first(&relay, 6).await;
+    // Intake starts catching up before the pass: nothing is uploaded.
+    busy.store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = relay.pass().await.unwrap();
+    assert_eq!((r.uploaded, r.failed), (0, 0), "{r:?}");
+    assert_eq!(t1.catalog.relay_items(&t1.cluster).unwrap().len(), 6);
+    assert!(!bucket.path().join("pg/wal").exists());
+    // Caught up: everything goes.
+    busy.store(false, std::sync::atomic::Ordering::SeqCst);
+    let uploaded: usize = drain(&relay).await.iter().map(|r| r.uploaded).sum();
+    assert_eq!(uploaded, 6);
+    assert!(t1.catalog.relay_items(&t1.cluster).unwrap().is_empty());
+}
