@@ -108,5 +108,47 @@ impl LeaseLock {
     }
 }
 
+/// What a replica does after an attempt to acquire or renew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Hold (or keep holding) the Lease: run the controller.
+    Lead,
+    /// Another replica leads: wait.
+    Follow,
+    /// This replica led and no longer may: stop reconciling at once.
+    Lost,
+}
+
+/// A replica's leadership across attempts.
+#[derive(Debug, Clone, Default)]
+pub struct Leadership {
+    /// The last successful acquisition or renewal, while leading.
+    renewed: Option<Timestamp>,
+}
+
+impl Leadership {
+    /// The step after an attempt at `now` (`Err(())`: the API could not be asked). A
+    /// leader that cannot reach the API keeps leading until its lease would expire; a
+    /// leader told another replica holds the Lease has lost it.
+    pub fn after(&mut self, lock: &LeaseLock, attempt: Result<bool, ()>, now: Timestamp) -> Step {
+        match (attempt, self.renewed) {
+            (Ok(true), _) => {
+                self.renewed = Some(now);
+                Step::Lead
+            }
+            (Ok(false), Some(_)) => {
+                self.renewed = None;
+                Step::Lost
+            }
+            (Err(()), Some(r)) if lock.lost(r, now) => {
+                self.renewed = None;
+                Step::Lost
+            }
+            (Err(()), Some(_)) => Step::Lead,
+            (_, None) => Step::Follow,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,11 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
 
 /// Upper bounds (seconds) of the duration histogram's buckets.
 pub const BUCKETS: [f64; 8] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
@@ -103,9 +108,69 @@ impl Metrics {
     }
 }
 
+/// The operator's HTTP endpoints: `/metrics`; `/healthz` (200 while the process
+/// runs); `/readyz` (200 once `ready`: the Lease has been read, as leader or follower).
+pub fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                    metrics.render(),
+                )
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                if ready.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "waiting for the Lease")
+                }
+            }),
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn get_path(app: &Router, path: &str) -> (StatusCode, String) {
+        use tower::ServiceExt;
+        let req = axum::http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn readyz_waits_for_the_lease_while_healthz_and_metrics_answer_at_once() {
+        let metrics = Arc::new(Metrics::default());
+        let ready = Arc::new(AtomicBool::new(false));
+        let app = router(metrics.clone(), ready.clone());
+        assert_eq!(get_path(&app, "/healthz").await.0, StatusCode::OK);
+        assert_eq!(
+            get_path(&app, "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        ready.store(true, Ordering::Relaxed);
+        assert_eq!(get_path(&app, "/readyz").await.0, StatusCode::OK);
+        metrics.reconciled(0.1, false);
+        let (status, text) = get_path(&app, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            text.contains("klio_operator_reconcile_failures_total 1"),
+            "{text}"
+        );
+    }
 
     fn value(text: &str, series: &str) -> String {
         text.lines()

@@ -195,3 +195,28 @@ fn a_leader_has_lost_once_its_lease_duration_has_passed_without_renewal() {
     assert!(!lock.lost(at(NOW - 14), at(NOW)));
     assert!(lock.lost(at(NOW - 15), at(NOW)));
 }
+
+#[test]
+fn a_leader_keeps_leading_through_api_errors_until_its_lease_would_expire() {
+    let lock = LeaseLock::new("l", "pod-a");
+    let mut l = Leadership::default();
+    assert_eq!(l.after(&lock, Err(()), at(NOW)), Step::Follow);
+    assert_eq!(l.after(&lock, Ok(false), at(NOW)), Step::Follow);
+    assert_eq!(l.after(&lock, Ok(true), at(NOW)), Step::Lead);
+    assert_eq!(l.after(&lock, Err(()), at(NOW + 10)), Step::Lead);
+    assert_eq!(l.after(&lock, Err(()), at(NOW + 15)), Step::Lost);
+    assert_eq!(
+        l.after(&lock, Ok(false), at(NOW + 20)),
+        Step::Follow,
+        "a follower again"
+    );
+}
+
+#[test]
+fn a_leader_told_that_another_replica_holds_the_lease_has_lost_it() {
+    let lock = LeaseLock::new("l", "pod-a");
+    let mut l = Leadership::default();
+    assert_eq!(l.after(&lock, Ok(true), at(NOW)), Step::Lead);
+    assert_eq!(l.after(&lock, Ok(true), at(NOW + 5)), Step::Lead);
+    assert_eq!(l.after(&lock, Ok(false), at(NOW + 6)), Step::Lost);
+}
