@@ -8,13 +8,15 @@
 //!    `Ready=False/SecretMissing`; their content and the configuration give the rollout
 //!    hash;
 //! 4. the existing StatefulSet is read: its claim template is kept as it is (claim
-//!    templates are immutable);
+//!    templates are immutable); a Server whose mode changed since stops here with
+//!    `Ready=False/ModeChange` (its StatefulSet must be deleted to be recreated);
 //! 5. the ConfigMap, the Service and the StatefulSet are server-side applied with the
 //!    field manager [`FIELD_MANAGER`], all owned by the Server (owner references, so the
 //!    garbage collector removes them with it);
 //! 6. when the StatefulSet already existed, Tier 1's claim `data-<server>-0` is read and,
-//!    if `spec.storage.size` grew, patched (volume expansion); a smaller size is refused
-//!    with `StorageResized=False/ShrinkRefused` and a Warning event;
+//!    if `spec.storage.size` grew, patched (volume expansion, which the storage class
+//!    must allow); a smaller size is refused with `StorageResized=False/ShrinkRefused`
+//!    and a Warning event, another storage class with `StorageClassImmutable`;
 //! 7. when the pod is ready, each cluster's status is read from the server
 //!    ([`crate::status`]), and the status subresource is server-side applied.
 //!
@@ -275,11 +277,34 @@ async fn apply(server: &Server, ctx: &Context) -> Result<Action, Error> {
 
     let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
     let existing = sts_api.get_opt(&name).await?;
+    let existing_claim = existing.as_ref().and_then(ClaimTemplate::from_stateful_set);
+    if existing.is_some() {
+        let was = if existing_claim.is_some() {
+            "standard"
+        } else {
+            "read-only"
+        };
+        let now = match server.spec.mode {
+            ServerMode::Standard => "standard",
+            ServerMode::ReadOnly => "read-only",
+        };
+        if was != now {
+            return blocked(
+                server,
+                ctx,
+                "ModeChange",
+                format!(
+                    "StatefulSet {name} was made for a {was} server and a StatefulSet's volume claims cannot change: \
+                     delete StatefulSet {name} to have it recreated as {now} (a Tier 1 claim is kept)"
+                ),
+            )
+            .await;
+        }
+    }
     let claim = match server.spec.mode {
         ServerMode::ReadOnly => None,
-        ServerMode::Standard => existing
-            .as_ref()
-            .and_then(ClaimTemplate::from_stateful_set)
+        ServerMode::Standard => existing_claim
+            .clone()
             .or_else(|| ClaimTemplate::from_spec(server)),
     };
     let image = server
@@ -321,10 +346,26 @@ async fn apply(server: &Server, ctx: &Context) -> Result<Action, Error> {
         .await;
     }
 
-    let storage = match (&existing, &server.spec.storage) {
-        (Some(_), Some(want)) if server.spec.mode == ServerMode::Standard => {
-            resize(server, ctx, &want.size).await?
+    let storage = match (&existing_claim, &server.spec.storage) {
+        (Some(have), Some(want))
+            if want.storage_class.is_some() && want.storage_class != have.storage_class =>
+        {
+            let message = format!(
+                "the Tier 1 claim was made with storage class {:?}, which cannot change; spec.storage.storageClass {:?} is ignored",
+                have.storage_class.as_deref().unwrap_or("(default)"),
+                want.storage_class.as_deref().unwrap_or_default()
+            );
+            publish(
+                ctx,
+                server,
+                EventType::Warning,
+                "StorageClassImmutable",
+                message.clone(),
+            )
+            .await;
+            Some((false, "StorageClassImmutable".to_string(), message))
         }
+        (Some(_), Some(want)) => resize(server, ctx, &want.size).await?,
         _ => None,
     };
 

@@ -866,3 +866,72 @@ async fn a_missing_secret_is_reported_and_nothing_is_applied() {
     assert_eq!(ready.reason, "SecretMissing");
     assert!(ready.message.contains("klio-keys"), "{}", ready.message);
 }
+
+#[tokio::test]
+async fn a_changed_mode_is_reported_instead_of_applying_an_immutable_change() {
+    let spec = read_only();
+    let server = with_finalizer(server_of(spec.clone()));
+    let (secrets, existing) = (
+        secrets_for(&spec, ""),
+        existing_sts(&full_standard(), "50Gi"),
+    );
+    let (result, (event, status)) = run(server, FakeStatus::default(), move |mut api| {
+        Box::pin(async move {
+            serve_secrets(&mut api, &spec, &secrets).await;
+            api.expect("GET", &sts_path()).await.reply(200, &existing);
+            let event = api.expect_event().await;
+            let status = api.expect_status().await;
+            (api, (event, status))
+        })
+    })
+    .await;
+    result.unwrap();
+    assert_eq!(event, ("Warning".to_string(), "ModeChange".to_string()));
+    let ready = condition(&status, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "ModeChange")
+    );
+    assert!(
+        ready.message.contains("made for a standard server"),
+        "{}",
+        ready.message
+    );
+}
+
+#[tokio::test]
+async fn another_storage_class_is_reported_and_the_claim_left_alone() {
+    let mut spec = full_standard();
+    spec.storage.as_mut().unwrap().storage_class = Some("slow".into());
+    spec.storage.as_mut().unwrap().size = "100Gi".into();
+    let server = with_finalizer(server_of(spec.clone()));
+    let (secrets, existing) = (secrets_for(&spec, ""), existing_sts(&spec, "50Gi"));
+    let (result, seen) = run(server, FakeStatus::default(), move |api| {
+        Box::pin(serve_apply(
+            api,
+            spec,
+            secrets,
+            Some(existing),
+            Pvc::NotRead,
+            false,
+            1,
+        ))
+    })
+    .await;
+    result.unwrap();
+    assert_eq!(seen.pvc_patch, None);
+    assert_eq!(
+        seen.events,
+        [("Warning".to_string(), "StorageClassImmutable".to_string())]
+    );
+    let class = &seen.stateful_set["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"];
+    assert_eq!(
+        class, "fast",
+        "the claim template keeps the class it was made with"
+    );
+    let status = seen.status.unwrap();
+    assert_eq!(
+        condition(&status, "StorageResized").reason,
+        "StorageClassImmutable"
+    );
+}
