@@ -27,6 +27,19 @@
 //! `/v1/status` ([`status`]), records Events, and keeps the finalizer `klio.io/cleanup`.
 //! The reconciliation's steps and error handling are in [`reconcile`]; leader election
 //! in [`lease`]; the operator's own metrics in [`metrics`].
+//!
+//! # What it may do (RBAC)
+//!
+//! In the watched namespaces (all, or `KLIO_OPERATOR_WATCH_NAMESPACE`):
+//! - `klio.io` `servers`: get, list, watch, patch (the finalizer); `servers/status`: patch;
+//! - `apps` `statefulsets`; core `services`, `configmaps`: list, watch (owned objects, by
+//!   the label `app.kubernetes.io/managed-by=klio-operator`), create and patch (server-side
+//!   apply creates); statefulsets also get (the existing claim template);
+//! - core `secrets`: get (only those a Server references; none are listed or watched);
+//! - core `persistentvolumeclaims`: get, patch (growing Tier 1);
+//! - `events.k8s.io` `events`: create, patch (repeated events become a series).
+//!
+//! In its own namespace: `coordination.k8s.io` `leases`: get, create, update.
 
 pub mod config;
 pub mod lease;

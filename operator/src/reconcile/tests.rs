@@ -935,3 +935,97 @@ async fn another_storage_class_is_reported_and_the_claim_left_alone() {
         "StorageClassImmutable"
     );
 }
+
+/// The controller itself (`run`): it lists and watches Servers and the objects it owns
+/// (by label), reconciles the Server it finds, and stops on the shutdown signal.
+#[tokio::test]
+async fn the_controller_watches_servers_and_owned_objects_reconciles_and_shuts_down() {
+    let (ctx, mut api) = setup(FakeStatus::default());
+    let server = serde_json::to_value(server_of(full_standard())).unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let fake = tokio::spawn(async move {
+        let mut listed = Vec::new();
+        let mut watches = Vec::new();
+        let mut stop_tx = Some(stop_tx);
+        while let Some((req, send)) = api.0.next_request().await {
+            let path = req.uri().path().to_string();
+            let query = req.uri().query().unwrap_or("").to_string();
+            let reply = |send: SendResponse<Response<Body>>, code: u16, body: Value| {
+                send.send_response(
+                    Response::builder()
+                        .status(code)
+                        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                        .unwrap(),
+                )
+            };
+            if req.method() == "GET" && query.contains("watch=true") {
+                watches.push((path, send)); // Held open: nothing changes.
+            } else if req.method() == "GET" {
+                if path != "/apis/klio.io/v1alpha1/servers" {
+                    assert!(
+                        query.contains(
+                            "labelSelector=app.kubernetes.io%2Fmanaged-by%3Dklio-operator"
+                        ),
+                        "owned objects are watched by label: {path}?{query}"
+                    );
+                }
+                let items = if path.ends_with("/servers") {
+                    vec![server.clone()]
+                } else {
+                    vec![]
+                };
+                listed.push(path);
+                reply(
+                    send,
+                    200,
+                    json!({"kind": "List", "apiVersion": "v1",
+                                  "metadata": {"resourceVersion": "1"}, "items": items}),
+                );
+            } else {
+                assert_eq!(
+                    (req.method().as_str(), path.as_str()),
+                    ("PATCH", "/apis/klio.io/v1alpha1/namespaces/db/servers/klio")
+                );
+                let mut s = server.clone();
+                s["metadata"]["finalizers"] = json!([FINALIZER]);
+                reply(send, 200, s);
+                if let Some(tx) = stop_tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+        drop(watches);
+        listed.sort();
+        listed
+    });
+    let ctx2 = ctx.clone();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        super::run(ctx2, None, async move {
+            let _ = stop_rx.await;
+        }),
+    )
+    .await
+    .expect("the controller stops on its shutdown signal");
+    assert_eq!(
+        ctx.metrics
+            .render()
+            .lines()
+            .find(|l| l.starts_with("klio_operator_reconciliations_total")),
+        Some("klio_operator_reconciliations_total 1")
+    );
+    drop(ctx);
+    let listed = tokio::time::timeout(Duration::from_secs(10), fake)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        listed,
+        [
+            "/api/v1/configmaps",
+            "/api/v1/services",
+            "/apis/apps/v1/statefulsets",
+            "/apis/klio.io/v1alpha1/servers",
+        ]
+    );
+}
