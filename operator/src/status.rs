@@ -106,6 +106,14 @@ fn condition(type_: &str, ok: bool, reason: &str, message: impl Into<String>) ->
     }
 }
 
+/// A condition whose state the operator cannot tell (no report from the server).
+fn unknown(type_: &str, reason: &str, message: impl Into<String>) -> Condition {
+    Condition {
+        status: "Unknown".into(),
+        ..condition(type_, false, reason, message)
+    }
+}
+
 fn rfc3339(secs: u64) -> Option<String> {
     let secs = i64::try_from(secs).ok()?;
     Timestamp::from_second(secs).ok().map(|t| t.to_string())
@@ -151,8 +159,7 @@ pub fn build(obs: &Observed, previous: Option<&ServerStatus>, now: Timestamp) ->
     conditions.push(ready);
 
     if obs.mode == ServerMode::Standard && obs.blocked.is_none() {
-        let mut all = true;
-        let mut behind = Vec::new();
+        let (mut behind, mut unknown_of) = (Vec::new(), Vec::new());
         for (name, r) in &obs.clusters {
             let c = match r {
                 Ok(v) if v.state == ConnectionState::Streaming => {
@@ -164,23 +171,32 @@ pub fn build(obs: &Observed, previous: Option<&ServerStatus>, now: Timestamp) ->
                     state_reason(v.state),
                     v.last_error.clone().unwrap_or_default(),
                 ),
-                Err(e) => condition(&format!("Streaming-{name}"), false, "Unknown", e.clone()),
+                Err(e) => unknown(&format!("Streaming-{name}"), "NoReport", e.clone()),
             };
-            if c.status != "True" {
-                all = false;
-                behind.push(name.clone());
+            match c.status.as_str() {
+                "False" => behind.push(name.clone()),
+                "Unknown" => unknown_of.push(name.clone()),
+                _ => {}
             }
             conditions.push(c);
         }
-        conditions.push(if all {
-            condition("Streaming", true, "AllStreaming", "every cluster streams")
-        } else {
+        // One summary: False if any cluster is known not to stream, else Unknown if any
+        // has no report, else True.
+        conditions.push(if !behind.is_empty() {
             condition(
                 "Streaming",
                 false,
                 "NotStreaming",
                 format!("not streaming: {}", behind.join(", ")),
             )
+        } else if !unknown_of.is_empty() {
+            unknown(
+                "Streaming",
+                "NoReport",
+                format!("no report for: {}", unknown_of.join(", ")),
+            )
+        } else {
+            condition("Streaming", true, "AllStreaming", "every cluster streams")
         });
     }
 
@@ -192,10 +208,9 @@ pub fn build(obs: &Observed, previous: Option<&ServerStatus>, now: Timestamp) ->
             .filter_map(|t| t.rescan.as_ref())
             .find_map(|r| r.error.clone());
         conditions.push(if relays.is_empty() {
-            condition(
+            unknown(
                 "Tier2Reachable",
-                false,
-                "Unknown",
+                "NoReport",
                 "no Tier 2 report from the server yet",
             )
         } else if dead > 0 {

@@ -119,7 +119,16 @@ fn dead_letters_make_tier2_unreachable_and_an_unreadable_status_makes_the_server
         "{}",
         ready.message
     );
-    assert_eq!(find(&s, "Streaming-pg-b").reason, "Unknown");
+    let b = find(&s, "Streaming-pg-b");
+    assert_eq!(
+        (b.status.as_str(), b.reason.as_str()),
+        ("Unknown", "NoReport")
+    );
+    let all = find(&s, "Streaming");
+    assert_eq!(
+        (all.status.as_str(), all.message.as_str()),
+        ("Unknown", "no report for: pg-b")
+    );
     assert_eq!(s.last_backup_time, None);
 }
 
@@ -223,4 +232,20 @@ async fn the_api_source_sends_the_clusters_token_and_picks_its_entry() {
         refused.contains("401") || refused.to_lowercase().contains("unauthor"),
         "{refused}"
     );
+}
+
+#[test]
+fn without_a_report_streaming_and_tier2_are_unknown_not_false() {
+    let obs = Observed {
+        pod_ready: false,
+        ..standard(vec![(
+            "pg-main".into(),
+            Err("the server's pod is not ready".into()),
+        )])
+    };
+    let s = build(&obs, None, now());
+    assert_eq!(find(&s, "Ready").reason, "PodNotReady");
+    for t in ["Streaming-pg-main", "Streaming", "Tier2Reachable"] {
+        assert_eq!(find(&s, t).status, "Unknown", "{t}");
+    }
 }
