@@ -2,8 +2,8 @@
 //! the files it names.
 //!
 //! Every secret the configuration names comes from one projected volume mounted at
-//! [`SECRETS_DIR`] (mode 0400, group-readable through the pod's `fsGroup`, which the
-//! server's secret-file check accepts for root-owned files); [`secret_files`] lists them
+//! [`SECRETS_DIR`] (root-owned, mode 0440, readable through the pod's `fsGroup`, which
+//! the server's secret-file check accepts for root-owned files); [`secret_files`] lists them
 //! and is the single source for the configuration, the volume and the rollout hash.
 //!
 //! The keys written are exactly those `server/src/config.rs` (and the `[tier2]` and

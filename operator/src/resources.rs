@@ -4,8 +4,11 @@
 //!
 //! The pod runs as a non-root user (65532) with a read-only root filesystem, no
 //! privilege escalation, every capability dropped and the runtime's seccomp profile;
-//! `fsGroup` makes the projected secrets (mode 0400, widened to 0440 for the group by
-//! the kubelet) readable to it. The annotation [`HASH_ANNOTATION`] of the pod template
+//! the projected secrets are root-owned files of mode 0440 whose group is the pod's
+//! `fsGroup`, so the server reads them through its group, and its secret-file check
+//! (root-owned: at most 0640) accepts them. 0440 rather than 0400: the kubelet adds the
+//! group's read bit to read-only volumes when `fsGroup` is set, but asking for it does
+//! not depend on that. The annotation [`HASH_ANNOTATION`] of the pod template
 //! changes with the configuration or the content of any referenced Secret, which rolls
 //! the pod.
 
@@ -211,7 +214,7 @@ fn secret_volume(server: &Server) -> Volume {
     Volume {
         name: "secrets".into(),
         projected: Some(ProjectedVolumeSource {
-            default_mode: Some(0o400),
+            default_mode: Some(0o440),
             sources: Some(
                 by_secret
                     .into_iter()

@@ -147,7 +147,7 @@ fn the_pod_is_non_root_with_a_read_only_root_and_read_only_secrets() {
         .find(|v| v.name == "secrets")
         .unwrap();
     let projected = secrets.projected.as_ref().unwrap();
-    assert_eq!(projected.default_mode, Some(0o400));
+    assert_eq!(projected.default_mode, Some(0o440));
     let items: Vec<(String, String, String)> = projected
         .sources
         .as_ref()
