@@ -7,8 +7,9 @@
 //! 3. every referenced Secret is read (`get`); a missing one stops here with
 //!    `Ready=False/SecretMissing`; their content and the configuration give the rollout
 //!    hash;
-//! 4. the existing StatefulSet is read: its claim template is kept as it is (claim
-//!    templates are immutable); a Server whose mode changed since stops here with
+//! 4. the existing StatefulSet is read: one this Server does not control stops here
+//!    (`NotOwned`: nothing else's StatefulSet is taken over); its claim template is kept
+//!    as it is (claim templates are immutable); a Server whose mode changed since stops here with
 //!    `Ready=False/ModeChange` (its StatefulSet must be deleted to be recreated);
 //! 5. the ConfigMap, the Service and the StatefulSet are server-side applied with the
 //!    field manager [`FIELD_MANAGER`], all owned by the Server (owner references, so the
@@ -277,6 +278,23 @@ async fn apply(server: &Server, ctx: &Context) -> Result<Action, Error> {
 
     let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
     let existing = sts_api.get_opt(&name).await?;
+    if let Some(sts) = &existing {
+        let ours = sts
+            .owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && Some(&o.uid) == server.metadata.uid.as_ref());
+        if !ours {
+            return blocked(
+                server,
+                ctx,
+                "NotOwned",
+                format!(
+                    "StatefulSet {name} exists and is not this Server's: rename the Server, or delete that StatefulSet"
+                ),
+            )
+            .await;
+        }
+    }
     let existing_claim = existing.as_ref().and_then(ClaimTemplate::from_stateful_set);
     if existing.is_some() {
         let was = if existing_claim.is_some() {

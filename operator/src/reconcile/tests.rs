@@ -1029,3 +1029,25 @@ async fn the_controller_watches_servers_and_owned_objects_reconciles_and_shuts_d
         ]
     );
 }
+
+#[tokio::test]
+async fn a_stateful_set_of_the_same_name_that_is_not_the_servers_is_left_alone() {
+    let spec = full_standard();
+    let server = with_finalizer(server_of(spec.clone()));
+    let mut foreign = existing_sts(&spec, "50Gi");
+    foreign["metadata"]["ownerReferences"][0]["uid"] = json!("another-uid");
+    let secrets = secrets_for(&spec, "");
+    let (result, (event, status)) = run(server, FakeStatus::default(), move |mut api| {
+        Box::pin(async move {
+            serve_secrets(&mut api, &spec, &secrets).await;
+            api.expect("GET", &sts_path()).await.reply(200, &foreign);
+            let event = api.expect_event().await;
+            let status = api.expect_status().await;
+            (api, (event, status))
+        })
+    })
+    .await;
+    result.unwrap();
+    assert_eq!(event, ("Warning".to_string(), "NotOwned".to_string()));
+    assert_eq!(condition(&status, "Ready").reason, "NotOwned");
+}
