@@ -188,6 +188,39 @@ impl Client {
         )
     }
 
+    /// A client with a token held in memory rather than read from a file (the Kubernetes
+    /// operator reads it from a Secret). `ca_pem`: the CA bundle that signed the server's
+    /// certificate, trusted instead of the built-in roots. `insecure_http`: the token may
+    /// go over plain `http://` to another machine, as `--insecure-http` allows.
+    pub fn with_token(
+        server: &str,
+        token: ClusterToken,
+        token_origin: &str,
+        ca_pem: Option<&[u8]>,
+        insecure_http: bool,
+    ) -> Result<Client, ClientError> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    ClientError::Usage(format!("the CA for {server} holds no PEM certificate"))
+                })?;
+            builder = builder.tls_built_in_root_certs(false);
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        Client::build(
+            server,
+            Some(token),
+            &format!("token from {token_origin}"),
+            builder,
+            insecure_http,
+        )
+    }
+
     /// A client authenticating with the files in `creds`: a token, a client
     /// certificate, or both. Every file is read here; errors name the flag.
     pub fn connect(server: &str, creds: &Credentials) -> Result<Client, ClientError> {

@@ -1,12 +1,53 @@
-//! Klio's Kubernetes operator. So far: the `Server` custom resource (`klio.io/v1alpha1`)
-//! that declares a Klio Server next to CloudNativePG clusters, with the CEL rules that
-//! refuse invalid combinations at admission, and [`crd_yaml`], which `crdgen` writes to
-//! `deploy/crds/`. The reconciler comes next (issue 15); it will use the lean `klio-api`
-//! client, never RocksDB.
+//! Klio's Kubernetes operator: the `Server` custom resource (`klio.io/v1alpha1`) that
+//! declares a Klio Server next to CloudNativePG clusters, with the CEL rules that refuse
+//! invalid combinations at admission; [`crd_yaml`], which `crdgen` writes to
+//! `deploy/crds/`; and the reconciler the `klio-operator` binary runs. It uses the lean
+//! `klio-api` client for the server's status, never RocksDB.
 //!
 //! Secrets are referenced, never inlined: the master key, the API's TLS pair and client
 //! CA, the clusters' replication credentials (CloudNativePG's `<cluster>-replication` and
 //! `<cluster>-ca` Secrets work as they are), their API tokens, Tier 2's keys and CA.
+//!
+//! # What the operator owns
+//!
+//! For each Server `<name>` in its namespace, all owned by the Server (owner references)
+//! and written by server-side apply with the field manager `klio-operator`:
+//! - ConfigMap `<name>-config`: the generated `klio.toml` ([`config`]);
+//! - Service `<name>`: ports `api` (7070) and `metrics` (9187, the server's plain-HTTP
+//!   `/metrics`); also the StatefulSet's governing service;
+//! - StatefulSet `<name>`: one replica, non-root, read-only root filesystem, probes on
+//!   `/healthz`, every Secret in one read-only projected volume, Tier 1 from the claim
+//!   template `data` (none on a read-only server, which gets an emptyDir for its
+//!   catalog), `spec.template` merged into the pod template ([`merge`]), and the pod
+//!   annotation `klio.io/config-hash` over the configuration and the referenced Secrets'
+//!   content ([`resources`]).
+//!
+//! It also patches the claim `data-<name>-0` when `spec.storage.size` grows (never
+//! shrinks it, never deletes it), writes the Server's status from the server's
+//! `/v1/status` ([`status`]), records Events, and keeps the finalizer `klio.io/cleanup`.
+//! The reconciliation's steps and error handling are in [`reconcile`]; leader election
+//! in [`lease`]; the operator's own metrics in [`metrics`].
+//!
+//! # What it may do (RBAC)
+//!
+//! In the watched namespaces (all, or `KLIO_OPERATOR_WATCH_NAMESPACE`):
+//! - `klio.io` `servers`: get, list, watch, patch (the finalizer); `servers/status`: patch;
+//! - `apps` `statefulsets`; core `services`, `configmaps`: list, watch (owned objects, by
+//!   the label `app.kubernetes.io/managed-by=klio-operator`), create and patch (server-side
+//!   apply creates); statefulsets also get (the existing claim template);
+//! - core `secrets`: get (only those a Server references; none are listed or watched);
+//! - core `persistentvolumeclaims`: get, patch (growing Tier 1);
+//! - `events.k8s.io` `events`: create, patch (repeated events become a series).
+//!
+//! In its own namespace: `coordination.k8s.io` `leases`: get, create, update.
+
+pub mod config;
+pub mod lease;
+pub mod merge;
+pub mod metrics;
+pub mod reconcile;
+pub mod resources;
+pub mod status;
 
 use std::collections::BTreeMap;
 
