@@ -491,3 +491,25 @@ fn the_grafana_dashboard_queries_only_metrics_the_server_exports() {
         );
     }
 }
+
+#[test]
+fn the_helm_chart_carries_the_generated_crd_and_the_documented_rules() {
+    let chart = root().join("deploy/helm/klio-operator");
+    let crd = std::fs::read_to_string(chart.join("crds/klio.io_servers.yaml")).unwrap();
+    assert!(
+        crd == klio_operator::crd_yaml(),
+        "deploy/helm/klio-operator/crds/klio.io_servers.yaml is stale: copy deploy/crds/klio.io_servers.yaml"
+    );
+    // The rules the chart grants in a ClusterRole or a Role: plain YAML in a define.
+    let helpers = std::fs::read_to_string(chart.join("templates/_helpers.tpl")).unwrap();
+    let start = helpers
+        .find("define \"klio-operator.watchedRules\" -}}")
+        .expect("the watchedRules define");
+    let body = &helpers[start..];
+    let body = &body[body.find('\n').unwrap()..body.find("{{- end -}}").unwrap()];
+    let rules: Value = serde_yaml::from_str(body).expect("the rules are YAML");
+    assert_eq!(
+        grants_of_manifest(&serde_json::json!({ "rules": rules })),
+        grants_of_rules(RBAC_WATCHED_NAMESPACES)
+    );
+}
