@@ -30,7 +30,10 @@
 //!
 //! # What it may do (RBAC)
 //!
-//! In the watched namespaces (all, or `KLIO_OPERATOR_WATCH_NAMESPACE`):
+//! Exactly [`RBAC_WATCHED_NAMESPACES`] in the watched namespaces (all, or
+//! `KLIO_OPERATOR_WATCH_NAMESPACE`), and [`RBAC_OWN_NAMESPACE`] in its own; the
+//! manifests under `deploy/` grant these and nothing else (`operator/tests/deploy.rs`
+//! checks it):
 //! - `klio.io` `servers`: get, list, watch, patch (the finalizer); `servers/status`: patch;
 //! - `apps` `statefulsets`; core `services`, `configmaps`: list, watch (owned objects, by
 //!   the label `app.kubernetes.io/managed-by=klio-operator`), create and patch (server-side
@@ -54,6 +57,61 @@ use std::collections::BTreeMap;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+/// One RBAC rule: an API group (`""` is the core group), its resources and the verbs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RbacRule {
+    pub api_group: &'static str,
+    pub resources: &'static [&'static str],
+    pub verbs: &'static [&'static str],
+}
+
+/// What the operator may do in the namespaces it watches (a ClusterRole, or a Role per
+/// namespace with `KLIO_OPERATOR_WATCH_NAMESPACE`).
+pub const RBAC_WATCHED_NAMESPACES: &[RbacRule] = &[
+    RbacRule {
+        api_group: "klio.io",
+        resources: &["servers"],
+        verbs: &["get", "list", "watch", "patch"],
+    },
+    RbacRule {
+        api_group: "klio.io",
+        resources: &["servers/status"],
+        verbs: &["patch"],
+    },
+    RbacRule {
+        api_group: "apps",
+        resources: &["statefulsets"],
+        verbs: &["get", "list", "watch", "create", "patch"],
+    },
+    RbacRule {
+        api_group: "",
+        resources: &["services", "configmaps"],
+        verbs: &["list", "watch", "create", "patch"],
+    },
+    RbacRule {
+        api_group: "",
+        resources: &["secrets"],
+        verbs: &["get"],
+    },
+    RbacRule {
+        api_group: "",
+        resources: &["persistentvolumeclaims"],
+        verbs: &["get", "patch"],
+    },
+    RbacRule {
+        api_group: "events.k8s.io",
+        resources: &["events"],
+        verbs: &["create", "patch"],
+    },
+];
+
+/// What the operator may do in its own namespace: its leader-election Lease.
+pub const RBAC_OWN_NAMESPACE: &[RbacRule] = &[RbacRule {
+    api_group: "coordination.k8s.io",
+    resources: &["leases"],
+    verbs: &["get", "create", "update"],
+}];
 
 /// A Klio Server: one StatefulSet (one replica) with its volume, configuration and keys.
 ///
