@@ -37,14 +37,21 @@ pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 
 /// UTC `YYYY-MM-DD HH:MM:SS` of seconds since the epoch.
 pub fn utc_time(unix: u64) -> String {
+    let (y, m, d, hh, mm, ss) = utc_parts(unix);
+    format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02}:{ss:02}")
+}
+
+/// UTC `YYYYMMDDTHHMMSSZ` of seconds since the epoch (the form of backup ids).
+pub fn utc_compact(unix: u64) -> String {
+    let (y, m, d, hh, mm, ss) = utc_parts(unix);
+    format!("{y:04}{m:02}{d:02}T{hh:02}{mm:02}{ss:02}Z")
+}
+
+/// Year, month, day, hour, minute, second (UTC) of seconds since the epoch.
+fn utc_parts(unix: u64) -> (i64, u32, u32, u64, u64, u64) {
     let (y, m, d) = civil_from_days((unix / 86_400) as i64);
     let secs = unix % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    (y, m, d, secs / 3600, secs / 60 % 60, secs % 60)
 }
 
 #[cfg(test)]

@@ -427,6 +427,22 @@ impl Reader<'_> {
     }
 }
 
+/// Counts one more live chunk in the new record of pack `name` (sized from the listing).
+fn count_in_pack(
+    packs: &mut BTreeMap<String, PackRecord>,
+    name: &str,
+    listed: &HashMap<&str, &Listed>,
+) {
+    let p = packs.entry(name.to_string()).or_insert_with(|| PackRecord {
+        name: name.to_string(),
+        size: listed.get(name).map_or(0, |o| o.size),
+        chunks: 0,
+        live_chunks: 0,
+    });
+    p.chunks += 1;
+    p.live_chunks += 1;
+}
+
 /// A new chunk record (one reference) for a chunk where `c` places it.
 fn chunk_record(c: &IndexedChunk) -> ChunkRecord {
     ChunkRecord {
@@ -561,16 +577,7 @@ async fn follow_moved_chunks(
         let mut rec = chunk_record(&placed);
         rec.refs = old.refs;
         if catalog.pack(cluster, &placed.pack)?.is_none() {
-            let p = new_packs
-                .entry(placed.pack.clone())
-                .or_insert_with(|| PackRecord {
-                    name: placed.pack.clone(),
-                    size: packs.get(placed.pack.as_str()).map_or(0, |o| o.size),
-                    chunks: 0,
-                    live_chunks: 0,
-                });
-            p.chunks += 1;
-            p.live_chunks += 1;
+            count_in_pack(&mut new_packs, &placed.pack, packs);
         }
         moves.push((id, rec));
     }
@@ -670,17 +677,7 @@ async fn adopt_backup(
         if catalog.pack(cluster, &placed.pack)?.is_some() {
             continue;
         }
-        let size = found.packs.get(placed.pack.as_str()).map_or(0, |o| o.size);
-        let p = packs
-            .entry(placed.pack.clone())
-            .or_insert_with(|| PackRecord {
-                name: placed.pack.clone(),
-                size,
-                chunks: 0,
-                live_chunks: 0,
-            });
-        p.chunks += 1;
-        p.live_chunks += 1;
+        count_in_pack(&mut packs, &placed.pack, found.packs);
     }
     let mut referenced: BTreeMap<[u8; 32], u32> = BTreeMap::new();
     for f in &manifest.files {
@@ -701,17 +698,7 @@ async fn adopt_backup(
             };
             new_chunks.insert(c.0, chunk_record(&placed));
             if catalog.pack(cluster, &placed.pack)?.is_none() {
-                let size = found.packs.get(placed.pack.as_str()).map_or(0, |o| o.size);
-                let p = packs
-                    .entry(placed.pack.clone())
-                    .or_insert_with(|| PackRecord {
-                        name: placed.pack.clone(),
-                        size,
-                        chunks: 0,
-                        live_chunks: 0,
-                    });
-                p.chunks += 1;
-                p.live_chunks += 1;
+                count_in_pack(&mut packs, &placed.pack, found.packs);
             }
         }
     }

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use klio_catalog::{Catalog, CatalogError, ChunkRecord};
-use klio_core::clock::{civil_from_days, unix_now};
+use klio_core::clock::unix_now;
 use klio_core::crashsafe::{create_dir_all_durably, fsync_dir, write_file_durably};
 use klio_core::frame::{decode_object, FrameError, FrameSealer, ObjectId, ObjectKind};
 use klio_core::layout::{BackupDir, BackupsDir, DataDir, PackName, PacksDirEntry};
@@ -105,15 +105,7 @@ type Result<T> = std::result::Result<T, BackupStoreError>;
 
 /// The current UTC time as `YYYYMMDDTHHMMSSZ`.
 fn utc_now_id() -> String {
-    let now = unix_now();
-    let (y, m, d) = civil_from_days((now / 86_400) as i64);
-    let s = now % 86_400;
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
+    klio_core::clock::utc_compact(unix_now())
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackupStoreError + '_ {
