@@ -17,8 +17,8 @@ use serde::de::DeserializeOwned;
 
 use crate::token::ClusterToken;
 use crate::{
-    BackupList, BackupRequest, BackupView, ErrorBody, OffloadRequest, StatusList, VerifyReport,
-    VerifyRequest, WalList,
+    BackupList, BackupRequest, BackupView, ErrorBody, OffloadRequest, StatusList, UploadRequest,
+    VerifyReport, VerifyRequest, WalList,
 };
 
 /// The server URL when neither `--server` nor `KLIO_SERVER` is given.
@@ -457,6 +457,27 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/clusters/{cluster}/offloads/upload`: streams `body` (the copy in
+    /// `klio_core::upload` frames); the server answers with the running backup once it
+    /// has the whole body, or with why it refused the copy.
+    pub async fn upload_offload(
+        &self,
+        cluster: &ClusterName,
+        req: &UploadRequest,
+        body: reqwest::Body,
+    ) -> Result<BackupView, ClientError> {
+        let path = format!("/v1/clusters/{cluster}/offloads/upload");
+        let url = format!("{}{path}", self.base);
+        let req = self
+            .authorized(self.http.post(&url))
+            .query(req)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body)
+            // A copy of terabytes takes hours; the transfer itself is the timeout.
+            .timeout(Duration::from_secs(30 * 24 * 3600));
+        self.send_post(&path, cluster, req).await
+    }
+
     /// `POST /v1/clusters/{cluster}/verify` (reads every chunk: no request timeout).
     pub async fn verify(
         &self,
@@ -544,6 +565,16 @@ impl Client {
         if let Some(t) = timeout {
             req = req.timeout(t);
         }
+        self.send_post(path, cluster, req).await
+    }
+
+    /// Sends a prepared POST and decodes its JSON answer (no retry: a POST starts work).
+    async fn send_post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        cluster: &ClusterName,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
         let outcome = async {
             let resp = req.send().await.map_err(Failure::Transport)?;
             let status = resp.status();

@@ -150,6 +150,18 @@ pub struct OffloadRequest {
     pub end_lsn: Option<Lsn>,
 }
 
+/// Query of `POST /v1/clusters/{cluster}/offloads/upload` (the body is the copy, in
+/// `klio_core::upload` frames).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadRequest {
+    pub label: Option<String>,
+    /// As in [`OffloadRequest`].
+    pub end_lsn: Option<Lsn>,
+    /// The copy's size, for progress.
+    pub total_bytes: Option<u64>,
+}
+
 /// Body of `POST /v1/clusters/{cluster}/verify`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -5,16 +5,9 @@
 
 use std::collections::HashSet;
 
-use crate::tar::{EntryKind, TarEntry};
+use klio_core::offload::tablespace_link_oid;
 
-/// The OID of a tablespace link's path `pg_tblspc/<oid>` (digits only), if it is one.
-pub(crate) fn tablespace_link_oid(path: &str) -> Option<u32> {
-    let oid = path.strip_prefix("pg_tblspc/")?;
-    if oid.is_empty() || !oid.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    oid.parse().ok()
-}
+use crate::tar::{EntryKind, TarEntry};
 
 /// What a `BASE_BACKUP` archive may hold beyond well-formed paths (the parser already
 /// refuses absolute paths and `..`). PostgreSQL sends a symbolic link only for a

@@ -28,6 +28,9 @@ use crate::tar::{EntryKind, TarEvent, TarParser};
 use klio_core::manifest::ManifestTablespace;
 use klio_core::manifest::{FileKind, FileMeta};
 
+mod upload;
+pub use upload::upload_backup;
+
 /// Live figures of a running job, read by the API.
 #[derive(Debug)]
 pub struct JobProgress {
@@ -527,11 +530,29 @@ mod tests {
 
     #[test]
     fn an_offload_whose_file_became_a_link_after_the_scan_fails_and_keeps_nothing() {
-        let copy = crate::offload::tests::Copy::new();
-        let source = copy.scan(&copy.pgdata).unwrap();
+        // A copy at <t>/snaps/pgdata, offload root <t>/snaps, a secret outside it.
+        let t = tempfile::tempdir().unwrap();
+        let (snaps, pgdata) = (t.path().join("snaps"), t.path().join("snaps/pgdata"));
+        std::fs::create_dir_all(pgdata.join("base/1")).unwrap();
+        std::fs::create_dir_all(pgdata.join("global")).unwrap();
+        std::fs::write(
+            pgdata.join("backup_label"),
+            "START WAL LOCATION: 0/9000028 (file 000000010000000000000009)\nSTART TIMELINE: 1\n",
+        )
+        .unwrap();
+        std::fs::write(pgdata.join("PG_VERSION"), "17\n").unwrap();
+        std::fs::write(pgdata.join("global/pg_control"), [1u8; 8192]).unwrap();
+        std::fs::write(pgdata.join("base/1/1259"), [2u8; 100]).unwrap();
+        let roots = [snaps];
+        let policy = crate::offload::OffloadPolicy {
+            roots: &roots,
+            system_id: Some(klio_core::SystemId::new(0x0101_0101_0101_0101)),
+            label: None,
+        };
+        let source = crate::offload::scan(&pgdata, &policy).unwrap();
         // A link to a file outside the root, of the size the scan saw.
-        let swapped = copy.pgdata.join("base/1/1259");
-        let secret = copy.secret().join("master.key");
+        let swapped = pgdata.join("base/1/1259");
+        let secret = t.path().join("master.key");
         std::fs::write(&secret, [b'S'; 100]).unwrap();
         std::fs::remove_file(&swapped).unwrap();
         std::os::unix::fs::symlink(&secret, &swapped).unwrap();

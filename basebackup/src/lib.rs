@@ -18,10 +18,9 @@
 //! inside the configured offload roots.
 
 pub mod archive_rule;
-mod confine;
 pub mod job;
 pub mod manifest;
-pub mod offload;
+pub use klio_core::offload;
 pub mod protocol;
 pub mod store;
 pub mod tar;

@@ -1,8 +1,9 @@
 //! `klio backup` and `klio offload`: start a base backup (streamed, or from a PGDATA copy
-//! on the server) and, with `--wait`, follow it to the end with a progress line
-//! ([`progress`]).
+//! on the server, or with `--upload` from a copy read here and sent: [`upload`]) and,
+//! with `--wait`, follow it to the end with a progress line ([`progress`]).
 
 mod progress;
+mod upload;
 
 use std::path::PathBuf;
 
@@ -45,8 +46,28 @@ pub struct OffloadArgs {
     /// The PGDATA copy, on the server's file system (made absolute from the current
     /// directory): it must resolve inside one of the cluster's offload_roots (server
     /// configuration; none set: offload is refused) and be a copy of this cluster.
+    /// With --upload: on this machine's file system.
     #[arg(long, value_name = "DIR")]
     pub from: PathBuf,
+    /// Read the copy here and send it to the server (which must set offload_uploads =
+    /// true for the cluster), e.g. from a Job that mounts a volume snapshot.
+    #[arg(long)]
+    pub upload: bool,
+    /// With --upload: the directory the copy and its tablespaces (the pg_tblspc links'
+    /// targets) must lie in; nothing outside it is read. Default: --from itself.
+    #[arg(long, value_name = "DIR", requires = "upload")]
+    pub root: Option<PathBuf>,
+    /// With --upload: the backup_label text pg_backup_stop returned, when the copy does
+    /// not hold it (CloudNativePG keeps it on the VolumeSnapshot, annotation
+    /// cnpg.io/backupLabelFile).
+    #[arg(
+        long,
+        env = "KLIO_BACKUP_LABEL",
+        value_name = "TEXT",
+        requires = "upload",
+        hide_env_values = true
+    )]
+    pub backup_label: Option<String>,
     /// WAL position the copy is consistent at (pg_backup_stop's lsn); default: the
     /// server's durable WAL position when the offload starts.
     #[arg(long, value_name = "LSN")]
@@ -82,6 +103,10 @@ pub(crate) async fn offload(args: OffloadArgs) -> Result<(), ClientError> {
         .to_str()
         .ok_or_else(|| ClientError::Usage(format!("--from {}: not valid UTF-8", from.display())))?;
     let c = args.connection.client()?;
+    if args.upload {
+        let started = upload::upload(&c, &cluster, &args).await?;
+        return finish_backup_command(&c, started, args.wait, args.output).await;
+    }
     let req = OffloadRequest {
         from: from.to_string(),
         label: args.label,

@@ -9,6 +9,7 @@
 pub mod backup_id;
 pub mod clock;
 pub mod cluster;
+pub mod confine;
 pub mod crashsafe;
 pub mod disk;
 pub mod failpoint;
@@ -19,8 +20,10 @@ pub mod layout;
 pub mod log_format;
 pub mod lsn;
 pub mod manifest;
+pub mod offload;
 pub mod secret_file;
 pub mod system_id;
+pub mod upload;
 pub mod wal;
 
 pub use backup_id::BackupId;

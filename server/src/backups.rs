@@ -33,7 +33,7 @@ use crate::schedule::Schedule;
 use klio_api::BackupStatus;
 use klio_api::{
     BackupKindView, BackupRequest, BackupStateView, BackupVerification, BackupView, OffloadRequest,
-    VerifyReport, VerifyRequest, WalChainView, WalGapView,
+    UploadRequest, VerifyReport, VerifyRequest, WalChainView, WalGapView,
 };
 use klio_api::{RetentionReport, RetentionRequest};
 use runner::{BaseBackupRunner, Job, JobContext, JobRunner};
@@ -51,6 +51,8 @@ pub struct BackupSettings {
     pub schedule: Option<Schedule>,
     /// Where offloads may read (resolved directories); empty: offload is disabled.
     pub offload_roots: Vec<std::path::PathBuf>,
+    /// Accept offload uploads (`offload_uploads`).
+    pub offload_uploads: bool,
     /// Where restores read the packs and manifests Tier 1 no longer holds (Tier 2).
     pub fallback: Option<Arc<dyn ObjectSource>>,
 }
@@ -62,6 +64,7 @@ impl std::fmt::Debug for BackupSettings {
             .field("fast_checkpoint", &self.fast_checkpoint)
             .field("schedule", &self.schedule)
             .field("offload_roots", &self.offload_roots)
+            .field("offload_uploads", &self.offload_uploads)
             .field("fallback", &self.fallback.as_ref().map(|f| f.describe()))
             .finish()
     }
@@ -264,15 +267,11 @@ impl BackupManager {
                 req.from
             )));
         }
-        let system_id = self
-            .ctx
-            .catalog
-            .cluster(cluster)?
-            .ok_or(RegistryError::NotReady)?
-            .system_id;
+        let system_id = self.system_id(cluster)?;
         let policy = OffloadPolicy {
             roots: &cb.settings.offload_roots,
-            system_id,
+            system_id: Some(system_id),
+            label: None,
         };
         let source = offload::scan(&from, &policy)?;
         let label = req
@@ -280,23 +279,7 @@ impl BackupManager {
             .or_else(|| source.label.label.clone())
             .unwrap_or_else(|| format!("offload of {}", from.display()));
         validate_label(&label)?;
-        let end = match req.end_lsn {
-            Some(l) => (
-                cb.handle
-                    .status
-                    .snapshot()
-                    .timeline
-                    .unwrap_or(TimelineId::FIRST),
-                l,
-            ),
-            None => {
-                let s = cb.handle.status.snapshot();
-                match (s.timeline, s.flushed) {
-                    (Some(t), Some(l)) => (t, l),
-                    _ => return Err(RegistryError::NotReady),
-                }
-            }
-        };
+        let end = offload_end(&cb, req.end_lsn)?;
         if end.1 < source.label.start_lsn {
             return Err(RegistryError::BadRequest(format!(
                 "end LSN {} is before the backup_label's start {}",
@@ -309,6 +292,79 @@ impl BackupManager {
             end,
         };
         self.start(cb, store, &label, BackupKindView::Offload, job)
+    }
+
+    /// Starts storing an upload (a PGDATA copy a client reads and sends, see
+    /// [`klio_basebackup::job::upload_backup`]) whose body arrives on `body`; refused
+    /// unless the cluster's configuration sets `offload_uploads = true`.
+    pub fn start_upload(
+        &self,
+        cluster: &ClusterName,
+        req: UploadRequest,
+        body: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    ) -> Result<BackupView, RegistryError> {
+        let cb = self.cluster(cluster)?.clone();
+        if !cb.settings.offload_uploads {
+            return Err(RegistryError::Forbidden(format!(
+                "uploads are disabled for cluster {cluster}: set offload_uploads = true in its [[cluster]] table and restart the server (the Kubernetes operator does this for clusters with snapshotOffload)"
+            )));
+        }
+        let store = self.store(&cb)?;
+        let system_id = self.system_id(cluster)?;
+        let label = req.label.unwrap_or_else(|| {
+            format!("offload upload {}", klio_core::clock::utc_time(unix_now()))
+        });
+        validate_label(&label)?;
+        let end = offload_end(&cb, req.end_lsn)?;
+        let job = Job::Upload {
+            body,
+            label: label.clone(),
+            end,
+            system_id,
+        };
+        let view = self.start(cb.clone(), store, &label, BackupKindView::Offload, job)?;
+        if let Some(total) = req.total_bytes {
+            if let Some(r) = cb
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+            {
+                r.progress.set_total(total);
+            }
+        }
+        Ok(view)
+    }
+
+    /// The cluster's database system identifier (known once it was first streamed).
+    fn system_id(&self, cluster: &ClusterName) -> Result<klio_core::SystemId, RegistryError> {
+        Ok(self
+            .ctx
+            .catalog
+            .cluster(cluster)?
+            .ok_or(RegistryError::NotReady)?
+            .system_id)
+    }
+
+    /// Waits until job `id` of `cluster` has ended; its error if it failed.
+    pub async fn job_outcome(&self, cluster: &ClusterName, id: &BackupId) -> Option<String> {
+        let cb = self.cluster(cluster).ok()?.clone();
+        loop {
+            let ended = cb.ended.notified();
+            let running = cb
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .is_some_and(|r| &r.id == id);
+            if !running {
+                break;
+            }
+            // `ended` wakes one waiter: re-check at least every 100 ms.
+            let _ = tokio::time::timeout(Duration::from_millis(100), ended).await;
+        }
+        let failures = cb.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures.get(id).map(|f| f.error.to_string())
     }
 
     /// Claims the cluster's one backup slot and runs `job` in the background; the
@@ -871,6 +927,23 @@ fn fresh_id(
             .map_err(|e| RegistryError::internal("a fresh backup id", e))?;
     }
     Ok(id)
+}
+
+/// The WAL position an offload's copy is taken to be consistent at: `end_lsn` as given,
+/// or the server's durable position now (the copy was made before, so it is a safe
+/// upper bound).
+fn offload_end(
+    cb: &ClusterBackups,
+    end_lsn: Option<Lsn>,
+) -> Result<(TimelineId, Lsn), RegistryError> {
+    let s = cb.handle.status.snapshot();
+    match end_lsn {
+        Some(l) => Ok((s.timeline.unwrap_or(TimelineId::FIRST), l)),
+        None => match (s.timeline, s.flushed) {
+            (Some(t), Some(l)) => Ok((t, l)),
+            _ => Err(RegistryError::NotReady),
+        },
+    }
 }
 
 fn validate_label(label: &str) -> Result<(), RegistryError> {

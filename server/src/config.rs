@@ -19,6 +19,8 @@
 //! client_ca_file = "/etc/klio/pg-main-ca.crt" # optional: client certificates of this cluster
 //! client_cert_dns_names = ["klio-client.pg.svc"] # DNS SANs that name it (besides its name)
 //! offload_roots = ["/snapshots/pg-main"]     # where `klio offload --from` may read; default none
+//! offload_uploads = true                     # accept `klio offload --upload` (a copy sent by a
+//!                                            #   client, e.g. the operator's snapshot Job); default false
 //! [tls]                                      # optional: the API speaks HTTPS only
 //! cert_file = "/etc/klio/tls/tls.crt"        # PEM chain, server certificate first
 //! key_file = "/etc/klio/tls/tls.key"         # its PEM private key (mode 0600)
@@ -45,7 +47,7 @@
 //!
 //! A read-only server (`mode = "read-only"`) streams nothing and takes no backups: it
 //! rebuilds its catalog from `[tier2]` (required) and serves restores. Its clusters need
-//! only `name` and `token_file`; `conninfo`, `backup_schedule` and `offload_roots` are
+//! only `name` and `token_file`; `conninfo`, `backup_schedule`, `offload_roots` and `offload_uploads` are
 //! refused, as they would have it write.
 //!
 //! Overrides: `KLIO_DATA_DIR`, `KLIO_MODE`, `KLIO_LISTEN`, `KLIO_MASTER_KEY_FILE`, `KLIO_LOG_FORMAT`,
@@ -164,6 +166,8 @@ pub struct ClusterConfig {
     /// Directories an offload may read from (absolute, symbolic links resolved); empty:
     /// offload over the API is disabled.
     pub offload_roots: Vec<PathBuf>,
+    /// Accept offload uploads (a PGDATA copy a client reads and sends).
+    pub offload_uploads: bool,
 }
 
 impl fmt::Debug for ClusterConfig {
@@ -177,6 +181,7 @@ impl fmt::Debug for ClusterConfig {
             .field("backup_schedule", &self.backup_schedule)
             .field("backup_fast_checkpoint", &self.backup_fast_checkpoint)
             .field("offload_roots", &self.offload_roots)
+            .field("offload_uploads", &self.offload_uploads)
             .finish()
     }
 }
@@ -247,6 +252,7 @@ struct RawCluster {
     client_ca_file: Option<PathBuf>,
     client_cert_dns_names: Option<Vec<String>>,
     offload_roots: Option<Vec<PathBuf>>,
+    offload_uploads: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -449,6 +455,7 @@ impl Config {
                 for (field, set) in [
                     ("backup_schedule", rc.backup_schedule.is_some()),
                     ("offload_roots", rc.offload_roots.is_some()),
+                    ("offload_uploads", rc.offload_uploads.is_some()),
                 ] {
                     if set {
                         return Err(invalid(
@@ -560,6 +567,7 @@ impl Config {
                 backup_schedule,
                 backup_fast_checkpoint,
                 offload_roots,
+                offload_uploads: rc.offload_uploads.unwrap_or(false),
             });
         }
 

@@ -60,6 +60,7 @@ fn backup_settings(c: &crate::config::ClusterConfig) -> anyhow::Result<BackupSet
         fast_checkpoint: c.backup_fast_checkpoint,
         schedule: c.backup_schedule.clone(),
         offload_roots: c.offload_roots.clone(),
+        offload_uploads: c.offload_uploads,
         fallback: None,
     })
 }
@@ -649,6 +650,24 @@ impl Registry for EngineRegistry {
     ) -> Result<klio_api::BackupView, RegistryError> {
         self.writable()?;
         self.backups.start_offload(cluster, req)
+    }
+
+    fn start_upload(
+        &self,
+        cluster: &ClusterName,
+        req: klio_api::UploadRequest,
+        body: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    ) -> Result<klio_api::BackupView, RegistryError> {
+        self.writable()?;
+        self.backups.start_upload(cluster, req, body)
+    }
+
+    fn job_outcome<'a>(
+        &'a self,
+        cluster: &'a ClusterName,
+        id: &'a BackupId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send + 'a>> {
+        Box::pin(self.backups.job_outcome(cluster, id))
     }
 
     fn list_backups(

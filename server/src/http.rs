@@ -16,6 +16,9 @@
 //! GET /v1/clusters/{cluster}/chunks/{chunk}  token     one chunk's plaintext (octet-stream)
 //! POST /v1/clusters/{cluster}/offloads       token     OffloadRequest → 202 BackupView, 409 if one runs,
 //!                                                      403 without offload_roots or outside them
+//! POST /v1/clusters/{cluster}/offloads/upload token   ?label&end_lsn&total_bytes, body: the copy in
+//!                                                      klio_core::upload frames → 202 BackupView once
+//!                                                      the body is in; 403 without offload_uploads
 //! POST /v1/clusters/{cluster}/verify         token     VerifyRequest (optional) → VerifyReport
 //! POST /v1/clusters/{cluster}/tier2/retry    token     Tier2RetryRequest (optional) → Tier2RetryReport,
 //!                                                      409 without [tier2] or on a read-only server
@@ -59,8 +62,8 @@ use crate::registry::{BoxError, ErrorKind, Registry, RegistryError, SourceChain,
 use klio_api::ClusterStatusView;
 use klio_api::OPENAPI;
 use klio_api::{
-    BackupList, BackupRequest, BackupView, ErrorBody, OffloadRequest, StatusList, VerifyReport,
-    VerifyRequest, WalList, CREDENTIALS_FORBIDDEN,
+    BackupList, BackupRequest, BackupView, ErrorBody, OffloadRequest, StatusList, UploadRequest,
+    VerifyReport, VerifyRequest, WalList, CREDENTIALS_FORBIDDEN,
 };
 
 /// What every handler needs: the engine's view and the clusters' token digests.
@@ -125,6 +128,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/clusters/{cluster}/chunks/{chunk}", get(get_chunk))
         .route("/v1/clusters/{cluster}/offloads", post(start_offload))
+        .route(
+            "/v1/clusters/{cluster}/offloads/upload",
+            post(start_upload).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route("/v1/clusters/{cluster}/verify", post(verify))
         .route("/v1/clusters/{cluster}/tier2/retry", post(tier2_retry))
         .route("/v1/clusters/{cluster}/tier2/rescan", post(tier2_rescan))
@@ -405,6 +412,7 @@ pub const ROUTES: &[&str] = &[
     "/v1/clusters/{cluster}/backups/{id}/backup_manifest",
     "/v1/clusters/{cluster}/chunks/{chunk}",
     "/v1/clusters/{cluster}/offloads",
+    "/v1/clusters/{cluster}/offloads/upload",
     "/v1/clusters/{cluster}/verify",
     "/v1/clusters/{cluster}/tier2/retry",
     "/v1/clusters/{cluster}/tier2/rescan",
@@ -708,6 +716,77 @@ async fn start_offload(
     let (registry, c) = (state.registry.clone(), cluster.clone());
     let view = blocking(&cluster, move || registry.start_offload(&c, req)).await?;
     tracing::info!(%cluster, backup = %view.id, "offload requested");
+    Ok((StatusCode::ACCEPTED, Json(view)))
+}
+
+/// An upload that sends nothing for this long is cut off (it holds the cluster's one
+/// backup slot).
+const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Streams the request body into the upload job as it arrives (bounded: a slow store
+/// slows the client down). Answers once the body is in; a job that stops early (a
+/// refused copy) answers with its reason, without reading the rest.
+async fn start_upload(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<axum::extract::Query<UploadRequest>, axum::extract::rejection::QueryRejection>,
+    body: axum::body::Body,
+) -> Result<(StatusCode, Json<BackupView>), ApiError> {
+    use futures_util::StreamExt;
+    let Path(raw) = path.map_err(bad_path)?;
+    let cluster = caller.cluster(&state, &raw)?;
+    let axum::extract::Query(req) = query.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "{}; the query takes label, end_lsn and total_bytes",
+            e.body_text()
+        ))
+    })?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<axum::body::Bytes>(16);
+    let (registry, c) = (state.registry.clone(), cluster.clone());
+    let view = blocking(&cluster, move || registry.start_upload(&c, req, rx)).await?;
+    tracing::info!(%cluster, backup = %view.id, "offload upload started");
+    let mut stream = body.into_data_stream();
+    let mut stopped = false;
+    loop {
+        let piece = match tokio::time::timeout(UPLOAD_IDLE, stream.next()).await {
+            Ok(Some(piece)) => piece,
+            Ok(None) => break,
+            Err(_) => Err(axum::Error::new(format!(
+                "no data for {} s",
+                UPLOAD_IDLE.as_secs()
+            ))),
+        };
+        match piece {
+            Ok(b) => {
+                if tx.send(b).await.is_err() {
+                    stopped = true;
+                    break;
+                }
+            }
+            Err(e) => {
+                // The job sees the body end without its end frame and fails.
+                drop(tx);
+                tracing::warn!(%cluster, backup = %view.id, "offload upload cut off: {e}");
+                return Err(ApiError::BadRequest(format!(
+                    "the upload body was cut off ({e}); backup {} is aborted, nothing of it is kept",
+                    view.id
+                )));
+            }
+        }
+    }
+    drop(tx);
+    if stopped {
+        let why = state
+            .registry
+            .job_outcome(&cluster, &view.id)
+            .await
+            .unwrap_or_else(|| "the job stopped reading".into());
+        return Err(ApiError::BadRequest(format!(
+            "upload refused, backup {} failed: {why}",
+            view.id
+        )));
+    }
     Ok((StatusCode::ACCEPTED, Json(view)))
 }
 

@@ -39,6 +39,14 @@ pub(crate) enum Job {
         label: String,
         end: (TimelineId, Lsn),
     },
+    /// A copy a client uploads: the request body's pieces (see
+    /// [`klio_basebackup::job::upload_backup`]).
+    Upload {
+        body: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+        label: String,
+        end: (TimelineId, Lsn),
+        system_id: klio_core::SystemId,
+    },
 }
 
 /// A running job: completes with the committed record or why it failed.
@@ -66,6 +74,14 @@ impl JobRunner for BaseBackupRunner {
             }),
             Job::Offload { source, label, end } => Box::pin(async move {
                 job::offload_backup(*source, &store, id, label, end, progress, &wal).await
+            }),
+            Job::Upload {
+                body,
+                label,
+                end,
+                system_id,
+            } => Box::pin(async move {
+                job::upload_backup(body, &store, id, label, end, system_id, progress, &wal).await
             }),
         }
     }

@@ -49,6 +49,11 @@ struct Fixture {
 impl Fixture {
     /// A server with one cluster that has been registered (as first contact does).
     fn new() -> Fixture {
+        Fixture::with_uploads(false)
+    }
+
+    /// [`Fixture::new`], with `offload_uploads` as given.
+    fn with_uploads(offload_uploads: bool) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let cluster: ClusterName = "pg-a".parse().unwrap();
         let ctx = ServerContext::open(dir.path(), MasterKey::from_bytes(&MASTER).unwrap()).unwrap();
@@ -78,6 +83,7 @@ impl Fixture {
             fast_checkpoint: false,
             schedule: None,
             offload_roots: Vec::new(),
+            offload_uploads,
             fallback: None,
         };
         let (started, jobs) = mpsc::unbounded_channel();
@@ -268,4 +274,49 @@ async fn a_schedule_firing_while_a_backup_runs_starts_no_second_one() {
     let job = f.next_job().await;
     assert_eq!(job.id, v.id);
     f.end(job, Err(JobError::Interrupted)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_refused_unless_enabled_and_a_failed_upload_reports_its_cause() {
+    let f = Fixture::new();
+    let (_tx, rx) = mpsc::channel(1);
+    let e = f
+        .manager
+        .start_upload(&f.cluster, UploadRequest::default(), rx)
+        .unwrap_err();
+    assert!(matches!(e, RegistryError::Forbidden(_)), "{e}");
+    assert!(e.to_string().contains("offload_uploads = true"), "{e}");
+    assert!(f.manager.list(&f.cluster).unwrap().is_empty());
+
+    // Enabled (as the configuration would set it): the upload runs as a job, and
+    // waiting for its outcome gives the job's error.
+    let mut f = Fixture::with_uploads(true);
+    let (_tx, rx) = mpsc::channel(1);
+    // The fake cluster has no WAL position yet: an end LSN is required.
+    let v = f
+        .manager
+        .start_upload(
+            &f.cluster,
+            UploadRequest {
+                end_lsn: Some(Lsn(0x100_0000)),
+                total_bytes: Some(1234),
+                ..UploadRequest::default()
+            },
+            rx,
+        )
+        .unwrap();
+    assert_eq!(v.kind, BackupKindView::Offload);
+    let job = f.next_job().await;
+    let manager = f.manager.clone();
+    let (cluster, id) = (f.cluster.clone(), v.id.clone());
+    let outcome = tokio::spawn(async move { manager.job_outcome(&cluster, &id).await });
+    job.finish
+        .send(Err(JobError::Source(
+            "the copy is another cluster's".into(),
+        )))
+        .unwrap();
+    assert_eq!(
+        outcome.await.unwrap().as_deref(),
+        Some("offload source: the copy is another cluster's")
+    );
 }

@@ -27,10 +27,17 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use klio_core::{Lsn, SystemId, TimelineId};
-
-use crate::archive_rule::tablespace_link_oid;
 use crate::confine::{self, FileId, OpenError};
+use crate::{Lsn, SystemId, TimelineId};
+
+/// The OID of a tablespace link's path `pg_tblspc/<oid>` (digits only), if it is one.
+pub fn tablespace_link_oid(path: &str) -> Option<u32> {
+    let oid = path.strip_prefix("pg_tblspc/")?;
+    if oid.is_empty() || !oid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    oid.parse().ok()
+}
 
 /// Directories whose contents a base backup leaves out.
 const EXCLUDED_CONTENTS: &[&str] = &[
@@ -97,8 +104,12 @@ pub struct OffloadPolicy<'a> {
     /// resolved). None: nothing may be offloaded.
     pub roots: &'a [PathBuf],
     /// The cluster's database system identifier, which the copy's `global/pg_control`
-    /// must carry.
-    pub system_id: SystemId,
+    /// must carry (`None`: not checked here; the uploading client, whose server checks it).
+    pub system_id: Option<SystemId>,
+    /// The `backup_label` text to use instead of the copy's own file (volume snapshots
+    /// taken by CloudNativePG keep it beside the snapshot, not in it). `None`: the copy
+    /// must hold `backup_label`.
+    pub label: Option<&'a str>,
 }
 
 /// What `backup_label` says.
@@ -269,12 +280,17 @@ pub fn scan(from: &Path, policy: &OffloadPolicy<'_>) -> Result<OffloadSource, Of
     let dir = confine::open_dir_beneath(root_dir.as_fd(), rel).map_err(io(&real))?;
 
     let label_path = real.join("backup_label");
-    let text = read_head(dir.as_fd(), &real, "backup_label", MAX_LABEL)?
-        .ok_or_else(|| OffloadError::NoLabel(real.clone()))?;
-    let text = String::from_utf8(text).map_err(|_| OffloadError::BadLabel {
-        path: label_path.clone(),
-        why: "not UTF-8 text".into(),
-    })?;
+    let text = match policy.label {
+        Some(given) => given.to_string(),
+        None => {
+            let text = read_head(dir.as_fd(), &real, "backup_label", MAX_LABEL)?
+                .ok_or_else(|| OffloadError::NoLabel(real.clone()))?;
+            String::from_utf8(text).map_err(|_| OffloadError::BadLabel {
+                path: label_path.clone(),
+                why: "not UTF-8 text".into(),
+            })?
+        }
+    };
     let label = parse_backup_label(&text).map_err(|why| OffloadError::BadLabel {
         path: label_path.clone(),
         why,
@@ -289,11 +305,11 @@ pub fn scan(from: &Path, policy: &OffloadPolicy<'_>) -> Result<OffloadSource, Of
         .and_then(|b| <[u8; 8]>::try_from(b).ok())
         .map(|b| SystemId::new(u64::from_le_bytes(b)))
         .ok_or_else(|| OffloadError::NotPgdata(real.clone()))?;
-    if found != policy.system_id {
+    if let Some(expected) = policy.system_id.filter(|e| *e != found) {
         return Err(OffloadError::OtherSystem {
             dir: real,
             found,
-            expected: policy.system_id,
+            expected,
         });
     }
 
@@ -526,7 +542,8 @@ START TIMELINE: 1\n";
                 from,
                 &OffloadPolicy {
                     roots: &self.roots,
-                    system_id: SYSID,
+                    system_id: Some(SYSID),
+                    label: None,
                 },
             )
         }
@@ -610,7 +627,8 @@ START TIMELINE: 1\n";
             &outside.join("pgdata"),
             &OffloadPolicy {
                 roots: &[],
-                system_id: SYSID,
+                system_id: Some(SYSID),
+                label: None,
             },
         );
         assert!(matches!(none, Err(OffloadError::OutsideRoots)));
