@@ -33,13 +33,21 @@ try:
     from celpy.adapter import json_to_cel
     from celpy.celtypes import BoolType
 except ImportError as e:
-    sys.exit(
+    print(
         f"crd-cel-check: cannot import cel-python ({e}): install it with "
         "`source scripts/setup.sh && klio_install_cel` and run this script with "
-        "~/.cache/klio-venv/bin/python"
+        "~/.cache/klio-venv/bin/python",
+        file=sys.stderr,
     )
+    sys.exit(2)
 
 ENV = celpy.Environment()
+
+
+def die(message):
+    """Unusable input or rules: exit 2 (1 is kept for rules that fail)."""
+    print(f"crd-cel-check: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def sub_schemas(schema, path):
@@ -69,8 +77,8 @@ def compile_rules(schema):
                 try:
                     programs[(id(rule), key)] = ENV.program(ENV.compile(rule[key]))
                 except Exception as e:  # CELParseError and cel-python's own gaps
-                    sys.exit(
-                        f"crd-cel-check: cel-python cannot compile the {key} at {path}: "
+                    die(
+                        f"cel-python cannot compile the {key} at {path}: "
                         f"{rule[key]!r}: {type(e).__name__}: {e}"
                     )
     return programs
@@ -150,11 +158,11 @@ def check(schema, value, path, programs, report):
 
 def main(argv):
     if len(argv) < 2:
-        sys.exit(__doc__)
+        die("usage: crd-cel-check.py CRD.yaml OBJECT.yaml...\n" + __doc__)
     with open(argv[0]) as f:
         crd = yaml.safe_load(f)
     if not isinstance(crd, dict) or crd.get("kind") != "CustomResourceDefinition":
-        sys.exit(f"crd-cel-check: {argv[0]} is not a CustomResourceDefinition")
+        die(f"{argv[0]} is not a CustomResourceDefinition")
     spec = crd["spec"]
     versions = {}
     programs = {}
@@ -172,8 +180,8 @@ def main(argv):
             where = f"{path}#{n}"
             schema = versions.get(doc.get("apiVersion"))
             if doc.get("kind") != spec["names"]["kind"] or schema is None:
-                sys.exit(
-                    f"crd-cel-check: {where} is a {doc.get('apiVersion')} "
+                die(
+                    f"{where} is a {doc.get('apiVersion')} "
                     f"{doc.get('kind')}, not one of this CRD's {spec['names']['kind']} "
                     f"versions {sorted(versions)}"
                 )
