@@ -2,8 +2,10 @@
 # Installs what building Klio and running its demo need, only what is missing
 # (idempotent, non-interactive): PostgreSQL 15 server + client tools (the demo's and the
 # tests' system PostgreSQL) and clang + libclang (RocksDB's bindgen), and moto's S3
-# server for the Tier 2 tests (`klio_install_moto`). Uses sudo when not root. Sourced by
-# .ci/run and scripts/demo.sh; run it alone with `bash scripts/setup.sh`.
+# server for the Tier 2 tests (`klio_install_moto`); the operator's deploy checks add
+# kubernetes-validate, helm-python-sdk and cel-python to the same virtualenv. Uses sudo
+# when not root. Sourced by .ci/run and scripts/demo.sh; run it alone with
+# `bash scripts/setup.sh`.
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
@@ -70,6 +72,39 @@ klio_install_kubernetes_validate() {
         "$KLIO_VENV/bin/pip" install --quiet --disable-pip-version-check \
             --force-reinstall --no-deps kubernetes-validate
     fi
+}
+
+# The virtualenv alone, for tools that do not need moto (made as klio_install_moto makes it).
+klio_venv() {
+    if [[ -x "$KLIO_VENV/bin/pip" ]]; then
+        return 0
+    fi
+    klio_install_packages python3-venv
+    /usr/bin/python3 -m venv "$KLIO_VENV"
+}
+
+# helm-python-sdk (PyPI; Helm's Go SDK behind a C ABI, inside the wheel: no helm binary)
+# for scripts/helm-render.py, which renders and lints deploy/helm/klio-operator offline.
+klio_install_helm_renderer() {
+    if [[ -x "$KLIO_VENV/bin/python" ]] && "$KLIO_VENV/bin/python" -c 'import helm_python, yaml' 2>/dev/null; then
+        return 0
+    fi
+    klio_venv
+    echo "setup: installing helm-python-sdk into $KLIO_VENV"
+    "$KLIO_VENV/bin/pip" install --quiet --disable-pip-version-check \
+        'helm-python-sdk>=0.2.2,<0.3' pyyaml
+}
+
+# cel-python (PyPI, pure Python CEL) for scripts/crd-cel-check.py, which evaluates the
+# CRD's x-kubernetes-validations rules on Servers offline.
+klio_install_cel() {
+    if [[ -x "$KLIO_VENV/bin/python" ]] && "$KLIO_VENV/bin/python" -c 'import celpy, yaml' 2>/dev/null; then
+        return 0
+    fi
+    klio_venv
+    echo "setup: installing cel-python into $KLIO_VENV"
+    "$KLIO_VENV/bin/pip" install --quiet --disable-pip-version-check \
+        'cel-python>=0.5,<0.6' pyyaml
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
