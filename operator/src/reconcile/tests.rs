@@ -20,20 +20,20 @@ use crate::status::tests::view;
 use crate::{ServerSpec, ServerStatus};
 use klio_api::ClusterStatusView;
 
-const NS: &str = "db";
+pub(crate) const NS: &str = "db";
 
-struct ApiServer(Handle<Request<Body>, Response<Body>>);
+pub(crate) struct ApiServer(pub(crate) Handle<Request<Body>, Response<Body>>);
 
 /// One request as received: its query string and JSON body (`Null` when empty).
-struct Received {
-    query: String,
-    content_type: String,
-    body: Value,
+pub(crate) struct Received {
+    pub(crate) query: String,
+    pub(crate) content_type: String,
+    pub(crate) body: Value,
     send: SendResponse<Response<Body>>,
 }
 
 impl Received {
-    fn reply(self, code: u16, body: &Value) {
+    pub(crate) fn reply(self, code: u16, body: &Value) {
         self.send.send_response(
             Response::builder()
                 .status(code)
@@ -42,7 +42,7 @@ impl Received {
         );
     }
 
-    fn not_found(self) {
+    pub(crate) fn not_found(self) {
         self.reply(
             404,
             &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -52,7 +52,7 @@ impl Received {
 }
 
 impl ApiServer {
-    async fn expect(&mut self, method: &str, path: &str) -> Received {
+    pub(crate) async fn expect(&mut self, method: &str, path: &str) -> Received {
         let (req, send) = self.0.next_request().await.unwrap_or_else(|| {
             panic!("expected {method} {path}; the reconciler sent nothing more")
         });
@@ -102,7 +102,7 @@ impl ApiServer {
     }
 
     /// An Event (`events.k8s.io/v1`); its `(type, reason)`.
-    async fn expect_event(&mut self) -> (String, String) {
+    pub(crate) async fn expect_event(&mut self) -> (String, String) {
         let r = self
             .expect(
                 "POST",
@@ -151,7 +151,7 @@ impl ApiServer {
 
 /// What a fake server answers on `/v1/status`, and the targets it was asked with.
 #[derive(Default)]
-struct FakeStatus {
+pub(crate) struct FakeStatus {
     views: BTreeMap<String, ClusterStatusView>,
     asked: Arc<StdMutex<Vec<StatusTarget>>>,
 }
@@ -167,7 +167,7 @@ impl StatusSource for FakeStatus {
     }
 }
 
-fn setup(status: FakeStatus) -> (Arc<Context>, ApiServer) {
+pub(crate) fn setup(status: FakeStatus) -> (Arc<Context>, ApiServer) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let ctx = Context::new(client, Box::new(status), Arc::new(Metrics::default()));
