@@ -833,3 +833,59 @@ fn names_fit_kubernetes_limits_and_peer_values_are_checked() {
         assert!(!valid_tablespace(bad), "{bad}");
     }
 }
+
+/// The whole reconciler: the offload runs after the server's status was read, its
+/// records go out with the status apply, and an offload in flight requeues sooner.
+#[tokio::test]
+async fn the_reconciler_runs_the_offload_before_writing_the_status() {
+    use crate::reconcile::tests::{
+        run as reconcile_run, secrets_for, serve_secrets, sts_path, with_finalizer,
+    };
+    use kube::runtime::controller::Action;
+
+    let mut s = with_finalizer(server(SnapshotOffloadSpec::default(), None));
+    s.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(OFFLOAD_NOW_ANNOTATION.into(), "first".into());
+    let spec = s.spec.clone();
+    let secrets = secrets_for(&spec, "");
+    let (result, (backup, status)) = reconcile_run(s, FakeStatus::default(), move |mut api| {
+        Box::pin(async move {
+            serve_secrets(&mut api, &spec, &secrets).await;
+            api.expect("GET", &sts_path()).await.not_found();
+            for path in [
+                format!("/api/v1/namespaces/{NS}/configmaps/klio-config"),
+                format!("/api/v1/namespaces/{NS}/services/klio"),
+            ] {
+                api.expect_apply(&path, Value::Null).await;
+            }
+            api.expect_apply(&sts_path(), json!({"replicas": 1, "readyReplicas": 1}))
+                .await;
+            assert_eq!(api.expect_event().await.1, "Created");
+            api.serve_listing(vec![], vec![]).await;
+            let backup = api.expect_create(&cnpg("backups")).await;
+            assert_eq!(api.expect_event().await.1, "SnapshotBackupStarted");
+            let status = api.expect_status().await;
+            (api, (backup, status))
+        })
+    })
+    .await;
+    assert_eq!(result.unwrap(), Action::requeue(IN_FLIGHT_REQUEUE));
+    let name = backup["metadata"]["name"].as_str().unwrap();
+    assert!(name.starts_with("klio-klio-pg-main-"), "{name}");
+    assert_eq!(status.snapshot_offloads.len(), 1);
+    assert_eq!(
+        status.snapshot_offloads[0].offload_now_handled.as_deref(),
+        Some("first")
+    );
+    let c = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "SnapshotOffload")
+        .unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("Unknown", "NoOffloadYet")
+    );
+}

@@ -83,7 +83,7 @@ impl ApiServer {
 
     /// A server-side apply by the operator's field manager; answered with what was sent
     /// plus `status`.
-    async fn expect_apply(&mut self, path: &str, status: Value) -> Value {
+    pub(crate) async fn expect_apply(&mut self, path: &str, status: Value) -> Value {
         let r = self.expect("PATCH", path).await;
         assert_eq!(r.content_type, "application/apply-patch+yaml", "{path}");
         assert!(
@@ -120,7 +120,7 @@ impl ApiServer {
         seen
     }
 
-    async fn expect_status(&mut self) -> ServerStatus {
+    pub(crate) async fn expect_status(&mut self) -> ServerStatus {
         let r = self
             .expect(
                 "PATCH",
@@ -177,7 +177,7 @@ pub(crate) fn setup(status: FakeStatus) -> (Arc<Context>, ApiServer) {
 /// Runs one reconciliation against `scenario` and returns both outcomes; the
 /// scenario's last step checks that nothing more was sent (the context, which holds
 /// the client, is dropped first so the mock sees the end).
-async fn run<T: Send + 'static>(
+pub(crate) async fn run<T: Send + 'static>(
     server: Server,
     status: FakeStatus,
     scenario: impl FnOnce(ApiServer) -> futures_util::future::BoxFuture<'static, (ApiServer, T)>,
@@ -203,14 +203,14 @@ async fn run<T: Send + 'static>(
     (result.expect("the reconciler finished"), out)
 }
 
-fn with_finalizer(mut s: Server) -> Server {
+pub(crate) fn with_finalizer(mut s: Server) -> Server {
     s.metadata.finalizers = Some(vec![FINALIZER.into()]);
     s
 }
 
 /// Every Secret the spec references, with each key it needs; `salt` changes the
 /// master key's bytes.
-fn secrets_for(spec: &ServerSpec, salt: &str) -> BTreeMap<String, Value> {
+pub(crate) fn secrets_for(spec: &ServerSpec, salt: &str) -> BTreeMap<String, Value> {
     let mut data: BTreeMap<String, BTreeMap<String, ByteString>> = BTreeMap::new();
     for f in config::secret_files(spec) {
         let value = if f.path == "master.key" {
@@ -254,7 +254,11 @@ fn secrets_for(spec: &ServerSpec, salt: &str) -> BTreeMap<String, Value> {
 }
 
 /// The reconciler's reads of the Secrets, answered from `secrets`.
-async fn serve_secrets(api: &mut ApiServer, spec: &ServerSpec, secrets: &BTreeMap<String, Value>) {
+pub(crate) async fn serve_secrets(
+    api: &mut ApiServer,
+    spec: &ServerSpec,
+    secrets: &BTreeMap<String, Value>,
+) {
     for name in config::referenced_secrets(spec) {
         let r = api
             .expect("GET", &format!("/api/v1/namespaces/{NS}/secrets/{name}"))
@@ -266,7 +270,7 @@ async fn serve_secrets(api: &mut ApiServer, spec: &ServerSpec, secrets: &BTreeMa
     }
 }
 
-fn sts_path() -> String {
+pub(crate) fn sts_path() -> String {
     format!("/apis/apps/v1/namespaces/{NS}/statefulsets/klio")
 }
 
