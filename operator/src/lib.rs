@@ -319,15 +319,15 @@ pub struct ClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_schedule: Option<String>,
     /// Tier 0: CloudNativePG volume-snapshot backups of this cluster, offloaded into the
-    /// server as base backups ([`offload`]). The CloudNativePG Cluster must have this
-    /// cluster's name and `spec.backup.volumeSnapshot`.
+    /// server as base backups. The CloudNativePG Cluster must have this cluster's name
+    /// and `spec.backup.volumeSnapshot.className`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_offload: Option<SnapshotOffloadSpec>,
 }
 
 /// When to take volume-snapshot backups of a cluster, how to offload them, and how many
-/// to keep. Without `schedule`, only the annotation [`offload::OFFLOAD_NOW_ANNOTATION`]
-/// on the Server starts one.
+/// to keep. Without `schedule`, only the Server's annotation `klio.io/offload-now` (a
+/// value not acted on yet) starts one.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotOffloadSpec {
