@@ -889,3 +889,51 @@ async fn the_reconciler_runs_the_offload_before_writing_the_status() {
         ("Unknown", "NoOffloadYet")
     );
 }
+
+#[tokio::test]
+async fn a_failed_cnpg_backup_is_reported_once_with_its_cause() {
+    for (error, reason) in [
+        (
+            "cannot find VolumeSnapshotClass csi-snapclass",
+            "NoSnapshotSupport",
+        ),
+        ("pg_backup_start: connection refused", "BackupFailed"),
+    ] {
+        let mut failed = backup(B, NOW - 600, "failed");
+        failed["status"]["error"] = json!(error);
+        let listed = vec![failed];
+        let (report, event) = run(server(SnapshotOffloadSpec::default(), recorded("older")), {
+            let listed = listed.clone();
+            |mut api| {
+                Box::pin(async move {
+                    api.serve_listing(listed, vec![]).await;
+                    let event = api.expect_event().await;
+                    (api, event)
+                })
+            }
+        })
+        .await;
+        assert_eq!(event, ("Warning".into(), reason.into()));
+        let report = report.unwrap();
+        assert!(!report.in_flight);
+        let (status, got, message) = report.condition();
+        assert_eq!((status, got.as_str()), ("False", reason));
+        assert!(message.contains(error) && message.contains(B), "{message}");
+        // Recorded: the next pass neither reports it again nor retries it.
+        let again = server(
+            SnapshotOffloadSpec::default(),
+            Some(ServerStatus {
+                snapshot_offloads: report.records,
+                ..Default::default()
+            }),
+        );
+        let (report, ()) = run(again, |mut api| {
+            Box::pin(async move {
+                api.serve_listing(listed, vec![]).await;
+                (api, ())
+            })
+        })
+        .await;
+        assert_eq!(report.unwrap().condition().1, reason);
+    }
+}
