@@ -684,7 +684,13 @@ impl ClusterPass<'_, '_> {
                 )
                 .await;
                 self.record.last_backup = Some(backup.name.clone());
-                self.record.last_success_time = Some(self.pass.now.to_string());
+                // When the Job finished, else (not reported) when it was seen finished.
+                let finished = job
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.completion_time.as_ref())
+                    .map_or(self.pass.now, |t| t.0);
+                self.record.last_success_time = Some(finished.to_string());
                 self.record.last_error = None;
                 self.record.last_error_reason = None;
             }

@@ -482,7 +482,11 @@ async fn a_succeeded_job_has_its_claims_deleted_and_the_offload_recorded() {
             Box::pin(async move {
                 api.serve_listing(
                     vec![backup(B, NOW - 600, "completed")],
-                    vec![job(B, Some("Complete"), &claims)],
+                    vec![{
+                        let mut j = job(B, Some("Complete"), &claims);
+                        j["status"]["completionTime"] = json!("2026-11-24T19:12:30Z");
+                        j
+                    }],
                 )
                 .await;
                 api.expect_delete(&pvcs(&format!("/{B}-pgdata"))).await;
@@ -501,7 +505,7 @@ async fn a_succeeded_job_has_its_claims_deleted_and_the_offload_recorded() {
         [SnapshotOffloadStatus {
             cluster: "pg-main".into(),
             last_backup: Some(B.into()),
-            last_success_time: Some("2026-11-24T19:13:00Z".into()),
+            last_success_time: Some("2026-11-24T19:12:30Z".into()),
             ..Default::default()
         }]
     );
