@@ -220,6 +220,9 @@ struct Cluster {
     token_file: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     backup_schedule: Option<String>,
+    /// Accept `klio offload --upload` for this cluster (its Tier 0 offload Jobs).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    offload_uploads: bool,
 }
 
 /// libpq's quoting of a `key=value` connection string value.
@@ -335,6 +338,9 @@ pub fn validate(spec: &ServerSpec) -> Result<(), SpecError> {
                 "a standard server streams from the primary: set its host (CloudNativePG: <cluster>-rw)",
             ));
         }
+        if let Some(o) = &c.snapshot_offload {
+            validate_offload(o, &c.name, read_only, &field)?;
+        }
     }
     if let Some(tls) = &spec.tls {
         if tls.require_client_cert && tls.client_ca.is_none() {
@@ -365,6 +371,55 @@ pub fn validate(spec: &ServerSpec) -> Result<(), SpecError> {
         return Err(spec_error(
             "spec.template",
             "must be a pod template (an object)",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a cluster's `snapshotOffload`.
+fn validate_offload(
+    o: &crate::SnapshotOffloadSpec,
+    name: &str,
+    read_only: bool,
+    field: &dyn Fn(&str) -> String,
+) -> Result<(), SpecError> {
+    if read_only {
+        return Err(spec_error(
+            field("snapshotOffload"),
+            "a read-only server takes no backups: remove it",
+        ));
+    }
+    let dns_label = !name.is_empty()
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !dns_label {
+        return Err(spec_error(
+            field("name"),
+            format!(
+                "{name:?} must name the CloudNativePG Cluster to snapshot (lowercase letters, digits and -) to use snapshotOffload"
+            ),
+        ));
+    }
+    if let Some(s) = &o.schedule {
+        s.parse::<crate::cron::Cron>()
+            .map_err(|e| spec_error(field("snapshotOffload.schedule"), e))?;
+    }
+    if let Some(a) = &o.max_age {
+        crate::cron::parse_age(a).map_err(|e| spec_error(field("snapshotOffload.maxAge"), e))?;
+    }
+    if o.keep == Some(0) {
+        return Err(spec_error(
+            field("snapshotOffload.keep"),
+            "keep at least 1 snapshot backup (the newest one is the one being offloaded)",
+        ));
+    }
+    if o.run_as_user.is_some_and(|u| u < 1) {
+        return Err(spec_error(
+            field("snapshotOffload.runAsUser"),
+            "the offload Job runs as a non-root user: set the owner of PGDATA (CloudNativePG: 26)",
         ));
     }
     Ok(())
@@ -412,6 +467,7 @@ pub fn klio_toml(spec: &ServerSpec) -> Result<String, SpecError> {
             conninfo: if read_only { None } else { conninfo(c) },
             token_file: secret_path(&format!("clusters/{}/token", c.name)),
             backup_schedule: c.backup_schedule.clone(),
+            offload_uploads: c.snapshot_offload.is_some(),
         })
         .collect();
     let file = File {

@@ -22,6 +22,9 @@
 //!   annotation `klio.io/config-hash` over the configuration and the referenced Secrets'
 //!   content ([`resources`]).
 //!
+//! For clusters with `snapshotOffload` it creates CloudNativePG volume-snapshot
+//! `Backup`s, claims restored from their snapshots and offload `Job`s ([`offload`]).
+//!
 //! It also patches the claim `data-<name>-0` when `spec.storage.size` grows (never
 //! shrinks it, never deletes it), writes the Server's status from the server's
 //! `/v1/status` ([`status`]), records Events, and keeps the finalizer `klio.io/cleanup`.
@@ -39,15 +42,23 @@
 //!   the label `app.kubernetes.io/managed-by=klio-operator`), create and patch (server-side
 //!   apply creates); statefulsets also get (the existing claim template);
 //! - core `secrets`: get (only those a Server references; none are listed or watched);
-//! - core `persistentvolumeclaims`: get, patch (growing Tier 1);
+//! - core `persistentvolumeclaims`: get, patch (growing Tier 1; get also reads a
+//!   snapshot's source claim for its storage class), create, delete (the claims a
+//!   volume snapshot is restored into for its offload);
+//! - Tier 0 ([`offload`]): `postgresql.cnpg.io` `backups`: list, create, delete (by the
+//!   labels `klio.io/server`, `klio.io/cluster`); `clusters`: get (has it
+//!   `spec.backup.volumeSnapshot`?); `snapshot.storage.k8s.io` `volumesnapshots`: list,
+//!   delete (retention); `batch` `jobs`: list, create (finished Jobs go by their TTL);
 //! - `events.k8s.io` `events`: create, patch (repeated events become a series).
 //!
 //! In its own namespace: `coordination.k8s.io` `leases`: get, create, update.
 
 pub mod config;
+pub mod cron;
 pub mod lease;
 pub mod merge;
 pub mod metrics;
+pub mod offload;
 pub mod reconcile;
 pub mod resources;
 pub mod status;
@@ -97,7 +108,27 @@ pub const RBAC_WATCHED_NAMESPACES: &[RbacRule] = &[
     RbacRule {
         api_group: "",
         resources: &["persistentvolumeclaims"],
-        verbs: &["get", "patch"],
+        verbs: &["get", "patch", "create", "delete"],
+    },
+    RbacRule {
+        api_group: "postgresql.cnpg.io",
+        resources: &["backups"],
+        verbs: &["list", "create", "delete"],
+    },
+    RbacRule {
+        api_group: "postgresql.cnpg.io",
+        resources: &["clusters"],
+        verbs: &["get"],
+    },
+    RbacRule {
+        api_group: "snapshot.storage.k8s.io",
+        resources: &["volumesnapshots"],
+        verbs: &["list", "delete"],
+    },
+    RbacRule {
+        api_group: "batch",
+        resources: &["jobs"],
+        verbs: &["list", "create"],
     },
     RbacRule {
         api_group: "events.k8s.io",
@@ -117,7 +148,9 @@ pub const RBAC_OWN_NAMESPACE: &[RbacRule] = &[RbacRule {
 ///
 /// Admission refuses (CEL): a read-only server without `tier2`, or with `storage`, or
 /// with a cluster that has a `host` or a `backupSchedule`; a standard server without
-/// `storage` or with a cluster without `host`; two clusters of one name.
+/// `storage` or with a cluster without `host`; two clusters of one name; a
+/// `snapshotOffload` on a read-only server, on a cluster without `host`, or on a cluster
+/// whose name is not a Kubernetes name (it names the CloudNativePG Cluster).
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "klio.io",
@@ -135,7 +168,9 @@ pub const RBAC_OWN_NAMESPACE: &[RbacRule] = &[RbacRule {
     validation = r#"(has(self.spec.mode) && self.spec.mode == 'read-only') || has(self.spec.storage)"#,
     validation = r#"!(has(self.spec.mode) && self.spec.mode == 'read-only') || self.spec.clusters.all(c, !has(c.host) && !has(c.backupSchedule))"#,
     validation = r#"(has(self.spec.mode) && self.spec.mode == 'read-only') || self.spec.clusters.all(c, has(c.host))"#,
-    validation = r#"self.spec.clusters.all(c, self.spec.clusters.exists_one(d, d.name == c.name))"#
+    validation = r#"self.spec.clusters.all(c, self.spec.clusters.exists_one(d, d.name == c.name))"#,
+    validation = r#"self.spec.clusters.all(c, !has(c.snapshotOffload) || ((!has(self.spec.mode) || self.spec.mode == 'standard') && has(c.host)))"#,
+    validation = r#"self.spec.clusters.all(c, !has(c.snapshotOffload) || c.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ServerSpec {
@@ -283,6 +318,40 @@ pub struct ClusterSpec {
     /// Cron (UTC) for base backups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_schedule: Option<String>,
+    /// Tier 0: CloudNativePG volume-snapshot backups of this cluster, offloaded into the
+    /// server as base backups. The CloudNativePG Cluster must have this cluster's name
+    /// and `spec.backup.volumeSnapshot.className`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_offload: Option<SnapshotOffloadSpec>,
+}
+
+/// When to take volume-snapshot backups of a cluster, how to offload them, and how many
+/// to keep. Without `schedule`, only the Server's annotation `klio.io/offload-now` (a
+/// value not acted on yet) starts one.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotOffloadSpec {
+    /// Cron (5 fields, UTC, or `@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// How many completed snapshot backups to keep (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub keep: Option<u32>,
+    /// Snapshot backups older than this (`7d`, `24h`, `2w`) are pruned, except the
+    /// newest completed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+[smhdw]$"))]
+    pub max_age: Option<String>,
+    /// The user the offload Job runs as: the owner of PGDATA in the snapshot (default 26,
+    /// CloudNativePG's `postgres`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub run_as_user: Option<i64>,
+    /// The storage class of the claims restored from the snapshots (default: the class
+    /// of each snapshot's source claim).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
 }
 
 /// `[retention]`: shared rules, and per-tier rules that replace them.
@@ -337,6 +406,32 @@ pub struct ServerStatus {
     /// Bytes each cluster's WAL intake is behind its primary.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub wal_lag_bytes: BTreeMap<String, u64>,
+    /// The last volume-snapshot offload of each cluster with `snapshotOffload`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshot_offloads: Vec<SnapshotOffloadStatus>,
+}
+
+/// One cluster's last volume-snapshot offload.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotOffloadStatus {
+    pub cluster: String,
+    /// The CloudNativePG Backup last offloaded (or that failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<String>,
+    /// When the last successful offload finished (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_time: Option<String>,
+    /// Why the last attempt failed (absent after a success).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The `SnapshotOffload` condition's reason for `lastError`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error_reason: Option<String>,
+    /// The last value of the Server's annotation `klio.io/offload-now` acted on for
+    /// this cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload_now_handled: Option<String>,
 }
 
 /// An object of any shape, kept as given (`x-kubernetes-preserve-unknown-fields`).

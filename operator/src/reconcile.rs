@@ -19,10 +19,14 @@
 //!    must allow); a smaller size is refused with `StorageResized=False/ShrinkRefused`
 //!    and a Warning event, another storage class with `StorageClassImmutable`;
 //! 7. when the pod is ready, each cluster's status is read from the server
-//!    ([`crate::status`]), and the status subresource is server-side applied.
+//!    ([`crate::status`]);
+//! 8. when the pod is ready, the Tier 0 volume-snapshot offloads of the clusters with
+//!    `snapshotOffload` advance ([`crate::offload`]), and the status subresource is
+//!    server-side applied (with their records).
 //!
 //! Success requeues after [`Context::requeue_after`] (status refresh; Secrets are not
-//! watched, so a changed Secret rolls the pod at the latest then). Errors of the
+//! watched, so a changed Secret rolls the pod at the latest then), sooner while an
+//! offload is in flight or the next one is due. Errors of the
 //! Kubernetes API go to [`error_policy`]: exponential backoff per Server ([`Backoff`]),
 //! reset by the next success. Deletion runs the finalizer's cleanup: an event, then the
 //! finalizer is removed; owned objects go by garbage collection, and the Tier 1 claim is
@@ -48,6 +52,7 @@ use tracing::{info, warn};
 
 use crate::config::{self, SecretFile};
 use crate::metrics::Metrics;
+use crate::offload;
 use crate::resources::{self, ClaimTemplate};
 use crate::status::{self, Observed, StatusSource, StatusTarget};
 use crate::{Server, ServerMode};
@@ -115,6 +120,8 @@ pub struct Context {
     /// Requeue after a success (status refresh).
     pub requeue_after: Duration,
     pub backoff: Backoff,
+    /// The clock (tests set it): schedules and Backup names follow it.
+    pub now: fn() -> Timestamp,
 }
 
 impl Context {
@@ -131,6 +138,7 @@ impl Context {
             default_image: resources::FALLBACK_IMAGE.into(),
             requeue_after: Duration::from_secs(60),
             backoff: Backoff::new(Duration::from_secs(5), Duration::from_secs(300)),
+            now: Timestamp::now,
         }
     }
 }
@@ -173,7 +181,13 @@ pub fn error_policy(server: Arc<Server>, error: &Error, ctx: Arc<Context>) -> Ac
     Action::requeue(delay)
 }
 
-async fn publish(ctx: &Context, server: &Server, type_: EventType, reason: &str, note: String) {
+pub(crate) async fn publish(
+    ctx: &Context,
+    server: &Server,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
     let ev = Event {
         type_,
         reason: reason.into(),
@@ -187,7 +201,7 @@ async fn publish(ctx: &Context, server: &Server, type_: EventType, reason: &str,
 }
 
 async fn write_status(server: &Server, ctx: &Context, obs: &Observed) -> Result<(), Error> {
-    let status = status::build(obs, server.status.as_ref(), Timestamp::now());
+    let status = status::build(obs, server.status.as_ref(), (ctx.now)());
     let api: Api<Server> =
         Api::namespaced(ctx.client.clone(), &server.namespace().unwrap_or_default());
     let body = serde_json::json!({
@@ -209,6 +223,11 @@ fn observed(server: &Server) -> Observed {
         generation: server.metadata.generation,
         mode: server.spec.mode,
         tier2: server.spec.tier2.is_some(),
+        offload_enabled: server
+            .spec
+            .clusters
+            .iter()
+            .any(|c| c.snapshot_offload.is_some()),
         ..Default::default()
     }
 }
@@ -431,8 +450,23 @@ async fn apply(server: &Server, ctx: &Context) -> Result<Action, Error> {
         };
         obs.clusters.push((c.name.clone(), report));
     }
+    // Tier 0 offloads upload into the server: only while its pod is ready.
+    let now = (ctx.now)();
+    if pod_ready && server.spec.mode == ServerMode::Standard {
+        let pass = offload::Pass {
+            ctx,
+            image: &image,
+            tls_ca: ca_pem.is_some(),
+            now,
+        };
+        obs.offload = offload::reconcile(server, &pass).await?;
+    }
     write_status(server, ctx, &obs).await?;
-    Ok(Action::requeue(ctx.requeue_after))
+    Ok(Action::requeue(
+        obs.offload.as_ref().map_or(ctx.requeue_after, |r| {
+            r.requeue(now.as_second(), ctx.requeue_after)
+        }),
+    ))
 }
 
 /// Grows Tier 1's claim to `want`, or refuses to shrink it; the `StorageResized`
@@ -540,4 +574,4 @@ pub async fn run(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -93,6 +93,12 @@ pub struct Observed {
     pub blocked: Option<(String, String)>,
     /// The storage condition (`StorageResized`), when a resize was asked for.
     pub storage: Option<(bool, String, String)>,
+    /// Some cluster has `snapshotOffload`.
+    pub offload_enabled: bool,
+    /// This pass's Tier 0 offloads ([`crate::offload`]); `None` with `offload_enabled`:
+    /// not run this time (the pod is not ready, or the spec is blocked), so the
+    /// previous records and condition stay.
+    pub offload: Option<crate::offload::Report>,
 }
 
 fn condition(type_: &str, ok: bool, reason: &str, message: impl Into<String>) -> Condition {
@@ -121,7 +127,8 @@ fn rfc3339(secs: u64) -> Option<String> {
 
 /// The status to write: conditions `Ready`, `Streaming-<cluster>` (one per cluster of a
 /// standard server) and `Streaming` (all of them), `Tier2Reachable` (with `[tier2]`),
-/// `StorageResized` (after a resize request); the newest backup; each cluster's WAL lag.
+/// `StorageResized` (after a resize request), `SnapshotOffload` (with `snapshotOffload`);
+/// the newest backup; each cluster's WAL lag; each cluster's last snapshot offload.
 /// A condition keeps its `lastTransitionTime` from `previous` while its status holds;
 /// `now` stamps the others.
 pub fn build(obs: &Observed, previous: Option<&ServerStatus>, now: Timestamp) -> ServerStatus {
@@ -244,6 +251,28 @@ pub fn build(obs: &Observed, previous: Option<&ServerStatus>, now: Timestamp) ->
         conditions.push(condition("StorageResized", *ok, reason, message.clone()));
     }
 
+    let mut snapshot_offloads = Vec::new();
+    match (&obs.offload, previous) {
+        (Some(report), _) => {
+            let (status, reason, message) = report.condition();
+            conditions.push(Condition {
+                status: status.into(),
+                ..condition("SnapshotOffload", false, &reason, message)
+            });
+            snapshot_offloads = report.records.clone();
+        }
+        (None, Some(p)) if obs.offload_enabled => {
+            conditions.extend(
+                p.conditions
+                    .iter()
+                    .find(|c| c.type_ == "SnapshotOffload")
+                    .cloned(),
+            );
+            snapshot_offloads = p.snapshot_offloads.clone();
+        }
+        _ => {}
+    }
+
     for c in &mut conditions {
         c.observed_generation = obs.generation;
         let kept = previous
@@ -265,6 +294,7 @@ pub fn build(obs: &Observed, previous: Option<&ServerStatus>, now: Timestamp) ->
             .iter()
             .filter_map(|v| v.lag_bytes.map(|l| (v.cluster.as_str().to_string(), l)))
             .collect::<BTreeMap<_, _>>(),
+        snapshot_offloads,
     }
 }
 

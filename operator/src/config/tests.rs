@@ -48,6 +48,7 @@ struct RawCluster {
     client_ca_file: Option<PathBuf>,
     client_cert_dns_names: Option<Vec<String>>,
     offload_roots: Option<Vec<PathBuf>>,
+    offload_uploads: Option<bool>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -156,7 +157,10 @@ fn server_would_accept(text: &str) -> RawConfig {
         assert!(c.token_file.as_ref().is_some_and(|p| p.is_absolute()));
         if read_only {
             assert!(
-                c.conninfo.is_none() && c.backup_schedule.is_none() && c.offload_roots.is_none()
+                c.conninfo.is_none()
+                    && c.backup_schedule.is_none()
+                    && c.offload_roots.is_none()
+                    && c.offload_uploads.is_none()
             );
         } else {
             assert!(c.conninfo.as_ref().is_some_and(|s| !s.trim().is_empty()));
@@ -237,6 +241,7 @@ pub(crate) fn full_standard() -> ServerSpec {
                 password: None,
                 token: key("pg-main-token", "token"),
                 backup_schedule: Some("0 3 * * *".into()),
+                snapshot_offload: None,
             },
             ClusterSpec {
                 name: "pg_other".into(),
@@ -248,6 +253,7 @@ pub(crate) fn full_standard() -> ServerSpec {
                 password: Some(key("pg-other-pw", "password")),
                 token: key("pg-other-token", "token"),
                 backup_schedule: None,
+                snapshot_offload: None,
             },
         ],
         retention: Some(RetentionSpec {
@@ -403,4 +409,55 @@ fn specs_the_server_would_refuse_are_reported_with_their_field() {
         klio_toml(&s).unwrap_err().field,
         "spec.clusters[0].backupSchedule"
     );
+}
+
+#[test]
+fn snapshot_offload_turns_on_offload_uploads_for_its_cluster_only() {
+    let mut s = full_standard();
+    s.clusters[0].snapshot_offload = Some(crate::SnapshotOffloadSpec {
+        schedule: Some("0 */6 * * *".into()),
+        keep: Some(2),
+        max_age: Some("7d".into()),
+        ..Default::default()
+    });
+    let text = klio_toml(&s).unwrap();
+    let raw = server_would_accept(&text);
+    assert_eq!(raw.clusters[0].offload_uploads, Some(true));
+    assert_eq!(raw.clusters[1].offload_uploads, None);
+    assert_eq!(text.matches("offload_uploads").count(), 1, "{text}");
+    assert!(!klio_toml(&full_standard())
+        .unwrap()
+        .contains("offload_uploads"));
+}
+
+#[test]
+fn a_bad_snapshot_offload_is_refused_naming_the_field() {
+    let with = |f: &dyn Fn(&mut crate::SnapshotOffloadSpec)| {
+        let mut s = full_standard();
+        let mut o = crate::SnapshotOffloadSpec::default();
+        f(&mut o);
+        s.clusters[0].snapshot_offload = Some(o);
+        klio_toml(&s).map(|_| ()).map_err(|e| e.field)
+    };
+    assert_eq!(with(&|_| {}), Ok(()));
+    assert_eq!(
+        with(&|o| o.schedule = Some("0 3 * *".into())),
+        Err("spec.clusters[0].snapshotOffload.schedule".into())
+    );
+    assert_eq!(
+        with(&|o| o.max_age = Some("7y".into())),
+        Err("spec.clusters[0].snapshotOffload.maxAge".into())
+    );
+    assert_eq!(
+        with(&|o| o.keep = Some(0)),
+        Err("spec.clusters[0].snapshotOffload.keep".into())
+    );
+    assert_eq!(
+        with(&|o| o.run_as_user = Some(0)),
+        Err("spec.clusters[0].snapshotOffload.runAsUser".into())
+    );
+    // pg_other is no CloudNativePG Cluster name.
+    let mut s = full_standard();
+    s.clusters[1].snapshot_offload = Some(Default::default());
+    assert_eq!(klio_toml(&s).unwrap_err().field, "spec.clusters[1].name");
 }

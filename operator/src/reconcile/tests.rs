@@ -20,20 +20,20 @@ use crate::status::tests::view;
 use crate::{ServerSpec, ServerStatus};
 use klio_api::ClusterStatusView;
 
-const NS: &str = "db";
+pub(crate) const NS: &str = "db";
 
-struct ApiServer(Handle<Request<Body>, Response<Body>>);
+pub(crate) struct ApiServer(pub(crate) Handle<Request<Body>, Response<Body>>);
 
 /// One request as received: its query string and JSON body (`Null` when empty).
-struct Received {
-    query: String,
-    content_type: String,
-    body: Value,
+pub(crate) struct Received {
+    pub(crate) query: String,
+    pub(crate) content_type: String,
+    pub(crate) body: Value,
     send: SendResponse<Response<Body>>,
 }
 
 impl Received {
-    fn reply(self, code: u16, body: &Value) {
+    pub(crate) fn reply(self, code: u16, body: &Value) {
         self.send.send_response(
             Response::builder()
                 .status(code)
@@ -42,7 +42,7 @@ impl Received {
         );
     }
 
-    fn not_found(self) {
+    pub(crate) fn not_found(self) {
         self.reply(
             404,
             &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -52,7 +52,7 @@ impl Received {
 }
 
 impl ApiServer {
-    async fn expect(&mut self, method: &str, path: &str) -> Received {
+    pub(crate) async fn expect(&mut self, method: &str, path: &str) -> Received {
         let (req, send) = self.0.next_request().await.unwrap_or_else(|| {
             panic!("expected {method} {path}; the reconciler sent nothing more")
         });
@@ -83,7 +83,7 @@ impl ApiServer {
 
     /// A server-side apply by the operator's field manager; answered with what was sent
     /// plus `status`.
-    async fn expect_apply(&mut self, path: &str, status: Value) -> Value {
+    pub(crate) async fn expect_apply(&mut self, path: &str, status: Value) -> Value {
         let r = self.expect("PATCH", path).await;
         assert_eq!(r.content_type, "application/apply-patch+yaml", "{path}");
         assert!(
@@ -102,7 +102,7 @@ impl ApiServer {
     }
 
     /// An Event (`events.k8s.io/v1`); its `(type, reason)`.
-    async fn expect_event(&mut self) -> (String, String) {
+    pub(crate) async fn expect_event(&mut self) -> (String, String) {
         let r = self
             .expect(
                 "POST",
@@ -120,7 +120,7 @@ impl ApiServer {
         seen
     }
 
-    async fn expect_status(&mut self) -> ServerStatus {
+    pub(crate) async fn expect_status(&mut self) -> ServerStatus {
         let r = self
             .expect(
                 "PATCH",
@@ -151,7 +151,7 @@ impl ApiServer {
 
 /// What a fake server answers on `/v1/status`, and the targets it was asked with.
 #[derive(Default)]
-struct FakeStatus {
+pub(crate) struct FakeStatus {
     views: BTreeMap<String, ClusterStatusView>,
     asked: Arc<StdMutex<Vec<StatusTarget>>>,
 }
@@ -167,7 +167,7 @@ impl StatusSource for FakeStatus {
     }
 }
 
-fn setup(status: FakeStatus) -> (Arc<Context>, ApiServer) {
+pub(crate) fn setup(status: FakeStatus) -> (Arc<Context>, ApiServer) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let ctx = Context::new(client, Box::new(status), Arc::new(Metrics::default()));
@@ -177,7 +177,7 @@ fn setup(status: FakeStatus) -> (Arc<Context>, ApiServer) {
 /// Runs one reconciliation against `scenario` and returns both outcomes; the
 /// scenario's last step checks that nothing more was sent (the context, which holds
 /// the client, is dropped first so the mock sees the end).
-async fn run<T: Send + 'static>(
+pub(crate) async fn run<T: Send + 'static>(
     server: Server,
     status: FakeStatus,
     scenario: impl FnOnce(ApiServer) -> futures_util::future::BoxFuture<'static, (ApiServer, T)>,
@@ -203,14 +203,14 @@ async fn run<T: Send + 'static>(
     (result.expect("the reconciler finished"), out)
 }
 
-fn with_finalizer(mut s: Server) -> Server {
+pub(crate) fn with_finalizer(mut s: Server) -> Server {
     s.metadata.finalizers = Some(vec![FINALIZER.into()]);
     s
 }
 
 /// Every Secret the spec references, with each key it needs; `salt` changes the
 /// master key's bytes.
-fn secrets_for(spec: &ServerSpec, salt: &str) -> BTreeMap<String, Value> {
+pub(crate) fn secrets_for(spec: &ServerSpec, salt: &str) -> BTreeMap<String, Value> {
     let mut data: BTreeMap<String, BTreeMap<String, ByteString>> = BTreeMap::new();
     for f in config::secret_files(spec) {
         let value = if f.path == "master.key" {
@@ -254,7 +254,11 @@ fn secrets_for(spec: &ServerSpec, salt: &str) -> BTreeMap<String, Value> {
 }
 
 /// The reconciler's reads of the Secrets, answered from `secrets`.
-async fn serve_secrets(api: &mut ApiServer, spec: &ServerSpec, secrets: &BTreeMap<String, Value>) {
+pub(crate) async fn serve_secrets(
+    api: &mut ApiServer,
+    spec: &ServerSpec,
+    secrets: &BTreeMap<String, Value>,
+) {
     for name in config::referenced_secrets(spec) {
         let r = api
             .expect("GET", &format!("/api/v1/namespaces/{NS}/secrets/{name}"))
@@ -266,7 +270,7 @@ async fn serve_secrets(api: &mut ApiServer, spec: &ServerSpec, secrets: &BTreeMa
     }
 }
 
-fn sts_path() -> String {
+pub(crate) fn sts_path() -> String {
     format!("/apis/apps/v1/namespaces/{NS}/statefulsets/klio")
 }
 
