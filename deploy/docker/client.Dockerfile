@@ -12,8 +12,8 @@
 #
 #   docker build -f deploy/docker/client.Dockerfile -t klio-client:0.1.0 .
 #
-# Not built in Klio's CI or development machines (they have no Docker): kept correct by
-# reading the workspace (cli/Cargo.toml's features), not by a build.
+# Not built in Klio's CI or development machines (they have no Docker); a test
+# (operator/tests/deploy.rs) checks that this build's dependency graph has no RocksDB.
 
 FROM rust:1.95.0-bookworm AS builder
 WORKDIR /src

@@ -5,7 +5,9 @@
 //! when its holder has not renewed it within `leaseDurationSeconds`. Each write carries
 //! the `resourceVersion` that was read, so of two replicas racing, one gets a conflict
 //! and stays a follower. A leader that cannot renew before its lease expires must stop
-//! (see [`LeaseLock::lost`]); the binary then exits and is restarted as a follower.
+//! (see [`LeaseLock::lost`]); the binary then exits and is restarted as a follower. On
+//! a graceful stop (SIGTERM) the leader clears the holder ([`LeaseLock::release`]), so
+//! another replica leads at once rather than after the lease expires.
 
 use std::time::Duration;
 
@@ -51,6 +53,16 @@ impl LeaseLock {
         }
     }
 
+    /// Replaces the Lease with `lease` (carrying the `resourceVersion` read): `false` when
+    /// another replica wrote it meanwhile (a conflict).
+    async fn write(&self, api: &Api<Lease>, lease: &Lease) -> Result<bool, kube::Error> {
+        match api.replace(&self.name, &PostParams::default(), lease).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_conflict(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Whether this replica holds the Lease after this call (`now`: the current time).
     pub async fn try_acquire_or_renew(
         &self,
@@ -90,14 +102,26 @@ impl LeaseLock {
             self.spec(now, now, transitions + 1)
         };
         lease.spec = Some(new_spec);
-        match api
-            .replace(&self.name, &PostParams::default(), &lease)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if is_conflict(&e) => Ok(false),
-            Err(e) => Err(e),
+        self.write(api, &lease).await
+    }
+
+    /// Gives the Lease up on a graceful stop, so that another replica takes over at once
+    /// instead of after `leaseDurationSeconds`: its holder is cleared if it is still
+    /// this replica (with the `resourceVersion` read, so a Lease another replica took
+    /// meanwhile is left alone). Whether it was released.
+    pub async fn release(&self, api: &Api<Lease>) -> Result<bool, kube::Error> {
+        let Some(mut lease) = api.get_opt(&self.name).await? else {
+            return Ok(false);
+        };
+        let mut spec = lease.spec.clone().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(false);
         }
+        spec.holder_identity = None;
+        spec.acquire_time = None;
+        spec.renew_time = None;
+        lease.spec = Some(spec);
+        self.write(api, &lease).await
     }
 
     /// A leader whose last successful renewal was at `renewed` has lost the Lease at

@@ -76,6 +76,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         &identity,
     );
     let leases: Api<Lease> = Api::namespaced(client.clone(), &lease_ns);
+    let release_api = leases.clone();
 
     // The lease loop: `leader` turns true once this replica holds the Lease; `lost`
     // fires when it no longer may lead, and the process stops.
@@ -139,6 +140,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let _ = controller.await;
     if lost {
         return Err("lost the Lease: stopping so that only one replica reconciles".into());
+    }
+    match lock.release(&release_api).await {
+        Ok(true) => info!("released the Lease"),
+        Ok(false) => {}
+        Err(e) => {
+            warn!(error = %e, "could not release the Lease; another replica takes it over when it expires")
+        }
     }
     info!("stopped");
     Ok(())

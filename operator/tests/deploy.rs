@@ -8,7 +8,9 @@
 //!   `jsonschema`, which `kubernetes-validate` depends on, with unknown fields refused
 //!   as the API server's strict field validation does) and reads into the operator's
 //!   `Server` type without losing a field (serde round trip);
-//! - the Grafana dashboard parses and queries only metrics server/src/metrics.rs exports.
+//! - the Grafana dashboard parses and queries only metrics server/src/metrics.rs exports;
+//! - the lean client and the operator (their Dockerfiles' builds) have no RocksDB in
+//!   their dependency graph.
 //!
 //! `kubectl` and `kubernetes-validate` missing is a failure, not a skip.
 
@@ -512,4 +514,49 @@ fn the_helm_chart_carries_the_generated_crd_and_the_documented_rules() {
         grants_of_manifest(&serde_json::json!({ "rules": rules })),
         grants_of_rules(RBAC_WATCHED_NAMESPACES)
     );
+}
+
+/// The lean client image (`deploy/docker/client.Dockerfile`: `klio` without its default
+/// `server` feature) and the operator's image are built without RocksDB, as their
+/// Dockerfiles promise: the resolved dependency graph (`cargo tree`, offline, from
+/// Cargo.lock) holds no `rocksdb` crate for either.
+#[test]
+fn the_lean_client_and_the_operator_do_not_depend_on_rocksdb() {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    for args in [
+        &["-p", "klio", "--no-default-features"][..],
+        &["-p", "klio-operator"][..],
+    ] {
+        let out = Command::new(&cargo)
+            .current_dir(root())
+            .args(["tree", "--offline", "-e", "normal", "--prefix", "none"])
+            .args(args)
+            .output()
+            .expect("running cargo tree");
+        assert!(
+            out.status.success(),
+            "cargo tree {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tree = String::from_utf8_lossy(&out.stdout);
+        assert!(tree.contains("klio-core"), "{args:?}: {tree}");
+        let heavy: Vec<&str> = tree.lines().filter(|l| l.contains("rocksdb")).collect();
+        assert!(heavy.is_empty(), "{args:?} pulls in RocksDB: {heavy:?}");
+    }
+    // The check itself sees RocksDB where it is.
+    let out = Command::new(&cargo)
+        .current_dir(root())
+        .args([
+            "tree",
+            "--offline",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "-p",
+            "klio",
+        ])
+        .output()
+        .expect("running cargo tree");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rocksdb"));
 }

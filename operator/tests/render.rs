@@ -608,6 +608,23 @@ fn servers_that_break_a_cel_rule_fail_with_its_message() {
     v["spec"]["clusters"][2]["name"] = first;
     variants.push(("duplicate-cluster-names", v, rule("exists_one")));
 
+    let offload = standard["spec"]["clusters"][0]["snapshotOffload"].clone();
+    assert!(offload.is_object(), "the 1:1 example has snapshotOffload");
+    let mut v = read_only.clone();
+    v["spec"]["clusters"][0]["snapshotOffload"] = offload;
+    variants.push((
+        "read-only-with-snapshot-offload",
+        v,
+        rule("!has(c.snapshotOffload) || ((!has(self.spec.mode)"),
+    ));
+    let mut v = standard.clone();
+    v["spec"]["clusters"][0]["name"] = json!("pg_main");
+    variants.push((
+        "snapshot-offload-of-a-name-no-cluster-can-have",
+        v,
+        rule("c.name.matches("),
+    ));
+
     let covered: BTreeSet<_> = variants.iter().map(|(_, _, r)| r.clone()).collect();
     let all: BTreeSet<_> = rules.iter().cloned().collect();
     assert_eq!(

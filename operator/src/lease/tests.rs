@@ -61,34 +61,53 @@ fn status(code: u16, reason: &str) -> Value {
            "reason": reason, "code": code})
 }
 
-/// Runs one `try_acquire_or_renew` at `NOW` against `scenario`; its answer and what the
-/// scenario returned (the body written, if any).
-async fn attempt<F>(scenario: F) -> (bool, Option<Value>)
-where
-    F: FnOnce(
+/// The scenario side of a test: answers the requests, returns the handle and the body
+/// written, if any.
+type Scenario = Box<
+    dyn FnOnce(
         Handle<Request<Body>, Response<Body>>,
     ) -> futures_util::future::BoxFuture<
         'static,
         (Handle<Request<Body>, Response<Body>>, Option<Value>),
     >,
+>;
+
+/// Runs `call` (a method of the lock of replica `pod-a`) against `scenario`; its answer
+/// and the body the scenario saw written. Fails on a request left unanswered or extra.
+async fn against<F, Fut>(scenario: Scenario, call: F) -> (bool, Option<Value>)
+where
+    F: FnOnce(LeaseLock, Api<Lease>) -> Fut,
+    Fut: std::future::Future<Output = Result<bool, kube::Error>>,
 {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let api: Api<Lease> = Api::namespaced(Client::new(service, "default"), "ops");
     let task = tokio::spawn(scenario(handle));
     let lock = LeaseLock::new("klio-operator", "pod-a");
-    let held = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        lock.try_acquire_or_renew(&api, at(NOW)),
-    )
-    .await
-    .expect("no unanswered request")
-    .unwrap();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), call(lock, api))
+        .await
+        .expect("no unanswered request")
+        .unwrap();
     let (mut handle, written) = task.await.unwrap();
-    drop(api);
     if let Some(Some((req, _))) = handle.next_request().now_or_never() {
         panic!("unexpected request {} {}", req.method(), req.uri());
     }
-    (held, written)
+    (answer, written)
+}
+
+/// Runs one `try_acquire_or_renew` at `NOW` against `scenario`.
+async fn attempt<F>(scenario: F) -> (bool, Option<Value>)
+where
+    F: FnOnce(
+            Handle<Request<Body>, Response<Body>>,
+        ) -> futures_util::future::BoxFuture<
+            'static,
+            (Handle<Request<Body>, Response<Body>>, Option<Value>),
+        > + 'static,
+{
+    against(Box::new(scenario), |lock, api| async move {
+        lock.try_acquire_or_renew(&api, at(NOW)).await
+    })
+    .await
 }
 
 #[tokio::test]
@@ -219,4 +238,56 @@ fn a_leader_told_that_another_replica_holds_the_lease_has_lost_it() {
     assert_eq!(l.after(&lock, Ok(true), at(NOW)), Step::Lead);
     assert_eq!(l.after(&lock, Ok(true), at(NOW + 5)), Step::Lead);
     assert_eq!(l.after(&lock, Ok(false), at(NOW + 6)), Step::Lost);
+}
+
+/// Runs one `release` against `scenario`.
+async fn release<F>(scenario: F) -> (bool, Option<Value>)
+where
+    F: FnOnce(
+            Handle<Request<Body>, Response<Body>>,
+        ) -> futures_util::future::BoxFuture<
+            'static,
+            (Handle<Request<Body>, Response<Body>>, Option<Value>),
+        > + 'static,
+{
+    against(Box::new(scenario), |lock, api| async move {
+        lock.release(&api).await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_graceful_stop_clears_its_own_holder_with_the_version_read() {
+    let (released, written) = release(|mut h| {
+        Box::pin(async move {
+            let (_, send) = next(&mut h, "GET", PATH).await;
+            reply(send, 200, &lease("pod-a", NOW - 2, 3));
+            let (body, send) = next(&mut h, "PUT", PATH).await;
+            reply(send, 200, &body);
+            (h, Some(body))
+        })
+    })
+    .await;
+    assert!(released);
+    let w = written.unwrap();
+    assert_eq!(w["metadata"]["resourceVersion"], "41");
+    assert!(
+        w["spec"].get("holderIdentity").is_none_or(Value::is_null),
+        "{w}"
+    );
+    assert_eq!(w["spec"]["leaseTransitions"], 3);
+}
+
+#[tokio::test]
+async fn a_graceful_stop_leaves_another_holders_lease_alone() {
+    let (released, written) = release(|mut h| {
+        Box::pin(async move {
+            let (_, send) = next(&mut h, "GET", PATH).await;
+            reply(send, 200, &lease("pod-b", NOW - 2, 3));
+            (h, None)
+        })
+    })
+    .await;
+    assert!(!released);
+    assert!(written.is_none());
 }
