@@ -560,3 +560,41 @@ fn the_lean_client_and_the_operator_do_not_depend_on_rocksdb() {
         .expect("running cargo tree");
     assert!(String::from_utf8_lossy(&out.stdout).contains("rocksdb"));
 }
+
+/// `deploy/restore/restore-job.yaml` (the README's restore walk-through) validates
+/// strictly, runs non-root with a read-only root filesystem, and calls `klio restore`
+/// with the client's environment variables.
+#[test]
+fn the_restore_job_example_validates_strictly_and_runs_klio_restore_non_root() {
+    let path = root().join("deploy/restore/restore-job.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    let docs = documents(&yaml);
+    let text = run(
+        Command::new(kubernetes_validate())
+            .arg("--strict")
+            .arg(&path),
+        "kubernetes-validate (install it with `bash scripts/setup.sh`)",
+    );
+    let passed = text.lines().filter(|l| l.contains(" passed ")).count();
+    assert_eq!(passed, docs.len(), "every object passes:\n{text}");
+    let job = find(&docs, "Job", "pg-main-restore");
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let c = &pod["containers"][0];
+    assert_eq!(c["args"][0], "restore");
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    let env: BTreeSet<&str> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    for var in [
+        "KLIO_SERVER",
+        "KLIO_CLUSTER",
+        "KLIO_TOKEN_FILE",
+        "KLIO_CACERT",
+    ] {
+        assert!(env.contains(var), "{var} missing: {env:?}");
+    }
+}
