@@ -16,16 +16,18 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use klio_operator::{RbacRule, RBAC_OWN_NAMESPACE, RBAC_WATCHED_NAMESPACES};
+mod common;
+
+use common::{
+    documents, example_files, find, grants_of_manifest, grants_of_rules, kubernetes_validate,
+    numbers_as_f64, root,
+};
+use klio_operator::{RBAC_OWN_NAMESPACE, RBAC_WATCHED_NAMESPACES};
 use serde_json::{json, Value};
 
 const CHART: &str = "deploy/helm/klio-operator";
 const RELEASE: &str = "klio-operator";
 const NAMESPACE: &str = "klio-system";
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// The virtualenv's Python, which must import `module`; the failure names the fix.
 fn venv_python(module: &str, install: &str) -> PathBuf {
@@ -44,21 +46,6 @@ fn venv_python(module: &str, install: &str) -> PathBuf {
         python.display()
     );
     python
-}
-
-/// `kubernetes-validate` found as operator/tests/deploy.rs finds it (a copy of its
-/// helper, so that the two files can change independently): `$KLIO_KUBERNETES_VALIDATE`,
-/// else the virtualenv's, else `PATH`.
-fn kubernetes_validate() -> PathBuf {
-    if let Some(p) = std::env::var_os("KLIO_KUBERNETES_VALIDATE") {
-        return p.into();
-    }
-    let venv = std::env::var_os("HOME")
-        .map(|h| Path::new(&h).join(".cache/klio-venv/bin/kubernetes-validate"));
-    match venv {
-        Some(p) if p.is_file() => p,
-        _ => "kubernetes-validate".into(),
-    }
 }
 
 fn output(cmd: &mut Command, what: &str) -> Output {
@@ -90,26 +77,10 @@ fn scratch_file(name: &str, content: &str) -> PathBuf {
     path
 }
 
-fn documents(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|d| serde_yaml::from_value::<Value>(serde::Deserialize::deserialize(d).unwrap()))
-        .collect::<Result<Vec<_>, _>>()
-        .expect("valid YAML")
-        .into_iter()
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
 fn yaml_file(path: &str) -> Value {
     let mut docs = documents(&std::fs::read_to_string(root().join(path)).unwrap());
     assert_eq!(docs.len(), 1, "{path} holds one document");
     docs.remove(0)
-}
-
-fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} {name} in the output"))
 }
 
 fn kinds(docs: &[Value]) -> BTreeSet<(String, String)> {
@@ -148,59 +119,6 @@ const SCOPES: &[&[&str]] = &[
     &["rbac.scope=namespace,metrics.serviceMonitor.enabled=true"],
     &["rbac.scope=namespace,rbac.watchNamespace=databases"],
 ];
-
-/// (apiGroup, resource, verb) triples a set of rules grants.
-fn grants_of_rules(rules: &[RbacRule]) -> BTreeSet<(String, String, String)> {
-    let mut out = BTreeSet::new();
-    for r in rules {
-        for res in r.resources {
-            for verb in r.verbs {
-                out.insert((r.api_group.into(), (*res).into(), (*verb).into()));
-            }
-        }
-    }
-    out
-}
-
-/// The triples a Role or ClusterRole grants; only apiGroups/resources/verbs, no
-/// wildcards.
-fn grants_of_manifest(role: &Value) -> BTreeSet<(String, String, String)> {
-    let strs = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .unwrap_or_else(|| panic!("a list: {v}"))
-            .iter()
-            .map(|s| s.as_str().unwrap().to_owned())
-            .collect()
-    };
-    let mut out = BTreeSet::new();
-    for rule in role["rules"].as_array().unwrap() {
-        let keys: Vec<_> = rule.as_object().unwrap().keys().cloned().collect();
-        assert_eq!(keys, ["apiGroups", "resources", "verbs"], "{rule}");
-        for g in strs(&rule["apiGroups"]) {
-            for res in strs(&rule["resources"]) {
-                for verb in strs(&rule["verbs"]) {
-                    assert!(g != "*" && res != "*" && verb != "*", "wildcard in {rule}");
-                    out.insert((g.clone(), res.clone(), verb));
-                }
-            }
-        }
-    }
-    out
-}
-
-/// `v` with every number as a float: YAML writers disagree on `1` and `1.0`.
-fn numbers_as_f64(v: &Value) -> Value {
-    match v {
-        Value::Number(n) => json!(n.as_f64().unwrap()),
-        Value::Array(a) => Value::Array(a.iter().map(numbers_as_f64).collect()),
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .map(|(k, v)| (k.clone(), numbers_as_f64(v)))
-                .collect(),
-        ),
-        _ => v.clone(),
-    }
-}
 
 #[test]
 fn the_chart_renders_and_validates_strictly_in_both_scopes() {
@@ -508,17 +426,6 @@ fn cel_check(files: &[PathBuf]) -> Output {
     )
 }
 
-fn example_files() -> Vec<PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(root().join("deploy/examples"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-        .collect();
-    files.sort();
-    assert!(files.len() >= 4, "{files:?}");
-    files
-}
-
 /// The CRD's root-level CEL rules.
 fn crd_rules() -> Vec<String> {
     let crd = yaml_file("deploy/crds/klio.io_servers.yaml");
@@ -535,6 +442,7 @@ fn crd_rules() -> Vec<String> {
 #[test]
 fn the_example_servers_pass_the_crds_cel_rules() {
     let files = example_files();
+    assert!(files.len() >= 4, "{files:?}");
     let out = cel_check(&files);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
