@@ -21,6 +21,7 @@ pub mod log_format;
 pub mod lsn;
 pub mod manifest;
 pub mod offload;
+pub mod schedule;
 pub mod secret_file;
 pub mod system_id;
 pub mod upload;

@@ -16,7 +16,7 @@ pub mod metrics;
 pub mod registry;
 pub mod rescan;
 pub mod retention;
-pub mod schedule;
+pub use klio_core::schedule;
 pub mod serve;
 pub mod tier2;
 pub mod tls;

@@ -11,7 +11,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use klio_core::clock::civil_from_days;
+use crate::clock::civil_from_days;
 
 /// A parsed cron expression.
 #[derive(Clone, PartialEq, Eq)]
