@@ -413,50 +413,44 @@ impl Relay {
             path: shown.clone(),
             source,
         };
-        let file = tokio::fs::File::open(&at.tier1).await.map_err(tier1_err)?;
-        let size = file.metadata().await.map_err(tier1_err)?.len();
-        if size != item.bytes {
-            return Err(RelayError::Changed {
-                path: shown,
-                queued: item.bytes,
-                actual: size,
-            });
-        }
-        let (outcome, sha) = if size < MULTIPART_THRESHOLD as u64 {
-            let body = tokio::fs::read(&at.tier1).await.map_err(tier1_err)?;
-            if body.len() as u64 != size {
-                return Err(RelayError::Changed {
-                    path: shown,
-                    queued: item.bytes,
-                    actual: body.len() as u64,
-                });
-            }
-            let sha: [u8; 32] = Sha256::digest(&body).into();
-            (
-                self.tier2
-                    .put_create_hashed(&at.key, Bytes::from(body), sha)
-                    .await?,
-                sha,
-            )
-        } else {
-            let mut hasher = Sha256::new();
-            let mut sent = 0u64;
-            let body = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).inspect(|c| {
-                if let Ok(c) = c {
-                    hasher.update(c);
-                    sent += c.len() as u64;
-                }
-            });
-            let outcome = self.tier2.put_multipart(&at.key, body).await?;
-            if sent != size {
-                return Err(RelayError::Changed {
-                    path: shown,
-                    queued: item.bytes,
-                    actual: sent,
-                });
-            }
-            (outcome, hasher.finalize().into())
+        let changed = |actual| RelayError::Changed {
+            path: shown.clone(),
+            queued: item.bytes,
+            actual,
         };
+        if item.bytes < MULTIPART_THRESHOLD as u64 {
+            // Read and hashed in one go on a blocking thread: the async workers stay free
+            // for the uploads in flight.
+            let path = at.tier1.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                let body = std::fs::read(path)?;
+                let sha: [u8; 32] = Sha256::digest(&body).into();
+                Ok::<_, std::io::Error>((body, sha))
+            })
+            .await
+            .map_err(|e| tier1_err(std::io::Error::other(e)))?;
+            let (body, sha) = read.map_err(tier1_err)?;
+            let size = body.len() as u64;
+            if size != item.bytes {
+                return Err(changed(size));
+            }
+            let outcome = self
+                .tier2
+                .put_create_hashed(&at.key, Bytes::from(body), sha)
+                .await?;
+            return Ok(self.confirmed(item, &at.key, size, sha, outcome));
+        }
+        let file = std::fs::File::open(&at.tier1).map_err(tier1_err)?;
+        let size = file.metadata().map_err(tier1_err)?.len();
+        if size != item.bytes {
+            return Err(changed(size));
+        }
+        let body = part_stream(file, self.tier2.part_size());
+        let sent = self.tier2.put_multipart_hashed(&at.key, body).await?;
+        if sent.size != size {
+            return Err(changed(sent.size));
+        }
+        let (outcome, sha) = (sent.outcome, sent.sha256);
         Ok(self.confirmed(item, &at.key, size, sha, outcome))
     }
 
@@ -562,6 +556,32 @@ impl Relay {
 }
 
 /// The backoff after `attempts` failures: initial × 2^(attempts-1), capped.
+/// `file` in chunks of `part` bytes (the last one shorter), each read in one blocking
+/// task: a multipart upload's parts, handed on without copying.
+fn part_stream(
+    file: std::fs::File,
+    part: usize,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Unpin {
+    Box::pin(stream::try_unfold(Some(file), move |file| async move {
+        let Some(mut file) = file else {
+            return Ok(None);
+        };
+        let (file, chunk) = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut chunk = Vec::with_capacity(part);
+            (&mut file).take(part as u64).read_to_end(&mut chunk)?;
+            Ok::<_, std::io::Error>((file, chunk))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        if chunk.is_empty() {
+            return Ok(None);
+        }
+        let more = (chunk.len() == part).then_some(file);
+        Ok(Some((Bytes::from(chunk), more)))
+    }))
+}
+
 fn backoff(s: RelaySettings, attempts: u32) -> Duration {
     let factor = 1u32 << attempts.saturating_sub(1).min(20);
     s.initial_backoff.saturating_mul(factor).min(s.max_backoff)
@@ -684,4 +704,35 @@ fn queue_cluster_object(cat: &Catalog, cluster: &ClusterName) -> Result<bool, Ca
         &[RelayItem::new(RelayKind::Cluster, name, bytes, unix_now())],
     )?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn part_stream_reads_whole_parts_and_a_short_last_one() {
+        let dir = tempfile::tempdir().unwrap();
+        for (len, want) in [
+            (0usize, vec![]),
+            (3, vec![3]),
+            (5, vec![4, 1]),
+            (8, vec![4, 4]),
+            (10, vec![4, 4, 2]),
+        ] {
+            let path = dir.path().join(format!("f{len}"));
+            let data: Vec<u8> = (0..len as u8).collect();
+            std::fs::write(&path, &data).unwrap();
+            let parts: Vec<Bytes> = part_stream(std::fs::File::open(&path).unwrap(), 4)
+                .map(|p| p.unwrap())
+                .collect()
+                .await;
+            assert_eq!(
+                parts.iter().map(Bytes::len).collect::<Vec<_>>(),
+                want,
+                "{len} bytes"
+            );
+            assert_eq!(parts.concat(), data);
+        }
+    }
 }

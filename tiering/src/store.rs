@@ -188,6 +188,11 @@ impl Tier2 {
         self
     }
 
+    /// The size of a multipart upload's parts.
+    pub fn part_size(&self) -> usize {
+        self.part_size
+    }
+
     /// Refuses every write from now on ([`Tier2Error::ReadOnly`]), so that a read-only
     /// server cannot write to the bucket whatever its callers do.
     pub fn read_only(mut self) -> Tier2 {

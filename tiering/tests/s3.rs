@@ -126,10 +126,12 @@ async fn multipart_round_trip_of_40_mib() {
     let data = pattern(40 << 20);
     let key = Path::from("packs/p1.pack");
     let out = t
-        .put_multipart(&key, stream::iter(chunks(&data, 1 << 20)))
+        .put_multipart_hashed(&key, stream::iter(chunks(&data, 1 << 20)))
         .await
         .unwrap();
-    assert_eq!(out, PutOutcome::Created);
+    assert_eq!(out.outcome, PutOutcome::Created);
+    assert_eq!(out.size, data.len() as u64);
+    assert_eq!(out.sha256, <[u8; 32]>::from(Sha256::digest(&data)));
     let back = t.get(&key).await.unwrap();
     assert_eq!(back.len(), data.len());
     assert_eq!(Sha256::digest(&back), Sha256::digest(&data));
@@ -138,7 +140,8 @@ async fn multipart_round_trip_of_40_mib() {
     assert!(etag.trim_matches('"').ends_with("-5"), "{etag}");
     assert!(server.multipart_uploads(DEFAULT_BUCKET).unwrap().is_empty());
 
-    // The same again: already there, nothing written; different content: refused.
+    // The same again: already there, not replaced (parts sent while the key was checked
+    // are aborted); different content: refused.
     let again = t
         .put_multipart(&key, stream::iter(chunks(&data, 3 << 20)))
         .await
@@ -152,6 +155,11 @@ async fn multipart_round_trip_of_40_mib() {
         .unwrap_err();
     assert!(matches!(err, Tier2Error::Conflict { .. }), "{err}");
     assert_eq!(t.head(&key).await.unwrap().e_tag.unwrap(), etag);
+    assert_eq!(
+        server.multipart_uploads(DEFAULT_BUCKET).unwrap(),
+        Vec::<String>::new(),
+        "the uploads over a taken key were not aborted"
+    );
 }
 
 #[tokio::test]
