@@ -22,6 +22,8 @@
 //!   annotation `klio.io/config-hash` over the configuration and the referenced Secrets'
 //!   content ([`resources`]).
 //!
+//! For clusters with `wire` it edits their CloudNativePG Clusters so Klio can stream
+//! from them, and be their synchronous standby ([`wire`]).
 //! For clusters with `snapshotOffload` it creates CloudNativePG volume-snapshot
 //! `Backup`s, claims restored from their snapshots and offload `Job`s ([`offload`]).
 //!
@@ -49,6 +51,8 @@
 //!   labels `klio.io/server`, `klio.io/cluster`); `clusters`: get (has it
 //!   `spec.backup.volumeSnapshot`?); `snapshot.storage.k8s.io` `volumesnapshots`: list,
 //!   delete (retention); `batch` `jobs`: list, create (finished Jobs go by their TTL);
+//! - wiring ([`wire`]): `postgresql.cnpg.io` `clusters`: patch (a merge patch of the
+//!   replication role, `pg_hba` and synchronous standby of a cluster with `wire`);
 //! - `events.k8s.io` `events`: create, patch (repeated events become a series).
 //!
 //! In its own namespace: `coordination.k8s.io` `leases`: get, create, update.
@@ -62,6 +66,7 @@ pub mod offload;
 pub mod reconcile;
 pub mod resources;
 pub mod status;
+pub mod wire;
 
 use std::collections::BTreeMap;
 
@@ -118,7 +123,7 @@ pub const RBAC_WATCHED_NAMESPACES: &[RbacRule] = &[
     RbacRule {
         api_group: "postgresql.cnpg.io",
         resources: &["clusters"],
-        verbs: &["get"],
+        verbs: &["get", "patch"],
     },
     RbacRule {
         api_group: "snapshot.storage.k8s.io",
@@ -323,6 +328,22 @@ pub struct ClusterSpec {
     /// and `spec.backup.volumeSnapshot.className`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_offload: Option<SnapshotOffloadSpec>,
+    /// The operator edits the CloudNativePG Cluster of this name (in the Server's
+    /// namespace) so that Klio can stream from it: the replication role and its `pg_hba`
+    /// line, and with `synchronous` Klio as its preferred synchronous standby ([`wire`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wire: Option<WireSpec>,
+}
+
+/// What the operator sets up in a cluster's CloudNativePG Cluster ([`wire`]).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WireSpec {
+    /// Make Klio the preferred synchronous standby (RPO 0) once it streams:
+    /// `spec.postgresql.synchronous` with `method: first` and `klio` first in
+    /// `standbyNamesPre`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synchronous: Option<bool>,
 }
 
 /// When to take volume-snapshot backups of a cluster, how to offload them, and how many

@@ -450,6 +450,16 @@ async fn apply(server: &Server, ctx: &Context) -> Result<Action, Error> {
         };
         obs.clusters.push((c.name.clone(), report));
     }
+    // Wiring the CloudNativePG Clusters: the role and pg_hba at once (Klio needs them to
+    // connect), the synchronous standby once Klio streams.
+    obs.wire = crate::wire::reconcile(server, ctx, |name| {
+        obs.clusters.iter().any(|(n, r)| {
+            n == name
+                && r.as_ref()
+                    .is_ok_and(|v| v.state == klio_api::ConnectionState::Streaming)
+        })
+    })
+    .await?;
     // Tier 0 offloads upload into the server: only while its pod is ready.
     let now = (ctx.now)();
     if pod_ready && server.spec.mode == ServerMode::Standard {

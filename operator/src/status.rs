@@ -99,6 +99,9 @@ pub struct Observed {
     /// not run this time (the pod is not ready, or the spec is blocked), so the
     /// previous records and condition stay.
     pub offload: Option<crate::offload::Report>,
+    /// This pass's wiring of CloudNativePG Clusters ([`crate::wire`]); `None`: no
+    /// cluster has `wire`.
+    pub wire: Option<crate::wire::Report>,
 }
 
 fn condition(type_: &str, ok: bool, reason: &str, message: impl Into<String>) -> Condition {
@@ -127,7 +130,8 @@ fn rfc3339(secs: u64) -> Option<String> {
 
 /// The status to write: conditions `Ready`, `Streaming-<cluster>` (one per cluster of a
 /// standard server) and `Streaming` (all of them), `Tier2Reachable` (with `[tier2]`),
-/// `StorageResized` (after a resize request), `SnapshotOffload` (with `snapshotOffload`);
+/// `StorageResized` (after a resize request), `SnapshotOffload` (with `snapshotOffload`),
+/// `CloudNativePGWired` (with `wire`);
 /// the newest backup; each cluster's WAL lag; each cluster's last snapshot offload.
 /// A condition keeps its `lastTransitionTime` from `previous` while its status holds;
 /// `now` stamps the others.
@@ -271,6 +275,14 @@ pub fn build(obs: &Observed, previous: Option<&ServerStatus>, now: Timestamp) ->
             snapshot_offloads = p.snapshot_offloads.clone();
         }
         _ => {}
+    }
+
+    if let Some(report) = &obs.wire {
+        let (status, reason, message) = report.condition();
+        conditions.push(Condition {
+            status: status.into(),
+            ..condition("CloudNativePGWired", false, &reason, message)
+        });
     }
 
     for c in &mut conditions {

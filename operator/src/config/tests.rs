@@ -242,6 +242,7 @@ pub(crate) fn full_standard() -> ServerSpec {
                 token: key("pg-main-token", "token"),
                 backup_schedule: Some("0 3 * * *".into()),
                 snapshot_offload: None,
+                wire: None,
             },
             ClusterSpec {
                 name: "pg_other".into(),
@@ -254,6 +255,7 @@ pub(crate) fn full_standard() -> ServerSpec {
                 token: key("pg-other-token", "token"),
                 backup_schedule: None,
                 snapshot_offload: None,
+                wire: None,
             },
         ],
         retention: Some(RetentionSpec {

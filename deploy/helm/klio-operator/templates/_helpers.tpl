@@ -50,7 +50,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   verbs: ["list", "create", "delete"]
 - apiGroups: ["postgresql.cnpg.io"]
   resources: ["clusters"]
-  verbs: ["get"]
+  verbs: ["get", "patch"]
 - apiGroups: ["snapshot.storage.k8s.io"]
   resources: ["volumesnapshots"]
   verbs: ["list", "delete"]
