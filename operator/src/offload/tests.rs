@@ -2,12 +2,11 @@
 //! `reconcile/tests.rs`: each scenario expects the step's requests in order, asserts
 //! them, and answers as the API server (and CloudNativePG's objects) would.
 
-use futures_util::FutureExt;
 use serde_json::{json, Value};
 
 use super::*;
 use crate::config::tests::full_standard;
-use crate::reconcile::tests::{setup, ApiServer, FakeStatus, NS};
+use crate::reconcile::tests::{scenario_end, setup, ApiServer, FakeStatus, NS};
 use crate::resources::tests::server as server_of;
 use crate::ServerStatus;
 
@@ -180,14 +179,7 @@ async fn run<T: Send + 'static>(
     let result = tokio::time::timeout(Duration::from_secs(10), reconcile(&server, &pass))
         .await
         .expect("the pass finished");
-    let (mut api, out) = tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .expect("the scenario finished")
-        .expect("the scenario's assertions held");
-    drop(ctx);
-    if let Some(Some((req, _))) = api.0.next_request().now_or_never() {
-        panic!("unexpected request {} {}", req.method(), req.uri());
-    }
+    let out = scenario_end(ctx, task).await;
     (result.expect("no API error"), out)
 }
 

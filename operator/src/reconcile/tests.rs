@@ -191,16 +191,27 @@ pub(crate) async fn run<T: Send + 'static>(
         reconcile(Arc::new(server), ctx.clone()),
     )
     .await;
-    let (mut api, out) = tokio::time::timeout(Duration::from_secs(10), task)
+    let out = scenario_end(ctx, task).await;
+    (result.expect("the reconciler finished"), out)
+}
+
+/// Waits for the spawned `scenario` and returns its outcome; then drops the context
+/// (which holds the client, so the mock sees the end) and fails on any request the
+/// scenario did not take.
+pub(crate) async fn scenario_end<T>(
+    ctx: Arc<Context>,
+    scenario: tokio::task::JoinHandle<(ApiServer, T)>,
+) -> T {
+    let (mut api, out) = tokio::time::timeout(Duration::from_secs(10), scenario)
         .await
         .expect("the scenario finished")
         .expect("the scenario's assertions held");
     drop(ctx);
-    // The scenario is over: anything the reconciler sent since is queued already.
+    // The scenario is over: anything sent since is queued already.
     if let Some(Some((req, _))) = api.0.next_request().now_or_never() {
         panic!("unexpected request {} {}", req.method(), req.uri());
     }
-    (result.expect("the reconciler finished"), out)
+    out
 }
 
 pub(crate) fn with_finalizer(mut s: Server) -> Server {

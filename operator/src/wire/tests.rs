@@ -3,12 +3,11 @@
 
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use serde_json::{json, Value};
 
 use super::*;
 use crate::config::tests::full_standard;
-use crate::reconcile::tests::{setup, FakeStatus, NS};
+use crate::reconcile::tests::{scenario_end, setup, FakeStatus, NS};
 use crate::resources::tests::server as server_of;
 
 /// CloudNativePG's `pg-main` as a user declared it (one extra pg_hba line, no roles).
@@ -257,14 +256,7 @@ async fn run<T: Send + 'static>(
     )
     .await
     .expect("the pass finished");
-    let (mut api, out) = tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .expect("the scenario finished")
-        .expect("the scenario's assertions held");
-    drop(ctx);
-    if let Some(Some((req, _))) = api.0.next_request().now_or_never() {
-        panic!("unexpected request {} {}", req.method(), req.uri());
-    }
+    let out = scenario_end(ctx, task).await;
     (result, out)
 }
 
