@@ -214,6 +214,16 @@ fn shared_dir(prefix: &str) -> tempfile::TempDir {
     d
 }
 
+/// This crate's binary copied where the `postgres` account can run it.
+fn plugin_copy(dir: &Path) -> PathBuf {
+    let bin = dir.join("klio-cnpg-plugin");
+    if !bin.exists() {
+        std::fs::copy(plugin_bin(), &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    bin
+}
+
 async fn start_sidecar(dir: &Path, server: &KlioServer, args: &[&str], pgdata: &Path) -> Sidecar {
     let creds = dir.join("credentials");
     std::fs::create_dir_all(creds.join(SECRET)).unwrap();
@@ -222,7 +232,7 @@ async fn start_sidecar(dir: &Path, server: &KlioServer, args: &[&str], pgdata: &
         chown(&p);
     }
     let socket = dir.join(format!("{}-{}", args[0], PLUGIN_NAME));
-    let mut cmd = Command::new(plugin_bin());
+    let mut cmd = Command::new(plugin_copy(dir));
     cmd.args(args)
         .arg("--socket")
         .arg(&socket)
@@ -340,9 +350,7 @@ async fn backup_then_restore_job_recovers_to_the_target_time_through_wal_restore
     // --- The restore Job: its sidecar fills an empty PGDATA ...
     let mut restored = PgInstance::empty(PgOptions::new()).unwrap();
     let tools = shared_dir("klio-cnpg-tools-");
-    let bin = tools.path().join("klio-cnpg-plugin");
-    std::fs::copy(plugin_bin(), &bin).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = plugin_copy(tools.path());
     let recovering = json!({
         "apiVersion": "postgresql.cnpg.io/v1", "kind": "Cluster",
         "metadata": {"name": "pg-restored", "namespace": "db"},
