@@ -20,8 +20,8 @@ use crate::proto::backup::backup_capability::rpc::Type as RpcType;
 use crate::proto::backup::backup_capability::{Rpc, Type as CapType};
 use crate::proto::backup::backup_server::Backup;
 use crate::proto::backup::{
-    BackupCapabilitiesRequest, BackupCapabilitiesResult, BackupCapability, BackupRequest as
-    CnpgBackupRequest, BackupResult,
+    BackupCapabilitiesRequest, BackupCapabilitiesResult, BackupCapability,
+    BackupRequest as CnpgBackupRequest, BackupResult,
 };
 
 /// How often a running backup is polled.
@@ -132,12 +132,13 @@ async fn backup_label(c: &Client, view: &BackupView) -> Result<Vec<u8>, Status> 
     for chunk in &file.chunks {
         let data = c.chunk(&view.cluster, chunk).await.map_err(status)?;
         if bytes.len() as u64 + data.len() as u64 > file.size {
-            return Err(bad("its backup_label is longer than its manifest says".into()));
+            return Err(bad(
+                "its backup_label is longer than its manifest says".into()
+            ));
         }
         bytes.extend_from_slice(&data);
     }
-    if bytes.len() as u64 != file.size || file.crc32c.is_some_and(|c| c != crc32c::crc32c(&bytes))
-    {
+    if bytes.len() as u64 != file.size || file.crc32c.is_some_and(|c| c != crc32c::crc32c(&bytes)) {
         return Err(bad("its backup_label does not match its manifest".into()));
     }
     Ok(bytes)
@@ -220,7 +221,9 @@ pub async fn take_backup(
     let label = backup_label(c, &view).await?;
     let text = String::from_utf8_lossy(&label);
     let start = parse_backup_label(&text).map_err(|e| {
-        Status::internal(format!("backup {id} of cluster {cluster}: its backup_label: {e}"))
+        Status::internal(format!(
+            "backup {id} of cluster {cluster}: its backup_label: {e}"
+        ))
     })?;
     if start.lsn != start_lsn
         || view
@@ -234,7 +237,9 @@ pub async fn take_backup(
     }
     let seg_size = segment_size(c, cluster, &start.wal).await?;
     let end_tli = TimelineId::new(end_tli).map_err(|e| {
-        Status::internal(format!("backup {id} of cluster {cluster}: end timeline: {e}"))
+        Status::internal(format!(
+            "backup {id} of cluster {cluster}: end timeline: {e}"
+        ))
     })?;
     let end_wal = WalFileName::segment(end_tli, end_lsn.segno(seg_size), seg_size);
     Ok(BackupResult {
@@ -294,7 +299,9 @@ impl Backup for BackupService {
             BackupObject::default()
         } else {
             serde_json::from_slice(&req.backup_definition).map_err(|e| {
-                Status::invalid_argument(format!("the backup definition is not a Backup in JSON: {e}"))
+                Status::invalid_argument(format!(
+                    "the backup definition is not a Backup in JSON: {e}"
+                ))
             })?
         };
         if backup.spec.online == Some(false) {
@@ -337,11 +344,11 @@ mod tests {
         assert_eq!(s.wal.to_string(), "000000010000000000000002");
         assert_eq!(s.timeline, Some(1));
         assert!(parse_backup_label("LABEL: x\n").is_err());
-        assert!(parse_backup_label("START WAL LOCATION: zz (file 000000010000000000000002)\n")
-            .is_err());
-        assert!(parse_backup_label(
-            "START WAL LOCATION: 0/2000028 (file 00000001.history)\n"
-        )
-        .is_err());
+        assert!(
+            parse_backup_label("START WAL LOCATION: zz (file 000000010000000000000002)\n").is_err()
+        );
+        assert!(
+            parse_backup_label("START WAL LOCATION: 0/2000028 (file 00000001.history)\n").is_err()
+        );
     }
 }

@@ -216,14 +216,7 @@ fn patched_job(
         .pointer_mut("/spec/template/spec")
         .filter(|s| s.is_object())
         .ok_or_else(|| Status::invalid_argument("the Job has no spec.template.spec"))?;
-    inject(
-        settings,
-        cluster,
-        spec,
-        FULL_RECOVERY,
-        "restore",
-        &[params],
-    )?;
+    inject(settings, cluster, spec, FULL_RECOVERY, "restore", &[params])?;
     Ok(Some(job))
 }
 
@@ -269,7 +262,11 @@ fn inject(
     // The /plugins directory CloudNativePG's instance manager scans for sockets.
     let volumes = spec["volumes"].as_array().cloned().unwrap_or_default();
     if by_name(&volumes, PLUGINS_VOLUME).is_none() {
-        ensure_named(spec, "volumes", json!({"name": PLUGINS_VOLUME, "emptyDir": {}}));
+        ensure_named(
+            spec,
+            "volumes",
+            json!({"name": PLUGINS_VOLUME, "emptyDir": {}}),
+        );
     }
     let mut main_mounts: Vec<Value> = main_container["volumeMounts"]
         .as_array()
@@ -315,8 +312,12 @@ fn inject(
                 .is_some_and(|n| SHARED_VOLUMES.contains(&n))
         })
         .collect();
-    mounts.push(json!({"name": CREDENTIALS_VOLUME, "mountPath": CREDENTIALS_DIR, "readOnly": true}));
-    let mut env: Vec<Value> = main_container["env"].as_array().cloned().unwrap_or_default();
+    mounts
+        .push(json!({"name": CREDENTIALS_VOLUME, "mountPath": CREDENTIALS_DIR, "readOnly": true}));
+    let mut env: Vec<Value> = main_container["env"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     for (name, value) in [
         ("NAMESPACE", cluster.metadata.namespace.as_str()),
         ("CLUSTER_NAME", cluster.metadata.name.as_str()),

@@ -18,7 +18,11 @@ use klio_cnpg_plugin::tls::TlsFiles;
 use klio_cnpg_plugin::{backup, lifecycle, restore_job, wal, PLUGIN_NAME};
 
 #[derive(Debug, Parser)]
-#[command(name = "klio-cnpg-plugin", version, about = "Klio's CloudNativePG plugin (CNPG-I)")]
+#[command(
+    name = "klio-cnpg-plugin",
+    version,
+    about = "Klio's CloudNativePG plugin (CNPG-I)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -63,7 +67,11 @@ struct SidecarArgs {
     #[arg(long, env = "KLIO_CNPG_SOCKET", default_value_t = default_socket())]
     socket: String,
     /// The data directory.
-    #[arg(long, env = "PGDATA", default_value = "/var/lib/postgresql/data/pgdata")]
+    #[arg(
+        long,
+        env = "PGDATA",
+        default_value = "/var/lib/postgresql/data/pgdata"
+    )]
     pgdata: PathBuf,
     /// Where the plugin Secrets are mounted (<dir>/<secret>/token).
     #[arg(long, env = "KLIO_CREDENTIALS_DIR", default_value = CREDENTIALS_DIR)]
@@ -202,7 +210,11 @@ async fn run(command: Command) -> anyhow::Result<u8> {
                 // "Not available": PostgreSQL ends recovery or tries streaming.
                 Err(s) if s.code() == tonic::Code::NotFound => Ok(1),
                 Err(s) => {
-                    eprintln!("klio-cnpg-plugin wal-restore {}: {}", a.walfile, s.message());
+                    eprintln!(
+                        "klio-cnpg-plugin wal-restore {}: {}",
+                        a.walfile,
+                        s.message()
+                    );
                     Ok(2)
                 }
             };

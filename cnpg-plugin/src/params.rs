@@ -12,7 +12,13 @@ use klio_core::ClusterName;
 pub const DEFAULT_BACKUP_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// The parameters every configuration of the plugin knows.
-pub const KNOWN: [&str; 5] = ["server", "cluster", "secret", "backupTimeout", "insecureHttp"];
+pub const KNOWN: [&str; 5] = [
+    "server",
+    "cluster",
+    "secret",
+    "backupTimeout",
+    "insecureHttp",
+];
 
 /// A Kubernetes Secret name (RFC 1123 subdomain): also safe as one path component.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -191,15 +197,22 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("\"barmanObjectName\""), "{e}");
         assert!(e.to_string().contains("unknown parameter"), "{e}");
-        let e = KlioParams::parse(&map(&[("server", "https://k"), ("cluster", "a")]), "x")
-            .unwrap_err();
+        let e =
+            KlioParams::parse(&map(&[("server", "https://k"), ("cluster", "a")]), "x").unwrap_err();
         assert!(e.to_string().contains("\"secret\""), "{e}");
         let e = KlioParams::parse(
-            &map(&[("server", "https://k"), ("cluster", "a"), ("secret", "../etc")]),
+            &map(&[
+                ("server", "https://k"),
+                ("cluster", "a"),
+                ("secret", "../etc"),
+            ]),
             "x",
         )
         .unwrap_err();
-        assert!(e.to_string().contains("not a Kubernetes Secret name"), "{e}");
+        assert!(
+            e.to_string().contains("not a Kubernetes Secret name"),
+            "{e}"
+        );
         let e = KlioParams::parse(
             &map(&[("server", "ftp://k"), ("cluster", "a"), ("secret", "s")]),
             "x",

@@ -32,7 +32,9 @@ pub enum TlsError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path} holds no {what} in PEM form; mount the `tls.crt`/`tls.key` of the plugin's Secrets")]
+    #[error(
+        "{path} holds no {what} in PEM form; mount the `tls.crt`/`tls.key` of the plugin's Secrets"
+    )]
     Empty { path: String, what: &'static str },
     #[error("the TLS configuration is refused: {0}")]
     Config(String),
@@ -83,9 +85,10 @@ impl TlsFiles {
                 .add(c)
                 .map_err(|e| TlsError::Config(format!("{}: {e}", self.client_cert.display())))?;
         }
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?;
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TlsError::Config(e.to_string()))?

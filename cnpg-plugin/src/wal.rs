@@ -60,7 +60,9 @@ pub fn checked_destination(pgdata: &Path, dest: &str) -> Result<PathBuf, Status>
         || p.components()
             .any(|c| !matches!(c, Component::RootDir | Component::Normal(_)))
     {
-        return Err(bad("it is not a normalised path (no '.', '..' or trailing '/')"));
+        return Err(bad(
+            "it is not a normalised path (no '.', '..' or trailing '/')",
+        ));
     }
     let rel = p
         .strip_prefix(pgdata)
@@ -165,7 +167,10 @@ impl Wal for WalService {
                         }
                     });
                 }
-                Err(e) => tracing::warn!(walfile, "not prefetching after a segment of {bytes} bytes: {e}"),
+                Err(e) => tracing::warn!(
+                    walfile,
+                    "not prefetching after a segment of {bytes} bytes: {e}"
+                ),
             }
         }
         Ok(Response::new(WalRestoreResult {}))

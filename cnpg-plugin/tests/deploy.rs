@@ -38,9 +38,12 @@ fn the_operator_side_manifest_validates_and_wires_mtls() {
     let path = crate_dir().join("../deploy/cnpg-plugin/manifest.yaml");
     let yaml = std::fs::read_to_string(&path).unwrap();
     let docs = documents(&yaml);
-    let (builtin, cert_manager): (Vec<&Value>, Vec<&Value>) = docs
-        .iter()
-        .partition(|d| !d["apiVersion"].as_str().unwrap().starts_with("cert-manager.io/"));
+    let (builtin, cert_manager): (Vec<&Value>, Vec<&Value>) = docs.iter().partition(|d| {
+        !d["apiVersion"]
+            .as_str()
+            .unwrap()
+            .starts_with("cert-manager.io/")
+    });
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("builtin.yaml");
     std::fs::write(
@@ -62,12 +65,24 @@ fn the_operator_side_manifest_validates_and_wires_mtls() {
             "Issuer" => assert_eq!(keys(&d["spec"]), BTreeSet::from(["selfSigned"])),
             "Certificate" => {
                 let allowed = BTreeSet::from([
-                    "secretName", "commonName", "dnsNames", "duration", "renewBefore",
-                    "isCA", "usages", "issuerRef",
+                    "secretName",
+                    "commonName",
+                    "dnsNames",
+                    "duration",
+                    "renewBefore",
+                    "isCA",
+                    "usages",
+                    "issuerRef",
                 ]);
                 assert!(keys(&d["spec"]).is_subset(&allowed), "{d}");
-                assert_eq!(d["spec"]["isCA"], false, "a self-signed leaf, as CloudNativePG expects");
-                assert_eq!(d["spec"]["issuerRef"]["name"], "klio-cnpg-plugin-selfsigned");
+                assert_eq!(
+                    d["spec"]["isCA"], false,
+                    "a self-signed leaf, as CloudNativePG expects"
+                );
+                assert_eq!(
+                    d["spec"]["issuerRef"]["name"],
+                    "klio-cnpg-plugin-selfsigned"
+                );
             }
             other => panic!("unexpected cert-manager kind {other}"),
         }
@@ -80,10 +95,19 @@ fn the_operator_side_manifest_validates_and_wires_mtls() {
     // The Service: what CloudNativePG discovers and dials.
     let svc = find(&docs, "Service", "klio-cnpg-plugin");
     assert_eq!(svc["metadata"]["namespace"], "cnpg-system");
-    assert_eq!(svc["metadata"]["labels"]["cnpg.io/pluginName"], klio_cnpg_plugin::PLUGIN_NAME);
+    assert_eq!(
+        svc["metadata"]["labels"]["cnpg.io/pluginName"],
+        klio_cnpg_plugin::PLUGIN_NAME
+    );
     let ann = &svc["metadata"]["annotations"];
-    assert_eq!(ann["cnpg.io/pluginServerSecret"], server["spec"]["secretName"]);
-    assert_eq!(ann["cnpg.io/pluginClientSecret"], client["spec"]["secretName"]);
+    assert_eq!(
+        ann["cnpg.io/pluginServerSecret"],
+        server["spec"]["secretName"]
+    );
+    assert_eq!(
+        ann["cnpg.io/pluginClientSecret"],
+        client["spec"]["secretName"]
+    );
     assert_eq!(ann["cnpg.io/pluginPort"], "9090");
 
     // The Deployment: the operator side, on that port, with both Secrets mounted where
@@ -132,9 +156,15 @@ fn the_operator_side_manifest_validates_and_wires_mtls() {
     };
     let server_dir = mount_of(&server["spec"]["secretName"]);
     let client_dir = mount_of(&client["spec"]["secretName"]);
-    assert_eq!(env("KLIO_CNPG_SERVER_CERT"), format!("{server_dir}/tls.crt"));
+    assert_eq!(
+        env("KLIO_CNPG_SERVER_CERT"),
+        format!("{server_dir}/tls.crt")
+    );
     assert_eq!(env("KLIO_CNPG_SERVER_KEY"), format!("{server_dir}/tls.key"));
-    assert_eq!(env("KLIO_CNPG_CLIENT_CERT"), format!("{client_dir}/tls.crt"));
+    assert_eq!(
+        env("KLIO_CNPG_CLIENT_CERT"),
+        format!("{client_dir}/tls.crt")
+    );
     // The operator's client key is not the plugin's to read.
     assert!(!yaml.contains("/tls/client/tls.key"));
 }
@@ -144,15 +174,32 @@ fn the_plugin_pulls_in_no_rocksdb_openssl_or_aws_lc() {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(&cargo)
         .current_dir(crate_dir().join(".."))
-        .args(["tree", "--offline", "-e", "normal,build", "--prefix", "none", "-p", "klio-cnpg-plugin"])
+        .args([
+            "tree",
+            "--offline",
+            "-e",
+            "normal,build",
+            "--prefix",
+            "none",
+            "-p",
+            "klio-cnpg-plugin",
+        ])
         .output()
         .expect("running cargo tree");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let tree = String::from_utf8_lossy(&out.stdout);
     assert!(tree.contains("klio-api"), "{tree}");
     let heavy: Vec<&str> = tree
         .lines()
-        .filter(|l| ["rocksdb", "openssl", "aws-lc", "klio-server"].iter().any(|h| l.contains(h)))
+        .filter(|l| {
+            ["rocksdb", "openssl", "aws-lc", "klio-server"]
+                .iter()
+                .any(|h| l.contains(h))
+        })
         .collect();
     assert!(heavy.is_empty(), "the plugin pulls in {heavy:?}");
 }

@@ -115,7 +115,10 @@ struct KlioServer {
 
 impl KlioServer {
     async fn start(pg: &PgInstance) -> KlioServer {
-        let dir = tempfile::Builder::new().prefix("klio-cnpg-e2e-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("klio-cnpg-e2e-")
+            .tempdir()
+            .unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -156,9 +159,11 @@ impl KlioServer {
             log,
         };
         let c = s.client();
-        wait_for("the Klio Server to answer", Duration::from_secs(60), || async {
-            c.status().await.is_ok()
-        })
+        wait_for(
+            "the Klio Server to answer",
+            Duration::from_secs(60),
+            || async { c.status().await.is_ok() },
+        )
         .await;
         s
     }
@@ -184,14 +189,18 @@ impl KlioServer {
             .unwrap();
         let c = self.client();
         let cluster: klio_core::ClusterName = CLUSTER.parse().unwrap();
-        wait_for("the Klio Server to flush the WAL", Duration::from_secs(60), || async {
-            c.status()
-                .await
-                .ok()
-                .and_then(|s| s.clusters.into_iter().find(|v| v.cluster == cluster))
-                .and_then(|v| v.flushed_lsn)
-                .is_some_and(|f| f >= lsn)
-        })
+        wait_for(
+            "the Klio Server to flush the WAL",
+            Duration::from_secs(60),
+            || async {
+                c.status()
+                    .await
+                    .ok()
+                    .and_then(|s| s.clusters.into_iter().find(|v| v.cluster == cluster))
+                    .and_then(|v| v.flushed_lsn)
+                    .is_some_and(|f| f >= lsn)
+            },
+        )
         .await;
     }
 
@@ -228,7 +237,11 @@ async fn start_sidecar(dir: &Path, server: &KlioServer, args: &[&str], pgdata: &
     let creds = dir.join("credentials");
     std::fs::create_dir_all(creds.join(SECRET)).unwrap();
     write_private(&creds.join(SECRET).join("token"), &server.token);
-    for p in [creds.clone(), creds.join(SECRET), creds.join(SECRET).join("token")] {
+    for p in [
+        creds.clone(),
+        creds.join(SECRET),
+        creds.join(SECRET).join("token"),
+    ] {
         chown(&p);
     }
     let socket = dir.join(format!("{}-{}", args[0], PLUGIN_NAME));
@@ -252,15 +265,19 @@ async fn start_sidecar(dir: &Path, server: &KlioServer, args: &[&str], pgdata: &
         _child: child,
         socket,
     };
-    wait_for("the sidecar to answer Probe", Duration::from_secs(30), || async {
-        match klio_cnpg_plugin::unix_channel(&s.socket).await {
-            Ok(ch) => IdentityClient::new(ch)
-                .probe(ProbeRequest {})
-                .await
-                .is_ok_and(|r| r.into_inner().ready),
-            Err(_) => false,
-        }
-    })
+    wait_for(
+        "the sidecar to answer Probe",
+        Duration::from_secs(30),
+        || async {
+            match klio_cnpg_plugin::unix_channel(&s.socket).await {
+                Ok(ch) => IdentityClient::new(ch)
+                    .probe(ProbeRequest {})
+                    .await
+                    .is_ok_and(|r| r.into_inner().ready),
+                Err(_) => false,
+            }
+        },
+    )
     .await;
     s
 }
@@ -298,7 +315,9 @@ async fn backup_then_restore_job_recovers_to_the_target_time_through_wal_restore
                  "onlineConfiguration": {"immediateCheckpoint": true},
                  "pluginConfiguration": {"name": PLUGIN_NAME}},
     });
-    let ch = klio_cnpg_plugin::unix_channel(&instance.socket).await.unwrap();
+    let ch = klio_cnpg_plugin::unix_channel(&instance.socket)
+        .await
+        .unwrap();
     let b = BackupClient::new(ch)
         .backup(BackupRequest {
             cluster_definition: serde_json::to_vec(&own).unwrap(),
@@ -310,7 +329,10 @@ async fn backup_then_restore_job_recovers_to_the_target_time_through_wal_restore
         .into_inner();
     let label = String::from_utf8(b.backup_label_file.clone()).unwrap();
     assert!(
-        label.contains(&format!("START WAL LOCATION: {} (file {})", b.begin_lsn, b.begin_wal)),
+        label.contains(&format!(
+            "START WAL LOCATION: {} (file {})",
+            b.begin_lsn, b.begin_wal
+        )),
         "begin LSN {} and WAL {} as backup_label states them:\n{label}",
         b.begin_lsn,
         b.begin_wal
@@ -322,11 +344,23 @@ async fn backup_then_restore_job_recovers_to_the_target_time_through_wal_restore
     let (begin, end): (klio_core::Lsn, klio_core::Lsn) =
         (b.begin_lsn.parse().unwrap(), b.end_lsn.parse().unwrap());
     assert!(begin <= end, "{begin} <= {end}");
-    let current: klio_core::Lsn = pg.psql("SELECT pg_current_wal_lsn()").unwrap().parse().unwrap();
-    assert!(end <= current, "the backup ends ({end}) before PostgreSQL's current WAL ({current})");
+    let current: klio_core::Lsn = pg
+        .psql("SELECT pg_current_wal_lsn()")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        end <= current,
+        "the backup ends ({end}) before PostgreSQL's current WAL ({current})"
+    );
     // The end WAL file holds the end LSN (16 MB segments here).
     let seg = u64::from_str_radix(&b.end_wal[16..24], 16).unwrap();
-    assert_eq!(seg, (end.0 % (1 << 32)) >> 24, "end WAL {} for {end}", b.end_wal);
+    assert_eq!(
+        seg,
+        (end.0 % (1 << 32)) >> 24,
+        "end WAL {} for {end}",
+        b.end_wal
+    );
     // The server agrees.
     let view = klio
         .client()
@@ -337,7 +371,8 @@ async fn backup_then_restore_job_recovers_to_the_target_time_through_wal_restore
     assert_eq!(view.end_lsn, Some(end));
 
     // --- After the backup: rows to keep, the target time, rows to leave out.
-    pg.psql("INSERT INTO t SELECT g, 'kept' FROM generate_series(2001, 3000) g").unwrap();
+    pg.psql("INSERT INTO t SELECT g, 'kept' FROM generate_series(2001, 3000) g")
+        .unwrap();
     let expected = table_checksums(&pg);
     let target = pg
         .psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")
@@ -387,13 +422,19 @@ async fn backup_then_restore_job_recovers_to_the_target_time_through_wal_restore
         .unwrap_or_else(|e| panic!("Restore: {e:?}"))
         .into_inner();
     assert!(
-        r.restore_config.contains(&format!("restore_command = '{wal_restore}'")),
+        r.restore_config
+            .contains(&format!("restore_command = '{wal_restore}'")),
         "{}",
         r.restore_config
     );
-    assert!(r.restore_config.contains("recovery_target_action = 'promote'"));
+    assert!(r
+        .restore_config
+        .contains("recovery_target_action = 'promote'"));
     let data = restored.data_dir().to_path_buf();
-    assert!(data.join("backup_label").is_file(), "the backup's backup_label is restored");
+    assert!(
+        data.join("backup_label").is_file(),
+        "the backup's backup_label is restored"
+    );
     assert!(
         !data.join("recovery.signal").exists(),
         "recovery is CloudNativePG's to set up, not the plugin's"

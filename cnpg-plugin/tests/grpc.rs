@@ -27,8 +27,8 @@ use klio_cnpg_plugin::proto::wal::wal_capability::rpc::Type as WalRpc;
 use klio_cnpg_plugin::proto::wal::wal_capability::Type as WalCap;
 use klio_cnpg_plugin::proto::wal::wal_client::WalClient;
 use klio_cnpg_plugin::proto::wal::{
-    RestoreJobHooksCapabilitiesRequest, RestoreRequest, WalArchiveRequest,
-    WalCapabilitiesRequest, WalRestoreRequest,
+    RestoreJobHooksCapabilitiesRequest, RestoreRequest, WalArchiveRequest, WalCapabilitiesRequest,
+    WalRestoreRequest,
 };
 use klio_cnpg_plugin::server::{bind_unix, serve_tls, serve_unix};
 use klio_cnpg_plugin::tls::TlsFiles;
@@ -104,7 +104,10 @@ async fn start_operator() -> Operator {
     }
 }
 
-async fn mtls_channel(op: &Operator, identity: Option<&Leaf>) -> Result<Channel, tonic::transport::Error> {
+async fn mtls_channel(
+    op: &Operator,
+    identity: Option<&Leaf>,
+) -> Result<Channel, tonic::transport::Error> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&op.server.cert))
         .domain_name(SERVER_NAME);
@@ -134,8 +137,12 @@ async fn services(channel: Channel) -> Vec<ServiceType> {
 }
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name))
-        .unwrap()
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name),
+    )
+    .unwrap()
 }
 
 #[tokio::test]
@@ -150,13 +157,18 @@ async fn operator_side_serves_identity_and_lifecycle_over_mtls() {
     assert_eq!(meta.name, PLUGIN_NAME);
     assert_eq!(meta.version, env!("CARGO_PKG_VERSION"));
     assert_eq!(meta.license, "Apache-2.0");
-    assert!(IdentityClient::new(channel.clone())
-        .probe(ProbeRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .ready);
-    assert_eq!(services(channel.clone()).await, vec![ServiceType::LifecycleService]);
+    assert!(
+        IdentityClient::new(channel.clone())
+            .probe(ProbeRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+    assert_eq!(
+        services(channel.clone()).await,
+        vec![ServiceType::LifecycleService]
+    );
 
     let mut lc = OperatorLifecycleClient::new(channel.clone());
     let caps = lc
@@ -165,8 +177,14 @@ async fn operator_side_serves_identity_and_lifecycle_over_mtls() {
         .unwrap()
         .into_inner()
         .lifecycle_capabilities;
-    let kinds: Vec<(String, String)> = caps.iter().map(|c| (c.group.clone(), c.kind.clone())).collect();
-    assert_eq!(kinds, vec![("".into(), "Pod".into()), ("batch".into(), "Job".into())]);
+    let kinds: Vec<(String, String)> = caps
+        .iter()
+        .map(|c| (c.group.clone(), c.kind.clone()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![("".into(), "Pod".into()), ("batch".into(), "Job".into())]
+    );
     let patch = lc
         .lifecycle_hook(OperatorLifecycleRequest {
             operation_type: Some(OperatorOperationType {
@@ -213,9 +231,15 @@ async fn refused(op: &Operator, identity: Option<&Leaf>) -> bool {
 #[tokio::test]
 async fn operator_side_refuses_other_client_certificates_and_tls12() {
     let op = start_operator().await;
-    assert!(!refused(&op, Some(&op.client)).await, "the trusted client is served");
+    assert!(
+        !refused(&op, Some(&op.client)).await,
+        "the trusted client is served"
+    );
     let stranger = leaf("klio-cnpg-operator-client");
-    assert!(refused(&op, Some(&stranger)).await, "another certificate with the same name");
+    assert!(
+        refused(&op, Some(&stranger)).await,
+        "another certificate with the same name"
+    );
     assert!(refused(&op, None).await, "no client certificate");
     // The server's own certificate is not the client's either.
     let server_as_client = Leaf {
@@ -273,7 +297,9 @@ impl Sidecar {
     }
 
     async fn channel(&self) -> Channel {
-        klio_cnpg_plugin::unix_channel(&self.socket()).await.unwrap()
+        klio_cnpg_plugin::unix_channel(&self.socket())
+            .await
+            .unwrap()
     }
 }
 
@@ -399,7 +425,11 @@ async fn instance_sidecar_serves_identity_backup_and_wal_restore_on_its_socket()
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().contains("\"destinationPath\""), "{}", e.message());
+    assert!(
+        e.message().contains("\"destinationPath\""),
+        "{}",
+        e.message()
+    );
 
     // A destination outside PGDATA is refused before anything is fetched or written.
     let good = cluster_json(&[
@@ -407,7 +437,10 @@ async fn instance_sidecar_serves_identity_backup_and_wal_restore_on_its_socket()
         ("cluster", "pg"),
         ("secret", "pg-klio"),
     ]);
-    for dest in ["/etc/passwd".to_string(), format!("{}/../x", sc.pgdata().display())] {
+    for dest in [
+        "/etc/passwd".to_string(),
+        format!("{}/../x", sc.pgdata().display()),
+    ] {
         let e = WalClient::new(ch.clone())
             .restore(WalRestoreRequest {
                 cluster_definition: good.clone(),
@@ -481,5 +514,9 @@ async fn restore_sidecar_serves_identity_restore_hooks_and_wal_restore() {
         matches!(e.code(), Code::Unavailable | Code::FailedPrecondition),
         "{e:?}"
     );
-    assert_eq!(std::fs::read_dir(sc.pgdata()).unwrap().count(), 1, "only pg_wal");
+    assert_eq!(
+        std::fs::read_dir(sc.pgdata()).unwrap().count(),
+        1,
+        "only pg_wal"
+    );
 }

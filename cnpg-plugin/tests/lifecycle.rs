@@ -45,7 +45,10 @@ fn golden(name: &str, actual: &Value) {
         std::fs::write(&path, &text).unwrap();
     }
     let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!("{}: {e}; create it with KLIO_UPDATE_GOLDEN=1", path.display())
+        panic!(
+            "{}: {e}; create it with KLIO_UPDATE_GOLDEN=1",
+            path.display()
+        )
     });
     assert_eq!(
         text, expected,
@@ -87,7 +90,12 @@ fn instance_pod_gets_the_sidecar_and_no_needless_rollout() {
     assert_eq!(s["restartPolicy"], "Always");
     assert_eq!(s["image"], "ghcr.io/example/klio:0.1.0");
     let mounts = s["volumeMounts"].to_string();
-    for m in ["/var/lib/postgresql/data", "/plugins", "/controller", "/etc/klio/credentials"] {
+    for m in [
+        "/var/lib/postgresql/data",
+        "/plugins",
+        "/controller",
+        "/etc/klio/credentials",
+    ] {
         assert!(mounts.contains(m), "{m} mounted in the sidecar: {mounts}");
     }
     assert!(s["env"].to_string().contains("PGDATA"));
@@ -99,8 +107,7 @@ fn instance_pod_gets_the_sidecar_and_no_needless_rollout() {
         .unwrap();
     assert_eq!(creds["projected"]["defaultMode"], 0o400);
     assert_eq!(
-        creds["projected"]["sources"][0]["secret"]["name"],
-        "pg-main-klio",
+        creds["projected"]["sources"][0]["secret"]["name"], "pg-main-klio",
         "the cluster's own Secret"
     );
     // PostgreSQL itself is untouched.
@@ -171,8 +178,7 @@ fn full_recovery_job_gets_the_restore_sidecar() {
         .find(|v| v["name"] == "klio-credentials")
         .unwrap();
     assert_eq!(
-        creds["projected"]["sources"][0]["secret"]["name"],
-        "pg-origin-klio",
+        creds["projected"]["sources"][0]["secret"]["name"], "pg-origin-klio",
         "the recovery source's Secret"
     );
     assert_eq!(patch(OpType::Create, &c, &patched), None);
@@ -180,7 +186,11 @@ fn full_recovery_job_gets_the_restore_sidecar() {
 
 #[test]
 fn objects_the_plugin_does_not_concern_get_no_patch() {
-    let (c, pod, job) = (fixture("cluster.json"), fixture("pod.json"), fixture("job.json"));
+    let (c, pod, job) = (
+        fixture("cluster.json"),
+        fixture("pod.json"),
+        fixture("job.json"),
+    );
     // Another job role (e.g. initdb).
     let mut initdb = job.clone();
     initdb["spec"]["template"]["metadata"]["labels"]["cnpg.io/jobRole"] = json!("initdb");
@@ -203,8 +213,17 @@ fn objects_the_plugin_does_not_concern_get_no_patch() {
 fn bad_parameters_are_refused_with_the_parameter_named() {
     let mut c = fixture("cluster.json");
     c["spec"]["plugins"][0]["parameters"]["barmanObjectName"] = json!("x");
-    let e = lifecycle_patch(&settings(), OpType::Create, &cluster(&c), &fixture("pod.json"))
-        .unwrap_err();
+    let e = lifecycle_patch(
+        &settings(),
+        OpType::Create,
+        &cluster(&c),
+        &fixture("pod.json"),
+    )
+    .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    assert!(e.message().contains("\"barmanObjectName\""), "{}", e.message());
+    assert!(
+        e.message().contains("\"barmanObjectName\""),
+        "{}",
+        e.message()
+    );
 }

@@ -38,7 +38,11 @@ pub fn validate_strictly(file: &Path, expected: usize) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "{} failed validation:\n{text}", file.display());
+    assert!(
+        out.status.success(),
+        "{} failed validation:\n{text}",
+        file.display()
+    );
     let passed = text.lines().filter(|l| l.contains(" passed ")).count();
     assert_eq!(passed, expected, "every object passes:\n{text}");
 }
