@@ -21,7 +21,8 @@ use klio_cnpg_plugin::proto::backup::BackupRequest;
 use klio_cnpg_plugin::proto::identity::identity_client::IdentityClient;
 use klio_cnpg_plugin::proto::identity::ProbeRequest;
 use klio_cnpg_plugin::proto::wal::restore_job_hooks_client::RestoreJobHooksClient;
-use klio_cnpg_plugin::proto::wal::RestoreRequest;
+use klio_cnpg_plugin::proto::wal::wal_client::WalClient;
+use klio_cnpg_plugin::proto::wal::{RestoreRequest, WalRestoreRequest};
 use klio_cnpg_plugin::PLUGIN_NAME;
 use klio_harness::{PgInstance, PgOptions};
 use serde_json::json;
@@ -473,4 +474,26 @@ async fn backup_then_restore_job_recovers_to_the_target_time_through_wal_restore
         log.contains("recovery stopping before commit"),
         "recovery stopped at the target, not at the end of the WAL:\n{log}"
     );
+    // WAL.Restore prefetched segments into the spool beside PGDATA, as `klio wal-restore`.
+    let spool = klio::wal_restore::prefetch::default_spool(&data);
+    assert!(
+        spool.is_dir(),
+        "{} was created by the prefetcher",
+        spool.display()
+    );
+
+    // A segment the Klio Server does not have is NotFound, and nothing is written.
+    let dest = data.join("pg_wal").join("KLIO-NOT-FOUND");
+    let e = WalClient::new(klio_cnpg_plugin::unix_channel(&socket).await.unwrap())
+        .restore(WalRestoreRequest {
+            cluster_definition: serde_json::to_vec(&recovering).unwrap(),
+            source_wal_name: "0000000100000000000000F0".into(),
+            destination_file_name: dest.display().to_string(),
+            parameters: Default::default(),
+            mode: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    assert!(!dest.exists());
 }
