@@ -172,3 +172,71 @@ impl Cluster {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cluster(current_primary: Option<&str>) -> Cluster {
+        let p = |c: &str| json!({"server": "https://k", "cluster": c, "secret": "s"});
+        serde_json::from_value(json!({
+            "metadata": {"name": "pg"},
+            "spec": {
+                "plugins": [{"name": "other.io"}, {"name": PLUGIN_NAME, "parameters": p("own")}],
+                "bootstrap": {"recovery": {"source": "origin"}},
+                "externalClusters": [
+                    {"name": "decoy", "plugin": {"name": PLUGIN_NAME, "parameters": p("decoy")}},
+                    {"name": "origin", "plugin": {"name": PLUGIN_NAME, "parameters": p("origin")}},
+                ],
+            },
+            "status": {"currentPrimary": current_primary},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn wal_comes_from_the_recovery_source_until_there_is_a_primary() {
+        assert_eq!(
+            cluster(None).wal_source_params().unwrap().cluster.as_str(),
+            "origin"
+        );
+        assert_eq!(
+            cluster(Some(""))
+                .wal_source_params()
+                .unwrap()
+                .cluster
+                .as_str(),
+            "origin"
+        );
+        assert_eq!(
+            cluster(Some("pg-1"))
+                .wal_source_params()
+                .unwrap()
+                .cluster
+                .as_str(),
+            "own"
+        );
+        let mut c = cluster(Some("pg-1"));
+        c.spec.plugins[1].enabled = Some(false);
+        let e = c.wal_source_params().unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert!(c.own_params().unwrap().is_none());
+        // Without its own configuration, a cluster being restored still has the source's.
+        assert_eq!(
+            cluster(None)
+                .recovery_params()
+                .unwrap()
+                .unwrap()
+                .cluster
+                .as_str(),
+            "origin"
+        );
+    }
+
+    #[test]
+    fn a_definition_that_is_not_json_is_invalid_argument() {
+        let e = Cluster::from_json(b"not json").unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    }
+}

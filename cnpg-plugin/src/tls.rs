@@ -105,3 +105,29 @@ impl TlsFiles {
         Ok(Arc::new(config))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_and_wrong_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = TlsFiles {
+            server_cert: dir.path().join("server.crt"),
+            server_key: dir.path().join("server.key"),
+            client_cert: dir.path().join("client.crt"),
+        };
+        let e = files.server_config().unwrap_err().to_string();
+        assert!(
+            e.contains("client.crt") && e.contains("--client-cert"),
+            "{e}"
+        );
+        std::fs::write(&files.client_cert, "not a certificate").unwrap();
+        let e = files.server_config().unwrap_err().to_string();
+        assert!(
+            e.contains("client.crt") && e.contains("no certificate"),
+            "{e}"
+        );
+    }
+}
