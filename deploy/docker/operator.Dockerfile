@@ -2,14 +2,16 @@
 # The operator image: `klio-operator` (operator/src/main.rs), which uses the lean
 # klio-api client and so builds without RocksDB or a C++ toolchain, and
 # `klio-cnpg-plugin` (cnpg-plugin/: the CloudNativePG plugin's operator side and its
-# sidecars, deploy/cnpg-plugin/; its .proto files compile with protox, no protoc). Runs as 65532 with a
-# read-only root filesystem (deploy/base/deployment.yaml); HTTP /metrics, /healthz and
-# /readyz on 8080 (KLIO_OPERATOR_LISTEN).
+# sidecars, deploy/cnpg-plugin/; its .proto files compile with protox, no protoc).
+# Runs as 65532 with a read-only root filesystem (deploy/base/deployment.yaml); HTTP
+# /metrics, /healthz and /readyz on 8080 (KLIO_OPERATOR_LISTEN). As the plugin's sidecar
+# (command /usr/local/bin/klio-cnpg-plugin), it runs as the Pod's PostgreSQL user.
 #
 #   docker build -f deploy/docker/operator.Dockerfile -t klio-operator:0.1.0 .
 #
 # Not built in Klio's CI or development machines (they have no Docker): kept correct by
-# reading the workspace's Cargo.toml and operator/Cargo.toml, not by a build.
+# reading the workspace's Cargo.toml, operator/Cargo.toml and cnpg-plugin/Cargo.toml,
+# not by a build.
 
 FROM rust:1.95.0-bookworm AS builder
 WORKDIR /src
