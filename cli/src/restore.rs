@@ -265,6 +265,25 @@ fn io(e: std::io::Error) -> ClientError {
 /// and everything is written below PGDATA and the tablespace directories only, never
 /// through a link (see [`crate::restore_plan`] and [`crate::restore_fs`]).
 pub async fn restore(c: &Client, opts: &RestoreOptions) -> Result<RestoreSummary, ClientError> {
+    restore_inner(c, opts, true).await
+}
+
+/// [`restore`] without the recovery settings: the files only, no `recovery.signal` and
+/// nothing appended to `postgresql.auto.conf` (`opts.klio_exe` and `opts.credentials`
+/// are unused), for a caller that configures recovery itself (CloudNativePG's restore
+/// job, through the `klio-cnpg-plugin` restore sidecar).
+pub async fn restore_files(
+    c: &Client,
+    opts: &RestoreOptions,
+) -> Result<RestoreSummary, ClientError> {
+    restore_inner(c, opts, false).await
+}
+
+async fn restore_inner(
+    c: &Client,
+    opts: &RestoreOptions,
+    recovery_settings_too: bool,
+) -> Result<RestoreSummary, ClientError> {
     let started = Instant::now();
     if opts.jobs == 0 {
         return Err(ClientError::Usage("--jobs must be at least 1".into()));
@@ -385,16 +404,18 @@ pub async fn restore(c: &Client, opts: &RestoreOptions) -> Result<RestoreSummary
     for (_, root) in &roots.0 {
         root.sync().map_err(io)?;
     }
-    pgdata
-        .open_klio_file("recovery.signal", false)
-        .map_err(io)?;
-    let auto = opts.pgdata.join("postgresql.auto.conf");
-    let mut f = pgdata
-        .open_klio_file("postgresql.auto.conf", true)
-        .map_err(io)?;
-    f.write_all(recovery_settings(opts, c.base_url())?.as_bytes())
-        .map_err(|e| io_err(&auto, e))?;
-    f.sync_all().map_err(|e| io_err(&auto, e))?;
+    if recovery_settings_too {
+        pgdata
+            .open_klio_file("recovery.signal", false)
+            .map_err(io)?;
+        let auto = opts.pgdata.join("postgresql.auto.conf");
+        let mut f = pgdata
+            .open_klio_file("postgresql.auto.conf", true)
+            .map_err(io)?;
+        f.write_all(recovery_settings(opts, c.base_url())?.as_bytes())
+            .map_err(|e| io_err(&auto, e))?;
+        f.sync_all().map_err(|e| io_err(&auto, e))?;
+    }
     Ok(RestoreSummary {
         backup: b.id.to_string(),
         pgdata: opts.pgdata.clone(),
