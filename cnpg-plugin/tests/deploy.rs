@@ -203,3 +203,93 @@ fn the_plugin_pulls_in_no_rocksdb_openssl_or_aws_lc() {
         .collect();
     assert!(heavy.is_empty(), "the plugin pulls in {heavy:?}");
 }
+
+/// The Python of the virtualenv that holds kubernetes-validate (and with it jsonschema).
+fn venv_python() -> std::path::PathBuf {
+    let tool = common::kubernetes_validate();
+    match tool.parent().map(|d| d.join("python")) {
+        Some(p) if p.is_file() => p,
+        _ => "python3".into(),
+    }
+}
+
+/// `deploy/examples/cnpg-plugin/`: every object validates against CloudNativePG's own
+/// CRDs (its schemas, with unknown fields refused), every plugin reference names this
+/// plugin, and its parameters are ones the plugin accepts.
+#[test]
+fn the_cloudnativepg_examples_validate_against_its_crds_and_the_plugins_parameters() {
+    let examples = crate_dir().join("../deploy/examples/cnpg-plugin");
+    let mut files: Vec<_> = std::fs::read_dir(&examples)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    let crds: Vec<_> = ["clusters", "backups", "scheduledbackups"]
+        .iter()
+        .map(|c| crate_dir().join(format!("tests/fixtures/crds/postgresql.cnpg.io_{c}.yaml")))
+        .collect();
+    let python = venv_python();
+    let out = Command::new(&python)
+        .arg(crate_dir().join("../scripts/crd-schema-check.py"))
+        .args(&crds)
+        .arg("--")
+        .args(&files)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} ({e}): install the venv with `bash scripts/setup.sh`",
+                python.display()
+            )
+        });
+    let text = String::from_utf8_lossy(&out.stdout).into_owned()
+        + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the examples fail CloudNativePG's schemas:\n{text}");
+
+    let docs: Vec<Value> = files
+        .iter()
+        .flat_map(|f| documents(&std::fs::read_to_string(f).unwrap()))
+        .collect();
+    assert_eq!(
+        text.lines().filter(|l| l.ends_with(": passed")).count(),
+        docs.len(),
+        "{text}"
+    );
+    let kinds: BTreeSet<_> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, BTreeSet::from(["Backup", "Cluster", "ScheduledBackup"]));
+
+    let mut plugins = Vec::new();
+    for d in &docs {
+        for p in d["spec"]["plugins"].as_array().into_iter().flatten() {
+            plugins.push(p.clone());
+        }
+        for e in d["spec"]["externalClusters"].as_array().into_iter().flatten() {
+            plugins.push(e["plugin"].clone());
+        }
+        if d["spec"]["method"] == "plugin" {
+            assert_eq!(
+                d["spec"]["pluginConfiguration"]["name"],
+                klio_cnpg_plugin::PLUGIN_NAME
+            );
+        }
+    }
+    assert_eq!(plugins.len(), 2, "a Cluster's plugin and a recovery source");
+    for p in plugins {
+        assert_eq!(p["name"], klio_cnpg_plugin::PLUGIN_NAME);
+        let params: std::collections::BTreeMap<String, String> =
+            serde_json::from_value(p["parameters"].clone()).unwrap();
+        klio_cnpg_plugin::params::KlioParams::parse(&params, "example")
+            .unwrap_or_else(|e| panic!("{p}: {e}"));
+    }
+    // The restore reads from an external cluster served by the plugin.
+    let restored = docs
+        .iter()
+        .find(|d| d["spec"]["bootstrap"]["recovery"].is_object())
+        .expect("a Cluster bootstrapped from Klio");
+    let source = &restored["spec"]["bootstrap"]["recovery"]["source"];
+    assert!(restored["spec"]["externalClusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| &e["name"] == source && e["plugin"]["name"] == klio_cnpg_plugin::PLUGIN_NAME));
+}
