@@ -242,9 +242,12 @@ fn the_cloudnativepg_examples_validate_against_its_crds_and_the_plugins_paramete
                 python.display()
             )
         });
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the examples fail CloudNativePG's schemas:\n{text}");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the examples fail CloudNativePG's schemas:\n{text}"
+    );
 
     let docs: Vec<Value> = files
         .iter()
@@ -256,14 +259,21 @@ fn the_cloudnativepg_examples_validate_against_its_crds_and_the_plugins_paramete
         "{text}"
     );
     let kinds: BTreeSet<_> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, BTreeSet::from(["Backup", "Cluster", "ScheduledBackup"]));
+    assert_eq!(
+        kinds,
+        BTreeSet::from(["Backup", "Cluster", "ScheduledBackup"])
+    );
 
     let mut plugins = Vec::new();
     for d in &docs {
         for p in d["spec"]["plugins"].as_array().into_iter().flatten() {
             plugins.push(p.clone());
         }
-        for e in d["spec"]["externalClusters"].as_array().into_iter().flatten() {
+        for e in d["spec"]["externalClusters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             plugins.push(e["plugin"].clone());
         }
         if d["spec"]["method"] == "plugin" {
