@@ -744,9 +744,17 @@ async fn start_upload(
     })?;
     let (tx, rx) = tokio::sync::mpsc::channel::<axum::body::Bytes>(16);
     let (registry, c) = (state.registry.clone(), cluster.clone());
-    let view = blocking(&cluster, move || registry.start_upload(&c, req, rx)).await?;
-    tracing::info!(%cluster, backup = %view.id, "offload upload started");
     let mut stream = body.into_data_stream();
+    let view = match blocking(&cluster, move || registry.start_upload(&c, req, rx)).await {
+        Ok(view) => view,
+        Err(e) => {
+            // Refused before reading anything: the client is still sending; read what
+            // it sends (within limits) so that it gets this answer, not a broken pipe.
+            drain_refused(&mut stream).await;
+            return Err(e);
+        }
+    };
+    tracing::info!(%cluster, backup = %view.id, "offload upload started");
     let mut stopped = false;
     loop {
         let piece = match tokio::time::timeout(UPLOAD_IDLE, stream.next()).await {
@@ -777,6 +785,7 @@ async fn start_upload(
     }
     drop(tx);
     if stopped {
+        drain_refused(&mut stream).await;
         let why = state
             .registry
             .job_outcome(&cluster, &view.id)
@@ -788,6 +797,29 @@ async fn start_upload(
         )));
     }
     Ok((StatusCode::ACCEPTED, Json(view)))
+}
+
+/// Most of a refused upload's body read (and dropped) so that its client gets the
+/// refusal: beyond it, or after [`REFUSED_BODY_IDLE`] without data, the connection is
+/// closed and the client sees it cut.
+const REFUSED_BODY_DRAIN: u64 = 1 << 30;
+const REFUSED_BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads and drops what is left of a refused upload's body, up to
+/// [`REFUSED_BODY_DRAIN`] bytes: a client still sending when the answer comes would
+/// otherwise see a broken pipe instead of the reason.
+async fn drain_refused<S>(stream: &mut S)
+where
+    S: futures_util::Stream<Item = Result<axum::body::Bytes, axum::Error>> + Unpin,
+{
+    use futures_util::StreamExt;
+    let mut read = 0u64;
+    while read < REFUSED_BODY_DRAIN {
+        match tokio::time::timeout(REFUSED_BODY_IDLE, stream.next()).await {
+            Ok(Some(Ok(b))) => read += b.len() as u64,
+            _ => break,
+        }
+    }
 }
 
 async fn verify(

@@ -452,7 +452,12 @@ impl KlioServer {
                 );
             }
             if self.request("/healthz", None, None).ok().map(|(c, _)| c) == Some(200) {
-                return Ok(());
+                // The port was free when picked; another test's server may have taken it
+                // since and answered for ours.
+                let ours = self.child.as_ref().map(std::process::Child::id);
+                if ours.is_some_and(|pid| klio_harness::net::listens_on(pid, self.port)) {
+                    return Ok(());
+                }
             }
             if Instant::now() > deadline {
                 bail!(

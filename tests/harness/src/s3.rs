@@ -101,7 +101,12 @@ impl S3Server {
                 );
             }
             if let Ok((200, _)) = server.request("GET", "/") {
-                return Ok(server);
+                // The port was free when picked, but another test's server may have taken
+                // it since (and answers for ours, which then fails to bind and exits).
+                if crate::net::listens_on(server.child.id(), port) {
+                    return Ok(server);
+                }
+                bail!("port {port} is served by another process than our moto_server");
             }
             if Instant::now() > deadline {
                 bail!(
