@@ -11,23 +11,8 @@ use std::collections::BTreeSet;
 use std::process::Command;
 
 use common::{crate_dir, validate_strictly};
+use klio_harness::k8s::{find, kubernetes_validate, yaml_documents as documents};
 use serde_json::Value;
-
-fn documents(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|d| serde_yaml::from_value::<Value>(serde::Deserialize::deserialize(d).unwrap()))
-        .collect::<Result<Vec<_>, _>>()
-        .expect("valid YAML")
-        .into_iter()
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
-fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} {name}"))
-}
 
 fn keys(v: &Value) -> BTreeSet<&str> {
     v.as_object().unwrap().keys().map(String::as_str).collect()
@@ -206,7 +191,7 @@ fn the_plugin_pulls_in_no_rocksdb_openssl_or_aws_lc() {
 
 /// The Python of the virtualenv that holds kubernetes-validate (and with it jsonschema).
 fn venv_python() -> std::path::PathBuf {
-    let tool = common::kubernetes_validate();
+    let tool = kubernetes_validate();
     match tool.parent().map(|d| d.join("python")) {
         Some(p) if p.is_file() => p,
         _ => "python3".into(),

@@ -4,19 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// `kubernetes-validate` as the operator's tests find it: `$KLIO_KUBERNETES_VALIDATE`,
-/// else the virtualenv `scripts/setup.sh` fills, else `PATH`.
-pub fn kubernetes_validate() -> PathBuf {
-    if let Some(p) = std::env::var_os("KLIO_KUBERNETES_VALIDATE") {
-        return p.into();
-    }
-    let venv = std::env::var_os("HOME")
-        .map(|h| Path::new(&h).join(".cache/klio-venv/bin/kubernetes-validate"));
-    match venv {
-        Some(p) if p.is_file() => p,
-        _ => "kubernetes-validate".into(),
-    }
-}
+use klio_harness::k8s::kubernetes_validate;
 
 /// Validates the YAML/JSON documents in `file` strictly against the Kubernetes schemas;
 /// panics (naming the tool's output) unless all `expected` documents pass. A missing

@@ -12,35 +12,7 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// `kubernetes-validate` as the operator's CRD test finds it: `$KLIO_KUBERNETES_VALIDATE`,
-/// else the virtualenv `scripts/setup.sh` fills, else `PATH`.
-pub fn kubernetes_validate() -> PathBuf {
-    if let Some(p) = std::env::var_os("KLIO_KUBERNETES_VALIDATE") {
-        return p.into();
-    }
-    let venv = std::env::var_os("HOME")
-        .map(|h| Path::new(&h).join(".cache/klio-venv/bin/kubernetes-validate"));
-    match venv {
-        Some(p) if p.is_file() => p,
-        _ => "kubernetes-validate".into(),
-    }
-}
-
-pub fn documents(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|d| serde_yaml::from_value::<Value>(serde::Deserialize::deserialize(d).unwrap()))
-        .collect::<Result<Vec<_>, _>>()
-        .expect("valid YAML")
-        .into_iter()
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
-pub fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} {name} in the output"))
-}
+pub use klio_harness::k8s::{find, kubernetes_validate, yaml_documents as documents};
 
 /// `v` with every number as a float: YAML writers disagree on `1` and `1.0`.
 pub fn numbers_as_f64(v: &Value) -> Value {

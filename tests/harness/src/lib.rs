@@ -26,6 +26,7 @@ mod binaries;
 mod config;
 pub mod fault_proxy;
 mod instance;
+pub mod k8s;
 pub mod net;
 mod orphans;
 mod pg_command;
