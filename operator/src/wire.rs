@@ -175,8 +175,15 @@ pub fn plan(cnpg: &Value, cluster: &ClusterSpec, wire: &WireSpec, streaming: boo
                 *target = json!({"method": "first", "number": 1});
             }
             target["standbyNamesPre"] = Value::Array(names);
+            // With one instance no other standby can take over from Klio.
+            let alone = spec["instances"].as_i64().unwrap_or(1) <= 1;
             changes.push(format!(
-                "synchronous standby {APPLICATION_NAME} (method first, first in standbyNamesPre)"
+                "synchronous standby {APPLICATION_NAME} (method first, first in standbyNamesPre){}",
+                if alone {
+                    "; the Cluster has a single instance, so every commit waits for Klio and writes stop while Klio is unavailable (add instances for a standby that takes over)"
+                } else {
+                    ""
+                }
             ));
         }
     }

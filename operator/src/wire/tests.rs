@@ -188,6 +188,23 @@ fn klio_becomes_the_first_synchronous_standby_only_once_it_streams() {
         Planned::Wired
     );
 
+    // Three instances: another standby takes over when Klio is away; one instance: none.
+    let Planned::Patch(_, notes) = plan(&cnpg(), &with_certificate(), &synchronous(), true) else {
+        panic!("a patch")
+    };
+    assert!(!notes.join(" ").contains("single instance"), "{notes:?}");
+    let mut single = cnpg();
+    single["spec"]["instances"] = json!(1);
+    let Planned::Patch(_, notes) = plan(&single, &with_certificate(), &synchronous(), true) else {
+        panic!("a patch")
+    };
+    assert!(
+        notes
+            .join(" ")
+            .contains("single instance, so every commit waits for Klio and writes stop"),
+        "{notes:?}"
+    );
+
     // The user's own synchronous settings: Klio moves to the front, the rest stays.
     let mut own = cnpg();
     own["spec"]["postgresql"]["synchronous"] = json!({"method": "first", "number": 2,
