@@ -16,9 +16,15 @@
 //! (pg_receivewal, the walreceiver, the Klio server), keeps the logs in DIR and prints
 //! each one's round trip (socket read → flush → status update);
 //! `klio-bench-sync strace-summary LOG...` prints that summary of logs kept earlier.
+//! `klio-bench-sync probe CLIENTS [SECONDS] [ROUNDS]` runs one client count under the
+//! standbys (and `pg_receivewal --compress=lz4`) in rotated rounds and prints the latency
+//! tail with what the standby's process used (CPU and run-queue wait per transaction, per
+//! thread); with `KLIO_BENCH_PERF_RECORD=DIR` it also keeps a `perf record -g` profile
+//! of the standby, with `KLIO_BENCH_PERF_TRACE=DIR` a `perf trace` of every flush and
+//! write on the host with pgbench's logs.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{ensure, Context, Result};
@@ -69,8 +75,9 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank - 1]
 }
 
-/// One pgbench run at `clients`: adds `c{n}_tps`, `c{n}_p50_ms`, `c{n}_p99_ms` to `s`.
-fn pgbench_point(pg: &PgInstance, clients: u32, secs: u32, s: Sample) -> Result<Sample> {
+/// `pgbench -N` at `clients` for `secs` with per-transaction logs in a fresh directory:
+/// pgbench's output and that directory.
+fn logged_pgbench(pg: &PgInstance, clients: u32, secs: u32) -> Result<(String, PathBuf)> {
     let dir = pg.owned_dir("pgbench-log")?;
     for e in std::fs::read_dir(&dir)? {
         std::fs::remove_file(e?.path())?;
@@ -87,6 +94,12 @@ fn pgbench_point(pg: &PgInstance, clients: u32, secs: u32, s: Sample) -> Result<
         "-l",
         &prefix,
     ])?;
+    Ok((out, dir))
+}
+
+/// One pgbench run at `clients`: adds `c{n}_tps`, `c{n}_p50_ms`, `c{n}_p99_ms` to `s`.
+fn pgbench_point(pg: &PgInstance, clients: u32, secs: u32, s: Sample) -> Result<Sample> {
+    let (out, dir) = logged_pgbench(pg, clients, secs)?;
     let tps = parse_tps(&out)?;
     let mut lat = read_latencies(&dir)?;
     ensure!(
@@ -126,6 +139,11 @@ type Measure<'a> = &'a dyn Fn(u32) -> Result<Sample>;
 
 /// `pg_receivewal --synchronous` into a fresh directory as the synchronous standby.
 fn with_pg_receivewal(pg: &PgInstance, measure: Measure) -> Result<Sample> {
+    with_pg_receivewal_args(pg, &[], measure)
+}
+
+/// `pg_receivewal --synchronous` with `extra` arguments (e.g. `--compress=lz4`).
+fn with_pg_receivewal_args(pg: &PgInstance, extra: &[&str], measure: Measure) -> Result<Sample> {
     pg.psql("SELECT pg_create_physical_replication_slot('rw', true)")?;
     let dir = tempfile::tempdir()?;
     let mut rw = Command::new(pg.tool("pg_receivewal"))
@@ -137,6 +155,7 @@ fn with_pg_receivewal(pg: &PgInstance, measure: Measure) -> Result<Sample> {
         .arg("--directory")
         .arg(dir.path())
         .args(["--slot", "rw", "--synchronous", "--no-password"])
+        .args(extra)
         .stderr(Stdio::null())
         .spawn()?;
     set_sync_names(pg, "pg_receivewal")?;
@@ -226,6 +245,208 @@ fn strace_mode(pg: &PgInstance, dir: &Path, secs: u32) -> Result<()> {
     Ok(())
 }
 
+/// CPU time and run-queue wait (ns) of every thread of `pid`, by thread name, from
+/// `/proc/<pid>/task/*/schedstat` (time on a CPU, time waiting for one, timeslices).
+fn thread_times(pid: u32) -> Result<Vec<(String, [u64; 3])>> {
+    let mut out: Vec<(String, [u64; 3])> = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("process {pid} is gone"))?
+    {
+        let dir = e?.path();
+        // A thread that ended between the listing and the read is left out.
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("schedstat")),
+        ) else {
+            continue;
+        };
+        let mut v = [0u64; 3];
+        for (slot, f) in v.iter_mut().zip(stat.split_whitespace()) {
+            *slot = f.parse().context("odd schedstat")?;
+        }
+        let name = comm.trim().to_owned();
+        match out.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, t)) => (0..3).for_each(|i| t[i] += v[i]),
+            None => out.push((name, v)),
+        }
+    }
+    Ok(out)
+}
+
+/// What each thread (by name) of `pid` used between `before` and now, in ms, busiest
+/// first: `name cpu/runq-wait/slices`.
+fn thread_delta(pid: u32, before: &[(String, [u64; 3])]) -> Result<(f64, f64, String)> {
+    let after = thread_times(pid)?;
+    let mut rows: Vec<(String, f64, f64, u64)> = after
+        .into_iter()
+        .map(|(n, a)| {
+            let b = before
+                .iter()
+                .find(|(m, _)| *m == n)
+                .map_or([0; 3], |(_, t)| *t);
+            let d = |i: usize| a[i].saturating_sub(b[i]);
+            (n, d(0) as f64 / 1e6, d(1) as f64 / 1e6, d(2))
+        })
+        .filter(|r| r.3 > 0)
+        .collect();
+    rows.sort_by(|x, y| y.1.total_cmp(&x.1));
+    let cpu = rows.iter().map(|r| r.1).sum();
+    let wait = rows.iter().map(|r| r.2).sum();
+    let text = rows
+        .iter()
+        .map(|(n, c, w, k)| format!("{n} {c:.0}/{w:.0}/{k}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok((cpu, wait, text))
+}
+
+/// pgbench's per-transaction (end time µs since the epoch, latency µs) from the `-l`
+/// logs in `dir` (removed after reading).
+fn read_timed_latencies(dir: &Path) -> Result<Vec<(f64, f64)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let path = e?.path();
+        for line in std::fs::read_to_string(&path)?.lines() {
+            let f: Vec<f64> = line
+                .split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            ensure!(
+                f.len() >= 6,
+                "odd pgbench log line in {}: {line}",
+                path.display()
+            );
+            out.push((f[4] * 1e6 + f[5], f[2]));
+        }
+        std::fs::remove_file(&path)?;
+    }
+    Ok(out)
+}
+
+/// Slow transactions (above `limit_us`) grouped into stalls: slow ones ending within
+/// 2 ms of each other waited for the same thing. Returns (slow, stalls).
+fn stalls(tx: &[(f64, f64)], limit_us: f64) -> (usize, usize) {
+    let mut ends: Vec<f64> = tx.iter().filter(|t| t.1 > limit_us).map(|t| t.0).collect();
+    ends.sort_by(f64::total_cmp);
+    let groups = ends.windows(2).filter(|w| w[1] - w[0] > 2000.0).count();
+    (ends.len(), if ends.is_empty() { 0 } else { groups + 1 })
+}
+
+/// Stops `child` (perf) with SIGINT, so that it writes its output, and waits for it.
+fn interrupt(child: std::process::Child) -> Result<()> {
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()?;
+    ensure!(st.success(), "could not stop process {}", child.id());
+    child.wait_with_output()?;
+    Ok(())
+}
+
+/// One probed pgbench run at `clients` while the standby's process `pid` is measured.
+fn probe_point(pg: &PgInstance, pid: u32, clients: u32, secs: u32) -> Result<Sample> {
+    pg.psql("CHECKPOINT")?;
+    // KLIO_BENCH_PERF_TRACE=DIR: every flush system call on the host during the run,
+    // with its duration (`perf trace`), into DIR/<standby pid>.trace.
+    let perf = match std::env::var_os("KLIO_BENCH_PERF_TRACE") {
+        Some(d) => {
+            let out = Path::new(&d).join(format!("{pid}.trace"));
+            let child = Command::new("perf")
+                .args(["trace", "-a", "-e", "fdatasync,fsync,pwrite64,write", "-o"])
+                .arg(&out)
+                .stderr(Stdio::null())
+                .spawn()
+                .context("running perf trace")?;
+            // perf opens its output file once it traces.
+            while !out.exists() {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            Some(child)
+        }
+        None => None,
+    };
+    // KLIO_BENCH_PERF_RECORD=DIR: CPU profile of the standby's process (`perf record -g`)
+    // into DIR/<pid>.data.
+    let record = match std::env::var_os("KLIO_BENCH_PERF_RECORD") {
+        Some(d) => Some(
+            Command::new("perf")
+                .args(["record", "-F", "1999", "-g", "-p", &pid.to_string(), "-o"])
+                .arg(Path::new(&d).join(format!("{pid}.data")))
+                .stderr(Stdio::null())
+                .spawn()
+                .context("running perf record")?,
+        ),
+        None => None,
+    };
+    let before = thread_times(pid)?;
+    let (out, dir) = logged_pgbench(pg, clients, secs)?;
+    let (cpu, wait, threads) = thread_delta(pid, &before)?;
+    if let Some(child) = record {
+        interrupt(child)?;
+    }
+    if let Some(child) = perf {
+        interrupt(child)?;
+        // Keep pgbench's log beside the trace.
+        if let Some(d) = std::env::var_os("KLIO_BENCH_PERF_TRACE") {
+            for e in std::fs::read_dir(&dir)? {
+                let e = e?;
+                std::fs::copy(
+                    e.path(),
+                    Path::new(&d).join(format!("{pid}.{}", e.file_name().to_string_lossy())),
+                )?;
+            }
+        }
+    }
+    let tps = parse_tps(&out)?;
+    let tx = read_timed_latencies(&dir)?;
+    ensure!(!tx.is_empty(), "pgbench logged no transaction");
+    let mut lat: Vec<f64> = tx.iter().map(|t| t.1).collect();
+    lat.sort_by(f64::total_cmp);
+    let p50 = quantile(&lat, 0.50);
+    let (slow, stall_count) = stalls(&tx, 5000.0);
+    println!("    pid {pid}, threads (cpu ms/run-queue wait ms/slices): {threads}");
+    Ok(Sample::new()
+        .with("tps", tps)
+        .with("p50_ms", p50 / 1000.0)
+        .with("p99_ms", quantile(&lat, 0.99) / 1000.0)
+        .with("p999_ms", quantile(&lat, 0.999) / 1000.0)
+        .with("max_ms", lat[lat.len() - 1] / 1000.0)
+        .with("over5ms", slow as f64)
+        .with("stalls", stall_count as f64)
+        .with("cpu_us_per_tx", cpu * 1000.0 / tx.len() as f64)
+        .with("runq_us_per_tx", wait * 1000.0 / tx.len() as f64))
+}
+
+/// `klio-bench-sync probe CLIENTS [SECONDS] [ROUNDS]`: pgbench at one client count under
+/// each synchronous standby in rotated rounds, with the latency tail (p99.9, max, how
+/// many transactions took over 5 ms and in how many separate stalls) and what the
+/// standby's process used (CPU and run-queue wait per transaction, per thread).
+fn probe_mode(pg: &PgInstance, clients: u32, secs: u32, rounds: usize) -> Result<()> {
+    let mut arms = [
+        Arm::new("pg_receivewal --synchronous", |_| {
+            with_pg_receivewal(pg, &|pid| probe_point(pg, pid, clients, secs))
+        }),
+        // The peer compressing too (PostgreSQL 15's pg_receivewal has lz4 and gzip, not
+        // zstd): what compressing every write costs it.
+        Arm::new("pg_receivewal --synchronous --compress=lz4", |_| {
+            with_pg_receivewal_args(pg, &["--compress=lz4"], &|pid| {
+                probe_point(pg, pid, clients, secs)
+            })
+        }),
+        Arm::new("physical standby", |_| {
+            with_physical_standby(pg, &|pid| probe_point(pg, pid, clients, secs))
+        }),
+        Arm::new("klio", |_| {
+            with_klio(pg, &|pid| probe_point(pg, pid, clients, secs))
+        }),
+    ];
+    let title = format!(
+        "synchronous standbys probed at {clients} clients, pgbench -N -T {secs}: latency tail and the standby's CPU"
+    );
+    rounds::run(&title, &mut arms, rounds)?.print();
+    Ok(())
+}
+
 fn main() -> Result<()> {
     if std::env::args().nth(1).as_deref() == Some("strace-summary") {
         for log in std::env::args().skip(2) {
@@ -248,6 +469,15 @@ fn main() -> Result<()> {
             .nth(2)
             .context("usage: klio-bench-sync strace DIR [SECONDS]")?;
         return strace_mode(&pg, Path::new(&dir), klio_bench::arg(3, 10)?);
+    }
+    if std::env::args().nth(1).as_deref() == Some("probe") {
+        let clients = klio_bench::arg(2, 4)?;
+        return probe_mode(
+            &pg,
+            clients,
+            klio_bench::arg(3, 10)?,
+            klio_bench::arg(4, 3)?,
+        );
     }
     let secs: u32 = klio_bench::arg(1, 10)?;
     let rounds: usize = klio_bench::arg(2, 5)?;
