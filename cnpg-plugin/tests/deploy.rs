@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 
 use common::{crate_dir, validate_strictly};
-use klio_harness::k8s::{find, kubernetes_validate, yaml_documents as documents};
+use klio_harness::k8s::{crd_schema_check, find, yaml_documents as documents};
 use serde_json::Value;
 
 fn keys(v: &Value) -> BTreeSet<&str> {
@@ -189,15 +189,6 @@ fn the_plugin_pulls_in_no_rocksdb_openssl_or_aws_lc() {
     assert!(heavy.is_empty(), "the plugin pulls in {heavy:?}");
 }
 
-/// The Python of the virtualenv that holds kubernetes-validate (and with it jsonschema).
-fn venv_python() -> std::path::PathBuf {
-    let tool = kubernetes_validate();
-    match tool.parent().map(|d| d.join("python")) {
-        Some(p) if p.is_file() => p,
-        _ => "python3".into(),
-    }
-}
-
 /// `deploy/examples/cnpg-plugin/`: every object validates against CloudNativePG's own
 /// CRDs (its schemas, with unknown fields refused), every plugin reference names this
 /// plugin, and its parameters are ones the plugin accepts.
@@ -214,25 +205,7 @@ fn the_cloudnativepg_examples_validate_against_its_crds_and_the_plugins_paramete
         .iter()
         .map(|c| crate_dir().join(format!("tests/fixtures/crds/postgresql.cnpg.io_{c}.yaml")))
         .collect();
-    let python = venv_python();
-    let out = Command::new(&python)
-        .arg(crate_dir().join("../scripts/crd-schema-check.py"))
-        .args(&crds)
-        .arg("--")
-        .args(&files)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {} ({e}): install the venv with `bash scripts/setup.sh`",
-                python.display()
-            )
-        });
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the examples fail CloudNativePG's schemas:\n{text}"
-    );
+    let text = crd_schema_check(&crate_dir().join(".."), &crds, &files);
 
     let docs: Vec<Value> = files
         .iter()

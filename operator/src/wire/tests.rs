@@ -69,6 +69,44 @@ fn patched(cnpg: &Value, planned: Planned) -> Value {
     out
 }
 
+/// Every Cluster the wiring produces is one CloudNativePG accepts: checked against its
+/// own CRD (vendored with the plugin's tests), unknown fields refused.
+#[test]
+fn wired_clusters_validate_against_cloudnativepgs_crd() {
+    let mut own = cnpg();
+    own["spec"]["postgresql"]["synchronous"] = json!({"method": "first", "number": 2,
+        "standbyNamesPre": ["dr-site"], "dataDurability": "preferred"});
+    let mut single = cnpg();
+    single["spec"]["instances"] = json!(1);
+    let wired = [
+        patched(
+            &cnpg(),
+            plan(&cnpg(), &with_password(), &synchronous(), true),
+        ),
+        patched(
+            &cnpg(),
+            plan(&cnpg(), &with_certificate(), &synchronous(), true),
+        ),
+        patched(&own, plan(&own, &with_password(), &synchronous(), true)),
+        patched(
+            &single,
+            plan(&single, &with_password(), &synchronous(), true),
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wired.yaml");
+    let yaml: Vec<String> = wired.iter().map(|c| c.to_string()).collect();
+    std::fs::write(&file, yaml.join("\n---\n")).unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let crd = repo.join("cnpg-plugin/tests/fixtures/crds/postgresql.cnpg.io_clusters.yaml");
+    let report = klio_harness::k8s::crd_schema_check(&repo, &[crd], &[file]);
+    assert_eq!(
+        report.lines().filter(|l| l.ends_with(": passed")).count(),
+        wired.len(),
+        "{report}"
+    );
+}
+
 #[test]
 fn a_certificate_cluster_needs_nothing_without_synchronous() {
     let plan = plan(&cnpg(), &with_certificate(), &WireSpec::default(), true);

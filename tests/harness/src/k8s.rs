@@ -19,6 +19,42 @@ pub fn kubernetes_validate() -> PathBuf {
     }
 }
 
+/// The Python of the virtualenv `kubernetes-validate` lives in (it has `jsonschema` and
+/// `yaml`), else `python3`.
+pub fn venv_python() -> PathBuf {
+    match kubernetes_validate().parent().map(|d| d.join("python")) {
+        Some(p) if p.is_file() => p,
+        _ => "python3".into(),
+    }
+}
+
+/// Runs `scripts/crd-schema-check.py` (below `repo`, the repository's root): every
+/// document of `objects` against the CRDs in `crds`, unknown fields refused. Returns
+/// the script's report; panics (with it) unless every document passed. A missing tool
+/// is a failure, not a skip.
+pub fn crd_schema_check(repo: &Path, crds: &[PathBuf], objects: &[PathBuf]) -> String {
+    let python = venv_python();
+    let out = std::process::Command::new(&python)
+        .arg(repo.join("scripts/crd-schema-check.py"))
+        .args(crds)
+        .arg("--")
+        .args(objects)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} ({e}): install the venv with `bash scripts/setup.sh`",
+                python.display()
+            )
+        });
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "objects fail their CRDs' schemas:\n{text}"
+    );
+    text
+}
+
 /// The documents of a YAML stream, empty ones (`---` alone) left out; panics on YAML that
 /// does not parse.
 pub fn yaml_documents(yaml: &str) -> Vec<Value> {
