@@ -21,7 +21,8 @@
 //! tail with what the standby's process used (CPU and run-queue wait per transaction, per
 //! thread); with `KLIO_BENCH_PERF_RECORD=DIR` it also keeps a `perf record -g` profile
 //! of the standby, with `KLIO_BENCH_PERF_TRACE=DIR` a `perf trace` of every flush and
-//! write on the host with pgbench's logs.
+//! write on the host with pgbench's logs; `KLIO_BENCH_RATE=TPS` runs every arm at that
+//! offered load (`pgbench -R`) instead of as fast as it can.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -77,29 +78,38 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 
 /// `pgbench -N` at `clients` for `secs` with per-transaction logs in a fresh directory:
 /// pgbench's output and that directory.
-fn logged_pgbench(pg: &PgInstance, clients: u32, secs: u32) -> Result<(String, PathBuf)> {
+/// With `rate`, pgbench runs at that many transactions a second (`-R`) instead of as fast
+/// as it can; its logged latency then excludes the schedule lag.
+fn logged_pgbench(
+    pg: &PgInstance,
+    clients: u32,
+    secs: u32,
+    rate: Option<u32>,
+) -> Result<(String, PathBuf)> {
     let dir = pg.owned_dir("pgbench-log")?;
     for e in std::fs::read_dir(&dir)? {
         std::fs::remove_file(e?.path())?;
     }
     let prefix = format!("--log-prefix={}", dir.join("tx").display());
-    let out = pg.pgbench(&[
-        "-N",
-        "-c",
-        &clients.to_string(),
-        "-j",
-        &clients.min(2).to_string(),
-        "-T",
-        &secs.to_string(),
-        "-l",
-        &prefix,
-    ])?;
+    let (clients, jobs, secs) = (
+        clients.to_string(),
+        clients.min(2).to_string(),
+        secs.to_string(),
+    );
+    let rate = rate.map(|r| r.to_string());
+    let mut args = vec![
+        "-N", "-c", &clients, "-j", &jobs, "-T", &secs, "-l", &prefix,
+    ];
+    if let Some(r) = &rate {
+        args.extend(["-R", r.as_str()]);
+    }
+    let out = pg.pgbench(&args)?;
     Ok((out, dir))
 }
 
 /// One pgbench run at `clients`: adds `c{n}_tps`, `c{n}_p50_ms`, `c{n}_p99_ms` to `s`.
 fn pgbench_point(pg: &PgInstance, clients: u32, secs: u32, s: Sample) -> Result<Sample> {
-    let (out, dir) = logged_pgbench(pg, clients, secs)?;
+    let (out, dir) = logged_pgbench(pg, clients, secs, None)?;
     let tps = parse_tps(&out)?;
     let mut lat = read_latencies(&dir)?;
     ensure!(
@@ -343,7 +353,13 @@ fn interrupt(child: std::process::Child) -> Result<()> {
 }
 
 /// One probed pgbench run at `clients` while the standby's process `pid` is measured.
-fn probe_point(pg: &PgInstance, pid: u32, clients: u32, secs: u32) -> Result<Sample> {
+fn probe_point(
+    pg: &PgInstance,
+    pid: u32,
+    clients: u32,
+    secs: u32,
+    rate: Option<u32>,
+) -> Result<Sample> {
     pg.psql("CHECKPOINT")?;
     // KLIO_BENCH_PERF_TRACE=DIR: every flush system call on the host during the run,
     // with its duration (`perf trace`), into DIR/<standby pid>.trace.
@@ -379,7 +395,7 @@ fn probe_point(pg: &PgInstance, pid: u32, clients: u32, secs: u32) -> Result<Sam
         None => None,
     };
     let before = thread_times(pid)?;
-    let (out, dir) = logged_pgbench(pg, clients, secs)?;
+    let (out, dir) = logged_pgbench(pg, clients, secs, rate)?;
     let (cpu, wait, threads) = thread_delta(pid, &before)?;
     if let Some(child) = record {
         interrupt(child)?;
@@ -422,26 +438,36 @@ fn probe_point(pg: &PgInstance, pid: u32, clients: u32, secs: u32) -> Result<Sam
 /// many transactions took over 5 ms and in how many separate stalls) and what the
 /// standby's process used (CPU and run-queue wait per transaction, per thread).
 fn probe_mode(pg: &PgInstance, clients: u32, secs: u32, rounds: usize) -> Result<()> {
+    // KLIO_BENCH_RATE=TPS: every arm at the same offered load (pgbench -R), so that
+    // latencies compare at equal throughput rather than at equal client count.
+    let rate: Option<u32> = match std::env::var("KLIO_BENCH_RATE") {
+        Ok(v) => Some(
+            v.parse()
+                .context("KLIO_BENCH_RATE: transactions a second")?,
+        ),
+        Err(_) => None,
+    };
     let mut arms = [
         Arm::new("pg_receivewal --synchronous", |_| {
-            with_pg_receivewal(pg, &|pid| probe_point(pg, pid, clients, secs))
+            with_pg_receivewal(pg, &|pid| probe_point(pg, pid, clients, secs, rate))
         }),
         // The peer compressing too (PostgreSQL 15's pg_receivewal has lz4 and gzip, not
         // zstd): what compressing every write costs it.
         Arm::new("pg_receivewal --synchronous --compress=lz4", |_| {
             with_pg_receivewal_args(pg, &["--compress=lz4"], &|pid| {
-                probe_point(pg, pid, clients, secs)
+                probe_point(pg, pid, clients, secs, rate)
             })
         }),
         Arm::new("physical standby", |_| {
-            with_physical_standby(pg, &|pid| probe_point(pg, pid, clients, secs))
+            with_physical_standby(pg, &|pid| probe_point(pg, pid, clients, secs, rate))
         }),
         Arm::new("klio", |_| {
-            with_klio(pg, &|pid| probe_point(pg, pid, clients, secs))
+            with_klio(pg, &|pid| probe_point(pg, pid, clients, secs, rate))
         }),
     ];
     let title = format!(
-        "synchronous standbys probed at {clients} clients, pgbench -N -T {secs}: latency tail and the standby's CPU"
+        "synchronous standbys probed at {clients} clients, pgbench -N -T {secs}{}: latency tail and the standby's CPU",
+        rate.map(|r| format!(" -R {r}")).unwrap_or_default()
     );
     rounds::run(&title, &mut arms, rounds)?.print();
     Ok(())
