@@ -38,26 +38,6 @@ const CLIENTS: [u32; 5] = [1, 4, 8, 16, 64];
 const TPS_CLIENTS: u32 = 8;
 const WARM_UP_SECS: u32 = 3;
 
-/// pgbench's per-transaction latencies (µs) from the `-l` logs under `prefix`'s directory.
-fn read_latencies(dir: &std::path::Path) -> Result<Vec<f64>> {
-    let mut lat = Vec::new();
-    for e in std::fs::read_dir(dir)? {
-        let path = e?.path();
-        let text = std::fs::read_to_string(&path)?;
-        for line in text.lines() {
-            // client_id transaction_no time script_no time_epoch time_us
-            let us = line
-                .split_whitespace()
-                .nth(2)
-                .and_then(|v| v.parse::<f64>().ok())
-                .with_context(|| format!("odd pgbench log line in {}: {line}", path.display()))?;
-            lat.push(us);
-        }
-        std::fs::remove_file(&path)?;
-    }
-    Ok(lat)
-}
-
 /// The `tps = …` figure of pgbench's output.
 fn parse_tps(out: &str) -> Result<f64> {
     out.lines()
@@ -111,7 +91,10 @@ fn logged_pgbench(
 fn pgbench_point(pg: &PgInstance, clients: u32, secs: u32, s: Sample) -> Result<Sample> {
     let (out, dir) = logged_pgbench(pg, clients, secs, None)?;
     let tps = parse_tps(&out)?;
-    let mut lat = read_latencies(&dir)?;
+    let mut lat: Vec<f64> = read_timed_latencies(&dir)?
+        .into_iter()
+        .map(|t| t.1)
+        .collect();
     ensure!(
         !lat.is_empty(),
         "pgbench at {clients} clients logged no transaction"
@@ -225,11 +208,7 @@ fn traced(pg: &PgInstance, pid: u32, secs: u32, log: &Path) -> Result<Sample> {
     BufReader::new(strace.stderr.take().context("strace stderr")?).read_line(&mut first)?;
     ensure!(first.contains("attached"), "strace did not attach: {first}");
     let out = pg.pgbench(&["-N", "-c", "1", "-T", &secs.to_string()]);
-    let st = Command::new("kill")
-        .args(["-INT", &strace.id().to_string()])
-        .status()?;
-    ensure!(st.success(), "could not stop strace");
-    strace.wait()?;
+    interrupt(strace)?;
     let out = out?;
     let tps = parse_tps(&out)?;
     println!("  under strace, 1 client: {tps:.0} tps");
@@ -311,7 +290,8 @@ fn thread_delta(pid: u32, before: &[(String, [u64; 3])]) -> Result<(f64, f64, St
 }
 
 /// pgbench's per-transaction (end time µs since the epoch, latency µs) from the `-l`
-/// logs in `dir` (removed after reading).
+/// logs in `dir` (removed after reading). A line is `client_id transaction_no time
+/// script_no time_epoch time_us [schedule_lag]`.
 fn read_timed_latencies(dir: &Path) -> Result<Vec<(f64, f64)>> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir)? {
@@ -342,7 +322,8 @@ fn stalls(tx: &[(f64, f64)], limit_us: f64) -> (usize, usize) {
     (ends.len(), if ends.is_empty() { 0 } else { groups + 1 })
 }
 
-/// Stops `child` (perf) with SIGINT, so that it writes its output, and waits for it.
+/// Stops `child` (strace, perf) with SIGINT, so that it writes its output, and waits
+/// for it.
 fn interrupt(child: std::process::Child) -> Result<()> {
     let st = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -366,7 +347,7 @@ fn probe_point(
     let perf = match std::env::var_os("KLIO_BENCH_PERF_TRACE") {
         Some(d) => {
             let out = Path::new(&d).join(format!("{pid}.trace"));
-            let child = Command::new("perf")
+            let mut child = Command::new("perf")
                 .args(["trace", "-a", "-e", "fdatasync,fsync,pwrite64,write", "-o"])
                 .arg(&out)
                 .stderr(Stdio::null())
@@ -374,6 +355,9 @@ fn probe_point(
                 .context("running perf trace")?;
             // perf opens its output file once it traces.
             while !out.exists() {
+                if let Some(st) = child.try_wait()? {
+                    anyhow::bail!("perf trace exited ({st}) before tracing");
+                }
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
             std::thread::sleep(std::time::Duration::from_millis(500));
