@@ -276,7 +276,8 @@ pub struct StorageStatus {
 pub struct Tier2Status {
     /// Where Tier 2 is (`s3://bucket/prefix`...).
     pub location: String,
-    /// Objects waiting for Tier 2 (dead letters included) and their bytes.
+    /// Objects waiting for Tier 2 (dead letters included, and WAL segments still to be
+    /// recompressed in Tier 1, which are queued after that) and their bytes.
     pub backlog_objects: u64,
     pub backlog_bytes: u64,
     /// Age of the oldest waiting object, in seconds.

@@ -183,6 +183,7 @@ mod tests {
             crc32c: None,
             stored_size: 1,
             tiers: Tiers::default(),
+            recompress: false,
         }
     }
 

@@ -126,6 +126,12 @@ pub struct SegmentRecord {
     /// Bytes on disk (header and frames).
     pub stored_size: u64,
     pub tiers: Tiers,
+    /// Sealed with most frames stored uncompressed (written on the synchronous commit
+    /// path): the WAL store's background recompressor rewrites the Tier 1 file
+    /// compressed, then clears this and queues the segment for Tier 2. Until then the
+    /// segment is not queued, and Tier 1 retention keeps it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recompress: bool,
 }
 
 mod hex_bytes {
@@ -327,6 +333,7 @@ mod tests {
                 tier1: true,
                 tier2: false,
             },
+            recompress: false,
         }
     }
 

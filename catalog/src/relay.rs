@@ -451,6 +451,7 @@ mod tests {
             crc32c: Some(1),
             stored_size: 4 << 20,
             tiers: Tiers { tier1: true, tier2 },
+            recompress: false,
         }
     }
 

@@ -62,6 +62,7 @@ fn record(segno: u64) -> SegmentRecord {
             tier1: true,
             tier2: false,
         },
+        recompress: false,
     }
 }
 

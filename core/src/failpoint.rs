@@ -5,7 +5,10 @@
 //! Names: `wal-after-write` (frames written, before fdatasync), `wal-after-fsync`
 //! (fdatasync'ed, before the position is acknowledged), `wal-seal-rename` (final frame
 //! durable, before the rename to the sealed name), `wal-before-catalog` (file durable,
-//! before the catalog records it), `backup-data` (each piece of base-backup data
+//! before the catalog records it), `wal-recompress-rename` (a segment's compressed form
+//! durable under its temporary name, before the rename over the sealed segment),
+//! `wal-recompress-catalog` (renamed, before the catalog records the new size),
+//! `backup-data` (each piece of base-backup data
 //! received, before it is stored), `backup-before-commit` (backup data and WAL complete,
 //! before the commit), `keys-rotate-after-catalog` (a master-key rotation has updated the
 //! catalog and the key check file, before Tier 2), `retention-after-forget` (retention has

@@ -186,7 +186,8 @@ impl FrameSealer {
         })
     }
 
-    /// Turns compression off (for benchmarks and already-compressed data).
+    /// Turns compression of the following frames off or on (a WAL segment's small
+    /// frames are stored plain on the synchronous commit path and compressed later).
     pub fn set_compression(&mut self, on: bool) {
         self.compress = on;
     }
@@ -313,6 +314,8 @@ pub struct OpenedFrame {
     pub plain_offset: u64,
     pub data: Vec<u8>,
     pub is_final: bool,
+    /// The frame's plaintext was stored compressed.
+    pub compressed: bool,
     /// Stored bytes this frame occupied (header + ciphertext + tag).
     pub stored_len: usize,
 }
@@ -396,6 +399,7 @@ impl FrameOpener {
             plain_offset,
             data,
             is_final: flags & FLAG_FINAL != 0,
+            compressed: flags & FLAG_ZSTD != 0,
             stored_len: FRAME_HEADER_LEN + stored_len,
         }))
     }
@@ -409,6 +413,8 @@ pub struct DecodedObject {
     pub finished: bool,
     /// Stored bytes (from the start of the file) covered by valid frames.
     pub valid_stored_len: u64,
+    /// Plaintext bytes whose frames were stored without compression.
+    pub plain_uncompressed: u64,
 }
 
 /// Decodes a whole object. With `tolerate_torn_tail`, decoding stops at the first
@@ -424,11 +430,15 @@ pub fn decode_object(
     let mut pos = HEADER_LEN;
     let mut data = Vec::new();
     let mut finished = false;
+    let mut plain_uncompressed = 0u64;
     loop {
         let res = opener.open(&bytes[pos..], pos as u64, data.len() as u64);
         match res {
             Ok(Some(f)) => {
                 pos += f.stored_len;
+                if !f.compressed {
+                    plain_uncompressed += f.data.len() as u64;
+                }
                 data.extend_from_slice(&f.data);
                 if f.is_final {
                     finished = true;
@@ -462,6 +472,7 @@ pub fn decode_object(
         data,
         finished,
         valid_stored_len: pos as u64,
+        plain_uncompressed,
     })
 }
 

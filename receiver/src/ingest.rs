@@ -65,10 +65,18 @@ pub struct Ingest {
 }
 
 impl Ingest {
+    /// Also starts the store's background recompressor (stopped when this is dropped).
     pub fn new(store: WalStore) -> Ingest {
         let (ptx, prx) = watch::channel(WriterProgress::default());
+        let writer = match SegmentWriter::new(store.clone()).with_recompressor() {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "cannot start the WAL recompressor thread: segments written on the synchronous commit path stay uncompressed in Tier 1 and are not relayed to Tier 2 until the next start");
+                SegmentWriter::new(store)
+            }
+        };
         Ingest {
-            core: std::sync::Mutex::new(WriterCore::new(SegmentWriter::new(store), ptx)),
+            core: std::sync::Mutex::new(WriterCore::new(writer, ptx)),
             progress: prx,
         }
     }

@@ -368,6 +368,7 @@ fn segment_record(
                 tier1: false,
                 tier2: true,
             },
+            recompress: false,
         }),
     })
 }

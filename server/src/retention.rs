@@ -462,6 +462,12 @@ impl Retainer {
                     if !present {
                         continue;
                     }
+                    if tier == 1 && s.recompress {
+                        tp.held_back.push(format!(
+                            "WAL from {name} on: being recompressed; Tier 1 keeps it until that is done"
+                        ));
+                        break;
+                    }
                     if tier == 1
                         && !(s.tiers.tier2
                             || self.reached(cluster, RelayKind::WalSegment, &name)?)

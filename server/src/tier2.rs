@@ -152,7 +152,18 @@ impl Tier2Relays {
 
     /// The relay's status for `cluster`, read from the catalog and the counters.
     pub fn status(&self, cluster: &ClusterName) -> Result<Tier2Status, CatalogError> {
-        let backlog = self.catalog.relay_backlog(cluster)?;
+        let mut backlog = self.catalog.relay_backlog(cluster)?;
+        // Segments the recompressor has yet to rewrite are queued after that: they are
+        // waiting for Tier 2 too.
+        for s in self
+            .catalog
+            .segments(cluster)?
+            .iter()
+            .filter(|s| s.recompress)
+        {
+            backlog.objects += 1;
+            backlog.bytes += s.stored_size;
+        }
         let held = self.catalog.tier2_holdings(cluster)?;
         let dead = if backlog.dead > 0 {
             self.catalog

@@ -368,7 +368,8 @@ impl Relay {
 
     /// The ordering rule for a backup's Klio manifest: no pack of this or an older
     /// backup, no PostgreSQL manifest or chunk index of it, and no WAL segment up to its
-    /// end may still be queued (dead entries included: they are not in Tier 2 either).
+    /// end may still be queued (dead entries included: they are not in Tier 2 either) or
+    /// waiting to be recompressed (it is queued after that).
     async fn manifest_may_go(
         &self,
         item: &RelayItem,
@@ -379,14 +380,32 @@ impl Relay {
             // Refused with a clear error by the upload.
             return Ok(true);
         };
-        let end = {
+        let (end, recompressing) = {
             let id = id.clone();
-            self.catalog(move |cat, c| cat.backup(c, &id))
-                .await?
+            let (backup, recompressing) = self
+                .catalog(move |cat, c| {
+                    let recompressing: Vec<_> = cat
+                        .segments(c)?
+                        .into_iter()
+                        .filter(|s| s.recompress)
+                        .collect();
+                    Ok((cat.backup(c, &id)?, recompressing))
+                })
+                .await?;
+            let end = backup
                 .and_then(|r| Some((r.end_tli?, r.end_lsn?)))
                 .zip(seg_size)
-                .map(|((tli, lsn), size)| WalFileName::segment(tli, lsn.segno(size), size))
+                .map(|((tli, lsn), size)| WalFileName::segment(tli, lsn.segno(size), size));
+            (end, recompressing)
         };
+        if let (Some(end), Some(size)) = (&end, seg_size) {
+            if recompressing
+                .iter()
+                .any(|s| WalFileName::segment(s.tli, s.segno, size) <= *end)
+            {
+                return Ok(false);
+            }
+        }
         Ok(!queue.iter().any(|q| match q.kind {
             // A repacked pack (and its index) of before the backup may hold its chunks.
             RelayKind::Pack | RelayKind::PackIndex => {
@@ -653,7 +672,9 @@ fn backfill(cat: &Catalog, cluster: &ClusterName, data: &DataDir) -> Result<usiz
         }
     }
     for s in cat.segments(cluster)? {
-        if s.state == SegmentState::Sealed && s.tiers.tier1 && !s.tiers.tier2 {
+        // A segment still to be recompressed is queued by the recompressor, in its
+        // final form.
+        if s.state == SegmentState::Sealed && s.tiers.tier1 && !s.tiers.tier2 && !s.recompress {
             let name = WalFileName::segment(s.tli, s.segno, rec.seg_size);
             want(RelayKind::WalSegment, name.to_string(), Some(s.stored_size))?;
         }

@@ -84,6 +84,7 @@ impl Tier1 {
                 tier1: true,
                 tier2: false,
             },
+            recompress: false,
         };
         let item = RelayItem::new(
             RelayKind::WalSegment,
@@ -296,6 +297,7 @@ async fn backfill_queues_what_tier1_holds_and_tier2_lacks_once() {
                     tier1: true,
                     tier2: false,
                 },
+                recompress: false,
             },
         )
         .unwrap();

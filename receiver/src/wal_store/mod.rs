@@ -17,7 +17,8 @@
 //! [`WalDirEntry`]). Here: object names, reads, history files and listing;
 //! `segment_writer`: appending streamed WAL ([`SegmentWriter`]); `reconcile`: repairing
 //! files and catalog at start-up ([`WalStore::reconcile`], [`WalStore::resume_point`]);
-//! `read`: reading a stored file back piece by piece ([`WalReader`]).
+//! `read`: reading a stored file back piece by piece ([`WalReader`]); `recompress`:
+//! rewriting compressed the segments sealed with plain frames ([`Recompressor`]).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -36,11 +37,13 @@ use klio_core::crashsafe::{create_dir_all_durably, write_file_durably};
 use klio_core::layout::{DataDir, WalDir};
 
 mod read;
+mod recompress;
 mod reconcile;
 mod segment_writer;
 pub use read::WalReader;
+pub use recompress::{RecompressReport, Recompressor};
 pub use reconcile::ReconcileReport;
-pub use segment_writer::{FlushStats, SegmentWriter};
+pub use segment_writer::{FlushStats, SegmentWriter, COMPRESS_INLINE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -285,6 +288,7 @@ fn tier1_record(
             tier1: true,
             tier2: false,
         },
+        recompress: false,
     }
 }
 

@@ -19,7 +19,21 @@ use klio_core::layout::WalDirEntry;
 use klio_core::{Lsn, SegNo, TimelineId, WalFileName};
 use tracing::{info, warn};
 
+use super::segment_writer::worth_recompressing;
 use super::{io_err, tier1_record, StoreError, WalStore};
+
+/// A partial file after [`WalStore::repair_partial`].
+struct RepairedPartial {
+    /// Plaintext bytes in its valid frames.
+    plain: u64,
+    /// Stored bytes of its valid frames (and header).
+    stored: u64,
+    /// It carries the final frame.
+    finished: bool,
+    crc: u32,
+    /// Plaintext bytes in frames stored uncompressed.
+    plain_uncompressed: u64,
+}
 
 /// What reconciliation found and repaired at startup.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -84,12 +98,12 @@ impl WalStore {
                 fsync_dir(dir).map_err(io_err(dir))?;
                 continue;
             }
-            let (plain, stored, finished, crc) =
-                self.repair_partial(tli, segno, path, &mut report)?;
+            let r = self.repair_partial(tli, segno, path, &mut report)?;
+            let (plain, stored, finished) = (r.plain, r.stored, r.finished);
             if plain == inner.seg_size.bytes() {
                 if finished {
                     // Crashed between writing the final frame and the rename.
-                    self.finish_seal(tli, segno, path, stored, crc)?;
+                    self.finish_seal(tli, segno, path, &r)?;
                 } else {
                     self.seal_existing(tli, segno)?;
                 }
@@ -144,6 +158,10 @@ impl WalStore {
             }
             let mut tiers = existing.map(|r| r.tiers).unwrap_or_default();
             tiers.tier1 = true;
+            // Either form may be here after a crash while recompressing; the frames say
+            // which. A segment no longer marked is queued for Tier 2 by the relay's
+            // start-up scan.
+            let recompress = worth_recompressing(obj.plain_uncompressed, obj.data.len() as u64);
             inner.catalog.put_segment(
                 &inner.cluster,
                 &SegmentRecord {
@@ -154,6 +172,7 @@ impl WalStore {
                     crc32c: Some(crc32c::crc32c(&obj.data)),
                     stored_size: len,
                     tiers,
+                    recompress,
                 },
             )?;
             report.catalog_entries_added += 1;
@@ -195,14 +214,14 @@ impl WalStore {
         Ok(report)
     }
 
-    /// Drops a torn tail from a partial file. Returns (plaintext length, stored length).
+    /// Drops a torn tail from a partial file and says what remains.
     fn repair_partial(
         &self,
         tli: TimelineId,
         segno: SegNo,
         path: &Path,
         report: &mut ReconcileReport,
-    ) -> Result<(u64, u64, bool, u32), StoreError> {
+    ) -> Result<RepairedPartial, StoreError> {
         let bytes = std::fs::read(path).map_err(io_err(path))?;
         let name = self.segment_names(tli, segno).1;
         let obj = decode_object(&self.inner.key, &self.object_id(&name), &bytes, true).map_err(
@@ -228,12 +247,13 @@ impl WalStore {
             }
         }
         f.sync_all().map_err(io_err(path))?;
-        Ok((
-            obj.data.len() as u64,
-            obj.valid_stored_len,
-            obj.finished,
-            crc32c::crc32c(&obj.data),
-        ))
+        Ok(RepairedPartial {
+            plain: obj.data.len() as u64,
+            stored: obj.valid_stored_len,
+            finished: obj.finished,
+            crc: crc32c::crc32c(&obj.data),
+            plain_uncompressed: obj.plain_uncompressed,
+        })
     }
 
     /// Renames a complete partial (final frame durable) to its sealed name and records it.
@@ -242,22 +262,20 @@ impl WalStore {
         tli: TimelineId,
         segno: SegNo,
         path: &Path,
-        stored: u64,
-        crc: u32,
+        r: &RepairedPartial,
     ) -> Result<(), StoreError> {
         let sealed = self.path(&self.segment_names(tli, segno).0);
         durable_rename(path, &sealed).map_err(io_err(&sealed))?;
-        self.inner.catalog.put_segment(
-            &self.inner.cluster,
-            &tier1_record(
-                tli,
-                segno,
-                SegmentState::Sealed,
-                self.inner.seg_size.bytes(),
-                Some(crc),
-                stored,
-            ),
-        )?;
+        let mut rec = tier1_record(
+            tli,
+            segno,
+            SegmentState::Sealed,
+            self.inner.seg_size.bytes(),
+            Some(r.crc),
+            r.stored,
+        );
+        rec.recompress = worth_recompressing(r.plain_uncompressed, r.plain);
+        self.inner.catalog.put_segment(&self.inner.cluster, &rec)?;
         Ok(())
     }
 
@@ -280,8 +298,8 @@ impl WalStore {
                 let (_, partial) = self.segment_names(last.tli, last.segno);
                 let path = self.path(&partial);
                 let mut report = ReconcileReport::default();
-                let (plain, ..) = self.repair_partial(last.tli, last.segno, &path, &mut report)?;
-                Lsn(start.0 + plain)
+                let r = self.repair_partial(last.tli, last.segno, &path, &mut report)?;
+                Lsn(start.0 + r.plain)
             }
         };
         Ok(Some((last.tli, end)))

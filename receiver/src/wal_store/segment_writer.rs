@@ -4,6 +4,14 @@
 //! (final frame, fdatasync, rename to its sealed name, fsync of the directory, then the
 //! catalog) once complete. [`FlushStats`] counts the fdatasyncs.
 //!
+//! Frames of at least [`COMPRESS_INLINE`] bytes (catching up) are compressed as they
+//! are written. Smaller ones (a synchronous standby's flush after every commit) are
+//! stored plain, as pg_receivewal writes plain WAL: compressing them would put zstd on
+//! every commit's round trip. A segment sealed with more than an eighth of its bytes in
+//! plain frames is marked `recompress` in the catalog and handed to the background
+//! recompressor (`super::recompress`), which rewrites it compressed and only then
+//! queues it for Tier 2.
+//!
 //! Writes `<24 hex>.partial.tmp`, `<24 hex>.partial` and `<24 hex>` in the WAL directory
 //! and the segment records in the catalog.
 
@@ -22,6 +30,15 @@ use super::{io_err, tier1_record, StoreError, WalStore};
 
 /// Plaintext buffered before it is framed and written (without fsync).
 const FRAME_TARGET: usize = 1 << 20;
+/// Frames at least this large are compressed when written; smaller ones are stored
+/// plain and compressed later by the recompressor.
+pub const COMPRESS_INLINE: usize = 256 << 10;
+
+/// Whether a sealed segment with `plain` of its `total` bytes in uncompressed frames is
+/// worth rewriting compressed.
+pub(super) fn worth_recompressing(plain: u64, total: u64) -> bool {
+    plain > 0 && plain.saturating_mul(8) >= total
+}
 
 impl WalStore {
     /// Seals a partial file that is already complete (found so at startup).
@@ -53,6 +70,8 @@ struct OpenSegment {
     out: Vec<u8>,
     /// The file is written (with zeros past `stored_len`) up to here.
     zeroed_to: u64,
+    /// Plaintext bytes written in uncompressed frames.
+    stored_plain: u64,
 }
 
 /// How far ahead of the frames a partial segment is filled with zeros. Overwriting
@@ -104,6 +123,7 @@ impl OpenSegment {
             crc: 0,
             out: Vec::new(),
             zeroed_to: HEADER_LEN as u64,
+            stored_plain: 0,
         })
     }
 
@@ -154,6 +174,7 @@ impl OpenSegment {
             crc: crc32c::crc32c(&obj.data),
             out: Vec::new(),
             zeroed_to: obj.valid_stored_len,
+            stored_plain: obj.plain_uncompressed,
         })
     }
 
@@ -167,7 +188,12 @@ impl OpenSegment {
             return Ok(());
         }
         self.out.clear();
+        let inline = self.pending.len() >= COMPRESS_INLINE;
+        self.sealer.set_compression(inline);
         self.sealer.seal(&self.pending, &mut self.out);
+        if !inline {
+            self.stored_plain += self.pending.len() as u64;
+        }
         self.fill_ahead(self.stored_len + self.out.len() as u64)?;
         self.file
             .write_all_at(&self.out, self.stored_len)
@@ -235,7 +261,7 @@ impl OpenSegment {
         let sealed = store.path(&store.segment_names(self.tli, self.segno).0);
         durable_rename(&self.path, &sealed).map_err(io_err(&sealed))?;
         failpoint::hit("wal-before-catalog");
-        let rec = tier1_record(
+        let mut rec = tier1_record(
             self.tli,
             self.segno,
             SegmentState::Sealed,
@@ -243,11 +269,15 @@ impl OpenSegment {
             Some(self.crc),
             self.stored_len,
         );
-        let relay = store.relay_item(
-            klio_catalog::RelayKind::WalSegment,
-            &store.segment_names(self.tli, self.segno).0,
-            self.stored_len,
-        );
+        rec.recompress = worth_recompressing(self.stored_plain, self.written);
+        // A segment to recompress is queued for Tier 2 once it is in its final form.
+        let relay = store
+            .relay_item(
+                klio_catalog::RelayKind::WalSegment,
+                &store.segment_names(self.tli, self.segno).0,
+                self.stored_len,
+            )
+            .filter(|_| !rec.recompress);
         store
             .inner
             .catalog
@@ -284,6 +314,7 @@ pub struct SegmentWriter {
     durable: Option<(TimelineId, Lsn)>,
     sealed_count: u64,
     flush_stats: FlushStats,
+    recompressor: Option<super::Recompressor>,
 }
 
 impl SegmentWriter {
@@ -294,7 +325,15 @@ impl SegmentWriter {
             durable: None,
             sealed_count: 0,
             flush_stats: FlushStats::default(),
+            recompressor: None,
         }
+    }
+
+    /// Starts a [`super::Recompressor`] for the store, woken at every seal of a segment
+    /// marked `recompress`, and stopped when the writer is dropped.
+    pub fn with_recompressor(mut self) -> std::io::Result<SegmentWriter> {
+        self.recompressor = Some(super::Recompressor::start(self.store.clone())?);
+        Ok(self)
     }
 
     pub fn store(&self) -> &WalStore {
@@ -366,7 +405,12 @@ impl SegmentWriter {
             }
             if o.end() == seg_size.bytes() {
                 let o = self.open.take().expect("open");
-                o.seal(&self.store, &mut self.flush_stats)?;
+                let rec = o.seal(&self.store, &mut self.flush_stats)?;
+                if rec.recompress {
+                    if let Some(r) = &self.recompressor {
+                        r.wake();
+                    }
+                }
                 self.sealed_count += 1;
                 self.durable = Some((tli, segno.next().start_lsn(seg_size)));
             }
