@@ -545,3 +545,51 @@ async fn a_pass_starts_no_upload_while_intake_catches_up() {
     assert_eq!(uploaded, 6);
     assert!(t1.catalog.relay_items(&t1.cluster).unwrap().is_empty());
 }
+
+/// A sealed segment still to be recompressed in Tier 1 (its mark set) is queued by the
+/// recompressor once it is in its final form: the start-up backfill leaves it alone,
+/// and a backup manifest whose WAL it holds waits for it.
+#[tokio::test]
+async fn a_segment_waiting_for_recompression_is_not_backfilled_and_holds_back_its_backups_manifest()
+{
+    let t1 = Tier1::new();
+    let bucket = tempfile::tempdir().unwrap();
+    t1.backup(1000, 5, true);
+    let body = t1.segment(5, false);
+    let mut rec = t1
+        .catalog
+        .segment(&t1.cluster, TimelineId::FIRST, SegNo(5))
+        .unwrap()
+        .unwrap();
+    rec.recompress = true;
+    t1.catalog.put_segment(&t1.cluster, &rec).unwrap();
+    let name = "000000010000000000000005";
+    let relay = t1.relay(local_tier2(bucket.path()));
+    relay.backfill().await.unwrap();
+    assert!(t1
+        .catalog
+        .relay_item(&t1.cluster, RelayKind::WalSegment, name)
+        .unwrap()
+        .is_none());
+    drain(&relay).await;
+    let manifest = bucket.path().join(format!("pg/backups/{ID}/manifest.klio"));
+    assert!(!manifest.exists(), "the manifest went before its WAL");
+    assert!(!bucket.path().join(format!("pg/wal/{name}")).exists());
+    assert!(bucket
+        .path()
+        .join(format!("pg/backups/packs/{ID}-0001.pack"))
+        .is_file());
+
+    // Recompressed: the recompressor clears the mark and queues it in one write.
+    rec.recompress = false;
+    let item = RelayItem::new(RelayKind::WalSegment, name, body.len() as u64, 1);
+    t1.catalog
+        .put_segment_queued(&t1.cluster, &rec, Some(&item))
+        .unwrap();
+    drain(&relay).await;
+    assert_eq!(
+        std::fs::read(bucket.path().join(format!("pg/wal/{name}"))).unwrap(),
+        body
+    );
+    assert!(manifest.is_file());
+}
