@@ -1301,6 +1301,18 @@ fn rescan(reader: &KlioServer) -> Result<Value> {
     Ok(report)
 }
 
+/// Whether an object key or path belongs to backup `id`: under its directory, or one of
+/// its packs (`<id>-NNNN.pack`). Not by prefix alone: a second backup taken in the same
+/// second is `<id>-2`.
+fn of_backup(key: &str, id: &str) -> bool {
+    let file = key.rsplit('/').next().unwrap_or(key);
+    let pack = file
+        .strip_prefix(&format!("{id}-"))
+        .and_then(|rest| rest.split('.').next())
+        .is_some_and(|n| n.len() == 4 && n.bytes().all(|b| b.is_ascii_digit()));
+    key.contains(&format!("/{id}/")) || pack
+}
+
 /// Retention repacks a pack most of whose bytes only a removed backup used: its live
 /// chunks move to a new pack (with an index) in both tiers, and the next run removes
 /// the old pack and, with it gone, the removed backup's chunk index, which Tier 2 kept
@@ -1330,7 +1342,7 @@ fn repacking_moves_live_chunks_out_of_half_empty_packs_and_readers_follow() -> R
     let first_packs: Vec<String> = bucket
         .keys()?
         .into_iter()
-        .filter(|k| k.contains(&format!("/backups/packs/{first_id}-")))
+        .filter(|k| k.contains("/backups/packs/") && of_backup(k, &first_id))
         .collect();
     ensure!(!first_packs.is_empty(), "the first backup wrote no pack");
 
@@ -1409,13 +1421,13 @@ fn repacking_moves_live_chunks_out_of_half_empty_packs_and_readers_follow() -> R
     }
     let keys = bucket.keys()?;
     ensure!(
-        !keys.iter().any(|k| k.contains(&format!("/{first_id}"))),
+        !keys.iter().any(|k| of_backup(k, &first_id)),
         "the first backup left objects in the bucket: {keys:#?}"
     );
     ensure!(
         !tier1_objects(&writer)?
             .keys()
-            .any(|k| k.contains(&format!("/{first_id}"))),
+            .any(|k| of_backup(k, &first_id)),
         "the first backup left objects in Tier 1"
     );
     // The writer restores from Tier 1 (the repacked pack there).
