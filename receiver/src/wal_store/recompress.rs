@@ -7,7 +7,7 @@
 //! against the catalog), writes the same plaintext compressed in 1 MiB frames to
 //! `<24 hex>.tmp`, fsyncs it, renames it over the sealed file, fsyncs the directory and
 //! then, in one catalog write, records the new size, clears `recompress` and queues the
-//! segment for Tier 2. [`Recompressor`] runs that on a low-priority thread of its own,
+//! segment for Tier 2. [`Recompressor`] runs that on low-priority threads of its own,
 //! woken whenever a segment is sealed.
 //!
 //! Crash safety: the sealed file is complete in either form and readers (which open it
@@ -21,12 +21,12 @@
 //! Writes `<24 hex>.tmp` and renames it to `<24 hex>` in the WAL directory; updates
 //! segment records and the relay queue in the catalog.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use klio_catalog::{RelayKind, SegmentRecord, SegmentState};
 use klio_core::crashsafe::durable_rename;
@@ -60,45 +60,43 @@ pub struct RecompressReport {
 impl WalStore {
     /// Rewrites every segment the catalog marks `recompress`, oldest first, and queues
     /// each for Tier 2 once it is final. Returns early (without error) once `stop` is
-    /// set; segments named in `skip` are left alone.
-    pub fn recompress_pending(
-        &self,
-        stop: &AtomicBool,
-        skip: &HashSet<(TimelineId, SegNo)>,
-    ) -> Result<RecompressReport, StoreError> {
+    /// set. (The [`Recompressor`]'s threads do the same, one claimed segment at a time.)
+    pub fn recompress_pending(&self, stop: &AtomicBool) -> Result<RecompressReport, StoreError> {
         let mut report = RecompressReport::default();
-        let mut due: Vec<SegmentRecord> = self
-            .inner
-            .catalog
-            .segments(&self.inner.cluster)?
-            .into_iter()
-            .filter(|r| r.recompress && !skip.contains(&(r.tli, r.segno)))
-            .collect();
-        due.sort_by_key(|r| (r.tli, r.segno));
-        for rec in due {
+        for rec in self.marked_segments()? {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            self.recompress_segment(rec, &mut report)?;
+            self.recompress_segment(rec, &mut report, stop)?;
         }
         Ok(report)
     }
 
     /// Segments still marked `recompress`.
     pub fn recompress_backlog(&self) -> Result<usize, StoreError> {
-        Ok(self
+        Ok(self.marked_segments()?.len())
+    }
+
+    /// The records marked `recompress`, oldest first.
+    fn marked_segments(&self) -> Result<Vec<SegmentRecord>, StoreError> {
+        let mut due: Vec<SegmentRecord> = self
             .inner
             .catalog
             .segments(&self.inner.cluster)?
-            .iter()
+            .into_iter()
             .filter(|r| r.recompress)
-            .count())
+            .collect();
+        due.sort_by_key(|r| (r.tli, r.segno));
+        Ok(due)
     }
 
+    /// Rewrites one segment. Once `stop` is set it gives up between frames, leaving the
+    /// segment as it was (still marked).
     fn recompress_segment(
         &self,
         mut rec: SegmentRecord,
         report: &mut RecompressReport,
+        stop: &AtomicBool,
     ) -> Result<(), StoreError> {
         let inner = &self.inner;
         let name = self.segment_names(rec.tli, rec.segno).0;
@@ -148,6 +146,9 @@ impl WalStore {
             };
             // The reader checks the catalog's size and CRC-32C after its last piece.
             while let Some(piece) = reader.next_piece()? {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(None);
+                }
                 let mut piece = &piece[..];
                 while !piece.is_empty() {
                     let take = (FRAME - pending.len()).min(piece.len());
@@ -159,10 +160,14 @@ impl WalStore {
                 }
             }
             flush(&mut pending, &mut out, &mut sealer, true)?;
-            Ok::<_, StoreError>((file, stored))
+            Ok::<_, StoreError>(Some((file, stored)))
         })();
         let (file, stored) = match written {
-            Ok(w) => w,
+            Ok(Some(w)) => w,
+            Ok(None) => {
+                std::fs::remove_file(&tmp).map_err(io_err(&tmp))?;
+                return Ok(());
+            }
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(e);
@@ -199,41 +204,94 @@ impl WalStore {
     }
 }
 
-/// Runs [`WalStore::recompress_pending`] on a thread of its own (nice 10), once at
-/// start (segments a previous run left marked) and again whenever [`Recompressor::wake`]
-/// is called. Dropping it lets the segment being rewritten finish and joins the thread.
+/// Rewrites marked segments on two threads of its own, once at start (segments a
+/// previous run left marked) and again whenever [`Recompressor::wake`] is called:
+///
+/// - `klio-recompress` runs at `SCHED_IDLE`: it gets only CPU time nothing else wants,
+///   and a synchronous standby's receiver waking up preempts it at once (at nice 10 it
+///   held the CPU for up to a scheduler slice, which showed in the commit latency tail).
+/// - `klio-recomp-lag` runs at nice 10 and only while [`CATCH_UP_AT`] or more segments
+///   wait, or one has waited [`MAX_WAIT`]: the floor for a CPU that is never idle (a
+///   long base backup, say), where the idle thread would make almost no progress and
+///   Tier 2 would fall behind without bound. (An unprivileged thread cannot leave
+///   `SCHED_IDLE` again, hence two threads.)
+///
+/// The two never rewrite the same segment: each claims one under a lock before it
+/// starts. Dropping the recompressor stops both between frames and joins them.
 pub struct Recompressor {
     shared: Arc<Shared>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Unclaimed marked segments at which the catch-up thread joins in.
+const CATCH_UP_AT: usize = 4;
+/// How long a marked segment waits for the idle thread before the catch-up thread
+/// takes it: a bound on how far recompression holds Tier 2 back on a busy machine.
+const MAX_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Idle,
+    CatchUp,
 }
 
 struct Shared {
     stop: AtomicBool,
-    woken: Mutex<bool>,
+    state: Mutex<State>,
     cond: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    /// Bumped by every wake; each thread remembers the last one it acted on.
+    generation: u64,
+    /// Segments a thread is rewriting now.
+    claimed: HashSet<(TimelineId, SegNo)>,
+    /// Segments whose rewrite failed for a reason retrying cannot fix (logged once).
+    failed: HashSet<(TimelineId, SegNo)>,
+    /// When each marked segment was first seen waiting.
+    first_seen: HashMap<(TimelineId, SegNo), Instant>,
+}
+
+impl Shared {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Recompressor {
     pub fn start(store: WalStore) -> std::io::Result<Recompressor> {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
-            woken: Mutex::new(true),
+            state: Mutex::new(State {
+                generation: 1,
+                ..State::default()
+            }),
             cond: Condvar::new(),
         });
-        let s = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("klio-recompress".into())
-            .spawn(move || run(store, &s))?;
-        Ok(Recompressor {
+        let mut r = Recompressor {
             shared,
-            thread: Some(thread),
-        })
+            threads: Vec::new(),
+        };
+        for (role, name) in [
+            (Role::Idle, "klio-recompress"),
+            (Role::CatchUp, "klio-recomp-lag"),
+        ] {
+            let (store, s) = (store.clone(), r.shared.clone());
+            // On failure, `r` is dropped: the thread already started is stopped.
+            r.threads.push(
+                std::thread::Builder::new()
+                    .name(name.into())
+                    .spawn(move || run(&store, &s, role))?,
+            );
+        }
+        Ok(r)
     }
 
     /// A segment was sealed: look for work.
     pub fn wake(&self) {
-        *self.shared.woken.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        self.shared.cond.notify_one();
+        self.shared.state().generation += 1;
+        self.shared.cond.notify_all();
     }
 }
 
@@ -241,94 +299,163 @@ impl Drop for Recompressor {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         self.wake();
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
 }
 
-fn run(store: WalStore, shared: &Shared) {
-    lower_priority();
-    // Segments whose rewrite failed for a reason retrying cannot fix; logged once.
-    let mut failed: HashSet<(TimelineId, SegNo)> = HashSet::new();
+/// The oldest marked segment that no thread has claimed and that has not failed. The
+/// catch-up thread takes it only once [`CATCH_UP_AT`] or more are waiting or it has
+/// waited [`MAX_WAIT`]; otherwise the answer is how long until it has (if anything
+/// waits at all).
+fn pick(
+    due: Vec<SegmentRecord>,
+    st: &State,
+    role: Role,
+    now: Instant,
+) -> Result<SegmentRecord, Option<Duration>> {
+    let open: Vec<SegmentRecord> = due
+        .into_iter()
+        .filter(|r| {
+            let k = (r.tli, r.segno);
+            !st.claimed.contains(&k) && !st.failed.contains(&k)
+        })
+        .collect();
+    let count = open.len();
+    let Some(oldest) = open.into_iter().next() else {
+        return Err(None);
+    };
+    if role == Role::Idle || count >= CATCH_UP_AT {
+        return Ok(oldest);
+    }
+    let waited = st
+        .first_seen
+        .get(&(oldest.tli, oldest.segno))
+        .map_or(Duration::ZERO, |t| now.saturating_duration_since(*t));
+    if waited >= MAX_WAIT {
+        Ok(oldest)
+    } else {
+        Err(Some(MAX_WAIT - waited))
+    }
+}
+
+/// Claims the segment to rewrite next, or says when to look again. The catalog is read
+/// under the lock: a segment another thread has finished is then either still claimed
+/// or no longer marked, never taken again from a stale record.
+fn claim(
+    store: &WalStore,
+    shared: &Shared,
+    role: Role,
+) -> Result<Result<SegmentRecord, Option<Duration>>, StoreError> {
+    let mut st = shared.state();
+    let due = store.marked_segments()?;
+    let now = Instant::now();
+    st.first_seen
+        .retain(|k, _| due.iter().any(|r| (r.tli, r.segno) == *k));
+    for r in &due {
+        st.first_seen.entry((r.tli, r.segno)).or_insert(now);
+    }
+    let next = pick(due, &st, role, now);
+    if let Ok(r) = &next {
+        st.claimed.insert((r.tli, r.segno));
+    }
+    Ok(next)
+}
+
+fn run(store: &WalStore, shared: &Shared, role: Role) {
+    set_priority(role);
+    let mut seen = 0u64;
     let mut retry_in: Option<Duration> = None;
     loop {
         {
-            let mut woken = shared.woken.lock().unwrap_or_else(|p| p.into_inner());
-            while !*woken && !shared.stop.load(Ordering::Relaxed) {
-                woken = match retry_in {
+            let mut st = shared.state();
+            while st.generation == seen && !shared.stop.load(Ordering::Relaxed) {
+                match retry_in {
                     Some(d) => {
-                        let (w, t) = shared
+                        let (g, t) = shared
                             .cond
-                            .wait_timeout(woken, d)
+                            .wait_timeout(st, d)
                             .unwrap_or_else(|p| p.into_inner());
+                        st = g;
                         if t.timed_out() {
-                            woken = w;
                             break;
                         }
-                        w
                     }
-                    None => shared.cond.wait(woken).unwrap_or_else(|p| p.into_inner()),
-                };
+                    None => st = shared.cond.wait(st).unwrap_or_else(|p| p.into_inner()),
+                }
             }
-            *woken = false;
+            seen = st.generation;
         }
+        retry_in = work(store, shared, role);
         if shared.stop.load(Ordering::Relaxed) {
             return;
-        }
-        retry_in = None;
-        loop {
-            match store.recompress_pending(&shared.stop, &failed) {
-                Ok(r) => {
-                    if r != RecompressReport::default() {
-                        debug!(cluster = %store.cluster(), ?r, "recompression pass");
-                    }
-                    break;
-                }
-                Err(e @ (StoreError::Frame { .. } | StoreError::Corrupt { .. })) => {
-                    // The segment stays marked (and out of Tier 2) until an operator
-                    // looks; the others go on.
-                    error!(cluster = %store.cluster(), error = %e, "cannot recompress a stored WAL segment; it stays as it is and is not relayed to Tier 2");
-                    match corrupt_segment(&store, &failed) {
-                        Some(k) => {
-                            failed.insert(k);
-                        }
-                        None => break,
-                    }
-                }
-                Err(e) => {
-                    warn!(cluster = %store.cluster(), error = %e, "recompressing stored WAL failed; retrying in a minute");
-                    retry_in = Some(RETRY);
-                    break;
-                }
-            }
         }
     }
 }
 
-/// The first marked segment not yet in `failed`: the one the failed pass stopped at.
-fn corrupt_segment(
-    store: &WalStore,
-    failed: &HashSet<(TimelineId, SegNo)>,
-) -> Option<(TimelineId, SegNo)> {
-    let segs = store.inner.catalog.segments(&store.inner.cluster).ok()?;
-    segs.iter()
-        .filter(|r| r.recompress && !failed.contains(&(r.tli, r.segno)))
-        .map(|r| (r.tli, r.segno))
-        .min()
+/// Rewrites segments one claim at a time until none is left for `role` or `stop` is
+/// set. Returns when to look again without a wake: after a failure that may pass (a
+/// full disk, say), or when a waiting segment becomes the catch-up thread's.
+fn work(store: &WalStore, shared: &Shared, role: Role) -> Option<Duration> {
+    while !shared.stop.load(Ordering::Relaxed) {
+        let rec = match claim(store, shared, role) {
+            Ok(Ok(r)) => r,
+            Ok(Err(look_again)) => return look_again,
+            Err(e) => {
+                warn!(cluster = %store.cluster(), error = %e, "cannot read the catalog to recompress stored WAL; retrying in a minute");
+                return Some(RETRY);
+            }
+        };
+        let key = (rec.tli, rec.segno);
+        let mut report = RecompressReport::default();
+        let res = store.recompress_segment(rec, &mut report, &shared.stop);
+        let mut st = shared.state();
+        st.claimed.remove(&key);
+        match res {
+            Ok(()) => {
+                if report != RecompressReport::default() {
+                    debug!(cluster = %store.cluster(), ?role, ?report, "recompressed a segment");
+                }
+            }
+            Err(e @ (StoreError::Frame { .. } | StoreError::Corrupt { .. })) => {
+                // The segment stays marked (and out of Tier 2) until an operator
+                // looks; the others go on.
+                error!(cluster = %store.cluster(), error = %e, "cannot recompress a stored WAL segment; it stays as it is and is not relayed to Tier 2");
+                st.failed.insert(key);
+            }
+            Err(e) => {
+                warn!(cluster = %store.cluster(), error = %e, "recompressing stored WAL failed; retrying in a minute");
+                return Some(RETRY);
+            }
+        }
+    }
+    None
 }
 
 /// Lowers this thread's scheduling priority: the recompressor's CPU time should come
 /// from what PostgreSQL and WAL intake leave over.
 #[allow(unsafe_code)]
-fn lower_priority() {
-    // SAFETY: setpriority on this thread's own id reads and writes no memory of ours.
-    let r = unsafe {
+fn set_priority(role: Role) {
+    // SAFETY: setpriority and sched_setscheduler act on this thread's own id and only
+    // read the sched_param passed by reference for the duration of the call.
+    let (nice, idle) = unsafe {
         let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, NICE)
+        let nice = libc::setpriority(
+            libc::PRIO_PROCESS,
+            tid as libc::id_t,
+            if role == Role::Idle { 19 } else { NICE },
+        );
+        let idle = if role == Role::Idle {
+            let param = libc::sched_param { sched_priority: 0 };
+            libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param)
+        } else {
+            0
+        };
+        (nice, idle)
     };
-    if r != 0 {
-        debug!(error = %std::io::Error::last_os_error(), "cannot lower the recompressor's priority");
+    if nice != 0 || idle != 0 {
+        debug!(?role, error = %std::io::Error::last_os_error(), "cannot lower the recompressor's priority");
     }
 }
 
@@ -336,7 +463,6 @@ fn lower_priority() {
 mod tests {
     use std::path::Path;
     use std::sync::Arc;
-    use std::time::Instant;
 
     use klio_catalog::Catalog;
     use klio_core::frame::decode_object;
@@ -424,8 +550,7 @@ mod tests {
     }
 
     fn pass(s: &WalStore) -> RecompressReport {
-        s.recompress_pending(&AtomicBool::new(false), &HashSet::new())
-            .unwrap()
+        s.recompress_pending(&AtomicBool::new(false)).unwrap()
     }
 
     #[test]
@@ -517,8 +642,12 @@ mod tests {
         // segment in the same write).
         let stale = record(&s, 1);
         s.set_relay(false);
-        s.recompress_segment(stale.clone(), &mut RecompressReport::default())
-            .unwrap();
+        s.recompress_segment(
+            stale.clone(),
+            &mut RecompressReport::default(),
+            &AtomicBool::new(false),
+        )
+        .unwrap();
         s.set_relay(true);
         s.inner
             .catalog
@@ -592,9 +721,7 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[SEG as usize / 2] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        let err = s
-            .recompress_pending(&AtomicBool::new(false), &HashSet::new())
-            .unwrap_err();
+        let err = s.recompress_pending(&AtomicBool::new(false)).unwrap_err();
         assert!(matches!(err, StoreError::Frame { .. }), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
         assert!(record(&s, 0).recompress);
@@ -635,5 +762,137 @@ mod tests {
             assert!(plain[..] == data[(n * SEG) as usize..((n + 1) * SEG) as usize]);
         }
         assert_eq!(queued(&s).len(), 3);
+    }
+
+    fn shared() -> Shared {
+        Shared {
+            stop: AtomicBool::new(false),
+            state: Mutex::new(State::default()),
+            cond: Condvar::new(),
+        }
+    }
+
+    fn marked(s: &WalStore) -> Vec<u64> {
+        s.marked_segments()
+            .unwrap()
+            .iter()
+            .map(|r| r.segno.0)
+            .collect()
+    }
+
+    /// The floor for a CPU that is never idle: while the idle thread is stuck on the
+    /// oldest segment (claimed), the catch-up thread rewrites the others, but only
+    /// while `CATCH_UP_AT` or more are waiting, and never the claimed one.
+    #[test]
+    fn the_catch_up_thread_works_only_on_a_backlog_and_never_on_a_claimed_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let n = CATCH_UP_AT as u64 + 2;
+        let data = wal(n * SEG);
+        write_synchronously(&s, &data, 9000);
+        assert_eq!(marked(&s), (0..n).collect::<Vec<_>>());
+        let sh = shared();
+        sh.state().claimed.insert((tli(), SegNo(0)));
+        let first = std::fs::read(sealed_path(&s, 0)).unwrap();
+
+        // It stops with work left to the idle thread, to look again within MAX_WAIT.
+        let again = work(&s, &sh, Role::CatchUp);
+        assert!(again.is_some_and(|w| w <= MAX_WAIT), "{again:?}");
+        let left: Vec<u64> = std::iter::once(0)
+            .chain(n - CATCH_UP_AT as u64 + 1..n)
+            .collect();
+        assert_eq!(marked(&s), left);
+        assert_eq!(std::fs::read(sealed_path(&s, 0)).unwrap(), first);
+        assert!(work(&s, &sh, Role::CatchUp).is_some());
+        assert_eq!(
+            marked(&s),
+            left,
+            "below the backlog it leaves work to the idle thread"
+        );
+        let due = s.marked_segments().unwrap();
+        let now = Instant::now();
+        let wait = pick(due.clone(), &sh.state(), Role::CatchUp, now).unwrap_err();
+        assert!(wait.is_some_and(|w| w <= MAX_WAIT), "{wait:?}");
+        // Once the oldest unclaimed one has waited long enough, it takes it.
+        let key = (tli(), SegNo(left[1]));
+        sh.state().first_seen.insert(key, now - MAX_WAIT);
+        let took = pick(due, &sh.state(), Role::CatchUp, now).unwrap();
+        assert_eq!((took.tli, took.segno), key);
+
+        assert_eq!(work(&s, &sh, Role::Idle), None);
+        assert_eq!(marked(&s), [0]);
+        sh.state().claimed.clear();
+        assert_eq!(work(&s, &sh, Role::Idle), None);
+        assert!(marked(&s).is_empty());
+        for k in 0..n {
+            let (plain, uncompressed) = contents(&s, k);
+            assert_eq!(uncompressed, 0);
+            assert!(plain[..] == data[(k * SEG) as usize..((k + 1) * SEG) as usize]);
+        }
+        assert_eq!(queued(&s).len(), n as usize);
+    }
+
+    /// Stopping (Klio shutting down) abandons a rewrite between frames: the segment
+    /// stays as it was, marked, with no temporary file left.
+    #[test]
+    fn a_stopped_rewrite_leaves_the_segment_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        write_synchronously(&s, &wal(SEG), 9000);
+        let path = sealed_path(&s, 0);
+        let before = std::fs::read(&path).unwrap();
+        let rec = s.marked_segments().unwrap().remove(0);
+        let mut report = RecompressReport::default();
+        s.recompress_segment(rec, &mut report, &AtomicBool::new(true))
+            .unwrap();
+        assert_eq!(report, RecompressReport::default());
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        assert!(record(&s, 0).recompress);
+        assert!(queued(&s).is_empty());
+        assert!(!s
+            .inner
+            .dir
+            .temp(&s.segment_names(tli(), SegNo(0)).0)
+            .exists());
+    }
+
+    /// The scheduling policy and nice value of this process's thread named `name`,
+    /// from `/proc/self/task/*/stat`.
+    fn thread_sched(name: &str) -> Option<(u32, i64)> {
+        for t in std::fs::read_dir("/proc/self/task").unwrap() {
+            let t = t.unwrap().path();
+            if std::fs::read_to_string(t.join("comm")).ok()?.trim() != name {
+                continue;
+            }
+            let stat = std::fs::read_to_string(t.join("stat")).ok()?;
+            // Fields after the parenthesised name: state is field 3, nice 19, policy 41.
+            let rest: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+            return Some((rest[41 - 3].parse().ok()?, rest[19 - 3].parse().ok()?));
+        }
+        None
+    }
+
+    /// The idle thread runs at SCHED_IDLE (a waking receiver preempts it at once) and
+    /// the catch-up thread at nice 10.
+    #[test]
+    fn the_recompressor_threads_run_at_idle_and_low_priority() {
+        const SCHED_OTHER: u32 = 0;
+        const SCHED_IDLE: u32 = 5;
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let r = Recompressor::start(s).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let idle = thread_sched("klio-recompress");
+            let lag = thread_sched("klio-recomp-lag");
+            if idle.is_some_and(|(p, _)| p == SCHED_IDLE) && lag == Some((SCHED_OTHER, 10)) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "idle {idle:?}, catch-up {lag:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(r);
+        assert_eq!(thread_sched("klio-recompress"), None);
+        assert_eq!(thread_sched("klio-recomp-lag"), None);
     }
 }
