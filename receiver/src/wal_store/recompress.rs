@@ -549,6 +549,17 @@ mod tests {
         (obj.data, obj.plain_uncompressed)
     }
 
+    /// Segment 0 is still marked, not queued, and no temporary file is left.
+    fn left_as_it_was(s: &WalStore) {
+        assert!(record(s, 0).recompress);
+        assert!(queued(s).is_empty());
+        assert!(!s
+            .inner
+            .dir
+            .temp(&s.segment_names(tli(), SegNo(0)).0)
+            .exists());
+    }
+
     fn pass(s: &WalStore) -> RecompressReport {
         s.recompress_pending(&AtomicBool::new(false)).unwrap()
     }
@@ -724,13 +735,7 @@ mod tests {
         let err = s.recompress_pending(&AtomicBool::new(false)).unwrap_err();
         assert!(matches!(err, StoreError::Frame { .. }), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
-        assert!(record(&s, 0).recompress);
-        assert!(queued(&s).is_empty());
-        assert!(!s
-            .inner
-            .dir
-            .temp(&s.segment_names(tli(), SegNo(0)).0)
-            .exists());
+        left_as_it_was(&s);
     }
 
     /// The background thread: started by the writer, it rewrites what is sealed while
@@ -847,13 +852,7 @@ mod tests {
             .unwrap();
         assert_eq!(report, RecompressReport::default());
         assert_eq!(std::fs::read(&path).unwrap(), before);
-        assert!(record(&s, 0).recompress);
-        assert!(queued(&s).is_empty());
-        assert!(!s
-            .inner
-            .dir
-            .temp(&s.segment_names(tli(), SegNo(0)).0)
-            .exists());
+        left_as_it_was(&s);
     }
 
     /// The scheduling policy and nice value of this process's thread named `name`,
