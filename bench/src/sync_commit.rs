@@ -22,7 +22,8 @@
 //! thread); with `KLIO_BENCH_PERF_RECORD=DIR` it also keeps a `perf record -g` profile
 //! of the standby, with `KLIO_BENCH_PERF_TRACE=DIR` a `perf trace` of every flush and
 //! write on the host with pgbench's logs; `KLIO_BENCH_RATE=TPS` runs every arm at that
-//! offered load (`pgbench -R`) instead of as fast as it can.
+//! offered load (`pgbench -R`) instead of as fast as it can; `KLIO_BIN_B=PATH` adds a
+//! second Klio build as an arm of its own (an A/B of a change in the same rounds).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -431,7 +432,7 @@ fn probe_mode(pg: &PgInstance, clients: u32, secs: u32, rounds: usize) -> Result
         ),
         Err(_) => None,
     };
-    let mut arms = [
+    let mut arms = vec![
         Arm::new("pg_receivewal --synchronous", |_| {
             with_pg_receivewal(pg, &|pid| probe_point(pg, pid, clients, secs, rate))
         }),
@@ -449,6 +450,22 @@ fn probe_mode(pg: &PgInstance, clients: u32, secs: u32, rounds: usize) -> Result
             with_klio(pg, &|pid| probe_point(pg, pid, clients, secs, rate))
         }),
     ];
+    // KLIO_BIN_B=PATH: a second Klio build as an arm of its own, so that two builds
+    // are compared in the same rotated rounds (an A/B of a change).
+    if let Some(b) = std::env::var_os("KLIO_BIN_B") {
+        let a = std::env::var_os("KLIO_BIN");
+        arms.push(Arm::new("klio (KLIO_BIN_B)", move |_| {
+            // The harness reads KLIO_BIN when it starts a server; nothing else runs
+            // meanwhile (edition 2021: set_var is safe).
+            std::env::set_var("KLIO_BIN", &b);
+            let r = with_klio(pg, &|pid| probe_point(pg, pid, clients, secs, rate));
+            match &a {
+                Some(a) => std::env::set_var("KLIO_BIN", a),
+                None => std::env::remove_var("KLIO_BIN"),
+            }
+            r
+        }));
+    }
     let title = format!(
         "synchronous standbys probed at {clients} clients, pgbench -N -T {secs}{}: latency tail and the standby's CPU",
         rate.map(|r| format!(" -R {r}")).unwrap_or_default()

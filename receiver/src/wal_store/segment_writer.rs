@@ -72,6 +72,8 @@ struct OpenSegment {
     zeroed_to: u64,
     /// Plaintext bytes written in uncompressed frames.
     stored_plain: u64,
+    /// Whether the last frame written was uncompressed (a synchronous standby's flush).
+    last_plain: bool,
 }
 
 /// How far ahead of the frames a partial segment is filled with zeros. Overwriting
@@ -80,10 +82,33 @@ struct OpenSegment {
 /// path's flush cheap; readers and crash recovery already treat trailing zeros as
 /// "no frame here", and sealing truncates them.
 const ZERO_AHEAD: u64 = 1 << 20;
-static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+
+/// How much of a new segment's file is filled with zeros when it is created while a
+/// synchronous standby's commits are being written (uncompressed frames): the whole
+/// segment and room for frame headers, so that no flush within it carries zeros.
+///
+/// On a disk with a volatile write cache every fdatasync flushes the whole cache, so
+/// zeros written anywhere land on the commit batch in flight at the next flush. Filled
+/// [`ZERO_AHEAD`] at a time, one batch per MiB of WAL took 1.5–2 ms more: several
+/// percent of the commits at 4 clients, and Klio's p99 commit latency was 1.43x
+/// pg_receivewal's. Filled once per segment, like pg_receivewal's 16 MB padding, the
+/// commits in flight wait once per segment (p99 1.01x; `docs/BENCHMARKS.md`, which
+/// also has the variants measured no better: the same zeros written by a background
+/// thread, all at once or paced).
+pub(super) fn sync_fill_len(seg_bytes: u64) -> u64 {
+    HEADER_LEN as u64 + seg_bytes + seg_bytes / 8
+}
 
 impl OpenSegment {
-    fn create(store: &WalStore, tli: TimelineId, segno: SegNo) -> Result<OpenSegment, StoreError> {
+    /// Creates the segment's partial file with its header, and zeros up to `fill`
+    /// (synced with the header) if that is further and the volume has room for them.
+    fn create(
+        store: &WalStore,
+        tli: TimelineId,
+        segno: SegNo,
+        fill: u64,
+    ) -> Result<OpenSegment, StoreError> {
         let partial = store.segment_names(tli, segno).1;
         let path = store.path(&partial);
         let tmp = store.inner.dir.temp(&partial);
@@ -96,6 +121,21 @@ impl OpenSegment {
             .open(&tmp)
             .map_err(io_err(&tmp))?;
         file.write_all(&header).map_err(io_err(&tmp))?;
+        let mut zeroed_to = HEADER_LEN as u64;
+        while zeroed_to < fill {
+            let n = (fill - zeroed_to).min(ZEROS.len() as u64);
+            match file.write_all_at(&ZEROS[..n as usize], zeroed_to) {
+                Ok(()) => zeroed_to += n,
+                // A nearly full volume: no room to fill the segment ahead, but the WAL
+                // itself may still fit. Fill as it comes instead (1 MiB ahead).
+                Err(e) if klio_core::disk::is_disk_full(&e) => {
+                    file.set_len(HEADER_LEN as u64).map_err(io_err(&tmp))?;
+                    zeroed_to = HEADER_LEN as u64;
+                    break;
+                }
+                Err(e) => return Err(io_err(&tmp)(e)),
+            }
+        }
         file.sync_all().map_err(io_err(&tmp))?;
         durable_rename(&tmp, &path).map_err(io_err(&path))?;
         failpoint::hit("wal-before-catalog");
@@ -122,8 +162,9 @@ impl OpenSegment {
             durable: 0,
             crc: 0,
             out: Vec::new(),
-            zeroed_to: HEADER_LEN as u64,
+            zeroed_to,
             stored_plain: 0,
+            last_plain: false,
         })
     }
 
@@ -175,6 +216,7 @@ impl OpenSegment {
             out: Vec::new(),
             zeroed_to: obj.valid_stored_len,
             stored_plain: obj.plain_uncompressed,
+            last_plain: false,
         })
     }
 
@@ -194,6 +236,7 @@ impl OpenSegment {
         if !inline {
             self.stored_plain += self.pending.len() as u64;
         }
+        self.last_plain = !inline;
         self.fill_ahead(self.stored_len + self.out.len() as u64)?;
         self.file
             .write_all_at(&self.out, self.stored_len)
@@ -315,6 +358,9 @@ pub struct SegmentWriter {
     sealed_count: u64,
     flush_stats: FlushStats,
     recompressor: Option<super::Recompressor>,
+    /// Whether the last flush wrote an uncompressed frame: the next segment is then
+    /// created filled whole ([`sync_fill_len`]).
+    sync_mode: bool,
 }
 
 impl SegmentWriter {
@@ -326,6 +372,7 @@ impl SegmentWriter {
             sealed_count: 0,
             flush_stats: FlushStats::default(),
             recompressor: None,
+            sync_mode: false,
         }
     }
 
@@ -439,7 +486,12 @@ impl SegmentWriter {
                     got: at,
                 });
             }
-            OpenSegment::create(&self.store, tli, segno)?
+            let fill = if self.sync_mode {
+                sync_fill_len(self.store.seg_size().bytes())
+            } else {
+                0
+            };
+            OpenSegment::create(&self.store, tli, segno, fill)?
         };
         self.durable = Some((
             tli,
@@ -453,6 +505,7 @@ impl SegmentWriter {
         if let Some(o) = self.open.as_mut() {
             o.sync(&mut self.flush_stats)?;
             failpoint::hit("wal-after-fsync");
+            self.sync_mode = o.last_plain;
             let start = o.segno.start_lsn(self.store.seg_size());
             self.durable = Some((o.tli, Lsn(start.0 + o.durable)));
         }
@@ -550,5 +603,59 @@ mod tests {
         assert!(obj.finished);
         assert_eq!(obj.valid_stored_len, bytes.len() as u64);
         assert!(obj.data == wal);
+    }
+
+    /// A synchronous standby's writer (uncompressed frames) creates each next segment
+    /// filled whole with zeros, so that no commit's flush within it carries zeros; a
+    /// writer catching up (compressed frames) fills 1 MiB at a time. The data reads
+    /// back the same either way, and sealing drops the zeros.
+    #[test]
+    fn a_synchronous_writer_creates_each_next_segment_filled_whole() {
+        const SEG: u64 = 1 << 20;
+        for (piece, whole) in [(9000usize, true), (512 << 10, false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let catalog = Arc::new(Catalog::open(&DataDir::new(dir.path()).catalog_dir()).unwrap());
+            let s = WalStore::open(
+                dir.path(),
+                "c1".parse().unwrap(),
+                DataKey::generate(),
+                WalSegSize::new(SEG).unwrap(),
+                catalog,
+            )
+            .unwrap();
+            let wal: Vec<u8> = (0..3 * SEG).map(|_| rand::random::<u8>()).collect();
+            let mut w = SegmentWriter::new(s.clone());
+            let mut at = 0u64;
+            let mut created = Vec::new();
+            for p in wal.chunks(piece) {
+                let before = w.open.as_ref().map(|o| o.segno);
+                w.write(tli1(), Lsn(at), p).unwrap();
+                if let Some(o) = w.open.as_ref().filter(|o| Some(o.segno) != before) {
+                    // Just created: its file as creation left it (plus this write).
+                    let len = std::fs::metadata(&o.path).unwrap().len();
+                    created.push((o.segno.0, len));
+                }
+                w.flush().unwrap();
+                at += p.len() as u64;
+            }
+            w.close().unwrap();
+            // Segment 0 follows no flush; 1 and 2 follow the first mode's flushes.
+            assert_eq!(created.len(), 3, "{created:?}");
+            for &(n, len) in &created[1..] {
+                if whole {
+                    assert_eq!(len, sync_fill_len(SEG), "segment {n}");
+                } else {
+                    assert!(len < SEG, "segment {n}: {len}");
+                }
+            }
+            for n in 0..3u64 {
+                let name = s.segment_names(tli1(), SegNo(n)).0;
+                let bytes = std::fs::read(s.path(&name)).unwrap();
+                let obj = decode_object(&s.inner.key, &s.object_id(&name), &bytes, false).unwrap();
+                assert!(obj.finished);
+                assert_eq!(obj.valid_stored_len, bytes.len() as u64);
+                assert!(obj.data[..] == wal[(n * SEG) as usize..((n + 1) * SEG) as usize]);
+            }
+        }
     }
 }
