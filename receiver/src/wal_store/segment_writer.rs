@@ -100,6 +100,16 @@ pub(super) fn sync_fill_len(seg_bytes: u64) -> u64 {
     HEADER_LEN as u64 + seg_bytes + seg_bytes / 8
 }
 
+/// Writes zeros into `file` from `from` up to `to` (nothing if `to <= from`).
+fn write_zeros(file: &File, mut from: u64, to: u64) -> io::Result<()> {
+    while from < to {
+        let n = (to - from).min(ZEROS.len() as u64);
+        file.write_all_at(&ZEROS[..n as usize], from)?;
+        from += n;
+    }
+    Ok(())
+}
+
 impl OpenSegment {
     /// Creates the segment's partial file with its header, and zeros up to `fill`
     /// (synced with the header) if that is further and the volume has room for them.
@@ -121,21 +131,16 @@ impl OpenSegment {
             .open(&tmp)
             .map_err(io_err(&tmp))?;
         file.write_all(&header).map_err(io_err(&tmp))?;
-        let mut zeroed_to = HEADER_LEN as u64;
-        while zeroed_to < fill {
-            let n = (fill - zeroed_to).min(ZEROS.len() as u64);
-            match file.write_all_at(&ZEROS[..n as usize], zeroed_to) {
-                Ok(()) => zeroed_to += n,
-                // A nearly full volume: no room to fill the segment ahead, but the WAL
-                // itself may still fit. Fill as it comes instead (1 MiB ahead).
-                Err(e) if klio_core::disk::is_disk_full(&e) => {
-                    file.set_len(HEADER_LEN as u64).map_err(io_err(&tmp))?;
-                    zeroed_to = HEADER_LEN as u64;
-                    break;
-                }
-                Err(e) => return Err(io_err(&tmp)(e)),
+        let zeroed_to = match write_zeros(&file, HEADER_LEN as u64, fill) {
+            Ok(()) => fill.max(HEADER_LEN as u64),
+            // A nearly full volume: no room to fill the segment ahead, but the WAL
+            // itself may still fit. Fill as it comes instead (1 MiB ahead).
+            Err(e) if klio_core::disk::is_disk_full(&e) => {
+                file.set_len(HEADER_LEN as u64).map_err(io_err(&tmp))?;
+                HEADER_LEN as u64
             }
-        }
+            Err(e) => return Err(io_err(&tmp)(e)),
+        };
         file.sync_all().map_err(io_err(&tmp))?;
         durable_rename(&tmp, &path).map_err(io_err(&path))?;
         failpoint::hit("wal-before-catalog");
@@ -256,14 +261,8 @@ impl OpenSegment {
             return Ok(());
         }
         let target = (end + ZERO_AHEAD).next_multiple_of(ZERO_AHEAD);
-        let mut at = self.zeroed_to.max(self.stored_len);
-        while at < target {
-            let n = (target - at).min(ZEROS.len() as u64);
-            self.file
-                .write_all_at(&ZEROS[..n as usize], at)
-                .map_err(io_err(&self.path))?;
-            at += n;
-        }
+        write_zeros(&self.file, self.zeroed_to.max(self.stored_len), target)
+            .map_err(io_err(&self.path))?;
         self.zeroed_to = target;
         Ok(())
     }
