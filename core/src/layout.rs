@@ -139,7 +139,16 @@ impl WalDir {
     pub fn temp(&self, name: &WalFileName) -> PathBuf {
         tmp_name(&self.file(name))
     }
+
+    /// A segment file freed by recompression, kept to be reused as the next segment's
+    /// preallocated file (its old content is overwritten or cut off, never read).
+    pub fn spare(&self) -> PathBuf {
+        self.dir.join(SPARE_NAME)
+    }
 }
+
+/// File name of [`WalDir::spare`].
+const SPARE_NAME: &str = "recycled.spare";
 
 /// What a file name in a WAL directory is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,6 +158,8 @@ pub enum WalDirEntry {
     History(WalFileName),
     /// A file being created under this name's temporary name (left by a crash).
     Temp(WalFileName),
+    /// [`WalDir::spare`].
+    Spare,
     /// Not a name Klio writes here (or not UTF-8).
     Unknown,
 }
@@ -158,6 +169,9 @@ impl WalDirEntry {
         let Some(s) = file_name.as_ref().to_str() else {
             return WalDirEntry::Unknown;
         };
+        if s == SPARE_NAME {
+            return WalDirEntry::Spare;
+        }
         if let Some(base) = s.strip_suffix(TMP_SUFFIX) {
             return match base.parse() {
                 Ok(name) => WalDirEntry::Temp(name),
@@ -510,6 +524,11 @@ mod tests {
                 assert_eq!(WalDirEntry::parse(file_name(&path)), entry, "{path:?}");
             }
         }
+        assert_eq!(w.spare().parent(), Some(w.path()));
+        assert_eq!(
+            WalDirEntry::parse(file_name(&w.spare())),
+            WalDirEntry::Spare
+        );
     }
 
     #[test]

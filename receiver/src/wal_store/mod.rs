@@ -4,7 +4,9 @@
 //! - `<24 hex>.partial` — the segment being received, appended to in frames;
 //! - `<24 hex>` — a sealed segment (renamed from `.partial` once complete);
 //! - `<8 hex>.history` — timeline history files;
-//! - `<any of these>.tmp` — files being created; removed at startup.
+//! - `<any of these>.tmp` — files being created; removed at startup;
+//! - `recycled.spare` — a recompressed segment's old file, kept to become the next
+//!   segment's file (`spare`); removed at startup.
 //!
 //! Every file is a Klio object (`klio_core::frame`): compressed and encrypted with
 //! the cluster's data key. Durability rules: a new file's header is fsynced and
@@ -18,7 +20,8 @@
 //! `segment_writer`: appending streamed WAL ([`SegmentWriter`]); `reconcile`: repairing
 //! files and catalog at start-up ([`WalStore::reconcile`], [`WalStore::resume_point`]);
 //! `read`: reading a stored file back piece by piece ([`WalReader`]); `recompress`:
-//! rewriting compressed the segments sealed with plain frames ([`Recompressor`]).
+//! rewriting compressed the segments sealed with plain frames ([`Recompressor`]);
+//! `spare`: recycling the file a recompressed segment leaves behind.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -40,6 +43,7 @@ mod read;
 mod recompress;
 mod reconcile;
 mod segment_writer;
+mod spare;
 pub use read::WalReader;
 pub use recompress::{RecompressReport, Recompressor};
 pub use reconcile::ReconcileReport;
@@ -96,6 +100,8 @@ struct Inner {
     /// Tier 2 is configured: sealed segments and history files are queued for it in the
     /// catalog write that records them.
     relay: AtomicBool,
+    /// This process left a spare segment file (`spare`) that nothing else names.
+    spare_ready: AtomicBool,
 }
 
 impl std::fmt::Debug for WalStore {
@@ -133,6 +139,7 @@ impl WalStore {
                 seg_size,
                 catalog,
                 relay: AtomicBool::new(false),
+                spare_ready: AtomicBool::new(false),
             }),
         })
     }

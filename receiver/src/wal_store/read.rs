@@ -8,7 +8,6 @@
 //! the bytes already handed out must then be discarded by the consumer (the HTTP
 //! response is cut short, so `klio wal-restore` never installs such a file).
 
-use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::PathBuf;
 
@@ -111,10 +110,8 @@ impl WalStore {
         let Some(plan) = self.read_plan(name)? else {
             return Ok(None);
         };
-        let file = match File::open(&plan.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err(&plan.path)(e)),
+        let Some(file) = super::spare::open_locked(&plan.path).map_err(io_err(&plan.path))? else {
+            return Ok(None);
         };
         let source: Box<dyn Read + Send> = Box::new(BufReader::with_capacity(256 << 10, file));
         self.reader(name, plan, source).map(Some)

@@ -180,8 +180,20 @@ impl WalStore {
                 return Err(io_err(&tmp)(e));
             }
             drop(file);
+            // Done reading the old file: it may become the spare (`super::spare`),
+            // which a reader's shared lock (this one's too) would refuse.
+            drop(reader);
+            let spare = self.link_spare(&path);
             failpoint::hit("wal-recompress-rename");
-            durable_rename(&tmp, &path).map_err(io_err(&path))?;
+            if let Err(e) = durable_rename(&tmp, &path) {
+                if spare {
+                    self.unlink_spare();
+                }
+                return Err(io_err(&path)(e));
+            }
+            if spare {
+                self.spare_is_ready();
+            }
             failpoint::hit("wal-recompress-catalog");
             report.rewritten += 1;
             report.bytes_before += rec.stored_size;
@@ -670,8 +682,10 @@ mod tests {
         std::fs::write(&tmp, b"half of a rewritten segment").unwrap();
 
         let report = s.reconcile().unwrap();
-        assert_eq!(report.temp_files_removed, 1, "{report:?}");
+        // The `.tmp`, and the spare segment 1's rewrite left (`super::spare`).
+        assert_eq!(report.temp_files_removed, 2, "{report:?}");
         assert!(!tmp.exists());
+        assert!(!s.inner.dir.spare().exists());
         // Segment 1's file is already compressed: its record follows the file, and
         // the relay's start-up scan queues it.
         let rec1 = record(&s, 1);

@@ -3,9 +3,9 @@
 //! [`WalStore::resume_point`] says where streaming resumes.
 //!
 //! Writes in the WAL directory (its names classified by `klio_core::layout::WalDirEntry`):
-//! removes temporary files (`<WAL file name>.tmp`) and `.partial` files that a sealed
-//! copy supersedes, truncates torn tails of `.partial` files (and fsyncs them), seals
-//! complete `.partial` files; in the catalog, adds, corrects or removes segment records
+//! removes temporary files (`<WAL file name>.tmp`), the spare segment file (`spare`)
+//! and `.partial` files that a sealed copy supersedes, truncates torn tails of
+//! `.partial` files (and fsyncs them), seals complete `.partial` files; in the catalog, adds, corrects or removes segment records
 //! and records stored timeline history files.
 
 use std::collections::BTreeMap;
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use klio_catalog::{SegmentRecord, SegmentState};
 use klio_core::crashsafe::{durable_rename, fsync_dir};
-use klio_core::frame::decode_object;
+use klio_core::frame::{decode_object, FRAME_HEADER_LEN};
 use klio_core::layout::WalDirEntry;
 use klio_core::{Lsn, SegNo, TimelineId, WalFileName};
 use tracing::{info, warn};
@@ -66,7 +66,7 @@ impl WalStore {
                     histories.push(name.timeline());
                     continue;
                 }
-                WalDirEntry::Temp(_) => {
+                WalDirEntry::Temp(_) | WalDirEntry::Spare => {
                     std::fs::remove_file(&path).map_err(io_err(&path))?;
                     report.temp_files_removed += 1;
                     continue;
@@ -238,9 +238,13 @@ impl WalStore {
             .map_err(io_err(path))?;
         if obj.valid_stored_len < bytes.len() as u64 {
             f.set_len(obj.valid_stored_len).map_err(io_err(path))?;
-            // Zeros are the space the writer fills ahead (see `ZERO_AHEAD`), not WAL.
+            // Zeros where the next frame would start are the end of the frames: the
+            // space the writer fills ahead (see `ZERO_AHEAD`), or its end mark in a
+            // recycled file, whose older bytes follow. A frame begun there and cut
+            // short by the crash is a torn tail.
             let tail = &bytes[obj.valid_stored_len as usize..];
-            if tail.iter().any(|&b| b != 0) {
+            let next_header = &tail[..tail.len().min(FRAME_HEADER_LEN)];
+            if next_header.iter().any(|&b| b != 0) {
                 report.torn_bytes_dropped += tail.len() as u64;
                 warn!(path = %path.display(), dropped = tail.len(),
                     "dropped an unacknowledged torn tail from a partial segment");

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use klio_catalog::{SegmentRecord, SegmentState};
 use klio_core::crashsafe::durable_rename;
 use klio_core::failpoint;
-use klio_core::frame::{decode_object, FrameSealer, HEADER_LEN};
+use klio_core::frame::{decode_object, FrameSealer, FRAME_HEADER_LEN, HEADER_LEN};
 use klio_core::{Lsn, SegNo, TimelineId};
 
 use super::{io_err, tier1_record, StoreError, WalStore};
@@ -68,13 +68,22 @@ struct OpenSegment {
     durable: u64,
     crc: u32,
     out: Vec<u8>,
-    /// The file is written (with zeros past `stored_len`) up to here.
+    /// The file is written up to here: past `stored_len`, zeros (or what a recycled
+    /// file held before).
     zeroed_to: u64,
     /// Plaintext bytes written in uncompressed frames.
     stored_plain: u64,
     /// Whether the last frame written was uncompressed (a synchronous standby's flush).
     last_plain: bool,
+    /// The file is a recycled spare: past the frames are an old segment's bytes, so
+    /// every frame is written followed by [`END_MARK`].
+    recycled: bool,
 }
+
+/// Written after each frame in a recycled file, where the next frame's header goes:
+/// zeros, which readers and reconciliation take for "no frame here", as in a file
+/// filled with zeros. The next frame overwrites it.
+const END_MARK: [u8; FRAME_HEADER_LEN] = [0; FRAME_HEADER_LEN];
 
 /// How far ahead of the frames a partial segment is filled with zeros. Overwriting
 /// blocks that are already allocated and written lets fdatasync skip the file-size
@@ -110,9 +119,26 @@ fn write_zeros(file: &File, mut from: u64, to: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Writes zeros from `from` up to `to` and says how far the file is now written: `to`,
+/// or `from` on a nearly full volume (cut back to it), where there is no room to fill
+/// the segment ahead but the WAL itself may still fit and is filled as it comes
+/// ([`ZERO_AHEAD`] at a time).
+fn fill_if_room(file: &File, from: u64, to: u64) -> io::Result<u64> {
+    match write_zeros(file, from, to) {
+        Ok(()) => Ok(to.max(from)),
+        Err(e) if klio_core::disk::is_disk_full(&e) => {
+            file.set_len(from)?;
+            Ok(from)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl OpenSegment {
     /// Creates the segment's partial file with its header, and zeros up to `fill`
     /// (synced with the header) if that is further and the volume has room for them.
+    /// The file is the spare a recompressed segment left (`super::spare`) when there is
+    /// one: already written, it needs zeros only where it is shorter than a segment.
     fn create(
         store: &WalStore,
         tli: TimelineId,
@@ -123,26 +149,43 @@ impl OpenSegment {
         let path = store.path(&partial);
         let tmp = store.inner.dir.temp(&partial);
         let (sealer, header) = FrameSealer::create(&store.inner.key, &store.object_id(&partial));
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        file.write_all(&header).map_err(io_err(&tmp))?;
-        let zeroed_to = match write_zeros(&file, HEADER_LEN as u64, fill) {
-            Ok(()) => fill.max(HEADER_LEN as u64),
-            // A nearly full volume: no room to fill the segment ahead, but the WAL
-            // itself may still fit. Fill as it comes instead (1 MiB ahead).
-            Err(e) if klio_core::disk::is_disk_full(&e) => {
-                file.set_len(HEADER_LEN as u64).map_err(io_err(&tmp))?;
-                HEADER_LEN as u64
+        let (file, zeroed_to, recycled) = match store.take_spare(&tmp) {
+            Some(file) => {
+                // The old segment's bytes stay past the header until overwritten: an
+                // end mark where the first frame goes keeps them out of every reader.
+                let mut head = header.to_vec();
+                head.extend_from_slice(&END_MARK);
+                file.write_all_at(&head, 0).map_err(io_err(&tmp))?;
+                let len = file.metadata().map_err(io_err(&tmp))?.len();
+                let written = len.max(head.len() as u64);
+                let whole = HEADER_LEN as u64 + store.seg_size().bytes();
+                let zeroed_to = if written < whole {
+                    fill_if_room(&file, written, fill).map_err(io_err(&tmp))?
+                } else {
+                    written
+                };
+                (file, zeroed_to, true)
             }
-            Err(e) => return Err(io_err(&tmp)(e)),
+            None => {
+                let mut file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&tmp)
+                    .map_err(io_err(&tmp))?;
+                file.write_all(&header).map_err(io_err(&tmp))?;
+                let zeroed_to =
+                    fill_if_room(&file, HEADER_LEN as u64, fill).map_err(io_err(&tmp))?;
+                (file, zeroed_to, false)
+            }
         };
         file.sync_all().map_err(io_err(&tmp))?;
         durable_rename(&tmp, &path).map_err(io_err(&path))?;
+        if recycled {
+            // Its header is durable under the new name: readers may open it.
+            file.unlock().map_err(io_err(&path))?;
+        }
         failpoint::hit("wal-before-catalog");
         store.inner.catalog.put_segment(
             &store.inner.cluster,
@@ -170,6 +213,7 @@ impl OpenSegment {
             zeroed_to,
             stored_plain: 0,
             last_plain: false,
+            recycled,
         })
     }
 
@@ -222,6 +266,7 @@ impl OpenSegment {
             zeroed_to: obj.valid_stored_len,
             stored_plain: obj.plain_uncompressed,
             last_plain: false,
+            recycled: false,
         })
     }
 
@@ -242,11 +287,15 @@ impl OpenSegment {
             self.stored_plain += self.pending.len() as u64;
         }
         self.last_plain = !inline;
+        let frame_len = self.out.len() as u64;
+        if self.recycled {
+            self.out.extend_from_slice(&END_MARK);
+        }
         self.fill_ahead(self.stored_len + self.out.len() as u64)?;
         self.file
             .write_all_at(&self.out, self.stored_len)
             .map_err(io_err(&self.path))?;
-        self.stored_len += self.out.len() as u64;
+        self.stored_len += frame_len;
         failpoint::hit("wal-after-write");
         self.crc = crc32c::crc32c_append(self.crc, &self.pending);
         self.written += self.pending.len() as u64;
@@ -497,6 +546,12 @@ impl SegmentWriter {
             Lsn(segno.start_lsn(self.store.seg_size()).0 + o.durable),
         ));
         Ok(Some(o))
+    }
+
+    /// Stored bytes (header and frames) of the open segment, for tests.
+    #[cfg(test)]
+    pub(super) fn open_stored_len(&self) -> Option<u64> {
+        self.open.as_ref().map(|o| o.stored_len)
     }
 
     /// Makes everything written so far durable; returns the durable end position.
