@@ -3,6 +3,9 @@
 //! has not stored, and once space is freed resumes by itself; every sealed segment is
 //! then byte-identical to pg_wal (no torn frame survived the failed writes).
 //!
+//! A synchronous standby's next segment that has no room for its whole zero fill is cut
+//! back and filled as the WAL comes, so the WAL still fits.
+//!
 //! A restart on a volume with no space left at all exits with one line naming the full
 //! disk and the fix, and starts normally once space is freed. A base backup that fills
 //! the volume fails with the fix named and removes what it had stored.
@@ -12,10 +15,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use klio_catalog::Catalog;
 use klio_core::layout::DataDir;
+use klio_core::{DataKey, Lsn, SegNo, TimelineId, WalFileName, WalSegSize};
+use klio_receiver::wal_store::{SegmentWriter, WalStore};
 use klio_tests::{
     parse_lsn, privileged_setup_failed, wait_until, ClusterConf, KlioServer, PgInstance, PgOptions,
 };
@@ -349,5 +356,61 @@ fn a_backup_that_fills_the_volume_fails_clearly_and_removes_its_data() -> Result
     println!("failed backup removed its data ({before} -> {after} MiB free); a backup after freeing space succeeded");
     drop(klio);
     drop(mount);
+    Ok(())
+}
+
+/// After a synchronous standby's commits (uncompressed frames, a flush each) the writer
+/// creates the next segment filled whole with zeros (the segment plus an eighth: 18 MiB).
+/// With 8 MiB left, that fill fails; the segment is cut back to its header and filled
+/// 1 MiB ahead of the WAL instead, so the next MiB of WAL is stored, flushed and reads
+/// back, and nothing is reported full.
+#[test]
+fn a_segment_without_room_for_its_whole_fill_still_takes_the_wal() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let _mount = match mount_tmpfs(&data, "40m") {
+        Ok(m) => m,
+        Err(e) => return privileged_setup_failed(e),
+    };
+    let catalog = Arc::new(Catalog::open(&dir.path().join("catalog"))?);
+    let seg = WalSegSize::DEFAULT;
+    let cluster: klio_core::ClusterName = "c1".parse()?;
+    let store = WalStore::open(&data, cluster.clone(), DataKey::generate(), seg, catalog)?;
+    let tli = TimelineId::new(1).context("timeline 1")?;
+    let seg_len = seg.bytes() as usize;
+    let wal: Vec<u8> = (0..seg_len + (1 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut w = SegmentWriter::new(store.clone());
+    let mut at = 0u64;
+    let mut write = |w: &mut SegmentWriter, piece: &[u8]| -> Result<()> {
+        w.write(tli, Lsn(at), piece)?;
+        w.flush()?;
+        at += piece.len() as u64;
+        Ok(())
+    };
+    for p in wal[..seg_len].chunks(8192) {
+        write(&mut w, p)?;
+    }
+    let free = free_mib(&data)?;
+    ensure!(free > 10, "only {free} MiB free after one segment");
+    std::fs::write(data.join("ballast"), vec![1u8; ((free - 8) << 20) as usize])?;
+
+    for p in wal[seg_len..].chunks(8192) {
+        write(&mut w, p).context("storing WAL in a segment without room for its fill")?;
+    }
+    let partial = DataDir::new(&data)
+        .wal(&cluster)
+        .partial(tli, SegNo(1), seg);
+    let len = std::fs::metadata(&partial)?.len();
+    ensure!(
+        len < 3 << 20,
+        "segment 1's file is {len} bytes: not cut back to the WAL and 1 MiB ahead"
+    );
+    let back = store
+        .open_read(&WalFileName::partial(tli, SegNo(1), seg))?
+        .context("segment 1 is stored")?
+        .read_all()?;
+    ensure!(back[..] == wal[seg_len..], "segment 1 reads back different");
     Ok(())
 }
