@@ -447,11 +447,28 @@ fn work(store: &WalStore, shared: &Shared, role: Role) -> Option<Duration> {
 
 /// Lowers this thread's scheduling priority: the recompressor's CPU time should come
 /// from what PostgreSQL and WAL intake leave over.
+/// `ioprio_set`'s "which": one thread (`include/uapi/linux/ioprio.h`).
+const IOPRIO_WHO_PROCESS: libc::c_int = 1;
+
+/// The I/O priority of a recompressor thread: the idle class for the idle thread (its
+/// requests are dispatched when the disk has nothing else to do), best effort at the
+/// lowest level (7) for the catch-up thread. The writeback its fsync starts carries it,
+/// so an I/O scheduler that honours priorities (mq-deadline, bfq) sends a commit's
+/// small write ahead of the rewritten segment's megabytes. Measured at 4 clients (one
+/// A/B run, `docs/BENCHMARKS.md`): p99 0.90x and TPS 1.07x the same build without it.
+fn io_priority(role: Role) -> libc::c_int {
+    const CLASS_SHIFT: u32 = 13;
+    match role {
+        Role::Idle => 3 << CLASS_SHIFT,
+        Role::CatchUp => (2 << CLASS_SHIFT) | 7,
+    }
+}
+
 #[allow(unsafe_code)]
 fn set_priority(role: Role) {
-    // SAFETY: setpriority and sched_setscheduler act on this thread's own id and only
-    // read the sched_param passed by reference for the duration of the call.
-    let (nice, idle) = unsafe {
+    // SAFETY: setpriority, sched_setscheduler and ioprio_set act on this thread's own id
+    // and only read the sched_param passed by reference for the duration of the call.
+    let (nice, idle, io) = unsafe {
         let tid = libc::gettid();
         let nice = libc::setpriority(
             libc::PRIO_PROCESS,
@@ -464,9 +481,15 @@ fn set_priority(role: Role) {
         } else {
             0
         };
-        (nice, idle)
+        let io = libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            tid,
+            io_priority(role),
+        );
+        (nice, idle, io)
     };
-    if nice != 0 || idle != 0 {
+    if nice != 0 || idle != 0 || io != 0 {
         debug!(?role, error = %std::io::Error::last_os_error(), "cannot lower the recompressor's priority");
     }
 }
@@ -871,7 +894,9 @@ mod tests {
 
     /// The scheduling policy and nice value of this process's thread named `name`,
     /// from `/proc/self/task/*/stat`.
-    fn thread_sched(name: &str) -> Option<(u32, i64)> {
+    /// Scheduling policy, nice value and I/O priority of this process's thread `name`.
+    #[allow(unsafe_code)]
+    fn thread_sched(name: &str) -> Option<(u32, i64, i64)> {
         for t in std::fs::read_dir("/proc/self/task").unwrap() {
             let t = t.unwrap().path();
             if std::fs::read_to_string(t.join("comm")).ok()?.trim() != name {
@@ -880,13 +905,17 @@ mod tests {
             let stat = std::fs::read_to_string(t.join("stat")).ok()?;
             // Fields after the parenthesised name: state is field 3, nice 19, policy 41.
             let rest: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
-            return Some((rest[41 - 3].parse().ok()?, rest[19 - 3].parse().ok()?));
+            let tid: libc::c_long = t.file_name()?.to_str()?.parse().ok()?;
+            // SAFETY: ioprio_get only reads its integer arguments.
+            let io = unsafe { libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, tid) };
+            return Some((rest[41 - 3].parse().ok()?, rest[19 - 3].parse().ok()?, io));
         }
         None
     }
 
     /// The idle thread runs at SCHED_IDLE (a waking receiver preempts it at once) and
-    /// the catch-up thread at nice 10.
+    /// the catch-up thread at nice 10; their I/O at the idle and the lowest best-effort
+    /// priority.
     #[test]
     fn the_recompressor_threads_run_at_idle_and_low_priority() {
         const SCHED_OTHER: u32 = 0;
@@ -898,7 +927,10 @@ mod tests {
         loop {
             let idle = thread_sched("klio-recompress");
             let lag = thread_sched("klio-recomp-lag");
-            if idle.is_some_and(|(p, _)| p == SCHED_IDLE) && lag == Some((SCHED_OTHER, 10)) {
+            let io = |r| io_priority(r) as i64;
+            if idle.is_some_and(|(p, _, i)| p == SCHED_IDLE && i == io(Role::Idle))
+                && lag == Some((SCHED_OTHER, 10, io(Role::CatchUp)))
+            {
                 break;
             }
             assert!(Instant::now() < deadline, "idle {idle:?}, catch-up {lag:?}");
