@@ -110,6 +110,26 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// Which build a run used: path, size and modification time (seconds since the epoch),
+/// enough to tell two builds apart when the same path was rebuilt in between.
+fn describe_binary(path: &std::path::Path) -> String {
+    match std::fs::metadata(path) {
+        Ok(m) => {
+            let mtime = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs());
+            format!(
+                "{} ({} bytes, modified at {mtime} s)",
+                path.display(),
+                m.len()
+            )
+        }
+        Err(e) => format!("{} (unreadable: {e})", path.display()),
+    }
+}
+
 /// Runs a warm-up of every arm, then `rounds` rotated rounds; prints each phase.
 pub fn run(title: &str, arms: &mut [Arm<'_>], rounds: usize) -> Result<Results> {
     if arms.is_empty() || rounds == 0 {
@@ -122,6 +142,13 @@ pub fn run(title: &str, arms: &mut [Arm<'_>], rounds: usize) -> Result<Results> 
     );
     if rounds < 3 {
         println!("  NOTE: fewer than 3 rounds; not a comparison to quote");
+    }
+    println!("  klio: {}", describe_binary(&klio_tests::klio_bin()));
+    if let Some(b) = std::env::var_os("KLIO_BIN_B") {
+        println!(
+            "  KLIO_BIN_B: {}",
+            describe_binary(std::path::Path::new(&b))
+        );
     }
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); arms.len()];
     let passes = std::iter::once(Pass::WarmUp).chain((1..=rounds).map(Pass::Round));
