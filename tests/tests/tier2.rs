@@ -86,10 +86,11 @@ fn switch_wal(pg: &PgInstance, n: usize) -> Result<()> {
 }
 
 /// Tier 1's final objects of the cluster (no `.partial`, no `.tmp`, not the spare file a
-/// recompressed segment leaves), keyed by the object
-/// key Tier 2 must hold them under: `<prefix>/<cluster>/<path below the cluster dir>`.
+/// recompressed segment leaves), keyed by the object key Tier 2 must hold them under:
+/// `<prefix>/<cluster>/<path below the cluster dir>`.
 fn tier1_objects(klio: &KlioServer) -> Result<BTreeMap<String, PathBuf>> {
     let root = klio.layout().cluster_dir(&CLUSTER.parse()?);
+    let spare = klio.layout().wal(&CLUSTER.parse()?).spare();
     let mut out = BTreeMap::new();
     let mut dirs = vec![root.clone()];
     while let Some(dir) = dirs.pop() {
@@ -100,7 +101,7 @@ fn tier1_objects(klio: &KlioServer) -> Result<BTreeMap<String, PathBuf>> {
                 continue;
             }
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.ends_with(".partial") || name.ends_with(".tmp") || name == "recycled.spare" {
+            if name.ends_with(".partial") || name.ends_with(".tmp") || path == spare {
                 continue;
             }
             let rel = path.strip_prefix(&root)?.to_str().context("UTF-8 path")?;
