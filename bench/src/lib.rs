@@ -2,7 +2,8 @@
 //! in rotated order with medians ([`rounds`]), the host's state before each phase
 //! ([`host`]), replication slots and synchronous standbys on the primary
 //! ([`replication`]), content checks of what a run produced ([`checks`]), and a
-//! summary of a standby's system calls per commit ([`syscalls`]). Writes
+//! summary of a standby's system calls per commit ([`syscalls`]), the standby's round
+//! trip as the primary's walsender sees it ([`walsender`]). Writes
 //! nothing to disk itself beyond `/proc` controls (page-cache drop, peak-RSS reset).
 
 pub mod checks;
@@ -10,6 +11,7 @@ pub mod host;
 pub mod replication;
 pub mod rounds;
 pub mod syscalls;
+pub mod walsender;
 
 /// The `n`th command-line argument parsed as `T`, or `default` when absent.
 pub fn arg<T: std::str::FromStr>(n: usize, default: T) -> anyhow::Result<T>

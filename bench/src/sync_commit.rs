@@ -15,14 +15,20 @@
 //! with `strace -f -tt -T` on the process that receives, flushes and acknowledges WAL
 //! (pg_receivewal, the walreceiver, the Klio server), keeps the logs in DIR and prints
 //! each one's round trip (socket read → flush → status update);
-//! `klio-bench-sync strace-summary LOG...` prints that summary of logs kept earlier.
+//! `klio-bench-sync strace-summary LOG...` prints that summary of logs kept earlier, and
+//! `klio-bench-sync round-trips TRACE...` the round trips of walsender traces kept earlier
+//! (see `KLIO_BENCH_WALSENDER_TRACE` below).
 //! `klio-bench-sync probe CLIENTS [SECONDS] [ROUNDS]` runs one client count under the
 //! standbys (and `pg_receivewal --compress=lz4`) in rotated rounds and prints the latency
 //! tail with what the standby's process used (CPU and run-queue wait per transaction, per
 //! thread); with `KLIO_BENCH_PERF_RECORD=DIR` it also keeps a `perf record -g` profile
 //! of the standby, with `KLIO_BENCH_PERF_TRACE=DIR` a `perf trace` of every flush and
 //! write on the host with pgbench's logs; `KLIO_BENCH_RATE=TPS` runs every arm at that
-//! offered load (`pgbench -R`) instead of as fast as it can; `KLIO_BIN_B=PATH` adds a
+//! offered load (`pgbench -R`) instead of as fast as it can; with
+//! `KLIO_BENCH_WALSENDER_TRACE=DIR` it also prints the standby's round trip as the
+//! primary's walsender sees it (`rt_p50_us`, `rt_p99_us`: WAL sent → reply read, from a
+//! `perf trace` of the walsender alone, kept in DIR; see `klio_bench::walsender`);
+//! `KLIO_BIN_B=PATH` adds a
 //! second Klio build as an arm of its own (an A/B of a change in the same rounds).
 
 use std::io::{BufRead, BufReader};
@@ -32,6 +38,7 @@ use std::process::{Command, Stdio};
 use anyhow::{ensure, Context, Result};
 use klio_bench::replication::{drop_slot, set_sync_names, wait_sync};
 use klio_bench::rounds::{self, Arm, Pass, Sample};
+use klio_bench::walsender;
 use klio_tests::{ClusterConf, KlioServer, PgInstance, PgOptions};
 
 /// Client counts of the latency curve; TPS is compared at [`TPS_CLIENTS`].
@@ -379,9 +386,31 @@ fn probe_point(
         ),
         None => None,
     };
+    // KLIO_BENCH_WALSENDER_TRACE=DIR: the standby's round trip as the walsender sees
+    // it (`perf trace` of the walsender alone), into DIR/walsender-<standby pid>.trace.
+    let walsender = match std::env::var_os("KLIO_BENCH_WALSENDER_TRACE") {
+        Some(d) => {
+            let ws: u32 = pg
+                .psql("SELECT pid FROM pg_stat_replication WHERE state = 'streaming'")?
+                .trim()
+                .parse()
+                .context("not exactly one streaming walsender")?;
+            let out = Path::new(&d).join(format!("walsender-{pid}.trace"));
+            Some(walsender::Tracer::start(ws, &out)?)
+        }
+        None => None,
+    };
     let before = thread_times(pid)?;
     let (out, dir) = logged_pgbench(pg, clients, secs, rate)?;
     let (cpu, wait, threads) = thread_delta(pid, &before)?;
+    let trips = match walsender {
+        Some(t) => {
+            let mut v = t.finish()?;
+            v.sort_by(f64::total_cmp);
+            Some(v)
+        }
+        None => None,
+    };
     if let Some(child) = record {
         interrupt(child)?;
     }
@@ -406,7 +435,7 @@ fn probe_point(
     let p50 = quantile(&lat, 0.50);
     let (slow, stall_count) = stalls(&tx, 5000.0);
     println!("    pid {pid}, threads (cpu ms/run-queue wait ms/slices): {threads}");
-    Ok(Sample::new()
+    let mut sample = Sample::new()
         .with("tps", tps)
         .with("p50_ms", p50 / 1000.0)
         .with("p99_ms", quantile(&lat, 0.99) / 1000.0)
@@ -415,7 +444,13 @@ fn probe_point(
         .with("over5ms", slow as f64)
         .with("stalls", stall_count as f64)
         .with("cpu_us_per_tx", cpu * 1000.0 / tx.len() as f64)
-        .with("runq_us_per_tx", wait * 1000.0 / tx.len() as f64))
+        .with("runq_us_per_tx", wait * 1000.0 / tx.len() as f64);
+    if let Some(v) = trips {
+        sample = sample
+            .with("rt_p50_us", quantile(&v, 0.50))
+            .with("rt_p99_us", quantile(&v, 0.99));
+    }
+    Ok(sample)
 }
 
 /// `klio-bench-sync probe CLIENTS [SECONDS] [ROUNDS]`: pgbench at one client count under
@@ -480,6 +515,21 @@ fn main() -> Result<()> {
             print!(
                 "{log}: {}",
                 klio_bench::syscalls::summarize(Path::new(&log))?
+            );
+        }
+        return Ok(());
+    }
+    if std::env::args().nth(1).as_deref() == Some("round-trips") {
+        for trace in std::env::args().skip(2) {
+            let text = std::fs::read_to_string(&trace).with_context(|| trace.clone())?;
+            let mut v = walsender::round_trips(&text);
+            v.sort_by(f64::total_cmp);
+            println!(
+                "{trace}: {} round trips, p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs",
+                v.len(),
+                quantile(&v, 0.5),
+                quantile(&v, 0.9),
+                quantile(&v, 0.99)
             );
         }
         return Ok(());
