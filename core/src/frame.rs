@@ -15,7 +15,7 @@
 //! contiguous from offset 0; a sealed object ends with an empty `FINAL` frame, so a
 //! truncation at a frame boundary is detected too.
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use hkdf::Hkdf;
 use rand::RngCore;
@@ -100,7 +100,7 @@ fn derive_cipher(key: &DataKey, salt: &[u8; 32]) -> Aes256Gcm {
     let mut okm = zeroize::Zeroizing::new([0u8; 32]);
     hk.expand(b"klio tier1 object v1", &mut okm[..])
         .expect("32 bytes is a valid HKDF-SHA256 output length");
-    Aes256Gcm::new((&*okm).into())
+    Aes256Gcm::new_from_slice(&okm[..]).expect("a 32-byte AES-256 key")
 }
 
 fn ad_prefix(id: &ObjectId, salt: &[u8; 32]) -> Vec<u8> {
@@ -262,7 +262,7 @@ impl FrameSealer {
         ad.extend_from_slice(&out[start..body_start]);
         let tag = self
             .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &ad, &mut out[body_start..])
+            .encrypt_inout_detached(&Nonce::from(nonce), &ad, (&mut out[body_start..]).into())
             .expect("AES-GCM encryption cannot fail for frames under 64 GiB");
         out.extend_from_slice(&tag);
         self.next_offset += plain.len() as u64;
@@ -381,11 +381,11 @@ impl FrameOpener {
         let (ct, tag) = body.split_at(stored_len - TAG_LEN);
         let mut data = ct.to_vec();
         self.cipher
-            .decrypt_in_place_detached(
-                Nonce::from_slice(&h[17..29]),
+            .decrypt_inout_detached(
+                &Nonce::try_from(&h[17..29]).expect("12 bytes"),
                 &ad,
-                &mut data,
-                Tag::from_slice(tag),
+                (&mut data[..]).into(),
+                &Tag::try_from(tag).expect("16 bytes"),
             )
             .map_err(|_| FrameError::Authentication { at })?;
         if flags & FLAG_ZSTD != 0 {
@@ -499,6 +499,56 @@ mod tests {
             s.seal_final(&mut out);
         }
         out
+    }
+
+    /// A data key wrapped, a key check value and a WAL object sealed by Klio built with
+    /// aes-gcm 0.10.3 (master key 32 × 0x4b): what earlier builds wrote to Tier 1 and
+    /// Tier 2 must stay readable across library upgrades.
+    #[test]
+    fn objects_written_by_an_earlier_build_still_open() {
+        use crate::keys::MasterKey;
+        let master = MasterKey::from_bytes(&[0x4b; 32]).unwrap();
+        let cluster: crate::cluster::ClusterName = "main".parse().unwrap();
+        master
+            .verify_check_value(&hex::decode("0165804ef37cdd6e8aa38cced105fd6838f04d497a14a5e05f3cd5ce9e5b68551e4f6b77a0d02eee363a478115b5f80d31c5").unwrap())
+            .unwrap();
+        let key = master
+            .unwrap(
+                &hex::decode("019d0b1ffeff8c543d654b484d2e1d3ee8bc268a0553c25827178c361a09cf23d7a2dda141dd74be254e1aa4a3ae42b5f2e0353e34a702cc45f1e450f7").unwrap(),
+                &cluster,
+            )
+            .unwrap();
+        let object = hex::decode(
+            "4b4c494f4f424a31010001005ebb32be09066998cc6fcb2b47261a8a293db0d46f0f7185ce718ae9\
+390e287469b1fb42340000000000000000000000240000000020c6753819fea45000000000000000\
+54c012857552e6b6e67d73d948aa14f2e66713c10cea64e64de13b0bf5920d252491e10761241a40\
+4c8da11360e10f833323c7421f0100002400000000000000b80b00000120c6753819fea450000000\
+01000000899eb239565b38b97a2bd83cc4794264130b72451d06e0b8d9e16d3d692bebdbfe355871\
+7126b6fa59921f674f4ff5bf714fb41c7830d8106030708ab9eddd6df4e6dae59c37a82bb42d8d7d\
+1ca936aa03936f0a4e9dc7de5e5ec3ee8f81c349adceb204e5d8f54b0e56d91e849dbed06bbccc49\
+5f9d530ee1ebb07a033a6429375a6e6fa6e3ce1aec0653734cd9f6cb44edb6de97a392738f2169cf\
+a9595213a8065ef4f90816bf3a09ddb2b0079273700f4071a334ae6d16e443ce50042e840548f2c3\
+488c4310b3f20ae2184474e67a420bb89a37d3100497904b95476ca54fa60934e15a771b64c7098e\
+d56ab0b521af7ca1ebc321ce26efbe5895b62b4461bcedc4a78fb8898e60913c31e88937f232923e\
+ee4d2af76e844100ddbc6f10000000dc0b000000000000000000000220c6753819fea45000000002\
+00000061322ddbd840553fe692a05937b11f33",
+        )
+        .unwrap();
+        let i = ObjectId {
+            cluster,
+            kind: ObjectKind::WalSegment,
+            name: "000000010000000000000002".into(),
+        };
+        let d = decode_object(&key, &i, &object, false).unwrap();
+        assert!(d.finished);
+        let mut want = b"klio frame written by aes-gcm 0.10.3".to_vec();
+        want.extend((0..3000u32).map(|i| (i % 251) as u8));
+        assert_eq!(d.data, want);
+        // One flipped ciphertext bit is refused, not decoded.
+        let mut bad = object.clone();
+        let last = bad.len() - 40;
+        bad[last] ^= 1;
+        assert!(decode_object(&key, &i, &bad, false).is_err());
     }
 
     #[test]

@@ -59,12 +59,12 @@ fn random_32() -> Zeroizing<[u8; 32]> {
 }
 
 fn seal(key: &[u8; 32], ad: &[u8], plain: &[u8]) -> Vec<u8> {
-    let cipher = Aes256Gcm::new(key.into());
+    let cipher = Aes256Gcm::new_from_slice(key).expect("a 32-byte AES-256 key");
     let mut nonce = [0u8; 12];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let ct = cipher
         .encrypt(
-            Nonce::from_slice(&nonce),
+            &Nonce::from(nonce),
             Payload {
                 msg: plain,
                 aad: ad,
@@ -82,10 +82,10 @@ fn open(key: &[u8; 32], ad: &[u8], wrapped: &[u8]) -> Option<Vec<u8>> {
     if wrapped.len() < 1 + 12 + 16 || wrapped[0] != WRAP_VERSION {
         return None;
     }
-    let cipher = Aes256Gcm::new(key.into());
+    let cipher = Aes256Gcm::new_from_slice(key).expect("a 32-byte AES-256 key");
     cipher
         .decrypt(
-            Nonce::from_slice(&wrapped[1..13]),
+            &Nonce::try_from(&wrapped[1..13]).expect("12 bytes"),
             Payload {
                 msg: &wrapped[13..],
                 aad: ad,
