@@ -28,8 +28,9 @@
 //! `KLIO_BENCH_WALSENDER_TRACE=DIR` it also prints the standby's round trip as the
 //! primary's walsender sees it (`rt_p50_us`, `rt_p99_us`: WAL sent → reply read, from a
 //! `perf trace` of the walsender alone, kept in DIR; see `klio_bench::walsender`);
-//! `KLIO_BIN_B=PATH` adds a
-//! second Klio build as an arm of its own (an A/B of a change in the same rounds).
+//! `KLIO_BIN_B=PATH` (probe and curve) adds a second Klio build as an arm of its own: an
+//! A/B of a change in the same rounds, or, with the same build as both, the noise floor
+//! of a ratio on this host.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -187,6 +188,24 @@ fn with_physical_standby(pg: &PgInstance, measure: Measure) -> Result<Sample> {
     set_sync_names(pg, "")?;
     drop(standby);
     result
+}
+
+/// The arm of the second Klio build (`KLIO_BIN_B=PATH`): two builds compared in the
+/// same rotated rounds (an A/B of a change), or one build twice (the noise floor of a
+/// ratio on this host).
+const KLIO_B: &str = "klio (KLIO_BIN_B)";
+
+/// Runs `f` with `KLIO_BIN` (which the harness reads when it starts a server) set to
+/// `bin`, then restores it. Nothing else runs meanwhile (edition 2021: set_var is safe).
+fn with_klio_bin<T>(bin: &std::ffi::OsStr, f: impl FnOnce() -> T) -> T {
+    let a = std::env::var_os("KLIO_BIN");
+    std::env::set_var("KLIO_BIN", bin);
+    let r = f();
+    match &a {
+        Some(a) => std::env::set_var("KLIO_BIN", a),
+        None => std::env::remove_var("KLIO_BIN"),
+    }
+    r
 }
 
 /// A fresh Klio server as the synchronous standby.
@@ -485,20 +504,11 @@ fn probe_mode(pg: &PgInstance, clients: u32, secs: u32, rounds: usize) -> Result
             with_klio(pg, &|pid| probe_point(pg, pid, clients, secs, rate))
         }),
     ];
-    // KLIO_BIN_B=PATH: a second Klio build as an arm of its own, so that two builds
-    // are compared in the same rotated rounds (an A/B of a change).
     if let Some(b) = std::env::var_os("KLIO_BIN_B") {
-        let a = std::env::var_os("KLIO_BIN");
-        arms.push(Arm::new("klio (KLIO_BIN_B)", move |_| {
-            // The harness reads KLIO_BIN when it starts a server; nothing else runs
-            // meanwhile (edition 2021: set_var is safe).
-            std::env::set_var("KLIO_BIN", &b);
-            let r = with_klio(pg, &|pid| probe_point(pg, pid, clients, secs, rate));
-            match &a {
-                Some(a) => std::env::set_var("KLIO_BIN", a),
-                None => std::env::remove_var("KLIO_BIN"),
-            }
-            r
+        arms.push(Arm::new(KLIO_B, move |_| {
+            with_klio_bin(&b, || {
+                with_klio(pg, &|pid| probe_point(pg, pid, clients, secs, rate))
+            })
         }));
     }
     let title = format!(
@@ -559,7 +569,7 @@ fn main() -> Result<()> {
     let secs: u32 = klio_bench::arg(1, 10)?;
     let rounds: usize = klio_bench::arg(2, 5)?;
 
-    let mut arms = [
+    let mut arms = vec![
         Arm::new("no synchronous standby", |p| curve(&pg, p, secs)),
         Arm::new("pg_receivewal --synchronous", |p| {
             with_pg_receivewal(&pg, &|_| curve(&pg, p, secs))
@@ -569,13 +579,46 @@ fn main() -> Result<()> {
         }),
         Arm::new("klio", |p| with_klio(&pg, &|_| curve(&pg, p, secs))),
     ];
+    let klio_b = std::env::var_os("KLIO_BIN_B");
+    if let Some(b) = klio_b.clone() {
+        let pg = &pg;
+        arms.push(Arm::new(KLIO_B, move |p| {
+            with_klio_bin(&b, || with_klio(pg, &|_| curve(pg, p, secs)))
+        }));
+    }
     let title = format!(
         "synchronous commit, pgbench -N (scale 10) at {CLIENTS:?} clients, -T {secs} each, latency from -l logs"
     );
     let res = rounds::run(&title, &mut arms, rounds)?;
     res.print();
 
-    println!("klio against the better of pg_receivewal and the physical standby (medians)");
+    let mut kliob = vec!["klio"];
+    if klio_b.is_some() {
+        kliob.push(KLIO_B);
+    }
+    for arm in kliob {
+        print_verdicts(&res, arm)?;
+    }
+    if klio_b.is_some() {
+        println!("{KLIO_B} against klio (medians; with one build as both arms, the noise floor)");
+        for metric in std::iter::once(format!("c{TPS_CLIENTS}_tps")).chain(
+            CLIENTS
+                .iter()
+                .flat_map(|c| ["p50", "p99"].map(|q| format!("c{c}_{q}_ms"))),
+        ) {
+            println!(
+                "  {metric}: {:.2}x",
+                res.median(KLIO_B, &metric)? / res.median("klio", &metric)?
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The targets of issue 13 point 4 for `arm` against the better of pg_receivewal and the
+/// physical standby at each point.
+fn print_verdicts(res: &rounds::Results, arm: &str) -> Result<()> {
+    println!("{arm} against the better of pg_receivewal and the physical standby (medians)");
     let peers = ["pg_receivewal --synchronous", "physical standby"];
     let best = |metric: &str, higher_is_better: bool| -> Result<(f64, &str)> {
         let a = res.median(peers[0], metric)?;
@@ -586,9 +629,9 @@ fn main() -> Result<()> {
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     let metric = format!("c{TPS_CLIENTS}_tps");
     let (peer, who) = best(&metric, true)?;
-    let k = res.median("klio", &metric)?;
+    let k = res.median(arm, &metric)?;
     println!(
-        "  TPS at {TPS_CLIENTS} clients: klio {k:.0} vs {peer:.0} ({who}): {:.2}x (target >= 0.95x: {})",
+        "  TPS at {TPS_CLIENTS} clients: {arm} {k:.0} vs {peer:.0} ({who}): {:.2}x (target >= 0.95x: {})",
         k / peer,
         verdict(k / peer >= 0.95)
     );
@@ -596,9 +639,9 @@ fn main() -> Result<()> {
         for q in ["p50", "p99"] {
             let metric = format!("c{c}_{q}_ms");
             let (peer, who) = best(&metric, false)?;
-            let k = res.median("klio", &metric)?;
+            let k = res.median(arm, &metric)?;
             println!(
-                "  {q} latency at {c:>2} clients: klio {k:.3} ms vs {peer:.3} ms ({who}): {:.2}x (target <= 1.05x: {})",
+                "  {q} latency at {c:>2} clients: {arm} {k:.3} ms vs {peer:.3} ms ({who}): {:.2}x (target <= 1.05x: {})",
                 k / peer,
                 verdict(k / peer <= 1.05)
             );
