@@ -1,18 +1,18 @@
 //! The synchronous standby's round trip as the primary sees it: `perf trace` of the
 //! walsender's `sendto` and `recvfrom` only, so the standby process itself runs
 //! untraced. A round trip starts when the walsender's `sendto` of WAL returns and ends
-//! when the last reply arrives before the walsender sends anything else. The walsender notices a
-//! standby message by reading its first byte alone (`recvfrom` of size 1 returning 1),
-//! so that call's return is the arrival. The standby's wake-up, write, flush and reply
-//! are all inside the round trip; the walsender's own wake-up is too, alike for every
-//! standby.
+//! when the last reply arrives before the walsender sends anything else. The walsender
+//! notices a standby message by reading its first byte alone (`recvfrom` of size 1
+//! returning 1), so that call's return is the arrival. The standby's wake-up, write,
+//! flush and reply are all inside the round trip; the walsender's own wake-up is too,
+//! alike for every standby.
 //!
 //! Why the last reply: pg_receivewal and Klio reply once, after the flush; a
 //! PostgreSQL walreceiver replies after the write and again after the flush. A reply
 //! to a keepalive is not counted; a status update a standby sends on a timer in between
-//! would end a round trip late (once in `wal_receiver_status_interval`). With one client there is one commit in flight, so
-//! each WAL message has its own reply; with more, the round trip is counted from the
-//! last message sent before the reply.
+//! would end a round trip late (once in `wal_receiver_status_interval`). With one
+//! client there is one commit in flight, so each WAL message has its own reply; with
+//! more, the round trip is counted from the last message sent before the reply.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
