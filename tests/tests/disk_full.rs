@@ -89,6 +89,15 @@ fn start_on_tmpfs(
     Ok(Some((klio, mount)))
 }
 
+/// Ends a test's server: stops it, unmounts its tmpfs, then lets the server's drop
+/// remove its temporary directory. (Removed with the tmpfs still mounted in it, the
+/// directory stayed behind: the mount point cannot be deleted.)
+fn unmount_then_remove(mut klio: KlioServer, mount: Mount) {
+    klio.kill9();
+    drop(mount);
+    drop(klio);
+}
+
 /// Free space of the file system holding `dir`, in MiB.
 fn free_mib(dir: &Path) -> Result<u64> {
     let out = Command::new("df")
@@ -208,8 +217,7 @@ fn full_disk_scenario(sub: Option<fn(&DataDir) -> PathBuf>) -> Result<()> {
         sealed.len()
     );
     println!("resumed after space was freed; {compared} sealed segments identical to pg_wal");
-    drop(klio);
-    drop(mount);
+    unmount_then_remove(klio, mount);
     Ok(())
 }
 
@@ -262,8 +270,7 @@ fn a_full_data_volume_at_startup_is_a_clear_error_and_a_later_start_works() -> R
     let end = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
     klio.wait_flushed("full", &end, Duration::from_secs(60))?;
     println!("started and caught up to {end} once space was freed");
-    drop(klio);
-    drop(mount);
+    unmount_then_remove(klio, mount);
     Ok(())
 }
 
@@ -354,8 +361,7 @@ fn a_backup_that_fills_the_volume_fails_clearly_and_removes_its_data() -> Result
     klio.client_ok("full", &["backup", "--wait"])?;
     ensure!(!pack_files(&klio.data_dir())?.is_empty());
     println!("failed backup removed its data ({before} -> {after} MiB free); a backup after freeing space succeeded");
-    drop(klio);
-    drop(mount);
+    unmount_then_remove(klio, mount);
     Ok(())
 }
 
