@@ -437,6 +437,8 @@ impl KlioServer {
 
     /// Starts the server process (again) and waits until `/healthz` answers.
     pub fn restart(&mut self) -> Result<()> {
+        let mut log_from = self.log().len();
+        let mut port_changes = 0;
         self.spawn()?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -446,18 +448,33 @@ impl KlioServer {
                 .and_then(|c| c.try_wait().ok().flatten())
             {
                 self.child = None;
+                // The port was free when picked; another test may have bound it since.
+                // Then the server names the `listen` setting and the port in use: start
+                // again on another free port.
+                let this_start = self.log().get(log_from..).unwrap_or_default().to_owned();
+                if port_changes < 5
+                    && this_start.contains("the `listen` setting")
+                    && this_start.contains("Address already in use")
+                {
+                    port_changes += 1;
+                    self.port = free_port()?;
+                    self.write_config()?;
+                    log_from = self.log().len();
+                    self.spawn()?;
+                    continue;
+                }
                 bail!(
                     "klio server exited during startup ({status}); log:\n{}",
                     self.log_tail(40)
                 );
             }
-            if self.request("/healthz", None, None).ok().map(|(c, _)| c) == Some(200) {
-                // The port was free when picked; another test's server may have taken it
-                // since and answered for ours.
-                let ours = self.child.as_ref().map(std::process::Child::id);
-                if ours.is_some_and(|pid| klio_harness::net::listens_on(pid, self.port)) {
-                    return Ok(());
-                }
+            // Asked only once our process listens: the port was free when picked, and
+            // another test's server (or anything else) may have taken it since.
+            let ours = self.child.as_ref().map(std::process::Child::id);
+            if ours.is_some_and(|pid| klio_harness::net::listens_on(pid, self.port))
+                && self.request("/healthz", None, None).ok().map(|(c, _)| c) == Some(200)
+            {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 bail!(

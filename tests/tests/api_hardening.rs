@@ -232,3 +232,25 @@ fn client_certificates_count_only_for_their_cluster_ca() -> Result<()> {
     ensure!(code == 401 || code == 403, "b's certificate on a: {code}");
     Ok(())
 }
+
+/// The harness picks each server's port when it writes the config; when another process
+/// binds that port before the server does, the server names the `listen` setting and
+/// exits, and the harness starts it again on another free port (tests run in parallel,
+/// so this happens) instead of failing the test.
+#[test]
+fn a_server_whose_port_was_taken_meanwhile_starts_on_another() -> Result<()> {
+    let pg = PgInstance::start(PgOptions::new())?;
+    let mut klio = KlioServer::start(vec![ClusterConf::new("main", pg.replication_conninfo())])?;
+    klio.kill9();
+    let taken = klio.port();
+    let _holder = std::net::TcpListener::bind(("127.0.0.1", taken))?;
+    klio.restart()?;
+    ensure!(klio.port() != taken, "still on the taken port {taken}");
+    let log = klio.log();
+    ensure!(
+        log.contains("the `listen` setting") && log.contains("Address already in use"),
+        "the first start did not fail on the taken port; log:\n{}",
+        klio.log_tail(20)
+    );
+    Ok(())
+}
