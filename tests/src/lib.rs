@@ -450,15 +450,20 @@ impl KlioServer {
                 self.child = None;
                 // The port was free when picked; another test may have bound it since.
                 // Then the server names the `listen` setting and the port in use: start
-                // again on another free port.
+                // again on another free port (only the `listen` line of the config file
+                // changes, so a test's own edits to it stay).
                 let this_start = self.log().get(log_from..).unwrap_or_default().to_owned();
+                let old_listen = format!("listen = \"127.0.0.1:{}\"\n", self.port);
+                let config = std::fs::read_to_string(self.config_path())?;
                 if port_changes < 5
                     && this_start.contains("the `listen` setting")
                     && this_start.contains("Address already in use")
+                    && config.contains(&old_listen)
                 {
                     port_changes += 1;
                     self.port = free_port()?;
-                    self.write_config()?;
+                    let new_listen = format!("listen = \"127.0.0.1:{}\"\n", self.port);
+                    std::fs::write(self.config_path(), config.replace(&old_listen, &new_listen))?;
                     log_from = self.log().len();
                     self.spawn()?;
                     continue;
