@@ -269,6 +269,11 @@ pub struct StorageStatus {
     pub tier1_bytes: u64,
     pub tier2_objects: u64,
     pub tier2_bytes: u64,
+    /// WAL segments in Tier 1 still stored uncompressed, as the synchronous commit path
+    /// wrote them, waiting for the background recompressor (which queues each for Tier 2
+    /// once rewritten). Growing without end means recompression is not keeping up.
+    #[serde(default)]
+    pub tier1_recompress_backlog: u64,
 }
 
 /// The Tier 2 relay of one cluster: what waits, what failed for good, what went.

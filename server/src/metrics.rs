@@ -92,6 +92,12 @@ const FAMILIES: &[Family] = &[
         value: |s| s.backups.last_verify_at,
     },
     Family {
+        name: "klio_tier1_recompress_backlog_segments",
+        kind: "gauge",
+        help: "WAL segments in Tier 1 still stored uncompressed (written on the synchronous commit path), waiting for the background recompressor.",
+        value: |s| Some(s.storage.tier1_recompress_backlog),
+    },
+    Family {
         name: "klio_tier2_backlog_objects",
         kind: "gauge",
         help: "Objects waiting to be copied to Tier 2 (dead letters included).",
@@ -286,6 +292,7 @@ mod tests {
             tier1_bytes: 5000,
             tier2_objects: 10,
             tier2_bytes: 4000,
+            tier1_recompress_backlog: 3,
         };
         a.tier2 = Some(klio_api::Tier2Status {
             location: "s3://b/p".into(),
@@ -309,6 +316,8 @@ mod tests {
             "klio_stored_bytes{cluster=\"pg-a\",tier=\"1\"} 5000",
             "klio_stored_bytes{cluster=\"pg-a\",tier=\"2\"} 4000",
             "klio_stored_objects{cluster=\"pg-b\",tier=\"1\"} 1",
+            "klio_tier1_recompress_backlog_segments{cluster=\"pg-a\"} 3",
+            "klio_tier1_recompress_backlog_segments{cluster=\"pg-b\"} 0",
             "klio_tier2_backlog_objects{cluster=\"pg-a\"} 2",
             "klio_tier2_backlog_bytes{cluster=\"pg-a\"} 1000",
             "klio_tier2_backlog_oldest_age_seconds{cluster=\"pg-a\"} 30",

@@ -393,11 +393,14 @@ pub fn storage_status(
             add(size(wal.file(&WalFileName::history(t.tli))));
         }
     }
+    let mut recompress_backlog = 0;
     for seg in catalog.segments(cluster)? {
         if seg.tiers.tier1 {
             add(seg.stored_size);
+            recompress_backlog += u64::from(seg.recompress);
         }
     }
+    s.tier1_recompress_backlog = recompress_backlog;
     for p in catalog.packs(cluster)? {
         add(p.size);
     }
@@ -418,4 +421,50 @@ pub fn storage_status(
     s.tier2_objects = held.objects;
     s.tier2_bytes = held.bytes;
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use klio_catalog::{SegmentRecord, SegmentState, Tiers};
+    use klio_core::{SegNo, TimelineId};
+
+    fn segment(n: u64, tier1: bool, recompress: bool) -> SegmentRecord {
+        SegmentRecord {
+            tli: TimelineId::new(1).unwrap(),
+            segno: SegNo(n),
+            state: SegmentState::Sealed,
+            plain_size: 16 << 20,
+            crc32c: Some(1),
+            stored_size: 100,
+            tiers: Tiers {
+                tier1,
+                tier2: !tier1,
+            },
+            recompress,
+        }
+    }
+
+    /// Segments stored uncompressed on the synchronous commit path count as the
+    /// recompressor's backlog while Tier 1 holds them, and stop counting once rewritten.
+    #[test]
+    fn tier1_segments_waiting_for_recompression_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(&dir.path().join("catalog")).unwrap();
+        let data = DataDir::new(dir.path().join("data"));
+        let c: ClusterName = "pg".parse().unwrap();
+        for rec in [
+            segment(1, true, true),
+            segment(2, true, false),
+            segment(3, true, true),
+            segment(4, false, false),
+        ] {
+            catalog.put_segment(&c, &rec).unwrap();
+        }
+        let s = storage_status(&catalog, &data, &c).unwrap();
+        assert_eq!((s.tier1_objects, s.tier1_recompress_backlog), (3, 2));
+        catalog.put_segment(&c, &segment(1, true, false)).unwrap();
+        let s = storage_status(&catalog, &data, &c).unwrap();
+        assert_eq!(s.tier1_recompress_backlog, 1);
+    }
 }

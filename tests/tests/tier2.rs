@@ -250,6 +250,8 @@ fn wal_and_backups_reach_the_bucket_and_an_outage_loses_nothing() -> Result<()> 
             n + 1
         ),
         format!("klio_tier2_dead_letters{{cluster=\"{CLUSTER}\"}} 0"),
+        // Drained: every segment the synchronous path stored plain was rewritten.
+        format!("klio_tier1_recompress_backlog_segments{{cluster=\"{CLUSTER}\"}} 0"),
     ] {
         ensure!(
             metrics.lines().any(|l| l == line),
