@@ -1,13 +1,15 @@
 //! Shared machinery of the side-by-side benchmarks (the `klio-bench-*` binaries): rounds
 //! in rotated order with medians ([`rounds`]), the host's state before each phase
 //! ([`host`]), replication slots and synchronous standbys on the primary
-//! ([`replication`]), content checks of what a run produced ([`checks`]), and a
-//! summary of a standby's system calls per commit ([`syscalls`]), the standby's round
-//! trip as the primary's walsender sees it ([`walsender`]). Writes
-//! nothing to disk itself beyond `/proc` controls (page-cache drop, peak-RSS reset).
+//! ([`replication`]), content checks of what a run produced ([`checks`]), a summary of
+//! a standby's system calls per commit ([`syscalls`]), starting and stopping tracers
+//! ([`perf`]), and the standby's round trip as the primary's walsender sees it
+//! ([`walsender`]). Writes nothing to disk itself beyond `/proc` controls (page-cache
+//! drop, peak-RSS reset).
 
 pub mod checks;
 pub mod host;
+pub mod perf;
 pub mod replication;
 pub mod rounds;
 pub mod syscalls;

@@ -37,6 +37,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{ensure, Context, Result};
+use klio_bench::perf::{self, interrupt};
 use klio_bench::replication::{drop_slot, set_sync_names, wait_sync};
 use klio_bench::rounds::{self, Arm, Pass, Sample};
 use klio_bench::walsender;
@@ -349,17 +350,6 @@ fn stalls(tx: &[(f64, f64)], limit_us: f64) -> (usize, usize) {
     (ends.len(), if ends.is_empty() { 0 } else { groups + 1 })
 }
 
-/// Stops `child` (strace, perf) with SIGINT, so that it writes its output, and waits
-/// for it.
-fn interrupt(child: std::process::Child) -> Result<()> {
-    let st = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()?;
-    ensure!(st.success(), "could not stop process {}", child.id());
-    child.wait_with_output()?;
-    Ok(())
-}
-
 /// One probed pgbench run at `clients` while the standby's process `pid` is measured.
 fn probe_point(
     pg: &PgInstance,
@@ -374,19 +364,7 @@ fn probe_point(
     let perf = match std::env::var_os("KLIO_BENCH_PERF_TRACE") {
         Some(d) => {
             let out = Path::new(&d).join(format!("{pid}.trace"));
-            let mut child = Command::new("perf")
-                .args(["trace", "-a", "-e", "fdatasync,fsync,pwrite64,write", "-o"])
-                .arg(&out)
-                .stderr(Stdio::null())
-                .spawn()
-                .context("running perf trace")?;
-            // perf opens its output file once it traces.
-            while !out.exists() {
-                if let Some(st) = child.try_wait()? {
-                    anyhow::bail!("perf trace exited ({st}) before tracing");
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
+            let child = perf::trace(&["-a", "-e", "fdatasync,fsync,pwrite64,write"], &out)?;
             std::thread::sleep(std::time::Duration::from_millis(500));
             Some(child)
         }

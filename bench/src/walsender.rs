@@ -15,10 +15,9 @@
 //! more, the round trip is counted from the last message sent before the reply.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 
 /// A `sendto` returning at least this many bytes carries WAL (an XLogData message is
 /// 30 bytes of headers plus its WAL; a keepalive is 23 bytes).
@@ -33,32 +32,8 @@ pub struct Tracer {
 impl Tracer {
     /// Starts tracing walsender `pid` into `out`; returns once perf is tracing.
     pub fn start(pid: u32, out: &Path) -> Result<Tracer> {
-        let mut child = Command::new("perf")
-            .args([
-                "trace",
-                "-p",
-                &pid.to_string(),
-                "-e",
-                "sendto,recvfrom",
-                "-o",
-            ])
-            .arg(out)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("running perf trace (package linux-perf)")?;
-        // perf creates its output file once it has attached.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !out.exists() {
-            if let Some(st) = child.try_wait()? {
-                bail!("perf trace exited ({st}) before tracing walsender {pid}");
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "perf trace did not start within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = crate::perf::trace(&["-p", &pid.to_string(), "-e", "sendto,recvfrom"], out)
+            .with_context(|| format!("tracing walsender {pid}"))?;
         Ok(Tracer {
             child,
             out: out.to_owned(),
@@ -67,11 +42,7 @@ impl Tracer {
 
     /// Stops perf (SIGINT, so it flushes its output) and returns the round trips in µs.
     pub fn finish(self) -> Result<Vec<f64>> {
-        let st = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()?;
-        ensure!(st.success(), "could not stop perf trace");
-        self.child.wait_with_output()?;
+        crate::perf::interrupt(self.child)?;
         let text = std::fs::read_to_string(&self.out)
             .with_context(|| format!("reading {}", self.out.display()))?;
         let trips = round_trips(&text);
