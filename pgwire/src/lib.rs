@@ -604,9 +604,11 @@ impl ReplicationConn {
     }
 
     /// Whether another message can be had without waiting: one is already buffered, or
-    /// the socket has bytes ready (read now, without blocking). A receiver batches
-    /// everything that is ready before one fsync, and fsyncs as soon as nothing is.
-    /// Errors and end of stream are left for the next [`Self::recv_copy`] to report.
+    /// the socket has bytes (read now, without blocking, where tokio still takes the
+    /// socket as readable; otherwise seen by a peek and left for the next receive), as
+    /// pg_receivewal asks the socket before each fsync. A receiver batches everything
+    /// that is ready before one fsync, and fsyncs as soon as nothing is. Errors and end
+    /// of stream are left for the next [`Self::recv_copy`] to report.
     pub fn more_ready(&mut self) -> bool {
         use std::future::Future;
         use std::task::{Context, Poll, Waker};
@@ -622,7 +624,12 @@ impl ReplicationConn {
             match read.poll(&mut cx) {
                 Poll::Ready(Ok(n)) if n > 0 => continue,
                 // End of stream reads again as such; an error is kept for recv_copy.
-                Poll::Ready(Ok(_)) | Poll::Pending => return false,
+                Poll::Ready(Ok(_)) => return false,
+                // tokio only knows what its reactor last saw: ask the socket. Bytes
+                // there are read by the next receive (after one reactor turn); a
+                // message that is only partly there is waited for, as the walsender
+                // sends each message whole.
+                Poll::Pending => return self.stream.bytes_waiting(),
                 Poll::Ready(Err(e)) => {
                     self.read_error = Some(e);
                     return false;

@@ -480,3 +480,83 @@ async fn connection_refused_names_the_target() {
         "{err}"
     );
 }
+
+/// A receiver decides "fsync now" when [`ReplicationConn::more_ready`] says nothing is
+/// waiting. Bytes that reach the socket after a short read (which makes tokio take the
+/// socket as drained until its reactor runs) must count: otherwise a group commit
+/// leaves out WAL that had already arrived. The server here is a plain thread, and the
+/// client blocks its runtime while the bytes arrive, so the reactor cannot run between
+/// the short read and the question.
+#[tokio::test(flavor = "current_thread")]
+async fn more_ready_sees_bytes_that_arrived_after_a_short_read() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (sent_tx, sent_rx) = std::sync::mpsc::channel::<()>();
+    let wal = |start: u64| {
+        crate::replication::XLogData {
+            wal_start: Lsn(start),
+            wal_end: Lsn(start + 16),
+            send_time: 1,
+            data: Bytes::from_static(b"0123456789abcdef"),
+        }
+        .encode()
+        .to_vec()
+    };
+    let (first, second) = (wal(0x100_0000), wal(0x100_0010));
+    let expected = second.clone();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        // As PostgreSQL's own sockets: no Nagle delay holding the second message back.
+        s.set_nodelay(true).unwrap();
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).unwrap();
+        let mut startup = vec![0; u32::from_be_bytes(len) as usize - 4];
+        s.read_exact(&mut startup).unwrap();
+        s.write_all(&startup_ok()).unwrap();
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).unwrap();
+        assert_eq!(head[0], b'Q');
+        let mut query = vec![0; u32::from_be_bytes(head[1..].try_into().unwrap()) as usize - 4];
+        s.read_exact(&mut query).unwrap();
+        let mut out = msg(b'W', &[0, 0, 0]);
+        out.extend(msg(b'd', &first));
+        s.write_all(&out).unwrap();
+        go_rx.recv().unwrap();
+        // On loopback the bytes are in the client's receive queue once this returns.
+        s.write_all(&msg(b'd', &second)).unwrap();
+        sent_tx.send(()).unwrap();
+        // Hold the connection until the client is done.
+        let _ = s.read(&mut [0u8; 1]);
+    });
+    let info = ConnInfo::parse(&format!(
+        "host=127.0.0.1 port={port} user=rep sslmode=disable"
+    ))
+    .unwrap();
+    let mut conn = ReplicationConn::connect(&info).await.unwrap();
+    let start = conn
+        .start_physical_replication(None, Lsn(0x100_0000), TimelineId::new(1).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(start, StreamStart::Streaming);
+    assert!(matches!(
+        conn.recv_copy().await.unwrap(),
+        CopyMessage::Data(_)
+    ));
+    assert!(!conn.more_ready(), "nothing was sent yet");
+    go_tx.send(()).unwrap();
+    // Blocks this (only) runtime thread: tokio's reactor does not run until it returns.
+    sent_rx.recv().unwrap();
+    assert!(
+        conn.more_ready(),
+        "a whole message waits on the socket, but more_ready said nothing is ready"
+    );
+    match conn.recv_copy().await.unwrap() {
+        CopyMessage::Data(d) => assert_eq!(d.to_vec(), expected),
+        CopyMessage::Done => panic!("expected the second message"),
+    }
+    assert!(!conn.more_ready(), "everything sent was read");
+    drop(conn);
+    server.join().unwrap();
+}
