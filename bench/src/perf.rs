@@ -42,3 +42,92 @@ pub fn interrupt(child: Child) -> Result<()> {
     child.wait_with_output()?;
     Ok(())
 }
+
+/// Counts the flush system calls (`fsync`, `fdatasync`) of process `pid`, all its
+/// threads, with `perf stat` (counted in the kernel: nothing is traced per call).
+pub struct FlushCounter {
+    child: Child,
+    out: std::path::PathBuf,
+}
+
+impl FlushCounter {
+    /// Starts counting; returns once perf has attached (it has written its header).
+    pub fn start(pid: u32, out: &Path) -> Result<FlushCounter> {
+        let mut child = Command::new("perf")
+            .args(["stat", "-x", ",", "-e"])
+            .arg("syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync")
+            .args(["-p", &pid.to_string(), "-o"])
+            .arg(out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("running perf stat (package linux-perf)")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::fs::metadata(out).map(|m| m.len()).unwrap_or(0) == 0 {
+            if let Some(st) = child.try_wait()? {
+                bail!("perf stat -p {pid} exited ({st}) before counting");
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "perf stat did not start within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(FlushCounter {
+            child,
+            out: out.to_owned(),
+        })
+    }
+
+    /// Stops perf and returns the number of flush calls counted.
+    pub fn finish(self) -> Result<u64> {
+        interrupt(self.child)?;
+        let text = std::fs::read_to_string(&self.out)
+            .with_context(|| format!("reading {}", self.out.display()))?;
+        let _ = std::fs::remove_file(&self.out);
+        flush_count(&text).with_context(|| format!("perf stat output: {text}"))
+    }
+}
+
+/// The sum of the two counters in `perf stat -x,` output (`<not counted>` is 0: the
+/// process made no such call).
+fn flush_count(text: &str) -> Result<u64> {
+    let mut total = 0;
+    let mut seen = 0;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let mut f = line.split(',');
+        let (Some(value), Some(event)) = (f.next(), f.nth(1)) else {
+            continue;
+        };
+        if !event.starts_with("syscalls:sys_enter_f") {
+            continue;
+        }
+        seen += 1;
+        if value != "<not counted>" {
+            total += value
+                .parse::<u64>()
+                .with_context(|| format!("odd count {value:?}"))?;
+        }
+    }
+    ensure!(seen == 2, "expected 2 counters, found {seen}");
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::flush_count;
+
+    #[test]
+    fn flush_counts_are_summed_and_not_counted_is_zero() {
+        let text = "# started on Fri Nov 27 08:38:57 2026\n\n\
+                    1204,,syscalls:sys_enter_fsync,2004586991,100.00,,\n\
+                    <not counted>,,syscalls:sys_enter_fdatasync,0,100.00,,\n";
+        assert_eq!(flush_count(text).unwrap(), 1204);
+        let both = "12,,syscalls:sys_enter_fsync,1,100.00,,\n30,,syscalls:sys_enter_fdatasync,1,100.00,,\n";
+        assert_eq!(flush_count(both).unwrap(), 42);
+        assert!(
+            flush_count("# started\n").is_err(),
+            "no counters is an error"
+        );
+    }
+}

@@ -21,7 +21,8 @@
 //! `klio-bench-sync probe CLIENTS [SECONDS] [ROUNDS]` runs one client count under the
 //! standbys (and `pg_receivewal --compress=lz4`) in rotated rounds and prints the latency
 //! tail with what the standby's process used (CPU and run-queue wait per transaction, per
-//! thread); with `KLIO_BENCH_PERF_RECORD=DIR` it also keeps a `perf record -g` profile
+//! thread) and how many commits each of its flushes covered (`tx_per_flush`, from a
+//! `perf stat` count of its `fsync`/`fdatasync` calls); with `KLIO_BENCH_PERF_RECORD=DIR` it also keeps a `perf record -g` profile
 //! of the standby, with `KLIO_BENCH_PERF_TRACE=DIR` a `perf trace` of every flush and
 //! write on the host with pgbench's logs; `KLIO_BENCH_RATE=TPS` runs every arm at that
 //! offered load (`pgbench -R`) instead of as fast as it can; with
@@ -397,9 +398,14 @@ fn probe_point(
         }
         None => None,
     };
+    // The standby's flush calls (all its threads; for Klio also the catalog's and the
+    // recompressor's few), counted in the kernel: how many commits each flush covers.
+    let flush_out = std::env::temp_dir().join(format!("klio-bench-flushes-{pid}.csv"));
+    let flushes = perf::FlushCounter::start(pid, &flush_out)?;
     let before = thread_times(pid)?;
     let (out, dir) = logged_pgbench(pg, clients, secs, rate)?;
     let (cpu, wait, threads) = thread_delta(pid, &before)?;
+    let flushes = flushes.finish()?;
     let trips = match walsender {
         Some(t) => {
             let mut v = t.finish()?;
@@ -441,7 +447,8 @@ fn probe_point(
         .with("over5ms", slow as f64)
         .with("stalls", stall_count as f64)
         .with("cpu_us_per_tx", cpu * 1000.0 / tx.len() as f64)
-        .with("runq_us_per_tx", wait * 1000.0 / tx.len() as f64);
+        .with("runq_us_per_tx", wait * 1000.0 / tx.len() as f64)
+        .with("tx_per_flush", tx.len() as f64 / flushes.max(1) as f64);
     if let Some(v) = trips {
         sample = sample
             .with("rt_p50_us", quantile(&v, 0.50))
