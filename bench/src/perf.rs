@@ -1,5 +1,6 @@
 //! Starting and stopping the tracers the benchmarks attach (`perf trace`, `strace`).
 
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -48,13 +49,23 @@ pub fn interrupt(child: Child) -> Result<()> {
 pub struct FlushCounter {
     child: Child,
     out: std::path::PathBuf,
+    _fifos: tempfile::TempDir,
 }
 
 impl FlushCounter {
-    /// Starts counting; returns once perf has attached (it has written its header).
+    /// Starts counting; returns once perf has enabled its counters (perf starts them
+    /// disabled and acknowledges the `enable` sent on its control FIFO).
     pub fn start(pid: u32, out: &Path) -> Result<FlushCounter> {
+        let fifos = tempfile::tempdir()?;
+        let (ctl, ack) = (fifos.path().join("ctl"), fifos.path().join("ack"));
+        for f in [&ctl, &ack] {
+            let st = Command::new("mkfifo").arg(f).status()?;
+            ensure!(st.success(), "mkfifo {} failed", f.display());
+        }
         let mut child = Command::new("perf")
-            .args(["stat", "-x", ",", "-e"])
+            .args(["stat", "-x", ",", "-D", "-1", "--control"])
+            .arg(format!("fifo:{},{}", ctl.display(), ack.display()))
+            .arg("-e")
             .arg("syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync")
             .args(["-p", &pid.to_string(), "-o"])
             .arg(out)
@@ -62,20 +73,27 @@ impl FlushCounter {
             .stderr(Stdio::null())
             .spawn()
             .context("running perf stat (package linux-perf)")?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::fs::metadata(out).map(|m| m.len()).unwrap_or(0) == 0 {
-            if let Some(st) = child.try_wait()? {
-                bail!("perf stat -p {pid} exited ({st}) before counting");
+        // Opened read-write, a FIFO does not wait for the other side.
+        let rw = |p: &Path| std::fs::OpenOptions::new().read(true).write(true).open(p);
+        let (mut ctl, mut ack) = (rw(&ctl)?, rw(&ack)?);
+        ctl.write_all(b"enable\n")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4];
+            let _ = tx.send(ack.read_exact(&mut buf).map(|()| buf));
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(buf)) if &buf == b"ack\n" => {}
+            other => {
+                let _ = child.kill();
+                let st = child.wait()?;
+                bail!("perf stat -p {pid} did not enable its counters ({other:?}, {st})");
             }
-            ensure!(
-                Instant::now() < deadline,
-                "perf stat did not start within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
         }
         Ok(FlushCounter {
             child,
             out: out.to_owned(),
+            _fifos: fifos,
         })
     }
 

@@ -99,8 +99,19 @@ fn logged_pgbench(
 }
 
 /// One pgbench run at `clients`: adds `c{n}_tps`, `c{n}_p50_ms`, `c{n}_p99_ms` to `s`.
-fn pgbench_point(pg: &PgInstance, clients: u32, secs: u32, s: Sample) -> Result<Sample> {
+fn pgbench_point(
+    pg: &PgInstance,
+    standby: Option<u32>,
+    clients: u32,
+    secs: u32,
+    s: Sample,
+) -> Result<Sample> {
+    let counter = match standby {
+        Some(pid) => Some(perf::FlushCounter::start(pid, &flush_count_file(pid))?),
+        None => None,
+    };
     let (out, dir) = logged_pgbench(pg, clients, secs, None)?;
+    let flushes = counter.map(perf::FlushCounter::finish).transpose()?;
     let tps = parse_tps(&out)?;
     let mut lat: Vec<f64> = read_timed_latencies(&dir)?
         .into_iter()
@@ -111,15 +122,30 @@ fn pgbench_point(pg: &PgInstance, clients: u32, secs: u32, s: Sample) -> Result<
         "pgbench at {clients} clients logged no transaction"
     );
     lat.sort_by(f64::total_cmp);
-    Ok(s.with(format!("c{clients}_tps"), tps)
+    let mut s = s
+        .with(format!("c{clients}_tps"), tps)
         .with(format!("c{clients}_p50_ms"), quantile(&lat, 0.50) / 1000.0)
-        .with(format!("c{clients}_p99_ms"), quantile(&lat, 0.99) / 1000.0))
+        .with(format!("c{clients}_p99_ms"), quantile(&lat, 0.99) / 1000.0);
+    if let Some(n) = flushes {
+        s = s.with(
+            format!("c{clients}_tx_per_flush"),
+            lat.len() as f64 / n.max(1) as f64,
+        );
+    }
+    Ok(s)
+}
+
+/// Where `perf stat` writes the flush count of process `pid` (removed once read).
+fn flush_count_file(pid: u32) -> PathBuf {
+    std::env::temp_dir().join(format!("klio-bench-flushes-{pid}.csv"))
 }
 
 /// The whole curve, right after a checkpoint and with the pgbench tables and indexes read
 /// back into shared buffers (the page cache was dropped before the phase), so every
 /// phase starts from the same point.
-fn curve(pg: &PgInstance, pass: Pass, secs: u32) -> Result<Sample> {
+/// `standby` is the pid of the synchronous standby's process, whose flush calls are
+/// counted at each point (`cN_tx_per_flush`: commits per flush).
+fn curve(pg: &PgInstance, standby: Option<u32>, pass: Pass, secs: u32) -> Result<Sample> {
     let secs = if pass == Pass::WarmUp {
         WARM_UP_SECS
     } else {
@@ -132,7 +158,7 @@ fn curve(pg: &PgInstance, pass: Pass, secs: u32) -> Result<Sample> {
     )?;
     let mut s = Sample::new();
     for c in CLIENTS {
-        s = pgbench_point(pg, c, secs, s)?;
+        s = pgbench_point(pg, standby, c, secs, s)?;
     }
     Ok(s)
 }
@@ -400,8 +426,7 @@ fn probe_point(
     };
     // The standby's flush calls (all its threads; for Klio also the catalog's and the
     // recompressor's few), counted in the kernel: how many commits each flush covers.
-    let flush_out = std::env::temp_dir().join(format!("klio-bench-flushes-{pid}.csv"));
-    let flushes = perf::FlushCounter::start(pid, &flush_out)?;
+    let flushes = perf::FlushCounter::start(pid, &flush_count_file(pid))?;
     let before = thread_times(pid)?;
     let (out, dir) = logged_pgbench(pg, clients, secs, rate)?;
     let (cpu, wait, threads) = thread_delta(pid, &before)?;
@@ -555,20 +580,22 @@ fn main() -> Result<()> {
     let rounds: usize = klio_bench::arg(2, 5)?;
 
     let mut arms = vec![
-        Arm::new("no synchronous standby", |p| curve(&pg, p, secs)),
+        Arm::new("no synchronous standby", |p| curve(&pg, None, p, secs)),
         Arm::new("pg_receivewal --synchronous", |p| {
-            with_pg_receivewal(&pg, &|_| curve(&pg, p, secs))
+            with_pg_receivewal(&pg, &|pid| curve(&pg, Some(pid), p, secs))
         }),
         Arm::new("physical standby", |p| {
-            with_physical_standby(&pg, &|_| curve(&pg, p, secs))
+            with_physical_standby(&pg, &|pid| curve(&pg, Some(pid), p, secs))
         }),
-        Arm::new("klio", |p| with_klio(&pg, &|_| curve(&pg, p, secs))),
+        Arm::new("klio", |p| {
+            with_klio(&pg, &|pid| curve(&pg, Some(pid), p, secs))
+        }),
     ];
     let klio_b = std::env::var_os("KLIO_BIN_B");
     if let Some(b) = klio_b.clone() {
         let pg = &pg;
         arms.push(Arm::new(KLIO_B, move |p| {
-            with_klio_bin(&b, || with_klio(pg, &|_| curve(pg, p, secs)))
+            with_klio_bin(&b, || with_klio(pg, &|pid| curve(pg, Some(pid), p, secs)))
         }));
     }
     let title = format!(
