@@ -22,7 +22,11 @@
 //! standbys (and `pg_receivewal --compress=lz4`) in rotated rounds and prints the latency
 //! tail with what the standby's process used (CPU and run-queue wait per transaction, per
 //! thread) and how many commits each of its flushes covered (`tx_per_flush`, from a
-//! `perf stat` count of its `fsync`/`fdatasync` calls); with `KLIO_BENCH_PERF_RECORD=DIR` it also keeps a `perf record -g` profile
+//! `perf stat` count of its `fsync`/`fdatasync` calls; the curve prints it per client
+//! count too), with the primary's WAL per commit and the mean time of the primary's own
+//! WAL fsync (`wal_kb_per_tx`, `primary_sync_us`, from `pg_stat_wal`: the standby shares
+//! the disk, so its I/O can slow the primary's flush, which every commit waits for);
+//! like the curve, each probe run starts after a checkpoint with the tables prewarmed; with `KLIO_BENCH_PERF_RECORD=DIR` it also keeps a `perf record -g` profile
 //! of the standby, with `KLIO_BENCH_PERF_TRACE=DIR` a `perf trace` of every flush and
 //! write on the host with pgbench's logs; `KLIO_BENCH_RATE=TPS` runs every arm at that
 //! offered load (`pgbench -R`) instead of as fast as it can; with
@@ -110,7 +114,9 @@ fn pgbench_point(
         Some(pid) => Some(perf::FlushCounter::start(pid, &flush_count_file(pid))?),
         None => None,
     };
+    let wal_before = primary_wal(pg)?;
     let (out, dir) = logged_pgbench(pg, clients, secs, None)?;
+    let wal_after = primary_wal(pg)?;
     let flushes = counter.map(perf::FlushCounter::finish).transpose()?;
     let tps = parse_tps(&out)?;
     let mut lat: Vec<f64> = read_timed_latencies(&dir)?
@@ -126,6 +132,7 @@ fn pgbench_point(
         .with(format!("c{clients}_tps"), tps)
         .with(format!("c{clients}_p50_ms"), quantile(&lat, 0.50) / 1000.0)
         .with(format!("c{clients}_p99_ms"), quantile(&lat, 0.99) / 1000.0);
+    s = with_primary_wal(s, &format!("c{clients}_"), wal_before, wal_after, lat.len());
     if let Some(n) = flushes {
         s = s.with(
             format!("c{clients}_tx_per_flush"),
@@ -133,6 +140,41 @@ fn pgbench_point(
         );
     }
     Ok(s)
+}
+
+/// The primary's own WAL so far (`pg_stat_wal`): bytes, fsyncs and their total time
+/// in ms (`track_wal_io_timing` is on). The standby shares the primary's disk, so what
+/// it writes and flushes can slow the primary's own WAL flush, which every commit also
+/// waits for.
+fn primary_wal(pg: &PgInstance) -> Result<[f64; 3]> {
+    let row = pg.psql("SELECT wal_bytes, wal_sync, wal_sync_time FROM pg_stat_wal")?;
+    let v = row
+        .split('|')
+        .map(|f| f.trim().parse::<f64>())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("odd pg_stat_wal row {row:?}"))?;
+    ensure!(v.len() == 3, "odd pg_stat_wal row {row:?}");
+    Ok([v[0], v[1], v[2]])
+}
+
+/// Adds `prefix`wal_kb_per_tx (WAL per commit) and `prefix`primary_sync_us (the mean
+/// time of the primary's own WAL fsync) from two [`primary_wal`] readings.
+fn with_primary_wal(
+    s: Sample,
+    prefix: &str,
+    before: [f64; 3],
+    after: [f64; 3],
+    tx: usize,
+) -> Sample {
+    let syncs = (after[1] - before[1]).max(1.0);
+    s.with(
+        format!("{prefix}wal_kb_per_tx"),
+        (after[0] - before[0]) / 1024.0 / tx.max(1) as f64,
+    )
+    .with(
+        format!("{prefix}primary_sync_us"),
+        (after[2] - before[2]) * 1000.0 / syncs,
+    )
 }
 
 /// Where `perf stat` writes the flush count of process `pid` (removed once read).
@@ -151,16 +193,23 @@ fn curve(pg: &PgInstance, standby: Option<u32>, pass: Pass, secs: u32) -> Result
     } else {
         secs
     };
-    pg.psql("CHECKPOINT")?;
-    pg.psql(
-        "CREATE EXTENSION IF NOT EXISTS pg_prewarm;\n\
-         SELECT sum(pg_prewarm(oid)) FROM pg_class WHERE relname LIKE 'pgbench%' AND relkind IN ('r', 'i')",
-    )?;
+    checkpoint_and_prewarm(pg)?;
     let mut s = Sample::new();
     for c in CLIENTS {
         s = pgbench_point(pg, standby, c, secs, s)?;
     }
     Ok(s)
+}
+
+/// A checkpoint, then the pgbench tables and indexes read back into shared buffers (the
+/// page cache was dropped before the phase): where every curve and probe run starts.
+fn checkpoint_and_prewarm(pg: &PgInstance) -> Result<()> {
+    pg.psql("CHECKPOINT")?;
+    pg.psql(
+        "CREATE EXTENSION IF NOT EXISTS pg_prewarm;\n\
+         SELECT sum(pg_prewarm(oid)) FROM pg_class WHERE relname LIKE 'pgbench%' AND relkind IN ('r', 'i')",
+    )?;
+    Ok(())
 }
 
 /// What runs while a standby is the synchronous one; gets the pid of the standby's
@@ -385,7 +434,7 @@ fn probe_point(
     secs: u32,
     rate: Option<u32>,
 ) -> Result<Sample> {
-    pg.psql("CHECKPOINT")?;
+    checkpoint_and_prewarm(pg)?;
     // KLIO_BENCH_PERF_TRACE=DIR: every flush system call on the host during the run,
     // with its duration (`perf trace`), into DIR/<standby pid>.trace.
     let perf = match std::env::var_os("KLIO_BENCH_PERF_TRACE") {
@@ -428,7 +477,9 @@ fn probe_point(
     // recompressor's few), counted in the kernel: how many commits each flush covers.
     let flushes = perf::FlushCounter::start(pid, &flush_count_file(pid))?;
     let before = thread_times(pid)?;
+    let wal_before = primary_wal(pg)?;
     let (out, dir) = logged_pgbench(pg, clients, secs, rate)?;
+    let wal_after = primary_wal(pg)?;
     let (cpu, wait, threads) = thread_delta(pid, &before)?;
     let flushes = flushes.finish()?;
     let trips = match walsender {
@@ -474,6 +525,7 @@ fn probe_point(
         .with("cpu_us_per_tx", cpu * 1000.0 / tx.len() as f64)
         .with("runq_us_per_tx", wait * 1000.0 / tx.len() as f64)
         .with("tx_per_flush", tx.len() as f64 / flushes.max(1) as f64);
+    sample = with_primary_wal(sample, "", wal_before, wal_after, tx.len());
     if let Some(v) = trips {
         sample = sample
             .with("rt_p50_us", quantile(&v, 0.50))
@@ -558,7 +610,8 @@ fn main() -> Result<()> {
         PgOptions::new()
             .conf("max_wal_size", "4GB")
             .conf("max_connections", "100")
-            .conf("shared_buffers", "256MB"),
+            .conf("shared_buffers", "256MB")
+            .conf("track_wal_io_timing", "on"),
     )?;
     pg.pgbench(&["-i", "-s", "10"])?;
     if std::env::args().nth(1).as_deref() == Some("strace") {
