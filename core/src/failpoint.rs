@@ -16,6 +16,9 @@
 //!
 //! `KLIO_TEST_FSYNC_DELAY_MS=<ms>` makes every fdatasync of streamed WAL take that much
 //! longer: a slow disk, for tests.
+//!
+//! `KLIO_TEST_RECOMPRESS_PAUSED=1` keeps the background WAL recompressor from starting,
+//! so segments stored plain stay marked (what a busy machine's backlog looks like).
 
 #[cfg(feature = "testing")]
 pub fn hit(name: &str) {
@@ -62,3 +65,15 @@ pub fn slow_fsync() {
 #[cfg(not(feature = "testing"))]
 #[inline(always)]
 pub fn slow_fsync() {}
+
+/// Whether `KLIO_TEST_RECOMPRESS_PAUSED` is set: the WAL recompressor does not start.
+#[cfg(feature = "testing")]
+pub fn recompress_paused() -> bool {
+    std::env::var_os("KLIO_TEST_RECOMPRESS_PAUSED").is_some()
+}
+
+#[cfg(not(feature = "testing"))]
+#[inline(always)]
+pub fn recompress_paused() -> bool {
+    false
+}

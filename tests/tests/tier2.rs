@@ -1469,3 +1469,108 @@ fn repacking_moves_live_chunks_out_of_half_empty_packs_and_readers_follow() -> R
     );
     Ok(())
 }
+
+/// Segments the cluster's status says wait for the recompressor.
+fn recompress_backlog(klio: &KlioServer) -> Result<u64> {
+    let st = klio.status(CLUSTER)?;
+    st.pointer("/storage/tier1_recompress_backlog")
+        .and_then(Value::as_u64)
+        .with_context(|| format!("no storage.tier1_recompress_backlog in {st}"))
+}
+
+/// Tier 1 retention keeps WAL the recompressor has not rewritten yet, from the first
+/// such segment on, and says why (removing it would lose the rewrite that queues it for
+/// Tier 2); once it is rewritten, the same rules remove it, and the backup kept still
+/// restores to the source's data.
+#[test]
+fn tier1_retention_keeps_wal_still_waiting_for_recompression() -> Result<()> {
+    let pg = PgInstance::start(PgOptions::new().synchronous_standby_names("klio"))?;
+    let mut klio = KlioServer::start(vec![ClusterConf::new(CLUSTER, pg.replication_conninfo())])?;
+    klio.wait_sync_standby(&pg, CLUSTER)?;
+    pg.pgbench(&["-i", "-s", "1"])?;
+    let first = backup(&klio)?["id"].as_str().context("id")?.to_string();
+
+    // From here on the recompressor does not run: segments sealed now stay marked.
+    klio.stop()?;
+    klio.set_env("KLIO_TEST_RECOMPRESS_PAUSED", Some("1"));
+    klio.restart()?;
+    klio.wait_sync_standby(&pg, CLUSTER)?;
+    // Commits of ~20 KB, each acknowledged on its own: stored plain on the commit path.
+    pg.psql("CREATE TABLE fill (pad text)")?;
+    let script = pg.owned_dir("fill")?.join("fill.sql");
+    std::fs::write(
+        &script,
+        "INSERT INTO fill SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 600);\n",
+    )?;
+    pg.pgbench(&["-n", "-f", script.to_str().context("UTF-8")?, "-t", "2000"])?;
+    switch_wal(&pg, 1)?;
+    let second = backup(&klio)?["id"].as_str().context("id")?.to_string();
+    switch_wal(&pg, 1)?;
+    let want = klio_tests::table_checksums(&pg, &TABLES)?;
+    let lsn = pg.psql("SELECT pg_current_wal_flush_lsn()")?;
+    klio.wait_flushed(CLUSTER, &lsn, Duration::from_secs(60))?;
+    let waiting = recompress_backlog(&klio)?;
+    ensure!(
+        waiting > 0,
+        "no segment waits for recompression: nothing to hold back"
+    );
+
+    // latest = 1: the first backup goes, and the WAL before the second's start would,
+    // but not from the first segment still waiting for its rewrite on.
+    klio.stop()?;
+    klio.top_level_mut()
+        .extend(["[retention]".to_string(), "latest = 1".to_string()]);
+    klio.write_config()?;
+    klio.restart()?;
+    let applied = retention(&klio, &["apply"])?;
+    let gone = removed(&applied, 1)?;
+    ensure!(
+        gone.iter().any(|(_, name)| name == &first),
+        "the first backup was not removed: {applied}"
+    );
+    let held = applied["tiers"][0]["held_back"].to_string();
+    ensure!(
+        held.contains("being recompressed"),
+        "nothing said why WAL stays: {applied}"
+    );
+    ensure!(
+        recompress_backlog(&klio)? == waiting,
+        "retention removed a segment that waits for recompression: {applied}"
+    );
+    let wal_before = gone
+        .iter()
+        .filter(|(kind, _)| kind == "wal_segment")
+        .count();
+
+    // The recompressor runs again: once it has rewritten everything, the rules apply.
+    klio.stop()?;
+    klio.set_env("KLIO_TEST_RECOMPRESS_PAUSED", None);
+    klio.restart()?;
+    klio_tests::wait_until(
+        Duration::from_secs(120),
+        "the recompressor to drain",
+        || Ok(recompress_backlog(&klio)? == 0),
+    )?;
+    let applied = retention(&klio, &["apply"])?;
+    let wal_after = removed(&applied, 1)?
+        .iter()
+        .filter(|(kind, _)| kind == "wal_segment")
+        .count();
+    ensure!(
+        wal_after > 0,
+        "the WAL held back was not removed once rewritten ({wal_before} segment(s) went before): {applied}"
+    );
+    ensure!(
+        !applied["tiers"][0]["held_back"]
+            .to_string()
+            .contains("being recompressed"),
+        "still held back after the rewrite: {applied}"
+    );
+    let restored = klio.restore_and_recover(CLUSTER, Some(second.as_str()), PgOptions::new())?;
+    let got = klio_tests::table_checksums(&restored.pg, &TABLES)?;
+    ensure!(
+        got == want,
+        "restored after retention:\n{got}\nsource:\n{want}"
+    );
+    Ok(())
+}

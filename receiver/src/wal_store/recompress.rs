@@ -285,6 +285,10 @@ impl Recompressor {
             shared,
             threads: Vec::new(),
         };
+        if failpoint::recompress_paused() {
+            warn!("KLIO_TEST_RECOMPRESS_PAUSED is set: the WAL recompressor does not run");
+            return Ok(r);
+        }
         for (role, name) in [
             (Role::Idle, "klio-recompress"),
             (Role::CatchUp, "klio-recomp-lag"),
