@@ -26,6 +26,9 @@
 //! count too), with the primary's WAL per commit and the mean time of the primary's own
 //! WAL fsync (`wal_kb_per_tx`, `primary_sync_us`, from `pg_stat_wal`: the standby shares
 //! the disk, so its I/O can slow the primary's flush, which every commit waits for);
+//! what reached the shared disk per commit (`disk_kb_per_tx`, `disk_writes_per_tx`,
+//! `disk_flushes_per_tx` and the device's mean flush time `disk_flush_us`, from
+//! `/proc/diskstats`: the primary's and the standby's I/O together);
 //! like the curve, each probe run starts after a checkpoint with the tables prewarmed; with `KLIO_BENCH_PERF_RECORD=DIR` it also keeps a `perf record -g` profile
 //! of the standby, with `KLIO_BENCH_PERF_TRACE=DIR` a `perf trace` of every flush and
 //! write on the host with pgbench's logs; `KLIO_BENCH_RATE=TPS` runs every arm at that
@@ -42,6 +45,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{ensure, Context, Result};
+use klio_bench::host::DiskCounters;
 use klio_bench::perf::{self, interrupt};
 use klio_bench::replication::{drop_slot, set_sync_names, wait_sync};
 use klio_bench::rounds::{self, Arm, Pass, Sample};
@@ -478,7 +482,9 @@ fn probe_point(
     let flushes = perf::FlushCounter::start(pid, &flush_count_file(pid))?;
     let before = thread_times(pid)?;
     let wal_before = primary_wal(pg)?;
+    let disk_before = DiskCounters::read(pg.data_dir())?;
     let (out, dir) = logged_pgbench(pg, clients, secs, rate)?;
+    let disk_after = DiskCounters::read(pg.data_dir())?;
     let wal_after = primary_wal(pg)?;
     let (cpu, wait, threads) = thread_delta(pid, &before)?;
     let flushes = flushes.finish()?;
@@ -526,6 +532,26 @@ fn probe_point(
         .with("runq_us_per_tx", wait * 1000.0 / tx.len() as f64)
         .with("tx_per_flush", tx.len() as f64 / flushes.max(1) as f64);
     sample = with_primary_wal(sample, "", wal_before, wal_after, tx.len());
+    // The disk the primary and the standby share: what reached the device per commit.
+    let n = tx.len().max(1) as f64;
+    let flushes = (disk_after.flushes - disk_before.flushes).max(1.0);
+    sample = sample
+        .with(
+            "disk_kb_per_tx",
+            (disk_after.sectors_written - disk_before.sectors_written) / 2.0 / n,
+        )
+        .with(
+            "disk_writes_per_tx",
+            (disk_after.writes - disk_before.writes) / n,
+        )
+        .with(
+            "disk_flushes_per_tx",
+            (disk_after.flushes - disk_before.flushes) / n,
+        )
+        .with(
+            "disk_flush_us",
+            (disk_after.flush_ms - disk_before.flush_ms) * 1000.0 / flushes,
+        );
     if let Some(v) = trips {
         sample = sample
             .with("rt_p50_us", quantile(&v, 0.50))
