@@ -29,8 +29,9 @@
 //! what reached the shared disk per commit (`disk_kb_per_tx`, `disk_writes_per_tx`,
 //! `disk_flushes_per_tx` and the device's mean flush time `disk_flush_us`, from
 //! `/proc/diskstats`: the primary's and the standby's I/O together);
-//! like the curve, each probe run starts after a checkpoint with the tables prewarmed; with `KLIO_BENCH_PERF_RECORD=DIR` it also keeps a `perf record -g` profile
-//! of the standby, with `KLIO_BENCH_PERF_TRACE=DIR` a `perf trace` of every flush and
+//! like the curve, each probe run starts after a checkpoint with the tables prewarmed.
+//! With `KLIO_BENCH_PERF_RECORD=DIR` it also keeps a `perf record -g` profile of the
+//! standby, with `KLIO_BENCH_PERF_TRACE=DIR` a `perf trace` of every flush and
 //! write on the host with pgbench's logs; `KLIO_BENCH_RATE=TPS` runs every arm at that
 //! offered load (`pgbench -R`) instead of as fast as it can; with
 //! `KLIO_BENCH_WALSENDER_TRACE=DIR` it also prints the standby's round trip as the

@@ -696,14 +696,33 @@ fn retention(klio: &KlioServer, args: &[&str]) -> Result<Value> {
     Ok(serde_json::from_str(&klio.client_ok(CLUSTER, &all)?)?)
 }
 
-/// One tier's `(kind, name)` list of removed objects in a retention report.
-fn removed(report: &Value, tier: u64) -> Result<Vec<(String, String)>> {
-    let t = report["tiers"]
+/// One tier's part of a retention report.
+fn tier_report(report: &Value, tier: u64) -> Result<&Value> {
+    report["tiers"]
         .as_array()
         .context("no tiers")?
         .iter()
         .find(|t| t["tier"] == tier)
-        .with_context(|| format!("no tier {tier} in {report}"))?;
+        .with_context(|| format!("no tier {tier} in {report}"))
+}
+
+/// One tier's `held_back` notes in a retention report, as one text.
+fn held_back(report: &Value, tier: u64) -> Result<String> {
+    let t = tier_report(report, tier)?;
+    Ok(t["held_back"].to_string())
+}
+
+/// How many WAL segments a list from [`removed`] holds.
+fn wal_segments(removed: &[(String, String)]) -> usize {
+    removed
+        .iter()
+        .filter(|(kind, _)| kind == "wal_segment")
+        .count()
+}
+
+/// One tier's `(kind, name)` list of removed objects in a retention report.
+fn removed(report: &Value, tier: u64) -> Result<Vec<(String, String)>> {
+    let t = tier_report(report, tier)?;
     ensure!(t.get("error").is_none(), "tier {tier} stopped: {t}");
     Ok(t["removed"]
         .as_array()
@@ -1051,9 +1070,8 @@ fn with_tier2_down_retention_removes_nothing_tier2_lacks() -> Result<()> {
         removed(&applied, 1)?.is_empty(),
         "removed with Tier 2 down: {applied}"
     );
-    let held = applied["tiers"][0]["held_back"].to_string();
     ensure!(
-        held.contains("not in Tier 2 yet"),
+        held_back(&applied, 1)?.contains("not in Tier 2 yet"),
         "nothing said why: {applied}"
     );
     ensure!(
@@ -1528,19 +1546,15 @@ fn tier1_retention_keeps_wal_still_waiting_for_recompression() -> Result<()> {
         gone.iter().any(|(_, name)| name == &first),
         "the first backup was not removed: {applied}"
     );
-    let held = applied["tiers"][0]["held_back"].to_string();
     ensure!(
-        held.contains("being recompressed"),
+        held_back(&applied, 1)?.contains("being recompressed"),
         "nothing said why WAL stays: {applied}"
     );
     ensure!(
         recompress_backlog(&klio)? == waiting,
         "retention removed a segment that waits for recompression: {applied}"
     );
-    let wal_before = gone
-        .iter()
-        .filter(|(kind, _)| kind == "wal_segment")
-        .count();
+    let wal_before = wal_segments(&gone);
 
     // The recompressor runs again: once it has rewritten everything, the rules apply.
     klio.stop()?;
@@ -1552,18 +1566,13 @@ fn tier1_retention_keeps_wal_still_waiting_for_recompression() -> Result<()> {
         || Ok(recompress_backlog(&klio)? == 0),
     )?;
     let applied = retention(&klio, &["apply"])?;
-    let wal_after = removed(&applied, 1)?
-        .iter()
-        .filter(|(kind, _)| kind == "wal_segment")
-        .count();
+    let wal_after = wal_segments(&removed(&applied, 1)?);
     ensure!(
         wal_after > 0,
         "the WAL held back was not removed once rewritten ({wal_before} segment(s) went before): {applied}"
     );
     ensure!(
-        !applied["tiers"][0]["held_back"]
-            .to_string()
-            .contains("being recompressed"),
+        !held_back(&applied, 1)?.contains("being recompressed"),
         "still held back after the rewrite: {applied}"
     );
     let restored = klio.restore_and_recover(CLUSTER, Some(second.as_str()), PgOptions::new())?;
