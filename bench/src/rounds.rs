@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::host;
 
@@ -130,6 +130,41 @@ fn describe_binary(path: &std::path::Path) -> String {
     }
 }
 
+/// What `bin --version` prints; an error if it is a testing build (failpoints and test
+/// knobs compiled in), unless `KLIO_BENCH_ALLOW_TESTING_BUILD` is set (an arm that needs a
+/// test knob). `var` names where the path came from, for the message.
+fn product_build(bin: &std::path::Path, var: &str) -> Result<String> {
+    let out = std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {} --version ({var})", bin.display()))?;
+    ensure!(
+        out.status.success(),
+        "{} --version failed ({}): set {var} to a klio binary",
+        bin.display(),
+        out.status
+    );
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    refuse_testing_build(
+        &version,
+        var,
+        std::env::var_os("KLIO_BENCH_ALLOW_TESTING_BUILD").is_some(),
+    )?;
+    Ok(version)
+}
+
+/// The check behind [`product_build`], on the version line.
+fn refuse_testing_build(version: &str, var: &str, allowed: bool) -> Result<()> {
+    ensure!(
+        allowed || !version.contains("testing build"),
+        "{var} is a testing build (`{version}`), not the product: build klio on its own \
+         (`cargo build --release -p klio`, then `cargo build --release -p klio-bench`; one \
+         command for both unifies their features and compiles the test knobs into klio), \
+         or set KLIO_BENCH_ALLOW_TESTING_BUILD=1 for an arm that needs a test knob"
+    );
+    Ok(())
+}
+
 /// Runs a warm-up of every arm, then `rounds` rotated rounds; prints each phase.
 pub fn run(title: &str, arms: &mut [Arm<'_>], rounds: usize) -> Result<Results> {
     if arms.is_empty() || rounds == 0 {
@@ -143,12 +178,13 @@ pub fn run(title: &str, arms: &mut [Arm<'_>], rounds: usize) -> Result<Results> 
     if rounds < 3 {
         println!("  NOTE: fewer than 3 rounds; not a comparison to quote");
     }
-    println!("  klio: {}", describe_binary(&klio_tests::klio_bin()));
+    let klio = klio_tests::klio_bin();
+    let version = product_build(&klio, "KLIO_BIN")?;
+    println!("  klio: {}, {version}", describe_binary(&klio));
     if let Some(b) = std::env::var_os("KLIO_BIN_B") {
-        println!(
-            "  KLIO_BIN_B: {}",
-            describe_binary(std::path::Path::new(&b))
-        );
+        let b = std::path::Path::new(&b);
+        let version = product_build(b, "KLIO_BIN_B")?;
+        println!("  KLIO_BIN_B: {}, {version}", describe_binary(b));
     }
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); arms.len()];
     let passes = std::iter::once(Pass::WarmUp).chain((1..=rounds).map(Pass::Round));
@@ -239,6 +275,22 @@ mod tests {
         assert_eq!(order(2, 1), [1, 0]);
         assert_eq!(order(3, 1), [1, 2, 0]);
         assert_eq!(order(3, 2), [2, 0, 1]);
+    }
+
+    #[test]
+    fn a_testing_build_is_refused_unless_allowed() {
+        // The harness's klio-e2e has the test knobs compiled in, and says so.
+        let bin = klio_tests::klio_bin();
+        let err = product_build(&bin, "KLIO_BIN").unwrap_err().to_string();
+        assert!(
+            err.contains("KLIO_BIN is a testing build") && err.contains("-p klio`"),
+            "{err}"
+        );
+        assert!(refuse_testing_build("klio 0.1.0", "KLIO_BIN", false).is_ok());
+        let testing =
+            "klio 0.1.0 (testing build: failpoints and test knobs compiled in, not for production)";
+        assert!(refuse_testing_build(testing, "KLIO_BIN_B", false).is_err());
+        assert!(refuse_testing_build(testing, "KLIO_BIN_B", true).is_ok());
     }
 
     #[test]

@@ -46,10 +46,22 @@ use tracing_subscriber::EnvFilter;
 #[cfg(feature = "server")]
 use demo::DemoArgs;
 
+/// What `klio --version` prints. A build with the `testing` feature (failpoints and
+/// test knobs compiled in) says so, so that a benchmark can refuse to measure it: cargo
+/// unifies features across the packages of one build command, so `klio` built in the
+/// same command as the test harness or `klio-bench` is such a build.
+#[cfg(not(feature = "testing"))]
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+#[cfg(feature = "testing")]
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (testing build: failpoints and test knobs compiled in, not for production)"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "klio",
-    version,
+    version = VERSION,
     about = "Klio: a PostgreSQL backup server that streams WAL like a standby"
 )]
 pub struct Cli {
