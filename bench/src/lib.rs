@@ -3,10 +3,12 @@
 //! ([`host`]), replication slots and synchronous standbys on the primary
 //! ([`replication`]), content checks of what a run produced ([`checks`]), a summary of
 //! a standby's system calls per commit ([`syscalls`]), starting and stopping tracers
-//! ([`perf`]), and the standby's round trip as the primary's walsender sees it
-//! ([`walsender`]). Writes nothing to disk itself beyond `/proc` controls (page-cache
+//! ([`perf`]), the standby's round trip as the primary's walsender sees it
+//! ([`walsender`]), and each commit's steps as the block device sees them
+//! ([`blocktrace`]). Writes nothing to disk itself beyond `/proc` controls (page-cache
 //! drop, peak-RSS reset).
 
+pub mod blocktrace;
 pub mod checks;
 pub mod host;
 pub mod perf;

@@ -33,6 +33,38 @@ pub fn trace(args: &[&str], out: &Path) -> Result<Child> {
     Ok(child)
 }
 
+/// Starts `perf record` of every block request issued and completed on the host into
+/// `out`; returns once perf is recording (it has created `out`).
+pub fn record_block(out: &Path) -> Result<Child> {
+    let mut child = Command::new("perf")
+        .args([
+            "record",
+            "-a",
+            "-e",
+            "block:block_rq_issue",
+            "-e",
+            "block:block_rq_complete",
+            "-o",
+        ])
+        .arg(out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("running perf record (package linux-perf)")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !out.exists() {
+        if let Some(st) = child.try_wait()? {
+            bail!("perf record of the block tracepoints exited ({st}) before recording");
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "perf record did not start within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child)
+}
+
 /// Stops `child` (strace, perf) with SIGINT, so that it writes its output, and waits
 /// for it.
 pub fn interrupt(child: Child) -> Result<()> {

@@ -37,6 +37,11 @@
 //! `KLIO_BENCH_WALSENDER_TRACE=DIR` it also prints the standby's round trip as the
 //! primary's walsender sees it (`rt_p50_us`, `rt_p99_us`: WAL sent → reply read, from a
 //! `perf trace` of the walsender alone, kept in DIR; see `klio_bench::walsender`);
+//! `KLIO_BENCH_BLOCK_TRACE=DIR` keeps a `perf record` of every block request on the host
+//! (DIR/block-<standby pid>.data), which `klio-bench-sync block-summary FILE...` cuts into
+//! each commit's steps as the device sees them (at 1 client; see
+//! `klio_bench::blocktrace`); `KLIO_BENCH_PERF_CALL_GRAPH=dwarf` makes
+//! `KLIO_BENCH_PERF_RECORD` unwind with DWARF (release builds keep no frame pointers);
 //! `KLIO_BIN_B=PATH` (probe and curve) adds a second Klio build as an arm of its own: an
 //! A/B of a change in the same rounds, or, with the same build as both, the noise floor
 //! of a ratio on this host.
@@ -452,16 +457,31 @@ fn probe_point(
         None => None,
     };
     // KLIO_BENCH_PERF_RECORD=DIR: CPU profile of the standby's process (`perf record -g`)
-    // into DIR/<pid>.data.
+    // into DIR/<pid>.data; KLIO_BENCH_PERF_CALL_GRAPH=dwarf unwinds with DWARF instead of
+    // frame pointers (which release builds do not keep).
     let record = match std::env::var_os("KLIO_BENCH_PERF_RECORD") {
         Some(d) => Some(
             Command::new("perf")
-                .args(["record", "-F", "1999", "-g", "-p", &pid.to_string(), "-o"])
+                .args(["record", "-F", "1999", "-p", &pid.to_string()])
+                .arg(format!(
+                    "--call-graph={}",
+                    std::env::var("KLIO_BENCH_PERF_CALL_GRAPH").unwrap_or_else(|_| "fp".into())
+                ))
+                .arg("-o")
                 .arg(Path::new(&d).join(format!("{pid}.data")))
                 .stderr(Stdio::null())
                 .spawn()
                 .context("running perf record")?,
         ),
+        None => None,
+    };
+    // KLIO_BENCH_BLOCK_TRACE=DIR: every request issued to and completed by a block
+    // device on the host during the run (`perf record` of the block tracepoints), into
+    // DIR/block-<standby pid>.data; `klio-bench-sync block-summary` reads it.
+    let block = match std::env::var_os("KLIO_BENCH_BLOCK_TRACE") {
+        Some(d) => Some(perf::record_block(
+            &Path::new(&d).join(format!("block-{pid}.data")),
+        )?),
         None => None,
     };
     // KLIO_BENCH_WALSENDER_TRACE=DIR: the standby's round trip as the walsender sees
@@ -498,6 +518,9 @@ fn probe_point(
         None => None,
     };
     if let Some(child) = record {
+        interrupt(child)?;
+    }
+    if let Some(child) = block {
         interrupt(child)?;
     }
     if let Some(child) = perf {
@@ -614,6 +637,15 @@ fn main() -> Result<()> {
             print!(
                 "{log}: {}",
                 klio_bench::syscalls::summarize(Path::new(&log))?
+            );
+        }
+        return Ok(());
+    }
+    if std::env::args().nth(1).as_deref() == Some("block-summary") {
+        for data in std::env::args().skip(2) {
+            println!(
+                "{data}: {}",
+                klio_bench::blocktrace::summarize(Path::new(&data))?
             );
         }
         return Ok(());
