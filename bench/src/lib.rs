@@ -5,11 +5,13 @@
 //! a standby's system calls per commit ([`syscalls`]), starting and stopping tracers
 //! ([`perf`]), the standby's round trip as the primary's walsender sees it
 //! ([`walsender`]), and each commit's steps as the block device sees them
-//! ([`blocktrace`]). Writes nothing to disk itself beyond `/proc` controls (page-cache
+//! ([`blocktrace`]); and what the size of a file's zero-filling writes costs the
+//! writes that follow ([`fill`]). Writes nothing to disk itself beyond `/proc` controls (page-cache
 //! drop, peak-RSS reset).
 
 pub mod blocktrace;
 pub mod checks;
+pub mod fill;
 pub mod host;
 pub mod perf;
 pub mod replication;

@@ -37,6 +37,8 @@
 //! `KLIO_BENCH_WALSENDER_TRACE=DIR` it also prints the standby's round trip as the
 //! primary's walsender sees it (`rt_p50_us`, `rt_p99_us`: WAL sent → reply read, from a
 //! `perf trace` of the walsender alone, kept in DIR; see `klio_bench::walsender`);
+//! `klio-bench-sync fill [WRITES] [ROUNDS]` compares zero-fill write sizes by the CPU
+//! of the commit-sized writes that follow (`klio_bench::fill`).
 //! `KLIO_BENCH_BLOCK_TRACE=DIR` keeps a `perf record` of every block request on the host
 //! (DIR/block-<standby pid>.data), which `klio-bench-sync block-summary FILE...` cuts into
 //! each commit's steps as the device sees them (at 1 client; see
@@ -640,6 +642,9 @@ fn main() -> Result<()> {
             );
         }
         return Ok(());
+    }
+    if std::env::args().nth(1).as_deref() == Some("fill") {
+        return klio_bench::fill::run(klio_bench::arg(2, 2500)?, klio_bench::arg(3, 7)?);
     }
     if std::env::args().nth(1).as_deref() == Some("block-summary") {
         for data in std::env::args().skip(2) {
