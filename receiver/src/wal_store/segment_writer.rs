@@ -91,7 +91,15 @@ const END_MARK: [u8; FRAME_HEADER_LEN] = [0; FRAME_HEADER_LEN];
 /// path's flush cheap; readers and crash recovery already treat trailing zeros as
 /// "no frame here", and sealing truncates them.
 const ZERO_AHEAD: u64 = 1 << 20;
-static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+
+/// Zeros are written this much per call. The page cache keeps a file's pages in folios
+/// as large as the write that created them (ext4 on Linux 6.x), and every later write
+/// and writeback into a folio walks all of its blocks: in a file filled 1 MiB at a time,
+/// a commit's 6 KB frame write took 5.7–6.1 µs of CPU against 4.0 in one filled 64 KiB
+/// at a time (`klio-bench-sync fill`, `docs/BENCHMARKS.md`). pg_receivewal pads with
+/// 8 KiB writes.
+const ZERO_CHUNK: usize = 64 << 10;
+static ZEROS: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
 
 /// How much of a new segment's file is filled with zeros when it is created while a
 /// synchronous standby's commits are being written (uncompressed frames): the whole
