@@ -118,20 +118,7 @@ pub(super) async fn copy_loop(
             r = progress.changed() => {
                 r.map_err(|_| SessionError::store("the writer stopped".into(), false))?;
                 let p = progress.borrow_and_update().clone();
-                if let Some(err) = p.error {
-                    // A full disk is flagged where the session ends (run_cluster).
-                    return Err(SessionError::store(err, p.disk_full));
-                }
-                status.set_sealed(p.sealed);
-                status.set_wal_flushes(p.flushes.count, p.flushes.nanos);
-                if let Some((t, lsn)) = p.durable {
-                    if t == tli && lsn > flushed {
-                        status.set_disk_full(false);
-                        flushed = lsn;
-                        status.set_flushed(lsn);
-                        conn.send_status(received, flushed).await?;
-                    }
-                }
+                on_progress(p, conn, status, tli, received, &mut flushed).await?;
             }
             m = conn.recv_copy() => {
                 match m? {
@@ -167,6 +154,12 @@ pub(super) async fn copy_loop(
                 if unflushed > 0 && (unflushed >= BATCH_BYTES || !conn.more_ready()) {
                     sink.end_batch();
                     unflushed = 0;
+                    // The batch's new flush position goes out now, not on the next turn
+                    // of the loop: a synchronous commit is waiting for it.
+                    if progress.has_changed().unwrap_or(false) {
+                        let p = progress.borrow_and_update().clone();
+                        on_progress(p, conn, status, tli, received, &mut flushed).await?;
+                    }
                 }
             }
             _ = tick.tick() => {
@@ -174,6 +167,33 @@ pub(super) async fn copy_loop(
             }
         }
     }
+}
+
+/// Acts on what the writer published: its error ends the session; a new durable
+/// position on this timeline goes to the primary as the flush position.
+async fn on_progress(
+    p: WriterProgress,
+    conn: &mut impl Upstream,
+    status: &ClusterStatus,
+    tli: TimelineId,
+    received: Lsn,
+    flushed: &mut Lsn,
+) -> Result<(), SessionError> {
+    if let Some(err) = p.error {
+        // A full disk is flagged where the session ends (run_cluster).
+        return Err(SessionError::store(err, p.disk_full));
+    }
+    status.set_sealed(p.sealed);
+    status.set_wal_flushes(p.flushes.count, p.flushes.nanos);
+    if let Some((t, lsn)) = p.durable {
+        if t == tli && lsn > *flushed {
+            status.set_disk_full(false);
+            *flushed = lsn;
+            status.set_flushed(lsn);
+            conn.send_status(received, lsn).await?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
