@@ -130,6 +130,21 @@ fn describe_binary(path: &std::path::Path) -> String {
     }
 }
 
+/// Without `KLIO_BIN`, the `klio` built beside this benchmark (`target/release/klio`,
+/// from `cargo build --release -p klio`) is the one measured, rather than the test
+/// harness's default (its `klio-e2e`, a testing build that [`product_build`] refuses).
+fn default_klio_bin() {
+    if std::env::var_os("KLIO_BIN").is_some() {
+        return;
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("klio")));
+    if let Some(klio) = beside.filter(|p| p.is_file()) {
+        std::env::set_var("KLIO_BIN", klio);
+    }
+}
+
 /// What `bin --version` prints; an error if it is a testing build (failpoints and test
 /// knobs compiled in), unless `KLIO_BENCH_ALLOW_TESTING_BUILD` is set (an arm that needs a
 /// test knob). `var` names where the path came from, for the message.
@@ -178,6 +193,7 @@ pub fn run(title: &str, arms: &mut [Arm<'_>], rounds: usize) -> Result<Results> 
     if rounds < 3 {
         println!("  NOTE: fewer than 3 rounds; not a comparison to quote");
     }
+    default_klio_bin();
     let klio = klio_tests::klio_bin();
     let version = product_build(&klio, "KLIO_BIN")?;
     println!("  klio: {}, {version}", describe_binary(&klio));
