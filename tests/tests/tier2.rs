@@ -1496,6 +1496,18 @@ fn recompress_backlog(klio: &KlioServer) -> Result<u64> {
         .with_context(|| format!("no storage.tier1_recompress_backlog in {st}"))
 }
 
+/// The recompress backlog as `/metrics` exports it for [`CLUSTER`].
+fn recompress_backlog_metric(klio: &KlioServer) -> Result<u64> {
+    let text = klio.metrics()?;
+    let prefix = format!("klio_tier1_recompress_backlog_segments{{cluster=\"{CLUSTER}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .with_context(|| format!("no {prefix}line in /metrics:\n{text}"))?
+        .trim()
+        .parse()
+        .context("the backlog metric is not a count")
+}
+
 /// Tier 1 retention keeps WAL the recompressor has not rewritten yet, from the first
 /// such segment on, and says why (removing it would lose the rewrite that queues it for
 /// Tier 2); once it is rewritten, the same rules remove it, and the backup kept still
@@ -1532,6 +1544,11 @@ fn tier1_retention_keeps_wal_still_waiting_for_recompression() -> Result<()> {
         waiting > 0,
         "no segment waits for recompression: nothing to hold back"
     );
+    let exported = recompress_backlog_metric(&klio)?;
+    ensure!(
+        exported == waiting,
+        "/metrics exports a backlog of {exported}, the status {waiting}"
+    );
 
     // latest = 1: the first backup goes, and the WAL before the second's start would,
     // but not from the first segment still waiting for its rewrite on.
@@ -1565,6 +1582,10 @@ fn tier1_retention_keeps_wal_still_waiting_for_recompression() -> Result<()> {
         "the recompressor to drain",
         || Ok(recompress_backlog(&klio)? == 0),
     )?;
+    ensure!(
+        recompress_backlog_metric(&klio)? == 0,
+        "/metrics still exports a backlog once the recompressor has drained"
+    );
     let applied = retention(&klio, &["apply"])?;
     let wal_after = wal_segments(&removed(&applied, 1)?);
     ensure!(
