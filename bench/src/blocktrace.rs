@@ -78,7 +78,6 @@ pub struct Cycles {
 /// Cuts `issues` (in time order) into commits. The standby is process `standby`; the
 /// primary's writes are any other `postgres` process's.
 pub fn cycles(issues: &[Issue], standby: u32) -> Cycles {
-    #[derive(PartialEq)]
     enum Step {
         Start,
         PrimaryWrote(f64),

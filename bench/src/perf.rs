@@ -10,55 +10,44 @@ use anyhow::{bail, ensure, Context, Result};
 /// Starts `perf trace ARGS -o out`; returns once perf is tracing (it creates its output
 /// file when it has attached), or fails if it exits first or takes over 30 s.
 pub fn trace(args: &[&str], out: &Path) -> Result<Child> {
-    let mut child = Command::new("perf")
-        .arg("trace")
-        .args(args)
-        .arg("-o")
-        .arg(out)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("running perf trace (package linux-perf)")?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !out.exists() {
-        if let Some(st) = child.try_wait()? {
-            bail!("perf trace {args:?} exited ({st}) before tracing");
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "perf trace did not start within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(child)
+    let mut cmd = Command::new("perf");
+    cmd.arg("trace").args(args).arg("-o").arg(out);
+    spawn_until_output(&mut cmd, out, &format!("perf trace {args:?}"))
 }
 
 /// Starts `perf record` of every block request issued and completed on the host into
 /// `out`; returns once perf is recording (it has created `out`).
 pub fn record_block(out: &Path) -> Result<Child> {
-    let mut child = Command::new("perf")
-        .args([
-            "record",
-            "-a",
-            "-e",
-            "block:block_rq_issue",
-            "-e",
-            "block:block_rq_complete",
-            "-o",
-        ])
-        .arg(out)
+    let mut cmd = Command::new("perf");
+    cmd.args([
+        "record",
+        "-a",
+        "-e",
+        "block:block_rq_issue",
+        "-e",
+        "block:block_rq_complete",
+        "-o",
+    ])
+    .arg(out);
+    spawn_until_output(&mut cmd, out, "perf record of the block tracepoints")
+}
+
+/// Spawns `cmd` (a perf tool, output discarded) and waits until it has created `out`,
+/// its sign that it is attached; fails if it exits first or takes over 30 s.
+fn spawn_until_output(cmd: &mut Command, out: &Path, what: &str) -> Result<Child> {
+    let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .context("running perf record (package linux-perf)")?;
+        .with_context(|| format!("running {what} (package linux-perf)"))?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !out.exists() {
         if let Some(st) = child.try_wait()? {
-            bail!("perf record of the block tracepoints exited ({st}) before recording");
+            bail!("{what} exited ({st}) before it started");
         }
         ensure!(
             Instant::now() < deadline,
-            "perf record did not start within 30 s"
+            "{what} did not start within 30 s"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
