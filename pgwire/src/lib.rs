@@ -18,6 +18,7 @@ pub mod replication;
 
 mod auth;
 mod channel_binding;
+mod direct;
 mod error;
 mod message;
 mod startup;
@@ -128,6 +129,8 @@ pub struct ReplicationConn {
     read_buf: BytesMut,
     /// A read error seen by [`Self::more_ready`], reported by the next receive.
     read_error: Option<io::Error>,
+    /// Where the blocking COPY receive ([`Self::recv_copy_blocking`]) reads into.
+    scratch: Vec<u8>,
     write_buf: BytesMut,
     parameters: HashMap<String, String>,
     server_version_num: u32,
@@ -160,6 +163,7 @@ impl ReplicationConn {
             stream,
             read_buf: BytesMut::with_capacity(READ_CHUNK),
             read_error: None,
+            scratch: Vec::new(),
             write_buf: BytesMut::new(),
             parameters: HashMap::new(),
             server_version_num: 0,
@@ -310,43 +314,68 @@ impl ReplicationConn {
     /// consumed only when complete and returned in the same poll. NoticeResponse (logged) and
     /// ParameterStatus are skipped; an ErrorResponse ends the COPY with [`PgError::Server`].
     pub async fn recv_copy(&mut self) -> Result<CopyMessage, PgError> {
-        let State::Copy {
-            server_done: false, ..
-        } = self.state
-        else {
-            return Err(PgError::protocol(
-                "recv_copy called outside a COPY (or after the server's CopyDone)",
-            ));
-        };
+        self.check_receiving()?;
         loop {
-            match self.next_message().await? {
-                Backend::Message(Message::CopyData(body)) => {
-                    return Ok(CopyMessage::Data(body.into_bytes()))
-                }
-                Backend::Message(Message::CopyDone) => {
-                    if let State::Copy { server_done, .. } = &mut self.state {
-                        *server_done = true;
-                    }
-                    return Ok(CopyMessage::Done);
-                }
-                Backend::Message(Message::ErrorResponse(body)) => {
-                    self.state = State::Draining;
-                    return Err(server_error(body.fields()));
-                }
-                Backend::Message(Message::NoticeResponse(body)) => log_notice(body.fields()),
-                Backend::Message(Message::ParameterStatus(body)) => self.parameter_status(&body)?,
-                other => {
-                    return Err(self.broken(PgError::Protocol(format!(
-                        "unexpected {} during COPY",
-                        describe(&other)
-                    ))))
-                }
+            let msg = self.next_message().await?;
+            if let Some(m) = self.copy_message(msg)? {
+                return Ok(m);
             }
+        }
+    }
+
+    /// Refuses a receive outside a COPY (or after the server's CopyDone).
+    fn check_receiving(&self) -> Result<(), PgError> {
+        match self.state {
+            State::Copy {
+                server_done: false, ..
+            } => Ok(()),
+            _ => Err(PgError::protocol(
+                "recv_copy called outside a COPY (or after the server's CopyDone)",
+            )),
+        }
+    }
+
+    /// What a backend message received during COPY is for the caller: CopyData or
+    /// CopyDone, `None` for one handled here (notice, parameter status), or the error
+    /// that ends the COPY.
+    fn copy_message(&mut self, msg: Backend) -> Result<Option<CopyMessage>, PgError> {
+        match msg {
+            Backend::Message(Message::CopyData(body)) => {
+                Ok(Some(CopyMessage::Data(body.into_bytes())))
+            }
+            Backend::Message(Message::CopyDone) => {
+                if let State::Copy { server_done, .. } = &mut self.state {
+                    *server_done = true;
+                }
+                Ok(Some(CopyMessage::Done))
+            }
+            Backend::Message(Message::ErrorResponse(body)) => {
+                self.state = State::Draining;
+                Err(server_error(body.fields()))
+            }
+            Backend::Message(Message::NoticeResponse(body)) => {
+                log_notice(body.fields());
+                Ok(None)
+            }
+            Backend::Message(Message::ParameterStatus(body)) => {
+                self.parameter_status(&body)?;
+                Ok(None)
+            }
+            other => Err(self.broken(PgError::Protocol(format!(
+                "unexpected {} during COPY",
+                describe(&other)
+            )))),
         }
     }
 
     /// Sends one CopyData message (CopyBoth only) and flushes it.
     pub async fn send_copy_data(&mut self, payload: &[u8]) -> Result<(), PgError> {
+        self.queue_copy_data(payload)?;
+        self.flush_out().await
+    }
+
+    /// Queues one CopyData message for sending (CopyBoth only).
+    fn queue_copy_data(&mut self, payload: &[u8]) -> Result<(), PgError> {
         match self.state {
             State::Copy {
                 both: true,
@@ -362,7 +391,7 @@ impl ReplicationConn {
         frontend::CopyData::new(payload)
             .map_err(|e| PgError::Protocol(format!("CopyData too large: {e}")))?
             .write(&mut self.write_buf);
-        self.flush_out().await
+        Ok(())
     }
 
     /// Sends CopyDone (CopyBoth only): the client ends its side of the stream.

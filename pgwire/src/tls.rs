@@ -4,7 +4,7 @@
 //! Reads certificate and key files; writes nothing.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -89,16 +89,20 @@ impl Stream {
     /// read that did not fill the buffer and does not read it again before its reactor
     /// has run, so a poll of the stream alone misses bytes that arrived since.
     pub(crate) fn bytes_waiting(&self) -> bool {
-        let fd = match self {
+        let mut byte = [0u8; 1];
+        matches!(
+            recv(self.fd().as_raw_fd(), &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT),
+            Ok(n) if n > 0
+        )
+    }
+
+    /// The socket under the stream.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        match self {
             Stream::Tcp(s) => s.as_fd(),
             Stream::Unix(s) => s.as_fd(),
             Stream::Tls(tls) => tls.get_ref().0.as_fd(),
-        };
-        let mut byte = [0u8; 1];
-        matches!(
-            recv(fd.as_raw_fd(), &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT),
-            Ok(n) if n > 0
-        )
+        }
     }
 }
 

@@ -465,6 +465,41 @@ async fn receive_wal(conn: &mut ReplicationConn, want: u64) -> Vec<(Lsn, Bytes)>
     chunks
 }
 
+/// [`receive_wal`] with the blocking COPY I/O.
+fn receive_wal_blocking(conn: &mut ReplicationConn, want: u64) -> Vec<(Lsn, Bytes)> {
+    let deadline = Instant::now() + TIMEOUT;
+    let mut chunks = Vec::new();
+    let mut total = 0u64;
+    while total < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = conn
+            .recv_copy_blocking(left)
+            .expect("recv_copy_blocking")
+            .expect("WAL did not arrive in time");
+        let CopyMessage::Data(payload) = msg else {
+            panic!("server ended the stream");
+        };
+        match ReplicationMessage::decode(payload).unwrap() {
+            ReplicationMessage::XLogData(x) => {
+                total += x.data.len() as u64;
+                chunks.push((x.wal_start, x.data));
+            }
+            ReplicationMessage::Keepalive(k) if k.reply_requested => {
+                let update = StandbyStatusUpdate {
+                    write: Lsn(0),
+                    flush: Lsn(0),
+                    apply: Lsn(0),
+                    client_time: pg_now_micros(),
+                    reply_requested: false,
+                };
+                conn.send_copy_data_blocking(&update.encode()).unwrap();
+            }
+            ReplicationMessage::Keepalive(_) => {}
+        }
+    }
+    chunks
+}
+
 /// Generates some WAL, streams from the start of the segment holding `restart` and checks
 /// every byte received against the server's own segment file. Returns the end LSN reached.
 async fn stream_and_compare_with_pg_wal(
@@ -474,10 +509,35 @@ async fn stream_and_compare_with_pg_wal(
     restart: Lsn,
     tli: TimelineId,
 ) -> Lsn {
+    stream_and_compare_via(pg, conn, slot, restart, tli, Receive::Async).await
+}
+
+/// How a test receives: through tokio, or with the blocking COPY I/O (which names the
+/// table it fills, so that one server can be streamed from several times).
+#[derive(Clone, Copy)]
+enum Receive<'a> {
+    Async,
+    Blocking { table: &'a str },
+}
+
+async fn stream_and_compare_via(
+    pg: &PgInstance,
+    conn: &mut ReplicationConn,
+    slot: Option<&str>,
+    restart: Lsn,
+    tli: TimelineId,
+    how: Receive<'_>,
+) -> Lsn {
     let segment_size = conn.wal_segment_size().await.unwrap();
     let start_lsn = restart.segment_start(segment_size);
-    pg.psql("CREATE TABLE t AS SELECT g, md5(g::text) FROM generate_series(1, 5000) g")
-        .unwrap();
+    let table = match how {
+        Receive::Async => "t",
+        Receive::Blocking { table } => table,
+    };
+    pg.psql(&format!(
+        "CREATE TABLE {table} AS SELECT g, md5(g::text) FROM generate_series(1, 5000) g"
+    ))
+    .unwrap();
     let end = lsn(&pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap());
     let wanted = end.checked_sub(start_lsn).expect("WAL was written");
     assert!(wanted > 4096);
@@ -487,7 +547,10 @@ async fn stream_and_compare_with_pg_wal(
         .await
         .unwrap();
     assert_eq!(started, StreamStart::Streaming);
-    let chunks = receive_wal(conn, wanted).await;
+    let chunks = match how {
+        Receive::Async => receive_wal(conn, wanted).await,
+        Receive::Blocking { .. } => receive_wal_blocking(conn, wanted),
+    };
     assert_eq!(chunks[0].0, start_lsn, "streaming starts where asked");
 
     // Every byte received equals the server's own segment file at the same offset.
@@ -594,6 +657,89 @@ async fn streaming_matches_pg_wal_and_status_updates_are_accepted() {
     assert!(tags.contains(&"START_REPLICATION"), "{tags:?}");
     conn.identify_system().await.unwrap();
     conn.close().await;
+}
+
+/// The receiver's blocking COPY I/O over each transport, on one server: WAL arrives
+/// byte-identical to `pg_wal`, a status update sent is applied, a receive with nothing
+/// to read returns empty after its timeout, and the async path then finishes the COPY
+/// and takes commands on the same connection.
+#[tokio::test]
+async fn blocking_copy_io_over_tls_tcp_and_unix_socket() {
+    let pg = start(PgOptions::new().ssl(true));
+    let app = "application_name=klio_blocking";
+    let transports = [
+        ("tls", format!("{} {app}", pg.replication_conninfo()), true),
+        (
+            "tcp",
+            format!(
+                "host=127.0.0.1 port={} user=postgres sslmode=disable {app}",
+                pg.port()
+            ),
+            false,
+        ),
+        (
+            "unix",
+            format!(
+                "host={} port={} user=postgres {app}",
+                conninfo_value(pg.socket_dir()),
+                pg.port()
+            ),
+            false,
+        ),
+    ];
+    for (name, conninfo, tls) in transports {
+        let mut conn = connect(&conninfo).await;
+        assert_eq!(conn.is_tls(), tls, "{name}");
+        let sys = conn.identify_system().await.unwrap();
+        let table = format!("t_{name}");
+        let how = Receive::Blocking { table: &table };
+        let end =
+            stream_and_compare_via(&pg, &mut conn, None, sys.xlogpos, sys.timeline, how).await;
+
+        let update = StandbyStatusUpdate {
+            write: end,
+            flush: end,
+            apply: Lsn(0),
+            client_time: pg_now_micros(),
+            reply_requested: false,
+        };
+        conn.send_copy_data_blocking(&update.encode()).unwrap();
+        let query = format!(
+            "SELECT flush_lsn FROM pg_stat_replication WHERE pid = {}",
+            conn.backend_pid()
+        );
+        let deadline = Instant::now() + TIMEOUT;
+        while pg.psql(&query).unwrap() != end.to_string() {
+            assert!(
+                Instant::now() < deadline,
+                "{name}: status update not applied"
+            );
+            // Keep reading so the server is never blocked on us.
+            conn.recv_copy_blocking(Duration::from_millis(20)).unwrap();
+        }
+
+        // Nothing sent: the receive waits its timeout out and returns empty (a
+        // keepalive may come first).
+        let wait = Duration::from_millis(50);
+        loop {
+            let t0 = Instant::now();
+            if conn.recv_copy_blocking(wait).unwrap().is_none() {
+                assert!(t0.elapsed() >= wait, "{name}: returned early");
+                break;
+            }
+        }
+        assert!(!conn.more_ready_now(), "{name}");
+
+        conn.send_copy_done().await.unwrap();
+        let results = conn.finish_copy().await.unwrap();
+        let tags: Vec<_> = results.iter().map(|r| r.command_tag.as_str()).collect();
+        assert!(tags.contains(&"START_REPLICATION"), "{name}: {tags:?}");
+        assert_eq!(
+            conn.identify_system().await.unwrap().system_id,
+            sys.system_id
+        );
+        conn.close().await;
+    }
 }
 
 #[tokio::test]

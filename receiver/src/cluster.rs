@@ -360,6 +360,10 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 }
 
 /// Streams one cluster until `shutdown` turns true.
+///
+/// Run it on a thread of its own (a current-thread runtime that has nothing else to
+/// do): while WAL streams, the COPY loop blocks the thread, waiting for the primary in
+/// poll(2), and sees `shutdown` within 100 ms.
 pub async fn run_cluster(
     ctx: Arc<ServerContext>,
     handle: ClusterHandle,
@@ -603,8 +607,7 @@ async fn session(
             },
             spec.status_interval,
             shutdown,
-        )
-        .await?;
+        )?;
         // A new timeline starts with nothing of it stored yet.
         durable_start = Lsn::INVALID;
         match end {

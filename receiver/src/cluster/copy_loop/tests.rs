@@ -2,11 +2,11 @@
 //! sends must be at or below what the sink had made durable at that moment, across
 //! batches, keepalives, ticks and a failing fdatasync.
 
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Condvar, Mutex};
 
 use bytes::Bytes;
 use klio_pgwire::replication::{PrimaryKeepalive, XLogData};
-use tokio::sync::{mpsc, Notify};
 
 use super::*;
 use crate::wal_store::FlushStats;
@@ -80,43 +80,61 @@ impl WalSink for Arc<FakeSink> {
     }
 }
 
+/// Status updates sent so far, and a signal for each new one.
+#[derive(Default)]
+struct Sent {
+    list: Mutex<Vec<(Lsn, Lsn)>>,
+    cond: Condvar,
+}
+
 /// Scripted primary: messages come from the test through a channel; every status update
 /// is checked against the sink's durable position at the moment it is sent.
 struct FakePrimary {
-    incoming: mpsc::UnboundedReceiver<CopyMessage>,
+    incoming: mpsc::Receiver<CopyMessage>,
+    /// A message taken off the channel by `more_ready`, not yet received.
+    peeked: Option<CopyMessage>,
     sink: Arc<FakeSink>,
-    sent: Arc<Mutex<Vec<(Lsn, Lsn)>>>,
-    sent_notify: Arc<Notify>,
+    sent: Arc<Sent>,
 }
 
 impl Upstream for FakePrimary {
-    async fn recv_copy(&mut self) -> Result<CopyMessage, PgError> {
-        match self.incoming.recv().await {
-            Some(m) => Ok(m),
-            None => std::future::pending().await,
+    fn recv_copy(&mut self, timeout: Duration) -> Result<Option<CopyMessage>, PgError> {
+        if let Some(m) = self.peeked.take() {
+            return Ok(Some(m));
+        }
+        match self.incoming.recv_timeout(timeout) {
+            Ok(m) => Ok(Some(m)),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            // The script is over: a primary that sends nothing more.
+            Err(RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(timeout);
+                Ok(None)
+            }
         }
     }
 
     fn more_ready(&mut self) -> bool {
-        !self.incoming.is_empty()
+        if self.peeked.is_none() {
+            self.peeked = self.incoming.try_recv().ok();
+        }
+        self.peeked.is_some()
     }
 
-    async fn send_status(&mut self, write: Lsn, flush: Lsn) -> Result<(), PgError> {
+    fn send_status(&mut self, write: Lsn, flush: Lsn) -> Result<(), PgError> {
         let durable = self.sink.synced().map_or(Lsn::INVALID, |(_, l)| l);
         assert!(
             flush <= durable,
             "flush {flush} reported while only {durable} was durable"
         );
-        self.sent.lock().unwrap().push((write, flush));
-        self.sent_notify.notify_waiters();
+        self.sent.list.lock().unwrap().push((write, flush));
+        self.sent.cond.notify_all();
         Ok(())
     }
 }
 
 struct Script {
-    tx: mpsc::UnboundedSender<CopyMessage>,
-    sent: Arc<Mutex<Vec<(Lsn, Lsn)>>>,
-    sent_notify: Arc<Notify>,
+    tx: mpsc::Sender<CopyMessage>,
+    sent: Arc<Sent>,
     next: u64,
 }
 
@@ -143,64 +161,70 @@ impl Script {
     }
 
     /// Waits (bounded) until a status update reports `flush` at or past `lsn`.
-    async fn flushed_to(&self, lsn: u64) {
-        let wait = async {
-            loop {
-                let n = self.sent_notify.notified();
-                if self.sent.lock().unwrap().iter().any(|(_, f)| f.0 >= lsn) {
-                    return;
-                }
-                n.await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), wait)
-            .await
-            .expect("the loop never reported the flush");
+    fn flushed_to(&self, lsn: u64) {
+        let list = self.sent.list.lock().unwrap();
+        let (_list, timeout) = self
+            .sent
+            .cond
+            .wait_timeout_while(list, Duration::from_secs(10), |l| {
+                !l.iter().any(|(_, f)| f.0 >= lsn)
+            })
+            .unwrap();
+        assert!(!timeout.timed_out(), "the loop never reported the flush");
+    }
+
+    fn sent(&self) -> Vec<(Lsn, Lsn)> {
+        self.sent.list.lock().unwrap().clone()
     }
 }
 
 const START: u64 = 0x0300_0000;
 
-/// Runs the loop (status every 5 ms) alongside `driver`, which plays the primary; a stuck
-/// loop fails the test in 30 s instead of hanging it.
-async fn run_with(
+/// Runs the loop (status every 5 ms) on a thread of its own while `driver`, which plays
+/// the primary, runs on this one; a loop still running 30 s after the driver is done is
+/// stopped, which fails the test instead of hanging it.
+fn run_with(
     primary: &mut FakePrimary,
     sink: &Arc<FakeSink>,
     status: &ClusterStatus,
-    driver: impl std::future::Future<Output = ()>,
+    driver: impl FnOnce(),
 ) -> Result<CopyEnd, SessionError> {
-    let (_stop_tx, mut stop) = watch::channel(false);
-    let run = async {
-        let loop_ = copy_loop(
-            primary,
-            sink,
-            status,
-            position(),
-            Duration::from_millis(5),
-            &mut stop,
-        );
-        tokio::join!(loop_, driver).0
-    };
-    tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .expect("the copy loop did not finish")
+    let (stop_tx, stop) = watch::channel(false);
+    let (done_tx, done) = mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let end = copy_loop(
+                primary,
+                sink,
+                status,
+                position(),
+                Duration::from_millis(5),
+                &stop,
+            );
+            let _ = done_tx.send(end);
+        });
+        driver();
+        let end = done.recv_timeout(Duration::from_secs(30));
+        if end.is_err() {
+            stop_tx.send_replace(true);
+        }
+        end.expect("the copy loop did not finish")
+    })
 }
 
 fn setup(fail_flush: Option<u64>) -> (Script, FakePrimary, Arc<FakeSink>) {
-    let (tx, incoming) = mpsc::unbounded_channel();
+    let (tx, incoming) = mpsc::channel();
     let sink = FakeSink::new(fail_flush);
-    let sent = Arc::new(Mutex::new(Vec::new()));
-    let sent_notify = Arc::new(Notify::new());
+    let sent = Arc::new(Sent::default());
     let primary = FakePrimary {
         incoming,
+        peeked: None,
         sink: sink.clone(),
         sent: sent.clone(),
-        sent_notify: sent_notify.clone(),
     };
     let script = Script {
         tx,
         sent,
-        sent_notify,
         next: START,
     };
     (script, primary, sink)
@@ -214,11 +238,11 @@ fn position() -> CopyPosition {
     }
 }
 
-#[tokio::test]
-async fn flush_sent_never_exceeds_what_the_sink_made_durable() {
+#[test]
+fn flush_sent_never_exceeds_what_the_sink_made_durable() {
     let (mut script, mut primary, sink) = setup(None);
     let status = ClusterStatus::default();
-    let driver = async {
+    let driver = || {
         // Bursts (several messages queued: one fsync for them) and single messages,
         // keepalives asking for a reply in between.
         for burst in [1usize, 5, 1, 3, 8, 1] {
@@ -226,13 +250,13 @@ async fn flush_sent_never_exceeds_what_the_sink_made_durable() {
                 script.wal(100 + 37 * i);
             }
             script.keepalive();
-            script.flushed_to(script.next).await;
+            script.flushed_to(script.next);
         }
         script.tx.send(CopyMessage::Done).unwrap();
     };
-    let end = run_with(&mut primary, &sink, &status, driver).await;
+    let end = run_with(&mut primary, &sink, &status, driver);
     assert!(matches!(end, Ok(CopyEnd::EndOfTimeline)));
-    let sent = script.sent.lock().unwrap().clone();
+    let sent = script.sent();
     let last = sent.iter().map(|(_, f)| *f).max().unwrap();
     assert_eq!(last, Lsn(script.next), "everything durable was reported");
     assert_eq!(status.snapshot().flushed, Some(Lsn(script.next)));
@@ -240,23 +264,23 @@ async fn flush_sent_never_exceeds_what_the_sink_made_durable() {
     assert!(sent.iter().all(|(w, f)| w >= f), "{sent:?}");
 }
 
-#[tokio::test]
-async fn a_failed_fdatasync_ends_the_session_without_reporting_its_data() {
+#[test]
+fn a_failed_fdatasync_ends_the_session_without_reporting_its_data() {
     let (mut script, mut primary, sink) = setup(Some(3));
     let status = ClusterStatus::default();
-    let driver = async {
+    let driver = || {
         script.wal(500);
-        script.flushed_to(START + 500).await;
+        script.flushed_to(START + 500);
         script.wal(700);
-        script.flushed_to(START + 1200).await;
+        script.flushed_to(START + 1200);
         // The third fdatasync fails: its 300 bytes were written but are not durable.
         script.wal(300);
         script.keepalive();
     };
-    let end = run_with(&mut primary, &sink, &status, driver).await;
+    let end = run_with(&mut primary, &sink, &status, driver);
     let err = end.err().expect("the session must end on a Tier 1 failure");
     assert!(err.to_string().contains("fdatasync failed"), "{err}");
-    let sent = script.sent.lock().unwrap().clone();
+    let sent = script.sent();
     assert!(
         sent.iter().all(|(_, f)| f.0 <= START + 1200),
         "data of the failed fdatasync was reported flushed: {sent:?}"
@@ -264,11 +288,11 @@ async fn a_failed_fdatasync_ends_the_session_without_reporting_its_data() {
     assert_eq!(sink.synced(), Some((tli1(), Lsn(START + 1200))));
 }
 
-#[tokio::test]
-async fn wal_past_the_end_of_the_address_space_is_an_error_not_an_overflow() {
+#[test]
+fn wal_past_the_end_of_the_address_space_is_an_error_not_an_overflow() {
     let (script, mut primary, sink) = setup(None);
     let status = ClusterStatus::default();
-    let (_stop_tx, mut stop) = watch::channel(false);
+    let (_stop_tx, stop) = watch::channel(false);
     let x = XLogData {
         wal_start: Lsn(u64::MAX - 10),
         wal_end: Lsn(u64::MAX),
@@ -282,9 +306,8 @@ async fn wal_past_the_end_of_the_address_space_is_an_error_not_an_overflow() {
         &status,
         position(),
         Duration::from_secs(60),
-        &mut stop,
-    )
-    .await;
+        &stop,
+    );
     let err = end.err().expect("must be refused");
     assert!(err.to_string().contains("address space"), "{err}");
     assert!(
