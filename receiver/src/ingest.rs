@@ -55,10 +55,11 @@ pub fn describe(e: &StoreError) -> String {
     }
 }
 
-/// A cluster's Tier 1 writer, driven from the receiver's own thread (which may block:
-/// it runs a runtime of its own). A synchronous standby's round trip — socket, write,
-/// fdatasync, status update — then involves no thread hand-off, like pg_receivewal's
-/// single loop; catching up, reads and writes alternate in 8 MiB batches.
+/// A cluster's Tier 1 writer, driven from the receiver's own thread, whose COPY loop
+/// blocks it (`cluster::copy_loop`). A synchronous standby's round trip — socket,
+/// write, fdatasync, status update — then involves no thread hand-off and no async
+/// runtime, like pg_receivewal's single loop; catching up, reads and writes alternate
+/// in 8 MiB batches.
 pub struct Ingest {
     core: std::sync::Mutex<WriterCore>,
     progress: watch::Receiver<WriterProgress>,
