@@ -190,9 +190,17 @@ async fn client_session(stream: Stream, flags: u8, info: &ConnInfo) {
             )
             .await
         {
-            while let Ok(CopyMessage::Data(payload)) = conn.recv_copy().await {
-                let _ = ReplicationMessage::decode(payload);
-                let _ = conn.more_ready();
+            // The receiver's blocking COPY I/O, never waiting: the peer writing the
+            // input runs on this thread's runtime, so the loop yields to it instead.
+            loop {
+                match conn.recv_copy_blocking(Duration::ZERO) {
+                    Ok(Some(CopyMessage::Data(payload))) => {
+                        let _ = ReplicationMessage::decode(payload);
+                        let _ = conn.more_ready_now();
+                    }
+                    Ok(None) => tokio::task::yield_now().await,
+                    Ok(Some(CopyMessage::Done)) | Err(_) => break,
+                }
             }
             let _ = conn.finish_copy().await;
         }

@@ -39,8 +39,7 @@ pub use auth::AuthMechanism;
 pub use error::PgError;
 pub use message::parse_server_version;
 use message::{
-    data_row, describe, has_complete_message, log_notice, parse_backend, row_description,
-    server_error, Backend,
+    data_row, describe, log_notice, parse_backend, row_description, server_error, Backend,
 };
 use tls::Stream;
 
@@ -628,41 +627,6 @@ impl ReplicationConn {
                 }
                 Ok(_) => {}
                 Err(e) => return Err(self.broken(e.into())),
-            }
-        }
-    }
-
-    /// Whether another message can be had without waiting: one is already buffered, or
-    /// the socket has bytes (read now, without blocking, where tokio still takes the
-    /// socket as readable; otherwise seen by a peek and left for the next receive), as
-    /// pg_receivewal asks the socket before each fsync. A receiver batches everything
-    /// that is ready before one fsync, and fsyncs as soon as nothing is. Errors and end
-    /// of stream are left for the next [`Self::recv_copy`] to report.
-    pub fn more_ready(&mut self) -> bool {
-        use std::future::Future;
-        use std::task::{Context, Poll, Waker};
-        loop {
-            if has_complete_message(&self.read_buf) {
-                return true;
-            }
-            if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK {
-                self.read_buf.reserve(READ_CHUNK);
-            }
-            let mut cx = Context::from_waker(Waker::noop());
-            let read = std::pin::pin!(self.stream.read_buf(&mut self.read_buf));
-            match read.poll(&mut cx) {
-                Poll::Ready(Ok(n)) if n > 0 => continue,
-                // End of stream reads again as such; an error is kept for recv_copy.
-                Poll::Ready(Ok(_)) => return false,
-                // tokio only knows what its reactor last saw: ask the socket. Bytes
-                // there are read by the next receive (after one reactor turn); a
-                // message that is only partly there is waited for, as the walsender
-                // sends each message whole.
-                Poll::Pending => return self.stream.bytes_waiting(),
-                Poll::Ready(Err(e)) => {
-                    self.read_error = Some(e);
-                    return false;
-                }
             }
         }
     }

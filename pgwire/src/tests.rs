@@ -481,14 +481,12 @@ async fn connection_refused_names_the_target() {
     );
 }
 
-/// A receiver decides "fsync now" when [`ReplicationConn::more_ready`] says nothing is
-/// waiting. Bytes that reach the socket after a short read (which makes tokio take the
-/// socket as drained until its reactor runs) must count: otherwise a group commit
-/// leaves out WAL that had already arrived. The server here is a plain thread, and the
-/// client blocks its runtime while the bytes arrive, so the reactor cannot run between
-/// the short read and the question.
+/// A receiver decides "fsync now" when [`ReplicationConn::more_ready_now`] says nothing
+/// is waiting. Bytes that reach the socket after a receive must count: otherwise a group
+/// commit leaves out WAL that had already arrived. The server here is a plain thread
+/// that sends the second message only once the client has asked the first time.
 #[tokio::test(flavor = "current_thread")]
-async fn more_ready_sees_bytes_that_arrived_after_a_short_read() {
+async fn more_ready_now_sees_bytes_that_arrived_after_a_receive() {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -540,23 +538,23 @@ async fn more_ready_sees_bytes_that_arrived_after_a_short_read() {
         .await
         .unwrap();
     assert_eq!(start, StreamStart::Streaming);
+    let wait = std::time::Duration::from_secs(10);
     assert!(matches!(
-        conn.recv_copy().await.unwrap(),
-        CopyMessage::Data(_)
+        conn.recv_copy_blocking(wait).unwrap(),
+        Some(CopyMessage::Data(_))
     ));
-    assert!(!conn.more_ready(), "nothing was sent yet");
+    assert!(!conn.more_ready_now(), "nothing was sent yet");
     go_tx.send(()).unwrap();
-    // Blocks this (only) runtime thread: tokio's reactor does not run until it returns.
     sent_rx.recv().unwrap();
     assert!(
-        conn.more_ready(),
-        "a whole message waits on the socket, but more_ready said nothing is ready"
+        conn.more_ready_now(),
+        "a whole message waits on the socket, but more_ready_now said nothing is ready"
     );
-    match conn.recv_copy().await.unwrap() {
-        CopyMessage::Data(d) => assert_eq!(d.to_vec(), expected),
-        CopyMessage::Done => panic!("expected the second message"),
+    match conn.recv_copy_blocking(wait).unwrap() {
+        Some(CopyMessage::Data(d)) => assert_eq!(d.to_vec(), expected),
+        other => panic!("expected the second message, got {other:?}"),
     }
-    assert!(!conn.more_ready(), "everything sent was read");
+    assert!(!conn.more_ready_now(), "everything sent was read");
     drop(conn);
     server.join().unwrap();
 }

@@ -4,13 +4,12 @@
 //! Reads certificate and key files; writes nothing.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use nix::sys::socket::{recv, MsgFlags};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
@@ -82,18 +81,6 @@ impl Stream {
             Stream::Tls(tls) => tls.get_ref().1.peer_certificates()?.first().map(|c| &c[..]),
             Stream::Tcp(_) | Stream::Unix(_) => None,
         }
-    }
-
-    /// Whether the kernel holds bytes on the socket that have not been read yet: a
-    /// non-blocking peek at the socket itself. tokio takes a socket as drained after a
-    /// read that did not fill the buffer and does not read it again before its reactor
-    /// has run, so a poll of the stream alone misses bytes that arrived since.
-    pub(crate) fn bytes_waiting(&self) -> bool {
-        let mut byte = [0u8; 1];
-        matches!(
-            recv(self.fd().as_raw_fd(), &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT),
-            Ok(n) if n > 0
-        )
     }
 
     /// The socket under the stream.
