@@ -488,8 +488,6 @@ async fn connection_refused_names_the_target() {
 #[tokio::test(flavor = "current_thread")]
 async fn more_ready_now_sees_bytes_that_arrived_after_a_receive() {
     use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let (sent_tx, sent_rx) = std::sync::mpsc::channel::<()>();
     let wal = |start: u64| {
@@ -504,23 +502,7 @@ async fn more_ready_now_sees_bytes_that_arrived_after_a_receive() {
     };
     let (first, second) = (wal(0x100_0000), wal(0x100_0010));
     let expected = second.clone();
-    let server = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        // As PostgreSQL's own sockets: no Nagle delay holding the second message back.
-        s.set_nodelay(true).unwrap();
-        let mut len = [0u8; 4];
-        s.read_exact(&mut len).unwrap();
-        let mut startup = vec![0; u32::from_be_bytes(len) as usize - 4];
-        s.read_exact(&mut startup).unwrap();
-        s.write_all(&startup_ok()).unwrap();
-        let mut head = [0u8; 5];
-        s.read_exact(&mut head).unwrap();
-        assert_eq!(head[0], b'Q');
-        let mut query = vec![0; u32::from_be_bytes(head[1..].try_into().unwrap()) as usize - 4];
-        s.read_exact(&mut query).unwrap();
-        let mut out = msg(b'W', &[0, 0, 0]);
-        out.extend(msg(b'd', &first));
-        s.write_all(&out).unwrap();
+    let (port, server) = copy_server(msg(b'd', &first), move |s| {
         go_rx.recv().unwrap();
         // On loopback the bytes are in the client's receive queue once this returns.
         s.write_all(&msg(b'd', &second)).unwrap();
@@ -528,16 +510,7 @@ async fn more_ready_now_sees_bytes_that_arrived_after_a_receive() {
         // Hold the connection until the client is done.
         let _ = s.read(&mut [0u8; 1]);
     });
-    let info = ConnInfo::parse(&format!(
-        "host=127.0.0.1 port={port} user=rep sslmode=disable"
-    ))
-    .unwrap();
-    let mut conn = ReplicationConn::connect(&info).await.unwrap();
-    let start = conn
-        .start_physical_replication(None, Lsn(0x100_0000), TimelineId::new(1).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(start, StreamStart::Streaming);
+    let mut conn = streaming_client(port).await;
     let wait = std::time::Duration::from_secs(10);
     assert!(matches!(
         conn.recv_copy_blocking(wait).unwrap(),
@@ -556,5 +529,107 @@ async fn more_ready_now_sees_bytes_that_arrived_after_a_receive() {
     }
     assert!(!conn.more_ready_now(), "everything sent was read");
     drop(conn);
+    server.join().unwrap();
+}
+
+/// A server on a plain thread that completes startup, answers the client's one query
+/// (`START_REPLICATION`) with CopyBothResponse followed by `after_start`, runs `then` on
+/// the socket and closes the connection. Returns its port.
+fn copy_server(
+    after_start: Vec<u8>,
+    then: impl FnOnce(&mut std::net::TcpStream) + Send + 'static,
+) -> (u16, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        // As PostgreSQL's own sockets: no Nagle delay holding a message back.
+        s.set_nodelay(true).unwrap();
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).unwrap();
+        let mut startup = vec![0; u32::from_be_bytes(len) as usize - 4];
+        s.read_exact(&mut startup).unwrap();
+        s.write_all(&startup_ok()).unwrap();
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).unwrap();
+        assert_eq!(head[0], b'Q');
+        let mut query = vec![0; u32::from_be_bytes(head[1..].try_into().unwrap()) as usize - 4];
+        s.read_exact(&mut query).unwrap();
+        let mut out = msg(b'W', &[0, 0, 0]);
+        out.extend(after_start);
+        s.write_all(&out).unwrap();
+        then(&mut s);
+    });
+    (port, server)
+}
+
+async fn streaming_client(port: u16) -> ReplicationConn {
+    let info = ConnInfo::parse(&format!(
+        "host=127.0.0.1 port={port} user=rep sslmode=disable"
+    ))
+    .unwrap();
+    let mut conn = ReplicationConn::connect(&info).await.unwrap();
+    let start = conn
+        .start_physical_replication(None, Lsn(0x100_0000), TimelineId::new(1).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(start, StreamStart::Streaming);
+    conn
+}
+
+/// The blocking receive and a server that goes away in the middle of a message: the
+/// whole message before it is delivered, then an error naming the server (not a hang,
+/// not a partial message), and the connection stays unusable.
+#[tokio::test(flavor = "current_thread")]
+async fn blocking_receive_reports_a_server_gone_mid_message() {
+    let wal = crate::replication::XLogData {
+        wal_start: Lsn(0x100_0000),
+        wal_end: Lsn(0x100_0010),
+        send_time: 1,
+        data: Bytes::from_static(b"0123456789abcdef"),
+    }
+    .encode()
+    .to_vec();
+    let mut bytes = msg(b'd', &wal);
+    bytes.extend_from_slice(&msg(b'd', &wal)[..9]);
+    let (port, server) = copy_server(bytes, |_| {});
+    let mut conn = streaming_client(port).await;
+    let wait = Duration::from_secs(10);
+    match conn.recv_copy_blocking(wait).unwrap() {
+        Some(CopyMessage::Data(d)) => assert_eq!(d.to_vec(), wal),
+        other => panic!("expected the whole first message, got {other:?}"),
+    }
+    let err = conn.recv_copy_blocking(wait).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("closed the connection unexpectedly") && text.contains(&port.to_string()),
+        "{text}"
+    );
+    assert!(
+        conn.recv_copy_blocking(wait).is_err(),
+        "a broken connection"
+    );
+    server.join().unwrap();
+}
+
+/// An ErrorResponse during the COPY (the walsender terminated) ends the blocking receive
+/// with the server's error, SQLSTATE included.
+#[tokio::test(flavor = "current_thread")]
+async fn blocking_receive_reports_the_servers_error_during_copy() {
+    let error = error(
+        "FATAL",
+        "57P01",
+        "terminating connection due to administrator command",
+    );
+    let (port, server) = copy_server(error, |_| {});
+    let mut conn = streaming_client(port).await;
+    match conn.recv_copy_blocking(Duration::from_secs(10)) {
+        Err(PgError::Server { code, message, .. }) => {
+            assert_eq!(code, "57P01");
+            assert!(message.contains("administrator command"), "{message}");
+        }
+        other => panic!("expected the server's error, got {other:?}"),
+    }
     server.join().unwrap();
 }
