@@ -441,25 +441,10 @@ async fn receive_wal(conn: &mut ReplicationConn, want: u64) -> Vec<(Lsn, Bytes)>
             .await
             .expect("WAL did not arrive in time")
             .expect("recv_copy");
-        let CopyMessage::Data(payload) = msg else {
-            panic!("server ended the stream");
-        };
-        match ReplicationMessage::decode(payload).unwrap() {
-            ReplicationMessage::XLogData(x) => {
-                total += x.data.len() as u64;
-                chunks.push((x.wal_start, x.data));
-            }
-            ReplicationMessage::Keepalive(k) if k.reply_requested => {
-                let update = StandbyStatusUpdate {
-                    write: Lsn(0),
-                    flush: Lsn(0),
-                    apply: Lsn(0),
-                    client_time: pg_now_micros(),
-                    reply_requested: false,
-                };
-                conn.send_copy_data(&update.encode()).await.unwrap();
-            }
-            ReplicationMessage::Keepalive(_) => {}
+        let (n, reply) = take_copy_message(msg, &mut chunks);
+        total += n;
+        if let Some(reply) = reply {
+            conn.send_copy_data(&reply).await.unwrap();
         }
     }
     chunks
@@ -476,28 +461,39 @@ fn receive_wal_blocking(conn: &mut ReplicationConn, want: u64) -> Vec<(Lsn, Byte
             .recv_copy_blocking(left)
             .expect("recv_copy_blocking")
             .expect("WAL did not arrive in time");
-        let CopyMessage::Data(payload) = msg else {
-            panic!("server ended the stream");
-        };
-        match ReplicationMessage::decode(payload).unwrap() {
-            ReplicationMessage::XLogData(x) => {
-                total += x.data.len() as u64;
-                chunks.push((x.wal_start, x.data));
-            }
-            ReplicationMessage::Keepalive(k) if k.reply_requested => {
-                let update = StandbyStatusUpdate {
-                    write: Lsn(0),
-                    flush: Lsn(0),
-                    apply: Lsn(0),
-                    client_time: pg_now_micros(),
-                    reply_requested: false,
-                };
-                conn.send_copy_data_blocking(&update.encode()).unwrap();
-            }
-            ReplicationMessage::Keepalive(_) => {}
+        let (n, reply) = take_copy_message(msg, &mut chunks);
+        total += n;
+        if let Some(reply) = reply {
+            conn.send_copy_data_blocking(&reply).unwrap();
         }
     }
     chunks
+}
+
+/// Keeps a received message's WAL in `chunks` and returns how many bytes it carried,
+/// with the status update to send back when it is a keepalive asking for one.
+fn take_copy_message(msg: CopyMessage, chunks: &mut Vec<(Lsn, Bytes)>) -> (u64, Option<Bytes>) {
+    let CopyMessage::Data(payload) = msg else {
+        panic!("server ended the stream");
+    };
+    match ReplicationMessage::decode(payload).unwrap() {
+        ReplicationMessage::XLogData(x) => {
+            let n = x.data.len() as u64;
+            chunks.push((x.wal_start, x.data));
+            (n, None)
+        }
+        ReplicationMessage::Keepalive(k) if k.reply_requested => {
+            let update = StandbyStatusUpdate {
+                write: Lsn(0),
+                flush: Lsn(0),
+                apply: Lsn(0),
+                client_time: pg_now_micros(),
+                reply_requested: false,
+            };
+            (0, Some(update.encode()))
+        }
+        ReplicationMessage::Keepalive(_) => (0, None),
+    }
 }
 
 /// Generates some WAL, streams from the start of the segment holding `restart` and checks
