@@ -50,10 +50,15 @@ impl ReplicationConn {
             if let Some(e) = self.read_error.take() {
                 return Err(self.broken(e.into()));
             }
-            match self.fill_now() {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(e) => return Err(self.broken(e.into())),
+            // A socket found empty by the last read (`more_ready_now` before the batch's
+            // fsync, typically) is waited for at once: poll(2) returns at once if bytes
+            // came since, and an empty read is one system call less per commit.
+            if !self.socket_drained {
+                match self.fill_now() {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => return Err(self.broken(e.into())),
+                }
             }
             let now = Instant::now();
             let left = deadline
@@ -63,7 +68,7 @@ impl ReplicationConn {
                 return Ok(None);
             }
             match wait(self.stream.fd(), PollFlags::POLLIN, left) {
-                Ok(true) => {}
+                Ok(true) => self.socket_drained = false,
                 Ok(false) => return Ok(None),
                 Err(e) => return Err(self.broken(e.into())),
             }
@@ -101,13 +106,16 @@ impl ReplicationConn {
         res.map_err(|e| self.broken(e.into()))
     }
 
-    /// Appends what can be read now to the read buffer: whether anything was. The end
-    /// of the stream is an error here (the server never ends a COPY that way).
+    /// Appends what can be read now to the read buffer: whether anything was (and notes
+    /// whether the socket was found empty). The end of the stream is an error here (the
+    /// server never ends a COPY that way).
     fn fill_now(&mut self) -> io::Result<bool> {
         if self.scratch.len() < READ_CHUNK {
             self.scratch.resize(READ_CHUNK, 0);
         }
-        match self.stream.read_now(&mut self.scratch)? {
+        let read = self.stream.read_now(&mut self.scratch)?;
+        self.socket_drained = read.is_none();
+        match read {
             Some(0) => Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 format!("server {} closed the connection unexpectedly", self.target),

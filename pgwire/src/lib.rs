@@ -130,6 +130,9 @@ pub struct ReplicationConn {
     read_error: Option<io::Error>,
     /// Where the blocking COPY receive ([`Self::recv_copy_blocking`]) reads into.
     scratch: Vec<u8>,
+    /// The last blocking read found the socket empty (a hint: wrong only costs a
+    /// system call).
+    socket_drained: bool,
     write_buf: BytesMut,
     parameters: HashMap<String, String>,
     server_version_num: u32,
@@ -163,6 +166,7 @@ impl ReplicationConn {
             read_buf: BytesMut::with_capacity(READ_CHUNK),
             read_error: None,
             scratch: Vec::new(),
+            socket_drained: false,
             write_buf: BytesMut::new(),
             parameters: HashMap::new(),
             server_version_num: 0,
