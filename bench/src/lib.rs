@@ -5,7 +5,8 @@
 //! a standby's system calls per commit ([`syscalls`]), starting and stopping tracers
 //! ([`perf`]), the standby's round trip as the primary's walsender sees it
 //! ([`walsender`]), and each commit's steps as the block device sees them
-//! ([`blocktrace`]); and what the size of a file's zero-filling writes costs the
+//! ([`blocktrace`]), the windows in which a Klio server's recompressor rewrote a segment
+//! ([`recompress_windows`]); and what the size of a file's zero-filling writes costs the
 //! writes that follow ([`fill`]). Writes nothing to disk itself beyond `/proc` controls (page-cache
 //! drop, peak-RSS reset).
 
@@ -14,6 +15,7 @@ pub mod checks;
 pub mod fill;
 pub mod host;
 pub mod perf;
+pub mod recompress_windows;
 pub mod replication;
 pub mod rounds;
 pub mod syscalls;

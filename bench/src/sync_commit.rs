@@ -29,6 +29,11 @@
 //! what reached the shared disk per commit (`disk_kb_per_tx`, `disk_writes_per_tx`,
 //! `disk_flushes_per_tx` and the device's mean flush time `disk_flush_us`, from
 //! `/proc/diskstats`: the primary's and the standby's I/O together);
+//! for a Klio server, the commits made while its recompressor rewrote a segment against
+//! the others (`tx_in_rewrite_pct`, `p50/p99_in_rewrite_ms`, `p50/p99_outside_rewrite_ms`,
+//! from an inotify watch on its WAL directory; `KLIO_BENCH_REWRITE_DETAIL=1` also prints
+//! where in each rewrite the commits over 3 ms fell, and `KLIO_BENCH_RECOMPRESS_STRACE=DIR`
+//! keeps an `strace -ttt -T` of its idle recompressor thread with those commits' times);
 //! like the curve, each probe run starts after a checkpoint with the tables prewarmed.
 //! With `KLIO_BENCH_PERF_RECORD=DIR` it also keeps a `perf record -g` profile of the
 //! standby, with `KLIO_BENCH_PERF_TRACE=DIR` a `perf trace` of every flush and
@@ -55,6 +60,7 @@ use std::process::{Command, Stdio};
 use anyhow::{ensure, Context, Result};
 use klio_bench::host::DiskCounters;
 use klio_bench::perf::{self, interrupt};
+use klio_bench::recompress_windows;
 use klio_bench::replication::{drop_slot, set_sync_names, wait_sync};
 use klio_bench::rounds::{self, Arm, Pass, Sample};
 use klio_bench::walsender;
@@ -405,6 +411,15 @@ fn thread_delta(pid: u32, before: &[(String, [u64; 3])]) -> Result<(f64, f64, St
     Ok((cpu, wait, text))
 }
 
+/// The id of `pid`'s thread named `name`, if it has one.
+fn thread_id(pid: u32, name: &str) -> Option<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .find(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .and_then(|e| e.file_name().to_str()?.parse().ok())
+}
+
 /// pgbench's per-transaction (end time µs since the epoch, latency µs) from the `-l`
 /// logs in `dir` (removed after reading). A line is `client_id transaction_no time
 /// script_no time_epoch time_us [schedule_lag]`.
@@ -503,6 +518,35 @@ fn probe_point(
     // The standby's flush calls (all its threads; for Klio also the catalog's and the
     // recompressor's few), counted in the kernel: how many commits each flush covers.
     let flushes = perf::FlushCounter::start(pid, &flush_count_file(pid))?;
+    // A Klio server's recompression windows (inotify on its WAL directory), to cut
+    // the commits by: made while a segment was being rewritten, or not.
+    let rewrites = match recompress_windows::wal_dir_of(pid) {
+        Some(d) => Some(recompress_windows::Watcher::start(&d)?),
+        None => None,
+    };
+    // KLIO_BENCH_RECOMPRESS_STRACE=DIR: the system calls of a Klio server's idle
+    // recompressor thread alone (`strace -ttt -T`, wall-clock times), into
+    // DIR/recompress-<pid>.strace, with the slow commits beside them.
+    let recompress_strace = match (
+        std::env::var_os("KLIO_BENCH_RECOMPRESS_STRACE"),
+        thread_id(pid, "klio-recompress"),
+    ) {
+        (Some(d), Some(tid)) => {
+            let log = Path::new(&d).join(format!("recompress-{pid}.strace"));
+            let mut child = Command::new("strace")
+                .args(["-ttt", "-T", "-o"])
+                .arg(&log)
+                .args(["-p", &tid.to_string()])
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("running strace")?;
+            let mut first = String::new();
+            BufReader::new(child.stderr.take().context("strace stderr")?).read_line(&mut first)?;
+            ensure!(first.contains("attached"), "strace did not attach: {first}");
+            Some((child, d))
+        }
+        _ => None,
+    };
     let before = thread_times(pid)?;
     let wal_before = primary_wal(pg)?;
     let disk_before = DiskCounters::read(pg.data_dir())?;
@@ -541,6 +585,15 @@ fn probe_point(
     let tps = parse_tps(&out)?;
     let tx = read_timed_latencies(&dir)?;
     ensure!(!tx.is_empty(), "pgbench logged no transaction");
+    if let Some((child, d)) = recompress_strace {
+        interrupt(child)?;
+        let slow: String = tx
+            .iter()
+            .filter(|t| t.1 > 3000.0)
+            .map(|(end, lat)| format!("{:.0} {end:.0}\n", end - lat))
+            .collect();
+        std::fs::write(Path::new(&d).join(format!("slow-{pid}.txt")), slow)?;
+    }
     let mut lat: Vec<f64> = tx.iter().map(|t| t.1).collect();
     lat.sort_by(f64::total_cmp);
     let p50 = quantile(&lat, 0.50);
@@ -578,6 +631,45 @@ fn probe_point(
             "disk_flush_us",
             (disk_after.flush_ms - disk_before.flush_ms) * 1000.0 / flushes,
         );
+    if let Some(w) = rewrites {
+        let windows = w.finish()?;
+        let (mut inside, mut outside) = recompress_windows::split(&tx, &windows, 10_000.0);
+        inside.sort_by(f64::total_cmp);
+        outside.sort_by(f64::total_cmp);
+        let busy: f64 = windows.iter().map(|(a, b)| b - a).sum();
+        println!(
+            "    recompression: {} rewrites, {:.0} ms in all; commits during them: {} (p50 {:.3} ms, p99 {:.3} ms), others: {} (p50 {:.3} ms, p99 {:.3} ms)",
+            windows.len(),
+            busy / 1000.0,
+            inside.len(),
+            quantile(&inside, 0.5) / 1000.0,
+            quantile(&inside, 0.99) / 1000.0,
+            outside.len(),
+            quantile(&outside, 0.5) / 1000.0,
+            quantile(&outside, 0.99) / 1000.0,
+        );
+        if std::env::var_os("KLIO_BENCH_REWRITE_DETAIL").is_some() {
+            let slow = recompress_windows::slow_in_windows(&tx, &windows, 10_000.0, 3000.0);
+            let text: Vec<String> = slow
+                .iter()
+                .map(|(s, e, w)| format!("{s:.1}..{e:.1}/{w:.0}"))
+                .collect();
+            println!(
+                "    slow commits (>3 ms) in rewrites, ms from its start..end/length: {}",
+                text.join(" ")
+            );
+        }
+        sample = sample
+            .with("rewrites", windows.len() as f64)
+            .with("tx_in_rewrite_pct", inside.len() as f64 * 100.0 / n)
+            .with("p50_outside_rewrite_ms", quantile(&outside, 0.5) / 1000.0)
+            .with("p99_outside_rewrite_ms", quantile(&outside, 0.99) / 1000.0);
+        if !inside.is_empty() {
+            sample = sample
+                .with("p50_in_rewrite_ms", quantile(&inside, 0.5) / 1000.0)
+                .with("p99_in_rewrite_ms", quantile(&inside, 0.99) / 1000.0);
+        }
+    }
     if let Some(v) = trips {
         sample = sample
             .with("rt_p50_us", quantile(&v, 0.50))
