@@ -5,8 +5,7 @@
 //! `recompress` in the catalog. [`WalStore::recompress_pending`] rewrites each such
 //! segment: it reads the sealed file back (every frame authenticated, size and CRC-32C
 //! against the catalog), writes the same plaintext compressed in 1 MiB frames to
-//! `<24 hex>.tmp` (each written out to the disk as it goes, `write_back`), fsyncs it,
-//! renames it over the sealed file, fsyncs the directory and
+//! `<24 hex>.tmp`, fsyncs it, renames it over the sealed file, fsyncs the directory and
 //! then, in one catalog write, records the new size, clears `recompress` and queues the
 //! segment for Tier 2. [`Recompressor`] runs that on low-priority threads of its own,
 //! woken whenever a segment is sealed.
@@ -141,7 +140,6 @@ impl WalStore {
                     sealer.seal_final(out);
                 }
                 file.write_all(out).map_err(io_err(&tmp))?;
-                write_back(&file, stored, out.len() as u64).map_err(io_err(&tmp))?;
                 stored += out.len() as u64;
                 out.clear();
                 Ok(())
@@ -449,37 +447,6 @@ fn work(store: &WalStore, shared: &Shared, role: Role) -> Option<Duration> {
         }
     }
     None
-}
-
-/// How much of the compressed copy goes to the disk at a time (see [`write_back`]).
-const WRITE_BACK: u64 = 256 << 10;
-
-/// Writes `len` bytes of `file` from `offset` out to the disk now, [`WRITE_BACK`] at a
-/// time, each piece waited for before the next (`sync_file_range`), so that the final
-/// fsync has little left to write. On a disk with a volatile write cache every
-/// fdatasync flushes the whole cache: a rewritten segment's megabytes handed over at
-/// once by that fsync made the synchronous standby's commits in flight wait for all of
-/// them (the commits made while a segment was rewritten had a p99 of 6–8 ms against
-/// 2.1–2.4 ms for the others, at 4 clients). In pieces, a commit waits for one at most.
-#[allow(unsafe_code)]
-fn write_back(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let end = offset + len;
-    let mut at = offset;
-    while at < end {
-        let n = WRITE_BACK.min(end - at);
-        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-            | libc::SYNC_FILE_RANGE_WRITE
-            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-        // SAFETY: sync_file_range only reads its integer arguments; the descriptor is
-        // borrowed from `file` and open for the duration of the call.
-        let r = unsafe { libc::sync_file_range(file.as_raw_fd(), at as i64, n as i64, flags) };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        at += n;
-    }
-    Ok(())
 }
 
 /// Lowers this thread's scheduling priority: the recompressor's CPU time should come
@@ -948,33 +915,6 @@ mod tests {
             return Some((rest[41 - 3].parse().ok()?, rest[19 - 3].parse().ok()?, io));
         }
         None
-    }
-
-    /// The write-back covers any range in pieces (a partial last piece, an empty range)
-    /// without touching the bytes, and a descriptor it cannot write back is an error
-    /// rather than an fsync silently left with everything to do.
-    #[test]
-    fn write_back_takes_any_range_and_reports_what_it_cannot_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let data: Vec<u8> = (0..(3 * WRITE_BACK + 123)).map(|i| i as u8).collect();
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        f.write_all(&data).unwrap();
-        let len = data.len() as u64;
-        write_back(&f, 0, len).unwrap();
-        write_back(&f, 5, WRITE_BACK).unwrap();
-        write_back(&f, len, 0).unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), data);
-        let (sock, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
-        let sock = std::fs::File::from(std::os::fd::OwnedFd::from(sock));
-        let e = write_back(&sock, 0, 1).unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::ESPIPE), "{e}");
     }
 
     /// The idle thread runs at SCHED_IDLE (a waking receiver preempts it at once) and
