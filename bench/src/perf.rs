@@ -1,6 +1,6 @@
 //! Starting and stopping the tracers the benchmarks attach (`perf trace`, `strace`).
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,6 +13,24 @@ pub fn trace(args: &[&str], out: &Path) -> Result<Child> {
     let mut cmd = Command::new("perf");
     cmd.arg("trace").args(args).arg("-o").arg(out);
     spawn_until_output(&mut cmd, out, &format!("perf trace {args:?}"))
+}
+
+/// Starts `strace ARGS -o out -p pid` and returns once strace says it is attached to
+/// `pid` (every thread, with `-f`).
+pub fn strace(args: &[&str], out: &Path, pid: u32) -> Result<Child> {
+    let mut child = Command::new("strace")
+        .args(args)
+        .arg("-o")
+        .arg(out)
+        .args(["-p", &pid.to_string()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running strace")?;
+    // strace says "Process N attached" once it traces every thread.
+    let mut first = String::new();
+    BufReader::new(child.stderr.take().context("strace stderr")?).read_line(&mut first)?;
+    ensure!(first.contains("attached"), "strace did not attach: {first}");
+    Ok(child)
 }
 
 /// Starts `perf record` of every block request issued and completed on the host into

@@ -53,7 +53,6 @@
 //! A/B of a change in the same rounds, or, with the same build as both, the noise floor
 //! of a ratio on this host.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -318,17 +317,7 @@ fn with_klio(pg: &PgInstance, measure: Measure) -> Result<Sample> {
 /// `pgbench -N -c 1` for `secs` with `strace -f -tt -T` attached to `pid`, into `log`;
 /// prints the summary of the round trips.
 fn traced(pg: &PgInstance, pid: u32, secs: u32, log: &Path) -> Result<Sample> {
-    let mut strace = Command::new("strace")
-        .args(["-f", "-tt", "-T", "-o"])
-        .arg(log)
-        .args(["-p", &pid.to_string()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running strace")?;
-    // strace says "Process N attached" once it traces every thread.
-    let mut first = String::new();
-    BufReader::new(strace.stderr.take().context("strace stderr")?).read_line(&mut first)?;
-    ensure!(first.contains("attached"), "strace did not attach: {first}");
+    let strace = perf::strace(&["-f", "-tt", "-T"], log, pid)?;
     let out = pg.pgbench(&["-N", "-c", "1", "-T", &secs.to_string()]);
     interrupt(strace)?;
     let out = out?;
@@ -533,17 +522,7 @@ fn probe_point(
     ) {
         (Some(d), Some(tid)) => {
             let log = Path::new(&d).join(format!("recompress-{pid}.strace"));
-            let mut child = Command::new("strace")
-                .args(["-ttt", "-T", "-o"])
-                .arg(&log)
-                .args(["-p", &tid.to_string()])
-                .stderr(Stdio::piped())
-                .spawn()
-                .context("running strace")?;
-            let mut first = String::new();
-            BufReader::new(child.stderr.take().context("strace stderr")?).read_line(&mut first)?;
-            ensure!(first.contains("attached"), "strace did not attach: {first}");
-            Some((child, d))
+            Some((perf::strace(&["-ttt", "-T"], &log, tid)?, d))
         }
         _ => None,
     };
