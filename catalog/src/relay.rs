@@ -233,12 +233,37 @@ impl Catalog {
         rec: &SegmentRecord,
         relay: Option<&RelayItem>,
     ) -> Result<()> {
+        self.write_segment_queued(cluster, rec, relay, &synced())
+    }
+
+    /// [`Catalog::put_segment_queued`] without waiting for the disk: the write reaches
+    /// the catalog's log at once and the disk with the next synced write (any caller's)
+    /// or the kernel's writeback. A crash may lose it, and every write after it, never
+    /// one before it (the log is replayed up to its first incomplete record). For
+    /// callers whose lost write start-up reconciliation rebuilds from the files, which
+    /// saves a device flush (a journal commit) per call.
+    pub fn put_segment_queued_unsynced(
+        &self,
+        cluster: &ClusterName,
+        rec: &SegmentRecord,
+        relay: Option<&RelayItem>,
+    ) -> Result<()> {
+        self.write_segment_queued(cluster, rec, relay, &WriteOptions::default())
+    }
+
+    fn write_segment_queued(
+        &self,
+        cluster: &ClusterName,
+        rec: &SegmentRecord,
+        relay: Option<&RelayItem>,
+        wo: &WriteOptions,
+    ) -> Result<()> {
         let mut batch = WriteBatch::default();
         batch.put(segment_key(cluster, rec.tli, rec.segno), encode(rec));
         if let Some(item) = relay {
             queue_in(&mut batch, cluster, std::slice::from_ref(item));
         }
-        self.db.write_opt(batch, &synced())?;
+        self.db.write_opt(batch, wo)?;
         Ok(())
     }
 
@@ -471,6 +496,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = Catalog::open(dir.path()).unwrap();
         (dir, c, "pg".parse().unwrap())
+    }
+
+    /// The unsynced form writes the same records in one batch: readers see them at
+    /// once, a clean reopen keeps them, and a synced write after it (any caller's)
+    /// makes it durable with it, since the log is replayed in order.
+    #[test]
+    fn an_unsynced_segment_write_is_the_same_batch_and_survives_a_reopen() {
+        let (dir, c, pg) = open();
+        let item = RelayItem::new(
+            RelayKind::WalSegment,
+            "000000010000000000000005",
+            1 << 20,
+            100,
+        );
+        c.put_segment_queued_unsynced(&pg, &segment(5, false), Some(&item))
+            .unwrap();
+        assert_eq!(c.relay_items(&pg).unwrap(), vec![item.clone()]);
+        assert_eq!(c.segments(&pg).unwrap(), vec![segment(5, false)]);
+        c.put_segment_queued(&pg, &segment(6, false), None).unwrap();
+        drop(c);
+        let c = Catalog::open(dir.path()).unwrap();
+        assert_eq!(c.relay_items(&pg).unwrap(), vec![item]);
+        assert_eq!(
+            c.segments(&pg).unwrap(),
+            vec![segment(5, false), segment(6, false)]
+        );
     }
 
     #[test]

@@ -6,15 +6,16 @@
 //! segment: it reads the sealed file back (every frame authenticated, size and CRC-32C
 //! against the catalog), writes the same plaintext compressed in 1 MiB frames to
 //! `<24 hex>.tmp`, fsyncs it, renames it over the sealed file, fsyncs the directory and
-//! then, in one catalog write, records the new size, clears `recompress` and queues the
-//! segment for Tier 2. [`Recompressor`] runs that on low-priority threads of its own,
+//! then, in one catalog write (not synced: see below), records the new size, clears
+//! `recompress` and queues the segment for Tier 2. [`Recompressor`] runs that on low-priority threads of its own,
 //! woken whenever a segment is sealed.
 //!
 //! Crash safety: the sealed file is complete in either form and readers (which open it
 //! by name) see one form or the other, never a mix. A crash before the rename leaves a
 //! `.tmp` that start-up reconciliation removes; after the rename and before the catalog
-//! write, reconciliation finds the size changed, verifies the file and keeps the mark,
-//! and the segment is rewritten once more. Until the mark is cleared the segment is not
+//! write reaches the disk, reconciliation finds the size changed, verifies the file and
+//! records it from its frames (compressed, so no longer marked), and the relay's
+//! start-up scan queues it. Until the mark is cleared the segment is not
 //! queued for Tier 2 (so Tier 2 only ever holds its final form), backups whose WAL it
 //! holds wait to be relayed, and Tier 1 retention keeps it.
 //!
@@ -209,9 +210,13 @@ impl WalStore {
         rec.stored_size = relay_bytes;
         rec.recompress = false;
         let relay = self.relay_item(RelayKind::WalSegment, &name, relay_bytes);
+        // Unsynced: the rename is durable, and if a crash loses this write, start-up
+        // reconciliation records the segment from its file and the relay's start-up
+        // scan queues it (`crashes_while_rewriting_leave_a_complete_segment_that_start_up_sorts_out`).
+        // One device flush fewer per rewrite, which the commits in flight would wait for.
         inner
             .catalog
-            .put_segment_queued(&inner.cluster, &rec, relay.as_ref())?;
+            .put_segment_queued_unsynced(&inner.cluster, &rec, relay.as_ref())?;
         Ok(())
     }
 }

@@ -2,7 +2,8 @@
 //! each an open `.partial` (created under a temporary name, then durably renamed) that
 //! is appended to in frames, filled ahead with zeros, fdatasync'ed on flush and sealed
 //! (final frame, fdatasync, rename to its sealed name, fsync of the directory, then the
-//! catalog) once complete. [`FlushStats`] counts the fdatasyncs.
+//! catalog, in a write not waited for: reconciliation rebuilds a lost one from the
+//! files) once complete. [`FlushStats`] counts the fdatasyncs.
 //!
 //! Frames of at least [`COMPRESS_INLINE`] bytes (catching up) are compressed as they
 //! are written. Smaller ones (a synchronous standby's flush after every commit) are
@@ -195,7 +196,9 @@ impl OpenSegment {
             file.unlock().map_err(io_err(&path))?;
         }
         failpoint::hit("wal-before-catalog");
-        store.inner.catalog.put_segment(
+        // Unsynced, on the commit path: if a crash loses it, start-up reconciliation
+        // records the partial from its file.
+        store.inner.catalog.put_segment_queued_unsynced(
             &store.inner.cluster,
             &tier1_record(
                 tli,
@@ -205,6 +208,7 @@ impl OpenSegment {
                 None,
                 HEADER_LEN as u64,
             ),
+            None,
         )?;
         Ok(OpenSegment {
             tli,
@@ -377,10 +381,16 @@ impl OpenSegment {
                 self.stored_len,
             )
             .filter(|_| !rec.recompress);
-        store
-            .inner
-            .catalog
-            .put_segment_queued(&store.inner.cluster, &rec, relay.as_ref())?;
+        // Unsynced, on the commit path (the WAL is already durable under its sealed
+        // name): if a crash loses this write, start-up reconciliation verifies the
+        // sealed file and records it from its frames, marked for recompression when
+        // they are plain, and the relay's start-up scan queues it
+        // (`segments_sealed_at_start_up_are_marked_from_their_frames`).
+        store.inner.catalog.put_segment_queued_unsynced(
+            &store.inner.cluster,
+            &rec,
+            relay.as_ref(),
+        )?;
         Ok(rec)
     }
 }
