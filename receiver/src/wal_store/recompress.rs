@@ -227,6 +227,11 @@ impl WalStore {
 /// - `klio-recompress` runs at `SCHED_IDLE`: it gets only CPU time nothing else wants,
 ///   and a synchronous standby's receiver waking up preempts it at once (at nice 10 it
 ///   held the CPU for up to a scheduler slice, which showed in the commit latency tail).
+///   That does not make its CPU free to PostgreSQL's processes, which sit in scheduling
+///   groups of their own: on a two-vCPU host a busy loop at `SCHED_IDLE` beside a
+///   synchronous standby tripled the 4-client p99, and a rewrite's ~50 ms burst shows in
+///   the commits in flight (`docs/BENCHMARKS.md`, session 23; pacing the rewrite into
+///   short bursts moved the cost onto more commits and was not kept).
 /// - `klio-recomp-lag` runs at nice 10 and only while [`CATCH_UP_AT`] or more segments
 ///   wait, or one has waited [`MAX_WAIT`]: the floor for a CPU that is never idle (a
 ///   long base backup, say), where the idle thread would make almost no progress and
