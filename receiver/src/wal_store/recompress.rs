@@ -7,8 +7,8 @@
 //! against the catalog), writes the same plaintext compressed in 1 MiB frames to
 //! `<24 hex>.tmp`, fsyncs it, renames it over the sealed file, fsyncs the directory and
 //! then, in one catalog write (not synced: see below), records the new size, clears
-//! `recompress` and queues the segment for Tier 2. [`Recompressor`] runs that on low-priority threads of its own,
-//! woken whenever a segment is sealed.
+//! `recompress` and queues the segment for Tier 2. [`Recompressor`] runs that on
+//! low-priority threads of its own, woken whenever a segment is sealed.
 //!
 //! Crash safety: the sealed file is complete in either form and readers (which open it
 //! by name) see one form or the other, never a mix. A crash before the rename leaves a
@@ -212,8 +212,10 @@ impl WalStore {
         let relay = self.relay_item(RelayKind::WalSegment, &name, relay_bytes);
         // Unsynced: the rename is durable, and if a crash loses this write, start-up
         // reconciliation records the segment from its file and the relay's start-up
-        // scan queues it (`crashes_while_rewriting_leave_a_complete_segment_that_start_up_sorts_out`).
-        // One device flush fewer per rewrite, which the commits in flight would wait for.
+        // scan queues it (tested by
+        // `crashes_while_rewriting_leave_a_complete_segment_that_start_up_sorts_out`).
+        // One device flush fewer per rewrite, which the commits in flight would wait
+        // for.
         inner
             .catalog
             .put_segment_queued_unsynced(&inner.cluster, &rec, relay.as_ref())?;
