@@ -4,7 +4,9 @@
 //! uncompressed (see `segment_writer`), and a segment sealed that way is marked
 //! `recompress` in the catalog. [`WalStore::recompress_pending`] rewrites each such
 //! segment: it reads the sealed file back (every frame authenticated, size and CRC-32C
-//! against the catalog), writes the same plaintext compressed in 1 MiB frames to
+//! against the catalog) or, for a segment the writer fed to the idle thread while it
+//! wrote it (`feed`), takes the compressed form prepared then; writes the same
+//! plaintext compressed in 1 MiB frames to
 //! `<24 hex>.tmp`, fsyncs it, renames it over the sealed file, fsyncs the directory and
 //! then, in one catalog write (not synced: see below), records the new size, clears
 //! `recompress` and queues the segment for Tier 2. [`Recompressor`] runs that on
@@ -25,7 +27,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,6 +39,10 @@ use klio_core::{SegNo, TimelineId};
 use tracing::{debug, error, warn};
 
 use super::{io_err, StoreError, WalStore};
+
+mod feed;
+pub use feed::Feed;
+use feed::{Prepared, Preparing};
 
 /// Plaintext per frame of a recompressed segment.
 const FRAME: usize = 1 << 20;
@@ -56,6 +62,9 @@ pub struct RecompressReport {
     /// Stored bytes before and after, over the rewritten segments.
     pub bytes_before: u64,
     pub bytes_after: u64,
+    /// Of `rewritten`, those written from the form prepared while the segment was
+    /// written (`feed`), without reading the file back.
+    pub from_memory: usize,
 }
 
 impl WalStore {
@@ -68,7 +77,7 @@ impl WalStore {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            self.recompress_segment(rec, &mut report, stop)?;
+            self.recompress_segment(rec, &mut report, stop, None)?;
         }
         Ok(report)
     }
@@ -91,13 +100,15 @@ impl WalStore {
         Ok(due)
     }
 
-    /// Rewrites one segment. Once `stop` is set it gives up between frames, leaving the
-    /// segment as it was (still marked).
+    /// Rewrites one segment: from `prepared` when that is its whole plaintext
+    /// compressed (`feed`), otherwise from its file. Once `stop` is set it gives up
+    /// between frames, leaving the segment as it was (still marked).
     fn recompress_segment(
         &self,
         mut rec: SegmentRecord,
         report: &mut RecompressReport,
         stop: &AtomicBool,
+        prepared: Option<Prepared>,
     ) -> Result<(), StoreError> {
         let inner = &self.inner;
         let name = self.segment_names(rec.tli, rec.segno).0;
@@ -109,12 +120,19 @@ impl WalStore {
             report.kept += 1;
             return Ok(());
         }
-        let Some(mut reader) = self.open_read(&name)? else {
-            return Err(StoreError::Corrupt {
-                path,
-                why: "the catalog marks it for recompression, but the file is missing".into(),
-            });
+        let prepared = prepared.filter(|p| p.matches(rec.plain_size, rec.crc32c));
+        let missing = || StoreError::Corrupt {
+            path: path.clone(),
+            why: "the catalog marks it for recompression, but the file is missing".into(),
         };
+        // The file is read only when there is nothing prepared; either way it must
+        // still be there to be replaced.
+        let mut reader = match &prepared {
+            Some(_) if path.exists() => None,
+            Some(_) => return Err(missing()),
+            None => Some(self.open_read(&name)?.ok_or_else(missing)?),
+        };
+        let from_memory = prepared.is_some();
         let tmp = inner.dir.temp(&name);
         let written = (|| {
             let mut file = OpenOptions::new()
@@ -123,6 +141,11 @@ impl WalStore {
                 .truncate(true)
                 .open(&tmp)
                 .map_err(io_err(&tmp))?;
+            let (Some(reader), None) = (reader.as_mut(), &prepared) else {
+                let out = &prepared.as_ref().expect("prepared when not reading").out;
+                file.write_all(out).map_err(io_err(&tmp))?;
+                return Ok::<_, StoreError>(Some((file, out.len() as u64)));
+            };
             let (mut sealer, header) = FrameSealer::create(&inner.key, &self.object_id(&name));
             let mut out = Vec::with_capacity(FRAME + (FRAME >> 4));
             out.extend_from_slice(&header);
@@ -163,6 +186,7 @@ impl WalStore {
             flush(&mut pending, &mut out, &mut sealer, true)?;
             Ok::<_, StoreError>(Some((file, stored)))
         })();
+        drop(prepared);
         let (file, stored) = match written {
             Ok(Some(w)) => w,
             Ok(None) => {
@@ -197,9 +221,10 @@ impl WalStore {
             }
             failpoint::hit("wal-recompress-catalog");
             report.rewritten += 1;
+            report.from_memory += usize::from(from_memory);
             report.bytes_before += rec.stored_size;
             report.bytes_after += stored;
-            debug!(segment = %name, before = rec.stored_size, after = stored, "recompressed a WAL segment");
+            debug!(segment = %name, before = rec.stored_size, after = stored, from_memory, "recompressed a WAL segment");
             stored
         } else {
             drop(file);
@@ -245,6 +270,8 @@ impl WalStore {
 pub struct Recompressor {
     shared: Arc<Shared>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// An idle thread takes what is fed (false when the recompressor does not run).
+    prepares: bool,
 }
 
 /// Unclaimed marked segments at which the catch-up thread joins in.
@@ -262,7 +289,14 @@ enum Role {
 struct Shared {
     stop: AtomicBool,
     state: Mutex<State>,
+    /// What the catch-up thread waits on ([`Recompressor::wake`]).
     cond: Condvar,
+    /// What the idle thread waits on: every wake, and everything fed to it.
+    idle_cond: Condvar,
+    /// Segments rewritten from what was prepared while they were written, and from
+    /// their files.
+    from_memory: AtomicU64,
+    from_file: AtomicU64,
 }
 
 #[derive(Default)]
@@ -275,6 +309,8 @@ struct State {
     failed: HashSet<(TimelineId, SegNo)>,
     /// When each marked segment was first seen waiting.
     first_seen: HashMap<(TimelineId, SegNo), Instant>,
+    /// What the segment writer fed for the idle thread to prepare (`feed`).
+    queue: feed::Queue,
 }
 
 impl Shared {
@@ -292,10 +328,14 @@ impl Recompressor {
                 ..State::default()
             }),
             cond: Condvar::new(),
+            idle_cond: Condvar::new(),
+            from_memory: AtomicU64::new(0),
+            from_file: AtomicU64::new(0),
         });
         let mut r = Recompressor {
             shared,
             threads: Vec::new(),
+            prepares: false,
         };
         if failpoint::recompress_paused() {
             warn!("KLIO_TEST_RECOMPRESS_PAUSED is set: the WAL recompressor does not run");
@@ -313,13 +353,32 @@ impl Recompressor {
                     .spawn(move || run(&store, &s, role))?,
             );
         }
+        r.prepares = true;
         Ok(r)
+    }
+
+    /// A feed for a segment the writer has just created, to be prepared compressed as it
+    /// is written (`feed`); none when the recompressor does not run or the segment is
+    /// larger than [`feed::MAX_SEGMENT`].
+    pub fn feed(&self, tli: TimelineId, segno: SegNo, segment_bytes: u64) -> Option<Feed> {
+        (self.prepares && segment_bytes <= feed::MAX_SEGMENT)
+            .then(|| Feed::new(self.shared.clone(), (tli, segno)))
+    }
+
+    /// Segments rewritten so far: from what was prepared while they were written, and
+    /// from their files.
+    pub fn rewritten(&self) -> (u64, u64) {
+        (
+            self.shared.from_memory.load(Ordering::Relaxed),
+            self.shared.from_file.load(Ordering::Relaxed),
+        )
     }
 
     /// A segment was sealed: look for work.
     pub fn wake(&self) {
         self.shared.state().generation += 1;
         self.shared.cond.notify_all();
+        self.shared.idle_cond.notify_all();
     }
 }
 
@@ -395,27 +454,40 @@ fn run(store: &WalStore, shared: &Shared, role: Role) {
     set_priority(role);
     let mut seen = 0u64;
     let mut retry_in: Option<Duration> = None;
+    // Only the idle thread prepares what the writer feeds.
+    let mut preparing = Preparing::default();
+    let cond = match role {
+        Role::Idle => &shared.idle_cond,
+        Role::CatchUp => &shared.cond,
+    };
     loop {
-        {
+        let due = {
             let mut st = shared.state();
-            while st.generation == seen && !shared.stop.load(Ordering::Relaxed) {
+            let fed = |st: &State| role == Role::Idle && !st.queue.is_empty();
+            let mut timed_out = false;
+            while st.generation == seen && !fed(&st) && !shared.stop.load(Ordering::Relaxed) {
                 match retry_in {
                     Some(d) => {
-                        let (g, t) = shared
-                            .cond
-                            .wait_timeout(st, d)
-                            .unwrap_or_else(|p| p.into_inner());
+                        let (g, t) = cond.wait_timeout(st, d).unwrap_or_else(|p| p.into_inner());
                         st = g;
                         if t.timed_out() {
+                            timed_out = true;
                             break;
                         }
                     }
-                    None => st = shared.cond.wait(st).unwrap_or_else(|p| p.into_inner()),
+                    None => st = cond.wait(st).unwrap_or_else(|p| p.into_inner()),
                 }
             }
+            let due = timed_out || st.generation != seen;
             seen = st.generation;
+            due
+        };
+        if role == Role::Idle {
+            preparing.drain(store, shared);
         }
-        retry_in = work(store, shared, role);
+        if due {
+            retry_in = work(store, shared, role, &mut preparing);
+        }
         if shared.stop.load(Ordering::Relaxed) {
             return;
         }
@@ -424,9 +496,19 @@ fn run(store: &WalStore, shared: &Shared, role: Role) {
 
 /// Rewrites segments one claim at a time until none is left for `role` or `stop` is
 /// set. Returns when to look again without a wake: after a failure that may pass (a
-/// full disk, say), or when a waiting segment becomes the catch-up thread's.
-fn work(store: &WalStore, shared: &Shared, role: Role) -> Option<Duration> {
+/// full disk, say), or when a waiting segment becomes the catch-up thread's. The idle
+/// thread prepares what was fed before each claim, and rewrites a segment from what it
+/// prepared when that is the whole segment.
+fn work(
+    store: &WalStore,
+    shared: &Shared,
+    role: Role,
+    preparing: &mut Preparing,
+) -> Option<Duration> {
     while !shared.stop.load(Ordering::Relaxed) {
+        if role == Role::Idle {
+            preparing.drain(store, shared);
+        }
         let rec = match claim(store, shared, role) {
             Ok(Ok(r)) => r,
             Ok(Err(look_again)) => return look_again,
@@ -436,12 +518,17 @@ fn work(store: &WalStore, shared: &Shared, role: Role) -> Option<Duration> {
             }
         };
         let key = (rec.tli, rec.segno);
+        let prepared = preparing.take(key);
         let mut report = RecompressReport::default();
-        let res = store.recompress_segment(rec, &mut report, &shared.stop);
+        let res = store.recompress_segment(rec, &mut report, &shared.stop, prepared);
         let mut st = shared.state();
         st.claimed.remove(&key);
         match res {
             Ok(()) => {
+                let memory = report.from_memory as u64;
+                let file = report.rewritten as u64 - memory;
+                shared.from_memory.fetch_add(memory, Ordering::Relaxed);
+                shared.from_file.fetch_add(file, Ordering::Relaxed);
                 if report != RecompressReport::default() {
                     debug!(cluster = %store.cluster(), ?role, ?report, "recompressed a segment");
                 }
@@ -708,6 +795,7 @@ mod tests {
             stale.clone(),
             &mut RecompressReport::default(),
             &AtomicBool::new(false),
+            None,
         )
         .unwrap();
         s.set_relay(true);
@@ -813,6 +901,8 @@ mod tests {
             assert!(Instant::now() < deadline, "backlog never drained");
             std::thread::sleep(Duration::from_millis(20));
         }
+        let (memory, file) = w.recompressed();
+        assert_eq!(memory + file, 3);
         drop(w);
         for n in 0..3 {
             let (plain, uncompressed) = contents(&s, n);
@@ -827,7 +917,50 @@ mod tests {
             stop: AtomicBool::new(false),
             state: Mutex::new(State::default()),
             cond: Condvar::new(),
+            idle_cond: Condvar::new(),
+            from_memory: AtomicU64::new(0),
+            from_file: AtomicU64::new(0),
         }
+    }
+
+    /// A recompressor whose feeds are queued but that runs no thread: the test drains
+    /// and rewrites with `Preparing::drain` and `work`, step by step.
+    fn threadless() -> (Recompressor, Arc<Shared>) {
+        let sh = Arc::new(shared());
+        let r = Recompressor {
+            shared: sh.clone(),
+            threads: Vec::new(),
+            prepares: true,
+        };
+        (r, sh)
+    }
+
+    /// Writes `data` from LSN 0 like `write_synchronously`, with `r`'s feeds attached;
+    /// a piece of `inline_at` bytes (if any) is written alone at that offset, as when
+    /// catching up.
+    /// Returns the recompressor (dropping it would stop it).
+    fn write_fed(
+        s: &WalStore,
+        r: Recompressor,
+        data: &[u8],
+        inline_at: Option<usize>,
+    ) -> Recompressor {
+        let mut w = SegmentWriter::new(s.clone());
+        w.recompressor = Some(r);
+        let mut at = 0usize;
+        while at < data.len() {
+            let n = match inline_at {
+                Some(i) if at == i => COMPRESS_INLINE + 1000,
+                Some(i) if at < i => 9000.min(i - at),
+                _ => 9000,
+            }
+            .min(data.len() - at);
+            w.write(tli(), Lsn(at as u64), &data[at..at + n]).unwrap();
+            w.flush().unwrap();
+            at += n;
+        }
+        w.close().unwrap();
+        w.recompressor.take().unwrap()
     }
 
     fn marked(s: &WalStore) -> Vec<u64> {
@@ -836,6 +969,119 @@ mod tests {
             .iter()
             .map(|r| r.segno.0)
             .collect()
+    }
+
+    /// A segment the writer fed to the end is rewritten from what the idle thread
+    /// prepared while it was written, without its file being read; the result is the
+    /// same segment, compressed, and queued for Tier 2 as from the file.
+    #[test]
+    fn segments_fed_while_written_are_rewritten_from_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let data = wal(2 * SEG);
+        let (r, sh) = threadless();
+        let _r = write_fed(&s, r, &data, None);
+        assert_eq!(marked(&s), [0, 1]);
+        let mut preparing = Preparing::default();
+        preparing.drain(&s, &sh);
+        assert_eq!(preparing.len(), 2);
+        // A file that cannot be read would fail a rewrite from it: this one is not read.
+        for n in 0..2 {
+            let path = sealed_path(&s, n);
+            let mut bytes = std::fs::read(&path).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 1;
+            std::fs::write(&path, bytes).unwrap();
+        }
+        assert_eq!(work(&s, &sh, Role::Idle, &mut preparing), None);
+        assert_eq!(sh.from_memory.load(Ordering::Relaxed), 2);
+        assert_eq!(sh.from_file.load(Ordering::Relaxed), 0);
+        assert!(marked(&s).is_empty());
+        for n in 0..2 {
+            let (plain, uncompressed) = contents(&s, n);
+            assert_eq!(uncompressed, 0);
+            assert!(plain[..] == data[(n * SEG) as usize..((n + 1) * SEG) as usize]);
+            let len = std::fs::metadata(sealed_path(&s, n)).unwrap().len();
+            assert_eq!(record(&s, n).stored_size, len);
+            assert!(len * 10 < SEG * 7, "{len}");
+        }
+        assert_eq!(queued(&s).len(), 2);
+        assert_eq!(preparing.len(), 0);
+    }
+
+    /// A feed cut short (a frame compressed inline, as when catching up) or never
+    /// finished leaves nothing prepared: the segment is rewritten from its file.
+    #[test]
+    fn a_segment_whose_feed_was_cut_is_rewritten_from_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let data = wal(SEG);
+        let (r, sh) = threadless();
+        let _r = write_fed(&s, r, &data, Some((SEG / 2) as usize));
+        assert_eq!(marked(&s), [0], "plain frames are half the segment");
+        let mut preparing = Preparing::default();
+        preparing.drain(&s, &sh);
+        assert_eq!(preparing.len(), 0);
+        assert_eq!(work(&s, &sh, Role::Idle, &mut preparing), None);
+        assert_eq!(sh.from_memory.load(Ordering::Relaxed), 0);
+        assert_eq!(sh.from_file.load(Ordering::Relaxed), 1);
+        let (plain, uncompressed) = contents(&s, 0);
+        assert_eq!(uncompressed, 0);
+        assert!(plain == data);
+    }
+
+    /// What is prepared is used only if it is the whole segment as sealed: a CRC-32C
+    /// that differs from the writer's drops it.
+    #[test]
+    fn a_prepared_segment_that_does_not_match_the_seal_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let sh = shared();
+        let key = (tli(), SegNo(0));
+        let data = wal(SEG);
+        let mut preparing = Preparing::default();
+        for (crc, kept) in [(crc32c::crc32c(&data) ^ 1, 0), (crc32c::crc32c(&data), 1)] {
+            assert!(sh.enqueue(feed::Item::Piece {
+                key,
+                at: 0,
+                data: data.clone(),
+            }));
+            assert!(sh.enqueue(feed::Item::Sealed {
+                key,
+                plain_len: SEG,
+                crc,
+            }));
+            preparing.drain(&s, &sh);
+            assert_eq!(preparing.len(), kept);
+        }
+        let p = preparing.take(key).unwrap();
+        assert!(p.matches(SEG, Some(crc32c::crc32c(&data))));
+        assert!(!p.matches(SEG - 1, Some(crc32c::crc32c(&data))));
+        assert!(!p.matches(SEG, None));
+    }
+
+    /// A recompressor that does not keep up holds at most `QUEUE_CAP` of fed WAL and
+    /// the prepared form of two segments: the rest is rewritten from the files.
+    #[test]
+    fn a_recompressor_that_falls_behind_holds_little_and_rewrites_the_rest_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let n = (feed::QUEUE_CAP as u64 / SEG) + 2;
+        let data = wal(n * SEG);
+        let (r, sh) = threadless();
+        let _r = write_fed(&s, r, &data, None);
+        assert_eq!(sh.state().queue.bytes(), feed::QUEUE_CAP);
+        let mut preparing = Preparing::default();
+        preparing.drain(&s, &sh);
+        assert_eq!(preparing.len(), 2);
+        assert_eq!(work(&s, &sh, Role::Idle, &mut preparing), None);
+        assert_eq!(sh.from_memory.load(Ordering::Relaxed), 2);
+        assert_eq!(sh.from_file.load(Ordering::Relaxed), n - 2);
+        for k in 0..n {
+            let (plain, uncompressed) = contents(&s, k);
+            assert_eq!(uncompressed, 0);
+            assert!(plain[..] == data[(k * SEG) as usize..((k + 1) * SEG) as usize]);
+        }
     }
 
     /// The floor for a CPU that is never idle: while the idle thread is stuck on the
@@ -854,14 +1100,14 @@ mod tests {
         let first = std::fs::read(sealed_path(&s, 0)).unwrap();
 
         // It stops with work left to the idle thread, to look again within MAX_WAIT.
-        let again = work(&s, &sh, Role::CatchUp);
+        let again = work(&s, &sh, Role::CatchUp, &mut Preparing::default());
         assert!(again.is_some_and(|w| w <= MAX_WAIT), "{again:?}");
         let left: Vec<u64> = std::iter::once(0)
             .chain(n - CATCH_UP_AT as u64 + 1..n)
             .collect();
         assert_eq!(marked(&s), left);
         assert_eq!(std::fs::read(sealed_path(&s, 0)).unwrap(), first);
-        assert!(work(&s, &sh, Role::CatchUp).is_some());
+        assert!(work(&s, &sh, Role::CatchUp, &mut Preparing::default()).is_some());
         assert_eq!(
             marked(&s),
             left,
@@ -877,10 +1123,10 @@ mod tests {
         let took = pick(due, &sh.state(), Role::CatchUp, now).unwrap();
         assert_eq!((took.tli, took.segno), key);
 
-        assert_eq!(work(&s, &sh, Role::Idle), None);
+        assert_eq!(work(&s, &sh, Role::Idle, &mut Preparing::default()), None);
         assert_eq!(marked(&s), [0]);
         sh.state().claimed.clear();
-        assert_eq!(work(&s, &sh, Role::Idle), None);
+        assert_eq!(work(&s, &sh, Role::Idle, &mut Preparing::default()), None);
         assert!(marked(&s).is_empty());
         for k in 0..n {
             let (plain, uncompressed) = contents(&s, k);
@@ -901,7 +1147,7 @@ mod tests {
         let before = std::fs::read(&path).unwrap();
         let rec = s.marked_segments().unwrap().remove(0);
         let mut report = RecompressReport::default();
-        s.recompress_segment(rec, &mut report, &AtomicBool::new(true))
+        s.recompress_segment(rec, &mut report, &AtomicBool::new(true), None)
             .unwrap();
         assert_eq!(report, RecompressReport::default());
         assert_eq!(std::fs::read(&path).unwrap(), before);

@@ -11,7 +11,9 @@
 //! every commit's round trip. A segment sealed with more than an eighth of its bytes in
 //! plain frames is marked `recompress` in the catalog and handed to the background
 //! recompressor (`super::recompress`), which rewrites it compressed and only then
-//! queues it for Tier 2.
+//! queues it for Tier 2. While such a segment is written, the writer also hands each
+//! byte to the recompressor's idle thread (`super::Feed`, a copy per flush and one
+//! hand-over per MiB), so that the rewrite need not read and decrypt the file again.
 //!
 //! Writes `<24 hex>.partial.tmp`, `<24 hex>.partial` and `<24 hex>` in the WAL directory
 //! and the segment records in the catalog.
@@ -79,6 +81,10 @@ struct OpenSegment {
     /// The file is a recycled spare: past the frames are an old segment's bytes, so
     /// every frame is written followed by [`END_MARK`].
     recycled: bool,
+    /// The recompressor's feed: every byte written, while all of them go in plain
+    /// frames, so that it can prepare the compressed form as the segment is written
+    /// (`super::recompress::feed`). Cut (dropped) at the first frame compressed inline.
+    feed: Option<super::Feed>,
 }
 
 /// Written after each frame in a recycled file, where the next frame's header goes:
@@ -226,6 +232,7 @@ impl OpenSegment {
             stored_plain: 0,
             last_plain: false,
             recycled,
+            feed: None,
         })
     }
 
@@ -279,6 +286,7 @@ impl OpenSegment {
             stored_plain: obj.plain_uncompressed,
             last_plain: false,
             recycled: false,
+            feed: None,
         })
     }
 
@@ -308,6 +316,11 @@ impl OpenSegment {
             .write_all_at(&self.out, self.stored_len)
             .map_err(io_err(&self.path))?;
         self.stored_len += frame_len;
+        if inline {
+            self.feed = None;
+        } else if let Some(feed) = &mut self.feed {
+            feed.push(&self.pending);
+        }
         failpoint::hit("wal-after-write");
         self.crc = crc32c::crc32c_append(self.crc, &self.pending);
         self.written += self.pending.len() as u64;
@@ -381,6 +394,11 @@ impl OpenSegment {
                 self.stored_len,
             )
             .filter(|_| !rec.recompress);
+        // What was fed goes to the recompressor before the catalog marks the segment,
+        // so that its idle thread has the whole segment by the time it claims it.
+        if let Some(feed) = self.feed.take().filter(|_| rec.recompress) {
+            feed.sealed(self.written, self.crc);
+        }
         // Unsynced, on the commit path (the WAL is already durable under its sealed
         // name): if a crash loses this write, start-up reconciliation verifies the
         // sealed file and records it from its frames, marked for recompression when
@@ -423,7 +441,7 @@ pub struct SegmentWriter {
     durable: Option<(TimelineId, Lsn)>,
     sealed_count: u64,
     flush_stats: FlushStats,
-    recompressor: Option<super::Recompressor>,
+    pub(super) recompressor: Option<super::Recompressor>,
     /// Whether the last flush wrote an uncompressed frame: the next segment is then
     /// created filled whole ([`sync_fill_len`]).
     sync_mode: bool,
@@ -456,6 +474,14 @@ impl SegmentWriter {
     /// End of WAL known durable (fdatasync'ed), if any was written by this writer.
     pub fn durable(&self) -> Option<(TimelineId, Lsn)> {
         self.durable
+    }
+
+    /// Segments its recompressor has rewritten: from what it prepared while they were
+    /// written, and from their files (none without a recompressor).
+    pub fn recompressed(&self) -> (u64, u64) {
+        self.recompressor
+            .as_ref()
+            .map_or((0, 0), super::Recompressor::rewritten)
     }
 
     /// Segments sealed by this writer.
@@ -557,7 +583,12 @@ impl SegmentWriter {
             } else {
                 0
             };
-            OpenSegment::create(&self.store, tli, segno, fill)?
+            let mut o = OpenSegment::create(&self.store, tli, segno, fill)?;
+            o.feed = self
+                .recompressor
+                .as_ref()
+                .and_then(|r| r.feed(tli, segno, self.store.seg_size().bytes()));
+            o
         };
         self.durable = Some((
             tli,
