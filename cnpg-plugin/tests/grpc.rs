@@ -138,7 +138,7 @@ async fn services(channel: Channel) -> Vec<ServiceType> {
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
+        klio_harness::manifest_dir(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures")
             .join(name),
     )

@@ -476,11 +476,11 @@ mod tests {
 
     #[test]
     fn the_committed_crds_are_what_the_types_generate() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../deploy/crds/klio.io_servers.yaml"
-        );
-        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        let path = klio_harness::manifest_dir(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/crds/klio.io_servers.yaml")
+            .display()
+            .to_string();
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(
             committed == crd_yaml(),
             "{path} is stale: run `cargo run -p klio-operator --bin crdgen` and commit it"
@@ -503,10 +503,11 @@ mod tests {
 
     #[test]
     fn the_crds_validate_against_the_kubernetes_schemas() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../deploy/crds/klio.io_servers.yaml"
-        );
+        let path = klio_harness::manifest_dir(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/crds/klio.io_servers.yaml")
+            .display()
+            .to_string();
+        let path = path.as_str();
         let tool = kubernetes_validate();
         let out = std::process::Command::new(&tool)
             .args(["--strict", path])

@@ -36,7 +36,7 @@ pub fn validate_strictly(file: &Path, expected: usize) {
 }
 
 pub fn crate_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    klio_harness::manifest_dir(env!("CARGO_MANIFEST_DIR"))
 }
 
 pub fn fixture(name: &str) -> serde_json::Value {

@@ -297,7 +297,11 @@ pub(crate) fn read_only() -> ServerSpec {
 }
 
 fn golden(name: &str) -> String {
-    let path = format!("{}/tests/golden/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = klio_harness::manifest_dir(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name)
+        .display()
+        .to_string();
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 

@@ -97,7 +97,7 @@ fn wired_clusters_validate_against_cloudnativepgs_crd() {
     let file = dir.path().join("wired.yaml");
     let yaml: Vec<String> = wired.iter().map(|c| c.to_string()).collect();
     std::fs::write(&file, yaml.join("\n---\n")).unwrap();
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let repo = klio_harness::manifest_dir(env!("CARGO_MANIFEST_DIR")).join("..");
     let crd = repo.join("cnpg-plugin/tests/fixtures/crds/postgresql.cnpg.io_clusters.yaml");
     let report = klio_harness::k8s::crd_schema_check(&repo, &[crd], &[file]);
     assert_eq!(

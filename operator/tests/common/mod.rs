@@ -3,13 +3,13 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use klio_operator::RbacRule;
 use serde_json::Value;
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    klio_harness::manifest_dir(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 pub use klio_harness::k8s::{find, kubernetes_validate, yaml_documents as documents};

@@ -34,6 +34,18 @@ pub mod s3;
 mod tls;
 
 pub use binaries::{pg_bin_dir, pg_cache_dir};
+
+/// The directory of the test's package, for the files a test reads from the checkout
+/// (fixtures, golden files, committed manifests): `CARGO_MANIFEST_DIR` as cargo and
+/// nextest set it when they run the test, else `compiled` (pass
+/// `env!("CARGO_MANIFEST_DIR")`). A test binary reused from a build in another checkout
+/// (the target directory is shared) then still reads the files of the checkout being
+/// tested, not those of the one it was compiled in.
+pub fn manifest_dir(compiled: &str) -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(compiled))
+}
 pub use config::{AuthMethod, PgOptions};
 pub use instance::{PgInstance, StopMode};
 pub use tls::{write_file, TestCa, TlsFiles};
@@ -44,3 +56,15 @@ pub const SUPERUSER: &str = "postgres";
 pub const REPLICATION_USER: &str = "streaming_replica";
 /// Password of [`REPLICATION_USER`].
 pub const REPLICATION_PASSWORD: &str = "replpass";
+
+#[cfg(test)]
+mod tests {
+    /// The directory comes from the running test's environment, not from where the
+    /// binary was compiled.
+    #[test]
+    fn the_manifest_dir_is_the_one_the_test_runs_in() {
+        let dir = super::manifest_dir("/nonexistent/compiled/elsewhere");
+        assert!(dir.join("Cargo.toml").is_file(), "{}", dir.display());
+        assert!(dir.join("src/lib.rs").is_file(), "{}", dir.display());
+    }
+}
