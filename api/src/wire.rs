@@ -250,6 +250,14 @@ pub struct ClusterStatusView {
     pub wal_fsyncs: u64,
     #[serde(default)]
     pub wal_fsync_micros: u64,
+    /// WAL segments written on the synchronous commit path and rewritten compressed since
+    /// the server started: from what the writer fed the recompressor while writing them
+    /// (no read-back), and from their files (after a restart, a backlog, or a segment
+    /// partly compressed as it was written).
+    #[serde(default)]
+    pub wal_recompressed_from_memory: u64,
+    #[serde(default)]
+    pub wal_recompressed_from_file: u64,
     /// Base backups of this cluster.
     #[serde(default)]
     pub backups: BackupStatus,
@@ -449,6 +457,8 @@ impl ClusterStatusView {
             disk_full: false,
             wal_fsyncs: 0,
             wal_fsync_micros: 0,
+            wal_recompressed_from_memory: 0,
+            wal_recompressed_from_file: 0,
             backups: BackupStatus::default(),
             storage: StorageStatus::default(),
             tier2: None,

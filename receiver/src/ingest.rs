@@ -25,6 +25,9 @@ pub struct WriterProgress {
     pub disk_full: bool,
     /// fdatasyncs of WAL so far and their total time.
     pub flushes: FlushStats,
+    /// Segments the recompressor has rewritten so far: from what the writer fed it while
+    /// they were written, and from their files.
+    pub recompressed: (u64, u64),
 }
 
 /// A failed checkpoint: the message, and whether Tier 1 is out of space.
@@ -236,6 +239,7 @@ fn publish(
         error: err.map(describe),
         disk_full: err.is_some_and(|e| e.is_disk_full()),
         flushes: writer.flush_stats(),
+        recompressed: writer.recompressed(),
     };
     progress.send_if_modified(|old| {
         if *old != p {

@@ -20,6 +20,8 @@ pub struct ClusterStatus {
     disk_full: AtomicBool,
     wal_flushes: AtomicU64,
     wal_flush_nanos: AtomicU64,
+    recompressed_from_memory: AtomicU64,
+    recompressed_from_file: AtomicU64,
     state: Mutex<(ConnectionState, Option<String>)>,
 }
 
@@ -38,6 +40,10 @@ pub struct StatusSnapshot {
     /// fdatasyncs of WAL since the server started, and their total time.
     pub wal_flushes: u64,
     pub wal_flush_nanos: u64,
+    /// Segments rewritten compressed since the server started: from what the writer fed
+    /// the recompressor while writing them, and from their files.
+    pub recompressed_from_memory: u64,
+    pub recompressed_from_file: u64,
 }
 
 fn opt(v: u64) -> Option<Lsn> {
@@ -56,6 +62,8 @@ impl Default for ClusterStatus {
             disk_full: AtomicBool::new(false),
             wal_flushes: AtomicU64::new(0),
             wal_flush_nanos: AtomicU64::new(0),
+            recompressed_from_memory: AtomicU64::new(0),
+            recompressed_from_file: AtomicU64::new(0),
             state: Mutex::new((ConnectionState::Connecting, None)),
         }
     }
@@ -82,6 +90,8 @@ impl ClusterStatus {
             disk_full: self.disk_full.load(Ordering::Relaxed),
             wal_flushes: self.wal_flushes.load(Ordering::Relaxed),
             wal_flush_nanos: self.wal_flush_nanos.load(Ordering::Relaxed),
+            recompressed_from_memory: self.recompressed_from_memory.load(Ordering::Relaxed),
+            recompressed_from_file: self.recompressed_from_file.load(Ordering::Relaxed),
         }
     }
 
@@ -131,5 +141,12 @@ impl ClusterStatus {
     pub fn set_wal_flushes(&self, count: u64, nanos: u64) {
         self.wal_flushes.store(count, Ordering::Relaxed);
         self.wal_flush_nanos.store(nanos, Ordering::Relaxed);
+    }
+
+    /// The recompressor's running totals (from memory, from files).
+    pub fn set_recompressed(&self, (memory, file): (u64, u64)) {
+        self.recompressed_from_memory
+            .store(memory, Ordering::Relaxed);
+        self.recompressed_from_file.store(file, Ordering::Relaxed);
     }
 }

@@ -628,6 +628,8 @@ impl Registry for EngineRegistry {
             disk_full: s.disk_full,
             wal_fsyncs: s.wal_flushes,
             wal_fsync_micros: s.wal_flush_nanos / 1000,
+            wal_recompressed_from_memory: s.recompressed_from_memory,
+            wal_recompressed_from_file: s.recompressed_from_file,
             backups: self.backups.status(cluster),
             storage,
             tier2,

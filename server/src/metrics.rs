@@ -56,6 +56,18 @@ const FAMILIES: &[Family] = &[
         value: |s| Some(s.wal_fsyncs),
     },
     Family {
+        name: "klio_wal_recompressed_from_memory_total",
+        kind: "counter",
+        help: "WAL segments from the synchronous commit path rewritten compressed from what the writer fed the recompressor while writing them (no read-back), since the server started.",
+        value: |s| Some(s.wal_recompressed_from_memory),
+    },
+    Family {
+        name: "klio_wal_recompressed_from_file_total",
+        kind: "counter",
+        help: "WAL segments from the synchronous commit path rewritten compressed by reading their files back (after a restart or a backlog), since the server started.",
+        value: |s| Some(s.wal_recompressed_from_file),
+    },
+    Family {
         name: "klio_tier1_disk_full",
         kind: "gauge",
         help: "1 while Tier 1 is out of space and streaming is paused.",

@@ -388,9 +388,11 @@ fn sync_path_segments_are_recompressed_and_survive_crashes_while_rewritten() -> 
         klio.restart()?;
         klio.wait_sync_standby(&pg, "rc")?;
     }
-    // One more segment sealed and rewritten with nothing going wrong.
-    klio_tests::wait_until(Duration::from_secs(120), "a third sealed segment", || {
-        Ok(klio.sealed_segments("rc")?.len() >= 3)
+    // Two more segments sealed and rewritten with nothing going wrong: the second one
+    // this process created, so the writer fed it to the recompressor as it wrote it.
+    let before = klio.sealed_segments("rc")?.len();
+    klio_tests::wait_until(Duration::from_secs(180), "two more sealed segments", || {
+        Ok(klio.sealed_segments("rc")?.len() >= (before + 2).max(3))
     })?;
     stop.store(true, Ordering::SeqCst);
     let rows = loader.join().expect("loader thread")?;
@@ -421,6 +423,14 @@ fn sync_path_segments_are_recompressed_and_survive_crashes_while_rewritten() -> 
             Ok(true)
         },
     )?;
+    // A commit publishes the writer's counters (at its flush) before it is acknowledged.
+    pg.psql("INSERT INTO rows VALUES ('counters')")?;
+    let status = klio.status("rc")?;
+    let memory = status["wal_recompressed_from_memory"].as_u64();
+    ensure!(
+        memory.is_some_and(|n| n >= 1),
+        "no segment was rewritten from what the writer fed the recompressor: {status}"
+    );
     let out = tempfile::tempdir()?;
     let compared = klio
         .compare_with_pg_wal("rc", &pg.wal_dir(), out.path(), &names)?
