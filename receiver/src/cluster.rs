@@ -516,7 +516,9 @@ async fn session(
     }
     let store = handle.store().expect("set above");
     if ingest_slot.is_none() {
-        *ingest_slot = Some(Ingest::new(store.clone()));
+        let ingest = Ingest::new(store.clone());
+        status.set_recompress_counts(ingest.recompress_counts());
+        *ingest_slot = Some(ingest);
     }
     let ingest = ingest_slot.as_ref().expect("set above");
 

@@ -25,9 +25,6 @@ pub struct WriterProgress {
     pub disk_full: bool,
     /// fdatasyncs of WAL so far and their total time.
     pub flushes: FlushStats,
-    /// Segments the recompressor has rewritten so far: from what the writer fed it while
-    /// they were written, and from their files.
-    pub recompressed: (u64, u64),
 }
 
 /// A failed checkpoint: the message, and whether Tier 1 is out of space.
@@ -66,6 +63,7 @@ pub fn describe(e: &StoreError) -> String {
 pub struct Ingest {
     core: std::sync::Mutex<WriterCore>,
     progress: watch::Receiver<WriterProgress>,
+    recompress_counts: Option<crate::wal_store::RewriteCounts>,
 }
 
 impl Ingest {
@@ -80,6 +78,7 @@ impl Ingest {
             }
         };
         Ingest {
+            recompress_counts: writer.recompress_counts(),
             core: std::sync::Mutex::new(WriterCore::new(writer, ptx)),
             progress: prx,
         }
@@ -107,6 +106,11 @@ impl Ingest {
 
     pub fn subscribe(&self) -> watch::Receiver<WriterProgress> {
         self.progress.clone()
+    }
+
+    /// Its recompressor's rewrite counters, read live (none if it did not start).
+    pub fn recompress_counts(&self) -> Option<crate::wal_store::RewriteCounts> {
+        self.recompress_counts.clone()
     }
 }
 
@@ -239,7 +243,6 @@ fn publish(
         error: err.map(describe),
         disk_full: err.is_some_and(|e| e.is_disk_full()),
         flushes: writer.flush_stats(),
-        recompressed: writer.recompressed(),
     };
     progress.send_if_modified(|old| {
         if *old != p {

@@ -20,8 +20,8 @@ pub struct ClusterStatus {
     disk_full: AtomicBool,
     wal_flushes: AtomicU64,
     wal_flush_nanos: AtomicU64,
-    recompressed_from_memory: AtomicU64,
-    recompressed_from_file: AtomicU64,
+    /// The writer's recompressor, read live at each snapshot.
+    recompress: Mutex<Option<crate::wal_store::RewriteCounts>>,
     state: Mutex<(ConnectionState, Option<String>)>,
 }
 
@@ -62,8 +62,7 @@ impl Default for ClusterStatus {
             disk_full: AtomicBool::new(false),
             wal_flushes: AtomicU64::new(0),
             wal_flush_nanos: AtomicU64::new(0),
-            recompressed_from_memory: AtomicU64::new(0),
-            recompressed_from_file: AtomicU64::new(0),
+            recompress: Mutex::new(None),
             state: Mutex::new((ConnectionState::Connecting, None)),
         }
     }
@@ -76,6 +75,12 @@ impl ClusterStatus {
             .lock()
             .map(|g| g.clone())
             .unwrap_or((ConnectionState::Failed, None));
+        let (recompressed_from_memory, recompressed_from_file) = self
+            .recompress
+            .lock()
+            .ok()
+            .and_then(|g| g.as_ref().map(|c| c.get()))
+            .unwrap_or_default();
         let sid = self.system_id.load(Ordering::Relaxed);
         let tli = self.timeline.load(Ordering::Relaxed);
         StatusSnapshot {
@@ -90,8 +95,8 @@ impl ClusterStatus {
             disk_full: self.disk_full.load(Ordering::Relaxed),
             wal_flushes: self.wal_flushes.load(Ordering::Relaxed),
             wal_flush_nanos: self.wal_flush_nanos.load(Ordering::Relaxed),
-            recompressed_from_memory: self.recompressed_from_memory.load(Ordering::Relaxed),
-            recompressed_from_file: self.recompressed_from_file.load(Ordering::Relaxed),
+            recompressed_from_memory,
+            recompressed_from_file,
         }
     }
 
@@ -143,10 +148,10 @@ impl ClusterStatus {
         self.wal_flush_nanos.store(nanos, Ordering::Relaxed);
     }
 
-    /// The recompressor's running totals (from memory, from files).
-    pub fn set_recompressed(&self, (memory, file): (u64, u64)) {
-        self.recompressed_from_memory
-            .store(memory, Ordering::Relaxed);
-        self.recompressed_from_file.store(file, Ordering::Relaxed);
+    /// The writer's recompressor, whose rewrite counters each snapshot reads.
+    pub fn set_recompress_counts(&self, counts: Option<crate::wal_store::RewriteCounts>) {
+        if let Ok(mut g) = self.recompress.lock() {
+            *g = counts;
+        }
     }
 }

@@ -423,13 +423,21 @@ fn sync_path_segments_are_recompressed_and_survive_crashes_while_rewritten() -> 
             Ok(true)
         },
     )?;
-    // A commit publishes the writer's counters (at its flush) before it is acknowledged.
-    pg.psql("INSERT INTO rows VALUES ('counters')")?;
-    let status = klio.status("rc")?;
-    let memory = status["wal_recompressed_from_memory"].as_u64();
+    // The counter moves right after the rewrite's catalog write.
+    let fed = klio.wait_status(
+        "rc",
+        Duration::from_secs(30),
+        "a segment rewritten from what the writer fed the recompressor",
+        |s| {
+            s["wal_recompressed_from_memory"]
+                .as_u64()
+                .is_some_and(|n| n >= 1)
+        },
+    );
     ensure!(
-        memory.is_some_and(|n| n >= 1),
-        "no segment was rewritten from what the writer fed the recompressor: {status}"
+        fed.is_ok(),
+        "no segment was rewritten from what the writer fed the recompressor: {}",
+        klio.status("rc")?
     );
     let out = tempfile::tempdir()?;
     let compared = klio

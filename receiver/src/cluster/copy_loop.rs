@@ -196,7 +196,6 @@ fn on_progress(
     }
     status.set_sealed(p.sealed);
     status.set_wal_flushes(p.flushes.count, p.flushes.nanos);
-    status.set_recompressed(p.recompressed);
     if let Some((t, lsn)) = p.durable {
         if t == tli && lsn > *flushed {
             status.set_disk_full(false);

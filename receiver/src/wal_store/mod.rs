@@ -45,7 +45,7 @@ mod reconcile;
 mod segment_writer;
 mod spare;
 pub use read::WalReader;
-pub use recompress::{Feed, RecompressReport, Recompressor};
+pub use recompress::{Feed, RecompressReport, Recompressor, RewriteCounts};
 pub use reconcile::ReconcileReport;
 pub use segment_writer::{FlushStats, SegmentWriter, COMPRESS_INLINE};
 

@@ -274,6 +274,31 @@ pub struct Recompressor {
     prepares: bool,
 }
 
+/// The recompressor's running totals of rewrites, read live (`klio_wal_recompressed_*`).
+#[derive(Clone)]
+pub struct RewriteCounts(Arc<Shared>);
+
+impl RewriteCounts {
+    /// Segments rewritten: from what was prepared while they were written, and from
+    /// their files.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.0.from_memory.load(Ordering::Relaxed),
+            self.0.from_file.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl std::fmt::Debug for RewriteCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (memory, file) = self.get();
+        f.debug_struct("RewriteCounts")
+            .field("from_memory", &memory)
+            .field("from_file", &file)
+            .finish()
+    }
+}
+
 /// Unclaimed marked segments at which the catch-up thread joins in.
 const CATCH_UP_AT: usize = 4;
 /// How long a marked segment waits for the idle thread before the catch-up thread
@@ -368,10 +393,12 @@ impl Recompressor {
     /// Segments rewritten so far: from what was prepared while they were written, and
     /// from their files.
     pub fn rewritten(&self) -> (u64, u64) {
-        (
-            self.shared.from_memory.load(Ordering::Relaxed),
-            self.shared.from_file.load(Ordering::Relaxed),
-        )
+        self.counts().get()
+    }
+
+    /// A handle on [`Recompressor::rewritten`]'s counters that a status reader can keep.
+    pub fn counts(&self) -> RewriteCounts {
+        RewriteCounts(self.shared.clone())
     }
 
     /// A segment was sealed: look for work.

@@ -484,6 +484,11 @@ impl SegmentWriter {
             .map_or((0, 0), super::Recompressor::rewritten)
     }
 
+    /// A live handle on [`SegmentWriter::recompressed`] (none without a recompressor).
+    pub fn recompress_counts(&self) -> Option<super::RewriteCounts> {
+        self.recompressor.as_ref().map(super::Recompressor::counts)
+    }
+
     /// Segments sealed by this writer.
     pub fn sealed_count(&self) -> u64 {
         self.sealed_count
