@@ -390,13 +390,8 @@ impl Recompressor {
             .then(|| Feed::new(self.shared.clone(), (tli, segno)))
     }
 
-    /// Segments rewritten so far: from what was prepared while they were written, and
-    /// from their files.
-    pub fn rewritten(&self) -> (u64, u64) {
-        self.counts().get()
-    }
-
-    /// A handle on [`Recompressor::rewritten`]'s counters that a status reader can keep.
+    /// A handle on its counts of segments rewritten (from what was prepared while they
+    /// were written, and from their files) that a status reader can keep.
     pub fn counts(&self) -> RewriteCounts {
         RewriteCounts(self.shared.clone())
     }
@@ -928,7 +923,7 @@ mod tests {
             assert!(Instant::now() < deadline, "backlog never drained");
             std::thread::sleep(Duration::from_millis(20));
         }
-        let (memory, file) = w.recompressed();
+        let (memory, file) = w.recompress_counts().unwrap().get();
         assert_eq!(memory + file, 3);
         drop(w);
         for n in 0..3 {

@@ -476,15 +476,8 @@ impl SegmentWriter {
         self.durable
     }
 
-    /// Segments its recompressor has rewritten: from what it prepared while they were
-    /// written, and from their files (none without a recompressor).
-    pub fn recompressed(&self) -> (u64, u64) {
-        self.recompressor
-            .as_ref()
-            .map_or((0, 0), super::Recompressor::rewritten)
-    }
-
-    /// A live handle on [`SegmentWriter::recompressed`] (none without a recompressor).
+    /// A live handle on its recompressor's counts of segments rewritten (none without a
+    /// recompressor).
     pub fn recompress_counts(&self) -> Option<super::RewriteCounts> {
         self.recompressor.as_ref().map(super::Recompressor::counts)
     }
