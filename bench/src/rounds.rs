@@ -110,6 +110,34 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// A distribution-free confidence interval for the median of `v`: its order
+/// statistics `k` and `n + 1 - k` (1-based, sorted), with the largest `k` whose coverage
+/// `1 - 2 P(Binomial(n, 1/2) < k)` is still at least 90 %. Returns `(low, high,
+/// coverage)`, or `None` when even the full range covers less (fewer than 5 values).
+pub fn median_interval(v: &[f64]) -> Option<(f64, f64, f64)> {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    // P(Binomial(n, 1/2) <= j) for j = 0, 1, ...
+    let mut below = Vec::with_capacity(n + 1);
+    let (mut c, mut sum) = (1.0f64, 0.0f64);
+    let all = 2f64.powi(i32::try_from(n).ok()?);
+    for j in 0..=n {
+        sum += c;
+        below.push(sum / all);
+        c = c * (n - j) as f64 / (j + 1) as f64;
+    }
+    let mut best = None;
+    for k in 1..=n.div_ceil(2) {
+        let coverage = 1.0 - 2.0 * below[k - 1];
+        if coverage < 0.90 {
+            break;
+        }
+        best = Some((s[k - 1], s[n - k], coverage));
+    }
+    best
+}
+
 /// Which build a run used: path, size and modification time (seconds since the epoch),
 /// enough to tell two builds apart when the same path was rebuilt in between.
 fn describe_binary(path: &std::path::Path) -> String {
@@ -260,6 +288,19 @@ impl Results {
         Ok(median(&self.values(arm, metric)?))
     }
 
+    /// `metric` of `arm` over that of `other`, round by round. The two ran in the same
+    /// rounds, next to each other in time, so a drift of the host that lasts a round
+    /// moves both sides of each ratio.
+    pub fn paired_ratios(&self, arm: &str, other: &str, metric: &str) -> Result<Vec<f64>> {
+        let a = self.values(arm, metric)?;
+        let b = self.values(other, metric)?;
+        ensure!(
+            a.len() == b.len(),
+            "{arm:?} and {other:?} ran different rounds"
+        );
+        Ok(a.iter().zip(&b).map(|(x, y)| x / y).collect())
+    }
+
     /// Prints each arm's metrics: median and the rounds in order.
     pub fn print(&self) {
         println!("{}: medians (rounds in order)", self.title);
@@ -307,6 +348,30 @@ mod tests {
             "klio 0.1.0 (testing build: failpoints and test knobs compiled in, not for production)";
         assert!(refuse_testing_build(testing, "KLIO_BIN_B", false).is_err());
         assert!(refuse_testing_build(testing, "KLIO_BIN_B", true).is_ok());
+    }
+
+    #[test]
+    fn median_interval_takes_the_order_statistics_that_cover_90_percent() {
+        // Fewer than 5 rounds: even min..max covers under 90 % (4 rounds: 87.5 %).
+        assert_eq!(median_interval(&[1.0, 2.0, 3.0, 4.0]), None);
+        // 5 and 7 rounds: min..max (93.75 %, 98.4 %).
+        let (lo, hi, cov) = median_interval(&[5.0, 1.0, 4.0, 2.0, 3.0]).unwrap();
+        assert_eq!((lo, hi), (1.0, 5.0));
+        assert!((cov - 0.9375).abs() < 1e-12);
+        let v: Vec<f64> = (1..=7).map(f64::from).collect();
+        assert_eq!(
+            median_interval(&v).map(|(l, h, _)| (l, h)),
+            Some((1.0, 7.0))
+        );
+        // 9 rounds: 2nd..8th (96.1 %); 11 rounds: 3rd..9th (93.5 %).
+        let v: Vec<f64> = (1..=9).map(f64::from).collect();
+        let (lo, hi, cov) = median_interval(&v).unwrap();
+        assert_eq!((lo, hi), (2.0, 8.0));
+        assert!((cov - (1.0 - 2.0 * 10.0 / 512.0)).abs() < 1e-12);
+        let v: Vec<f64> = (1..=11).rev().map(f64::from).collect();
+        let (lo, hi, cov) = median_interval(&v).unwrap();
+        assert_eq!((lo, hi), (3.0, 9.0));
+        assert!((cov - (1.0 - 2.0 * 67.0 / 2048.0)).abs() < 1e-12);
     }
 
     #[test]
