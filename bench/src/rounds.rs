@@ -1,9 +1,10 @@
 //! Rounds of a side-by-side benchmark: every arm (one tool or setting) runs once as a
-//! discarded warm-up, then `rounds` times in rotated order (round r starts with arm
-//! r mod n, so two arms run A-B, B-A, A-B, …), with the host settled before every phase
-//! ([`crate::host::settle`]: `sync`, page cache dropped). Each phase is printed as it
-//! ends, with the load average; [`Results::print`] gives each metric's median and its
-//! rounds. Writes nothing to disk.
+//! discarded warm-up, then `rounds` times in the orders of a Williams design
+//! ([`order`]: two arms run A-B, B-A, A-B, …; with more arms each one runs in every
+//! position, and right after every other arm, equally often), with the host settled
+//! before every phase ([`crate::host::settle`]: `sync`, page cache dropped). Each phase
+//! is printed as it ends, with the load average; [`Results::print`] gives each metric's
+//! median and its rounds. Writes nothing to disk.
 
 use std::fmt;
 
@@ -94,9 +95,38 @@ impl<'a> Arm<'a> {
     }
 }
 
-/// The order of the arms in round `round` (0-based): rotated by the round number.
+/// The order of the arms in round `round` (0-based): a Williams design. Rotating one
+/// order (round r starting with arm r mod n) puts every arm in every position, but
+/// always after the same arm, so whatever a phase leaves behind (load, dirty pages,
+/// autovacuum work) always falls on the same next arm. Here the base order is 0, 1,
+/// n−1, 2, n−2, …, shifted by the round: over n rounds (n even) every arm runs in every
+/// position once and right after every other arm once. For an odd n, rounds alternate
+/// between that order and its reverse, which balances both over 2n rounds.
 fn order(arms: usize, round: usize) -> Vec<usize> {
-    (0..arms).map(|i| (round + i) % arms).collect()
+    let mut base: Vec<usize> = Vec::with_capacity(arms);
+    let (mut low, mut high) = (0, arms);
+    for i in 0..arms {
+        if i % 2 == 0 {
+            base.push(low);
+            low += 1;
+        } else {
+            high -= 1;
+            base.push(high);
+        }
+    }
+    // base = 0, n-1, 1, n-2, ...; the Williams order 0, 1, n-1, 2, n-2, ... is its
+    // negation modulo n.
+    let williams = base.iter().map(|&b| (arms - b) % arms);
+    let (shift, reverse) = if arms % 2 == 1 {
+        (round / 2, round % 2 == 1)
+    } else {
+        (round, false)
+    };
+    let mut o: Vec<usize> = williams.map(|w| (w + shift) % arms).collect();
+    if reverse {
+        o.reverse();
+    }
+    o
 }
 
 /// The median of `v` (the mean of the middle two for an even count); NaN when empty.
@@ -208,14 +238,14 @@ fn refuse_testing_build(version: &str, var: &str, allowed: bool) -> Result<()> {
     Ok(())
 }
 
-/// Runs a warm-up of every arm, then `rounds` rotated rounds; prints each phase.
+/// Runs a warm-up of every arm, then `rounds` rounds in [`order`]; prints each phase.
 pub fn run(title: &str, arms: &mut [Arm<'_>], rounds: usize) -> Result<Results> {
     if arms.is_empty() || rounds == 0 {
         bail!("a benchmark needs at least one arm and one round");
     }
     println!("{title}");
     println!(
-        "  {rounds} rounds after a discarded warm-up, arms rotated each round; before each phase: {}",
+        "  {rounds} rounds after a discarded warm-up, arms in the orders of a Williams design (each in every position and after every other equally often); before each phase: {}",
         host::settle_description()
     );
     if rounds < 3 {
@@ -327,11 +357,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rotation_alternates_two_arms_and_starts_each_round_elsewhere() {
+    fn two_arms_alternate_and_four_follow_the_williams_square() {
         assert_eq!(order(2, 0), [0, 1]);
         assert_eq!(order(2, 1), [1, 0]);
-        assert_eq!(order(3, 1), [1, 2, 0]);
-        assert_eq!(order(3, 2), [2, 0, 1]);
+        assert_eq!(order(2, 2), [0, 1]);
+        assert_eq!(order(1, 3), [0]);
+        assert_eq!(order(4, 0), [0, 1, 3, 2]);
+        assert_eq!(order(4, 1), [1, 2, 0, 3]);
+    }
+
+    #[test]
+    fn every_arm_runs_in_every_position_and_after_every_other_equally_often() {
+        for n in 2..=7 {
+            let rounds = if n % 2 == 0 { n } else { 2 * n };
+            let mut position = vec![vec![0; n]; n];
+            let mut after = vec![vec![0; n]; n];
+            for r in 0..rounds {
+                let o = order(n, r);
+                let mut sorted = o.clone();
+                sorted.sort_unstable();
+                assert_eq!(sorted, (0..n).collect::<Vec<_>>(), "{n} arms, round {r}");
+                for (p, &a) in o.iter().enumerate() {
+                    position[a][p] += 1;
+                }
+                for w in o.windows(2) {
+                    after[w[1]][w[0]] += 1;
+                }
+            }
+            let per_position = rounds / n;
+            let per_pair = rounds / n;
+            for a in 0..n {
+                assert!(
+                    position[a].iter().all(|&c| c == per_position),
+                    "{n}: {position:?}"
+                );
+                for b in 0..n {
+                    let want = if a == b { 0 } else { per_pair };
+                    assert_eq!(after[a][b], want, "{n} arms: {after:?}");
+                }
+            }
+        }
     }
 
     #[test]

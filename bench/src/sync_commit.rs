@@ -23,7 +23,8 @@
 //! tail with what the standby's process used (CPU and run-queue wait per transaction, per
 //! thread) and how many commits each of its flushes covered (`tx_per_flush`, from a
 //! `perf stat` count of its `fsync`/`fdatasync` calls; the curve prints it per client
-//! count too), with the primary's WAL per commit and the mean time of the primary's own
+//! count too), the standby's peak RSS (`peak_rss_mb`, VmHWM of a process started for the
+//! phase), with the primary's WAL per commit and the mean time of the primary's own
 //! WAL fsync (`wal_kb_per_tx`, `primary_sync_us`, from `pg_stat_wal`: the standby shares
 //! the disk, so its I/O can slow the primary's flush, which every commit waits for);
 //! what reached the shared disk per commit (`disk_kb_per_tx`, `disk_writes_per_tx`,
@@ -533,6 +534,9 @@ fn probe_point(
     let disk_after = DiskCounters::read(pg.data_dir())?;
     let wal_after = primary_wal(pg)?;
     let (cpu, wait, threads) = thread_delta(pid, &before)?;
+    // The standby's peak RSS since it started (it starts afresh for every phase): for a
+    // Klio server, this includes what its recompressor holds of the segments fed to it.
+    let peak_rss = klio_bench::host::peak_rss_mb(pid)?;
     let flushes = flushes.finish()?;
     let trips = match walsender {
         Some(t) => {
@@ -588,7 +592,8 @@ fn probe_point(
         .with("stalls", stall_count as f64)
         .with("cpu_us_per_tx", cpu * 1000.0 / tx.len() as f64)
         .with("runq_us_per_tx", wait * 1000.0 / tx.len() as f64)
-        .with("tx_per_flush", tx.len() as f64 / flushes.max(1) as f64);
+        .with("tx_per_flush", tx.len() as f64 / flushes.max(1) as f64)
+        .with("peak_rss_mb", peak_rss);
     sample = with_primary_wal(sample, "", wal_before, wal_after, tx.len());
     // The disk the primary and the standby share: what reached the device per commit.
     let n = tx.len().max(1) as f64;
