@@ -718,7 +718,7 @@ fn probe_mode(pg: &PgInstance, clients: u32, secs: u32, rounds: usize) -> Result
             let text: Vec<String> = r.iter().map(|x| format!("{x:.2}")).collect();
             let interval = match rounds::median_interval(&r) {
                 Some((lo, hi, cov)) => format!(
-                    ", {:.0} % interval {lo:.2}x..{hi:.2}x",
+                    ", {:.1} % interval {lo:.2}x..{hi:.2}x",
                     (cov * 1000.0).floor() / 10.0
                 ),
                 None => String::new(),
@@ -873,7 +873,7 @@ fn print_verdicts(res: &rounds::Results, arm: &str) -> Result<()> {
                     _ => "not settled",
                 };
                 format!(
-                    "{:.0} % interval {lo:.2}x..{hi:.2}x, {settled}",
+                    "{:.1} % interval {lo:.2}x..{hi:.2}x, {settled}",
                     (cov * 1000.0).floor() / 10.0
                 )
             }
