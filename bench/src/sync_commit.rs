@@ -715,18 +715,14 @@ fn probe_mode(pg: &PgInstance, clients: u32, secs: u32, rounds: usize) -> Result
         }
         for metric in ["tps", "p50_ms", "p99_ms", "cpu_us_per_tx"] {
             let r = res.paired_ratios(arm, peer, metric)?;
-            let text: Vec<String> = r.iter().map(|x| format!("{x:.2}")).collect();
             let interval = match rounds::median_interval(&r) {
-                Some((lo, hi, cov)) => format!(
-                    ", {:.1} % interval {lo:.2}x..{hi:.2}x",
-                    (cov * 1000.0).floor() / 10.0
-                ),
+                Some(i) => format!(", {}", interval_text(i)),
                 None => String::new(),
             };
             println!(
                 "  {arm} / {peer}, {metric}, round by round: {:.2}x ({}){interval}",
                 rounds::median(&r),
-                text.join(" ")
+                ratios_text(&r)
             );
         }
     }
@@ -844,6 +840,20 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// Round-by-round ratios as printed: two decimals each, in round order.
+fn ratios_text(r: &[f64]) -> String {
+    let v: Vec<String> = r.iter().map(|x| format!("{x:.2}")).collect();
+    v.join(" ")
+}
+
+/// A [`rounds::median_interval`] as printed, its coverage rounded down.
+fn interval_text((lo, hi, coverage): (f64, f64, f64)) -> String {
+    format!(
+        "{:.1} % interval {lo:.2}x..{hi:.2}x",
+        (coverage * 1000.0).floor() / 10.0
+    )
+}
+
 /// The targets of issue 13 point 4 for `arm` against the better of pg_receivewal and the
 /// physical standby at each point (the one with the better median): the ratio of the
 /// medians, and the ratio taken round by round (each round's `arm` against that round's
@@ -863,26 +873,22 @@ fn print_verdicts(res: &rounds::Results, arm: &str) -> Result<()> {
     // `ok(r)`: ratio r meets the target.
     let paired = |metric: &str, who: &str, ok: &dyn Fn(f64) -> bool| -> Result<String> {
         let r = res.paired_ratios(arm, who, metric)?;
-        let rounds: Vec<String> = r.iter().map(|x| format!("{x:.2}")).collect();
         let met = r.iter().filter(|x| ok(**x)).count();
         let interval = match rounds::median_interval(&r) {
-            Some((lo, hi, cov)) => {
+            Some(i @ (lo, hi, _)) => {
                 let settled = match (ok(lo), ok(hi)) {
                     (true, true) => "settled: met",
                     (false, false) => "settled: MISSED",
                     _ => "not settled",
                 };
-                format!(
-                    "{:.1} % interval {lo:.2}x..{hi:.2}x, {settled}",
-                    (cov * 1000.0).floor() / 10.0
-                )
+                format!("{}, {settled}", interval_text(i))
             }
             None => "too few rounds for an interval".into(),
         };
         Ok(format!(
             "round by round {:.2}x ({}; target met in {met} of {}), {interval}",
             rounds::median(&r),
-            rounds.join(" "),
+            ratios_text(&r),
             r.len()
         ))
     };
