@@ -36,11 +36,12 @@ use klio_core::crashsafe::durable_rename;
 use klio_core::failpoint;
 use klio_core::frame::FrameSealer;
 use klio_core::{SegNo, TimelineId};
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{io_err, StoreError, WalStore};
 
 mod feed;
+mod idle_cgroup;
 pub use feed::Feed;
 use feed::{Prepared, Preparing};
 
@@ -617,6 +618,26 @@ fn set_priority(role: Role) {
     if nice != 0 || idle != 0 || io != 0 {
         debug!(?role, error = %std::io::Error::last_os_error(), "cannot lower the recompressor's priority");
     }
+    if role == Role::Idle {
+        join_idle_cgroup();
+    }
+}
+
+/// Moves the idle thread into an idle CPU cgroup (`idle_cgroup`), where the host lets
+/// Klio; says once per process what happened.
+#[allow(unsafe_code)]
+fn join_idle_cgroup() {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    // SAFETY: gettid has no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    match idle_cgroup::join(tid) {
+        Ok(dir) => SAID.call_once(|| {
+            info!(cgroup = %dir.display(), "the WAL recompressor runs in an idle CPU cgroup: its bursts yield to PostgreSQL at once");
+        }),
+        Err(e) => SAID.call_once(|| {
+            info!(reason = %e, "the WAL recompressor runs at SCHED_IDLE but not in an idle CPU cgroup; on a host shared with PostgreSQL its bursts can delay synchronous commits (give Klio a delegated cgroup v1 cpu hierarchy, or run it on other CPUs)");
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -1178,6 +1199,15 @@ mod tests {
 
     /// The scheduling policy and nice value of this process's thread named `name`,
     /// from `/proc/self/task/*/stat`.
+    /// The id of this process's thread called `name`.
+    fn thread_id(name: &str) -> Option<u64> {
+        std::fs::read_dir("/proc/self/task").unwrap().find_map(|t| {
+            let t = t.ok()?.path();
+            (std::fs::read_to_string(t.join("comm")).ok()?.trim() == name)
+                .then(|| t.file_name()?.to_str()?.parse().ok())?
+        })
+    }
+
     /// Scheduling policy, nice value and I/O priority of this process's thread `name`.
     #[allow(unsafe_code)]
     fn thread_sched(name: &str) -> Option<(u32, i64, i64)> {
@@ -1219,6 +1249,37 @@ mod tests {
             }
             assert!(Instant::now() < deadline, "idle {idle:?}, catch-up {lag:?}");
             std::thread::sleep(Duration::from_millis(10));
+        }
+        // The thread joins the idle cgroup right after lowering its priority.
+        let tid = thread_id("klio-recompress").unwrap();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (own, joined) = loop {
+            let own = std::fs::read_to_string(format!("/proc/self/task/{tid}/cgroup")).unwrap();
+            // Joined: the thread's own cgroup is the idle one (so the idle cgroup
+            // `idle_dir` gives for it is a child of a `klio-idle`).
+            let joined = idle_cgroup::idle_dir(&own, &mountinfo)
+                .ok()
+                .filter(|d| d.parent().is_some_and(|p| p.ends_with(idle_cgroup::NAME)));
+            if joined.is_some() || Instant::now() > deadline {
+                break (own, joined);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        match joined {
+            Some(d) => {
+                let d = d.parent().unwrap();
+                let idle = std::fs::read_to_string(d.join("cpu.idle")).unwrap();
+                assert_eq!(idle.trim(), "1", "{}", d.display());
+            }
+            None if std::env::var("KLIO_TEST_ALLOW_UNPRIVILEGED").as_deref() == Ok("1") => {
+                eprintln!("NOT CHECKED (KLIO_TEST_ALLOW_UNPRIVILEGED=1): the idle cgroup");
+            }
+            None => panic!(
+                "the idle thread is not in an idle CPU cgroup ({own:?}); this needs root \
+                 and a cgroup v1 cpu controller, as in CI; or set \
+                 KLIO_TEST_ALLOW_UNPRIVILEGED=1"
+            ),
         }
         drop(r);
         assert_eq!(thread_sched("klio-recompress"), None);
