@@ -632,10 +632,10 @@ fn join_idle_cgroup() {
     let tid = unsafe { libc::gettid() };
     match idle_cgroup::join(tid) {
         Ok(dir) => SAID.call_once(|| {
-            info!(cgroup = %dir.display(), "the WAL recompressor runs in an idle CPU cgroup: its bursts yield to PostgreSQL at once");
+            info!(cgroup = %dir.display(), "the WAL recompressor's idle thread runs in an idle CPU cgroup: its CPU bursts give way at once to any other process that wakes up, PostgreSQL's included");
         }),
         Err(e) => SAID.call_once(|| {
-            info!(reason = %e, "the WAL recompressor runs at SCHED_IDLE but not in an idle CPU cgroup; on a host shared with PostgreSQL its bursts can delay synchronous commits (give Klio a delegated cgroup v1 cpu hierarchy, or run it on other CPUs)");
+            info!(reason = %e, "the WAL recompressor's idle thread is not in an idle CPU cgroup, only at SCHED_IDLE: on CPUs shared with PostgreSQL its bursts can delay synchronous commits (run Klio as root or in a delegated cgroup with the cgroup v1 cpu controller, or on CPUs of its own)");
         }),
     }
 }
