@@ -32,7 +32,10 @@
 //! `/proc/diskstats`: the primary's and the standby's I/O together);
 //! for a Klio server, the commits made while its recompressor rewrote a segment against
 //! the others (`tx_in_rewrite_pct`, `p50/p99_in_rewrite_ms`, `p50/p99_outside_rewrite_ms`,
-//! from an inotify watch on its WAL directory; `KLIO_BENCH_REWRITE_DETAIL=1` also prints
+//! from an inotify watch on its WAL directory; `rewrites_fed` and `rewrites_from_file`,
+//! from its status at the end of the phase, say how many segments were rewritten from
+//! what the writer fed the idle thread and how many read back from their files, in the
+//! curve too); `KLIO_BENCH_REWRITE_DETAIL=1` also prints
 //! where in each rewrite the commits over 3 ms fell, and `KLIO_BENCH_RECOMPRESS_STRACE=DIR`
 //! keeps an `strace -ttt -T` of its idle recompressor thread with those commits' times);
 //! like the curve, each probe run starts after a checkpoint with the tables prewarmed.
@@ -309,6 +312,23 @@ fn with_klio(pg: &PgInstance, measure: Measure) -> Result<Sample> {
     set_sync_names(pg, "klio")?;
     let pid = klio.pid().context("the Klio server is not running")?;
     let result = wait_sync(pg, "klio").and_then(|()| measure(pid));
+    // How the segments the phase sealed were rewritten compressed so far: from what the
+    // writer fed the idle thread, or read back from their files (a feed cut short).
+    let result = result.and_then(|sample| {
+        let st = klio.status("bench")?;
+        let count = |k: &str| st[k].as_u64().map(|n| n as f64);
+        Ok(
+            match (
+                count("wal_recompressed_from_memory"),
+                count("wal_recompressed_from_file"),
+            ) {
+                (Some(fed), Some(file)) => sample
+                    .with("rewrites_fed", fed)
+                    .with("rewrites_from_file", file),
+                _ => sample,
+            },
+        )
+    });
     drop(klio);
     set_sync_names(pg, "")?;
     drop_slot(pg, "klio")?;
