@@ -22,7 +22,7 @@ mod common;
 
 use common::{
     documents, example_files, find, grants_of_manifest, grants_of_rules, kubernetes_validate,
-    numbers_as_f64, root,
+    numbers_as_f64, root, Scratch,
 };
 use klio_operator::{Server, RBAC_OWN_NAMESPACE, RBAC_WATCHED_NAMESPACES};
 use serde_json::Value;
@@ -79,19 +79,12 @@ fn kustomize(dir: &str) -> String {
     )
 }
 
-fn scratch_file(name: &str, content: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("klio-deploy-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, content).unwrap();
-    path
-}
-
 #[test]
 fn the_example_overlay_builds_and_validates_strictly() {
+    let scratch = Scratch::new();
     let yaml = kustomize("deploy/overlays/example");
     let docs = documents(&yaml);
-    let file = scratch_file("overlay.yaml", &yaml);
+    let file = scratch.file("overlay.yaml", &yaml);
     let tool = kubernetes_validate();
     let text = run(
         Command::new(&tool).arg("--strict").arg(&file),
@@ -312,8 +305,9 @@ fn the_example_servers_validate_against_the_crd_schema() {
 
 #[test]
 fn the_schema_check_refuses_an_unknown_field() {
+    let scratch = Scratch::new();
     // The check above would be worthless if it let unknown fields through.
-    let bad = scratch_file(
+    let bad = scratch.file(
         "bad-server.yaml",
         "apiVersion: klio.io/v1alpha1\nkind: Server\nmetadata: {name: x}\n\
          spec:\n  masterKey: {name: k, key: master.key}\n  storage: {size: 1Gi}\n\

@@ -20,7 +20,7 @@ mod common;
 
 use common::{
     documents, example_files, find, grants_of_manifest, grants_of_rules, kubernetes_validate,
-    numbers_as_f64, root,
+    numbers_as_f64, root, Scratch,
 };
 use klio_operator::{RBAC_OWN_NAMESPACE, RBAC_WATCHED_NAMESPACES};
 use serde_json::{json, Value};
@@ -69,14 +69,6 @@ fn run(cmd: &mut Command, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn scratch_file(name: &str, content: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("klio-render-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, content).unwrap();
-    path
-}
-
 fn yaml_file(path: &str) -> Value {
     let mut docs = documents(&std::fs::read_to_string(root().join(path)).unwrap());
     assert_eq!(docs.len(), 1, "{path} holds one document");
@@ -122,9 +114,10 @@ const SCOPES: &[&[&str]] = &[
 
 #[test]
 fn the_chart_renders_and_validates_strictly_in_both_scopes() {
+    let scratch = Scratch::new();
     for sets in SCOPES {
         let (yaml, docs) = render(sets);
-        let file = scratch_file("chart.yaml", &yaml);
+        let file = scratch.file("chart.yaml", &yaml);
         let out = run(
             Command::new(kubernetes_validate())
                 .arg("--strict")
@@ -206,8 +199,8 @@ fn the_chart_lints_without_error_and_lint_catches_a_broken_template() {
 
     // The lint is worth something only if it reports errors: a copy of the chart with a
     // template that cannot execute must fail it.
-    let copy = std::env::temp_dir().join(format!("klio-render-lint-{}", std::process::id()));
-    let copy = copy.join("klio-operator");
+    let scratch = Scratch::new();
+    let copy = scratch.path().join("klio-operator");
     std::fs::create_dir_all(copy.join("templates")).unwrap();
     std::fs::create_dir_all(copy.join("crds")).unwrap();
     for f in [
@@ -465,6 +458,7 @@ fn example(name: &str) -> Value {
 
 #[test]
 fn servers_that_break_a_cel_rule_fail_with_its_message() {
+    let scratch = Scratch::new();
     let rules = crd_rules();
     // The one rule a variant breaks, named by a part of it that no other rule has.
     let rule = |part: &str| -> String {
@@ -541,7 +535,7 @@ fn servers_that_break_a_cel_rule_fail_with_its_message() {
     );
 
     for (name, server, broken) in &variants {
-        let file = scratch_file(
+        let file = scratch.file(
             &format!("{name}.yaml"),
             &serde_yaml::to_string(server).unwrap(),
         );
@@ -564,6 +558,7 @@ fn servers_that_break_a_cel_rule_fail_with_its_message() {
 
 #[test]
 fn the_cel_check_evaluates_rules_of_sub_schemas_and_refuses_what_it_cannot_parse() {
+    let scratch = Scratch::new();
     // The Server CRD has rules on its root only; the checker also walks into fields,
     // list items and map values, as the API server does.
     let crd = r#"
@@ -607,13 +602,13 @@ spec:
                   x-kubernetes-validations:
                   - rule: size(self) < 5
 "#;
-    let crd = scratch_file("thing-crd.yaml", crd);
+    let crd = scratch.file("thing-crd.yaml", crd);
     let thing = |spec: &str| {
         format!("apiVersion: example.com/v1\nkind: Thing\nmetadata: {{name: t}}\nspec: {spec}\n")
     };
     let python = venv_python("celpy", "klio_install_cel");
     let check = |name: &str, spec: &str| {
-        let file = scratch_file(name, &thing(spec));
+        let file = scratch.file(name, &thing(spec));
         let out = output(
             Command::new(&python)
                 .arg("scripts/crd-cel-check.py")
@@ -651,8 +646,8 @@ spec:
     let unparsable = std::fs::read_to_string(&crd)
         .unwrap()
         .replace("size(self) < 5", "size(self) <");
-    let crd2 = scratch_file("thing-crd-bad.yaml", &unparsable);
-    let file = scratch_file("good2.yaml", &thing("{}"));
+    let crd2 = scratch.file("thing-crd-bad.yaml", &unparsable);
+    let file = scratch.file("good2.yaml", &thing("{}"));
     let out = output(
         Command::new(&python)
             .arg("scripts/crd-cel-check.py")

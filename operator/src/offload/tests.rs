@@ -434,9 +434,8 @@ fn validate_offline(objects: &[&Value]) {
             p.is_file().then_some(p)
         })
         .unwrap_or_else(|| "kubernetes-validate".into());
-    let dir = std::env::temp_dir().join(format!("klio-offload-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("offload-objects.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("offload-objects.yaml");
     let yaml: Vec<String> = objects
         .iter()
         .map(|o| serde_yaml::to_string(o).unwrap())

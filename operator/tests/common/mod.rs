@@ -8,6 +8,27 @@ use std::path::PathBuf;
 use klio_operator::RbacRule;
 use serde_json::Value;
 
+/// A temporary directory for a test's scratch files, removed when dropped (the tools
+/// these tests run read files, not standard input).
+pub struct Scratch(tempfile::TempDir);
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch(tempfile::tempdir().expect("a temporary directory"))
+    }
+
+    /// Writes `content` to `name` in the directory; its path.
+    pub fn file(&self, name: &str, content: &str) -> PathBuf {
+        let path = self.0.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
 pub fn root() -> PathBuf {
     klio_harness::manifest_dir(env!("CARGO_MANIFEST_DIR")).join("..")
 }
