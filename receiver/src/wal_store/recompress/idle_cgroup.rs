@@ -45,12 +45,16 @@ pub(super) fn join(tid: libc::pid_t) -> Result<PathBuf, NoIdleCgroup> {
     let read =
         |p: &str| std::fs::read_to_string(p).map_err(|e| no(format!("cannot read {p}: {e}")));
     let dir = idle_dir(&read("/proc/self/cgroup")?, &read("/proc/self/mountinfo")?)?;
-    match std::fs::create_dir(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+    let created = match std::fs::create_dir(&dir) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
         Err(e) => return Err(no(format!("cannot create {}: {e}", dir.display()))),
-    }
+    };
     write(&dir.join("cpu.idle"), "1").map_err(|e| {
+        if created {
+            // Not left behind as an ordinary cgroup: empty, it can go.
+            let _ = std::fs::remove_dir(&dir);
+        }
         if e.kind() == std::io::ErrorKind::NotFound {
             no(format!(
                 "{} has no cpu.idle (it needs Linux 5.15 or later)",
