@@ -1197,8 +1197,6 @@ mod tests {
         left_as_it_was(&s);
     }
 
-    /// The scheduling policy and nice value of this process's thread named `name`,
-    /// from `/proc/self/task/*/stat`.
     /// The id of this process's thread called `name`.
     fn thread_id(name: &str) -> Option<u64> {
         std::fs::read_dir("/proc/self/task").unwrap().find_map(|t| {
@@ -1208,7 +1206,8 @@ mod tests {
         })
     }
 
-    /// Scheduling policy, nice value and I/O priority of this process's thread `name`.
+    /// Scheduling policy, nice value and I/O priority of this process's thread `name`
+    /// (from `/proc/self/task/*/stat` and `ioprio_get`).
     #[allow(unsafe_code)]
     fn thread_sched(name: &str) -> Option<(u32, i64, i64)> {
         for t in std::fs::read_dir("/proc/self/task").unwrap() {
