@@ -383,9 +383,9 @@ pub async fn run_cluster(
             match res {
                 Ok(SessionEnd::Shutdown) => break,
                 Err(SessionError::Fatal(msg)) => {
-                    if handle.status.set_state(ConnectionState::Failed, Some(msg.clone())) {
-                        error!("{msg}");
-                    }
+                    handle.status.set_state_announced(ConnectionState::Failed, Some(msg.clone()), || {
+                        error!("{msg}")
+                    });
                     let _ = stopped(&mut shutdown).await;
                     break;
                 }
@@ -405,9 +405,9 @@ pub async fn run_cluster(
                             msg = format!("{msg}; {a}");
                         }
                     }
-                    if handle.status.set_state(ConnectionState::Disconnected, Some(msg.clone())) {
-                        warn!(error = %msg, "replication connection lost; reconnecting with backoff");
-                    } else {
+                    if !handle.status.set_state_announced(ConnectionState::Disconnected, Some(msg.clone()), || {
+                        warn!(error = %msg, "replication connection lost; reconnecting with backoff")
+                    }) {
                         debug!(error = %msg, "reconnect attempt failed");
                     }
                     if started.elapsed() > Duration::from_secs(60) {
@@ -594,9 +594,13 @@ async fn session(
                 continue;
             }
         }
-        if status.set_state(ConnectionState::Streaming, None) {
-            info!(timeline = %tli, start = %start, system_id = %sys.system_id, "streaming WAL");
-        }
+        // Logged before the state is published: a status reader that sees "streaming"
+        // finds this line (the tests read where streaming resumed from it).
+        status.set_state_announced(
+            ConnectionState::Streaming,
+            None,
+            || info!(timeline = %tli, start = %start, system_id = %sys.system_id, "streaming WAL"),
+        );
         backoff.reset();
         let end = copy_loop(
             &mut conn,

@@ -100,16 +100,33 @@ impl ClusterStatus {
         }
     }
 
-    /// Sets the state; returns true when it or the error message changed
-    /// (so the caller logs once per change).
+    /// Sets the state; returns true when it or the error message changed.
     pub fn set_state(&self, state: ConnectionState, error: Option<String>) -> bool {
+        self.set_state_announced(state, error, || {})
+    }
+
+    /// Sets the state; when it or the error message changes, runs `announce` (which logs
+    /// the change) first, under the lock, so whoever sees the new state in the status
+    /// also finds its log line. Returns whether it changed.
+    pub fn set_state_announced(
+        &self,
+        state: ConnectionState,
+        error: Option<String>,
+        announce: impl FnOnce(),
+    ) -> bool {
         match self.state.lock() {
             Ok(mut g) => {
                 let changed = g.0 != state || g.1 != error;
+                if changed {
+                    announce();
+                }
                 *g = (state, error);
                 changed
             }
-            Err(_) => true,
+            Err(_) => {
+                announce();
+                true
+            }
         }
     }
 
