@@ -53,6 +53,8 @@
 //! each commit's steps as the device sees them (at 1 client; see
 //! `klio_bench::blocktrace`); `KLIO_BENCH_PERF_CALL_GRAPH=dwarf` makes
 //! `KLIO_BENCH_PERF_RECORD` unwind with DWARF (release builds keep no frame pointers);
+//! `KLIO_BENCH_CLIENTS=1,64` runs the curve at those of its client counts only (TPS is
+//! judged only when 8 is among them), so a long run can settle a few points;
 //! `KLIO_BIN_B=PATH` (probe and curve) adds a second Klio build as an arm of its own: an
 //! A/B of a change in the same rounds, or, with the same build as both, the noise floor
 //! of a ratio on this host.
@@ -72,6 +74,33 @@ use klio_tests::{ClusterConf, KlioServer, PgInstance, PgOptions};
 /// Client counts of the latency curve; TPS is compared at [`TPS_CLIENTS`].
 const CLIENTS: [u32; 5] = [1, 4, 8, 16, 64];
 const TPS_CLIENTS: u32 = 8;
+
+/// The client counts a curve runs: [`CLIENTS`], or those of them named in
+/// `KLIO_BENCH_CLIENTS` (comma-separated), so that many rounds can go to the points a
+/// shorter run left unsettled.
+fn curve_clients() -> Result<Vec<u32>> {
+    match std::env::var("KLIO_BENCH_CLIENTS") {
+        Err(std::env::VarError::NotPresent) => Ok(CLIENTS.to_vec()),
+        Err(e) => anyhow::bail!("KLIO_BENCH_CLIENTS: {e}"),
+        Ok(v) => parse_clients(&v),
+    }
+}
+
+/// A comma-separated subset of [`CLIENTS`], in [`CLIENTS`]' order.
+fn parse_clients(v: &str) -> Result<Vec<u32>> {
+    let mut named = Vec::new();
+    for part in v.split(',').map(str::trim) {
+        let c: u32 = part
+            .parse()
+            .with_context(|| format!("KLIO_BENCH_CLIENTS: {part:?} is not a client count"))?;
+        ensure!(
+            CLIENTS.contains(&c),
+            "KLIO_BENCH_CLIENTS: {c} is not one of the curve's client counts {CLIENTS:?}"
+        );
+        named.push(c);
+    }
+    Ok(CLIENTS.into_iter().filter(|c| named.contains(c)).collect())
+}
 const WARM_UP_SECS: u32 = 3;
 
 /// The `tps = …` figure of pgbench's output.
@@ -208,7 +237,13 @@ fn flush_count_file(pid: u32) -> PathBuf {
 /// phase starts from the same point.
 /// `standby` is the pid of the synchronous standby's process, whose flush calls are
 /// counted at each point (`cN_tx_per_flush`: commits per flush).
-fn curve(pg: &PgInstance, standby: Option<u32>, pass: Pass, secs: u32) -> Result<Sample> {
+fn curve(
+    pg: &PgInstance,
+    standby: Option<u32>,
+    pass: Pass,
+    secs: u32,
+    clients: &[u32],
+) -> Result<Sample> {
     let secs = if pass == Pass::WarmUp {
         WARM_UP_SECS
     } else {
@@ -216,7 +251,7 @@ fn curve(pg: &PgInstance, standby: Option<u32>, pass: Pass, secs: u32) -> Result
     };
     checkpoint_and_prewarm(pg)?;
     let mut s = Sample::new();
-    for c in CLIENTS {
+    for &c in clients {
         s = pgbench_point(pg, standby, c, secs, s)?;
     }
     Ok(s)
@@ -811,28 +846,32 @@ fn main() -> Result<()> {
     }
     let secs: u32 = klio_bench::arg(1, 10)?;
     let rounds: usize = klio_bench::arg(2, 5)?;
+    let clients = curve_clients()?;
+    let cl = clients.as_slice();
 
     let mut arms = vec![
-        Arm::new("no synchronous standby", |p| curve(&pg, None, p, secs)),
+        Arm::new("no synchronous standby", |p| curve(&pg, None, p, secs, cl)),
         Arm::new("pg_receivewal --synchronous", |p| {
-            with_pg_receivewal(&pg, &|pid| curve(&pg, Some(pid), p, secs))
+            with_pg_receivewal(&pg, &|pid| curve(&pg, Some(pid), p, secs, cl))
         }),
         Arm::new("physical standby", |p| {
-            with_physical_standby(&pg, &|pid| curve(&pg, Some(pid), p, secs))
+            with_physical_standby(&pg, &|pid| curve(&pg, Some(pid), p, secs, cl))
         }),
         Arm::new("klio", |p| {
-            with_klio(&pg, &|pid| curve(&pg, Some(pid), p, secs))
+            with_klio(&pg, &|pid| curve(&pg, Some(pid), p, secs, cl))
         }),
     ];
     let klio_b = std::env::var_os("KLIO_BIN_B");
     if let Some(b) = klio_b.clone() {
         let pg = &pg;
         arms.push(Arm::new(KLIO_B, move |p| {
-            with_klio_bin(&b, || with_klio(pg, &|pid| curve(pg, Some(pid), p, secs)))
+            with_klio_bin(&b, || {
+                with_klio(pg, &|pid| curve(pg, Some(pid), p, secs, cl))
+            })
         }));
     }
     let title = format!(
-        "synchronous commit, pgbench -N (scale 10) at {CLIENTS:?} clients, -T {secs} each, latency from -l logs"
+        "synchronous commit, pgbench -N (scale 10) at {clients:?} clients, -T {secs} each, latency from -l logs"
     );
     let res = rounds::run(&title, &mut arms, rounds)?;
     res.print();
@@ -842,13 +881,15 @@ fn main() -> Result<()> {
         kliob.push(KLIO_B);
     }
     for arm in kliob {
-        print_verdicts(&res, arm)?;
+        print_verdicts(&res, arm, cl)?;
     }
     if klio_b.is_some() {
         println!("{KLIO_B} against klio (medians; with one build as both arms, the noise floor)");
-        for metric in std::iter::once(format!("c{TPS_CLIENTS}_tps")).chain(
-            CLIENTS
-                .iter()
+        let tps = cl
+            .contains(&TPS_CLIENTS)
+            .then(|| format!("c{TPS_CLIENTS}_tps"));
+        for metric in tps.into_iter().chain(
+            cl.iter()
                 .flat_map(|c| ["p50", "p99"].map(|q| format!("c{c}_{q}_ms"))),
         ) {
             println!(
@@ -880,7 +921,7 @@ fn interval_text((lo, hi, coverage): (f64, f64, f64)) -> String {
 /// peer) with a distribution-free interval for its median
 /// ([`rounds::median_interval`]). A point is settled when the whole interval is on one
 /// side of the target; otherwise this run cannot tell it from the host's noise.
-fn print_verdicts(res: &rounds::Results, arm: &str) -> Result<()> {
+fn print_verdicts(res: &rounds::Results, arm: &str, clients: &[u32]) -> Result<()> {
     println!("{arm} against the better of pg_receivewal and the physical standby (medians; then round by round)");
     let peers = ["pg_receivewal --synchronous", "physical standby"];
     let best = |metric: &str, higher_is_better: bool| -> Result<(f64, &str)> {
@@ -912,16 +953,18 @@ fn print_verdicts(res: &rounds::Results, arm: &str) -> Result<()> {
             r.len()
         ))
     };
-    let metric = format!("c{TPS_CLIENTS}_tps");
-    let (peer, who) = best(&metric, true)?;
-    let k = res.median(arm, &metric)?;
-    println!(
-        "  TPS at {TPS_CLIENTS} clients: {arm} {k:.0} vs {peer:.0} ({who}): {:.2}x (target >= 0.95x: {})",
-        k / peer,
-        verdict(k / peer >= 0.95)
-    );
-    println!("      {}", paired(&metric, who, &|r| r >= 0.95)?);
-    for c in CLIENTS {
+    if clients.contains(&TPS_CLIENTS) {
+        let metric = format!("c{TPS_CLIENTS}_tps");
+        let (peer, who) = best(&metric, true)?;
+        let k = res.median(arm, &metric)?;
+        println!(
+            "  TPS at {TPS_CLIENTS} clients: {arm} {k:.0} vs {peer:.0} ({who}): {:.2}x (target >= 0.95x: {})",
+            k / peer,
+            verdict(k / peer >= 0.95)
+        );
+        println!("      {}", paired(&metric, who, &|r| r >= 0.95)?);
+    }
+    for &c in clients {
         for q in ["p50", "p99"] {
             let metric = format!("c{c}_{q}_ms");
             let (peer, who) = best(&metric, false)?;
@@ -940,6 +983,15 @@ fn print_verdicts(res: &rounds::Results, arm: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::quantile;
+
+    #[test]
+    fn a_curve_runs_the_named_client_counts_in_order() {
+        assert_eq!(super::parse_clients("64, 1").unwrap(), vec![1, 64]);
+        assert_eq!(super::parse_clients("8").unwrap(), vec![8]);
+        let e = super::parse_clients("1,3").unwrap_err().to_string();
+        assert!(e.contains("3 is not one of"), "{e}");
+        assert!(super::parse_clients("one").is_err());
+    }
 
     #[test]
     fn nearest_rank_quantiles() {
