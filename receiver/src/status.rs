@@ -106,28 +106,27 @@ impl ClusterStatus {
     }
 
     /// Sets the state; when it or the error message changes, runs `announce` (which logs
-    /// the change) first, under the lock, so whoever sees the new state in the status
-    /// also finds its log line. Returns whether it changed.
+    /// the change) first, so whoever sees the new state in the status also finds its log
+    /// line. The lock is not held while it runs (a log write can block). Only the
+    /// cluster's receiver changes its state (a read-only server sets it once, before any
+    /// receiver runs), so nothing changes it between the check and the store. Returns
+    /// whether it changed.
     pub fn set_state_announced(
         &self,
         state: ConnectionState,
         error: Option<String>,
         announce: impl FnOnce(),
     ) -> bool {
-        match self.state.lock() {
-            Ok(mut g) => {
-                let changed = g.0 != state || g.1 != error;
-                if changed {
-                    announce();
-                }
-                *g = (state, error);
-                changed
-            }
-            Err(_) => {
-                announce();
-                true
-            }
+        let lock = || self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = {
+            let g = lock();
+            g.0 != state || g.1 != error
+        };
+        if changed {
+            announce();
         }
+        *lock() = (state, error);
+        changed
     }
 
     pub fn set_received(&self, lsn: Lsn) {
@@ -170,5 +169,30 @@ impl ClusterStatus {
         if let Ok(mut g) = self.recompress.lock() {
             *g = counts;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ClusterStatus, ConnectionState};
+
+    #[test]
+    fn a_state_change_is_announced_before_a_reader_can_see_it_and_only_once() {
+        let status = ClusterStatus::default();
+        let mut seen_while_announcing = None;
+        let changed = status.set_state_announced(ConnectionState::Streaming, None, || {
+            seen_while_announcing = Some(status.snapshot().state);
+        });
+        assert!(changed);
+        assert_eq!(seen_while_announcing, Some(ConnectionState::Connecting));
+        assert_eq!(status.snapshot().state, ConnectionState::Streaming);
+
+        let again = status.set_state_announced(ConnectionState::Streaming, None, || {
+            panic!("announced a state that did not change")
+        });
+        assert!(!again);
+        let err = Some("connection refused".to_string());
+        assert!(status.set_state(ConnectionState::Disconnected, err.clone()));
+        assert_eq!(status.snapshot().last_error, err);
     }
 }
