@@ -140,6 +140,18 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// `values` (one per round) split by how busy the host was in each round, `load` (one per
+/// round, in the same order; higher is busier): the values of the rounds with the lower
+/// half of `load`, then those with the upper half, each in increasing `load`. With an
+/// odd count the middle round is in neither.
+pub fn split_by_load(load: &[f64], values: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let mut by: Vec<(f64, f64)> = load.iter().copied().zip(values.iter().copied()).collect();
+    by.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let half = by.len() / 2;
+    let pick = |r: &[(f64, f64)]| r.iter().map(|x| x.1).collect::<Vec<_>>();
+    (pick(&by[..half]), pick(&by[by.len() - half..]))
+}
+
 /// A distribution-free confidence interval for the median of `v`: its order
 /// statistics `k` and `n + 1 - k` (1-based, sorted), with the largest `k` whose coverage
 /// `1 - 2 P(Binomial(n, 1/2) < k)` is still at least 90 %. Returns `(low, high,
@@ -355,6 +367,21 @@ impl Results {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounds_split_by_load_into_quieter_and_busier_halves() {
+        let load = [3.0, 1.0, 5.0, 2.0, 4.0];
+        let ratio = [1.3, 1.1, 1.5, 1.2, 1.4];
+        assert_eq!(
+            split_by_load(&load, &ratio),
+            (vec![1.1, 1.2], vec![1.4, 1.5])
+        );
+        assert_eq!(
+            split_by_load(&load[..4], &ratio[..4]),
+            (vec![1.1, 1.2], vec![1.3, 1.5])
+        );
+        assert_eq!(split_by_load(&[], &[]), (vec![], vec![]));
+    }
 
     #[test]
     fn two_arms_alternate_and_four_follow_the_williams_square() {

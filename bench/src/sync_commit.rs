@@ -53,6 +53,8 @@
 //! each commit's steps as the device sees them (at 1 client; see
 //! `klio_bench::blocktrace`); `KLIO_BENCH_PERF_CALL_GRAPH=dwarf` makes
 //! `KLIO_BENCH_PERF_RECORD` unwind with DWARF (release builds keep no frame pointers);
+//! Each latency verdict also splits the rounds in halves by how busy the host was (the
+//! no-standby arm's figure in the same round) and prints the ratio in each half.
 //! `KLIO_BENCH_CLIENTS=1,64` runs the curve at those of its client counts only (TPS is
 //! judged only when 8 is among them), so a long run can settle a few points;
 //! `KLIO_BIN_B=PATH` (probe and curve) adds a second Klio build as an arm of its own: an
@@ -74,6 +76,9 @@ use klio_tests::{ClusterConf, KlioServer, PgInstance, PgOptions};
 /// Client counts of the latency curve; TPS is compared at [`TPS_CLIENTS`].
 const CLIENTS: [u32; 5] = [1, 4, 8, 16, 64];
 const TPS_CLIENTS: u32 = 8;
+/// The curve's arm without a synchronous standby: the primary alone, whose figures in a
+/// round also tell how busy the host was then.
+const NO_STANDBY: &str = "no synchronous standby";
 
 /// The client counts a curve runs: [`CLIENTS`], or those of them named in
 /// `KLIO_BENCH_CLIENTS` (comma-separated), so that many rounds can go to the points a
@@ -850,7 +855,7 @@ fn main() -> Result<()> {
     let cl = clients.as_slice();
 
     let mut arms = vec![
-        Arm::new("no synchronous standby", |p| curve(&pg, None, p, secs, cl)),
+        Arm::new(NO_STANDBY, |p| curve(&pg, None, p, secs, cl)),
         Arm::new("pg_receivewal --synchronous", |p| {
             with_pg_receivewal(&pg, &|pid| curve(&pg, Some(pid), p, secs, cl))
         }),
@@ -975,9 +980,25 @@ fn print_verdicts(res: &rounds::Results, arm: &str, clients: &[u32]) -> Result<(
                 verdict(k / peer <= 1.05)
             );
             println!("      {}", paired(&metric, who, &|r| r <= 1.05)?);
+            println!("      {}", by_load(res, arm, who, &metric)?);
         }
     }
     Ok(())
+}
+
+/// The round-by-round ratio of `arm` over `peer` in the quieter and the busier half of
+/// the rounds, by how busy the host was in each: the same figure of the arm without a
+/// synchronous standby in that round.
+fn by_load(res: &rounds::Results, arm: &str, peer: &str, metric: &str) -> Result<String> {
+    let load = res.values(NO_STANDBY, metric)?;
+    let (quiet, busy) = rounds::split_by_load(&load, &res.paired_ratios(arm, peer, metric)?);
+    Ok(format!(
+        "by the host's load (the no-standby {metric} of the round): quieter half {:.2}x ({}), busier half {:.2}x ({})",
+        rounds::median(&quiet),
+        ratios_text(&quiet),
+        rounds::median(&busy),
+        ratios_text(&busy)
+    ))
 }
 
 #[cfg(test)]
